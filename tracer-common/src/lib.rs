@@ -1,0 +1,88 @@
+//! Types shared by the eBPF program and userspace.
+//!
+//! Everything here is `#[repr(C)]`, fixed-width and free of implicit padding, so both sides
+//! agree on the layout byte for byte. Userspace never reinterprets these bytes in place: it
+//! copies them out with `read_unaligned` and converts them into owned domain types at once.
+#![no_std]
+
+/// Name of the ring buffer map that carries [`TcpStateEvent`]s.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the per-CPU array whose slot [`STAT_RINGBUF_FULL`] counts failed reservations.
+pub const STATS_MAP: &str = "STATS";
+/// Name of the hash map of ports to keep when [`FILTER_PORTS_GLOBAL`] is non-zero.
+pub const PORTS_MAP: &str = "PORTS";
+/// Name of the tracepoint program.
+pub const PROGRAM: &str = "inet_sock_set_state";
+
+/// Global (read-only data) set before load: address family to keep (0 = all).
+pub const FILTER_FAMILY_GLOBAL: &str = "FILTER_FAMILY";
+/// Global set before load: protocol to keep (0 = all, 6 = TCP).
+pub const FILTER_PROTOCOL_GLOBAL: &str = "FILTER_PROTOCOL";
+/// Global set before load: non-zero means keep only ports present in [`PORTS_MAP`].
+pub const FILTER_PORTS_GLOBAL: &str = "FILTER_PORTS";
+
+/// Slot of [`STATS_MAP`]: events lost because the ring buffer was full.
+pub const STAT_RINGBUF_FULL: u32 = 0;
+/// Number of slots in [`STATS_MAP`].
+pub const STAT_SLOTS: u32 = 1;
+/// Maximum number of ports in [`PORTS_MAP`].
+pub const MAX_PORTS: u32 = 64;
+/// Default size of the ring buffer in bytes (must be a power of two multiple of the page size).
+pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
+
+/// `AF_INET`.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`.
+pub const AF_INET6: u16 = 10;
+/// `IPPROTO_TCP`.
+pub const IPPROTO_TCP: u16 = 6;
+
+/// Length of a task's `comm`.
+pub const COMM_LEN: usize = 16;
+
+/// One `sock:inet_sock_set_state` firing, as the eBPF program hands it to userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpStateEvent {
+    /// `bpf_ktime_get_ns()`: monotonic clock (`CLOCK_MONOTONIC`), nanoseconds.
+    pub ts_ns: u64,
+    /// Kernel address of the `struct sock`: identifies the socket while it lives.
+    pub skaddr: u64,
+    /// Local address, network byte order. IPv4 uses the first 4 bytes.
+    pub saddr: [u8; 16],
+    /// Remote address, network byte order. IPv4 uses the first 4 bytes.
+    pub daddr: [u8; 16],
+    /// Thread group id (the "PID") of the task running when the transition fired.
+    pub tgid: u32,
+    /// Thread id of that task.
+    pub tid: u32,
+    /// Previous state (`TCP_*` number, as the kernel's `int oldstate`).
+    pub oldstate: u32,
+    /// New state.
+    pub newstate: u32,
+    /// Local port, host byte order.
+    pub sport: u16,
+    /// Remote port, host byte order.
+    pub dport: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// `IPPROTO_*` of the socket.
+    pub protocol: u16,
+    /// CPU the program ran on.
+    pub cpu: u32,
+    /// Explicit padding; always zero.
+    pub pad: u32,
+    /// `comm` of the running task, NUL padded.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Size in bytes of [`TcpStateEvent`] on both sides.
+pub const EVENT_SIZE: usize = core::mem::size_of::<TcpStateEvent>();
+
+const _: () = assert!(EVENT_SIZE == 96);
+const _: () = assert!(core::mem::align_of::<TcpStateEvent>() == 8);
+
+#[cfg(feature = "user")]
+// SAFETY: `TcpStateEvent` is `repr(C)`, `Copy`, has no implicit padding (checked by the size
+// assertion above) and every bit pattern is a valid value.
+unsafe impl aya::Pod for TcpStateEvent {}

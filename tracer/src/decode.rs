@@ -1,0 +1,200 @@
+//! Turns a ring buffer record into a [`Transition`]. Lengths are checked, the bytes are copied
+//! out with `read_unaligned`, and nothing downstream sees the raw layout.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use tracer_common::{TcpStateEvent, AF_INET, AF_INET6, EVENT_SIZE};
+
+use crate::{
+    error::DecodeError,
+    event::{Family, Task, TcpState, Transition},
+};
+
+/// Decodes one record. A record of the wrong size or an unknown family is an error (to be
+/// counted and skipped); an unknown state number decodes to [`TcpState::Unknown`].
+pub fn decode(bytes: &[u8]) -> Result<Transition, DecodeError> {
+    if bytes.len() != EVENT_SIZE {
+        return Err(DecodeError::Size {
+            size: bytes.len(),
+            expected: EVENT_SIZE,
+        });
+    }
+    // SAFETY: the length is checked above, `TcpStateEvent` is plain old data for which every
+    // bit pattern is valid, and `read_unaligned` makes no alignment assumption.
+    let raw = unsafe { bytes.as_ptr().cast::<TcpStateEvent>().read_unaligned() };
+    from_raw(&raw)
+}
+
+/// Converts the shared struct into the owned domain type.
+pub fn from_raw(raw: &TcpStateEvent) -> Result<Transition, DecodeError> {
+    let (family, laddr, raddr) = match raw.family {
+        AF_INET => (Family::Ipv4, v4(&raw.saddr), v4(&raw.daddr)),
+        AF_INET6 => (Family::Ipv6, v6(&raw.saddr), v6(&raw.daddr)),
+        family => return Err(DecodeError::Family { family }),
+    };
+    Ok(Transition {
+        ts_ns: raw.ts_ns,
+        skaddr: raw.skaddr,
+        family,
+        protocol: raw.protocol,
+        laddr,
+        lport: raw.sport,
+        raddr,
+        rport: raw.dport,
+        old: TcpState::from(raw.oldstate),
+        new: TcpState::from(raw.newstate),
+        task: Task {
+            pid: raw.tgid,
+            tid: raw.tid,
+            comm: comm(&raw.comm),
+        },
+        cpu: raw.cpu,
+    })
+}
+
+fn v4(bytes: &[u8; 16]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+}
+
+fn v6(bytes: &[u8; 16]) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::from(*bytes))
+}
+
+/// A task name: up to the first NUL, lossy UTF-8.
+pub fn comm(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Encodes a transition back into the shared layout (for tests, fixtures and benchmarks).
+pub fn to_raw(t: &Transition) -> TcpStateEvent {
+    let addr = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => {
+            let mut out = [0u8; 16];
+            out[..4].copy_from_slice(&v4.octets());
+            out
+        }
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    let state = |s: TcpState| match s {
+        TcpState::Unknown(n) => n,
+        known => (1..=12).find(|&n| TcpState::from(n) == known).unwrap_or(0),
+    };
+    let mut comm = [0u8; 16];
+    let name = t.task.comm.as_bytes();
+    let len = name.len().min(15);
+    comm[..len].copy_from_slice(&name[..len]);
+    TcpStateEvent {
+        ts_ns: t.ts_ns,
+        skaddr: t.skaddr,
+        saddr: addr(t.laddr),
+        daddr: addr(t.raddr),
+        tgid: t.task.pid,
+        tid: t.task.tid,
+        oldstate: state(t.old),
+        newstate: state(t.new),
+        sport: t.lport,
+        dport: t.rport,
+        family: match t.family {
+            Family::Ipv4 => AF_INET,
+            Family::Ipv6 => AF_INET6,
+        },
+        protocol: t.protocol,
+        cpu: t.cpu,
+        pad: 0,
+        comm,
+    }
+}
+
+/// The bytes of a shared struct, as the ring buffer would carry them.
+pub fn raw_bytes(raw: &TcpStateEvent) -> Vec<u8> {
+    let mut out = Vec::with_capacity(EVENT_SIZE);
+    out.extend_from_slice(&raw.ts_ns.to_ne_bytes());
+    out.extend_from_slice(&raw.skaddr.to_ne_bytes());
+    out.extend_from_slice(&raw.saddr);
+    out.extend_from_slice(&raw.daddr);
+    for v in [raw.tgid, raw.tid, raw.oldstate, raw.newstate] {
+        out.extend_from_slice(&v.to_ne_bytes());
+    }
+    for v in [raw.sport, raw.dport, raw.family, raw.protocol] {
+        out.extend_from_slice(&v.to_ne_bytes());
+    }
+    out.extend_from_slice(&raw.cpu.to_ne_bytes());
+    out.extend_from_slice(&raw.pad.to_ne_bytes());
+    out.extend_from_slice(&raw.comm);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::transition;
+
+    #[test]
+    fn round_trip_v4_and_v6() {
+        for t in [
+            transition(
+                1,
+                0xffff_8880_1234_5678,
+                "127.0.0.1:40000",
+                "127.0.0.1:8080",
+                7,
+                2,
+            ),
+            transition(2, 0xffff_8880_0000_0001, "[::1]:40000", "[::1]:8080", 1, 8),
+        ] {
+            let bytes = raw_bytes(&to_raw(&t));
+            assert_eq!(decode(&bytes).unwrap(), t);
+        }
+    }
+
+    #[test]
+    fn unaligned_buffer_decodes() {
+        let t = transition(3, 42, "10.0.0.1:1", "10.0.0.2:2", 1, 4);
+        let mut buf = vec![0u8];
+        buf.extend(raw_bytes(&to_raw(&t)));
+        assert_eq!(decode(&buf[1..]).unwrap(), t);
+    }
+
+    #[test]
+    fn truncated_and_oversized_buffers_are_errors() {
+        let bytes = raw_bytes(&to_raw(&transition(
+            1,
+            1,
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+            7,
+            2,
+        )));
+        for len in [0, 1, 8, EVENT_SIZE - 1] {
+            assert!(matches!(
+                decode(&bytes[..len]),
+                Err(DecodeError::Size { size, expected: EVENT_SIZE }) if size == len
+            ));
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(decode(&long).is_err());
+    }
+
+    #[test]
+    fn unknown_state_and_family() {
+        let mut raw = to_raw(&transition(1, 1, "127.0.0.1:1", "127.0.0.1:2", 7, 2));
+        raw.newstate = 77;
+        let t = decode(&raw_bytes(&raw)).unwrap();
+        assert_eq!(t.new, TcpState::Unknown(77));
+        assert_eq!(t.new.name(), "UNKNOWN(77)");
+        raw.family = 1;
+        assert!(matches!(
+            decode(&raw_bytes(&raw)),
+            Err(DecodeError::Family { family: 1 })
+        ));
+    }
+
+    #[test]
+    fn comm_stops_at_nul_and_survives_bad_utf8() {
+        assert_eq!(comm(b"curl\0\0\0junk"), "curl");
+        assert_eq!(comm(&[0xff, b'a', 0]), "\u{fffd}a");
+        assert_eq!(comm(b"sixteen-bytes-xx"), "sixteen-bytes-xx");
+    }
+}

@@ -1,0 +1,176 @@
+//! Owned domain types for TCP state transitions. Nothing here knows about raw kernel bytes.
+
+use std::{fmt, net::IpAddr};
+
+use serde::{Deserialize, Serialize};
+
+/// A TCP state, numbered as the kernel numbers them (`include/net/tcp_states.h`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TcpState {
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+    /// A number this tool does not know (a newer kernel, or a bad record).
+    Unknown(u32),
+}
+
+const NAMES: [(TcpState, &str); 12] = [
+    (TcpState::Established, "ESTABLISHED"),
+    (TcpState::SynSent, "SYN_SENT"),
+    (TcpState::SynRecv, "SYN_RECV"),
+    (TcpState::FinWait1, "FIN_WAIT1"),
+    (TcpState::FinWait2, "FIN_WAIT2"),
+    (TcpState::TimeWait, "TIME_WAIT"),
+    (TcpState::Close, "CLOSE"),
+    (TcpState::CloseWait, "CLOSE_WAIT"),
+    (TcpState::LastAck, "LAST_ACK"),
+    (TcpState::Listen, "LISTEN"),
+    (TcpState::Closing, "CLOSING"),
+    (TcpState::NewSynRecv, "NEW_SYN_RECV"),
+];
+
+impl From<u32> for TcpState {
+    fn from(raw: u32) -> Self {
+        match raw {
+            1..=12 => NAMES[raw as usize - 1].0,
+            other => TcpState::Unknown(other),
+        }
+    }
+}
+
+impl TcpState {
+    /// The kernel's name without the `TCP_` prefix.
+    pub fn name(self) -> std::borrow::Cow<'static, str> {
+        match self {
+            TcpState::Unknown(n) => format!("UNKNOWN({n})").into(),
+            known => NAMES
+                .iter()
+                .find(|(state, _)| *state == known)
+                .map_or("UNKNOWN", |(_, name)| name)
+                .into(),
+        }
+    }
+
+    /// Parses a name as written by [`TcpState::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        if let Some(n) = name
+            .strip_prefix("UNKNOWN(")
+            .and_then(|r| r.strip_suffix(')'))
+        {
+            return n.parse().ok().map(TcpState::Unknown);
+        }
+        NAMES.iter().find(|(_, n)| *n == name).map(|(s, _)| *s)
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.name())
+    }
+}
+
+impl Serialize for TcpState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for TcpState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<str>::deserialize(d)?;
+        TcpState::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown TCP state {name:?}")))
+    }
+}
+
+/// Address family of a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+/// The task that was running when a transition fired. It owns the socket only when the
+/// transition was made in process context (see [`crate::owner`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Task {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+}
+
+/// One TCP state transition, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// Kernel monotonic clock, nanoseconds.
+    pub ts_ns: u64,
+    /// Kernel address of the socket.
+    pub skaddr: u64,
+    pub family: Family,
+    pub protocol: u16,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+    pub old: TcpState,
+    pub new: TcpState,
+    pub task: Task,
+    pub cpu: u32,
+}
+
+impl Transition {
+    /// The connection's 4-tuple.
+    pub fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            laddr: self.laddr,
+            lport: self.lport,
+            raddr: self.raddr,
+            rport: self.rport,
+        }
+    }
+}
+
+/// Local and remote address and port of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Endpoints {
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+}
+
+impl Endpoints {
+    pub fn family(&self) -> Family {
+        if self.laddr.is_ipv4() {
+            Family::Ipv4
+        } else {
+            Family::Ipv6
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for raw in 0..=14 {
+            let state = TcpState::from(raw);
+            assert_eq!(TcpState::from_name(&state.name()), Some(state));
+        }
+        assert_eq!(TcpState::from(8).name(), "CLOSE_WAIT");
+        assert_eq!(TcpState::from(99).name(), "UNKNOWN(99)");
+        assert_eq!(TcpState::from(0), TcpState::Unknown(0));
+    }
+}

@@ -1,0 +1,21 @@
+//! tracer: every TCP state transition from the kernel's `sock:inet_sock_set_state`
+//! tracepoint, per-connection timelines, and sockets stuck in CLOSE_WAIT with their owner.
+//!
+//! Only [`probe`] and [`app`] need root and a kernel; everything else is pure and tested from
+//! recorded event streams.
+
+pub mod app;
+pub mod cli;
+pub mod close_wait;
+pub mod decode;
+pub mod engine;
+pub mod error;
+pub mod event;
+pub mod output;
+pub mod owner;
+pub mod probe;
+pub mod record;
+pub mod sink;
+pub mod testing;
+pub mod timeline;
+pub mod units;

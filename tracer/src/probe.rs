@@ -1,0 +1,302 @@
+//! The only module that talks to the kernel through aya: load the eBPF object, set its
+//! filters, attach it to `sock:inet_sock_set_state`, and hand out the ring buffer and the loss
+//! counters.
+
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
+};
+
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{ProgramError, TracePoint},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use tracer_common::{
+    EVENTS_MAP, FILTER_FAMILY_GLOBAL, FILTER_PORTS_GLOBAL, FILTER_PROTOCOL_GLOBAL, PORTS_MAP,
+    PROGRAM, STATS_MAP, STAT_RINGBUF_FULL,
+};
+
+use crate::error::ProbeError;
+
+/// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time (empty when
+/// it was not built: loading then fails with [`ProbeError::MissingObject`]).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf.o"));
+
+/// What the kernel side keeps.
+#[derive(Clone, Debug, Default)]
+pub struct KernelFilter {
+    /// `AF_INET`/`AF_INET6`, or 0 for both.
+    pub family: u16,
+    /// `IPPROTO_TCP`, or 0 for every protocol that uses the tracepoint.
+    pub protocol: u16,
+    /// Keep only these ports (local or remote); empty keeps all.
+    pub ports: Vec<u16>,
+    pub ring_buffer_bytes: u32,
+}
+
+pub struct Probe {
+    ebpf: Ebpf,
+    stats: PerCpuArray<MapData, u64>,
+    prog_fd: i32,
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
+
+impl Probe {
+    /// Loads and attaches the program. Returns the probe and its ring buffer.
+    pub fn load(filter: &KernelFilter) -> Result<(Probe, RingBuf<MapData>), ProbeError> {
+        if OBJECT.is_empty() {
+            return Err(ProbeError::MissingObject);
+        }
+        let tracefs = ensure_tracefs()?;
+        let tracepoint = tracefs.join("events/sock/inet_sock_set_state");
+        if !tracepoint.exists() {
+            return Err(ProbeError::MissingTracepoint { tracefs });
+        }
+        raise_memlock();
+
+        let ports_on = u8::from(!filter.ports.is_empty());
+        let mut ebpf = EbpfLoader::new()
+            .override_global(FILTER_FAMILY_GLOBAL, &filter.family, true)
+            .override_global(FILTER_PROTOCOL_GLOBAL, &filter.protocol, true)
+            .override_global(FILTER_PORTS_GLOBAL, &ports_on, true)
+            .map_max_entries(EVENTS_MAP, filter.ring_buffer_bytes)
+            .load(OBJECT)
+            .map_err(ebpf_error)?;
+
+        match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => spawn_logger(logger),
+            Err(e) => log::debug!("eBPF logs unavailable: {e}"),
+        }
+
+        let program: &mut TracePoint = ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| {
+                aya_error(
+                    "finding the program in the eBPF object",
+                    io::Error::other(PROGRAM),
+                )
+            })?
+            .try_into()
+            .map_err(|e| aya_error("reading the program", e))?;
+        program.load().map_err(program_error)?;
+        program
+            .attach("sock", "inet_sock_set_state")
+            .map_err(|e| match e {
+                ProgramError::SyscallError(ref s) if is_permission(&s.io_error) => {
+                    ProbeError::Permission {
+                        action: "attaching to the tracepoint",
+                        source: Box::new(e),
+                    }
+                }
+                other => aya_error("attaching to sock/inet_sock_set_state", other),
+            })?;
+        let prog_fd = program
+            .fd()
+            .map_err(|e| aya_error("reading the program fd", e))?
+            .as_fd()
+            .as_raw_fd();
+
+        if !filter.ports.is_empty() {
+            let mut ports: HashMap<_, u16, u8> =
+                HashMap::try_from(ebpf.map_mut(PORTS_MAP).ok_or_else(|| {
+                    aya_error("finding the port map", io::Error::other(PORTS_MAP))
+                })?)
+                .map_err(|e| aya_error("opening the port map", e))?;
+            for port in &filter.ports {
+                ports
+                    .insert(port, 1, 0)
+                    .map_err(|e| aya_error("filling the port map", e))?;
+            }
+        }
+        let stats = PerCpuArray::try_from(
+            ebpf.take_map(STATS_MAP)
+                .ok_or_else(|| aya_error("finding the stats map", io::Error::other(STATS_MAP)))?,
+        )
+        .map_err(|e| aya_error("opening the stats map", e))?;
+        let ring =
+            RingBuf::try_from(ebpf.take_map(EVENTS_MAP).ok_or_else(|| {
+                aya_error("finding the ring buffer", io::Error::other(EVENTS_MAP))
+            })?)
+            .map_err(|e| aya_error("opening the ring buffer", e))?;
+        Ok((
+            Probe {
+                ebpf,
+                stats,
+                prog_fd,
+            },
+            ring,
+        ))
+    }
+
+    /// Events dropped in the kernel because the ring buffer was full, summed over CPUs.
+    pub fn lost(&self) -> u64 {
+        self.stats
+            .get(&STAT_RINGBUF_FULL, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// How often the kernel skipped our program because it was already running on that CPU
+    /// (`recursion_misses` in the program's fdinfo; 0 on kernels that do not report it).
+    pub fn recursion_misses(&self) -> u64 {
+        let path = format!("/proc/self/fdinfo/{}", self.prog_fd);
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|info| fdinfo_field(&info, "recursion_misses"))
+            .unwrap_or(0)
+    }
+
+    /// Run count and total run time of the program, when `kernel.bpf_stats_enabled` is on.
+    pub fn run_stats(&self) -> Option<(u64, u64)> {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", self.prog_fd)).ok()?;
+        Some((
+            fdinfo_field(&info, "run_cnt")?,
+            fdinfo_field(&info, "run_time_ns")?,
+        ))
+    }
+
+    /// Kernel id of the loaded program.
+    pub fn program_id(&mut self) -> Option<u32> {
+        let program: &mut TracePoint = self.ebpf.program_mut(PROGRAM)?.try_into().ok()?;
+        program.info().ok().map(|i| i.id())
+    }
+}
+
+/// A numeric field of a `/proc/<pid>/fdinfo/<fd>` file.
+pub fn fdinfo_field(info: &str, name: &str) -> Option<u64> {
+    info.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+fn ensure_tracefs() -> Result<std::path::PathBuf, ProbeError> {
+    for dir in [TRACEFS, DEBUGFS_TRACING] {
+        if Path::new(dir).join("events").is_dir() {
+            return Ok(dir.into());
+        }
+    }
+    log::info!("tracefs is not mounted: mounting it at {TRACEFS}");
+    nix::mount::mount(
+        Some("nodev"),
+        TRACEFS,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|errno| ProbeError::Tracefs {
+        source: io::Error::from(errno),
+    })?;
+    Ok(TRACEFS.into())
+}
+
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid, initialised struct.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        // Kernels >= 5.11 account BPF memory to the cgroup and ignore this limit.
+        log::debug!(
+            "setrlimit(RLIMIT_MEMLOCK) failed: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+fn spawn_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its ring buffer fd, open and unchanged for its whole life.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    match registered.map_err(io::Error::from) {
+        Ok(mut fd) => {
+            tokio::spawn(async move {
+                loop {
+                    let Ok(mut guard) = fd.readable_mut().await else {
+                        return;
+                    };
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        Err(e) => log::debug!("eBPF logs unavailable: {e}"),
+    }
+}
+
+fn is_permission(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+}
+
+fn aya_error(
+    action: &'static str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> ProbeError {
+    ProbeError::Aya {
+        action,
+        source: Box::new(e),
+    }
+}
+
+fn ebpf_error(e: EbpfError) -> ProbeError {
+    let permission = match &e {
+        EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. }) => {
+            is_permission(io_error)
+        }
+        EbpfError::BtfError(_) => false,
+        _ => std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .is_some_and(is_permission),
+    };
+    if permission {
+        ProbeError::Permission {
+            action: "creating the eBPF maps",
+            source: Box::new(e),
+        }
+    } else {
+        aya_error("loading the eBPF object", e)
+    }
+}
+
+fn program_error(e: ProgramError) -> ProbeError {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            if is_permission(&io_error) && verifier_log.to_string().trim().is_empty() {
+                ProbeError::Permission {
+                    action: "loading the eBPF program",
+                    source: Box::new(io_error),
+                }
+            } else {
+                ProbeError::Verifier {
+                    program: PROGRAM.to_owned(),
+                    log: format!("{io_error}\n{verifier_log}"),
+                    hint: "this kernel's verifier rejected the program; please report it with the log above and `uname -r`",
+                }
+            }
+        }
+        other => aya_error("loading the eBPF program", other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fdinfo_field;
+
+    #[test]
+    fn reads_fdinfo_fields() {
+        let info = "pos:\t0\nflags:\t02000002\nprog_type:\t5\nrun_time_ns:\t1234\nrun_cnt:\t10\nrecursion_misses:\t3\n";
+        assert_eq!(fdinfo_field(info, "recursion_misses"), Some(3));
+        assert_eq!(fdinfo_field(info, "run_cnt"), Some(10));
+        assert_eq!(fdinfo_field(info, "verified_insns"), None);
+    }
+}

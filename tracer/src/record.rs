@@ -1,0 +1,201 @@
+//! Output records: what the sinks print and the export holds. One schema for text, JSON and
+//! offline analysis. Every JSON line has a `type`.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    event::{Family, TcpState},
+    timeline::{Outcome, Step},
+};
+
+/// Version of the JSON schema; bumped on incompatible changes.
+pub const SCHEMA: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    Header(Header),
+    Transition(TransitionRecord),
+    Timeline(TimelineRecord),
+    CloseWait(CloseWaitRecord),
+    CloseWaitResolved(CloseWaitResolvedRecord),
+    Digest(DigestRecord),
+    Lost(LostRecord),
+    Summary(Summary),
+}
+
+/// First line of an export.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub schema: u32,
+    pub version: String,
+    pub hostname: String,
+    pub kernel: String,
+    /// Wall-clock start, RFC 3339.
+    pub start_time: String,
+    /// Kernel monotonic ns at start; `time = start_time + (ts_ns - monotonic_start_ns)`.
+    pub monotonic_start_ns: u64,
+    /// Wall-clock ns since the epoch at monotonic zero: `wall_ns = ts_ns + wall_offset_ns`.
+    pub wall_offset_ns: i128,
+    pub options: serde_json::Value,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitionRecord {
+    pub ts_ns: u64,
+    pub time: String,
+    pub skaddr: String,
+    pub family: Family,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+    pub old_state: TcpState,
+    pub new_state: TcpState,
+    /// Time spent in `old_state`; null when the tracer did not see it enter that state.
+    pub duration_ns: Option<u64>,
+    /// The socket's owner; null until a system call of the owner was seen.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// The task running when the transition fired (not the owner in softirq).
+    pub ctx_pid: u32,
+    pub ctx_comm: String,
+    pub cpu: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineRecord {
+    /// When the timeline ended (CLOSE, or the tracer's stop for `open`).
+    pub ts_ns: u64,
+    pub time: String,
+    pub skaddr: String,
+    pub family: Family,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// The tracer saw the socket's first transition.
+    pub from_birth: bool,
+    pub outcome: Outcome,
+    /// Sum of the known durations.
+    pub duration_ns: Option<u64>,
+    pub states: Vec<Step>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseWaitRecord {
+    pub ts_ns: u64,
+    pub time: String,
+    /// Null for a socket found in CLOSE_WAIT at start-up.
+    pub skaddr: Option<String>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub fd: Option<i32>,
+    pub family: Family,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+    /// How long it has been in CLOSE_WAIT.
+    pub age_ms: u64,
+    /// It was already in CLOSE_WAIT when the tracer started: `age_ms` is a lower bound.
+    pub age_at_least: bool,
+    /// Unread bytes in its receive queue.
+    pub recv_q: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseWaitResolvedRecord {
+    pub ts_ns: u64,
+    pub time: String,
+    pub skaddr: Option<String>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub fd: Option<i32>,
+    pub family: Family,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+    /// Total time in CLOSE_WAIT.
+    pub stuck_ms: u64,
+    pub stuck_at_least: bool,
+    /// Where it went: LAST_ACK (closed by the application) or CLOSE (reset).
+    pub new_state: TcpState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestRecord {
+    pub ts_ns: u64,
+    pub time: String,
+    /// Reported sockets still in CLOSE_WAIT.
+    pub stuck: usize,
+    pub processes: Vec<DigestProcess>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestProcess {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub count: usize,
+    pub oldest_age_ms: u64,
+}
+
+/// Events the kernel side could not deliver since the previous report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostRecord {
+    pub ts_ns: u64,
+    pub time: String,
+    /// Ring buffer full: new since the last `lost` record.
+    pub ringbuf: u64,
+    /// Program runs the kernel skipped (already running on that CPU): new since the last one.
+    pub recursion_misses: u64,
+}
+
+/// Totals, printed at exit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub ts_ns: u64,
+    pub time: String,
+    /// Records received from the kernel.
+    pub events: u64,
+    /// Transitions printed (after filters).
+    pub transitions: u64,
+    /// Records lost because the ring buffer was full.
+    pub lost_ringbuf: u64,
+    /// Runs of our program the kernel skipped: events lost without entering the ring buffer.
+    pub recursion_misses: u64,
+    /// Records that could not be decoded.
+    pub decode_errors: u64,
+    /// Sockets dropped from tracking at the `--max-sockets` cap.
+    pub evicted: u64,
+    pub timelines: u64,
+    pub close_wait_alerts: u64,
+    pub close_wait_resolved: u64,
+    /// Records the output could not take (a stalled reader) and dropped.
+    pub output_dropped: u64,
+}
+
+impl Record {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Record::Header(_) => "header",
+            Record::Transition(_) => "transition",
+            Record::Timeline(_) => "timeline",
+            Record::CloseWait(_) => "close_wait",
+            Record::CloseWaitResolved(_) => "close_wait_resolved",
+            Record::Digest(_) => "digest",
+            Record::Lost(_) => "lost",
+            Record::Summary(_) => "summary",
+        }
+    }
+}
+
+/// `0xffff888012345678`.
+pub fn skaddr(addr: u64) -> String {
+    format!("{addr:#x}")
+}

@@ -1,0 +1,32 @@
+//! Where records go. Sinks are generic over `io::Write` and tested by printing into a `Vec<u8>`.
+
+mod json;
+pub mod text;
+
+use std::io;
+
+pub use json::JsonSink;
+pub use text::TextSink;
+
+use crate::record::Record;
+
+pub trait Sink {
+    /// Called once before the first record (the text sink prints its header).
+    fn begin(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    fn write(&mut self, record: &Record) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+impl<S: Sink + ?Sized> Sink for Box<S> {
+    fn begin(&mut self) -> io::Result<()> {
+        (**self).begin()
+    }
+    fn write(&mut self, record: &Record) -> io::Result<()> {
+        (**self).write(record)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        (**self).flush()
+    }
+}

@@ -1,0 +1,221 @@
+//! Human output: one line per transition with fixed columns (as tcpstates prints), and
+//! marked lines for timelines, CLOSE_WAIT alerts and digests.
+
+use std::{
+    fmt::Write as _,
+    io::{self, Write},
+    net::IpAddr,
+};
+
+use super::Sink;
+use crate::{
+    record::{
+        CloseWaitRecord, CloseWaitResolvedRecord, DigestRecord, Record, Summary, TimelineRecord,
+        TransitionRecord,
+    },
+    timeline::Step,
+    units::ms,
+};
+
+pub struct TextSink<W> {
+    out: W,
+    /// Address column width: 15 fits IPv4, 39 any IPv6 address. Longer values push the
+    /// following columns right rather than being cut.
+    addr_width: usize,
+    line: String,
+}
+
+impl<W: Write> TextSink<W> {
+    pub fn new(out: W, wide: bool) -> Self {
+        Self {
+            out,
+            addr_width: if wide { 39 } else { 15 },
+            line: String::with_capacity(160),
+        }
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+/// `HH:MM:SS.mmm` out of an RFC 3339 time.
+fn clock(time: &str) -> &str {
+    time.get(11..23).unwrap_or(time)
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+fn endpoint(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    }
+}
+
+impl<W: Write> TextSink<W> {
+    fn transition(&mut self, r: &TransitionRecord) -> std::fmt::Result {
+        let w = self.addr_width;
+        write!(
+            self.line,
+            "{:<12} {:<7} {:<16} {:<w$} {:<5} {:<w$} {:<5} {:<12} -> {:<12} {}",
+            clock(&r.time),
+            opt(r.pid),
+            r.comm.as_deref().unwrap_or("-"),
+            r.laddr,
+            r.lport,
+            r.raddr,
+            r.rport,
+            r.old_state,
+            r.new_state,
+            r.duration_ns.map_or_else(|| "-".to_owned(), ms),
+        )
+    }
+
+    fn timeline(&mut self, r: &TimelineRecord) -> std::fmt::Result {
+        write!(
+            self.line,
+            "{:<12} TIMELINE pid={} comm={} {} -> {} outcome={}{} {}",
+            clock(&r.time),
+            opt(r.pid),
+            r.comm.as_deref().unwrap_or("-"),
+            endpoint(r.laddr, r.lport),
+            endpoint(r.raddr, r.rport),
+            r.outcome.name(),
+            if r.from_birth {
+                ""
+            } else {
+                " (first seen mid-life)"
+            },
+            path(&r.states),
+        )
+    }
+
+    fn close_wait(&mut self, r: &CloseWaitRecord) -> std::fmt::Result {
+        write!(
+            self.line,
+            "{:<12} *** CLOSE_WAIT for {}{}ms: pid={} comm={} fd={} {} <- {} recv-q={} (the process has not closed a socket its peer closed)",
+            clock(&r.time),
+            if r.age_at_least { ">=" } else { "" },
+            r.age_ms,
+            opt(r.pid),
+            r.comm.as_deref().unwrap_or("-"),
+            opt(r.fd),
+            endpoint(r.laddr, r.lport),
+            endpoint(r.raddr, r.rport),
+            opt(r.recv_q),
+        )
+    }
+
+    fn resolved(&mut self, r: &CloseWaitResolvedRecord) -> std::fmt::Result {
+        write!(
+            self.line,
+            "{:<12} *** CLOSE_WAIT resolved after {}{}ms -> {}: pid={} comm={} {} <- {}",
+            clock(&r.time),
+            if r.stuck_at_least { ">=" } else { "" },
+            r.stuck_ms,
+            r.new_state,
+            opt(r.pid),
+            r.comm.as_deref().unwrap_or("-"),
+            endpoint(r.laddr, r.lport),
+            endpoint(r.raddr, r.rport),
+        )
+    }
+
+    fn digest(&mut self, r: &DigestRecord) -> std::fmt::Result {
+        write!(
+            self.line,
+            "{:<12} DIGEST {} socket(s) stuck in CLOSE_WAIT",
+            clock(&r.time),
+            r.stuck
+        )?;
+        for p in &r.processes {
+            write!(
+                self.line,
+                "\n{:<12}   pid={} comm={} stuck={} oldest={}ms",
+                "",
+                opt(p.pid),
+                p.comm.as_deref().unwrap_or("-"),
+                p.count,
+                p.oldest_age_ms
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `SYN_SENT(0.120) > ESTABLISHED(3.000) > FIN_WAIT1(0.010) > TIME_WAIT*`; durations in ms,
+/// `*` marks an inferred state.
+pub fn path(states: &[Step]) -> String {
+    let mut out = String::new();
+    for (i, step) in states.iter().enumerate() {
+        if i > 0 {
+            out.push_str(" > ");
+        }
+        out.push_str(&step.state.name());
+        if step.inferred {
+            out.push('*');
+        }
+        if let Some(d) = step.duration_ns {
+            let _ = write!(out, "({})", ms(d));
+        }
+    }
+    out
+}
+
+/// The summary as a few lines for stderr.
+pub fn summary(s: &Summary) -> String {
+    format!(
+        "tracer: {} events, {} transitions printed, {} timelines, {} CLOSE_WAIT alerts ({} resolved)\n\
+         tracer: lost: {} (ring buffer full), {} (kernel skipped the program: recursion_misses), {} undecodable, {} output records dropped, {} sockets evicted at the cap",
+        s.events,
+        s.transitions,
+        s.timelines,
+        s.close_wait_alerts,
+        s.close_wait_resolved,
+        s.lost_ringbuf,
+        s.recursion_misses,
+        s.decode_errors,
+        s.output_dropped,
+        s.evicted,
+    )
+}
+
+impl<W: Write> Sink for TextSink<W> {
+    fn begin(&mut self) -> io::Result<()> {
+        let w = self.addr_width;
+        writeln!(
+            self.out,
+            "{:<12} {:<7} {:<16} {:<w$} {:<5} {:<w$} {:<5} {:<12} -> {:<12} MS",
+            "TIME", "PID", "COMM", "LADDR", "LPORT", "RADDR", "RPORT", "OLDSTATE", "NEWSTATE"
+        )
+    }
+
+    fn write(&mut self, record: &Record) -> io::Result<()> {
+        self.line.clear();
+        let _ = match record {
+            Record::Transition(r) => self.transition(r),
+            Record::Timeline(r) => self.timeline(r),
+            Record::CloseWait(r) => self.close_wait(r),
+            Record::CloseWaitResolved(r) => self.resolved(r),
+            Record::Digest(r) => self.digest(r),
+            Record::Lost(r) => write!(
+                self.line,
+                "{:<12} LOST {} events (ring buffer full) and {} program runs skipped by the kernel",
+                clock(&r.time),
+                r.ringbuf,
+                r.recursion_misses
+            ),
+            // Header and summary are not part of the text stream (the summary goes to stderr).
+            Record::Header(_) | Record::Summary(_) => return Ok(()),
+        };
+        self.line.push('\n');
+        self.out.write_all(self.line.as_bytes())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}

@@ -1,0 +1,51 @@
+//! Builders shared by the unit tests, the replay tests and the benchmarks.
+
+use std::net::SocketAddr;
+
+use crate::event::{Family, Task, TcpState, Transition};
+
+/// A transition at `ts_ns` of socket `skaddr` from state number `old` to `new`, run by a task
+/// with pid 100 and comm "test".
+pub fn transition(
+    ts_ns: u64,
+    skaddr: u64,
+    local: &str,
+    remote: &str,
+    old: u32,
+    new: u32,
+) -> Transition {
+    let local: SocketAddr = local.parse().expect("test address");
+    let remote: SocketAddr = remote.parse().expect("test address");
+    Transition {
+        ts_ns,
+        skaddr,
+        family: if local.is_ipv4() {
+            Family::Ipv4
+        } else {
+            Family::Ipv6
+        },
+        protocol: 6,
+        laddr: local.ip(),
+        lport: local.port(),
+        raddr: remote.ip(),
+        rport: remote.port(),
+        old: TcpState::from(old),
+        new: TcpState::from(new),
+        task: Task {
+            pid: 100,
+            tid: 100,
+            comm: "test".into(),
+        },
+        cpu: 0,
+    }
+}
+
+/// The same transition run by another task.
+pub fn by(mut t: Transition, pid: u32, comm: &str) -> Transition {
+    t.task = Task {
+        pid,
+        tid: pid,
+        comm: comm.into(),
+    };
+    t
+}

@@ -1,0 +1,296 @@
+//! Per-connection timelines rebuilt from transitions. Pure: no clock, no I/O.
+//!
+//! A connection is keyed by the kernel address of its socket; CLOSE ends its timeline, so a
+//! reused address starts a new one. Memory is bounded by the number of live sockets, with a
+//! hard cap that evicts the oldest (and counts it).
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    event::{Endpoints, TcpState, Transition},
+    owner::{self, Owner},
+};
+
+/// One state a connection was in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub state: TcpState,
+    /// When it entered the state (kernel monotonic ns); `None` if before the tracer saw it.
+    pub enter_ns: Option<u64>,
+    /// How long it stayed; `None` if unknown (first seen mid-state, or the last state).
+    pub duration_ns: Option<u64>,
+    /// The tracepoint never reports this state; it is inferred (TIME_WAIT).
+    pub inferred: bool,
+}
+
+/// How a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// We sent FIN first: FIN_WAIT1 -> FIN_WAIT2 -> TIME_WAIT.
+    ActiveClose,
+    /// The peer closed first: CLOSE_WAIT -> LAST_ACK -> CLOSE.
+    PassiveClose,
+    /// Both sent FIN at once: FIN_WAIT1 -> CLOSING -> TIME_WAIT.
+    SimultaneousClose,
+    /// An open connection jumped to CLOSE.
+    Reset,
+    /// SYN_SENT -> CLOSE.
+    ConnectFailed,
+    /// SYN_RECV -> CLOSE.
+    HandshakeFailed,
+    /// LISTEN -> CLOSE.
+    ListenerClosed,
+    /// Still alive when the tracer stopped (or its end was not seen).
+    Open,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::ActiveClose,
+        Outcome::PassiveClose,
+        Outcome::SimultaneousClose,
+        Outcome::Reset,
+        Outcome::ConnectFailed,
+        Outcome::HandshakeFailed,
+        Outcome::ListenerClosed,
+        Outcome::Open,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::ActiveClose => "active_close",
+            Outcome::PassiveClose => "passive_close",
+            Outcome::SimultaneousClose => "simultaneous_close",
+            Outcome::Reset => "reset",
+            Outcome::ConnectFailed => "connect_failed",
+            Outcome::HandshakeFailed => "handshake_failed",
+            Outcome::ListenerClosed => "listener_closed",
+            Outcome::Open => "open",
+        }
+    }
+
+    /// The outcome of a connection whose last transition was `old -> CLOSE`.
+    fn of_close_from(old: TcpState) -> Outcome {
+        match old {
+            TcpState::FinWait2 | TcpState::TimeWait => Outcome::ActiveClose,
+            TcpState::Closing => Outcome::SimultaneousClose,
+            TcpState::LastAck => Outcome::PassiveClose,
+            TcpState::SynSent => Outcome::ConnectFailed,
+            TcpState::SynRecv | TcpState::NewSynRecv => Outcome::HandshakeFailed,
+            TcpState::Listen => Outcome::ListenerClosed,
+            _ => Outcome::Reset,
+        }
+    }
+}
+
+/// A connection's life, from the first transition seen to CLOSE (or the tracer's stop).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timeline {
+    pub skaddr: u64,
+    pub endpoints: Endpoints,
+    /// The first transition seen was the socket's birth (CLOSE -> x, or LISTEN -> SYN_RECV).
+    pub from_birth: bool,
+    pub owner: Option<Owner>,
+    pub steps: Vec<Step>,
+    pub outcome: Outcome,
+}
+
+/// What applying one transition told us.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Time spent in the old state, when known.
+    pub duration_ns: Option<u64>,
+    /// The socket's owner as known after this transition.
+    pub owner: Option<Owner>,
+    /// Timelines that ended: this socket's on CLOSE, and a stale one whose CLOSE was missed.
+    pub finished: Vec<Timeline>,
+}
+
+struct Conn {
+    seq: u64,
+    endpoints: Endpoints,
+    from_birth: bool,
+    owner: Option<Owner>,
+    steps: Vec<Step>,
+}
+
+impl Conn {
+    fn into_timeline(mut self, skaddr: u64, outcome: Outcome) -> Timeline {
+        if outcome == Outcome::Open {
+            if let Some(last) = self.steps.last_mut() {
+                last.duration_ns = None;
+            }
+        }
+        Timeline {
+            skaddr,
+            endpoints: self.endpoints,
+            from_birth: self.from_birth,
+            owner: self.owner,
+            steps: self.steps,
+            outcome,
+        }
+    }
+}
+
+/// Live connections, keyed by socket address.
+pub struct Tracker {
+    conns: HashMap<u64, Conn>,
+    /// Creation order, for evicting the oldest at the cap.
+    order: BTreeMap<u64, u64>,
+    next_seq: u64,
+    cap: usize,
+    evicted: u64,
+}
+
+impl Tracker {
+    /// A tracker holding at most `cap` sockets (at least 1).
+    pub fn new(cap: usize) -> Self {
+        Self {
+            conns: HashMap::new(),
+            order: BTreeMap::new(),
+            next_seq: 0,
+            cap: cap.max(1),
+            evicted: 0,
+        }
+    }
+
+    /// Number of sockets tracked now.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Sockets dropped because the cap was reached.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// The owner known for a live socket.
+    pub fn owner(&self, skaddr: u64) -> Option<&Owner> {
+        self.conns.get(&skaddr).and_then(|c| c.owner.as_ref())
+    }
+
+    /// Records an owner found some other way (a /proc scan).
+    pub fn set_owner(&mut self, skaddr: u64, owner: Owner) {
+        if let Some(conn) = self.conns.get_mut(&skaddr) {
+            conn.owner = Some(owner);
+        }
+    }
+
+    /// Applies one transition.
+    pub fn apply(&mut self, t: &Transition) -> Applied {
+        let mut applied = Applied::default();
+        let born = is_birth(t);
+        if born {
+            // A birth on an address still tracked means its CLOSE was never seen.
+            if let Some(stale) = self.remove(t.skaddr) {
+                applied
+                    .finished
+                    .push(stale.into_timeline(t.skaddr, Outcome::Open));
+            }
+        }
+        if !self.conns.contains_key(&t.skaddr) {
+            self.insert(t, born);
+        }
+        let conn = self.conns.get_mut(&t.skaddr).expect("inserted above");
+        conn.endpoints = t.endpoints();
+        if owner::is_process_context(t.old, t.new) {
+            conn.owner = Some(Owner::from_task(&t.task));
+        }
+        applied.owner.clone_from(&conn.owner);
+
+        if let Some(last) = conn.steps.last_mut() {
+            if let Some(enter) = last.enter_ns {
+                let duration = t.ts_ns.saturating_sub(enter);
+                last.duration_ns = Some(duration);
+                applied.duration_ns = Some(duration);
+            }
+        }
+        if t.new == TcpState::Close {
+            let outcome = Outcome::of_close_from(t.old);
+            let state = match outcome {
+                Outcome::ActiveClose | Outcome::SimultaneousClose => TcpState::TimeWait,
+                _ => TcpState::Close,
+            };
+            let mut conn = self.remove(t.skaddr).expect("present");
+            conn.steps.push(Step {
+                state,
+                enter_ns: Some(t.ts_ns),
+                duration_ns: None,
+                inferred: state == TcpState::TimeWait,
+            });
+            applied.finished.push(conn.into_timeline(t.skaddr, outcome));
+        } else {
+            conn.steps.push(Step {
+                state: t.new,
+                enter_ns: Some(t.ts_ns),
+                duration_ns: None,
+                inferred: false,
+            });
+        }
+        applied
+    }
+
+    /// Ends every live timeline as `open` (the tracer is stopping), oldest first.
+    pub fn flush(&mut self) -> Vec<Timeline> {
+        let order = std::mem::take(&mut self.order);
+        order
+            .into_values()
+            .filter_map(|skaddr| {
+                self.conns
+                    .remove(&skaddr)
+                    .map(|c| c.into_timeline(skaddr, Outcome::Open))
+            })
+            .collect()
+    }
+
+    fn insert(&mut self, t: &Transition, born: bool) {
+        while self.conns.len() >= self.cap {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            self.conns.remove(&oldest);
+            self.evicted += 1;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let steps = if born {
+            Vec::new()
+        } else {
+            vec![Step {
+                state: t.old,
+                enter_ns: None,
+                duration_ns: None,
+                inferred: false,
+            }]
+        };
+        self.order.insert(seq, t.skaddr);
+        self.conns.insert(
+            t.skaddr,
+            Conn {
+                seq,
+                endpoints: t.endpoints(),
+                from_birth: born,
+                owner: None,
+                steps,
+            },
+        );
+    }
+
+    fn remove(&mut self, skaddr: u64) -> Option<Conn> {
+        let conn = self.conns.remove(&skaddr)?;
+        self.order.remove(&conn.seq);
+        Some(conn)
+    }
+}
+
+/// Is this the first transition of a socket's life?
+fn is_birth(t: &Transition) -> bool {
+    t.old == TcpState::Close || (t.old == TcpState::Listen && t.new == TcpState::SynRecv)
+}

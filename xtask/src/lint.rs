@@ -1,0 +1,55 @@
+//! `lint`: rustfmt and clippy on both workspaces.
+
+use anyhow::Result;
+
+use crate::{
+    ebpf,
+    run::OBJECT_VAR,
+    util::{host_cargo, run, Stages},
+};
+
+pub fn lint() -> Result<()> {
+    let mut stages = Stages::new("lint");
+    stages.run("fmt", || {
+        let workspace = run(host_cargo().args(["fmt", "--all", "--check"]));
+        // The eBPF crate is its own workspace: `--all` above does not reach it.
+        let manifest = ebpf::crate_dir().join("Cargo.toml");
+        let ebpf = run(host_cargo()
+            .args(["fmt", "--check", "--manifest-path"])
+            .arg(&manifest));
+        workspace.and(ebpf)
+    });
+
+    // tracer/build.rs embeds the object, so clippy on the workspace needs it built.
+    let mut built = None;
+    stages.run("build-ebpf", || {
+        built = Some(ebpf::build()?);
+        Ok(())
+    });
+    let Some(built) = built else {
+        stages.skip("clippy", "no eBPF object");
+        stages.skip("clippy-ebpf", "no eBPF object");
+        return stages.finish();
+    };
+
+    stages.run("clippy", || {
+        run(host_cargo().env(OBJECT_VAR, &built.object).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    });
+    match ebpf::clippy_command(&built.toolchain) {
+        Ok(Some(mut cmd)) => {
+            stages.run("clippy-ebpf", || run(&mut cmd));
+        }
+        Ok(None) => stages.skip("clippy-ebpf", "no clippy for the eBPF toolchain"),
+        Err(err) => {
+            stages.run("clippy-ebpf", || Err(err));
+        }
+    }
+    stages.finish()
+}

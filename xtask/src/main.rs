@@ -1,0 +1,93 @@
+//! Chores for the tracer: toolchain setup, eBPF and userspace builds, run, test, lint.
+//!
+//! Progress goes to stderr; stdout carries only what a script may want (object and
+//! binary paths) and, for `run`, the tracer's own output.
+
+mod ebpf;
+mod lint;
+mod run;
+mod test;
+mod util;
+
+use std::{ffi::OsString, process::ExitCode};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::run::Profile;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Chores for the tracer workspace")]
+struct Cli {
+    #[command(subcommand)]
+    command: Chore,
+}
+
+#[derive(Subcommand)]
+enum Chore {
+    /// Install the eBPF toolchain if missing (Debian rustc-web + bpf-linker, or rustup
+    /// nightly with rust-src). TRACER_EBPF_TOOLCHAIN=debian|nightly forces one.
+    Setup,
+    /// Build the eBPF object (release) and print its path.
+    BuildEbpf,
+    /// Build the eBPF object, then the tracer; print the binary's path.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build (release unless --debug), then run the tracer as root (via `sudo -E` if needed).
+    Run {
+        #[arg(long)]
+        debug: bool,
+        /// Arguments for the tracer, after `--`.
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Run the workspace tests, then the privileged tests (needs root).
+    Test {
+        /// Run only the tests that need no root (skips tracer/tests/privileged.rs).
+        #[arg(long)]
+        unprivileged: bool,
+    },
+    /// rustfmt and clippy on the workspace and on the eBPF crate.
+    Lint,
+}
+
+fn main() -> ExitCode {
+    match dispatch(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(chore: Chore) -> Result<()> {
+    match chore {
+        Chore::Setup => ebpf::setup().map(drop),
+        Chore::BuildEbpf => {
+            println!("{}", ebpf::build()?.object.display());
+            Ok(())
+        }
+        Chore::Build { release } => {
+            let profile = if release {
+                Profile::Release
+            } else {
+                Profile::Debug
+            };
+            println!("{}", run::build(profile)?.display());
+            Ok(())
+        }
+        Chore::Run { debug, args } => {
+            let profile = if debug {
+                Profile::Debug
+            } else {
+                Profile::Release
+            };
+            run::run_tracer(profile, &args)
+        }
+        Chore::Test { unprivileged } => test::test(unprivileged),
+        Chore::Lint => lint::lint(),
+    }
+}

@@ -1,0 +1,42 @@
+//! `test`: the whole workspace's tests, then the privileged ones as root.
+
+use anyhow::{bail, Result};
+
+use crate::{
+    ebpf,
+    run::OBJECT_VAR,
+    util::{host_cargo, is_root, run, Stages},
+};
+
+pub fn test(unprivileged: bool) -> Result<()> {
+    if !unprivileged && !is_root()? {
+        bail!(
+            "the privileged tests need root (CAP_BPF+CAP_PERFMON): run `cargo xtask test` as \
+             root, or pass --unprivileged to run only the tests that need no root"
+        );
+    }
+    let object = ebpf::build()?.object;
+    let mut stages = Stages::new("test");
+    stages.run("workspace", || {
+        run(host_cargo()
+            .env(OBJECT_VAR, &object)
+            .args(["test", "--workspace"]))
+    });
+    if unprivileged {
+        stages.skip("privileged", "--unprivileged");
+    } else {
+        stages.run("privileged", || {
+            run(host_cargo().env(OBJECT_VAR, &object).args([
+                "test",
+                "-p",
+                "tracer",
+                "--test",
+                "privileged",
+                "--",
+                "--include-ignored",
+                "--test-threads=1",
+            ]))
+        });
+    }
+    stages.finish()
+}
