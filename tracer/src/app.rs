@@ -37,6 +37,7 @@ pub enum Stop {
 /// Runs the tracer until a stop condition; prints the summary on stderr.
 pub async fn run(config: Config) -> anyhow::Result<Stop> {
     let (probe, ring) = Probe::load(&config.kernel)?;
+    eprintln!("tracer: attached to sock:inet_sock_set_state; Ctrl-C to stop");
     let clock = WallClock::now();
     let mut engine = Engine::new(config.engine.clone(), clock);
 

@@ -70,6 +70,10 @@ impl Detector {
     /// Feeds one transition. Returns the socket it resolves, if it had been reported.
     pub fn observe(&mut self, t: &Transition) -> Option<Resolved> {
         if t.new == TcpState::CloseWait {
+            // Seen entering CLOSE_WAIT after all: it was not there before the tracer started.
+            if let Some(dup) = self.preexisting_with(&t.endpoints()) {
+                self.stuck.remove(&dup);
+            }
             let id = SockId::Kernel(t.skaddr);
             self.stuck.insert(
                 id,

@@ -101,6 +101,16 @@ fn same(a: &Endpoints, b: &Endpoints) -> bool {
         && canon(a.raddr) == canon(b.raddr)
 }
 
+/// Unread bytes from the table's `rx_queue`, which is `rcv_nxt - copied_seq`: once the peer's
+/// FIN has arrived it takes one sequence number that is not data (netstat shows it as one more
+/// byte of Recv-Q).
+pub fn unread_bytes(state: TcpState, rx_queue: u32) -> u32 {
+    match state {
+        TcpState::CloseWait | TcpState::LastAck | TcpState::Closing => rx_queue.saturating_sub(1),
+        _ => rx_queue,
+    }
+}
+
 /// Reads the socket tables of every network namespace and who holds each socket.
 /// Processes that vanish or cannot be read during the scan are skipped.
 pub fn scan() -> Result<SocketTable, procfs::ProcError> {
@@ -130,21 +140,22 @@ pub fn scan() -> Result<SocketTable, procfs::ProcError> {
         let netns = std::os::unix::fs::MetadataExt::ino(&netns);
         if seen_netns.insert(netns) {
             for rows in [process.tcp(), process.tcp6()].into_iter().flatten() {
-                table
-                    .entries
-                    .extend(rows.into_iter().map(|row| SocketEntry {
+                for row in rows {
+                    let state = TcpState::from(u32::from(row.state.to_u8()));
+                    table.entries.push(SocketEntry {
                         endpoints: Endpoints {
                             laddr: row.local_address.ip(),
                             lport: row.local_address.port(),
                             raddr: row.remote_address.ip(),
                             rport: row.remote_address.port(),
                         },
-                        state: TcpState::from(u32::from(row.state.to_u8())),
-                        recv_q: row.rx_queue,
+                        state,
+                        recv_q: unread_bytes(state, row.rx_queue),
                         inode: row.inode,
                         netns,
                         owner: None,
-                    }));
+                    });
+                }
             }
         }
     }
@@ -177,6 +188,13 @@ mod tests {
     }
 
     #[test]
+    fn fin_is_not_an_unread_byte() {
+        assert_eq!(unread_bytes(CloseWait, 27), 26);
+        assert_eq!(unread_bytes(CloseWait, 0), 0);
+        assert_eq!(unread_bytes(Established, 27), 27);
+    }
+
+    #[test]
     fn scan_finds_our_own_socket() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -189,6 +207,28 @@ mod tests {
         let owner = entry.owner.as_ref().expect("we hold it");
         assert_eq!(owner.pid, me);
         assert!(owner.fd.is_some());
+    }
+
+    #[test]
+    fn scan_finds_close_wait_with_unread_bytes() {
+        use std::io::Write as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        client.write_all(&[7u8; 26]).unwrap();
+        drop(client);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let table = scan().unwrap();
+        let entry = table
+            .in_state(CloseWait)
+            .find(|e| e.endpoints.rport == peer.port())
+            .expect("the server socket is in CLOSE_WAIT");
+        assert_eq!(entry.recv_q, 26);
+        assert_eq!(
+            entry.owner.as_ref().map(|o| o.pid),
+            Some(std::process::id())
+        );
+        drop(server);
     }
 
     #[test]
