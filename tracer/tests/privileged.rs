@@ -135,10 +135,7 @@ fn full_connection(listen_addr: &str) {
     assert_eq!(summary.decode_errors, 0);
 }
 
-fn find<'a>(
-    ts: &'a [TransitionRecord],
-    pred: impl Fn(&TransitionRecord) -> bool,
-) -> &'a TransitionRecord {
+fn find(ts: &[TransitionRecord], pred: impl Fn(&TransitionRecord) -> bool) -> &TransitionRecord {
     ts.iter()
         .find(|t| pred(t))
         .unwrap_or_else(|| panic!("no such transition in {ts:#?}"))
