@@ -222,3 +222,114 @@ pub fn digest<'a>(stuck: impl Iterator<Item = &'a Stuck>, now_ns: u64) -> Vec<Gr
     });
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::transition;
+
+    const S: &str = "127.0.0.1:8080";
+    const C: &str = "127.0.0.1:40000";
+    const MS: u64 = 1_000_000;
+
+    fn owner(pid: u32) -> Owner {
+        Owner {
+            pid,
+            comm: format!("p{pid}"),
+            fd: Some(3),
+        }
+    }
+
+    #[test]
+    fn alerts_once_when_crossing_the_threshold_then_resolves() {
+        let mut d = Detector::new(500 * MS);
+        assert_eq!(d.observe(&transition(1000 * MS, 7, S, C, 1, 8)), None);
+        assert!(d.poll(1499 * MS).is_empty(), "not yet");
+        let due = d.poll(1500 * MS);
+        assert_eq!(due, [SockId::Kernel(7)]);
+        assert!(d.poll(9000 * MS).is_empty(), "only once");
+        d.update(due[0], Some(owner(42)), Some(10));
+        let resolved = d
+            .observe(&transition(3000 * MS, 7, S, C, 8, 9))
+            .expect("resolved");
+        assert_eq!(resolved.stuck.age_ns(resolved.left_ns), 2000 * MS);
+        assert_eq!(resolved.new_state, TcpState::LastAck);
+        assert_eq!(resolved.stuck.owner, Some(owner(42)));
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn leaving_before_the_threshold_is_silent() {
+        let mut d = Detector::new(500 * MS);
+        d.observe(&transition(0, 7, S, C, 1, 8));
+        assert_eq!(d.observe(&transition(100 * MS, 7, S, C, 8, 9)), None);
+        assert!(d.poll(10_000 * MS).is_empty());
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn preexisting_sockets_alert_at_once_and_match_by_endpoints() {
+        let mut d = Detector::new(500 * MS);
+        let ep = transition(0, 0, S, C, 8, 9).endpoints();
+        d.add_preexisting(11, 1, ep, 100 * MS, Some(owner(5)), 3);
+        let due = d.poll(100 * MS);
+        assert_eq!(
+            due,
+            [SockId::Preexisting {
+                inode: 11,
+                netns: 1
+            }]
+        );
+        let stuck = d.get(due[0]).unwrap();
+        assert!(stuck.at_least);
+        let resolved = d
+            .observe(&transition(700 * MS, 0xbeef, S, C, 8, 7))
+            .unwrap();
+        assert_eq!(resolved.stuck.age_ns(resolved.left_ns), 600 * MS);
+        assert_eq!(resolved.new_state, TcpState::Close);
+    }
+
+    #[test]
+    fn a_socket_seen_entering_replaces_its_preexisting_twin() {
+        let mut d = Detector::new(500 * MS);
+        let t = transition(200 * MS, 7, S, C, 1, 8);
+        d.add_preexisting(11, 1, t.endpoints(), 100 * MS, None, 0);
+        d.observe(&t);
+        assert_eq!(d.len(), 1);
+        assert!(
+            d.poll(300 * MS).is_empty(),
+            "the kernel-seen entry has its own age"
+        );
+        assert_eq!(d.poll(700 * MS), [SockId::Kernel(7)]);
+    }
+
+    #[test]
+    fn digest_groups_by_owner() {
+        let mut d = Detector::new(0);
+        for (sk, pid) in [(1, Some(10)), (2, Some(10)), (3, Some(20)), (4, None)] {
+            d.observe(&transition(
+                sk * MS,
+                sk,
+                S,
+                &format!("127.0.0.1:{}", 40000 + sk),
+                1,
+                8,
+            ));
+            d.update(SockId::Kernel(sk), pid.map(owner), None);
+        }
+        d.poll(10 * MS);
+        let groups = digest(d.reported(), 10 * MS);
+        let summary: Vec<(Option<u32>, usize, u64)> = groups
+            .iter()
+            .map(|g| (g.pid, g.count, g.oldest_ns))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Some(10), 2, 9 * MS),
+                (Some(20), 1, 7 * MS),
+                (None, 1, 6 * MS)
+            ]
+        );
+    }
+}

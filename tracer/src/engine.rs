@@ -314,3 +314,207 @@ fn close_wait_record(s: &Stuck, now_ns: u64, clock: &WallClock) -> CloseWaitReco
         recv_q: s.recv_q,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        owner::{Owner, SocketEntry},
+        testing::{by, transition},
+    };
+
+    const S: &str = "127.0.0.1:8080";
+    const C: &str = "127.0.0.1:40000";
+    const MS: u64 = 1_000_000;
+
+    fn engine(opts: Options) -> Engine {
+        Engine::new(opts, WallClock::fixed(0))
+    }
+
+    fn feed(e: &mut Engine, ts: &[Transition]) -> Vec<Record> {
+        let mut out = Vec::new();
+        for t in ts {
+            e.transition(t, &mut out);
+        }
+        out
+    }
+
+    /// A server socket that the peer closed and the server never closes.
+    fn stuck_server() -> Vec<Transition> {
+        vec![
+            by(transition(MS, 9, S, C, 10, 3), 111, "client"),
+            by(transition(2 * MS, 9, S, C, 3, 1), 111, "client"),
+            by(transition(3 * MS, 9, S, C, 1, 8), 111, "client"),
+        ]
+    }
+
+    fn table(pid: u32) -> SocketTable {
+        SocketTable {
+            entries: vec![SocketEntry {
+                endpoints: transition(0, 0, S, C, 1, 8).endpoints(),
+                state: TcpState::CloseWait,
+                recv_q: 12,
+                inode: 5,
+                netns: 1,
+                owner: Some(Owner {
+                    pid,
+                    comm: "server".into(),
+                    fd: Some(7),
+                }),
+            }],
+        }
+    }
+
+    #[test]
+    fn transition_records_carry_owner_context_and_duration() {
+        let mut e = engine(Options::default());
+        let out = feed(
+            &mut e,
+            &[
+                by(transition(MS, 1, C, S, 7, 2), 50, "curl"),
+                by(transition(3 * MS, 1, C, S, 2, 1), 60, "nginx"),
+            ],
+        );
+        let [Record::Transition(a), Record::Transition(b)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (a.pid, a.comm.as_deref(), a.duration_ns),
+            (Some(50), Some("curl"), None)
+        );
+        assert_eq!(a.skaddr, "0x1");
+        assert_eq!(a.time, "1970-01-01T00:00:00.001000Z");
+        // SYN_SENT -> ESTABLISHED runs in softirq: the owner stays the connecting process.
+        assert_eq!(
+            (b.pid, b.ctx_pid, b.ctx_comm.as_str()),
+            (Some(50), 60, "nginx")
+        );
+        assert_eq!(b.duration_ns, Some(2 * MS));
+    }
+
+    #[test]
+    fn close_wait_alert_names_the_holder_from_the_socket_table() {
+        let mut e = engine(Options {
+            close_wait_threshold_ns: 100 * MS,
+            ..Options::default()
+        });
+        let mut out = feed(&mut e, &stuck_server());
+        out.clear();
+        assert!(e.due(50 * MS).is_empty());
+        let due = e.due(103 * MS);
+        e.alert(&due, Some(&table(222)), 103 * MS, &mut out);
+        let [Record::CloseWait(alert)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (alert.pid, alert.comm.as_deref(), alert.fd),
+            (Some(222), Some("server"), Some(7))
+        );
+        assert_eq!(
+            (alert.age_ms, alert.recv_q, alert.age_at_least),
+            (100, Some(12), false)
+        );
+
+        out.clear();
+        e.transition(
+            &by(transition(500 * MS, 9, S, C, 8, 9), 222, "server"),
+            &mut out,
+        );
+        let resolved = out.iter().find_map(|r| match r {
+            Record::CloseWaitResolved(r) => Some(r),
+            _ => None,
+        });
+        let resolved = resolved.expect("resolved record");
+        assert_eq!((resolved.pid, resolved.stuck_ms), (Some(222), 497));
+        assert_eq!(e.summary().close_wait_alerts, 1);
+        assert_eq!(e.summary().close_wait_resolved, 1);
+    }
+
+    #[test]
+    fn alert_without_a_table_is_still_emitted() {
+        let mut e = engine(Options {
+            close_wait_threshold_ns: MS,
+            ..Options::default()
+        });
+        feed(&mut e, &stuck_server());
+        let mut out = Vec::new();
+        let due = e.due(10 * MS);
+        e.alert(&due, None, 10 * MS, &mut out);
+        let [Record::CloseWait(alert)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(alert.pid, None, "unknown rather than the softirq's task");
+    }
+
+    #[test]
+    fn pid_filter_keeps_only_known_owners() {
+        let mut e = engine(Options {
+            pids: [50].into(),
+            ..Options::default()
+        });
+        let out = feed(
+            &mut e,
+            &[
+                by(transition(MS, 1, C, S, 7, 2), 50, "curl"),
+                by(transition(MS, 2, C, S, 7, 2), 51, "wget"),
+                by(transition(MS, 3, S, C, 10, 3), 50, "curl"),
+            ],
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(e.summary().events, 3);
+        assert_eq!(e.summary().transitions, 1);
+    }
+
+    #[test]
+    fn finish_flushes_open_timelines_and_counts() {
+        let mut e = engine(Options {
+            timelines: true,
+            transitions: false,
+            ..Options::default()
+        });
+        let out = feed(
+            &mut e,
+            &[
+                transition(MS, 1, C, S, 7, 2),
+                transition(MS, 2, C, S, 7, 2),
+                transition(2 * MS, 2, C, S, 2, 7),
+            ],
+        );
+        assert_eq!(
+            out.len(),
+            1,
+            "one finished timeline, no transitions: {out:?}"
+        );
+        e.decode_error();
+        let mut out = Vec::new();
+        let summary = e.finish(9 * MS, 3, 4, &mut out);
+        let [Record::Timeline(open)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(open.outcome.name(), "open");
+        assert_eq!(open.ts_ns, 9 * MS);
+        assert_eq!(
+            (summary.events, summary.decode_errors, summary.timelines),
+            (4, 1, 2)
+        );
+        assert_eq!((summary.lost_ringbuf, summary.recursion_misses), (3, 4));
+    }
+
+    #[test]
+    fn digest_counts_reported_sockets_per_process() {
+        let mut e = engine(Options {
+            close_wait_threshold_ns: MS,
+            ..Options::default()
+        });
+        feed(&mut e, &stuck_server());
+        let mut out = Vec::new();
+        let due = e.due(10 * MS);
+        e.alert(&due, Some(&table(222)), 10 * MS, &mut out);
+        let Record::Digest(d) = e.digest(1000 * MS) else {
+            panic!()
+        };
+        assert_eq!(d.stuck, 1);
+        assert_eq!(d.processes[0].pid, Some(222));
+        assert_eq!(d.processes[0].oldest_age_ms, 997);
+    }
+}

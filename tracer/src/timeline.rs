@@ -294,3 +294,315 @@ impl Tracker {
 fn is_birth(t: &Transition) -> bool {
     t.old == TcpState::Close || (t.old == TcpState::Listen && t.new == TcpState::SynRecv)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{by, transition};
+
+    const C: &str = "127.0.0.1:40000";
+    const S: &str = "127.0.0.1:8080";
+    const ANY: &str = "0.0.0.0:0";
+
+    // Kernel state numbers.
+    const ESTABLISHED: u32 = 1;
+    const SYN_SENT: u32 = 2;
+    const SYN_RECV: u32 = 3;
+    const FIN_WAIT1: u32 = 4;
+    const FIN_WAIT2: u32 = 5;
+    const CLOSE: u32 = 7;
+    const CLOSE_WAIT: u32 = 8;
+    const LAST_ACK: u32 = 9;
+    const LISTEN: u32 = 10;
+    const CLOSING: u32 = 11;
+
+    /// Feeds `(old, new)` pairs at 1 ms steps to one socket; returns what finished.
+    fn run(
+        tracker: &mut Tracker,
+        sk: u64,
+        local: &str,
+        remote: &str,
+        path: &[(u32, u32)],
+    ) -> Vec<Timeline> {
+        let mut done = Vec::new();
+        for (i, &(old, new)) in path.iter().enumerate() {
+            let ts = (i as u64 + 1) * 1_000_000;
+            done.extend(
+                tracker
+                    .apply(&transition(ts, sk, local, remote, old, new))
+                    .finished,
+            );
+        }
+        done
+    }
+
+    fn names(tl: &Timeline) -> Vec<String> {
+        tl.steps
+            .iter()
+            .map(|s| format!("{}{}", s.state.name(), if s.inferred { "*" } else { "" }))
+            .collect()
+    }
+
+    /// Local, remote, transitions, expected outcome, expected states.
+    type Case = (
+        &'static str,
+        &'static str,
+        &'static [(u32, u32)],
+        Outcome,
+        &'static [&'static str],
+    );
+
+    #[test]
+    fn every_outcome() {
+        let cases: [Case; 8] = [
+            (
+                C,
+                S,
+                &[
+                    (CLOSE, SYN_SENT),
+                    (SYN_SENT, ESTABLISHED),
+                    (ESTABLISHED, FIN_WAIT1),
+                    (FIN_WAIT1, FIN_WAIT2),
+                    (FIN_WAIT2, CLOSE),
+                ],
+                Outcome::ActiveClose,
+                &[
+                    "SYN_SENT",
+                    "ESTABLISHED",
+                    "FIN_WAIT1",
+                    "FIN_WAIT2",
+                    "TIME_WAIT*",
+                ],
+            ),
+            (
+                S,
+                C,
+                &[
+                    (LISTEN, SYN_RECV),
+                    (SYN_RECV, ESTABLISHED),
+                    (ESTABLISHED, CLOSE_WAIT),
+                    (CLOSE_WAIT, LAST_ACK),
+                    (LAST_ACK, CLOSE),
+                ],
+                Outcome::PassiveClose,
+                &["SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSE"],
+            ),
+            (
+                C,
+                S,
+                &[
+                    (CLOSE, SYN_SENT),
+                    (SYN_SENT, ESTABLISHED),
+                    (ESTABLISHED, FIN_WAIT1),
+                    (FIN_WAIT1, CLOSING),
+                    (CLOSING, CLOSE),
+                ],
+                Outcome::SimultaneousClose,
+                &[
+                    "SYN_SENT",
+                    "ESTABLISHED",
+                    "FIN_WAIT1",
+                    "CLOSING",
+                    "TIME_WAIT*",
+                ],
+            ),
+            (
+                C,
+                S,
+                &[
+                    (CLOSE, SYN_SENT),
+                    (SYN_SENT, ESTABLISHED),
+                    (ESTABLISHED, CLOSE),
+                ],
+                Outcome::Reset,
+                &["SYN_SENT", "ESTABLISHED", "CLOSE"],
+            ),
+            (
+                S,
+                C,
+                &[
+                    (LISTEN, SYN_RECV),
+                    (SYN_RECV, ESTABLISHED),
+                    (ESTABLISHED, CLOSE_WAIT),
+                    (CLOSE_WAIT, CLOSE),
+                ],
+                Outcome::Reset,
+                &["SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "CLOSE"],
+            ),
+            (
+                C,
+                S,
+                &[(CLOSE, SYN_SENT), (SYN_SENT, CLOSE)],
+                Outcome::ConnectFailed,
+                &["SYN_SENT", "CLOSE"],
+            ),
+            (
+                S,
+                C,
+                &[(LISTEN, SYN_RECV), (SYN_RECV, CLOSE)],
+                Outcome::HandshakeFailed,
+                &["SYN_RECV", "CLOSE"],
+            ),
+            (
+                S,
+                ANY,
+                &[(CLOSE, LISTEN), (LISTEN, CLOSE)],
+                Outcome::ListenerClosed,
+                &["LISTEN", "CLOSE"],
+            ),
+        ];
+        for (local, remote, path, outcome, states) in cases {
+            let mut tracker = Tracker::new(16);
+            let done = run(&mut tracker, 0xa, local, remote, path);
+            assert_eq!(done.len(), 1, "{path:?}");
+            let tl = &done[0];
+            assert_eq!(tl.outcome, outcome, "{path:?}");
+            assert_eq!(names(tl), states, "{path:?}");
+            assert!(tl.from_birth);
+            // 1 ms between transitions: every state but the last has a known 1 ms duration.
+            let (last, rest) = tl.steps.split_last().unwrap();
+            assert!(
+                rest.iter().all(|s| s.duration_ns == Some(1_000_000)),
+                "{tl:?}"
+            );
+            assert_eq!(last.duration_ns, None);
+            assert!(tracker.is_empty(), "a finished timeline is dropped");
+        }
+    }
+
+    #[test]
+    fn first_seen_mid_life_gets_no_invented_durations() {
+        let mut tracker = Tracker::new(16);
+        let applied = tracker.apply(&transition(5, 1, S, C, ESTABLISHED, CLOSE_WAIT));
+        assert_eq!(applied.duration_ns, None);
+        let applied = tracker.apply(&transition(9, 1, S, C, CLOSE_WAIT, LAST_ACK));
+        assert_eq!(applied.duration_ns, Some(4));
+        let done = tracker
+            .apply(&transition(10, 1, S, C, LAST_ACK, CLOSE))
+            .finished;
+        let tl = &done[0];
+        assert!(!tl.from_birth);
+        assert_eq!(tl.steps[0].state, TcpState::Established);
+        assert_eq!(
+            (tl.steps[0].enter_ns, tl.steps[0].duration_ns),
+            (None, None)
+        );
+        assert_eq!(tl.outcome, Outcome::PassiveClose);
+    }
+
+    #[test]
+    fn reused_address_starts_a_new_timeline() {
+        let mut tracker = Tracker::new(16);
+        let first = run(
+            &mut tracker,
+            7,
+            C,
+            S,
+            &[(CLOSE, SYN_SENT), (SYN_SENT, CLOSE)],
+        );
+        let second = run(
+            &mut tracker,
+            7,
+            "127.0.0.1:40001",
+            S,
+            &[(CLOSE, SYN_SENT), (SYN_SENT, ESTABLISHED)],
+        );
+        assert_eq!(first.len(), 1);
+        assert!(second.is_empty());
+        let open = tracker.flush();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].endpoints.lport, 40001);
+        assert_eq!(open[0].outcome, Outcome::Open);
+        assert_eq!(names(&open[0]), ["SYN_SENT", "ESTABLISHED"]);
+        assert_eq!(
+            open[0].steps[1].duration_ns, None,
+            "still running: no duration"
+        );
+    }
+
+    #[test]
+    fn a_birth_over_a_missed_close_ends_the_stale_timeline() {
+        let mut tracker = Tracker::new(16);
+        run(
+            &mut tracker,
+            7,
+            C,
+            S,
+            &[(CLOSE, SYN_SENT), (SYN_SENT, ESTABLISHED)],
+        );
+        let done = tracker
+            .apply(&transition(50, 7, "127.0.0.1:40001", S, CLOSE, SYN_SENT))
+            .finished;
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].endpoints.lport, 40000);
+        assert_eq!(done[0].outcome, Outcome::Open);
+        assert_eq!(tracker.len(), 1);
+    }
+
+    #[test]
+    fn cap_evicts_the_oldest_and_counts() {
+        let mut tracker = Tracker::new(2);
+        for sk in 1..=3 {
+            tracker.apply(&transition(sk, sk, C, S, CLOSE, SYN_SENT));
+        }
+        assert_eq!(tracker.len(), 2);
+        assert_eq!(tracker.evicted(), 1);
+        let left: Vec<u64> = tracker.flush().iter().map(|t| t.skaddr).collect();
+        assert_eq!(left, [2, 3]);
+    }
+
+    #[test]
+    fn owner_comes_only_from_syscall_transitions() {
+        let mut tracker = Tracker::new(16);
+        // Packet-driven transitions of a server socket run on top of the client.
+        let a = tracker.apply(&by(transition(1, 9, S, C, LISTEN, SYN_RECV), 111, "client"));
+        assert_eq!(a.owner, None);
+        let a = tracker.apply(&by(
+            transition(2, 9, S, C, SYN_RECV, ESTABLISHED),
+            111,
+            "client",
+        ));
+        assert_eq!(a.owner, None);
+        let a = tracker.apply(&by(
+            transition(3, 9, S, C, ESTABLISHED, CLOSE_WAIT),
+            333,
+            "apt-cache",
+        ));
+        assert_eq!(a.owner, None);
+        // close() by the server.
+        let a = tracker.apply(&by(
+            transition(4, 9, S, C, CLOSE_WAIT, LAST_ACK),
+            222,
+            "server",
+        ));
+        assert_eq!(a.owner.as_ref().map(|o| o.pid), Some(222));
+        // The final ACK arrives in softirq over someone else: the owner stays.
+        let a = tracker.apply(&by(transition(5, 9, S, C, LAST_ACK, CLOSE), 444, "other"));
+        assert_eq!(
+            a.owner.as_ref().map(|o| (o.pid, o.comm.as_str())),
+            Some((222, "server"))
+        );
+        assert_eq!(a.finished[0].owner.as_ref().map(|o| o.pid), Some(222));
+    }
+
+    #[test]
+    fn listener_spawns_child_sockets() {
+        let mut tracker = Tracker::new(16);
+        tracker.apply(&transition(1, 100, S, ANY, CLOSE, LISTEN));
+        tracker.apply(&transition(2, 200, S, C, LISTEN, SYN_RECV));
+        assert_eq!(tracker.len(), 2, "the child has its own timeline");
+        let done = tracker
+            .apply(&transition(3, 100, S, ANY, LISTEN, CLOSE))
+            .finished;
+        assert_eq!(done[0].outcome, Outcome::ListenerClosed);
+        assert_eq!(tracker.len(), 1);
+    }
+
+    #[test]
+    fn unknown_states_do_not_panic() {
+        let mut tracker = Tracker::new(16);
+        run(&mut tracker, 1, C, S, &[(CLOSE, 99), (99, 0), (0, CLOSE)]);
+        run(&mut tracker, 2, C, S, &[(42, CLOSE)]);
+        assert!(tracker.is_empty());
+    }
+}

@@ -30,3 +30,6 @@ impl<S: Sink + ?Sized> Sink for Box<S> {
         (**self).flush()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,165 @@
+//! Golden output of the sinks, rendered into a `Vec<u8>`.
+
+use super::{JsonSink, Sink, TextSink};
+use crate::{
+    engine::{Engine, Options},
+    record::Record,
+    testing::{by, transition},
+    units::WallClock,
+};
+
+const MS: u64 = 1_000_000;
+/// 2026-11-23T08:00:00Z at monotonic zero.
+const EPOCH: i128 = 1_795_420_800_000_000_000;
+
+fn records() -> Vec<Record> {
+    let mut e = Engine::new(
+        Options {
+            timelines: true,
+            ..Options::default()
+        },
+        WallClock::fixed(EPOCH),
+    );
+    let mut out = Vec::new();
+    for t in [
+        by(
+            transition(
+                MS,
+                0xffff_8880_0000_1000,
+                "127.0.0.1:0",
+                "127.0.0.1:8080",
+                7,
+                2,
+            ),
+            4242,
+            "curl",
+        ),
+        by(
+            transition(
+                2 * MS + 250_000,
+                0xffff_8880_0000_1000,
+                "127.0.0.1:40000",
+                "127.0.0.1:8080",
+                2,
+                1,
+            ),
+            1,
+            "nginx",
+        ),
+        by(
+            transition(
+                3 * MS,
+                0xffff_8880_0000_1000,
+                "127.0.0.1:40000",
+                "127.0.0.1:8080",
+                1,
+                7,
+            ),
+            1,
+            "nginx",
+        ),
+        by(
+            transition(
+                4 * MS,
+                0xffff_8880_0000_2000,
+                "[2001:db8::1234:5678:9abc:def0]:443",
+                "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:55555",
+                1,
+                8,
+            ),
+            7,
+            "swapper/0",
+        ),
+    ] {
+        e.transition(&t, &mut out);
+    }
+    out
+}
+
+fn text(wide: bool) -> String {
+    let mut sink = TextSink::new(Vec::new(), wide);
+    sink.begin().unwrap();
+    for r in records() {
+        sink.write(&r).unwrap();
+    }
+    String::from_utf8(sink.into_inner()).unwrap()
+}
+
+#[test]
+fn text_lines() {
+    let expected = "\
+TIME         PID     COMM             LADDR           LPORT RADDR           RPORT OLDSTATE     -> NEWSTATE     MS
+08:00:00.001 4242    curl             127.0.0.1       0     127.0.0.1       8080  CLOSE        -> SYN_SENT     -
+08:00:00.002 4242    curl             127.0.0.1       40000 127.0.0.1       8080  SYN_SENT     -> ESTABLISHED  1.250
+08:00:00.003 4242    curl             127.0.0.1       40000 127.0.0.1       8080  ESTABLISHED  -> CLOSE        0.750
+08:00:00.003 TIMELINE pid=4242 comm=curl 127.0.0.1:40000 -> 127.0.0.1:8080 outcome=reset SYN_SENT(1.250) > ESTABLISHED(0.750) > CLOSE
+08:00:00.004 -       -                2001:db8::1234:5678:9abc:def0 443   2001:db8:ffff:ffff:ffff:ffff:ffff:ffff 55555 ESTABLISHED  -> CLOSE_WAIT   -
+";
+    assert_eq!(text(false), expected);
+}
+
+#[test]
+fn wide_columns_fit_ipv6() {
+    let out = text(true);
+    let lines: Vec<&str> = out.lines().collect();
+    // Header and every transition line align when addresses fit in 39 columns.
+    let col = lines[0].find("OLDSTATE").unwrap();
+    for line in [lines[1], lines[2], lines[5]] {
+        assert_eq!(&line[col - 1..col], " ", "{line}");
+        assert!(
+            line[col..].starts_with("CLOSE")
+                || line[col..].starts_with("SYN_SENT")
+                || line[col..].starts_with("ESTABLISHED"),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn json_lines_have_the_documented_fields_and_parse_back() {
+    let mut sink = JsonSink::new(Vec::new());
+    let records = records();
+    for r in &records {
+        sink.write(r).unwrap();
+    }
+    let out = String::from_utf8(sink.into_inner()).unwrap();
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let keys: Vec<&str> = first
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for key in [
+        "type",
+        "ts_ns",
+        "time",
+        "skaddr",
+        "family",
+        "laddr",
+        "lport",
+        "raddr",
+        "rport",
+        "old_state",
+        "new_state",
+        "duration_ns",
+        "pid",
+        "comm",
+        "ctx_pid",
+        "ctx_comm",
+    ] {
+        assert!(keys.contains(&key), "missing {key} in {first}");
+    }
+    assert_eq!(first["type"], "transition");
+    assert_eq!(first["time"], "2026-11-23T08:00:00.001000Z");
+    assert_eq!(first["skaddr"], "0xffff888000001000");
+    assert_eq!(first["family"], "ipv4");
+    assert_eq!(first["old_state"], "CLOSE");
+    assert_eq!(first["new_state"], "SYN_SENT");
+    assert!(first["duration_ns"].is_null());
+    let parsed: Vec<Record> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(parsed, records);
+}
