@@ -37,13 +37,17 @@ pub enum Stop {
 /// Runs the tracer until a stop condition; prints the summary on stderr.
 pub async fn run(config: Config) -> anyhow::Result<Stop> {
     let (probe, ring) = Probe::load(&config.kernel)?;
-    eprintln!("tracer: attached to sock:inet_sock_set_state; Ctrl-C to stop");
     let clock = WallClock::now();
     let mut engine = Engine::new(config.engine.clone(), clock);
 
     let start = monotonic_ns();
     match tokio::task::spawn_blocking(owner::scan).await {
-        Ok(Ok(table)) => engine.preexisting(&table, start),
+        Ok(Ok(mut table)) => {
+            table
+                .entries
+                .retain(|e| config.kernel.matches(&e.endpoints));
+            engine.preexisting(&table, start);
+        }
         Ok(Err(e)) => log::warn!("could not read the socket tables at start: {e}"),
         Err(e) => log::warn!("socket table scan failed: {e}"),
     }
@@ -55,6 +59,12 @@ pub async fn run(config: Config) -> anyhow::Result<Stop> {
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(io::Error::from)
         .context("polling the ring buffer")?;
+
+    // Sockets that entered CLOSE_WAIT while the tables were read are in the ring buffer:
+    // replay them now so they are not mistaken for older ones.
+    let mut batch: Vec<Record> = Vec::new();
+    drain(ring.get_mut(), &mut engine, &mut batch);
+    eprintln!("tracer: attached to sock:inet_sock_set_state; Ctrl-C to stop");
 
     let mut tick = interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -68,7 +78,6 @@ pub async fn run(config: Config) -> anyhow::Result<Stop> {
     tokio::pin!(deadline);
 
     let mut reported_lost = (0u64, 0u64);
-    let mut batch: Vec<Record> = Vec::new();
     let stop = loop {
         tokio::select! {
             guard = ring.readable_mut() => {

@@ -150,8 +150,12 @@ impl Detector {
     /// Records what a socket table lookup found.
     pub fn update(&mut self, id: SockId, owner: Option<Owner>, recv_q: Option<u32>) {
         if let Some(s) = self.stuck.get_mut(&id) {
-            if owner.is_some() {
-                s.owner = owner;
+            if let Some(mut owner) = owner {
+                // A system call names the process but not the fd a table lookup found.
+                if let Some(known) = s.owner.as_ref().filter(|k| k.pid == owner.pid) {
+                    owner.fd = owner.fd.or(known.fd);
+                }
+                s.owner = Some(owner);
             }
             if recv_q.is_some() {
                 s.recv_q = recv_q;

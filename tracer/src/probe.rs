@@ -36,6 +36,22 @@ pub struct KernelFilter {
     pub ring_buffer_bytes: u32,
 }
 
+impl KernelFilter {
+    /// Does a connection pass these filters? (The same test the kernel side applies, for
+    /// sockets found in the socket tables rather than through the tracepoint.)
+    pub fn matches(&self, e: &crate::event::Endpoints) -> bool {
+        let family_ok = match self.family {
+            tracer_common::AF_INET => e.laddr.to_canonical().is_ipv4(),
+            tracer_common::AF_INET6 => e.laddr.is_ipv6(),
+            _ => true,
+        };
+        family_ok
+            && (self.ports.is_empty()
+                || self.ports.contains(&e.lport)
+                || self.ports.contains(&e.rport))
+    }
+}
+
 pub struct Probe {
     ebpf: Ebpf,
     stats: PerCpuArray<MapData, u64>,
@@ -51,6 +67,7 @@ impl Probe {
         if OBJECT.is_empty() {
             return Err(ProbeError::MissingObject);
         }
+        check_capabilities()?;
         let tracefs = ensure_tracefs()?;
         let tracepoint = tracefs.join("events/sock/inet_sock_set_state");
         if !tracepoint.exists() {
@@ -174,6 +191,37 @@ pub fn fdinfo_field(info: &str, name: &str) -> Option<u64> {
     })
 }
 
+/// Capabilities needed to load and attach: CAP_BPF (39) and CAP_PERFMON (38), or CAP_SYS_ADMIN
+/// (21) which implies both on older kernels.
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+fn check_capabilities() -> Result<(), ProbeError> {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return Ok(()); // Let the kernel decide.
+    };
+    match effective_caps(&status) {
+        Some(caps) if !has_tracing_caps(caps) => Err(ProbeError::Permission {
+            action: "loading the eBPF program",
+            source: Box::new(io::Error::from(io::ErrorKind::PermissionDenied)),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The `CapEff` mask of a `/proc/<pid>/status` file.
+pub fn effective_caps(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// Can a process with these effective capabilities load and attach a tracepoint program?
+pub fn has_tracing_caps(caps: u64) -> bool {
+    let has = |cap: u32| caps & (1u64 << cap) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
 fn ensure_tracefs() -> Result<std::path::PathBuf, ProbeError> {
     for dir in [TRACEFS, DEBUGFS_TRACING] {
         if Path::new(dir).join("events").is_dir() {
@@ -188,8 +236,14 @@ fn ensure_tracefs() -> Result<std::path::PathBuf, ProbeError> {
         nix::mount::MsFlags::empty(),
         None::<&str>,
     )
-    .map_err(|errno| ProbeError::Tracefs {
-        source: io::Error::from(errno),
+    .map_err(|errno| match errno {
+        nix::errno::Errno::EPERM | nix::errno::Errno::EACCES => ProbeError::Permission {
+            action: "mounting tracefs",
+            source: Box::new(io::Error::from(errno)),
+        },
+        _ => ProbeError::Tracefs {
+            source: io::Error::from(errno),
+        },
     })?;
     Ok(TRACEFS.into())
 }
@@ -290,7 +344,44 @@ fn program_error(e: ProgramError) -> ProbeError {
 
 #[cfg(test)]
 mod tests {
-    use super::fdinfo_field;
+    use super::{effective_caps, fdinfo_field, has_tracing_caps};
+
+    #[test]
+    fn filter_matches_table_entries_like_the_kernel() {
+        use tracer_common::{AF_INET, AF_INET6};
+        let ep =
+            crate::testing::transition(0, 0, "127.0.0.1:80", "127.0.0.1:5000", 1, 8).endpoints();
+        let ep6 = crate::testing::transition(0, 0, "[::1]:80", "[::1]:5000", 1, 8).endpoints();
+        let f = |family, ports: &[u16]| super::KernelFilter {
+            family,
+            ports: ports.to_vec(),
+            ..Default::default()
+        };
+        assert!(f(0, &[]).matches(&ep));
+        assert!(f(0, &[5000]).matches(&ep));
+        assert!(!f(0, &[81]).matches(&ep));
+        assert!(f(AF_INET, &[80]).matches(&ep));
+        assert!(!f(AF_INET, &[]).matches(&ep6));
+        assert!(f(AF_INET6, &[]).matches(&ep6));
+    }
+
+    #[test]
+    fn capabilities() {
+        let root = "Name:\ttracer\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(effective_caps(root), Some(0x1ff_ffff_ffff));
+        assert!(has_tracing_caps(0x1ff_ffff_ffff));
+        assert!(!has_tracing_caps(0));
+        assert!(has_tracing_caps(1 << 21), "CAP_SYS_ADMIN alone");
+        assert!(
+            has_tracing_caps((1 << 39) | (1 << 38)),
+            "CAP_BPF + CAP_PERFMON"
+        );
+        assert!(
+            !has_tracing_caps(1 << 39),
+            "CAP_BPF alone cannot attach a tracepoint"
+        );
+        assert_eq!(effective_caps("Name: x\n"), None);
+    }
 
     #[test]
     fn reads_fdinfo_fields() {

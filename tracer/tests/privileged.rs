@@ -234,6 +234,26 @@ fn require_exit_after(flag: &str, value: &str) {
     ));
 }
 
+/// Without the capabilities to load BPF: one clear message, exit code 77, no backtrace.
+#[test]
+#[ignore = "needs root and BPF"]
+fn unprivileged_run_fails_clearly() {
+    support::require_root();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_tracer"))
+        .output()
+        .expect("run setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert!(stderr.contains("run as root"), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
 /// A server that accepts, answers, then neither reads nor closes: its socket sits in
 /// CLOSE_WAIT after the client leaves. Must be reported with the *server's* pid and comm.
 #[test]
@@ -247,6 +267,8 @@ fn close_wait_is_reported_with_the_server_process() {
         &port_arg,
         "--close-wait-threshold",
         "300ms",
+        "--report-interval",
+        "500ms",
         "--timelines",
     ]);
 
@@ -280,6 +302,17 @@ fn close_wait_is_reported_with_the_server_process() {
         "reported long after crossing the threshold: {alert:?}"
     );
 
+    let digest = tracer.wait_for("a digest naming the server", |rs| {
+        rs.iter().find_map(|r| match r {
+            Record::Digest(d) if d.processes.iter().any(|p| p.pid == Some(server.pid())) => {
+                Some(d.clone())
+            }
+            _ => None,
+        })
+    });
+    assert_eq!(digest.stuck, 1, "{digest:?}");
+    assert_eq!(digest.processes[0].count, 1);
+
     server.send("close");
     let resolved = tracer.wait_for("close_wait_resolved", |rs| {
         rs.iter().find_map(|r| match r {
@@ -288,6 +321,7 @@ fn close_wait_is_reported_with_the_server_process() {
         })
     });
     assert_eq!(resolved.pid, Some(server.pid()));
+    assert_eq!(resolved.fd, alert.fd);
     // close() with unread data sends a RST: CLOSE_WAIT -> CLOSE, not LAST_ACK.
     assert_eq!(resolved.new_state.name(), "CLOSE");
     assert!(resolved.stuck_ms >= alert.age_ms, "{resolved:?}");
