@@ -36,6 +36,11 @@ pub enum Stop {
 
 /// Runs the tracer until a stop condition; prints the summary on stderr.
 pub async fn run(config: Config) -> anyhow::Result<Stop> {
+    // Signals are handled from the start, so one sent as soon as we report being attached
+    // still ends the run cleanly.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let (probe, ring) = Probe::load(&config.kernel)?;
     let clock = WallClock::now();
     let mut engine = Engine::new(config.engine.clone(), clock);
@@ -71,9 +76,6 @@ pub async fn run(config: Config) -> anyhow::Result<Stop> {
     let mut digest = interval(config.report_interval);
     digest.set_missed_tick_behavior(MissedTickBehavior::Delay);
     digest.tick().await;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let deadline = sleep(config.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(deadline);
 
@@ -121,7 +123,7 @@ pub async fn run(config: Config) -> anyhow::Result<Stop> {
     drain(ring.get_mut(), &mut engine, &mut batch);
     let now = monotonic_ns();
     alert(&mut engine, now, &mut batch).await;
-    engine.output_dropped(output.dropped());
+    engine.output_stats(output.offered(), output.dropped());
     let summary = engine.finish(now, probe.lost(), probe.recursion_misses(), &mut batch);
     batch.push(Record::Summary(summary.clone()));
     let written = output.finish(batch);

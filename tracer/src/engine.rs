@@ -80,9 +80,10 @@ impl Engine {
         self.summary.decode_errors += 1;
     }
 
-    /// Records the output could not take.
-    pub fn output_dropped(&mut self, n: u64) {
-        self.summary.output_dropped += n;
+    /// Records offered to the output (all but the summary) and those it could not take.
+    pub fn output_stats(&mut self, offered: u64, dropped: u64) {
+        self.summary.output_records = offered;
+        self.summary.output_dropped = dropped;
     }
 
     /// Feeds one transition.

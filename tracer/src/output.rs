@@ -4,7 +4,11 @@
 
 use std::{
     io,
-    sync::mpsc::{self, Receiver, SyncSender, TrySendError},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc::{self, Receiver, SyncSender, TrySendError},
+        Arc,
+    },
     thread::JoinHandle,
 };
 
@@ -12,6 +16,9 @@ use crate::{record::Record, sink::Sink};
 
 /// Batches waiting for the writer before new ones are dropped.
 const QUEUE_BATCHES: usize = 4096;
+/// Records waiting for the writer before new batches are dropped: bounds memory when the
+/// reader of stdout stalls (a few MB of records).
+pub const QUEUE_RECORDS: usize = 16_384;
 
 enum Message {
     Batch(Vec<Record>),
@@ -21,34 +28,58 @@ enum Message {
 
 pub struct Output {
     tx: Option<SyncSender<Message>>,
+    /// Records sent and not yet written.
+    queued: Arc<AtomicUsize>,
     thread: Option<JoinHandle<io::Result<()>>>,
     dropped: u64,
+    offered: u64,
 }
 
 impl Output {
     pub fn spawn(mut sink: Box<dyn Sink + Send>) -> io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel(QUEUE_BATCHES);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let written = Arc::clone(&queued);
         let thread = std::thread::Builder::new()
             .name("tracer-output".into())
-            .spawn(move || write_all(&mut *sink, &rx))?;
+            .spawn(move || write_all(&mut *sink, &rx, &written))?;
         Ok(Self {
             tx: Some(tx),
+            queued,
             thread: Some(thread),
             dropped: 0,
+            offered: 0,
         })
     }
 
     /// Queues a batch. Returns false once the writer has stopped (closed stdout).
     pub fn send(&mut self, batch: Vec<Record>) -> bool {
         let Some(tx) = &self.tx else { return false };
+        let len = batch.len();
+        self.offered += len as u64;
+        if self.queued.load(Ordering::Relaxed) + len > QUEUE_RECORDS {
+            self.dropped += len as u64;
+            // Still tell a closed stdout apart from a slow one.
+            return !matches!(
+                tx.try_send(Message::Batch(Vec::new())),
+                Err(TrySendError::Disconnected(_))
+            );
+        }
+        self.queued.fetch_add(len, Ordering::Relaxed);
         match tx.try_send(Message::Batch(batch)) {
             Ok(()) => true,
             Err(TrySendError::Full(Message::Batch(lost) | Message::Final(lost))) => {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
                 self.dropped += lost.len() as u64;
                 true
             }
             Err(TrySendError::Disconnected(_)) => false,
         }
+    }
+
+    /// Records offered so far with [`Output::send`].
+    pub fn offered(&self) -> u64 {
+        self.offered
     }
 
     /// Records dropped so far because the writer could not keep up.
@@ -59,6 +90,7 @@ impl Output {
     /// Writes the final records, waits for the writer and returns its result.
     pub fn finish(mut self, last: Vec<Record>) -> io::Result<()> {
         if let Some(tx) = self.tx.take() {
+            self.queued.fetch_add(last.len(), Ordering::Relaxed);
             let _ = tx.send(Message::Final(last));
         }
         match self.thread.take().map(JoinHandle::join) {
@@ -69,19 +101,19 @@ impl Output {
     }
 }
 
-fn write_all(sink: &mut dyn Sink, rx: &Receiver<Message>) -> io::Result<()> {
+fn write_all(sink: &mut dyn Sink, rx: &Receiver<Message>, queued: &AtomicUsize) -> io::Result<()> {
     sink.begin()?;
+    sink.flush()?;
     while let Ok(message) = rx.recv() {
-        let (Message::Batch(batch) | Message::Final(batch)) = message;
-        for record in &batch {
-            sink.write(record)?;
-        }
-        // Drain what is already queued before paying for a flush.
-        if let Ok(more) = rx.try_recv() {
-            let (Message::Batch(batch) | Message::Final(batch)) = more;
+        let mut next = Some(message);
+        // Write what is already queued before paying for a flush.
+        while let Some(message) = next {
+            let (Message::Batch(batch) | Message::Final(batch)) = message;
             for record in &batch {
                 sink.write(record)?;
             }
+            queued.fetch_sub(batch.len(), Ordering::Relaxed);
+            next = rx.try_recv().ok();
         }
         sink.flush()?;
     }
@@ -91,4 +123,88 @@ fn write_all(sink: &mut dyn Sink, rx: &Receiver<Message>) -> io::Result<()> {
 /// Is this error a closed pipe (`tracer | head`)? Such an end is quiet and successful.
 pub fn is_broken_pipe(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::BrokenPipe
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Condvar, Mutex};
+
+    use super::*;
+    use crate::record::{Record, Summary};
+
+    /// A sink that blocks until released, like a reader of stdout that stalls.
+    struct Stalled {
+        gate: Arc<(Mutex<bool>, Condvar)>,
+        written: Arc<Mutex<usize>>,
+    }
+
+    impl Sink for Stalled {
+        fn write(&mut self, _: &Record) -> io::Result<()> {
+            let (open, cv) = &*self.gate;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            *self.written.lock().unwrap() += 1;
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn record() -> Record {
+        Record::Summary(Summary::default())
+    }
+
+    #[test]
+    fn a_stalled_reader_costs_bounded_memory_and_every_drop_is_counted() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let written = Arc::new(Mutex::new(0));
+        let mut out = Output::spawn(Box::new(Stalled {
+            gate: Arc::clone(&gate),
+            written: Arc::clone(&written),
+        }))
+        .unwrap();
+        let batches = 100;
+        let per_batch = QUEUE_RECORDS / 10;
+        for _ in 0..batches {
+            assert!(out.send(vec![record(); per_batch]));
+        }
+        assert!(out.queued.load(Ordering::Relaxed) <= QUEUE_RECORDS);
+        let dropped = out.dropped();
+        assert!(dropped > 0);
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        out.finish(vec![record()]).unwrap();
+        let total = (batches * per_batch + 1) as u64;
+        assert_eq!(*written.lock().unwrap() as u64 + dropped, total);
+    }
+
+    /// A reader that went away (`tracer | head`).
+    struct Closed;
+
+    impl Sink for Closed {
+        fn write(&mut self, _: &Record) -> io::Result<()> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_reader_stops_the_output() {
+        let mut out = Output::spawn(Box::new(Closed)).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while out.send(vec![record()]) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never noticed the closed reader"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let err = out.finish(Vec::new()).unwrap_err();
+        assert!(is_broken_pipe(&err));
+    }
 }

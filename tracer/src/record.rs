@@ -176,7 +176,9 @@ pub struct Summary {
     pub timelines: u64,
     pub close_wait_alerts: u64,
     pub close_wait_resolved: u64,
-    /// Records the output could not take (a stalled reader) and dropped.
+    /// Records offered to stdout, the summary aside.
+    pub output_records: u64,
+    /// Of those, records stdout could not take (a stalled reader) and dropped.
     pub output_dropped: u64,
 }
 

@@ -26,14 +26,15 @@ pub fn test(unprivileged: bool) -> Result<()> {
         stages.skip("privileged", "--unprivileged");
     } else {
         stages.run("privileged", || {
+            // Every test target's ignored tests: those are the ones that need root and BPF.
+            // One at a time: they share the kernel's tracepoint and the machine's ports.
             run(host_cargo().env(OBJECT_VAR, &object).args([
                 "test",
                 "-p",
                 "tracer",
-                "--test",
-                "privileged",
+                "--tests",
                 "--",
-                "--include-ignored",
+                "--ignored",
                 "--test-threads=1",
             ]))
         });

@@ -1,0 +1,350 @@
+//! Reliability against the real kernel: overload, a stalled reader, kill -9, two tracers at
+//! once, signals and a closed stdout. Privileged, bounded in count and time, loopback only.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::{TcpListener, TcpStream},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use support::{Tracer, WAIT};
+use tracer::record::Record;
+
+/// Transitions of one connection of this shape: client connects and closes; server reads to
+/// EOF and closes. Client: CLOSE->SYN_SENT->ESTABLISHED->FIN_WAIT1->FIN_WAIT2->CLOSE; server:
+/// LISTEN->SYN_RECV->ESTABLISHED->CLOSE_WAIT->LAST_ACK->CLOSE.
+const PER_CONNECTION: usize = 10;
+
+/// Serves `count` connections on `listener`: read to EOF, close.
+fn serve(listener: TcpListener, count: usize) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        for _ in 0..count {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut sink = Vec::new();
+            conn.read_to_end(&mut sink).unwrap();
+        }
+    })
+}
+
+/// `count` connections from `threads` threads, as fast as they go.
+fn churn(addr: std::net::SocketAddr, count: usize, threads: usize) {
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let n = count / threads + usize::from(i < count % threads);
+            thread::spawn(move || {
+                for _ in 0..n {
+                    drop(TcpStream::connect(addr).unwrap());
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+fn pid_of(tracer: &Tracer) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(tracer.pid() as i32)
+}
+
+#[test]
+#[ignore = "needs root and BPF"]
+fn overload_counts_every_loss_exactly_and_recovers() {
+    let tracer_port = {
+        let (l, a) = support::listen("127.0.0.1:0");
+        drop(l);
+        a.port()
+    };
+    let port_arg = tracer_port.to_string();
+    // One page: room for about 39 events.
+    let tracer = Tracer::start(&["-p", &port_arg, "--ring-buffer-size", "4096"]);
+    let listener = TcpListener::bind(("127.0.0.1", tracer_port)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let burst = 2_000;
+    let server = serve(listener.try_clone().unwrap(), burst + 1);
+    churn(addr, burst, 4);
+    // After the burst: one more connection must come through whole.
+    thread::sleep(Duration::from_millis(300));
+    let client = TcpStream::connect(addr).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    drop(client);
+    server.join().unwrap();
+    tracer.wait_for("the connection after the burst", |rs| {
+        // By socket: connect() reports SYN_SENT before the local port is known.
+        let ts = support::transitions_on(rs, tracer_port);
+        let sockets: Vec<&str> = ts
+            .iter()
+            .filter(|t| t.lport == client_port || t.rport == client_port)
+            .map(|t| t.skaddr.as_str())
+            .collect();
+        // Socket addresses are reused: only count what happened after the burst's pause.
+        let since = ts
+            .iter()
+            .filter(|t| t.lport == client_port || t.rport == client_port)
+            .map(|t| t.ts_ns)
+            .min()
+            .unwrap_or(u64::MAX)
+            .saturating_sub(100_000_000);
+        let mine = ts
+            .iter()
+            .filter(|t| t.ts_ns >= since && sockets.contains(&t.skaddr.as_str()))
+            .count();
+        (mine == PER_CONNECTION).then_some(())
+    });
+    drop(listener);
+    thread::sleep(Duration::from_millis(200));
+    let (records, summary) = tracer.stop();
+
+    let expected = 2 + PER_CONNECTION * (burst + 1);
+    let captured = support::transitions_on(&records, tracer_port).len();
+    let lost_records: u64 = records
+        .iter()
+        .map(|r| match r {
+            Record::Lost(l) => l.ringbuf,
+            _ => 0,
+        })
+        .sum();
+    assert!(
+        summary.lost_ringbuf > 0,
+        "the burst never overflowed one page: {summary:?}"
+    );
+    assert_eq!(
+        lost_records, summary.lost_ringbuf,
+        "lost records add up to the summary"
+    );
+    assert_eq!(summary.decode_errors, 0);
+    if summary.recursion_misses == 0 {
+        assert_eq!(
+            captured as u64 + summary.lost_ringbuf,
+            expected as u64,
+            "{summary:?}"
+        );
+    } else {
+        // A skipped run is not tied to a port, so it only bounds the count.
+        let reported = captured as u64 + summary.lost_ringbuf;
+        assert!(
+            reported <= expected as u64 && expected as u64 <= reported + summary.recursion_misses
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root and BPF"]
+fn a_stalled_reader_does_not_block_the_kernel_side() {
+    support::require_root();
+    let (listener, addr) = support::listen("127.0.0.1:0");
+    let port_arg = addr.port().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tracer"))
+        .args(["--json", "-p", &port_arg])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("attached"), "{line}");
+    // Nobody reads stdout while 30,000 transitions (about 10 MB of JSON) happen.
+    let connections = 3_000;
+    let server = serve(listener, connections);
+    churn(addr, connections, 2);
+    server.join().unwrap();
+    thread::sleep(Duration::from_millis(500));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let records: Vec<Record> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let Some(Record::Summary(summary)) = records.last() else {
+        panic!("no summary last")
+    };
+    let delivered = records.len() as u64 - 1;
+    assert_eq!(
+        summary.lost_ringbuf, 0,
+        "the kernel side was blocked: {summary:?}"
+    );
+    assert!(
+        summary.output_dropped > 0,
+        "the stall never filled the queue: {summary:?}"
+    );
+    assert_eq!(
+        delivered + summary.output_dropped,
+        summary.output_records,
+        "{summary:?}"
+    );
+    // Every transition the kernel ran our program for was received: none lost to the stall.
+    let expected = (connections * PER_CONNECTION) as u64;
+    assert!(summary.transitions <= expected, "{summary:?}");
+    assert!(
+        summary.transitions + summary.recursion_misses >= expected,
+        "{summary:?}"
+    );
+    assert!(
+        rss_kb < 100 * 1024,
+        "memory grew with the backlog: {rss_kb} kB"
+    );
+}
+
+/// BPF object ids the tracer process holds (programs, maps), from its fdinfo.
+fn bpf_ids(pid: u32) -> Vec<(String, u32)> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for key in ["prog_id", "map_id"] {
+            if let Some(id) = tracer::probe::fdinfo_field(&info, key) {
+                ids.push((key.to_owned(), id as u32));
+            }
+        }
+    }
+    ids
+}
+
+fn alive(kind: &str, id: u32) -> bool {
+    match kind {
+        "prog_id" => aya::programs::loaded_programs()
+            .flatten()
+            .any(|p| p.id() == id),
+        _ => aya::maps::loaded_maps().flatten().any(|m| m.id() == id),
+    }
+}
+
+#[test]
+#[ignore = "needs root and BPF"]
+fn kill_9_leaves_nothing_attached() {
+    let tracer = Tracer::start(&["-p", "1"]);
+    let ids = bpf_ids(tracer.pid());
+    assert!(ids.iter().any(|(k, _)| k == "prog_id"), "{ids:?}");
+    assert!(ids.iter().all(|(k, id)| alive(k, *id)));
+    nix::sys::signal::kill(pid_of(&tracer), nix::sys::signal::Signal::SIGKILL).unwrap();
+    drop(tracer);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left: Vec<_> = ids.iter().filter(|(k, id)| alive(k, *id)).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still in the kernel after kill -9: {left:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "needs root and BPF"]
+fn two_tracers_work_independently() {
+    let (listener, addr) = support::listen("[::1]:0");
+    let port_arg = addr.port().to_string();
+    let first = Tracer::start(&["-p", &port_arg]);
+    let second = Tracer::start(&["-p", &port_arg]);
+    let server = serve(listener.try_clone().unwrap(), 2);
+    churn(addr, 1, 1);
+    for tracer in [&first, &second] {
+        tracer.wait_for("the first connection", |rs| {
+            (support::transitions_on(rs, addr.port()).len() == PER_CONNECTION).then_some(())
+        });
+    }
+    let (_, summary) = first.stop();
+    assert_eq!(summary.transitions, PER_CONNECTION as u64);
+    churn(addr, 1, 1);
+    second.wait_for("the second connection", |rs| {
+        (support::transitions_on(rs, addr.port()).len() == 2 * PER_CONNECTION).then_some(())
+    });
+    server.join().unwrap();
+    let (_, summary) = second.stop();
+    assert_eq!(summary.lost_ringbuf, 0);
+}
+
+#[test]
+#[ignore = "needs root and BPF"]
+fn sigterm_and_sighup_end_with_a_summary() {
+    for signal in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
+        let tracer = Tracer::start(&["-p", "1"]);
+        nix::sys::signal::kill(pid_of(&tracer), signal).unwrap();
+        tracer.wait_for("the summary", |rs| {
+            rs.iter().find(|r| matches!(r, Record::Summary(_))).cloned()
+        });
+    }
+}
+
+#[test]
+#[ignore = "needs root and BPF"]
+fn a_closed_stdout_ends_quietly_with_success() {
+    support::require_root();
+    let (listener, addr) = support::listen("127.0.0.1:0");
+    let port_arg = addr.port().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tracer"))
+        .args(["-p", &port_arg])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let mut out = BufReader::new(out);
+        let mut header = String::new();
+        let _ = out.read_line(&mut header);
+        let _ = tx.send(header);
+        // `out` is dropped here: like `tracer | head -1`.
+    });
+    let header = rx
+        .recv_timeout(WAIT)
+        .expect("the header line, before any event");
+    assert!(header.starts_with("TIME"), "{header}");
+    let rounds = 40;
+    let server = serve(listener, rounds);
+    let mut status = None;
+    for _ in 0..rounds {
+        churn(addr, 1, 1);
+        status = child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!("the tracer kept running with stdout closed");
+    };
+    assert!(status.success(), "{status}");
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert!(!rest.contains("error"), "{rest}");
+    drop(server); // Blocked in accept() for the rounds not needed; ends with the test binary.
+}
