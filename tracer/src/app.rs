@@ -95,7 +95,7 @@ pub async fn run(config: Config) -> anyhow::Result<Stop> {
                     batch.push(Record::Lost(LostRecord {
                         ts_ns: now,
                         time: clock.rfc3339(now),
-                        ringbuf: lost.0 - reported_lost.0,
+                        ringbuf: lost.0.saturating_sub(reported_lost.0),
                         recursion_misses: lost.1.saturating_sub(reported_lost.1),
                     }));
                     reported_lost = lost;

@@ -253,7 +253,8 @@ impl Engine {
             comm: tl.owner.as_ref().map(|o| o.comm.clone()),
             from_birth: tl.from_birth,
             outcome: tl.outcome,
-            duration_ns: (!durations.is_empty()).then(|| durations.iter().sum()),
+            duration_ns: (!durations.is_empty())
+                .then(|| durations.iter().fold(0u64, |sum, d| sum.saturating_add(*d))),
             states: tl.steps.clone(),
         }));
     }
@@ -499,6 +500,34 @@ mod tests {
             (4, 1, 2)
         );
         assert_eq!((summary.lost_ringbuf, summary.recursion_misses), (3, 4));
+    }
+
+    /// Found by `cargo xtask fuzz decode`: absurd timestamps overflowed the total duration.
+    #[test]
+    fn absurd_timestamps_do_not_overflow() {
+        let mut e = engine(Options {
+            timelines: true,
+            ..Options::default()
+        });
+        let out = feed(
+            &mut e,
+            &[
+                transition(0, 1, C, S, 7, 2),
+                transition(u64::MAX - 1, 1, C, S, 2, 1),
+                transition(u64::MAX, 1, C, S, 1, 7),
+                // Time going backwards gives a zero duration, never a wrapped one.
+                transition(5, 2, C, S, 7, 2),
+                transition(1, 2, C, S, 2, 7),
+            ],
+        );
+        let totals: Vec<Option<u64>> = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Timeline(t) => Some(t.duration_ns),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(totals, [Some(u64::MAX), Some(0)]);
     }
 
     #[test]

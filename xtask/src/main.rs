@@ -4,6 +4,7 @@
 //! binary paths) and, for `run`, the tracer's own output.
 
 mod ebpf;
+mod fuzz;
 mod lint;
 mod run;
 mod test;
@@ -51,6 +52,14 @@ enum Chore {
     },
     /// rustfmt and clippy on the workspace and on the eBPF crate.
     Lint,
+    /// Fuzz a target of tracer/fuzz (decode, reader) for a bounded time (rustup nightly).
+    Fuzz {
+        /// The target: `decode` (ring buffer records) or `reader` (export files).
+        target: String,
+        /// Stop after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -89,5 +98,6 @@ fn dispatch(chore: Chore) -> Result<()> {
         }
         Chore::Test { unprivileged } => test::test(unprivileged),
         Chore::Lint => lint::lint(),
+        Chore::Fuzz { target, seconds } => fuzz::fuzz(&target, seconds),
     }
 }
