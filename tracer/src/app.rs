@@ -140,7 +140,9 @@ fn stdout_sink(config: &Config) -> Box<dyn Sink + Send> {
     if config.json {
         Box::new(JsonSink::new(stdout))
     } else {
-        Box::new(TextSink::new(stdout, config.wide))
+        let color = std::io::IsTerminal::is_terminal(&io::stdout())
+            && std::env::var_os("NO_COLOR").is_none();
+        Box::new(TextSink::new(stdout, config.wide).with_color(color))
     }
 }
 

@@ -163,3 +163,38 @@ fn json_lines_have_the_documented_fields_and_parse_back() {
         .collect();
     assert_eq!(parsed, records);
 }
+
+#[test]
+fn close_wait_reports_are_highlighted_only_with_color() {
+    use crate::record::CloseWaitRecord;
+    let alert = Record::CloseWait(CloseWaitRecord {
+        ts_ns: 0,
+        time: "2026-11-23T08:00:05.000000Z".into(),
+        skaddr: None,
+        pid: Some(7),
+        comm: Some("leaky".into()),
+        fd: Some(9),
+        family: crate::event::Family::Ipv4,
+        laddr: "127.0.0.1".parse().unwrap(),
+        lport: 8080,
+        raddr: "127.0.0.1".parse().unwrap(),
+        rport: 40000,
+        age_ms: 5000,
+        age_at_least: true,
+        recv_q: Some(3),
+    });
+    let render = |color| {
+        let mut sink = TextSink::new(Vec::new(), false).with_color(color);
+        sink.write(&alert).unwrap();
+        String::from_utf8(sink.into_inner()).unwrap()
+    };
+    let plain = render(false);
+    assert_eq!(
+        plain,
+        "08:00:05.000 *** CLOSE_WAIT for >=5000ms: pid=7 comm=leaky fd=9 127.0.0.1:8080 <- 127.0.0.1:40000 recv-q=3 (the process has not closed a socket its peer closed)\n"
+    );
+    assert_eq!(
+        render(true),
+        format!("\x1b[1;31m{}\x1b[0m\n", plain.trim_end())
+    );
+}

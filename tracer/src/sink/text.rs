@@ -22,6 +22,8 @@ pub struct TextSink<W> {
     /// Address column width: 15 fits IPv4, 39 any IPv6 address. Longer values push the
     /// following columns right rather than being cut.
     addr_width: usize,
+    /// Highlight CLOSE_WAIT reports with ANSI colour (a terminal, and `NO_COLOR` unset).
+    color: bool,
     line: String,
 }
 
@@ -30,8 +32,15 @@ impl<W: Write> TextSink<W> {
         Self {
             out,
             addr_width: if wide { 39 } else { 15 },
+            color: false,
             line: String::with_capacity(160),
         }
+    }
+
+    /// Highlights CLOSE_WAIT reports in bold red (resolutions in yellow).
+    pub fn with_color(mut self, color: bool) -> Self {
+        self.color = color;
+        self
     }
 
     pub fn into_inner(self) -> W {
@@ -195,6 +204,14 @@ impl<W: Write> Sink for TextSink<W> {
 
     fn write(&mut self, record: &Record) -> io::Result<()> {
         self.line.clear();
+        let highlight = match record {
+            Record::CloseWait(_) | Record::Digest(_) | Record::Lost(_) => "\x1b[1;31m",
+            Record::CloseWaitResolved(_) => "\x1b[33m",
+            _ => "",
+        };
+        if self.color && !highlight.is_empty() {
+            self.line.push_str(highlight);
+        }
         let _ = match record {
             Record::Transition(r) => self.transition(r),
             Record::Timeline(r) => self.timeline(r),
@@ -211,6 +228,9 @@ impl<W: Write> Sink for TextSink<W> {
             // Header and summary are not part of the text stream (the summary goes to stderr).
             Record::Header(_) | Record::Summary(_) => return Ok(()),
         };
+        if self.color && !highlight.is_empty() {
+            self.line.push_str("\x1b[0m");
+        }
         self.line.push('\n');
         self.out.write_all(self.line.as_bytes())
     }

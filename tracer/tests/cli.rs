@@ -1,0 +1,104 @@
+//! The command line, as a user meets it: help, and every kind of bad value rejected with a
+//! message naming it and exit code 2, before anything is loaded into the kernel. No root.
+
+use assert_cmd::Command;
+
+fn tracer() -> Command {
+    let mut cmd = Command::cargo_bin("tracer").unwrap();
+    // Hermetic: no logging configuration from the caller's environment.
+    cmd.env_remove("TRACER_LOG").env_remove("RUST_LOG");
+    cmd
+}
+
+#[test]
+fn help_has_examples() {
+    let out = tracer()
+        .arg("--help")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let help = String::from_utf8(out).unwrap();
+    for needle in [
+        "Examples:",
+        "--close-wait-threshold",
+        "--port",
+        "--json",
+        "tracer -p 8080",
+    ] {
+        assert!(
+            help.contains(needle),
+            "{needle} missing from --help:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn version() {
+    tracer().arg("--version").assert().success();
+}
+
+/// Each bad value exits 2 with one line that names the offending token.
+#[test]
+fn bad_values_name_the_problem() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--port", "http"], "\"http\""),
+        (&["--port=0"], "\"0\""),
+        (&["--port", "65536"], "\"65536\""),
+        (&["--port", "80,,443"], "\"\""),
+        (&["--duration", "soon"], "\"soon\""),
+        (
+            &["--duration", "0s"],
+            "--duration must be greater than zero",
+        ),
+        (&["--close-wait-threshold=-1s"], "--close-wait-threshold"),
+        (&["--report-interval", "1 fortnight"], "--report-interval"),
+        (&["--ring-buffer-size", "1000"], "1000"),
+        (&["--ring-buffer-size", "99999999999999"], "99999999999999"),
+        (&["--max-sockets", "0"], "--max-sockets"),
+        (&["-4", "-6"], "-4 and -6"),
+    ];
+    for (args, needle) in cases {
+        let out = tracer().args(*args).assert().code(2).get_output().clone();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn clap_errors_are_usage_errors() {
+    for args in [
+        &["--no-such-flag"][..],
+        &["--pid", "abc"],
+        &["--max-sockets", "-5"],
+        &["--port"],
+    ] {
+        let out = tracer().args(args).assert().code(2).get_output().clone();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("error"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn too_many_ports() {
+    let ports: Vec<String> = (1..=65).map(|p| p.to_string()).collect();
+    let out = tracer()
+        .args(["-p", &ports.join(",")])
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("too many ports"));
+}
+
+#[test]
+fn huge_and_binary_arguments_do_not_panic() {
+    let huge = "9".repeat(100_000);
+    tracer().args(["--port", &huge]).assert().code(2);
+    tracer().args(["--duration", &huge]).assert().code(2);
+    let binary = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&[0xff, 0xfe, b'x']);
+    tracer().arg("--duration").arg(binary).assert().code(2);
+}
