@@ -110,6 +110,7 @@ impl Engine {
                 lport: t.lport,
                 raddr: t.raddr,
                 rport: t.rport,
+                protocol: t.protocol,
                 old_state: t.old,
                 new_state: t.new,
                 duration_ns: applied.duration_ns,

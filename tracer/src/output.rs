@@ -1,10 +1,15 @@
 //! A dedicated thread that owns the sink, so a stalled reader of stdout never blocks the event
 //! loop (and so never the draining of the kernel ring buffer). Batches that do not fit in the
-//! bounded queue are dropped and counted.
+//! bounded queue are dropped and counted. Each sink (stdout, the export file) has its own
+//! `Output`, so a stalled stdout never costs the export a record; batches are shared, not copied.
+//! Every batch is flushed once written, so a killed tracer leaves whole lines behind.
 
 use std::{
     io,
-    sync::mpsc::{self, Receiver, SyncSender, TrySendError},
+    sync::{
+        mpsc::{self, Receiver, SyncSender, TrySendError},
+        Arc,
+    },
     thread::JoinHandle,
 };
 
@@ -13,10 +18,13 @@ use crate::{record::Record, sink::Sink};
 /// Batches waiting for the writer before new ones are dropped.
 const QUEUE_BATCHES: usize = 4096;
 
+/// A batch of records, shared by every output that writes it.
+pub type Batch = Arc<[Record]>;
+
 enum Message {
-    Batch(Vec<Record>),
+    Batch(Batch),
     /// Must be written (the final records): waits for room instead of dropping.
-    Final(Vec<Record>),
+    Final(Batch),
 }
 
 pub struct Output {
@@ -39,9 +47,9 @@ impl Output {
     }
 
     /// Queues a batch. Returns false once the writer has stopped (closed stdout).
-    pub fn send(&mut self, batch: Vec<Record>) -> bool {
+    pub fn send(&mut self, batch: impl Into<Batch>) -> bool {
         let Some(tx) = &self.tx else { return false };
-        match tx.try_send(Message::Batch(batch)) {
+        match tx.try_send(Message::Batch(batch.into())) {
             Ok(()) => true,
             Err(TrySendError::Full(Message::Batch(lost) | Message::Final(lost))) => {
                 self.dropped += lost.len() as u64;
@@ -57,9 +65,9 @@ impl Output {
     }
 
     /// Writes the final records, waits for the writer and returns its result.
-    pub fn finish(mut self, last: Vec<Record>) -> io::Result<()> {
+    pub fn finish(mut self, last: impl Into<Batch>) -> io::Result<()> {
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Message::Final(last));
+            let _ = tx.send(Message::Final(last.into()));
         }
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
@@ -73,13 +81,13 @@ fn write_all(sink: &mut dyn Sink, rx: &Receiver<Message>) -> io::Result<()> {
     sink.begin()?;
     while let Ok(message) = rx.recv() {
         let (Message::Batch(batch) | Message::Final(batch)) = message;
-        for record in &batch {
+        for record in batch.iter() {
             sink.write(record)?;
         }
         // Drain what is already queued before paying for a flush.
         if let Ok(more) = rx.try_recv() {
             let (Message::Batch(batch) | Message::Final(batch)) = more;
-            for record in &batch {
+            for record in batch.iter() {
                 sink.write(record)?;
             }
         }
