@@ -253,7 +253,9 @@ impl Engine {
             comm: tl.owner.as_ref().map(|o| o.comm.clone()),
             from_birth: tl.from_birth,
             outcome: tl.outcome,
-            duration_ns: (!durations.is_empty()).then(|| durations.iter().sum()),
+            // Saturating: `tracer analyze` replays timestamps from files it does not trust.
+            duration_ns: (!durations.is_empty())
+                .then(|| durations.iter().fold(0u64, |sum, d| sum.saturating_add(*d))),
             states: tl.steps.clone(),
         }));
     }

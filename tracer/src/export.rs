@@ -121,7 +121,7 @@ pub fn header(options: RunOptions, clock: WallClock, start_ns: u64, complete: bo
         kernel: read_trimmed("/proc/sys/kernel/osrelease"),
         start_time: clock.rfc3339(start_ns),
         monotonic_start_ns: start_ns,
-        wall_offset_ns: clock.offset_ns,
+        wall_offset_ns: i64::try_from(clock.offset_ns).unwrap_or(0),
         complete,
         options,
     }

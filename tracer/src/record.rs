@@ -42,7 +42,8 @@ pub struct Header {
     /// Kernel monotonic ns at start; `time = start_time + (ts_ns - monotonic_start_ns)`.
     pub monotonic_start_ns: u64,
     /// Wall-clock ns since the epoch at monotonic zero: `wall_ns = ts_ns + wall_offset_ns`.
-    pub wall_offset_ns: i128,
+    /// An i64 (fits until 2262): JSON readers and serde's tagged enums handle no wider type.
+    pub wall_offset_ns: i64,
     /// Every record the tracer produced is in this stream (an `--export` file). False for
     /// stdout, where `--no-transitions`, `--timelines` and `--pid` choose what is printed.
     pub complete: bool,

@@ -113,7 +113,7 @@ fn check_header(
     if !h.complete {
         warn(Warning::Incomplete);
     }
-    Ok(WallClock::fixed(h.wall_offset_ns))
+    Ok(WallClock::fixed(i128::from(h.wall_offset_ns)))
 }
 
 /// Without a header, the wall clock follows from a record's own `time` and `ts_ns`.

@@ -241,7 +241,10 @@ mod tests {
         table: &SocketTable,
     ) -> (Vec<Record>, Vec<Record>) {
         let h = header(100);
-        let mut live = Engine::new(engine_options(Some(&h)), WallClock::fixed(h.wall_offset_ns));
+        let mut live = Engine::new(
+            engine_options(Some(&h)),
+            WallClock::fixed(i128::from(h.wall_offset_ns)),
+        );
         let mut recorded = Vec::new();
         for t in transitions {
             if t.ts_ns > tick_ns && recorded.iter().all(|r| !matches!(r, Record::CloseWait(_))) {
@@ -254,7 +257,7 @@ mod tests {
         let summary = live.finish(end, 0, 0, &mut recorded);
         recorded.push(Record::Summary(summary.clone()));
 
-        let mut replay = Replay::new(Some(&h), WallClock::fixed(h.wall_offset_ns));
+        let mut replay = Replay::new(Some(&h), WallClock::fixed(i128::from(h.wall_offset_ns)));
         let mut rebuilt = Vec::new();
         for r in &recorded {
             replay.feed(r, &mut rebuilt).unwrap();

@@ -215,7 +215,11 @@ fn live_finding(live: &Live, end_ns: u64) -> CloseWaitFinding {
     let a = &live.alert;
     let (age_ms, left_to) = match &live.resolved {
         Some(r) => (r.stuck_ms.max(a.age_ms), Some(r.new_state)),
-        None => (a.age_ms + whole_ms(end_ns.saturating_sub(a.ts_ns)), None),
+        None => (
+            a.age_ms
+                .saturating_add(whole_ms(end_ns.saturating_sub(a.ts_ns))),
+            None,
+        ),
     };
     CloseWaitFinding {
         skaddr: a.skaddr.clone(),
