@@ -166,6 +166,8 @@ pub enum Warning {
     Lost { events: u64 },
     #[error("{count} rebuilt timeline(s) differ from those the traced run recorded (records missing from the export?)")]
     TimelineMismatch { count: u64 },
+    #[error("the export's timeline records do not follow its transitions (edited, or records missing?): the rebuilt timelines could not be checked against them")]
+    TimelinesUnchecked,
 }
 
 impl Warning {

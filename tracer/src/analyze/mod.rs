@@ -80,7 +80,7 @@ pub fn analyze<R: BufRead>(
     while let Some((line, record)) = reader.next_record(&mut counted)? {
         run.read(line, record, sink)?;
     }
-    run.finish(header.as_ref(), sink, &mut counted)?;
+    run.finish(sink, &mut counted)?;
     let mut analysis = run.analysis(header.as_ref(), clock);
     analysis.warnings = warnings;
     sink.write(&Record::Analysis(analysis.clone()))
@@ -150,7 +150,7 @@ struct Run {
     end_ns: u64,
     summary: Option<Summary>,
     complete: bool,
-    mismatches: u64,
+    check: replay::Check,
 }
 
 impl Run {
@@ -179,7 +179,7 @@ impl Run {
             end_ns: header.map_or(0, |h| h.monotonic_start_ns),
             summary: None,
             complete: header.is_some_and(|h| h.complete),
-            mismatches: 0,
+            check: replay::Check::None,
         }
     }
 
@@ -229,13 +229,12 @@ impl Run {
 
     fn finish(
         &mut self,
-        header: Option<&Header>,
         sink: &mut dyn Sink,
         warn: &mut dyn FnMut(Warning),
     ) -> Result<(), AnalyzeError> {
         if let Some(replay) = self.replay.take() {
-            let (_, mismatches) = replay.finish(self.summary.as_ref(), self.end_ns, &mut self.out);
-            self.mismatches = mismatches;
+            let (_, check) = replay.finish(self.summary.as_ref(), self.end_ns, &mut self.out);
+            self.check = check;
         }
         self.emit(sink)?;
         match &self.summary {
@@ -245,10 +244,12 @@ impl Run {
             }),
             Some(_) => {}
         }
-        if self.mismatches > 0 && header.is_some() {
-            warn(Warning::TimelineMismatch {
-                count: self.mismatches,
-            });
+        match self.check {
+            replay::Check::Mismatches(count) if count > 0 => {
+                warn(Warning::TimelineMismatch { count });
+            }
+            replay::Check::GaveUp => warn(Warning::TimelinesUnchecked),
+            _ => {}
         }
         Ok(())
     }

@@ -57,6 +57,11 @@ pub fn engine_options(header: Option<&Header>) -> Options {
     opts
 }
 
+/// Timelines held for the check, waiting for their recorded (or rebuilt) twin. In an export
+/// the twin comes within a few records; beyond this many, the stream is not one whose
+/// timelines can be checked, and holding more would only grow memory.
+const CHECK_WINDOW: usize = 4096;
+
 pub struct Replay {
     engine: Engine,
     /// Kernel time the run started (its header), when known.
@@ -70,6 +75,19 @@ pub struct Replay {
     recorded: HashMap<(String, u64), TimelineRecord>,
     rebuilt: HashMap<(String, u64), TimelineRecord>,
     mismatches: u64,
+    /// The check gave up (more than [`CHECK_WINDOW`] timelines without a twin).
+    gave_up: bool,
+}
+
+/// What checking the rebuilt timelines against the recorded ones found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Not checked: the stream is not a complete export.
+    None,
+    /// Checked: this many differ or have no twin.
+    Mismatches(u64),
+    /// Too many timelines had no twin: the recorded ones do not follow the transitions.
+    GaveUp,
 }
 
 impl Replay {
@@ -84,6 +102,7 @@ impl Replay {
             recorded: HashMap::new(),
             rebuilt: HashMap::new(),
             mismatches: 0,
+            gave_up: false,
         }
     }
 
@@ -116,7 +135,7 @@ impl Replay {
         summary: Option<&Summary>,
         end_ns: u64,
         out: &mut Vec<Record>,
-    ) -> (Summary, u64) {
+    ) -> (Summary, Check) {
         self.replay_alerts(out);
         let (now, lost, misses) = summary.map_or((end_ns, 0, 0), |s| {
             (s.ts_ns, s.lost_ringbuf, s.recursion_misses)
@@ -125,8 +144,14 @@ impl Replay {
         let rebuilt = self.engine.finish(now, lost, misses, out);
         self.check_rebuilt(&out[first..]);
         let unmatched = self.recorded.len().max(self.rebuilt.len());
-        let mismatches = self.mismatches + unmatched as u64;
-        (rebuilt, mismatches)
+        let check = if self.gave_up {
+            Check::GaveUp
+        } else if self.check {
+            Check::Mismatches(self.mismatches + unmatched as u64)
+        } else {
+            Check::None
+        };
+        (rebuilt, check)
     }
 
     /// Replays the alerts of one tick: the sockets found in CLOSE_WAIT at start first, then
@@ -185,6 +210,17 @@ impl Replay {
         }
     }
 
+    /// Stops checking when too many timelines wait for a twin: they count as mismatches.
+    fn bound_check(&mut self) {
+        let pending = self.recorded.len() + self.rebuilt.len();
+        if pending > CHECK_WINDOW {
+            self.gave_up = true;
+            self.recorded.clear();
+            self.rebuilt.clear();
+            self.check = false;
+        }
+    }
+
     fn check_rebuilt(&mut self, records: &[Record]) {
         if !self.check {
             return;
@@ -200,6 +236,7 @@ impl Replay {
                 }
             }
         }
+        self.bound_check();
     }
 
     fn check_recorded(&mut self, t: &TimelineRecord) {
@@ -210,6 +247,7 @@ impl Replay {
                 self.recorded.insert(key, t.clone());
             }
         }
+        self.bound_check();
     }
 }
 
@@ -262,8 +300,8 @@ mod tests {
         for r in &recorded {
             replay.feed(r, &mut rebuilt).unwrap();
         }
-        let (_, mismatches) = replay.finish(Some(&summary), end, &mut rebuilt);
-        assert_eq!(mismatches, 0);
+        let (_, check) = replay.finish(Some(&summary), end, &mut rebuilt);
+        assert_eq!(check, Check::Mismatches(0));
         recorded.pop();
         (recorded, rebuilt)
     }
