@@ -158,7 +158,7 @@ pub enum Warning {
     NewerSchema { schema: u32, known: u32 },
     #[error("no header: options unknown, using the defaults (CLOSE_WAIT threshold 5s); wall-clock times are estimated")]
     NoHeader,
-    #[error("the stream is tracer stdout, not an --export file: records hidden by the run's flags (--no-transitions, --pid) are missing and timelines may be incomplete")]
+    #[error("the stream is tracer stdout with --no-transitions or --pid, not an --export file: transitions are missing and rebuilt timelines may be incomplete")]
     Incomplete,
     #[error("no summary at the end: the tracer did not stop cleanly (killed?); connections still open at the last record are reported open")]
     NoSummary,

@@ -350,3 +350,41 @@ fn threshold_recomputes_close_wait() {
     // Down to the 5 µs and 9 µs CLOSE_WAITs of connections closed at once.
     assert_eq!(ages("1us").len(), 5);
 }
+
+/// `tracer --json | tee x | tracer analyze -`: plain --json output has every transition, so it
+/// analyses without a warning; with --pid it does not, and says so.
+#[test]
+fn stdout_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorded = fs::read_to_string(fixture()).unwrap();
+    let stdout_of = |header_edit: &str, keep: &dyn Fn(&str) -> bool| -> PathBuf {
+        let body: String = recorded
+            .lines()
+            .enumerate()
+            .filter(|(i, l)| *i == 0 || keep(l))
+            .map(|(i, l)| {
+                let l = if i == 0 {
+                    l.replace("\"complete\":true", "\"complete\":false")
+                        .replace("\"pids\":[]", header_edit)
+                } else {
+                    l.to_owned()
+                };
+                l + "\n"
+            })
+            .collect();
+        let path = dir
+            .path()
+            .join(format!("stdout{}.ndjson", header_edit.len()));
+        fs::write(&path, body).unwrap();
+        path
+    };
+    let plain = stdout_of("\"pids\":[]", &|l| !l.contains("\"type\":\"timeline\""));
+    let out = analyze(&["--timelines"], &plain);
+    assert!(out.status.success());
+    assert_eq!(text(&out.stderr), "");
+    assert_eq!(out.stdout, analyze(&["--timelines"], &fixture()).stdout);
+    let one_pid = stdout_of("\"pids\":[9871]", &|l| !l.contains("\"pid\":null"));
+    let out = analyze(&[], &one_pid);
+    assert!(out.status.success());
+    assert!(text(&out.stderr).contains("transitions are missing"));
+}

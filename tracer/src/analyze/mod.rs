@@ -110,7 +110,8 @@ fn check_header(
             known: SCHEMA,
         });
     }
-    if !h.complete {
+    // Timelines are rebuilt: only missing transitions make the analysis incomplete.
+    if !h.complete && (!h.options.transitions || !h.options.pids.is_empty()) {
         warn(Warning::Incomplete);
     }
     Ok(WallClock::fixed(i128::from(h.wall_offset_ns)))
