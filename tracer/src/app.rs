@@ -1,7 +1,10 @@
 //! The event loop: drain the ring buffer, feed the engine, tick the CLOSE_WAIT detector, and
 //! stop on a signal, `--duration`, or a closed stdout.
+//!
+//! The engine produces every record kind; stdout shows what the flags ask for, and the
+//! `--export` file, on its own output thread, gets everything.
 
-use std::{io, time::Duration};
+use std::{collections::HashSet, io, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{
@@ -13,12 +16,13 @@ use tokio::{
 use crate::{
     cli::Config,
     decode::decode,
-    engine::Engine,
-    output::{is_broken_pipe, Output},
+    engine::{self, Engine},
+    export::{self, ExportFile},
+    output::{is_broken_pipe, Batch, Output},
     owner,
     probe::Probe,
     record::{LostRecord, Record},
-    sink::{self, JsonSink, Sink, TextSink},
+    sink::{self, Filter, JsonSink, Sink, TextSink},
     units::{monotonic_ns, WallClock},
 };
 
@@ -32,6 +36,8 @@ pub enum Stop {
     Duration,
     /// stdout was closed by its reader.
     OutputClosed,
+    /// Writing the export file failed.
+    ExportFailed,
 }
 
 /// Runs the tracer until a stop condition; prints the summary on stderr.
@@ -41,9 +47,30 @@ pub async fn run(config: Config) -> anyhow::Result<Stop> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let (probe, ring) = Probe::load(&config.kernel)?;
+    // Before loading eBPF, so a refused file is reported at once, with or without root.
+    let export = match &config.export {
+        Some(target) => Some(ExportFile::open(&target.path, target.force)?),
+        None => None,
+    };
+    let (probe, ring) = match Probe::load(&config.kernel) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            if let Some(file) = export {
+                file.discard();
+            }
+            return Err(e.into());
+        }
+    };
     let clock = WallClock::now();
-    let mut engine = Engine::new(config.engine.clone(), clock);
+    let mut engine = Engine::new(
+        engine::Options {
+            transitions: true,
+            timelines: true,
+            pids: HashSet::new(),
+            ..config.engine.clone()
+        },
+        clock,
+    );
 
     let start = monotonic_ns();
     match tokio::task::spawn_blocking(owner::scan).await {
@@ -57,8 +84,15 @@ pub async fn run(config: Config) -> anyhow::Result<Stop> {
         Err(e) => log::warn!("socket table scan failed: {e}"),
     }
 
-    let out = stdout_sink(&config);
-    let mut output = Output::spawn(out).context("starting the output thread")?;
+    let display = config.display();
+    let header = |complete| export::header(config.run_options(), clock, start, complete);
+    let mut exporting = match export {
+        Some(file) => Some(spawn_export(file, header(true))?),
+        None => None,
+    };
+    let mut output = Output::spawn(stdout_sink(&config), display.clone())
+        .context("starting the output thread")?;
+    output.send(vec![Record::Header(header(display.is_everything()))]);
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
     // `AsyncFd` (and the ring buffer inside it) is dropped.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -114,8 +148,16 @@ pub async fn run(config: Config) -> anyhow::Result<Stop> {
             _ = sighup.recv() => break Stop::Signal("SIGHUP"),
             () = &mut deadline => break Stop::Duration,
         }
-        if !batch.is_empty() && !output.send(std::mem::take(&mut batch)) {
-            break Stop::OutputClosed;
+        if !batch.is_empty() {
+            let shared: Batch = std::mem::take(&mut batch).into();
+            if let Some((export, _)) = &mut exporting {
+                if !export.send(shared.clone()) {
+                    break Stop::ExportFailed;
+                }
+            }
+            if !output.send(shared) {
+                break Stop::OutputClosed;
+            }
         }
     };
 
@@ -124,15 +166,39 @@ pub async fn run(config: Config) -> anyhow::Result<Stop> {
     let now = monotonic_ns();
     alert(&mut engine, now, &mut batch).await;
     engine.output_stats(output.offered(), output.dropped());
-    let summary = engine.finish(now, probe.lost(), probe.recursion_misses(), &mut batch);
+    let mut summary = engine.finish(now, probe.lost(), probe.recursion_misses(), &mut batch);
+    summary.export_dropped = exporting.as_ref().map_or(0, |(e, _)| e.dropped());
     batch.push(Record::Summary(summary.clone()));
-    let written = output.finish(batch);
+    let last: Batch = batch.into();
+    let exported = exporting.map(|(export, path)| (export.finish(last.clone()), path));
+    let written = output.finish(last);
     eprintln!("{}", sink::text::summary(&summary));
+    if let Some((Err(e), path)) = exported {
+        return Err(e).with_context(|| format!("writing the export {}", path.display()));
+    }
     match written {
         Err(e) if is_broken_pipe(&e) => Ok(Stop::OutputClosed),
         Err(e) => Err(e).context("writing the output"),
         Ok(()) => Ok(stop),
     }
+}
+
+/// Writes the header at once (so a file with a header means the probe is attached), then hands
+/// the file to its own output thread.
+fn spawn_export(
+    file: ExportFile,
+    header: crate::record::Header,
+) -> anyhow::Result<(Output, PathBuf)> {
+    let path = file.path().to_owned();
+    let context = || format!("writing the export {}", path.display());
+    let file = file.into_file().with_context(context)?;
+    let mut sink = JsonSink::new(io::BufWriter::with_capacity(64 * 1024, file));
+    sink.write(&Record::Header(header))
+        .and_then(|()| sink.flush())
+        .with_context(context)?;
+    let output = Output::spawn(Box::new(sink), Filter::everything())
+        .context("starting the export thread")?;
+    Ok((output, path))
 }
 
 fn stdout_sink(config: &Config) -> Box<dyn Sink + Send> {

@@ -1,12 +1,15 @@
 //! Command line: clap parses what the user typed into [`Args`]; [`Config::try_from`] validates it
 //! into what the program uses.
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, path::PathBuf, time::Duration};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tracer_common::{AF_INET, AF_INET6, DEFAULT_RING_BUFFER_BYTES, IPPROTO_TCP, MAX_PORTS};
 
-use crate::{engine, error::ConfigError, probe::KernelFilter, units::parse_duration};
+use crate::{
+    analyze, engine, error::ConfigError, event::Family, probe::KernelFilter, record::RunOptions,
+    sink::Filter, units::parse_duration,
+};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -18,6 +21,8 @@ Examples:
   tracer --timelines --no-transitions # one line per finished connection
   tracer --close-wait-threshold 2s    # report sockets stuck in CLOSE_WAIT for 2 s
   tracer --duration 30s               # stop by itself after 30 seconds
+  tracer --export run.ndjson          # also keep every record in a file (mode 0600)
+  tracer analyze run.ndjson           # later, anywhere, no root: timelines, CLOSE_WAIT, stats
 
 Run as root (it loads an eBPF program). Ctrl-C prints a summary, including lost events.";
 
@@ -26,9 +31,13 @@ Run as root (it loads an eBPF program). Ctrl-C prints a summary, including lost 
     name = "tracer",
     version,
     about = "Trace every TCP state transition with eBPF; find sockets stuck in CLOSE_WAIT and who holds them",
-    after_help = EXAMPLES
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true
 )]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Keep only connections with this local or remote port (repeatable, or comma-separated)
     #[arg(short = 'p', long = "port", value_name = "PORT", value_delimiter = ',')]
     pub ports: Vec<String>,
@@ -85,9 +94,98 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = u64::from(DEFAULT_RING_BUFFER_BYTES))]
     pub ring_buffer_size: u64,
 
+    /// Also write every record (transitions, timelines, CLOSE_WAIT, summary) to FILE as NDJSON,
+    /// whatever stdout shows; created with mode 0600, never replacing a file without --force
+    #[arg(long, value_name = "FILE")]
+    pub export: Option<PathBuf>,
+
+    /// Let --export replace an existing file
+    #[arg(long, requires = "export")]
+    pub force: bool,
+
     /// More diagnostics on stderr (-v: info, -vv: debug)
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Analyse an export offline (no root needed): rebuild timelines and the CLOSE_WAIT report,
+    /// then print a summary of outcomes, time spent per state and the processes that leak
+    /// CLOSE_WAIT
+    #[command(after_help = ANALYZE_EXAMPLES)]
+    Analyze(AnalyzeArgs),
+}
+
+const ANALYZE_EXAMPLES: &str = "\
+Examples:
+  tracer analyze run.ndjson                      # CLOSE_WAIT findings and the summary tables
+  tracer analyze --timelines run.ndjson          # plus one line per connection
+  tracer analyze --json run.ndjson | jq .        # the same as NDJSON
+  tracer analyze --close-wait-threshold 100ms run.ndjson
+  tracer --json | tee run.ndjson | tracer analyze -";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AnalyzeArgs {
+    /// An export (`tracer --export`) or `tracer --json` output; `-` reads stdin
+    #[arg(value_name = "FILE")]
+    pub input: PathBuf,
+
+    /// Print NDJSON (one JSON object per line) instead of text
+    #[arg(long)]
+    pub json: bool,
+
+    /// Wide address columns that fit any IPv6 address
+    #[arg(short = 'w', long)]
+    pub wide: bool,
+
+    /// Print the rebuilt timelines, one line per connection
+    #[arg(long)]
+    pub timelines: bool,
+
+    /// Print every transition too
+    #[arg(long)]
+    pub transitions: bool,
+
+    /// CLOSE_WAIT threshold of the recomputed report (default: the traced run's)
+    #[arg(long, value_name = "DURATION")]
+    pub close_wait_threshold: Option<String>,
+
+    /// Keep only sockets owned by these processes (default: the traced run's --pid)
+    #[arg(long = "pid", value_name = "PID", value_delimiter = ',')]
+    pub pids: Vec<u32>,
+
+    /// Print every warning, not only the first of each kind
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl TryFrom<&AnalyzeArgs> for analyze::Options {
+    type Error = ConfigError;
+
+    fn try_from(args: &AnalyzeArgs) -> Result<Self, ConfigError> {
+        let threshold = args
+            .close_wait_threshold
+            .as_deref()
+            .map(|d| duration("--close-wait-threshold", d))
+            .transpose()?;
+        Ok(analyze::Options {
+            json: args.json,
+            wide: args.wide,
+            timelines: args.timelines,
+            transitions: args.transitions,
+            close_wait_threshold_ns: threshold.map(nanos),
+            pids: (!args.pids.is_empty()).then(|| args.pids.iter().copied().collect()),
+            all_warnings: args.verbose > 0,
+        })
+    }
+}
+
+/// Where `--export` writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportTarget {
+    pub path: PathBuf,
+    pub force: bool,
 }
 
 /// Validated settings.
@@ -99,6 +197,46 @@ pub struct Config {
     pub wide: bool,
     pub report_interval: Duration,
     pub duration: Option<Duration>,
+    pub export: Option<ExportTarget>,
+}
+
+impl Config {
+    /// What stdout shows: the engine produces every record, the flags choose.
+    pub fn display(&self) -> Filter {
+        Filter {
+            transitions: self.engine.transitions,
+            timelines: self.engine.timelines,
+            pids: self.engine.pids.clone(),
+        }
+    }
+
+    /// The options as an export's header records them.
+    pub fn run_options(&self) -> RunOptions {
+        let mut pids: Vec<u32> = self.engine.pids.iter().copied().collect();
+        pids.sort_unstable();
+        RunOptions {
+            ports: self.kernel.ports.clone(),
+            family: match self.kernel.family {
+                AF_INET => Some(Family::Ipv4),
+                AF_INET6 => Some(Family::Ipv6),
+                _ => None,
+            },
+            all_protocols: self.kernel.protocol == 0,
+            pids,
+            transitions: self.engine.transitions,
+            timelines: self.engine.timelines,
+            json: self.json,
+            close_wait_threshold_ns: self.engine.close_wait_threshold_ns,
+            report_interval_ns: nanos(self.report_interval),
+            duration_ns: self.duration.map(nanos),
+            max_sockets: self.engine.max_sockets,
+            ring_buffer_bytes: self.kernel.ring_buffer_bytes,
+        }
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl TryFrom<&Args> for Config {
@@ -148,13 +286,17 @@ impl TryFrom<&Args> for Config {
                 transitions: !args.no_transitions,
                 timelines: args.timelines,
                 pids: args.pids.iter().copied().collect::<HashSet<_>>(),
-                close_wait_threshold_ns: u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX),
+                close_wait_threshold_ns: nanos(threshold),
                 max_sockets: args.max_sockets,
             },
             json: args.json,
             wide: args.wide,
             report_interval,
             duration: stop_after,
+            export: args.export.as_ref().map(|path| ExportTarget {
+                path: path.clone(),
+                force: args.force,
+            }),
         })
     }
 }
@@ -249,6 +391,56 @@ mod tests {
             config(&["--duration", "0s"]),
             Err(ConfigError::Zero { .. })
         ));
+    }
+
+    #[test]
+    fn export_and_force() {
+        let c = config(&["--export", "x.ndjson"]).unwrap();
+        assert_eq!(
+            c.export,
+            Some(ExportTarget {
+                path: "x.ndjson".into(),
+                force: false
+            })
+        );
+        assert!(
+            config(&["--export", "x", "--force"])
+                .unwrap()
+                .export
+                .unwrap()
+                .force
+        );
+        assert!(Args::try_parse_from(["tracer", "--force"]).is_err());
+    }
+
+    #[test]
+    fn run_options_record_the_flags() {
+        let c = config(&["-6", "-p", "80", "--pid", "9,3", "--timelines"]).unwrap();
+        let o = c.run_options();
+        assert_eq!(o.family, Some(Family::Ipv6));
+        assert_eq!((o.ports, o.pids), (vec![80], vec![3, 9]));
+        assert!(o.transitions && o.timelines && !o.all_protocols);
+        assert!(!c.display().is_everything());
+        assert!(config(&["--timelines"]).unwrap().display().is_everything());
+    }
+
+    #[test]
+    fn analyze_subcommand() {
+        let args =
+            Args::try_parse_from(["tracer", "analyze", "-", "--json", "--pid", "4"]).unwrap();
+        let Some(Command::Analyze(a)) = &args.command else {
+            panic!("analyze parsed");
+        };
+        let o = analyze::Options::try_from(a).unwrap();
+        assert_eq!(a.input, PathBuf::from("-"));
+        assert!(o.json && !o.timelines);
+        assert_eq!(o.pids, Some(HashSet::from([4])));
+        assert!(Args::try_parse_from(["tracer", "--json", "analyze", "x"]).is_err());
+        let bad = AnalyzeArgs {
+            close_wait_threshold: Some("soon".into()),
+            ..a.clone()
+        };
+        assert!(analyze::Options::try_from(&bad).is_err());
     }
 
     #[test]

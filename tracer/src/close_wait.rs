@@ -12,7 +12,7 @@ use crate::{
 };
 
 /// Identifies a socket in CLOSE_WAIT.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SockId {
     /// Seen entering CLOSE_WAIT: the kernel's socket address.
     Kernel(u64),
@@ -138,7 +138,9 @@ impl Detector {
             .values_mut()
             .filter(|s| !s.alerted && (s.at_least || s.age_ns(now_ns) >= self.threshold_ns))
             .collect();
-        due.sort_by_key(|s| s.since_ns);
+        // A total order, so a replay of the same stream alerts in the same order (sockets
+        // found at start all share one `since_ns`).
+        due.sort_by_key(|s| (s.since_ns, s.endpoints, s.id));
         due.into_iter()
             .map(|s| {
                 s.alerted = true;
@@ -334,6 +336,35 @@ mod tests {
                 (Some(20), 1, 7 * MS),
                 (None, 1, 6 * MS)
             ]
+        );
+    }
+
+    fn endpoints(rport: u16) -> Endpoints {
+        Endpoints {
+            laddr: "127.0.0.1".parse().unwrap(),
+            lport: 80,
+            raddr: "127.0.0.1".parse().unwrap(),
+            rport,
+        }
+    }
+
+    /// Sockets found at start share their `since_ns`: they are still reported in one order,
+    /// whatever the hash map's, so a replay reports them as the live run did.
+    #[test]
+    fn due_order_is_total() {
+        let orders: Vec<Vec<SockId>> = (0..8)
+            .map(|_| {
+                let mut d = Detector::new(1);
+                for (inode, rport) in [(3, 9000), (1, 7000), (2, 8000), (4, 6000)] {
+                    d.add_preexisting(inode, 1, endpoints(rport), 10, None, 0);
+                }
+                d.poll(10)
+            })
+            .collect();
+        assert!(orders.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!(
+            orders[0],
+            [4, 1, 2, 3].map(|inode| SockId::Preexisting { inode, netns: 1 })
         );
     }
 }

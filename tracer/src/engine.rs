@@ -111,6 +111,7 @@ impl Engine {
                 lport: t.lport,
                 raddr: t.raddr,
                 rport: t.rport,
+                protocol: t.protocol,
                 old_state: t.old,
                 new_state: t.new,
                 duration_ns: applied.duration_ns,
@@ -253,6 +254,7 @@ impl Engine {
             comm: tl.owner.as_ref().map(|o| o.comm.clone()),
             from_birth: tl.from_birth,
             outcome: tl.outcome,
+            // Saturating: `tracer analyze` replays timestamps from files it does not trust.
             duration_ns: (!durations.is_empty())
                 .then(|| durations.iter().fold(0u64, |sum, d| sum.saturating_add(*d))),
             states: tl.steps.clone(),

@@ -73,3 +73,123 @@ pub enum ProbeError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
+
+/// The `--export` file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(
+        "refusing to overwrite {}: the file exists (pass --force to replace it)",
+        .path.display()
+    )]
+    Exists { path: PathBuf },
+    #[error("refusing to write the export to {}: it is a symbolic link", .path.display())]
+    Symlink { path: PathBuf },
+    #[error("refusing to write the export to {}: not a regular file", .path.display())]
+    NotRegular { path: PathBuf },
+    #[error("cannot create the export file {}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// An input `tracer analyze` cannot use. The analysis stops at the first such problem.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("line {line}: {problem}")]
+    Line { line: u64, problem: LineProblem },
+    #[error("reading the input failed")]
+    Read {
+        #[source]
+        source: io::Error,
+    },
+    #[error("no records in the input (is it a tracer export?)")]
+    Empty,
+}
+
+/// What is wrong with one line of an export.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LineProblem {
+    #[error("longer than {max} bytes (not a tracer record)")]
+    TooLong { max: usize },
+    #[error("not UTF-8 text")]
+    NotUtf8,
+    #[error("not JSON: {message}")]
+    Json { message: String },
+    #[error("expected a JSON object, found {found}")]
+    NotObject { found: &'static str },
+    #[error("no \"type\" field (every record has one)")]
+    NoType,
+    #[error("\"type\" is not a string")]
+    TypeNotString,
+    #[error("bad {kind} record: {message}")]
+    Record { kind: &'static str, message: String },
+    #[error("bad skaddr {value:?}: expected a hex address such as \"0xffff888012345678\"")]
+    Skaddr { value: String },
+    #[error("a second header: concatenated exports are not supported, analyse them one by one")]
+    SecondHeader,
+    #[error("header schema {schema} is not a valid schema version")]
+    Schema { schema: u32 },
+    #[error("a {kind} record after the summary (concatenated exports?)")]
+    AfterSummary { kind: &'static str },
+}
+
+/// A problem `tracer analyze` works around.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Warning {
+    #[error(
+        "line {line}: the last line is cut short (the tracer was killed while writing?): ignored"
+    )]
+    TruncatedLastLine { line: u64 },
+    #[error("line {line}: unknown record type {name:?} (from a newer tracer?): skipped")]
+    UnknownType { line: u64, name: String },
+    #[error(
+        "line {line}: unknown field {field:?} in a {kind} record (from a newer tracer?): ignored"
+    )]
+    UnknownField {
+        line: u64,
+        kind: &'static str,
+        field: String,
+    },
+    #[error("line {line}: {kind} records are not read back: skipped")]
+    Skipped { line: u64, kind: &'static str },
+    #[error("the header says schema {schema}, newer than this tracer's ({known}): what it does not know is skipped")]
+    NewerSchema { schema: u32, known: u32 },
+    #[error("no header: options unknown, using the defaults (CLOSE_WAIT threshold 5s); wall-clock times are estimated")]
+    NoHeader,
+    #[error("the stream is tracer stdout with --no-transitions or --pid, not an --export file: transitions are missing and rebuilt timelines may be incomplete")]
+    Incomplete,
+    #[error("no summary at the end: the tracer did not stop cleanly (killed?); connections still open at the last record are reported open")]
+    NoSummary,
+    #[error("the traced run lost {events} record(s) (ring buffer full, kernel-skipped runs, or export drops): some timelines miss transitions")]
+    Lost { events: u64 },
+    #[error("{count} rebuilt timeline(s) differ from those the traced run recorded (records missing from the export?)")]
+    TimelineMismatch { count: u64 },
+    #[error("the export's timeline records do not follow its transitions (edited, or records missing?): the rebuilt timelines could not be checked against them")]
+    TimelinesUnchecked,
+}
+
+impl Warning {
+    /// Warnings with the same key say the same thing about different lines.
+    pub fn key(&self) -> String {
+        match self {
+            Warning::UnknownType { name, .. } => format!("type {name}"),
+            Warning::UnknownField { kind, field, .. } => format!("field {kind}.{field}"),
+            Warning::Skipped { kind, .. } => format!("skipped {kind}"),
+            other => format!("{:?}", std::mem::discriminant(other)),
+        }
+    }
+}
+
+/// `tracer analyze` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyzeError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("writing the output failed")]
+    Output {
+        #[source]
+        source: io::Error,
+    },
+}

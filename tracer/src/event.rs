@@ -141,7 +141,7 @@ impl Transition {
 }
 
 /// Local and remote address and port of a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Endpoints {
     pub laddr: IpAddr,
     pub lport: u16,

@@ -4,6 +4,7 @@
 //! Only [`probe`] and [`app`] need root and a kernel; everything else is pure and tested from
 //! recorded event streams.
 
+pub mod analyze;
 pub mod app;
 pub mod cli;
 pub mod close_wait;
@@ -11,6 +12,7 @@ pub mod decode;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod export;
 pub mod output;
 pub mod owner;
 pub mod probe;

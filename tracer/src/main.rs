@@ -5,6 +5,9 @@ use tracer::{app, cli, error::ProbeError};
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();
+    if let Some(cli::Command::Analyze(analyze)) = &args.command {
+        return tracer::analyze::command(analyze);
+    }
     env_logger::Builder::new()
         .filter_level(match args.verbose {
             0 => log::LevelFilter::Warn,

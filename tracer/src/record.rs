@@ -24,22 +24,74 @@ pub enum Record {
     Digest(DigestRecord),
     Lost(LostRecord),
     Summary(Summary),
+    /// Written by `tracer analyze` only, as its last record.
+    Analysis(AnalysisRecord),
 }
 
-/// First line of an export.
+/// First line of an export (and of `--json` output): where and how the records were made.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Header {
     pub schema: u32,
+    /// Version of the tracer that wrote the stream.
     pub version: String,
     pub hostname: String,
+    /// Kernel release (`uname -r`).
     pub kernel: String,
     /// Wall-clock start, RFC 3339.
     pub start_time: String,
     /// Kernel monotonic ns at start; `time = start_time + (ts_ns - monotonic_start_ns)`.
     pub monotonic_start_ns: u64,
     /// Wall-clock ns since the epoch at monotonic zero: `wall_ns = ts_ns + wall_offset_ns`.
-    pub wall_offset_ns: i128,
-    pub options: serde_json::Value,
+    /// An i64 (fits until 2262): JSON readers and serde's tagged enums handle no wider type.
+    pub wall_offset_ns: i64,
+    /// Every record the tracer produced is in this stream (an `--export` file). False for
+    /// stdout, where `--no-transitions`, `--timelines` and `--pid` choose what is printed.
+    pub complete: bool,
+    pub options: RunOptions,
+}
+
+/// The options a run was started with, as the header records them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunOptions {
+    /// Kernel port filter (local or remote port); empty keeps every port.
+    pub ports: Vec<u16>,
+    /// Kernel family filter; null keeps both.
+    pub family: Option<Family>,
+    /// Other protocols than TCP that use the tracepoint were traced too.
+    pub all_protocols: bool,
+    /// `--pid`: stdout shows only sockets of these processes; empty shows all.
+    pub pids: Vec<u32>,
+    /// stdout shows transitions (not `--no-transitions`).
+    pub transitions: bool,
+    /// stdout shows timelines (`--timelines`).
+    pub timelines: bool,
+    pub json: bool,
+    pub close_wait_threshold_ns: u64,
+    pub report_interval_ns: u64,
+    pub duration_ns: Option<u64>,
+    pub max_sockets: usize,
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for RunOptions {
+    /// The defaults of the command line.
+    fn default() -> Self {
+        Self {
+            ports: Vec::new(),
+            family: None,
+            all_protocols: false,
+            pids: Vec::new(),
+            transitions: true,
+            timelines: false,
+            json: false,
+            close_wait_threshold_ns: 5_000_000_000,
+            report_interval_ns: 30_000_000_000,
+            duration_ns: None,
+            max_sockets: 262_144,
+            ring_buffer_bytes: 0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +104,9 @@ pub struct TransitionRecord {
     pub lport: u16,
     pub raddr: IpAddr,
     pub rport: u16,
+    /// IP protocol number: 6 (TCP), or 132 (SCTP) / 262 (MPTCP) with `--all-protocols`.
+    #[serde(default = "tcp")]
+    pub protocol: u16,
     pub old_state: TcpState,
     pub new_state: TcpState,
     /// Time spent in `old_state`; null when the tracer did not see it enter that state.
@@ -177,9 +232,13 @@ pub struct Summary {
     pub close_wait_alerts: u64,
     pub close_wait_resolved: u64,
     /// Records offered to stdout, the summary aside.
+    #[serde(default)]
     pub output_records: u64,
     /// Of those, records stdout could not take (a stalled reader) and dropped.
     pub output_dropped: u64,
+    /// Records the export file could not take and dropped (0 without `--export`).
+    #[serde(default)]
+    pub export_dropped: u64,
 }
 
 impl Record {
@@ -193,11 +252,101 @@ impl Record {
             Record::Digest(_) => "digest",
             Record::Lost(_) => "lost",
             Record::Summary(_) => "summary",
+            Record::Analysis(_) => "analysis",
         }
     }
+}
+
+/// What `tracer analyze` found in a stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnalysisRecord {
+    /// From the stream's header; null without one.
+    pub hostname: Option<String>,
+    pub start_time: Option<String>,
+    /// The last record's time.
+    pub end_ts_ns: u64,
+    pub end_time: String,
+    /// The stream ends with a summary: the tracer stopped cleanly.
+    pub clean_end: bool,
+    /// Records the traced run lost (ring buffer, kernel-skipped runs, export drops).
+    pub lost: u64,
+    /// Warnings met while reading.
+    pub warnings: u64,
+    /// Connections (timelines) analysed.
+    pub connections: u64,
+    /// Connections by how they ended, in [`Outcome::ALL`] order, zero counts left out.
+    pub outcomes: Vec<OutcomeCount>,
+    /// Time spent per state, over every step whose duration is known.
+    pub dwell: Vec<StateDwell>,
+    pub close_wait_threshold_ns: u64,
+    /// Sockets that stayed in CLOSE_WAIT at least the threshold, oldest first.
+    pub close_wait: Vec<CloseWaitFinding>,
+    /// The same grouped by process, most sockets first.
+    pub top_processes: Vec<ProcessCloseWait>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeCount {
+    pub outcome: Outcome,
+    pub count: u64,
+}
+
+/// Nearest-rank percentiles of the time spent in a state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateDwell {
+    pub state: TcpState,
+    pub count: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseWaitFinding {
+    /// Null for a socket found in CLOSE_WAIT when the run started.
+    pub skaddr: Option<String>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub family: Family,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+    /// When it entered CLOSE_WAIT; null when that was before the run started.
+    pub since_ns: Option<u64>,
+    /// Time in CLOSE_WAIT, until it left or the end of the stream.
+    pub age_ms: u64,
+    /// It was in CLOSE_WAIT before the run started: `age_ms` is a lower bound.
+    pub age_at_least: bool,
+    /// Where it went (LAST_ACK: closed by its process; CLOSE: reset); null if still there.
+    pub left_to: Option<TcpState>,
+    /// The live run reported it (a `close_wait` record).
+    pub reported_live: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessCloseWait {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub sockets: u64,
+    pub oldest_ms: u64,
+}
+
+fn tcp() -> u16 {
+    6
 }
 
 /// `0xffff888012345678`.
 pub fn skaddr(addr: u64) -> String {
     format!("{addr:#x}")
+}
+
+/// Parses an address written by [`skaddr`].
+pub fn parse_skaddr(text: &str) -> Option<u64> {
+    let hex = text.strip_prefix("0x")?;
+    if hex.is_empty() || hex.len() > 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
 }

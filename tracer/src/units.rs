@@ -53,7 +53,8 @@ impl WallClock {
     }
 
     pub fn wall_ns(&self, ts_ns: u64) -> i128 {
-        self.offset_ns + i128::from(ts_ns)
+        // Saturating: an offset read from an export's header can be anything.
+        self.offset_ns.saturating_add(i128::from(ts_ns))
     }
 
     /// RFC 3339, UTC, microseconds: `2026-11-25T08:00:00.123456Z`.

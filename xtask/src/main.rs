@@ -46,7 +46,7 @@ enum Chore {
     },
     /// Run the workspace tests, then the privileged tests (needs root).
     Test {
-        /// Run only the tests that need no root (skips tracer/tests/privileged.rs).
+        /// Run only the tests that need no root (skips the ignored, privileged tests).
         #[arg(long)]
         unprivileged: bool,
     },

@@ -1,4 +1,5 @@
-//! `test`: the whole workspace's tests, then the privileged ones as root.
+//! `test`: the whole workspace's tests, then the privileged ones (every `#[ignore]`d test of
+//! the tracer, in any test target) as root.
 
 use anyhow::{bail, Result};
 
@@ -25,6 +26,9 @@ pub fn test(unprivileged: bool) -> Result<()> {
     if unprivileged {
         stages.skip("privileged", "--unprivileged");
     } else {
+        // Every test target (privileged.rs, privileged_export.rs, ...): the privileged tests
+        // are the ignored ones, and the others already ran in the workspace stage. Each
+        // asserts root itself, so run without it they fail rather than skip.
         stages.run("privileged", || {
             // Every test target's ignored tests: those are the ones that need root and BPF.
             // One at a time: they share the kernel's tracepoint and the machine's ports.

@@ -1,10 +1,13 @@
 //! Where records go. Sinks are generic over `io::Write` and tested by printing into a `Vec<u8>`.
 
+pub mod analysis;
+pub mod filter;
 mod json;
 pub mod text;
 
 use std::io;
 
+pub use filter::{Filter, Filtered};
 pub use json::JsonSink;
 pub use text::TextSink;
 

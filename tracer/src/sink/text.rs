@@ -177,8 +177,8 @@ pub fn path(states: &[Step]) -> String {
 /// The summary as a few lines for stderr.
 pub fn summary(s: &Summary) -> String {
     format!(
-        "tracer: {} events, {} transitions printed, {} timelines, {} CLOSE_WAIT alerts ({} resolved)\n\
-         tracer: lost: {} (ring buffer full), {} (kernel skipped the program: recursion_misses), {} undecodable, {} output records dropped, {} sockets evicted at the cap",
+        "tracer: {} events, {} transitions, {} timelines, {} CLOSE_WAIT alerts ({} resolved)\n\
+         tracer: lost: {} (ring buffer full), {} (kernel skipped the program: recursion_misses), {} undecodable, {} output records dropped, {} export records dropped, {} sockets evicted at the cap",
         s.events,
         s.transitions,
         s.timelines,
@@ -188,6 +188,7 @@ pub fn summary(s: &Summary) -> String {
         s.recursion_misses,
         s.decode_errors,
         s.output_dropped,
+        s.export_dropped,
         s.evicted,
     )
 }
@@ -225,6 +226,10 @@ impl<W: Write> Sink for TextSink<W> {
                 r.ringbuf,
                 r.recursion_misses
             ),
+            Record::Analysis(r) => {
+                self.line.push_str(&super::analysis::render(r));
+                Ok(())
+            }
             // Header and summary are not part of the text stream (the summary goes to stderr).
             Record::Header(_) | Record::Summary(_) => return Ok(()),
         };

@@ -1,0 +1,337 @@
+//! Reads records back from NDJSON, line by line, without trusting the input: lines are capped
+//! in length, every problem names its line, and a newer schema's record types and fields are
+//! skipped with a warning. A cut-short last line (a killed writer) is a warning, not an error.
+
+use std::{io::BufRead, sync::OnceLock};
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::fields;
+use crate::{
+    error::{InputError, LineProblem, Warning},
+    record::{
+        AnalysisRecord, CloseWaitRecord, CloseWaitResolvedRecord, DigestRecord, Header, LostRecord,
+        Record, Summary, TimelineRecord, TransitionRecord,
+    },
+};
+
+/// Longest line read. Real records are under 2 KiB; a timeline of a very long-lived socket
+/// with many states stays far below this.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// A record type this tracer reads: its `type` and fields, and how to parse it.
+struct Kind {
+    name: &'static str,
+    fields: &'static [&'static str],
+    parse: fn(Value) -> Result<Record, String>,
+}
+
+fn parse_as<T: DeserializeOwned>(value: Value, wrap: fn(T) -> Record) -> Result<Record, String> {
+    serde_path_to_error::deserialize(value)
+        .map(wrap)
+        .map_err(|e| match e.path().to_string().as_str() {
+            "." => e.inner().to_string(),
+            path => format!("{path}: {}", e.inner()),
+        })
+}
+
+macro_rules! kind {
+    ($name:literal, $ty:ty, $variant:path) => {
+        Kind {
+            name: $name,
+            fields: fields::of::<$ty>(),
+            parse: |v| parse_as::<$ty>(v, $variant),
+        }
+    };
+}
+
+fn kinds() -> &'static [Kind] {
+    static KINDS: OnceLock<Vec<Kind>> = OnceLock::new();
+    KINDS.get_or_init(|| {
+        vec![
+            kind!("header", Header, Record::Header),
+            kind!("transition", TransitionRecord, Record::Transition),
+            kind!("timeline", TimelineRecord, Record::Timeline),
+            kind!("close_wait", CloseWaitRecord, Record::CloseWait),
+            kind!(
+                "close_wait_resolved",
+                CloseWaitResolvedRecord,
+                Record::CloseWaitResolved
+            ),
+            kind!("digest", DigestRecord, Record::Digest),
+            kind!("lost", LostRecord, Record::Lost),
+            kind!("summary", Summary, Record::Summary),
+            kind!("analysis", AnalysisRecord, Record::Analysis),
+        ]
+    })
+}
+
+/// Reads records from NDJSON.
+pub struct Reader<R> {
+    input: R,
+    line: u64,
+    buf: Vec<u8>,
+}
+
+impl<R: BufRead> Reader<R> {
+    pub fn new(input: R) -> Self {
+        Self {
+            input,
+            line: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Number of the line read last (1-based).
+    pub fn line(&self) -> u64 {
+        self.line
+    }
+
+    /// The next record and its line number, or `None` at the end. Warnings go to `warn`.
+    pub fn next_record(
+        &mut self,
+        warn: &mut dyn FnMut(Warning),
+    ) -> Result<Option<(u64, Record)>, InputError> {
+        loop {
+            self.buf.clear();
+            let limit = u64::try_from(MAX_LINE).unwrap_or(u64::MAX) + 1;
+            let n = std::io::Read::take(&mut self.input, limit)
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|source| InputError::Read { source })?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.line += 1;
+            let line = self.line;
+            let ended = self.buf.last() == Some(&b'\n');
+            if !ended && self.buf.len() > MAX_LINE {
+                return Err(bad(line, LineProblem::TooLong { max: MAX_LINE }));
+            }
+            let bytes = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+            let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match parse_line(bytes, line, warn) {
+                Ok(Some(record)) => return Ok(Some((line, record))),
+                Ok(None) => continue,
+                // A writer killed mid-line leaves a last line with no newline that starts as
+                // a record does. Anything else is bad input.
+                Err(_) if !ended && bytes.first() == Some(&b'{') && self.at_end()? => {
+                    warn(Warning::TruncatedLastLine { line });
+                    return Ok(None);
+                }
+                Err(problem) => return Err(bad(line, problem)),
+            }
+        }
+    }
+
+    fn at_end(&mut self) -> Result<bool, InputError> {
+        self.input
+            .fill_buf()
+            .map(<[u8]>::is_empty)
+            .map_err(|source| InputError::Read { source })
+    }
+}
+
+fn bad(line: u64, problem: LineProblem) -> InputError {
+    InputError::Line { line, problem }
+}
+
+/// One line: a record, `None` for a record type skipped with a warning, or what is wrong.
+fn parse_line(
+    bytes: &[u8],
+    line: u64,
+    warn: &mut dyn FnMut(Warning),
+) -> Result<Option<Record>, LineProblem> {
+    let text = std::str::from_utf8(bytes).map_err(|_| LineProblem::NotUtf8)?;
+    let value: Value = serde_json::from_str(text).map_err(|e| LineProblem::Json {
+        message: e.to_string(),
+    })?;
+    let Value::Object(map) = value else {
+        return Err(LineProblem::NotObject {
+            found: json_kind(&value),
+        });
+    };
+    let name = match map.get("type") {
+        None => return Err(LineProblem::NoType),
+        Some(Value::String(name)) => name,
+        Some(_) => return Err(LineProblem::TypeNotString),
+    };
+    let Some(kind) = kinds().iter().find(|k| k.name == name) else {
+        warn(Warning::UnknownType {
+            line,
+            name: name.clone(),
+        });
+        return Ok(None);
+    };
+    warn_unknown_fields(&map, kind, line, warn);
+    (kind.parse)(Value::Object(map))
+        .map(Some)
+        .map_err(|message| LineProblem::Record {
+            kind: kind.name,
+            message,
+        })
+}
+
+fn warn_unknown_fields(
+    map: &Map<String, Value>,
+    kind: &Kind,
+    line: u64,
+    warn: &mut dyn FnMut(Warning),
+) {
+    for key in map.keys() {
+        if key != "type" && !kind.fields.contains(&key.as_str()) {
+            warn(Warning::UnknownField {
+                line,
+                kind: kind.name,
+                field: key.clone(),
+            });
+        }
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRANSITION: &str = r#"{"type":"transition","ts_ns":10,"time":"2026-11-25T08:00:00.000000Z","skaddr":"0xffff888102716f00","family":"ipv4","laddr":"127.0.0.1","lport":35972,"raddr":"127.0.0.1","rport":9999,"old_state":"SYN_SENT","new_state":"ESTABLISHED","duration_ns":197813,"pid":21807,"comm":"python3","ctx_pid":21807,"ctx_comm":"python3","cpu":0}"#;
+
+    /// Every record read, the warnings, and the error that stopped the reading.
+    fn read(input: &str) -> (Vec<Record>, Vec<Warning>, Option<InputError>) {
+        let mut reader = Reader::new(input.as_bytes());
+        let (mut records, mut warnings) = (Vec::new(), Vec::new());
+        loop {
+            match reader.next_record(&mut |w| warnings.push(w)) {
+                Ok(Some((_, r))) => records.push(r),
+                Ok(None) => return (records, warnings, None),
+                Err(e) => return (records, warnings, Some(e)),
+            }
+        }
+    }
+
+    fn error_text(input: &str) -> String {
+        read(input).2.expect("an error").to_string()
+    }
+
+    #[test]
+    fn reads_records_and_skips_blank_lines() {
+        let (records, warnings, err) = read(&format!("{TRANSITION}\n\n  \r\n{TRANSITION}\r\n"));
+        assert!(err.is_none() && warnings.is_empty());
+        assert_eq!(records.len(), 2);
+        let Record::Transition(t) = &records[0] else {
+            panic!("a transition")
+        };
+        // A record from before the protocol field was written reads as TCP.
+        assert_eq!((t.protocol, t.lport), (6, 35972));
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_problem() {
+        let cases = [
+            ("nonsense\n", "line 1: not JSON"),
+            ("[1,2]\n", "line 1: expected a JSON object, found an array"),
+            ("{\"ts_ns\":1}\n", "line 1: no \"type\" field"),
+            ("{\"type\":7}\n", "line 1: \"type\" is not a string"),
+            (
+                "{\"type\":\"lost\",\"ts_ns\":1}\n",
+                "line 1: bad lost record: missing field `time`",
+            ),
+            (
+                &format!(
+                    "{TRANSITION}\n{}\n",
+                    TRANSITION.replace("\"ts_ns\":10", "\"ts_ns\":-1")
+                ),
+                "line 2: bad transition record: ts_ns: invalid value: integer `-1`",
+            ),
+            (
+                &format!("{}\n", TRANSITION.replace("SYN_SENT", "SYN_SEEN")),
+                "line 1: bad transition record: old_state: unknown TCP state \"SYN_SEEN\"",
+            ),
+        ];
+        for (input, expected) in cases {
+            let text = error_text(input);
+            assert!(text.starts_with(expected), "{text:?} for {input:?}");
+        }
+        let text = error_text("\u{0}\u{1}\n\u{ff}");
+        assert!(text.starts_with("line 1: not JSON"), "{text}");
+        let mut binary = b"{\"type\":\"lost\"}\n".to_vec();
+        binary.extend_from_slice(&[0xff, 0xfe, b'\n']);
+        let err = Reader::new(&binary[..])
+            .next_record(&mut |_| {})
+            .unwrap_err();
+        assert!(err.to_string().starts_with("line 1: bad lost record"));
+    }
+
+    #[test]
+    fn not_utf8() {
+        let err = Reader::new(&b"{\"type\":\"\xff\"}\n"[..])
+            .next_record(&mut |_| {})
+            .unwrap_err();
+        assert_eq!(err.to_string(), "line 1: not UTF-8 text");
+    }
+
+    #[test]
+    fn truncated_last_line_is_a_warning() {
+        let cut = &TRANSITION[..TRANSITION.len() / 2];
+        let (records, warnings, err) = read(&format!("{TRANSITION}\n{cut}"));
+        assert!(err.is_none());
+        assert_eq!(records.len(), 1);
+        assert_eq!(warnings, vec![Warning::TruncatedLastLine { line: 2 }]);
+        // The same cut followed by more lines is corruption, not a killed writer.
+        assert!(read(&format!("{cut}\n{TRANSITION}\n")).2.is_some());
+        // A last line that does not start like a record is not a cut record either.
+        assert!(read(&format!("{TRANSITION}\ngarbage")).2.is_some());
+    }
+
+    #[test]
+    fn newer_schema_types_and_fields_are_skipped_with_warnings() {
+        let extra = TRANSITION.replace("\"cpu\":0", "\"cpu\":0,\"cgroup\":\"/a\"");
+        let input = format!("{{\"type\":\"socket_stats\",\"x\":1}}\n{extra}\n");
+        let (records, warnings, err) = read(&input);
+        assert!(err.is_none());
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            warnings,
+            vec![
+                Warning::UnknownType {
+                    line: 1,
+                    name: "socket_stats".into()
+                },
+                Warning::UnknownField {
+                    line: 2,
+                    kind: "transition",
+                    field: "cgroup".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn long_lines_are_refused_without_reading_them_whole() {
+        let long = format!("{{\"type\":\"{}\"}}\n", "x".repeat(MAX_LINE + 10));
+        assert_eq!(
+            error_text(&long),
+            format!("line 1: longer than {MAX_LINE} bytes (not a tracer record)")
+        );
+    }
+
+    #[test]
+    fn every_kind_has_fields() {
+        for kind in kinds() {
+            assert!(!kind.fields.is_empty(), "{}", kind.name);
+        }
+    }
+}

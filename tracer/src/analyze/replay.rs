@@ -1,0 +1,411 @@
+//! Rebuilds what the live run produced by feeding its transitions, in order, to a fresh
+//! [`Engine`] with the run's options. The live CLOSE_WAIT alerts are replayed at the same
+//! instants, with the owner the live `/proc` scan found, because that owner is kept for the
+//! socket and shows in its timeline: so the timelines come out exactly as the live run's.
+
+use std::collections::HashMap;
+
+use crate::{
+    engine::{Engine, Options},
+    error::LineProblem,
+    event::{Task, TcpState, Transition},
+    owner::{Owner, SocketEntry, SocketTable},
+    record::{self, CloseWaitRecord, Header, Record, Summary, TimelineRecord, TransitionRecord},
+    units::WallClock,
+};
+
+impl TryFrom<&TransitionRecord> for Transition {
+    type Error = LineProblem;
+
+    fn try_from(r: &TransitionRecord) -> Result<Self, LineProblem> {
+        let skaddr = record::parse_skaddr(&r.skaddr).ok_or_else(|| LineProblem::Skaddr {
+            value: r.skaddr.clone(),
+        })?;
+        Ok(Transition {
+            ts_ns: r.ts_ns,
+            skaddr,
+            family: r.family,
+            protocol: r.protocol,
+            laddr: r.laddr,
+            lport: r.lport,
+            raddr: r.raddr,
+            rport: r.rport,
+            old: r.old_state,
+            new: r.new_state,
+            // The thread id is not exported; nothing downstream uses it.
+            task: Task {
+                pid: r.ctx_pid,
+                tid: r.ctx_pid,
+                comm: r.ctx_comm.clone(),
+            },
+            cpu: r.cpu,
+        })
+    }
+}
+
+/// The engine options of a replay: every record, and the run's threshold and socket cap.
+pub fn engine_options(header: Option<&Header>) -> Options {
+    let mut opts = Options {
+        transitions: true,
+        timelines: true,
+        ..Options::default()
+    };
+    if let Some(h) = header {
+        opts.close_wait_threshold_ns = h.options.close_wait_threshold_ns;
+        opts.max_sockets = h.options.max_sockets;
+    }
+    opts
+}
+
+/// Timelines held for the check, waiting for their recorded (or rebuilt) twin. In an export
+/// the twin comes within a few records; beyond this many, the stream is not one whose
+/// timelines can be checked, and holding more would only grow memory.
+const CHECK_WINDOW: usize = 4096;
+
+pub struct Replay {
+    engine: Engine,
+    /// Kernel time the run started (its header), when known.
+    start_ns: Option<u64>,
+    /// CLOSE_WAIT alerts of one tick, replayed together when the tick's last one is read.
+    alerts: Vec<CloseWaitRecord>,
+    /// Synthetic inodes for sockets already in CLOSE_WAIT at start.
+    next_inode: u64,
+    /// Check the rebuilt timelines against the recorded ones (a complete export has them all).
+    check: bool,
+    recorded: HashMap<(String, u64), TimelineRecord>,
+    rebuilt: HashMap<(String, u64), TimelineRecord>,
+    mismatches: u64,
+    /// The check gave up (more than [`CHECK_WINDOW`] timelines without a twin).
+    gave_up: bool,
+}
+
+/// What checking the rebuilt timelines against the recorded ones found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Not checked: the stream is not a complete export.
+    None,
+    /// Checked: this many differ or have no twin.
+    Mismatches(u64),
+    /// Too many timelines had no twin: the recorded ones do not follow the transitions.
+    GaveUp,
+}
+
+impl Replay {
+    /// A replay with the options and clock of `header`; without one, the clock is `clock`.
+    pub fn new(header: Option<&Header>, clock: WallClock) -> Self {
+        Self {
+            engine: Engine::new(engine_options(header), clock),
+            start_ns: header.map(|h| h.monotonic_start_ns),
+            alerts: Vec::new(),
+            next_inode: 1,
+            check: header.is_some_and(|h| h.complete),
+            recorded: HashMap::new(),
+            rebuilt: HashMap::new(),
+            mismatches: 0,
+            gave_up: false,
+        }
+    }
+
+    /// Feeds one record read from the stream; rebuilt records go to `out`.
+    pub fn feed(&mut self, record: &Record, out: &mut Vec<Record>) -> Result<(), LineProblem> {
+        if let Record::CloseWait(alert) = record {
+            if self.alerts.first().is_some_and(|a| a.ts_ns != alert.ts_ns) {
+                self.replay_alerts(out);
+            }
+            self.alerts.push(alert.clone());
+            return Ok(());
+        }
+        self.replay_alerts(out);
+        match record {
+            Record::Transition(r) => {
+                let t = Transition::try_from(r)?;
+                let first = out.len();
+                self.engine.transition(&t, out);
+                self.check_rebuilt(&out[first..]);
+            }
+            Record::Timeline(r) if self.check => self.check_recorded(r),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Ends the replay as the live run ended (`summary`), or at `end_ns` when it has no summary.
+    pub fn finish(
+        mut self,
+        summary: Option<&Summary>,
+        end_ns: u64,
+        out: &mut Vec<Record>,
+    ) -> (Summary, Check) {
+        self.replay_alerts(out);
+        let (now, lost, misses) = summary.map_or((end_ns, 0, 0), |s| {
+            (s.ts_ns, s.lost_ringbuf, s.recursion_misses)
+        });
+        let first = out.len();
+        let rebuilt = self.engine.finish(now, lost, misses, out);
+        self.check_rebuilt(&out[first..]);
+        let unmatched = self.recorded.len().max(self.rebuilt.len());
+        let check = if self.gave_up {
+            Check::GaveUp
+        } else if self.check {
+            Check::Mismatches(self.mismatches + unmatched as u64)
+        } else {
+            Check::None
+        };
+        (rebuilt, check)
+    }
+
+    /// Replays the alerts of one tick: the sockets found in CLOSE_WAIT at start first, then
+    /// the due ones, with what the live socket table lookup found.
+    fn replay_alerts(&mut self, out: &mut Vec<Record>) {
+        let Some(first) = self.alerts.first() else {
+            return;
+        };
+        let now = first.ts_ns;
+        let alerts = std::mem::take(&mut self.alerts);
+        let preexisting: Vec<SocketEntry> = alerts
+            .iter()
+            .filter(|a| a.skaddr.is_none())
+            .map(|a| self.entry(a))
+            .collect();
+        if !preexisting.is_empty() {
+            let start = self
+                .start_ns
+                .unwrap_or_else(|| now.saturating_sub(alerts[0].age_ms.saturating_mul(1_000_000)));
+            let table = SocketTable {
+                entries: preexisting,
+            };
+            self.engine.preexisting(&table, start);
+        }
+        // A live alert with no receive queue found no socket table entry: its owner came from
+        // the engine itself, as it will again.
+        let table = SocketTable {
+            entries: alerts
+                .iter()
+                .filter(|a| a.recv_q.is_some())
+                .map(|a| self.entry(a))
+                .collect(),
+        };
+        let due = self.engine.due(now);
+        self.engine.alert(&due, Some(&table), now, out);
+    }
+
+    fn entry(&mut self, a: &CloseWaitRecord) -> SocketEntry {
+        self.next_inode += 1;
+        SocketEntry {
+            endpoints: crate::event::Endpoints {
+                laddr: a.laddr,
+                lport: a.lport,
+                raddr: a.raddr,
+                rport: a.rport,
+            },
+            state: TcpState::CloseWait,
+            recv_q: a.recv_q.unwrap_or(0),
+            inode: self.next_inode,
+            netns: 0,
+            owner: a.pid.map(|pid| Owner {
+                pid,
+                comm: a.comm.clone().unwrap_or_default(),
+                fd: a.fd,
+            }),
+        }
+    }
+
+    /// Stops checking when too many timelines wait for a twin: they count as mismatches.
+    fn bound_check(&mut self) {
+        let pending = self.recorded.len() + self.rebuilt.len();
+        if pending > CHECK_WINDOW {
+            self.gave_up = true;
+            self.recorded.clear();
+            self.rebuilt.clear();
+            self.check = false;
+        }
+    }
+
+    fn check_rebuilt(&mut self, records: &[Record]) {
+        if !self.check {
+            return;
+        }
+        for r in records {
+            if let Record::Timeline(t) = r {
+                let key = (t.skaddr.clone(), t.ts_ns);
+                match self.recorded.remove(&key) {
+                    Some(recorded) => self.mismatches += u64::from(recorded != *t),
+                    None => {
+                        self.rebuilt.insert(key, t.clone());
+                    }
+                }
+            }
+        }
+        self.bound_check();
+    }
+
+    fn check_recorded(&mut self, t: &TimelineRecord) {
+        let key = (t.skaddr.clone(), t.ts_ns);
+        match self.rebuilt.remove(&key) {
+            Some(rebuilt) => self.mismatches += u64::from(rebuilt != *t),
+            None => {
+                self.recorded.insert(key, t.clone());
+            }
+        }
+        self.bound_check();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        record::RunOptions,
+        testing::{by, transition},
+    };
+
+    fn header(threshold_ns: u64) -> Header {
+        crate::export::header(
+            RunOptions {
+                close_wait_threshold_ns: threshold_ns,
+                ..RunOptions::default()
+            },
+            WallClock::fixed(1_700_000_000_000_000_000),
+            0,
+            true,
+        )
+    }
+
+    /// Runs transitions through a live-like engine (alerting at `tick_ns`, with `table` as
+    /// the /proc scan), then replays its output, and returns both outputs.
+    fn live_and_replay(
+        transitions: &[Transition],
+        tick_ns: u64,
+        table: &SocketTable,
+    ) -> (Vec<Record>, Vec<Record>) {
+        let h = header(100);
+        let mut live = Engine::new(
+            engine_options(Some(&h)),
+            WallClock::fixed(i128::from(h.wall_offset_ns)),
+        );
+        let mut recorded = Vec::new();
+        for t in transitions {
+            if t.ts_ns > tick_ns && recorded.iter().all(|r| !matches!(r, Record::CloseWait(_))) {
+                let due = live.due(tick_ns);
+                live.alert(&due, Some(table), tick_ns, &mut recorded);
+            }
+            live.transition(t, &mut recorded);
+        }
+        let end = transitions.last().map_or(0, |t| t.ts_ns) + 1;
+        let summary = live.finish(end, 0, 0, &mut recorded);
+        recorded.push(Record::Summary(summary.clone()));
+
+        let mut replay = Replay::new(Some(&h), WallClock::fixed(i128::from(h.wall_offset_ns)));
+        let mut rebuilt = Vec::new();
+        for r in &recorded {
+            replay.feed(r, &mut rebuilt).unwrap();
+        }
+        let (_, check) = replay.finish(Some(&summary), end, &mut rebuilt);
+        assert_eq!(check, Check::Mismatches(0));
+        recorded.pop();
+        (recorded, rebuilt)
+    }
+
+    #[test]
+    fn transition_records_convert_back() {
+        let t = by(
+            transition(5, 0xffff_8881_0271_6f00, "[::1]:80", "[::1]:5000", 1, 8),
+            42,
+            "srv",
+        );
+        let mut out = Vec::new();
+        Engine::new(Options::default(), WallClock::fixed(0)).transition(&t, &mut out);
+        let Some(Record::Transition(r)) = out.first() else {
+            panic!("a transition record")
+        };
+        let mut back = Transition::try_from(r).unwrap();
+        back.task.tid = t.task.tid;
+        assert_eq!(back, t);
+        let bad = TransitionRecord {
+            skaddr: "ffff".into(),
+            ..r.clone()
+        };
+        assert!(matches!(
+            Transition::try_from(&bad),
+            Err(LineProblem::Skaddr { .. })
+        ));
+    }
+
+    /// A server socket in CLOSE_WAIT whose owner only the /proc scan knows, then reset: its
+    /// timeline names that owner, and so must the replay's.
+    #[test]
+    fn replays_alert_owners_into_timelines() {
+        let (s, c) = ("127.0.0.1:80", "127.0.0.1:5000");
+        let transitions = vec![
+            transition(10, 0xb, s, c, 3, 1),
+            transition(20, 0xb, s, c, 1, 8),
+            transition(500, 0xb, s, c, 8, 7),
+            transition(600, 0xc, c, s, 2, 1),
+        ];
+        let table = SocketTable {
+            entries: vec![SocketEntry {
+                endpoints: transitions[0].endpoints(),
+                state: TcpState::CloseWait,
+                recv_q: 12,
+                inode: 99,
+                netns: 1,
+                owner: Some(Owner {
+                    pid: 4242,
+                    comm: "leaky".into(),
+                    fd: Some(7),
+                }),
+            }],
+        };
+        let (recorded, rebuilt) = live_and_replay(&transitions, 300, &table);
+        assert_eq!(recorded, rebuilt);
+        let owners: Vec<_> = rebuilt
+            .iter()
+            .filter_map(|r| match r {
+                Record::Timeline(t) => Some(t.pid),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(owners, vec![Some(4242), None]);
+    }
+
+    #[test]
+    fn replays_sockets_in_close_wait_at_start() {
+        let mut live = Engine::new(engine_options(None), WallClock::fixed(0));
+        let entry = SocketEntry {
+            endpoints: transition(0, 0, "127.0.0.1:80", "127.0.0.1:6000", 8, 8).endpoints(),
+            state: TcpState::CloseWait,
+            recv_q: 0,
+            inode: 5,
+            netns: 1,
+            owner: None,
+        };
+        let table = SocketTable {
+            entries: vec![entry],
+        };
+        live.preexisting(&table, 1_000);
+        let mut recorded = Vec::new();
+        let due = live.due(1_100);
+        live.alert(&due, Some(&table), 1_100, &mut recorded);
+        live.transition(
+            &by(
+                transition(2_000_000_000, 0xd, "127.0.0.1:80", "127.0.0.1:6000", 8, 9),
+                7,
+                "app",
+            ),
+            &mut recorded,
+        );
+        let mut h = header(5_000_000_000);
+        h.monotonic_start_ns = 1_000;
+        h.wall_offset_ns = 0;
+        let mut replay = Replay::new(Some(&h), WallClock::fixed(0));
+        let mut rebuilt = Vec::new();
+        for r in &recorded {
+            replay.feed(r, &mut rebuilt).unwrap();
+        }
+        assert_eq!(
+            rebuilt.iter().map(Record::type_name).collect::<Vec<_>>(),
+            vec!["close_wait", "transition", "close_wait_resolved"]
+        );
+        assert_eq!(recorded, rebuilt);
+    }
+}

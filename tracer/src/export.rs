@@ -1,0 +1,234 @@
+//! The `--export FILE`: NDJSON of every record, headed by a [`Header`]. The file shows what the
+//! host talks to, so it is created for the running user only (mode 0600) and an existing file is
+//! never replaced without `--force`. Opening it is the only I/O here; records are written by a
+//! [`crate::sink::JsonSink`] on its own [`crate::output::Output`] thread.
+
+use std::{
+    fs::{self, File, OpenOptions, Permissions},
+    io,
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    error::ExportError,
+    record::{Header, RunOptions, SCHEMA},
+    units::WallClock,
+};
+
+/// Permissions of an export: read and write for its owner only.
+pub const MODE: u32 = 0o600;
+
+/// An opened export file, not yet written to.
+#[derive(Debug)]
+pub struct ExportFile {
+    file: File,
+    path: PathBuf,
+    /// We created it (so [`ExportFile::discard`] may remove it).
+    created: bool,
+}
+
+impl ExportFile {
+    /// Creates `path` with mode 0600. An existing file is refused, unless `force`: then a regular
+    /// file (not a symbolic link) is opened, set to 0600, and emptied only by
+    /// [`ExportFile::into_file`], so a run that fails to start leaves it as it was.
+    pub fn open(path: &Path, force: bool) -> Result<Self, ExportError> {
+        let io_error = |source| ExportError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mut options = OpenOptions::new();
+        options
+            .write(true)
+            .mode(MODE)
+            .custom_flags(libc::O_NOFOLLOW);
+        let existed = if force {
+            match fs::symlink_metadata(path) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(ExportError::Symlink {
+                        path: path.to_owned(),
+                    })
+                }
+                Ok(meta) if !meta.is_file() => {
+                    return Err(ExportError::NotRegular {
+                        path: path.to_owned(),
+                    })
+                }
+                Ok(_) => true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                Err(e) => return Err(io_error(e)),
+            }
+        } else {
+            false
+        };
+        if force {
+            options.create(true);
+        } else {
+            options.create_new(true);
+        }
+        let file = options.open(path).map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => ExportError::Exists {
+                path: path.to_owned(),
+            },
+            // O_NOFOLLOW on a symbolic link swapped in since the check above.
+            _ if e.raw_os_error() == Some(libc::ELOOP) => ExportError::Symlink {
+                path: path.to_owned(),
+            },
+            _ => io_error(e),
+        })?;
+        if !file.metadata().map_err(io_error)?.is_file() {
+            return Err(ExportError::NotRegular {
+                path: path.to_owned(),
+            });
+        }
+        // The mode given at creation is reduced by the umask, and an existing file keeps its
+        // own: set it exactly.
+        file.set_permissions(Permissions::from_mode(MODE))
+            .map_err(io_error)?;
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+            created: !existed,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file, emptied (it may be an old export replaced with `--force`), to write to.
+    pub fn into_file(self) -> io::Result<File> {
+        self.file.set_len(0)?;
+        Ok(self.file)
+    }
+
+    /// Gives up on the export (the tracer could not start): removes the file if we created it.
+    pub fn discard(self) {
+        if self.created {
+            if let Err(e) = fs::remove_file(&self.path) {
+                log::debug!("could not remove {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// The header of a stream that starts at kernel time `start_ns`.
+pub fn header(options: RunOptions, clock: WallClock, start_ns: u64, complete: bool) -> Header {
+    Header {
+        schema: SCHEMA,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        hostname: read_trimmed("/proc/sys/kernel/hostname"),
+        kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+        start_time: clock.rfc3339(start_ns),
+        monotonic_start_ns: start_ns,
+        wall_offset_ns: i64::try_from(clock.offset_ns).unwrap_or(0),
+        complete,
+        options,
+    }
+}
+
+/// A one-line /proc file, or "" if it cannot be read.
+fn read_trimmed(path: &str) -> String {
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io::Write as _, os::unix::fs::symlink};
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn creates_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.ndjson");
+        let export = ExportFile::open(&path, false).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        let mut file = export.into_file().unwrap();
+        file.write_all(b"{}\n").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"{}\n");
+    }
+
+    #[test]
+    fn refuses_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.ndjson");
+        fs::write(&path, "keep me").unwrap();
+        let err = ExportFile::open(&path, false).unwrap_err();
+        assert!(matches!(err, ExportError::Exists { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("x.ndjson") && text.contains("--force"),
+            "{text}"
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), "keep me");
+    }
+
+    #[test]
+    fn force_replaces_and_sets_0600_only_when_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.ndjson");
+        fs::write(&path, "old export").unwrap();
+        fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
+        let export = ExportFile::open(&path, true).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        // A run that fails to start leaves the old file (and does not remove it).
+        export.discard();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "old export");
+        let file = ExportFile::open(&path, true).unwrap().into_file().unwrap();
+        assert_eq!(file.metadata().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn discard_removes_a_file_it_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.ndjson");
+        ExportFile::open(&path, false).unwrap().discard();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn force_refuses_links_and_special_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        fs::write(&target, "precious").unwrap();
+        let link = dir.path().join("link");
+        symlink(&target, &link).unwrap();
+        for force in [false, true] {
+            let err = ExportFile::open(&link, force).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ExportError::Symlink { .. } | ExportError::Exists { .. }
+                ),
+                "{err:?}"
+            );
+        }
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious");
+        let err = ExportFile::open(dir.path(), true).unwrap_err();
+        assert!(matches!(err, ExportError::NotRegular { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn missing_directory_is_an_io_error_naming_the_path() {
+        let err = ExportFile::open(Path::new("/nonexistent-dir/x.ndjson"), false).unwrap_err();
+        assert!(matches!(err, ExportError::Io { .. }));
+        assert!(err.to_string().contains("/nonexistent-dir/x.ndjson"));
+    }
+
+    #[test]
+    fn header_names_the_host_and_clock() {
+        let h = header(RunOptions::default(), WallClock::fixed(1_000), 5, true);
+        assert_eq!(h.schema, SCHEMA);
+        assert_eq!(h.monotonic_start_ns, 5);
+        assert_eq!(h.wall_offset_ns, 1_000);
+        assert!(!h.kernel.is_empty());
+        assert_eq!(h.start_time, "1970-01-01T00:00:00.000001Z");
+    }
+}

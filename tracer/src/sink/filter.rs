@@ -1,0 +1,215 @@
+//! Which records a sink shows. The engine produces every record kind for every socket; stdout
+//! shows what the flags ask for (`--no-transitions`, `--timelines`, `--pid`), while the export
+//! takes everything.
+
+use std::{borrow::Cow, collections::HashSet, io};
+
+use super::Sink;
+use crate::record::Record;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Filter {
+    pub transitions: bool,
+    pub timelines: bool,
+    /// Keep only sockets owned by these processes (empty: all).
+    pub pids: HashSet<u32>,
+}
+
+impl Filter {
+    /// Lets every record through.
+    pub fn everything() -> Self {
+        Self {
+            transitions: true,
+            timelines: true,
+            pids: HashSet::new(),
+        }
+    }
+
+    /// Does this filter let every record through unchanged?
+    pub fn is_everything(&self) -> bool {
+        self.transitions && self.timelines && self.pids.is_empty()
+    }
+
+    fn wanted(&self, pid: Option<u32>) -> bool {
+        self.pids.is_empty() || pid.is_some_and(|p| self.pids.contains(&p))
+    }
+
+    /// The record as this sink shows it, or `None`. A digest keeps only the wanted processes
+    /// (and is dropped when none is left).
+    pub fn apply<'a>(&self, record: &'a Record) -> Option<Cow<'a, Record>> {
+        let keep = match record {
+            Record::Transition(r) => self.transitions && self.wanted(r.pid),
+            Record::Timeline(r) => self.timelines && self.wanted(r.pid),
+            Record::CloseWait(r) => self.wanted(r.pid),
+            Record::CloseWaitResolved(r) => self.wanted(r.pid),
+            Record::Digest(d) if !self.pids.is_empty() => {
+                let mut d = d.clone();
+                d.processes.retain(|p| self.wanted(p.pid));
+                d.stuck = d.processes.iter().map(|p| p.count).sum();
+                return (d.stuck > 0).then_some(Cow::Owned(Record::Digest(d)));
+            }
+            _ => true,
+        };
+        keep.then_some(Cow::Borrowed(record))
+    }
+}
+
+/// A sink that shows only what its [`Filter`] lets through.
+pub struct Filtered<S> {
+    sink: S,
+    filter: Filter,
+}
+
+impl<S: Sink> Filtered<S> {
+    pub fn new(sink: S, filter: Filter) -> Self {
+        Self { sink, filter }
+    }
+
+    pub fn into_inner(self) -> S {
+        self.sink
+    }
+}
+
+impl<S: Sink> Sink for Filtered<S> {
+    fn begin(&mut self) -> io::Result<()> {
+        self.sink.begin()
+    }
+
+    fn write(&mut self, record: &Record) -> io::Result<()> {
+        match self.filter.apply(record) {
+            Some(shown) => self.sink.write(&shown),
+            None => Ok(()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.sink.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        engine::{Engine, Options},
+        record::{DigestProcess, DigestRecord},
+        sink::JsonSink,
+        testing::{by, transition},
+        units::WallClock,
+    };
+
+    /// A client's full life (owner 7, learnt at connect) and a server socket with no known owner.
+    fn records() -> Vec<Record> {
+        let mut engine = Engine::new(
+            Options {
+                timelines: true,
+                ..Options::default()
+            },
+            WallClock::fixed(0),
+        );
+        let mut out = Vec::new();
+        let c = ("127.0.0.1:5000", "127.0.0.1:80");
+        for (ts, old, new) in [(1, 7, 2), (2, 2, 1), (3, 1, 4), (4, 4, 5), (5, 5, 7)] {
+            engine.transition(
+                &by(transition(ts, 0xa, c.0, c.1, old, new), 7, "c"),
+                &mut out,
+            );
+        }
+        engine.transition(
+            &transition(6, 0xb, "127.0.0.1:80", "127.0.0.1:5001", 3, 1),
+            &mut out,
+        );
+        out
+    }
+
+    fn kinds(filter: &Filter, records: &[Record]) -> Vec<(&'static str, Option<u32>)> {
+        records
+            .iter()
+            .filter_map(|r| filter.apply(r))
+            .map(|r| {
+                let pid = match r.as_ref() {
+                    Record::Transition(t) => t.pid,
+                    Record::Timeline(t) => t.pid,
+                    _ => None,
+                };
+                (r.type_name(), pid)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn everything_passes_everything() {
+        let records = records();
+        assert_eq!(kinds(&Filter::everything(), &records).len(), records.len());
+        assert!(Filter::everything().is_everything());
+    }
+
+    #[test]
+    fn types_and_pids() {
+        let records = records();
+        let no_transitions = Filter {
+            transitions: false,
+            ..Filter::everything()
+        };
+        assert_eq!(
+            kinds(&no_transitions, &records),
+            vec![("timeline", Some(7))]
+        );
+        let pid7 = Filter {
+            timelines: false,
+            pids: HashSet::from([7]),
+            ..Filter::everything()
+        };
+        let shown = kinds(&pid7, &records);
+        assert_eq!(shown.len(), 5);
+        assert!(shown.iter().all(|&k| k == ("transition", Some(7))));
+    }
+
+    #[test]
+    fn digest_keeps_wanted_processes() {
+        let digest = Record::Digest(DigestRecord {
+            ts_ns: 1,
+            time: String::new(),
+            stuck: 3,
+            processes: vec![
+                DigestProcess {
+                    pid: Some(1),
+                    comm: Some("a".into()),
+                    count: 2,
+                    oldest_age_ms: 9,
+                },
+                DigestProcess {
+                    pid: None,
+                    comm: None,
+                    count: 1,
+                    oldest_age_ms: 5,
+                },
+            ],
+        });
+        let only = |pid| Filter {
+            pids: HashSet::from([pid]),
+            ..Filter::everything()
+        };
+        let Some(Record::Digest(d)) = only(1).apply(&digest).map(Cow::into_owned) else {
+            panic!("the digest of pid 1 is kept");
+        };
+        assert_eq!((d.stuck, d.processes.len()), (2, 1));
+        assert!(only(2).apply(&digest).is_none());
+    }
+
+    #[test]
+    fn filtered_sink_writes_only_what_passes() {
+        let mut sink = Filtered::new(
+            JsonSink::new(Vec::new()),
+            Filter {
+                transitions: false,
+                timelines: false,
+                pids: HashSet::new(),
+            },
+        );
+        for r in &records() {
+            sink.write(r).unwrap();
+        }
+        assert!(sink.into_inner().into_inner().is_empty());
+    }
+}
