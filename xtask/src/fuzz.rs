@@ -13,12 +13,26 @@ pub fn fuzz(target: &str, seconds: u32) -> Result<()> {
     }
     if probe_output(Command::new("cargo").args(["fuzz", "--version"])).is_none() {
         eprintln!("installing cargo-fuzz");
+        // Start the export reader from a real export rather than from nothing.
+        let corpus = workspace_root().join("tracer/fuzz/corpus").join(target);
+        std::fs::create_dir_all(&corpus).context("creating the fuzz corpus directory")?;
+        if target == "reader" {
+            let seed = workspace_root().join("tracer/tests/data/export-v1.ndjson");
+            std::fs::copy(&seed, corpus.join("export-v1.ndjson")).context("seeding the corpus")?;
+        }
         run(clean_toolchain_env(&mut Command::new("cargo")).args([
             "install",
             "--locked",
             "cargo-fuzz",
         ]))
         .context("installing cargo-fuzz")?;
+    }
+    // Start the export reader from a real export rather than from nothing.
+    let corpus = workspace_root().join("tracer/fuzz/corpus").join(target);
+    std::fs::create_dir_all(&corpus).context("creating the fuzz corpus directory")?;
+    if target == "reader" {
+        let seed = workspace_root().join("tracer/tests/data/export-v1.ndjson");
+        std::fs::copy(&seed, corpus.join("export-v1.ndjson")).context("seeding the corpus")?;
     }
     run(clean_toolchain_env(&mut Command::new("cargo"))
         .current_dir(workspace_root().join("tracer"))
