@@ -3,6 +3,7 @@
 //! Progress goes to stderr; stdout carries only what a script may want (object and
 //! binary paths) and, for `run`, the tracer's own output.
 
+mod bench;
 mod ebpf;
 mod lint;
 mod run;
@@ -51,6 +52,12 @@ enum Chore {
     },
     /// rustfmt and clippy on the workspace and on the eBPF crate.
     Lint,
+    /// Benchmark the tracer at full connection churn on loopback, beside no tracer and a
+    /// peer (bpftrace); needs root.
+    Bench(bench::BenchArgs),
+    /// The bench's churn generator (run by `bench` in a private network namespace).
+    #[command(hide = true)]
+    Churn(bench::churn::ChurnArgs),
 }
 
 fn main() -> ExitCode {
@@ -89,5 +96,7 @@ fn dispatch(chore: Chore) -> Result<()> {
         }
         Chore::Test { unprivileged } => test::test(unprivileged),
         Chore::Lint => lint::lint(),
+        Chore::Bench(args) => bench::bench(&args),
+        Chore::Churn(args) => bench::churn::churn(&args),
     }
 }
