@@ -84,6 +84,9 @@ pub struct ChurnArgs {
     /// Print a progress line every this many connections (0: never).
     #[arg(long, default_value_t = 0)]
     pub progress_every: u64,
+    /// Pin client thread i and server thread i to CPU i (modulo the CPUs).
+    #[arg(long)]
+    pub pin: bool,
 }
 
 impl ChurnArgs {
@@ -103,6 +106,9 @@ impl ChurnArgs {
             "--progress-every".into(),
             self.progress_every.to_string(),
         ]
+        .into_iter()
+        .chain(self.pin.then(|| "--pin".to_owned()))
+        .collect()
     }
 }
 
@@ -172,7 +178,10 @@ pub fn churn(args: &ChurnArgs) -> Result<()> {
         threads.push(
             thread::Builder::new()
                 .name(format!("server-{i}"))
-                .spawn(move || state.guard(&listener, || state.server(&listener)))?,
+                .spawn(move || {
+                    state.pin(i);
+                    state.guard(&listener, || state.server(&listener))
+                })?,
         );
     }
     for i in 0..args.client_threads {
@@ -180,7 +189,10 @@ pub fn churn(args: &ChurnArgs) -> Result<()> {
         threads.push(
             thread::Builder::new()
                 .name(format!("client-{i}"))
-                .spawn(move || state.guard(&listener, || state.client()))?,
+                .spawn(move || {
+                    state.pin(i);
+                    state.guard(&listener, || state.client())
+                })?,
         );
     }
     let mut failure = None;
@@ -226,6 +238,20 @@ struct State {
 }
 
 impl State {
+    /// Pins the calling thread to CPU `i` modulo the CPUs, when asked to.
+    fn pin(&self, i: usize) {
+        if !self.args.pin {
+            return;
+        }
+        let cpus = thread::available_parallelism().map_or(1, usize::from);
+        // SAFETY: cpu_set_t is plain data; the libc macros index within it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(i % cpus, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+        }
+    }
+
     /// Runs a thread's work; on error, stops the others (a shut-down listener wakes a
     /// blocked accept) and returns the error.
     fn guard(&self, listener: &TcpListener, work: impl FnOnce() -> Result<()>) -> Result<()> {

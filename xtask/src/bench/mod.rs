@@ -41,7 +41,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100_000)]
     connections: u64,
     /// Rounds; each round runs every mode once, in turn (A B C A B C ...).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Modes to run, in this order within a round.
     #[arg(
@@ -59,6 +59,11 @@ pub struct BenchArgs {
     /// Server threads of the generator (accept, read to EOF, close).
     #[arg(long, default_value_t = 2)]
     server_threads: usize,
+    /// Leave the generator's threads unpinned (by default client and server thread i run on
+    /// CPU i: unpinned, the scheduler's placement makes the rate swing by a third from run
+    /// to run on 2 cores).
+    #[arg(long)]
+    no_pin: bool,
     /// Also run one long tracer run and sample its memory over time.
     #[arg(long)]
     soak: bool,
@@ -77,6 +82,10 @@ pub struct BenchArgs {
     /// Pause between runs, so the previous run's namespace teardown and writeback settle.
     #[arg(long, default_value_t = 1000)]
     cooldown_ms: u64,
+    /// Before each run, wait up to this many seconds for other processes to go quiet
+    /// (runs still noisy are marked so in the report).
+    #[arg(long, default_value_t = 30)]
+    quiet_wait_s: u64,
 }
 
 #[derive(Serialize)]
@@ -166,6 +175,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         server_threads: args.server_threads,
         destinations: 16,
         progress_every: (args.connections / 20).max(1),
+        pin: !args.no_pin,
     };
 
     // In-kernel time per run needs the kernel's BPF statistics; held for the whole bench.
@@ -200,7 +210,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let mut runs = Vec::new();
     for round in 1..=args.rounds {
         for &mode in &modes {
-            eprintln!("bench: round {round}/{}: {}", args.rounds, mode.describe());
+            let load = runner::wait_quiet_machine(Duration::from_secs(args.quiet_wait_s));
+            eprintln!(
+                "bench: round {round}/{}: {} (background load {load:.2} CPUs)",
+                args.rounds,
+                mode.describe()
+            );
             let result = runner::run(&tools, mode, &churn_args, round, sample)?;
             eprint!(
                 "bench: {}",
@@ -217,8 +232,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             progress_every: (args.soak_connections / 100).max(1),
             ..churn_args.clone()
         };
+        let load = runner::wait_quiet_machine(Duration::from_secs(args.quiet_wait_s));
         eprintln!(
-            "bench: soak: our tracer over {} connections",
+            "bench: soak: our tracer over {} connections (background load {load:.2} CPUs)",
             args.soak_connections
         );
         let run = runner::run(

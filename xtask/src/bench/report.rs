@@ -52,8 +52,11 @@ pub struct ModeSummary {
     pub mode: String,
     pub description: String,
     pub runs: usize,
+    /// Runs during which other processes used more than a tenth of a CPU.
+    pub noisy_runs: usize,
     pub conn_per_s: Option<Spread>,
-    /// conn/s over the no-tracer median.
+    /// conn/s over the no-tracer run of the same round (paired, so that a drift of the
+    /// machine's speed between rounds cancels out).
     pub ratio: Option<Spread>,
     pub expected_per_run: Option<u64>,
     pub captured_total: Option<u64>,
@@ -67,12 +70,11 @@ pub struct ModeSummary {
 }
 
 pub fn summarize(runs: &[RunResult], modes: &[Mode]) -> Vec<ModeSummary> {
-    let baseline = Spread::of(
+    let baseline = |round: usize| {
         runs.iter()
-            .filter(|r| r.mode == Mode::None.name())
-            .map(|r| r.conn_per_s),
-    )
-    .map(|s| s.median);
+            .find(|r| r.mode == Mode::None.name() && r.round == round)
+            .map(|r| r.conn_per_s)
+    };
     modes
         .iter()
         .map(|&mode| {
@@ -85,8 +87,15 @@ pub fn summarize(runs: &[RunResult], modes: &[Mode]) -> Vec<ModeSummary> {
                 mode: mode.name().into(),
                 description: mode.describe().into(),
                 runs: of.len(),
+                noisy_runs: of
+                    .iter()
+                    .filter(|r| r.background_cpus > super::runner::NOISY_CPUS)
+                    .count(),
                 conn_per_s: Spread::of(of.iter().map(|r| r.conn_per_s)),
-                ratio: baseline.and_then(|b| Spread::of(of.iter().map(|r| r.conn_per_s / b))),
+                ratio: Spread::of(
+                    of.iter()
+                        .filter_map(|r| Some(r.conn_per_s / baseline(r.round)?)),
+                ),
                 expected_per_run: of.iter().find_map(|r| r.expected),
                 captured_total: sum(|r| r.captured),
                 reported_lost_total: sum(|r| r.reported_lost),
@@ -130,7 +139,11 @@ pub fn table(summaries: &[ModeSummary]) -> String {
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s.mode,
-            s.runs,
+            if s.noisy_runs > 0 {
+                format!("{} ({} noisy)", s.runs, s.noisy_runs)
+            } else {
+                s.runs.to_string()
+            },
             spread(s.conn_per_s, 0),
             s.ratio.map_or_else(
                 || "–".into(),
@@ -181,6 +194,7 @@ pub fn run_lines(runs: &[RunResult]) -> String {
         if let Some(ns) = r.ns_per_run {
             let _ = write!(out, "  {ns:.0} ns/run");
         }
+        let _ = write!(out, "  bg {:.2} CPUs", r.background_cpus);
         for (kind, want, got) in &r.shape_mismatches {
             let _ = write!(out, "  [{kind}: expected {want}, got {got}]");
         }
@@ -227,7 +241,7 @@ pub fn targets(summaries: &[ModeSummary], runs: &[RunResult], soak: Option<&Soak
     });
     let ratio = tracer.and_then(|t| t.ratio);
     out.push(Target {
-        target: "churn rate with the tracer streaming JSON >= 85% of no tracer (median)".into(),
+        target: "churn rate with the tracer streaming JSON >= 85% of no tracer (median of per-round ratios)".into(),
         measured: ratio.map_or_else(
             || "not measured".into(),
             |r| {
@@ -341,9 +355,10 @@ mod tests {
         assert_eq!(Spread::of(std::iter::empty()), None);
     }
 
-    fn run(mode: Mode, rate: f64) -> RunResult {
+    fn run(mode: Mode, round: usize, rate: f64) -> RunResult {
         RunResult {
             mode: mode.name().into(),
+            round,
             conn_per_s: rate,
             connections: 10,
             ..RunResult::default()
@@ -351,17 +366,18 @@ mod tests {
     }
 
     #[test]
-    fn ratio_is_against_the_no_tracer_median() {
+    fn ratio_is_against_the_same_round() {
         let runs = [
-            run(Mode::None, 100.0),
-            run(Mode::Tracer, 90.0),
-            run(Mode::None, 200.0),
-            run(Mode::Tracer, 80.0),
+            run(Mode::None, 1, 100.0),
+            run(Mode::Tracer, 1, 90.0),
+            run(Mode::None, 2, 200.0),
+            run(Mode::Tracer, 2, 160.0),
         ];
         let s = summarize(&runs, &[Mode::None, Mode::Tracer]);
         assert_eq!(s[0].conn_per_s.unwrap().median, 150.0);
         let ratio = s[1].ratio.unwrap();
-        assert!((ratio.median - 85.0 / 150.0).abs() < 1e-9);
+        assert!((ratio.median - 0.85).abs() < 1e-9);
+        assert!((ratio.min - 0.8).abs() < 1e-9);
         assert!(table(&s).contains("| tracer | 2 |"));
     }
 }

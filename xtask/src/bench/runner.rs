@@ -130,6 +130,10 @@ pub struct RunResult {
     pub prog_run_cnt: Option<u64>,
     pub prog_run_time_ns: Option<u64>,
     pub ns_per_run: Option<f64>,
+    /// CPU seconds other processes on the machine used during the churn, per second of it:
+    /// 0 on a quiet machine, up to the number of cores. Runs beside a busy neighbour are
+    /// not comparable.
+    pub background_cpus: f64,
     pub notes: Vec<String>,
 }
 
@@ -187,6 +191,23 @@ impl Drop for Proc {
         if !self.reaped {
             eprintln!("bench: stopping {} (pid {})", self.name, self.pid);
             let _ = sys::stop(self.pid, libc::SIGKILL, Duration::from_secs(5));
+        }
+    }
+}
+
+/// Background load above which a run is marked noisy, in CPUs.
+pub const NOISY_CPUS: f64 = 0.1;
+
+/// Waits until the machine is quiet (other processes use less than [`NOISY_CPUS`] over half
+/// a second), at most `limit`. Returns the load last seen.
+pub fn wait_quiet_machine(limit: Duration) -> f64 {
+    let start = Instant::now();
+    loop {
+        let before = sys::others_cpu_ticks(&[]);
+        std::thread::sleep(Duration::from_millis(500));
+        let load = sys::others_cpu_between(&before, &sys::others_cpu_ticks(&[])) / 0.5;
+        if load < NOISY_CPUS || start.elapsed() >= limit {
+            return load;
         }
     }
 }
@@ -253,6 +274,9 @@ pub fn run(
     }
     let cpu_at_attach = observer.as_ref().and_then(|o| sys::cpu_seconds(o.proc.pid));
 
+    let mut ours = vec![churn_proc.pid];
+    ours.extend(observer.as_ref().map(|o| o.proc.pid));
+    let others_before = sys::others_cpu_ticks(&ours);
     writeln!(go, "go").context("starting the churn")?;
     drop(go);
     let start = Instant::now();
@@ -291,6 +315,8 @@ pub fn run(
         }
     }
     let (completed, elapsed_ns) = done.expect("loop ends on done");
+    let background_cpus = sys::others_cpu_between(&others_before, &sys::others_cpu_ticks(&ours))
+        / start.elapsed().as_secs_f64();
     let churn_exit = sys::reap_within(churn_proc.pid, Duration::from_secs(30))?;
     churn_proc.reaped = churn_exit.is_some();
     match churn_exit {
@@ -311,8 +337,14 @@ pub fn run(
         connections: completed,
         elapsed_s,
         conn_per_s: completed as f64 / elapsed_s,
+        background_cpus,
         ..RunResult::default()
     };
+    if background_cpus > NOISY_CPUS {
+        result.notes.push(format!(
+            "noisy: other processes used {background_cpus:.2} CPUs during the churn"
+        ));
+    }
     let Some(mut obs) = observer else {
         return Ok(result);
     };

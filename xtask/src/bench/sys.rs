@@ -3,6 +3,7 @@
 //! by PID, reaping with resource usage, the BPF run-time statistics switch).
 
 use std::{
+    collections::BTreeMap,
     fs, io,
     os::fd::{FromRawFd as _, OwnedFd},
     path::Path,
@@ -37,6 +38,45 @@ pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// CPU seconds used so far by every process on the machine except `exclude` (and this one),
+/// counting only processes alive at both readings that are compared. Kernel threads are
+/// included: a kworker doing someone else's writeback is background load too.
+pub fn others_cpu_ticks(exclude: &[u32]) -> BTreeMap<u32, u64> {
+    let me = std::process::id();
+    let mut out = BTreeMap::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me || exclude.contains(&pid) {
+            continue;
+        }
+        if let Some(ticks) = fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| parse_stat_cpu_ticks(&s))
+        {
+            out.insert(pid, ticks);
+        }
+    }
+    out
+}
+
+/// Seconds of CPU the other processes used between two readings of [`others_cpu_ticks`].
+pub fn others_cpu_between(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) -> f64 {
+    let ticks: u64 = after
+        .iter()
+        .map(|(pid, &t)| t.saturating_sub(before.get(pid).copied().unwrap_or(t)))
+        .sum();
+    ticks as f64 / clock_ticks()
 }
 
 /// Memory of a process from /proc/<pid>/status, in KiB.
