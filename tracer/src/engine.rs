@@ -94,9 +94,12 @@ impl Engine {
             self.summary.evicted = self.tracker.evicted();
         }
         if let Some(owner) = &applied.owner {
-            // Owners learnt from system calls also name CLOSE_WAIT sockets.
-            self.detector
-                .update(SockId::Kernel(t.skaddr), Some(owner.clone()), None);
+            // Owners learnt from system calls also name CLOSE_WAIT sockets (looked up first:
+            // most sockets are not in CLOSE_WAIT, and the owner is not cloned for those).
+            let id = SockId::Kernel(t.skaddr);
+            if self.detector.get(id).is_some() {
+                self.detector.update(id, Some(owner.clone()), None);
+            }
         }
         let resolved = self.detector.observe(t);
         if self.opts.transitions && self.wanted(applied.owner.as_ref().map(|o| o.pid)) {

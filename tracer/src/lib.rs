@@ -11,6 +11,7 @@ pub mod decode;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod hash;
 pub mod output;
 pub mod owner;
 pub mod probe;
