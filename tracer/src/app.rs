@@ -54,8 +54,18 @@ pub async fn run(config: Config) -> anyhow::Result<Stop> {
         Err(e) => log::warn!("socket table scan failed: {e}"),
     }
 
-    let out = stdout_sink(&config);
-    let mut output = Output::spawn(out).context("starting the output thread")?;
+    let (json, wide) = (config.json, config.wide);
+    let mut output = Output::spawn(
+        move |chunk| -> Box<dyn Sink> {
+            if json {
+                Box::new(JsonSink::new(chunk))
+            } else {
+                Box::new(TextSink::new(chunk, wide))
+            }
+        },
+        io::stdout(),
+    )
+    .context("starting the output thread")?;
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
     // `AsyncFd` (and the ring buffer inside it) is dropped.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -80,12 +90,12 @@ pub async fn run(config: Config) -> anyhow::Result<Stop> {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting for the ring buffer")?;
                 sleep(DRAIN_DELAY).await;
-                drain(guard.get_inner_mut(), &mut engine, &mut batch);
+                drain(guard.get_inner_mut(), &mut engine, &mut batch, &mut output);
                 guard.clear_ready();
             }
             _ = tick.tick() => {
                 // A safety net: nothing stays in the ring longer than a tick.
-                drain(ring.get_mut(), &mut engine, &mut batch);
+                drain(ring.get_mut(), &mut engine, &mut batch, &mut output);
                 let now = monotonic_ns();
                 alert(&mut engine, now, &mut batch).await;
                 let lost = (probe.lost(), probe.recursion_misses());
@@ -112,13 +122,13 @@ pub async fn run(config: Config) -> anyhow::Result<Stop> {
             _ = sighup.recv() => break Stop::Signal("SIGHUP"),
             () = &mut deadline => break Stop::Duration,
         }
-        if !batch.is_empty() && !output.send(std::mem::take(&mut batch)) {
+        if !batch.is_empty() && !output.send(&mut batch) {
             break Stop::OutputClosed;
         }
     };
 
     // What is still in the ring buffer was emitted before the stop: deliver it too.
-    drain(ring.get_mut(), &mut engine, &mut batch);
+    drain(ring.get_mut(), &mut engine, &mut batch, &mut output);
     let now = monotonic_ns();
     alert(&mut engine, now, &mut batch).await;
     engine.output_dropped(output.dropped());
@@ -133,21 +143,21 @@ pub async fn run(config: Config) -> anyhow::Result<Stop> {
     }
 }
 
-fn stdout_sink(config: &Config) -> Box<dyn Sink + Send> {
-    let stdout = io::BufWriter::with_capacity(64 * 1024, io::stdout());
-    if config.json {
-        Box::new(JsonSink::new(stdout))
-    } else {
-        Box::new(TextSink::new(stdout, config.wide))
-    }
-}
+/// Records handed to the output at a time while draining: a ring buffer full after a stall
+/// (tens of thousands of records) is formatted and shipped in slices, not held at once.
+const DRAIN_SLICE: usize = 1024;
 
 fn drain(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     engine: &mut Engine,
     batch: &mut Vec<Record>,
+    output: &mut Output,
 ) {
     while let Some(item) = ring.next() {
+        if batch.len() >= DRAIN_SLICE {
+            // A closed output is noticed by the caller's next send.
+            output.send(batch);
+        }
         match decode(&item) {
             Ok(transition) => engine.transition(&transition, batch),
             Err(e) => {

@@ -1,54 +1,111 @@
-//! A dedicated thread that owns the sink, so a stalled reader of stdout never blocks the event
-//! loop (and so never the draining of the kernel ring buffer). Batches that do not fit in the
-//! bounded queue are dropped and counted.
+//! Formatting on the event loop's thread, writing on a dedicated one.
+//!
+//! Records are formatted as soon as the engine produces them, into an in-memory chunk, and
+//! dropped on the thread that allocated them. A dedicated thread owns stdout and writes whole
+//! chunks, so a stalled reader of stdout never blocks the event loop (and so never the
+//! draining of the kernel ring buffer). Chunks that would push the bytes waiting for the
+//! writer past [`MAX_QUEUED_BYTES`] are dropped, and their records counted. Chunks are
+//! bounded too ([`CHUNK_BYTES`]), so a burst never makes one huge buffer.
 
 use std::{
-    io,
-    sync::mpsc::{self, Receiver, SyncSender, TrySendError},
+    cell::RefCell,
+    io::{self, Write},
+    rc::Rc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc::{self, Receiver, SyncSender, TrySendError},
+        Arc,
+    },
     thread::JoinHandle,
 };
 
 use crate::{record::Record, sink::Sink};
 
-/// Batches waiting for the writer before new ones are dropped.
-const QUEUE_BATCHES: usize = 4096;
+/// Formatted bytes waiting for the writer, at most: about 80 ms of NDJSON at full churn on
+/// two cores, and a bound on the memory a stalled reader can make us hold.
+pub const MAX_QUEUED_BYTES: usize = 8 << 20;
+/// A chunk is handed to the writer once it holds this much (or at the end of a batch).
+const CHUNK_BYTES: usize = 256 << 10;
+/// Chunks in flight between the threads, at most.
+const QUEUE_CHUNKS: usize = 1024;
+/// Emptied chunk buffers kept for reuse.
+const SPARE_CHUNKS: usize = 8;
 
 enum Message {
-    Batch(Vec<Record>),
-    /// Must be written (the final records): waits for room instead of dropping.
-    Final(Vec<Record>),
+    Chunk(Vec<u8>),
+    /// The last chunk: waits for room instead of being dropped.
+    Final(Vec<u8>),
+}
+
+/// The `io::Write` the sink formats into: the chunk being filled.
+#[derive(Clone, Default)]
+pub struct ChunkWriter(Rc<RefCell<Vec<u8>>>);
+
+impl Write for ChunkWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.borrow_mut().extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 pub struct Output {
+    sink: Box<dyn Sink>,
+    chunk: ChunkWriter,
+    /// Records formatted into the current chunk.
+    records: u64,
     tx: Option<SyncSender<Message>>,
+    spare: Receiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
     thread: Option<JoinHandle<io::Result<()>>>,
     dropped: u64,
 }
 
 impl Output {
-    pub fn spawn(mut sink: Box<dyn Sink + Send>) -> io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel(QUEUE_BATCHES);
-        let thread = std::thread::Builder::new()
-            .name("tracer-output".into())
-            .spawn(move || write_all(&mut *sink, &rx))?;
-        Ok(Self {
+    /// Starts the writer thread on `out`; `sink` formats into the [`ChunkWriter`] it is given.
+    /// The sink's preamble (the text header) is written at once.
+    pub fn spawn(
+        sink: impl FnOnce(ChunkWriter) -> Box<dyn Sink>,
+        out: impl Write + Send + 'static,
+    ) -> io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel(QUEUE_CHUNKS);
+        let (spare_tx, spare) = mpsc::sync_channel(SPARE_CHUNKS);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let queued = Arc::clone(&queued);
+            std::thread::Builder::new()
+                .name("tracer-output".into())
+                .spawn(move || write_chunks(out, &rx, &spare_tx, &queued))?
+        };
+        let chunk = ChunkWriter::default();
+        let mut output = Self {
+            sink: sink(chunk.clone()),
+            chunk,
+            records: 0,
             tx: Some(tx),
+            spare,
+            queued,
             thread: Some(thread),
             dropped: 0,
-        })
+        };
+        output.sink.begin()?;
+        output.ship();
+        Ok(output)
     }
 
-    /// Queues a batch. Returns false once the writer has stopped (closed stdout).
-    pub fn send(&mut self, batch: Vec<Record>) -> bool {
-        let Some(tx) = &self.tx else { return false };
-        match tx.try_send(Message::Batch(batch)) {
-            Ok(()) => true,
-            Err(TrySendError::Full(Message::Batch(lost) | Message::Final(lost))) => {
-                self.dropped += lost.len() as u64;
-                true
-            }
-            Err(TrySendError::Disconnected(_)) => false,
-        }
+    /// Formats the records (emptying `batch`, whose capacity is kept) and queues them.
+    /// Returns false once the writer has stopped (closed stdout).
+    pub fn send(&mut self, batch: &mut Vec<Record>) -> bool {
+        self.format(batch);
+        self.ship()
     }
 
     /// Records dropped so far because the writer could not keep up.
@@ -56,10 +113,12 @@ impl Output {
         self.dropped
     }
 
-    /// Writes the final records, waits for the writer and returns its result.
-    pub fn finish(mut self, last: Vec<Record>) -> io::Result<()> {
+    /// Formats and writes the final records, waits for the writer and returns its result.
+    pub fn finish(mut self, mut last: Vec<Record>) -> io::Result<()> {
+        self.format(&mut last);
+        let bytes = std::mem::take(&mut *self.chunk.0.borrow_mut());
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Message::Final(last));
+            let _ = tx.send(Message::Final(bytes));
         }
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
@@ -67,28 +126,148 @@ impl Output {
             None => Ok(()),
         }
     }
-}
 
-fn write_all(sink: &mut dyn Sink, rx: &Receiver<Message>) -> io::Result<()> {
-    sink.begin()?;
-    while let Ok(message) = rx.recv() {
-        let (Message::Batch(batch) | Message::Final(batch)) = message;
-        for record in &batch {
-            sink.write(record)?;
-        }
-        // Drain what is already queued before paying for a flush.
-        if let Ok(more) = rx.try_recv() {
-            let (Message::Batch(batch) | Message::Final(batch)) = more;
-            for record in &batch {
-                sink.write(record)?;
+    fn format(&mut self, batch: &mut Vec<Record>) {
+        for record in batch.drain(..) {
+            match self.sink.write(&record) {
+                Ok(()) => self.records += 1,
+                Err(e) => {
+                    log::debug!("could not format a {} record: {e}", record.type_name());
+                    self.dropped += 1;
+                }
+            }
+            if self.chunk.0.borrow().len() >= CHUNK_BYTES {
+                self.ship();
             }
         }
-        sink.flush()?;
     }
-    sink.flush()
+
+    /// Hands the current chunk to the writer, or drops it (counting its records) when the
+    /// writer is that far behind.
+    fn ship(&mut self) -> bool {
+        let Some(tx) = &self.tx else { return false };
+        let len = self.chunk.0.borrow().len();
+        if len == 0 {
+            return true;
+        }
+        let records = std::mem::take(&mut self.records);
+        if self.queued.load(Ordering::Acquire) > MAX_QUEUED_BYTES {
+            self.chunk.0.borrow_mut().clear();
+            self.dropped += records;
+            return true;
+        }
+        let fresh = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(CHUNK_BYTES + (64 << 10)));
+        let bytes = std::mem::replace(&mut *self.chunk.0.borrow_mut(), fresh);
+        self.queued.fetch_add(len, Ordering::AcqRel);
+        match tx.try_send(Message::Chunk(bytes)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.queued.fetch_sub(len, Ordering::AcqRel);
+                self.dropped += records;
+                true
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+fn write_chunks(
+    mut out: impl Write,
+    rx: &Receiver<Message>,
+    spare: &SyncSender<Vec<u8>>,
+    queued: &AtomicUsize,
+) -> io::Result<()> {
+    while let Ok(message) = rx.recv() {
+        let (Message::Chunk(mut bytes) | Message::Final(mut bytes)) = message;
+        let written = out.write_all(&bytes).and_then(|()| out.flush());
+        queued.fetch_sub(bytes.len(), Ordering::AcqRel);
+        written?;
+        bytes.clear();
+        let _ = spare.try_send(bytes);
+    }
+    out.flush()
 }
 
 /// Is this error a closed pipe (`tracer | head`)? Such an end is quiet and successful.
 pub fn is_broken_pipe(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::BrokenPipe
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::{record::Summary, sink::JsonSink};
+
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn summary(events: u64) -> Record {
+        Record::Summary(Summary {
+            events,
+            ..Summary::default()
+        })
+    }
+
+    #[test]
+    fn records_arrive_in_order_and_the_batch_is_reused() {
+        let out = Shared::default();
+        let mut output = Output::spawn(|w| Box::new(JsonSink::new(w)), out.clone()).unwrap();
+        let mut batch = Vec::with_capacity(8);
+        for i in 0..3 {
+            batch.push(summary(i));
+            batch.push(summary(i + 100));
+            assert!(output.send(&mut batch));
+            assert!(batch.is_empty() && batch.capacity() >= 8);
+        }
+        output.finish(vec![summary(7)]).unwrap();
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let events: Vec<u64> = text
+            .lines()
+            .map(|l| match serde_json::from_str(l).unwrap() {
+                Record::Summary(s) => s.events,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(events, vec![0, 100, 1, 101, 2, 102, 7]);
+    }
+
+    #[test]
+    fn a_closed_output_stops_the_loop() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut output = Output::spawn(|w| Box::new(JsonSink::new(w)), Closed).unwrap();
+        let mut open = true;
+        for _ in 0..1000 {
+            open = output.send(&mut vec![summary(1)]);
+            if !open {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(!open);
+        assert!(is_broken_pipe(&output.finish(Vec::new()).unwrap_err()));
+    }
 }
