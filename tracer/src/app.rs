@@ -30,7 +30,7 @@ const TICK: Duration = Duration::from_millis(100);
 /// each wakeup is an inter-processor interrupt paid by the traced code (inside our program's
 /// run). While records gather, none is sent: at full churn that is one wakeup per batch of
 /// thousands instead of one every few events. It is also the most a record waits to be read.
-const DRAIN_DELAY: Duration = Duration::from_millis(2);
+const DRAIN_DELAY: Duration = Duration::from_millis(10);
 
 /// Why the loop stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,9 +143,10 @@ pub async fn run(config: Config) -> anyhow::Result<Stop> {
     }
 }
 
-/// Records handed to the output at a time while draining: a ring buffer full after a stall
-/// (tens of thousands of records) is formatted and shipped in slices, not held at once.
-const DRAIN_SLICE: usize = 1024;
+/// Records formatted at a time while draining. Small, so that records are freed soon after
+/// they are made (the allocator then reuses the same few blocks), and so that a ring buffer
+/// full after a stall never becomes one huge batch.
+const DRAIN_SLICE: usize = 32;
 
 fn drain(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
@@ -155,8 +156,7 @@ fn drain(
 ) {
     while let Some(item) = ring.next() {
         if batch.len() >= DRAIN_SLICE {
-            // A closed output is noticed by the caller's next send.
-            output.send(batch);
+            output.format(batch);
         }
         match decode(&item) {
             Ok(transition) => engine.transition(&transition, batch),

@@ -108,6 +108,23 @@ impl Output {
         self.ship()
     }
 
+    /// Formats the records (emptying `batch`) into the current chunk, shipping only full
+    /// chunks; [`Output::send`] ships the rest.
+    pub fn format(&mut self, batch: &mut Vec<Record>) {
+        for record in batch.drain(..) {
+            match self.sink.write(&record) {
+                Ok(()) => self.records += 1,
+                Err(e) => {
+                    log::debug!("could not format a {} record: {e}", record.type_name());
+                    self.dropped += 1;
+                }
+            }
+            if self.chunk.0.borrow().len() >= CHUNK_BYTES {
+                self.ship();
+            }
+        }
+    }
+
     /// Records dropped so far because the writer could not keep up.
     pub fn dropped(&self) -> u64 {
         self.dropped
@@ -124,21 +141,6 @@ impl Output {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(io::Error::other("output thread panicked")),
             None => Ok(()),
-        }
-    }
-
-    fn format(&mut self, batch: &mut Vec<Record>) {
-        for record in batch.drain(..) {
-            match self.sink.write(&record) {
-                Ok(()) => self.records += 1,
-                Err(e) => {
-                    log::debug!("could not format a {} record: {e}", record.type_name());
-                    self.dropped += 1;
-                }
-            }
-            if self.chunk.0.borrow().len() >= CHUNK_BYTES {
-                self.ship();
-            }
         }
     }
 
