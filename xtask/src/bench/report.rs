@@ -179,8 +179,11 @@ pub fn run_lines(runs: &[RunResult]) -> String {
         if let (Some(e), Some(c)) = (r.expected, r.captured) {
             let _ = write!(
                 out,
-                "  expected {e} captured {c} lost-reported {} recursion-misses {} missing {}",
+                "  expected {e} captured {c} lost-reported {} (buffer full {}, output dropped {}) \
+                 recursion-misses {} missing {}",
                 opt(r.reported_lost),
+                opt(r.reported_buffer_full),
+                opt(r.reported_output_dropped),
                 opt(r.kernel_recursion_misses),
                 opt(r.missing_unreported)
             );

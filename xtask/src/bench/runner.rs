@@ -112,6 +112,10 @@ pub struct RunResult {
     pub reported_lost: Option<u64>,
     /// Of those, runs skipped by the kernel as the observer reported them.
     pub reported_recursion_misses: Option<u64>,
+    /// Of those, records the ring (or perf) buffer had no room for.
+    pub reported_buffer_full: Option<u64>,
+    /// Of those, records our tracer's output dropped (its writer was too far behind).
+    pub reported_output_dropped: Option<u64>,
     /// `recursion_misses` of the observer's programs, read by the bench from fdinfo.
     pub kernel_recursion_misses: Option<u64>,
     /// expected - captured - reported_lost, when positive: lost without a word.
@@ -407,6 +411,8 @@ pub fn run(
     result.captured = Some(capture.captured);
     result.reported_lost = Some(capture.reported_lost);
     result.reported_recursion_misses = capture.reported_recursion_misses;
+    result.reported_buffer_full = Some(capture.reported_buffer_full);
+    result.reported_output_dropped = capture.reported_output_dropped;
     result.missing_unreported = Some(expected.saturating_sub(accounted));
     result.extra = Some(capture.captured.saturating_sub(expected));
     result.shape_mismatches = shape_mismatches(&capture.shape, completed);
@@ -509,6 +515,8 @@ pub struct Capture {
     pub shape: BTreeMap<String, u64>,
     pub reported_lost: u64,
     pub reported_recursion_misses: Option<u64>,
+    pub reported_buffer_full: u64,
+    pub reported_output_dropped: Option<u64>,
     pub summary_seen: bool,
 }
 
@@ -551,11 +559,13 @@ pub fn count_tracer(path: &Path, port: u16) -> Result<Capture> {
             }
             "summary" => {
                 let recursion = record.recursion_misses.unwrap_or(0);
+                let ringbuf = record.lost_ringbuf.unwrap_or(0);
+                let dropped = record.output_dropped.unwrap_or(0);
                 capture.summary_seen = true;
                 capture.reported_recursion_misses = Some(recursion);
-                capture.reported_lost = record.lost_ringbuf.unwrap_or(0)
-                    + recursion
-                    + record.output_dropped.unwrap_or(0);
+                capture.reported_buffer_full = ringbuf;
+                capture.reported_output_dropped = Some(dropped);
+                capture.reported_lost = ringbuf + recursion + dropped;
             }
             _ => {}
         }
@@ -576,6 +586,7 @@ fn count_bpftrace(path: &Path, stderr: &str, port: u16) -> Result<Capture> {
         }
     }
     capture.reported_lost = lost;
+    capture.reported_buffer_full = lost;
     Ok(capture)
 }
 
@@ -586,6 +597,7 @@ fn count_bpftrace_map(path: &Path, stderr: &str) -> Result<Capture> {
         capture.add(&peer::state_name(old), &peer::state_name(new), n);
     }
     capture.reported_lost = peer::reported_lost(stderr) + peer::reported_lost(&text);
+    capture.reported_buffer_full = capture.reported_lost;
     Ok(capture)
 }
 
