@@ -265,14 +265,20 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     println!("{table}");
     println!("{}", report::targets_table(&targets));
     if let Some(s) = &soak {
-        println!(
-            "soak: {} connections at {:.0} conn/s; RSS {:.1} MiB at 10% of them, {:.1} MiB at the end, peak {:.1} MiB",
-            s.run.connections,
-            s.run.conn_per_s,
-            s.rss_at_tenth_kib as f64 / 1024.0,
-            s.rss_at_end_kib as f64 / 1024.0,
-            s.run.peak_rss_kib.unwrap_or(0) as f64 / 1024.0
-        );
+        println!("soak: {}", s.describe());
+        println!("soak RSS over connections seen (MiB):");
+        let step = (s.run.connections / 10).max(1);
+        let mut next = 0;
+        for sample in &s.run.rss_samples {
+            if sample.connections >= next {
+                println!(
+                    "  {:>9} connections  {:>6.1}",
+                    sample.connections,
+                    sample.rss_kib as f64 / 1024.0
+                );
+                next = sample.connections + step;
+            }
+        }
     }
     println!("command: {command}");
 
