@@ -1,6 +1,9 @@
 //! Time units: formatting milliseconds, parsing human durations, kernel-to-wall clock.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    cell::Cell,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 /// Nanoseconds as milliseconds with three decimals: `1.234`.
 pub fn ms(ns: u64) -> String {
@@ -74,9 +77,32 @@ impl WallClock {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.uuuuuuZ` for nanoseconds since the epoch; `None` past year 9999.
+/// Events come many to a second: the date and time of day are kept per thread for the last
+/// second seen, and only the microseconds are written for each event.
 fn rfc3339_micros(wall_ns: u64) -> Option<String> {
+    thread_local! {
+        static LAST: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+    }
     let secs = wall_ns / 1_000_000_000;
     let micros = (wall_ns % 1_000_000_000) / 1_000;
+    let prefix = match LAST.get() {
+        (cached, prefix) if cached == secs => prefix,
+        _ => {
+            let prefix = date_time(secs)?;
+            LAST.set((secs, prefix));
+            prefix
+        }
+    };
+    let mut out = [0u8; 27];
+    out[..20].copy_from_slice(&prefix);
+    digits(&mut out[20..26], micros);
+    out[26] = b'Z';
+    // Only ASCII digits and separators were written.
+    String::from_utf8(out.to_vec()).ok()
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` for seconds since the epoch; `None` past year 9999.
+fn date_time(secs: u64) -> Option<[u8; 20]> {
     let days = secs / 86_400;
     let in_day = secs % 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's `civil_from_days`).
@@ -92,22 +118,22 @@ fn rfc3339_micros(wall_ns: u64) -> Option<String> {
     if year > 9999 {
         return None;
     }
-    let mut out = *b"0000-00-00T00:00:00.000000Z";
-    let mut put = |at: usize, width: usize, mut value: u64| {
-        for i in (at..at + width).rev() {
-            out[i] = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
-    };
-    put(0, 4, year);
-    put(5, 2, month);
-    put(8, 2, day);
-    put(11, 2, in_day / 3_600);
-    put(14, 2, in_day / 60 % 60);
-    put(17, 2, in_day % 60);
-    put(20, 6, micros);
-    // Only ASCII digits and separators were written.
-    String::from_utf8(out.to_vec()).ok()
+    let mut out = *b"0000-00-00T00:00:00.";
+    digits(&mut out[0..4], year);
+    digits(&mut out[5..7], month);
+    digits(&mut out[8..10], day);
+    digits(&mut out[11..13], in_day / 3_600);
+    digits(&mut out[14..16], in_day / 60 % 60);
+    digits(&mut out[17..19], in_day % 60);
+    Some(out)
+}
+
+/// Writes `value` as decimal digits filling `out`, zero-padded.
+fn digits(out: &mut [u8], mut value: u64) {
+    for digit in out.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// The kernel's monotonic clock, the same one `bpf_ktime_get_ns` reads.
@@ -166,6 +192,11 @@ mod tests {
         for ns in cases {
             let clock = WallClock::fixed(0);
             assert_eq!(clock.rfc3339(ns), humantime(ns), "{ns}");
+            // The same second again, through the cached date.
+            let later = ns.saturating_add(1_001) - ns % 1_000_000_000 % 1_000;
+            if later / 1_000_000_000 == ns / 1_000_000_000 {
+                assert_eq!(clock.rfc3339(later), humantime(later), "{later}");
+            }
         }
     }
 
