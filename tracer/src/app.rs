@@ -159,7 +159,7 @@ fn drain(
             output.format(batch);
         }
         match decode(&item) {
-            Ok(transition) => engine.transition(&transition, batch),
+            Ok(transition) => engine.transition(transition, batch),
             Err(e) => {
                 log::debug!("skipping a ring buffer record: {e}");
                 engine.decode_error();
