@@ -280,6 +280,7 @@ pub fn run(
 
     let mut ours = vec![churn_proc.pid];
     ours.extend(observer.as_ref().map(|o| o.proc.pid));
+    let holders = sys::bpf_program_holders(&ours);
     let others_before = sys::others_cpu_ticks(&ours);
     writeln!(go, "go").context("starting the churn")?;
     drop(go);
@@ -344,6 +345,12 @@ pub fn run(
         background_cpus,
         ..RunResult::default()
     };
+    for (pid, cmdline) in &holders {
+        result.notes.push(format!(
+            "another process holds BPF programs (pid {pid}: {cmdline}); if they are on this \
+             tracepoint they run on every event"
+        ));
+    }
     if background_cpus > NOISY_CPUS {
         result.notes.push(format!(
             "noisy: other processes used {background_cpus:.2} CPUs during the churn"

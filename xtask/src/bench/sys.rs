@@ -79,6 +79,47 @@ pub fn others_cpu_between(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64
     ticks as f64 / clock_ticks()
 }
 
+/// Processes other than `exclude` that hold BPF program fds: (pid, command line). Programs
+/// left attached to the tracepoint by another tracer run on every event of every mode.
+pub fn bpf_program_holders(exclude: &[u32]) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me || exclude.contains(&pid) {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy() == "anon_inode:bpf-prog")
+        });
+        if holds {
+            let cmdline = fs::read(entry.path().join("cmdline"))
+                .map(|b| {
+                    String::from_utf8_lossy(&b)
+                        .replace('\0', " ")
+                        .trim()
+                        .to_owned()
+                })
+                .unwrap_or_default();
+            out.push((pid, cmdline));
+        }
+    }
+    out
+}
+
 /// Memory of a process from /proc/<pid>/status, in KiB.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Memory {
