@@ -137,6 +137,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         .map_or_else(|| workspace_root().join("target/bench"), PathBuf::from);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
+    // Read before the runs: the code measured is the code built now.
+    let git_commit = git_commit();
     let tracer = run::build(Profile::Release)?;
     let mut peer_skipped = None;
     let mut bpftrace = None;
@@ -288,7 +290,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             unix_time: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            git_commit: git_commit(),
+            git_commit,
             kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
                 .unwrap_or_default()
                 .trim()
