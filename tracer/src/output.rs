@@ -135,6 +135,7 @@ impl Output {
         self.format(&mut last);
         let bytes = std::mem::take(&mut *self.chunk.0.borrow_mut());
         if let Some(tx) = self.tx.take() {
+            self.queued.fetch_add(bytes.len(), Ordering::AcqRel);
             let _ = tx.send(Message::Final(bytes));
         }
         match self.thread.take().map(JoinHandle::join) {

@@ -136,6 +136,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         .parent()
         .map_or_else(|| workspace_root().join("target/bench"), PathBuf::from);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    remove_stale_outputs(&dir);
 
     // Read before the runs: the code measured is the code built now.
     let git_commit = git_commit();
@@ -324,6 +325,24 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         .with_context(|| format!("writing {}", output.display()))?;
     eprintln!("bench: results in {}", output.display());
     Ok(())
+}
+
+/// Removes observer outputs a killed bench left behind (`<mode>-r<round>-<port>.out|err`).
+fn remove_stale_outputs(dir: &std::path::Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = Mode::ALL
+            .iter()
+            .any(|m| name.starts_with(&format!("{}-r", m.name())))
+            && (name.ends_with(".out") || name.ends_with(".err"));
+        if ours {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn git_commit() -> String {

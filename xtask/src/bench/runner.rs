@@ -252,6 +252,10 @@ pub fn run(
     let errors = tools
         .dir
         .join(format!("{}-r{round}-{port}.err", mode.name()));
+    let _files = Scratch {
+        paths: vec![output.clone(), errors.clone()],
+        keep: tools.keep,
+    };
     let mut observer = match mode {
         Mode::None => None,
         Mode::Tracer => {
@@ -428,11 +432,23 @@ pub fn run(
             result.cpu_s_per_m_events = Some(cpu / capture.captured as f64 * 1e6);
         }
     }
-    if !tools.keep {
-        let _ = fs::remove_file(&output);
-        let _ = fs::remove_file(&errors);
-    }
     Ok(result)
+}
+
+/// The observer's output files: removed when the run ends, however it ends, unless kept.
+struct Scratch {
+    paths: Vec<PathBuf>,
+    keep: bool,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !self.keep {
+            for path in &self.paths {
+                let _ = fs::remove_file(path);
+            }
+        }
+    }
 }
 
 /// The observer process and where it writes.
