@@ -561,6 +561,7 @@ struct TracerLine {
     lost_ringbuf: Option<u64>,
     recursion_misses: Option<u64>,
     output_dropped: Option<u64>,
+    decode_errors: Option<u64>,
 }
 
 /// Counts the tracer's NDJSON: transitions on `port`, and the loss counters of its summary.
@@ -583,7 +584,9 @@ pub fn count_tracer(path: &Path, port: u16) -> Result<Capture> {
             "summary" => {
                 let recursion = record.recursion_misses.unwrap_or(0);
                 let ringbuf = record.lost_ringbuf.unwrap_or(0);
-                let dropped = record.output_dropped.unwrap_or(0);
+                // Records that could not be decoded are reported too (and never expected).
+                let dropped =
+                    record.output_dropped.unwrap_or(0) + record.decode_errors.unwrap_or(0);
                 capture.summary_seen = true;
                 capture.reported_recursion_misses = Some(recursion);
                 capture.reported_buffer_full = ringbuf;
