@@ -114,7 +114,8 @@ pub struct RunResult {
     pub reported_recursion_misses: Option<u64>,
     /// Of those, records the ring (or perf) buffer had no room for.
     pub reported_buffer_full: Option<u64>,
-    /// Of those, records our tracer's output dropped (its writer was too far behind).
+    /// Of those, records our tracer dropped: its writer was too far behind, or (never seen)
+    /// a record could not be decoded.
     pub reported_output_dropped: Option<u64>,
     /// `recursion_misses` of the observer's programs, read by the bench from fdinfo.
     pub kernel_recursion_misses: Option<u64>,
