@@ -1,21 +1,27 @@
 //! One tracepoint program on `sock:inet_sock_set_state` that copies every matching transition
-//! into a ring buffer. Filters are read-only globals set by the loader, plus a port set; a
+//! into a ring buffer. Filters are read-only globals set by the loader, plus a port bitmap; a
 //! failed ring buffer reservation is counted per CPU so userspace can report it.
+//!
+//! It runs inside every TCP state change of the machine, so it is kept short: the port test
+//! is one array lookup (inlined by the verifier), and the record is written in place in the
+//! ring buffer (no copy through the stack).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        generated::bpf_get_current_comm,
     },
     macros::{map, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::TracePointContext,
     EbpfContext as _,
 };
 use aya_log_ebpf::warn;
 use tracer_common::{
-    TcpStateEvent, AF_INET, DEFAULT_RING_BUFFER_BYTES, MAX_PORTS, STAT_RINGBUF_FULL, STAT_SLOTS,
+    TcpStateEvent, AF_INET, COMM_LEN, DEFAULT_RING_BUFFER_BYTES, PORT_BITMAP_WORDS,
+    STAT_RINGBUF_FULL, STAT_SLOTS,
 };
 
 // Offsets in the tracepoint record (/sys/kernel/tracing/events/sock/inet_sock_set_state/format).
@@ -45,8 +51,9 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BUFFER_BYTES, 0);
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
 
+/// Bit `port % 64` of word `port / 64` is set for each port to keep.
 #[map(name = "PORTS")]
-static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+static PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -80,12 +87,8 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     let sport: u16 = field(ctx, OFF_SPORT);
     let dport: u16 = field(ctx, OFF_DPORT);
-    if read_global(&FILTER_PORTS) != 0 {
-        // SAFETY: the value is only tested for presence.
-        let hit = unsafe { PORTS.get(sport).is_some() || PORTS.get(dport).is_some() };
-        if !hit {
-            return Ok(0);
-        }
+    if read_global(&FILTER_PORTS) != 0 && !port_wanted(sport) && !port_wanted(dport) {
+        return Ok(0);
     }
 
     let Some(mut entry) = EVENTS.reserve::<TcpStateEvent>(0) else {
@@ -105,27 +108,39 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
             addr(field(ctx, OFF_DADDR_V6), field(ctx, OFF_DADDR_V6 + 8)),
         )
     };
-    entry.write(TcpStateEvent {
-        // SAFETY: plain helper calls without arguments.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        skaddr: field::<u64>(ctx, OFF_SKADDR),
-        saddr,
-        daddr,
-        tgid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        oldstate: field::<i32>(ctx, OFF_OLDSTATE) as u32,
-        newstate: field::<i32>(ctx, OFF_NEWSTATE) as u32,
-        sport,
-        dport,
-        family,
-        protocol,
-        // SAFETY: plain helper call without arguments.
-        cpu: unsafe { bpf_get_smp_processor_id() },
-        pad: 0,
-        comm: bpf_get_current_comm().unwrap_or_default(),
-    });
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at a reserved, writable record of the ring buffer, sized and
+    // aligned for a `TcpStateEvent`; every field is written before it is submitted.
+    unsafe {
+        (*event).ts_ns = bpf_ktime_get_ns();
+        (*event).skaddr = field::<u64>(ctx, OFF_SKADDR);
+        (*event).saddr = saddr;
+        (*event).daddr = daddr;
+        (*event).tgid = (pid_tgid >> 32) as u32;
+        (*event).tid = pid_tgid as u32;
+        (*event).oldstate = field::<i32>(ctx, OFF_OLDSTATE) as u32;
+        (*event).newstate = field::<i32>(ctx, OFF_NEWSTATE) as u32;
+        (*event).sport = sport;
+        (*event).dport = dport;
+        (*event).family = family;
+        (*event).protocol = protocol;
+        (*event).cpu = bpf_get_smp_processor_id();
+        (*event).pad = 0;
+        // The helper writes the NUL-padded name straight into the record; on failure it
+        // zeroes the buffer.
+        let comm = core::ptr::addr_of_mut!((*event).comm);
+        bpf_get_current_comm(comm.cast(), COMM_LEN as u32);
+    }
     entry.submit(0);
     Ok(0)
+}
+
+/// Is `port` in the port bitmap?
+#[inline(always)]
+fn port_wanted(port: u16) -> bool {
+    PORTS
+        .get(u32::from(port / 64))
+        .is_some_and(|word| word & (1u64 << (port % 64)) != 0)
 }
 
 /// 16 address bytes from two words read in memory order (a `u32` IPv4 address widens into

@@ -18,7 +18,7 @@ use crate::{
     decode::decode,
     engine::{self, Engine},
     export::{self, ExportFile},
-    output::{is_broken_pipe, Batch, Output},
+    output::{is_broken_pipe, Output},
     owner,
     probe::Probe,
     record::{LostRecord, Record},
@@ -28,6 +28,18 @@ use crate::{
 
 /// How often the CLOSE_WAIT detector and the loss counters are checked.
 const TICK: Duration = Duration::from_millis(100);
+
+/// How long to let records gather after the ring buffer wakes us, before draining it. The
+/// kernel wakes the reader only for a record committed into a ring the reader had emptied, and
+/// each wakeup is an inter-processor interrupt paid by the traced code (inside our program's
+/// run). While records gather, none is sent: at full churn that is one wakeup per batch of
+/// thousands instead of one every few events. It is also the most a record waits to be read.
+const DRAIN_DELAY: Duration = Duration::from_millis(10);
+
+/// Records formatted at a time while draining. Small, so that records are freed soon after
+/// they are made (the allocator then reuses the same few blocks), and so that a ring buffer
+/// full after a stall never becomes one huge batch.
+const DRAIN_SLICE: usize = 32;
 
 /// Why the loop stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,13 +98,17 @@ pub async fn run(config: Config) -> anyhow::Result<Stop> {
 
     let display = config.display();
     let header = |complete| export::header(config.run_options(), clock, start, complete);
-    let mut exporting = match export {
+    let exporting = match export {
         Some(file) => Some(spawn_export(file, header(true))?),
         None => None,
     };
-    let mut output = Output::spawn(stdout_sink(&config), display.clone())
-        .context("starting the output thread")?;
-    output.send(vec![Record::Header(header(display.is_everything()))]);
+    let mut outputs = Outputs {
+        stdout: stdout_output(&config, display.clone())?,
+        export: exporting,
+    };
+    outputs
+        .stdout
+        .send(&[Record::Header(header(display.is_everything()))]);
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
     // `AsyncFd` (and the ring buffer inside it) is dropped.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -102,7 +118,7 @@ pub async fn run(config: Config) -> anyhow::Result<Stop> {
     // Sockets that entered CLOSE_WAIT while the tables were read are in the ring buffer:
     // replay them now so they are not mistaken for older ones.
     let mut batch: Vec<Record> = Vec::new();
-    drain(ring.get_mut(), &mut engine, &mut batch);
+    drain(ring.get_mut(), &mut engine, &mut batch, &mut outputs);
     eprintln!("tracer: attached to sock:inet_sock_set_state; Ctrl-C to stop");
 
     let mut tick = interval(TICK);
@@ -118,10 +134,13 @@ pub async fn run(config: Config) -> anyhow::Result<Stop> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting for the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut engine, &mut batch);
+                sleep(DRAIN_DELAY).await;
+                drain(guard.get_inner_mut(), &mut engine, &mut batch, &mut outputs);
                 guard.clear_ready();
             }
             _ = tick.tick() => {
+                // A safety net: nothing stays in the ring longer than a tick.
+                drain(ring.get_mut(), &mut engine, &mut batch, &mut outputs);
                 let now = monotonic_ns();
                 alert(&mut engine, now, &mut batch).await;
                 let lost = (probe.lost(), probe.recursion_misses());
@@ -148,30 +167,23 @@ pub async fn run(config: Config) -> anyhow::Result<Stop> {
             _ = sighup.recv() => break Stop::Signal("SIGHUP"),
             () = &mut deadline => break Stop::Duration,
         }
-        if !batch.is_empty() {
-            let shared: Batch = std::mem::take(&mut batch).into();
-            if let Some((export, _)) = &mut exporting {
-                if !export.send(shared.clone()) {
-                    break Stop::ExportFailed;
-                }
-            }
-            if !output.send(shared) {
-                break Stop::OutputClosed;
-            }
+        if let Some(stop) = outputs.send(&mut batch) {
+            break stop;
         }
     };
 
     // What is still in the ring buffer was emitted before the stop: deliver it too.
-    drain(ring.get_mut(), &mut engine, &mut batch);
+    drain(ring.get_mut(), &mut engine, &mut batch, &mut outputs);
     let now = monotonic_ns();
     alert(&mut engine, now, &mut batch).await;
-    engine.output_stats(output.offered(), output.dropped());
+    outputs.format(&mut batch);
+    let Outputs { stdout, export } = outputs;
+    engine.output_stats(stdout.offered(), stdout.dropped());
     let mut summary = engine.finish(now, probe.lost(), probe.recursion_misses(), &mut batch);
-    summary.export_dropped = exporting.as_ref().map_or(0, |(e, _)| e.dropped());
+    summary.export_dropped = export.as_ref().map_or(0, |(e, _)| e.dropped());
     batch.push(Record::Summary(summary.clone()));
-    let last: Batch = batch.into();
-    let exported = exporting.map(|(export, path)| (export.finish(last.clone()), path));
-    let written = output.finish(last);
+    let exported = export.map(|(export, path)| (export.finish(&batch), path));
+    let written = stdout.finish(&batch);
     eprintln!("{}", sink::text::summary(&summary));
     if let Some((Err(e), path)) = exported {
         return Err(e).with_context(|| format!("writing the export {}", path.display()));
@@ -183,8 +195,37 @@ pub async fn run(config: Config) -> anyhow::Result<Stop> {
     }
 }
 
-/// Writes the header at once (so a file with a header means the probe is attached), then hands
-/// the file to its own output thread.
+/// Where records go: stdout, and the export file when there is one.
+struct Outputs {
+    stdout: Output,
+    export: Option<(Output, PathBuf)>,
+}
+
+impl Outputs {
+    /// Formats the batch for every destination and empties it (keeping its capacity).
+    fn format(&mut self, batch: &mut Vec<Record>) {
+        if let Some((export, _)) = &mut self.export {
+            export.format(batch);
+        }
+        self.stdout.format(batch);
+        batch.clear();
+    }
+
+    /// Formats and ships the batch; says why to stop when a destination is gone.
+    fn send(&mut self, batch: &mut Vec<Record>) -> Option<Stop> {
+        if let Some((export, _)) = &mut self.export {
+            if !export.send(batch) {
+                return Some(Stop::ExportFailed);
+            }
+        }
+        let open = self.stdout.send(batch);
+        batch.clear();
+        (!open).then_some(Stop::OutputClosed)
+    }
+}
+
+/// Sends the header at once (so a file with a header means the probe is attached), on the
+/// file's own output thread.
 fn spawn_export(
     file: ExportFile,
     header: crate::record::Header,
@@ -192,34 +233,49 @@ fn spawn_export(
     let path = file.path().to_owned();
     let context = || format!("writing the export {}", path.display());
     let file = file.into_file().with_context(context)?;
-    let mut sink = JsonSink::new(io::BufWriter::with_capacity(64 * 1024, file));
-    sink.write(&Record::Header(header))
-        .and_then(|()| sink.flush())
-        .with_context(context)?;
-    let output = Output::spawn(Box::new(sink), Filter::everything())
-        .context("starting the export thread")?;
+    let mut output = Output::spawn(
+        |chunk| Box::new(JsonSink::new(chunk)),
+        file,
+        Filter::everything(),
+    )
+    .context("starting the export thread")?;
+    if !output.send(&[Record::Header(header)]) {
+        anyhow::bail!("{}: the export writer stopped", context());
+    }
     Ok((output, path))
 }
 
-fn stdout_sink(config: &Config) -> Box<dyn Sink + Send> {
-    let stdout = io::BufWriter::with_capacity(64 * 1024, io::stdout());
-    if config.json {
-        Box::new(JsonSink::new(stdout))
-    } else {
-        let color = std::io::IsTerminal::is_terminal(&io::stdout())
-            && std::env::var_os("NO_COLOR").is_none();
-        Box::new(TextSink::new(stdout, config.wide).with_color(color))
-    }
+/// The stdout destination: text (coloured on a terminal unless `NO_COLOR`) or NDJSON.
+fn stdout_output(config: &Config, filter: Filter) -> anyhow::Result<Output> {
+    let (json, wide) = (config.json, config.wide);
+    let color =
+        std::io::IsTerminal::is_terminal(&io::stdout()) && std::env::var_os("NO_COLOR").is_none();
+    Output::spawn(
+        move |chunk| -> Box<dyn Sink> {
+            if json {
+                Box::new(JsonSink::new(chunk))
+            } else {
+                Box::new(TextSink::new(chunk, wide).with_color(color))
+            }
+        },
+        io::stdout(),
+        filter,
+    )
+    .context("starting the output thread")
 }
 
 fn drain(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     engine: &mut Engine,
     batch: &mut Vec<Record>,
+    outputs: &mut Outputs,
 ) {
     while let Some(item) = ring.next() {
+        if batch.len() >= DRAIN_SLICE {
+            outputs.format(batch);
+        }
         match decode(&item) {
-            Ok(transition) => engine.transition(&transition, batch),
+            Ok(transition) => engine.transition(transition, batch),
             Err(e) => {
                 log::debug!("skipping a ring buffer record: {e}");
                 engine.decode_error();

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use crate::{
     event::{Endpoints, TcpState, Transition},
+    hash::AddrMap,
     owner::Owner,
 };
 
@@ -52,14 +53,14 @@ pub struct Resolved {
 /// Tracks sockets in CLOSE_WAIT.
 pub struct Detector {
     threshold_ns: u64,
-    stuck: HashMap<SockId, Stuck>,
+    stuck: AddrMap<SockId, Stuck>,
 }
 
 impl Detector {
     pub fn new(threshold_ns: u64) -> Self {
         Self {
             threshold_ns,
-            stuck: HashMap::new(),
+            stuck: AddrMap::default(),
         }
     }
 

@@ -63,7 +63,13 @@ fn v6(bytes: &[u8; 16]) -> IpAddr {
 /// A task name: up to the first NUL, lossy UTF-8.
 pub fn comm(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    let name = &bytes[..end];
+    if name.is_ascii() {
+        // The usual case, without the UTF-8 validation machinery.
+        name.iter().map(|&b| char::from(b)).collect()
+    } else {
+        String::from_utf8_lossy(name).into_owned()
+    }
 }
 
 /// Encodes a transition back into the shared layout (for tests, fixtures and benchmarks).

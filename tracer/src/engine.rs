@@ -86,22 +86,31 @@ impl Engine {
         self.summary.output_dropped = dropped;
     }
 
-    /// Feeds one transition.
-    pub fn transition(&mut self, t: &Transition, out: &mut Vec<Record>) {
+    /// Feeds one transition. It is taken by value: its task name moves into the record.
+    pub fn transition(&mut self, t: Transition, out: &mut Vec<Record>) {
         self.summary.events += 1;
         let evicted_before = self.tracker.evicted();
-        let applied = self.tracker.apply(t);
+        let mut applied = self.tracker.apply(&t);
         if self.tracker.evicted() != evicted_before {
             self.summary.evicted = self.tracker.evicted();
         }
         if let Some(owner) = &applied.owner {
-            // Owners learnt from system calls also name CLOSE_WAIT sockets.
-            self.detector
-                .update(SockId::Kernel(t.skaddr), Some(owner.clone()), None);
+            // Owners learnt from system calls also name CLOSE_WAIT sockets (looked up first:
+            // most sockets are not in CLOSE_WAIT, and the owner is not cloned for those).
+            let id = SockId::Kernel(t.skaddr);
+            if self.detector.get(id).is_some() {
+                self.detector.update(id, Some(owner.clone()), None);
+            }
         }
-        let resolved = self.detector.observe(t);
+        let resolved = self.detector.observe(&t);
         if self.opts.transitions && self.wanted(applied.owner.as_ref().map(|o| o.pid)) {
             self.summary.transitions += 1;
+            // The owner is needed again below only when a CLOSE_WAIT report is resolved.
+            let owner = if resolved.is_some() {
+                applied.owner.clone()
+            } else {
+                applied.owner.take()
+            };
             out.push(Record::Transition(TransitionRecord {
                 ts_ns: t.ts_ns,
                 time: self.clock.rfc3339(t.ts_ns),
@@ -115,10 +124,10 @@ impl Engine {
                 old_state: t.old,
                 new_state: t.new,
                 duration_ns: applied.duration_ns,
-                pid: applied.owner.as_ref().map(|o| o.pid),
-                comm: applied.owner.as_ref().map(|o| o.comm.clone()),
+                pid: owner.as_ref().map(|o| o.pid),
+                comm: owner.map(|o| o.comm),
                 ctx_pid: t.task.pid,
-                ctx_comm: t.task.comm.clone(),
+                ctx_comm: t.task.comm,
                 cpu: t.cpu,
             }));
         }
@@ -338,7 +347,7 @@ mod tests {
     fn feed(e: &mut Engine, ts: &[Transition]) -> Vec<Record> {
         let mut out = Vec::new();
         for t in ts {
-            e.transition(t, &mut out);
+            e.transition(t.clone(), &mut out);
         }
         out
     }
@@ -421,7 +430,7 @@ mod tests {
 
         out.clear();
         e.transition(
-            &by(transition(500 * MS, 9, S, C, 8, 9), 222, "server"),
+            by(transition(500 * MS, 9, S, C, 8, 9), 222, "server"),
             &mut out,
         );
         let resolved = out.iter().find_map(|r| match r {

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod event;
 pub mod export;
+pub mod hash;
 pub mod output;
 pub mod owner;
 pub mod probe;

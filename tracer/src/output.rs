@@ -1,11 +1,18 @@
-//! A dedicated thread that owns a sink, so a stalled reader of stdout never blocks the event
-//! loop (and so never the draining of the kernel ring buffer). Each sink (stdout, the export
-//! file) has its own `Output`, so a stalled stdout never costs the export a record; batches are
-//! shared, not copied. The queue is bounded in records: what does not fit is dropped and
-//! counted. Every batch is flushed once written, so a killed tracer leaves whole lines behind.
+//! Formatting on the event loop's thread, writing on a dedicated one.
+//!
+//! Records are formatted as soon as the engine produces them, into an in-memory chunk, and
+//! dropped on the thread that allocated them. A dedicated thread owns the destination (stdout,
+//! or the export file: each has its own `Output`) and writes whole chunks, so a stalled reader
+//! of stdout never blocks the event loop (and so never the draining of the kernel ring buffer)
+//! nor costs the export a record. Chunks that would push the bytes waiting for the writer past
+//! [`MAX_QUEUED_BYTES`] are dropped, and their records counted. Chunks are bounded too
+//! ([`CHUNK_BYTES`]), so a burst never makes one huge buffer. Every chunk is flushed once
+//! written, so a killed tracer leaves whole lines behind.
 
 use std::{
-    io,
+    cell::RefCell,
+    io::{self, Write},
+    rc::Rc,
     sync::{
         atomic::{AtomicUsize, Ordering},
         mpsc::{self, Receiver, SyncSender, TrySendError},
@@ -16,94 +23,126 @@ use std::{
 
 use crate::{
     record::Record,
-    sink::{Filter, Filtered, Sink},
+    sink::{Filter, Sink},
 };
 
-/// Batches waiting for the writer before new ones are dropped.
-const QUEUE_BATCHES: usize = 4096;
-/// Records waiting for the writer before new batches are dropped: bounds memory when the
-/// reader of stdout stalls (a few MB of records).
-pub const QUEUE_RECORDS: usize = 16_384;
-
-/// A batch of records, shared by every output that writes it.
-pub type Batch = Arc<[Record]>;
+/// Formatted bytes waiting for the writer, at most: about 80 ms of NDJSON at full churn on
+/// two cores, and a bound on the memory a stalled reader can make us hold.
+pub const MAX_QUEUED_BYTES: usize = 8 << 20;
+/// A chunk is handed to the writer once it holds this much (or at the end of a batch).
+const CHUNK_BYTES: usize = 256 << 10;
+/// Chunks in flight between the threads, at most.
+const QUEUE_CHUNKS: usize = 1024;
+/// Emptied chunk buffers kept for reuse.
+const SPARE_CHUNKS: usize = 8;
 
 enum Message {
-    /// A batch, and how many of its records this output shows.
-    Batch(Batch, usize),
-    /// Must be written (the final records): waits for room instead of dropping.
-    Final(Batch, usize),
+    Chunk(Vec<u8>),
+    /// The last chunk: waits for room instead of being dropped.
+    Final(Vec<u8>),
+}
+
+/// The `io::Write` the sink formats into: the chunk being filled.
+#[derive(Clone, Default)]
+pub struct ChunkWriter(Rc<RefCell<Vec<u8>>>);
+
+impl Write for ChunkWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.borrow_mut().extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 pub struct Output {
+    sink: Box<dyn Sink>,
+    /// Which records this destination shows.
+    filter: Filter,
+    chunk: ChunkWriter,
+    /// Records formatted into the current chunk.
+    records: u64,
     tx: Option<SyncSender<Message>>,
-    /// Records sent and not yet written.
+    spare: Receiver<Vec<u8>>,
     queued: Arc<AtomicUsize>,
     thread: Option<JoinHandle<io::Result<()>>>,
-    filter: Filter,
-    dropped: u64,
+    /// Records shown so far (formatted, or dropped trying).
     offered: u64,
+    dropped: u64,
 }
 
 impl Output {
-    /// Starts the writer thread of `sink`, which shows what `filter` lets through.
-    pub fn spawn(sink: Box<dyn Sink + Send>, filter: Filter) -> io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel(QUEUE_BATCHES);
+    /// Starts the writer thread on `out`; `sink` formats into the [`ChunkWriter`] it is given
+    /// the records `filter` lets through. The sink's preamble (the text header) is written at
+    /// once.
+    pub fn spawn(
+        sink: impl FnOnce(ChunkWriter) -> Box<dyn Sink>,
+        out: impl Write + Send + 'static,
+        filter: Filter,
+    ) -> io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel(QUEUE_CHUNKS);
+        let (spare_tx, spare) = mpsc::sync_channel(SPARE_CHUNKS);
         let queued = Arc::new(AtomicUsize::new(0));
-        let written = Arc::clone(&queued);
-        let mut sink = Filtered::new(sink, filter.clone());
-        let thread = std::thread::Builder::new()
-            .name("tracer-output".into())
-            .spawn(move || write_all(&mut sink, &rx, &written))?;
-        Ok(Self {
+        let thread = {
+            let queued = Arc::clone(&queued);
+            std::thread::Builder::new()
+                .name("tracer-output".into())
+                .spawn(move || write_chunks(out, &rx, &spare_tx, &queued))?
+        };
+        let chunk = ChunkWriter::default();
+        let mut output = Self {
+            sink: sink(chunk.clone()),
+            filter,
+            chunk,
+            records: 0,
             tx: Some(tx),
+            spare,
             queued,
             thread: Some(thread),
-            filter,
-            dropped: 0,
             offered: 0,
-        })
+            dropped: 0,
+        };
+        output.sink.begin()?;
+        output.ship();
+        Ok(output)
     }
 
-    /// How many records of `batch` this output shows.
-    fn shown(&self, batch: &[Record]) -> usize {
-        if self.filter.is_everything() {
-            batch.len()
-        } else {
-            batch
-                .iter()
-                .filter(|r| self.filter.apply(r).is_some())
-                .count()
-        }
+    /// Formats the records this output shows and queues them. Returns false once the writer
+    /// has stopped (closed stdout, failed disk).
+    pub fn send(&mut self, batch: &[Record]) -> bool {
+        self.format(batch);
+        self.ship()
     }
 
-    /// Queues a batch. Returns false once the writer has stopped (closed stdout).
-    pub fn send(&mut self, batch: impl Into<Batch>) -> bool {
-        let Some(tx) = &self.tx else { return false };
-        let batch = batch.into();
-        let len = self.shown(&batch);
-        self.offered += len as u64;
-        if self.queued.load(Ordering::Relaxed) + len > QUEUE_RECORDS {
-            self.dropped += len as u64;
-            // Still tell a closed stdout apart from a slow one.
-            return !matches!(
-                tx.try_send(Message::Batch(Arc::new([]), 0)),
-                Err(TrySendError::Disconnected(_))
-            );
-        }
-        self.queued.fetch_add(len, Ordering::Relaxed);
-        match tx.try_send(Message::Batch(batch, len)) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                self.queued.fetch_sub(len, Ordering::Relaxed);
-                self.dropped += len as u64;
-                true
+    /// Formats the records this output shows into the current chunk, shipping only full
+    /// chunks; [`Output::send`] ships the rest.
+    pub fn format(&mut self, batch: &[Record]) {
+        for record in batch {
+            let Some(shown) = self.filter.apply(record) else {
+                continue;
+            };
+            self.offered += 1;
+            match self.sink.write(&shown) {
+                Ok(()) => self.records += 1,
+                Err(e) => {
+                    log::debug!("could not format a {} record: {e}", record.type_name());
+                    self.dropped += 1;
+                }
             }
-            Err(TrySendError::Disconnected(_)) => false,
+            if self.chunk.0.borrow().len() >= CHUNK_BYTES {
+                self.ship();
+            }
         }
     }
 
-    /// Records this output was to show so far (the final ones aside).
+    /// Records this output was to show so far.
     pub fn offered(&self) -> u64 {
         self.offered
     }
@@ -113,13 +152,13 @@ impl Output {
         self.dropped
     }
 
-    /// Writes the final records, waits for the writer and returns its result.
-    pub fn finish(mut self, last: impl Into<Batch>) -> io::Result<()> {
+    /// Formats and writes the final records, waits for the writer and returns its result.
+    pub fn finish(mut self, last: &[Record]) -> io::Result<()> {
+        self.format(last);
+        let bytes = std::mem::take(&mut *self.chunk.0.borrow_mut());
         if let Some(tx) = self.tx.take() {
-            let last = last.into();
-            let len = self.shown(&last);
-            self.queued.fetch_add(len, Ordering::Relaxed);
-            let _ = tx.send(Message::Final(last, len));
+            self.queued.fetch_add(bytes.len(), Ordering::AcqRel);
+            let _ = tx.send(Message::Final(bytes));
         }
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
@@ -127,25 +166,54 @@ impl Output {
             None => Ok(()),
         }
     }
+
+    /// Hands the current chunk to the writer, or drops it (counting its records) when the
+    /// writer is that far behind.
+    fn ship(&mut self) -> bool {
+        let Some(tx) = &self.tx else { return false };
+        let len = self.chunk.0.borrow().len();
+        if len == 0 {
+            return true;
+        }
+        let records = std::mem::take(&mut self.records);
+        if self.queued.load(Ordering::Acquire) > MAX_QUEUED_BYTES {
+            self.chunk.0.borrow_mut().clear();
+            self.dropped += records;
+            return true;
+        }
+        let fresh = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(CHUNK_BYTES + (64 << 10)));
+        let bytes = std::mem::replace(&mut *self.chunk.0.borrow_mut(), fresh);
+        self.queued.fetch_add(len, Ordering::AcqRel);
+        match tx.try_send(Message::Chunk(bytes)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.queued.fetch_sub(len, Ordering::AcqRel);
+                self.dropped += records;
+                true
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
 }
 
-fn write_all(sink: &mut dyn Sink, rx: &Receiver<Message>, queued: &AtomicUsize) -> io::Result<()> {
-    sink.begin()?;
-    sink.flush()?;
+fn write_chunks(
+    mut out: impl Write,
+    rx: &Receiver<Message>,
+    spare: &SyncSender<Vec<u8>>,
+    queued: &AtomicUsize,
+) -> io::Result<()> {
     while let Ok(message) = rx.recv() {
-        let mut next = Some(message);
-        // Write what is already queued before paying for a flush.
-        while let Some(message) = next {
-            let (Message::Batch(batch, shown) | Message::Final(batch, shown)) = message;
-            for record in batch.iter() {
-                sink.write(record)?;
-            }
-            queued.fetch_sub(shown, Ordering::Relaxed);
-            next = rx.try_recv().ok();
-        }
-        sink.flush()?;
+        let (Message::Chunk(mut bytes) | Message::Final(mut bytes)) = message;
+        let written = out.write_all(&bytes).and_then(|()| out.flush());
+        queued.fetch_sub(bytes.len(), Ordering::AcqRel);
+        written?;
+        bytes.clear();
+        let _ = spare.try_send(bytes);
     }
-    sink.flush()
+    out.flush()
 }
 
 /// Is this error a closed pipe (`tracer | head`)? Such an end is quiet and successful.
@@ -155,87 +223,162 @@ pub fn is_broken_pipe(e: &io::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Condvar, Mutex};
+    use std::sync::Mutex;
 
     use super::*;
-    use crate::record::{Record, Summary};
+    use crate::{record::Summary, sink::JsonSink};
 
-    /// A sink that blocks until released, like a reader of stdout that stalls.
-    struct Stalled {
-        gate: Arc<(Mutex<bool>, Condvar)>,
-        written: Arc<Mutex<usize>>,
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
     }
 
-    impl Sink for Stalled {
-        fn write(&mut self, _: &Record) -> io::Result<()> {
+    fn summary(events: u64) -> Record {
+        Record::Summary(Summary {
+            events,
+            ..Summary::default()
+        })
+    }
+
+    #[test]
+    fn records_arrive_in_order() {
+        let out = Shared::default();
+        let mut output = Output::spawn(
+            |w| Box::new(JsonSink::new(w)),
+            out.clone(),
+            Filter::everything(),
+        )
+        .unwrap();
+        for i in 0..3 {
+            assert!(output.send(&[summary(i), summary(i + 100)]));
+        }
+        output.finish(&[summary(7)]).unwrap();
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let events: Vec<u64> = text
+            .lines()
+            .map(|l| match serde_json::from_str(l).unwrap() {
+                Record::Summary(s) => s.events,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(events, vec![0, 100, 1, 101, 2, 102, 7]);
+    }
+
+    #[test]
+    fn a_closed_output_stops_the_loop() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut output =
+            Output::spawn(|w| Box::new(JsonSink::new(w)), Closed, Filter::everything()).unwrap();
+        let mut open = true;
+        for _ in 0..1000 {
+            open = output.send(&[summary(1)]);
+            if !open {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(!open);
+        assert!(is_broken_pipe(&output.finish(&[]).unwrap_err()));
+    }
+
+    /// A writer that blocks until released, like a reader of stdout that stalls.
+    struct Stalled {
+        gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        out: Shared,
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             let (open, cv) = &*self.gate;
             let mut open = open.lock().unwrap();
             while !*open {
                 open = cv.wait(open).unwrap();
             }
-            *self.written.lock().unwrap() += 1;
-            Ok(())
+            self.out.write(buf)
         }
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
-    }
-
-    fn record() -> Record {
-        Record::Summary(Summary::default())
     }
 
     #[test]
     fn a_stalled_reader_costs_bounded_memory_and_every_drop_is_counted() {
-        let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let written = Arc::new(Mutex::new(0));
-        let mut out = Output::spawn(
-            Box::new(Stalled {
-                gate: Arc::clone(&gate),
-                written: Arc::clone(&written),
-            }),
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let out = Shared::default();
+        let stalled = Stalled {
+            gate: Arc::clone(&gate),
+            out: out.clone(),
+        };
+        let mut output = Output::spawn(
+            |w| Box::new(JsonSink::new(w)),
+            stalled,
             Filter::everything(),
         )
         .unwrap();
-        let batches = 100;
-        let per_batch = QUEUE_RECORDS / 10;
-        for _ in 0..batches {
-            assert!(out.send(vec![record(); per_batch]));
+        let batch: Vec<Record> = (0..1000).map(summary).collect();
+        for _ in 0..200 {
+            assert!(output.send(&batch));
+            assert!(
+                output.queued.load(Ordering::Acquire)
+                    <= MAX_QUEUED_BYTES + CHUNK_BYTES + (64 << 10)
+            );
         }
-        assert!(out.queued.load(Ordering::Relaxed) <= QUEUE_RECORDS);
-        let dropped = out.dropped();
-        assert!(dropped > 0);
+        let dropped = output.dropped();
+        assert!(dropped > 0, "200,000 records never filled the queue");
         *gate.0.lock().unwrap() = true;
         gate.1.notify_all();
-        out.finish(vec![record()]).unwrap();
-        let total = (batches * per_batch + 1) as u64;
-        assert_eq!(*written.lock().unwrap() as u64 + dropped, total);
-    }
-
-    /// A reader that went away (`tracer | head`).
-    struct Closed;
-
-    impl Sink for Closed {
-        fn write(&mut self, _: &Record) -> io::Result<()> {
-            Err(io::ErrorKind::BrokenPipe.into())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
+        let offered = output.offered();
+        output.finish(&[summary(1)]).unwrap();
+        let written = out
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64;
+        assert_eq!(offered, 200_000);
+        assert_eq!(written + dropped, offered + 1);
     }
 
     #[test]
-    fn a_closed_reader_stops_the_output() {
-        let mut out = Output::spawn(Box::new(Closed), Filter::everything()).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while out.send(vec![record()]) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never noticed the closed reader"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        let err = out.finish(Vec::<Record>::new()).unwrap_err();
-        assert!(is_broken_pipe(&err));
+    fn the_filter_decides_what_is_shown_and_counted() {
+        let out = Shared::default();
+        let mut filter = Filter::everything();
+        filter.timelines = false;
+        let mut output =
+            Output::spawn(|w| Box::new(JsonSink::new(w)), out.clone(), filter).unwrap();
+        let timeline: Record = serde_json::from_str(
+            r#"{"type":"timeline","ts_ns":1,"time":"t","skaddr":"0x1","family":"ipv4","laddr":"127.0.0.1","lport":1,"raddr":"127.0.0.1","rport":2,"pid":null,"comm":null,"from_birth":true,"outcome":"open","duration_ns":null,"states":[]}"#,
+        )
+        .unwrap();
+        assert!(output.send(&[timeline, summary(3)]));
+        assert_eq!(output.offered(), 1);
+        output.finish(&[]).unwrap();
+        assert_eq!(
+            out.0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count(),
+            1
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{ProgramError, TracePoint},
     Ebpf, EbpfError, EbpfLoader,
 };
@@ -118,14 +118,14 @@ impl Probe {
             .as_raw_fd();
 
         if !filter.ports.is_empty() {
-            let mut ports: HashMap<_, u16, u8> =
-                HashMap::try_from(ebpf.map_mut(PORTS_MAP).ok_or_else(|| {
+            let mut ports: Array<_, u64> =
+                Array::try_from(ebpf.map_mut(PORTS_MAP).ok_or_else(|| {
                     aya_error("finding the port map", io::Error::other(PORTS_MAP))
                 })?)
                 .map_err(|e| aya_error("opening the port map", e))?;
-            for port in &filter.ports {
+            for (word, bits) in port_bitmap(&filter.ports) {
                 ports
-                    .insert(port, 1, 0)
+                    .set(word, bits, 0)
                     .map_err(|e| aya_error("filling the port map", e))?;
             }
         }
@@ -181,6 +181,15 @@ impl Probe {
         let program: &mut TracePoint = self.ebpf.program_mut(PROGRAM)?.try_into().ok()?;
         program.info().ok().map(|i| i.id())
     }
+}
+
+/// The non-zero words of the kernel's port bitmap: bit `port % 64` of word `port / 64`.
+pub fn port_bitmap(ports: &[u16]) -> Vec<(u32, u64)> {
+    let mut words: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+    for &port in ports {
+        *words.entry(u32::from(port / 64)).or_default() |= 1u64 << (port % 64);
+    }
+    words.into_iter().collect()
 }
 
 /// A numeric field of a `/proc/<pid>/fdinfo/<fd>` file.
@@ -344,7 +353,7 @@ fn program_error(e: ProgramError) -> ProbeError {
 
 #[cfg(test)]
 mod tests {
-    use super::{effective_caps, fdinfo_field, has_tracing_caps};
+    use super::{effective_caps, fdinfo_field, has_tracing_caps, port_bitmap};
 
     #[test]
     fn filter_matches_table_entries_like_the_kernel() {
@@ -381,6 +390,21 @@ mod tests {
             "CAP_BPF alone cannot attach a tracepoint"
         );
         assert_eq!(effective_caps("Name: x\n"), None);
+    }
+
+    #[test]
+    fn port_bitmap_words() {
+        assert_eq!(
+            port_bitmap(&[0, 63, 64, 443, 8080, 65535]),
+            vec![
+                (0, 1 | 1 << 63),
+                (1, 1),
+                (6, 1 << (443 % 64)),
+                (126, 1 << (8080 % 64)),
+                (1023, 1 << 63)
+            ]
+        );
+        assert!(port_bitmap(&[]).is_empty());
     }
 
     #[test]

@@ -337,9 +337,17 @@ fn tcp() -> u16 {
     6
 }
 
-/// `0xffff888012345678`.
+/// `0xffff888012345678` (as `format!("{addr:#x}")`, without the formatting machinery: it
+/// is made for every event).
 pub fn skaddr(addr: u64) -> String {
-    format!("{addr:#x}")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (16 - addr.leading_zeros() as usize / 4).max(1);
+    let mut out = String::with_capacity(2 + digits);
+    out.push_str("0x");
+    for i in (0..digits).rev() {
+        out.push(char::from(HEX[(addr >> (i * 4)) as usize & 0xf]));
+    }
+    out
 }
 
 /// Parses an address written by [`skaddr`].
@@ -349,4 +357,23 @@ pub fn parse_skaddr(text: &str) -> Option<u64> {
         return None;
     }
     u64::from_str_radix(hex, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn skaddr_is_lower_hex() {
+        for addr in [
+            0,
+            1,
+            0xf,
+            0x10,
+            0xffff_8881_0271_2500,
+            u64::MAX,
+            1 << 63,
+            0xabc,
+        ] {
+            assert_eq!(super::skaddr(addr), format!("{addr:#x}"));
+        }
+    }
 }

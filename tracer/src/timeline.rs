@@ -4,12 +4,13 @@
 //! reused address starts a new one. Memory is bounded by the number of live sockets, with a
 //! hard cap that evicts the oldest (and counts it).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     event::{Endpoints, TcpState, Transition},
+    hash::AddrMap,
     owner::{self, Owner},
 };
 
@@ -137,7 +138,7 @@ impl Conn {
 
 /// Live connections, keyed by socket address.
 pub struct Tracker {
-    conns: HashMap<u64, Conn>,
+    conns: AddrMap<u64, Conn>,
     /// Creation order, for evicting the oldest at the cap.
     order: BTreeMap<u64, u64>,
     next_seq: u64,
@@ -149,7 +150,7 @@ impl Tracker {
     /// A tracker holding at most `cap` sockets (at least 1).
     pub fn new(cap: usize) -> Self {
         Self {
-            conns: HashMap::new(),
+            conns: AddrMap::default(),
             order: BTreeMap::new(),
             next_seq: 0,
             cap: cap.max(1),

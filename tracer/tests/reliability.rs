@@ -196,7 +196,8 @@ fn a_stalled_reader_does_not_block_the_kernel_side() {
         "{summary:?}"
     );
     // Every transition the kernel ran our program for was received: none lost to the stall.
-    let expected = (connections * PER_CONNECTION) as u64;
+    // (The listener's LISTEN -> CLOSE too: `serve` drops it before the stop.)
+    let expected = (connections * PER_CONNECTION) as u64 + 1;
     assert!(summary.transitions <= expected, "{summary:?}");
     assert!(
         summary.transitions + summary.recursion_misses >= expected,

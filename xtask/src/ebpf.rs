@@ -286,7 +286,7 @@ fn apt_install(packages: &[&str]) -> Result<()> {
 }
 
 /// Installs `package` if apt knows it; `false` when it has no candidate version.
-fn apt_install_if_available(package: &str) -> Result<bool> {
+pub(crate) fn apt_install_if_available(package: &str) -> Result<bool> {
     if which("apt-cache").is_none() {
         return Ok(false);
     }

@@ -3,6 +3,7 @@
 //! Progress goes to stderr; stdout carries only what a script may want (object and
 //! binary paths) and, for `run`, the tracer's own output.
 
+mod bench;
 mod ebpf;
 mod fuzz;
 mod lint;
@@ -60,6 +61,12 @@ enum Chore {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
+    /// Benchmark the tracer at full connection churn on loopback, beside no tracer and a
+    /// peer (bpftrace); needs root.
+    Bench(bench::BenchArgs),
+    /// The bench's churn generator (run by `bench` in a private network namespace).
+    #[command(hide = true)]
+    Churn(bench::churn::ChurnArgs),
 }
 
 fn main() -> ExitCode {
@@ -99,5 +106,7 @@ fn dispatch(chore: Chore) -> Result<()> {
         Chore::Test { unprivileged } => test::test(unprivileged),
         Chore::Lint => lint::lint(),
         Chore::Fuzz { target, seconds } => fuzz::fuzz(&target, seconds),
+        Chore::Bench(args) => bench::bench(&args),
+        Chore::Churn(args) => bench::churn::churn(&args),
     }
 }

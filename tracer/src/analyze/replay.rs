@@ -120,7 +120,7 @@ impl Replay {
             Record::Transition(r) => {
                 let t = Transition::try_from(r)?;
                 let first = out.len();
-                self.engine.transition(&t, out);
+                self.engine.transition(t, out);
                 self.check_rebuilt(&out[first..]);
             }
             Record::Timeline(r) if self.check => self.check_recorded(r),
@@ -289,7 +289,7 @@ mod tests {
                 let due = live.due(tick_ns);
                 live.alert(&due, Some(table), tick_ns, &mut recorded);
             }
-            live.transition(t, &mut recorded);
+            live.transition(t.clone(), &mut recorded);
         }
         let end = transitions.last().map_or(0, |t| t.ts_ns) + 1;
         let summary = live.finish(end, 0, 0, &mut recorded);
@@ -314,7 +314,7 @@ mod tests {
             "srv",
         );
         let mut out = Vec::new();
-        Engine::new(Options::default(), WallClock::fixed(0)).transition(&t, &mut out);
+        Engine::new(Options::default(), WallClock::fixed(0)).transition(t.clone(), &mut out);
         let Some(Record::Transition(r)) = out.first() else {
             panic!("a transition record")
         };
@@ -387,7 +387,7 @@ mod tests {
         let due = live.due(1_100);
         live.alert(&due, Some(&table), 1_100, &mut recorded);
         live.transition(
-            &by(
+            by(
                 transition(2_000_000_000, 0xd, "127.0.0.1:80", "127.0.0.1:6000", 8, 9),
                 7,
                 "app",

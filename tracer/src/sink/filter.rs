@@ -111,12 +111,12 @@ mod tests {
         let c = ("127.0.0.1:5000", "127.0.0.1:80");
         for (ts, old, new) in [(1, 7, 2), (2, 2, 1), (3, 1, 4), (4, 4, 5), (5, 5, 7)] {
             engine.transition(
-                &by(transition(ts, 0xa, c.0, c.1, old, new), 7, "c"),
+                by(transition(ts, 0xa, c.0, c.1, old, new), 7, "c"),
                 &mut out,
             );
         }
         engine.transition(
-            &transition(6, 0xb, "127.0.0.1:80", "127.0.0.1:5001", 3, 1),
+            transition(6, 0xb, "127.0.0.1:80", "127.0.0.1:5001", 3, 1),
             &mut out,
         );
         out

@@ -71,7 +71,7 @@ fn records() -> Vec<Record> {
             "swapper/0",
         ),
     ] {
-        e.transition(&t, &mut out);
+        e.transition(t, &mut out);
     }
     out
 }

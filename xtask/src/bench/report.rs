@@ -1,0 +1,410 @@
+//! Turns runs into a summary per mode (medians with min and max), judges the targets, and
+//! prints a Markdown table (the one kept in docs/bench.md).
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::runner::{Mode, RunResult};
+
+/// Median, min and max of some runs.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Self> {
+        let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Self {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
+
+    fn show(&self, digits: usize) -> String {
+        format!(
+            "{:.d$} ({:.d$}–{:.d$})",
+            self.median,
+            self.min,
+            self.max,
+            d = digits
+        )
+    }
+}
+
+/// One mode over all its runs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModeSummary {
+    pub mode: String,
+    pub description: String,
+    pub runs: usize,
+    /// Runs during which other processes used more than a tenth of a CPU.
+    pub noisy_runs: usize,
+    pub conn_per_s: Option<Spread>,
+    /// conn/s over the no-tracer run of the same round (paired, so that a drift of the
+    /// machine's speed between rounds cancels out).
+    pub ratio: Option<Spread>,
+    pub expected_per_run: Option<u64>,
+    pub captured_total: Option<u64>,
+    pub reported_lost_total: Option<u64>,
+    pub kernel_recursion_misses_total: Option<u64>,
+    pub missing_unreported_total: Option<u64>,
+    pub shape_mismatch_runs: usize,
+    pub cpu_s_per_m_events: Option<Spread>,
+    pub peak_rss_mib: Option<Spread>,
+    pub ns_per_run: Option<Spread>,
+}
+
+pub fn summarize(runs: &[RunResult], modes: &[Mode]) -> Vec<ModeSummary> {
+    let baseline = |round: usize| {
+        runs.iter()
+            .find(|r| r.mode == Mode::None.name() && r.round == round)
+            .map(|r| r.conn_per_s)
+    };
+    modes
+        .iter()
+        .map(|&mode| {
+            let of: Vec<&RunResult> = runs.iter().filter(|r| r.mode == mode.name()).collect();
+            let traced = mode != Mode::None;
+            let sum = |f: fn(&RunResult) -> Option<u64>| {
+                traced.then(|| of.iter().filter_map(|r| f(r)).sum::<u64>())
+            };
+            ModeSummary {
+                mode: mode.name().into(),
+                description: mode.describe().into(),
+                runs: of.len(),
+                noisy_runs: of
+                    .iter()
+                    .filter(|r| r.background_cpus > super::runner::NOISY_CPUS)
+                    .count(),
+                conn_per_s: Spread::of(of.iter().map(|r| r.conn_per_s)),
+                ratio: Spread::of(
+                    of.iter()
+                        .filter_map(|r| Some(r.conn_per_s / baseline(r.round)?)),
+                ),
+                expected_per_run: of.iter().find_map(|r| r.expected),
+                captured_total: sum(|r| r.captured),
+                reported_lost_total: sum(|r| r.reported_lost),
+                kernel_recursion_misses_total: sum(|r| r.kernel_recursion_misses),
+                missing_unreported_total: sum(|r| r.missing_unreported),
+                shape_mismatch_runs: of
+                    .iter()
+                    .filter(|r| traced && !r.shape_mismatches.is_empty())
+                    .count(),
+                cpu_s_per_m_events: Spread::of(of.iter().filter_map(|r| r.cpu_s_per_m_events)),
+                peak_rss_mib: Spread::of(
+                    of.iter()
+                        .filter_map(|r| r.peak_rss_kib)
+                        .map(|k| k as f64 / 1024.0),
+                ),
+                ns_per_run: Spread::of(of.iter().filter_map(|r| r.ns_per_run)),
+            }
+        })
+        .collect()
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "–".into(), |v| v.to_string())
+}
+
+fn spread(v: Option<Spread>, digits: usize) -> String {
+    v.map_or_else(|| "–".into(), |s| s.show(digits))
+}
+
+/// The summary as a Markdown table.
+pub fn table(summaries: &[ModeSummary]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| mode | runs | conn/s median (min–max) | vs no tracer | events expected per run | \
+         captured, all runs | lost, reported by the tool | kernel skips (recursion_misses) | \
+         missing without a report | CPU µs per event (= s per 1M) | peak RSS MiB | in-kernel ns per run |\n",
+    );
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for s in summaries {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            s.mode,
+            if s.noisy_runs > 0 {
+                format!("{} ({} noisy)", s.runs, s.noisy_runs)
+            } else {
+                s.runs.to_string()
+            },
+            spread(s.conn_per_s, 0),
+            s.ratio.map_or_else(
+                || "–".into(),
+                |r| format!(
+                    "{:.0}% ({:.0}–{:.0}%)",
+                    r.median * 100.0,
+                    r.min * 100.0,
+                    r.max * 100.0
+                )
+            ),
+            opt(s.expected_per_run),
+            opt(s.captured_total),
+            opt(s.reported_lost_total),
+            opt(s.kernel_recursion_misses_total),
+            opt(s.missing_unreported_total),
+            spread(s.cpu_s_per_m_events, 2),
+            spread(s.peak_rss_mib, 1),
+            spread(s.ns_per_run, 0),
+        );
+    }
+    out
+}
+
+/// One line per run, for the record.
+pub fn run_lines(runs: &[RunResult]) -> String {
+    let mut out = String::new();
+    for r in runs {
+        let _ = write!(
+            out,
+            "round {} {:<14} {:>8.0} conn/s ({:.2} s)",
+            r.round, r.mode, r.conn_per_s, r.elapsed_s
+        );
+        if let (Some(e), Some(c)) = (r.expected, r.captured) {
+            let _ = write!(
+                out,
+                "  expected {e} captured {c} lost-reported {} (buffer full {}, output dropped {}) \
+                 recursion-misses {} missing {}",
+                opt(r.reported_lost),
+                opt(r.reported_buffer_full),
+                opt(r.reported_output_dropped),
+                opt(r.kernel_recursion_misses),
+                opt(r.missing_unreported)
+            );
+        }
+        if let Some(cpu) = r.cpu_s_per_m_events {
+            let _ = write!(out, "  cpu {cpu:.2} us/event");
+        }
+        if let Some(rss) = r.peak_rss_kib {
+            let _ = write!(out, "  peak {:.1} MiB", rss as f64 / 1024.0);
+        }
+        if let Some(ns) = r.ns_per_run {
+            let _ = write!(out, "  {ns:.0} ns/run");
+        }
+        let _ = write!(out, "  bg {:.2} CPUs", r.background_cpus);
+        for (kind, want, got) in &r.shape_mismatches {
+            let _ = write!(out, "  [{kind}: expected {want}, got {got}]");
+        }
+        for note in &r.notes {
+            let _ = write!(out, "  ({note})");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A target and whether the measurements meet it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Target {
+    pub target: String,
+    pub measured: String,
+    /// `None` when not measured in this bench run.
+    pub met: Option<bool>,
+}
+
+/// Judges the issue's targets on our tracer's runs (and the soak, when run).
+pub fn targets(summaries: &[ModeSummary], runs: &[RunResult], soak: Option<&Soak>) -> Vec<Target> {
+    let ours: Vec<&RunResult> = runs
+        .iter()
+        .filter(|r| r.mode == Mode::Tracer.name())
+        .chain(soak.map(|s| &s.run))
+        .collect();
+    let tracer = summaries.iter().find(|s| s.mode == Mode::Tracer.name());
+    let mut out = Vec::new();
+    let missing: u64 = ours.iter().filter_map(|r| r.missing_unreported).sum();
+    out.push(Target {
+        target: "zero events missing without a report, in every run".into(),
+        measured: format!("{missing} missing over {} runs", ours.len()),
+        met: (!ours.is_empty()).then_some(missing == 0),
+    });
+    let lost: u64 = ours
+        .iter()
+        .filter_map(|r| Some(r.reported_lost? + r.missing_unreported?))
+        .sum();
+    out.push(Target {
+        target: "zero events lost (reported or not) at full churn on 2 cores".into(),
+        measured: format!("{lost} lost over {} runs", ours.len()),
+        met: (!ours.is_empty()).then_some(lost == 0),
+    });
+    let ratio = tracer.and_then(|t| t.ratio);
+    out.push(Target {
+        target: "churn rate with the tracer streaming JSON >= 85% of no tracer (median of per-round ratios)".into(),
+        measured: ratio.map_or_else(
+            || "not measured".into(),
+            |r| {
+                format!(
+                    "{:.1}% (runs {:.1}–{:.1}%)",
+                    r.median * 100.0,
+                    r.min * 100.0,
+                    r.max * 100.0
+                )
+            },
+        ),
+        met: ratio.map(|r| r.median >= 0.85),
+    });
+    let cpu = tracer.and_then(|t| t.cpu_s_per_m_events);
+    out.push(Target {
+        target: "<= 1 µs of tracer CPU per event writing NDJSON (median)".into(),
+        measured: cpu.map_or_else(|| "not measured".into(), |c| format!("{} µs", c.show(2))),
+        met: cpu.map(|c| c.median <= 1.0),
+    });
+    let ns = tracer.and_then(|t| t.ns_per_run);
+    out.push(Target {
+        target: "<= 200 ns in the kernel per program run (median)".into(),
+        measured: ns.map_or_else(|| "not measured".into(), |n| format!("{} ns", n.show(0))),
+        met: ns.map(|n| n.median <= 200.0),
+    });
+    let rss = tracer.and_then(|t| t.peak_rss_mib);
+    out.push(Target {
+        target: "peak RSS <= 30 MiB during the run (max over runs)".into(),
+        measured: rss.map_or_else(|| "not measured".into(), |r| format!("{:.1} MiB", r.max)),
+        met: rss.map(|r| r.max <= 30.0),
+    });
+    out.push(match soak {
+        Some(s) => Target {
+            target:
+                "RSS flat over the soak: grows with live connections, not with connections seen"
+                    .into(),
+            measured: s.describe(),
+            met: Some(s.flat),
+        },
+        None => Target {
+            target: "RSS flat over a soak (run with --soak)".into(),
+            measured: "not run".into(),
+            met: None,
+        },
+    });
+    out
+}
+
+pub fn targets_table(targets: &[Target]) -> String {
+    let mut out = String::from("| target | measured | met |\n|---|---|---|\n");
+    for t in targets {
+        let met = match t.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "–",
+        };
+        let _ = writeln!(out, "| {} | {} | {met} |", t.target, t.measured);
+    }
+    out
+}
+
+/// The tracer's bound on formatted output waiting for its writer
+/// (`tracer::output::MAX_QUEUED_BYTES`): memory a slow disk can make it hold, whatever the
+/// number of connections.
+pub const OUTPUT_QUEUE_KIB: u64 = 8 << 10;
+/// Growth allowed besides the output queue (allocator slack, a map's capacity step).
+pub const SLACK_KIB: u64 = 2 << 10;
+
+/// The long run: memory over connections seen.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Soak {
+    pub run: RunResult,
+    pub rss_at_tenth_kib: u64,
+    pub rss_at_half_kib: u64,
+    pub rss_at_end_kib: u64,
+    /// RSS grew from a tenth of the connections to the end by no more than the output
+    /// queue's bound plus [`SLACK_KIB`]: what is left would be memory per connection seen.
+    pub flat: bool,
+}
+
+impl Soak {
+    pub fn judge(run: RunResult) -> Self {
+        let at = |fraction: u64| {
+            let mark = run.connections / fraction;
+            run.rss_samples
+                .iter()
+                .find(|s| s.connections >= mark && s.connections > 0)
+                .or(run.rss_samples.first())
+                .map_or(0, |s| s.rss_kib)
+        };
+        let (at_tenth, at_half) = (at(10), at(2));
+        let at_end = run.rss_samples.last().map_or(0, |s| s.rss_kib);
+        Self {
+            flat: at_end <= at_tenth + OUTPUT_QUEUE_KIB + SLACK_KIB,
+            rss_at_tenth_kib: at_tenth,
+            rss_at_half_kib: at_half,
+            rss_at_end_kib: at_end,
+            run,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} connections at {:.0} conn/s, {} events captured, {} lost: RSS {:.1} MiB at 10% \
+             of them, {:.1} MiB at 50%, {:.1} MiB at the end (peak {:.1} MiB); allowed growth \
+             {:.0} MiB (the 8 MiB output queue bound + 2 MiB)",
+            self.run.connections,
+            self.run.conn_per_s,
+            self.run.captured.unwrap_or(0),
+            self.run.reported_lost.unwrap_or(0) + self.run.missing_unreported.unwrap_or(0),
+            self.rss_at_tenth_kib as f64 / 1024.0,
+            self.rss_at_half_kib as f64 / 1024.0,
+            self.rss_at_end_kib as f64 / 1024.0,
+            self.run.peak_rss_kib.unwrap_or(0) as f64 / 1024.0,
+            (OUTPUT_QUEUE_KIB + SLACK_KIB) as f64 / 1024.0,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spreads() {
+        assert_eq!(
+            Spread::of([3.0, 1.0, 2.0]),
+            Some(Spread {
+                median: 2.0,
+                min: 1.0,
+                max: 3.0
+            })
+        );
+        assert_eq!(Spread::of([4.0, 1.0]).unwrap().median, 2.5);
+        assert_eq!(Spread::of(std::iter::empty()), None);
+    }
+
+    fn run(mode: Mode, round: usize, rate: f64) -> RunResult {
+        RunResult {
+            mode: mode.name().into(),
+            round,
+            conn_per_s: rate,
+            connections: 10,
+            ..RunResult::default()
+        }
+    }
+
+    #[test]
+    fn ratio_is_against_the_same_round() {
+        let runs = [
+            run(Mode::None, 1, 100.0),
+            run(Mode::Tracer, 1, 90.0),
+            run(Mode::None, 2, 200.0),
+            run(Mode::Tracer, 2, 160.0),
+        ];
+        let s = summarize(&runs, &[Mode::None, Mode::Tracer]);
+        assert_eq!(s[0].conn_per_s.unwrap().median, 150.0);
+        let ratio = s[1].ratio.unwrap();
+        assert!((ratio.median - 0.85).abs() < 1e-9);
+        assert!((ratio.min - 0.8).abs() < 1e-9);
+        assert!(table(&s).contains("| tracer | 2 |"));
+    }
+}
