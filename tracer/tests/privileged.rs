@@ -239,19 +239,26 @@ fn require_exit_after(flag: &str, value: &str) {
 #[ignore = "needs root and BPF"]
 fn unprivileged_run_fails_clearly() {
     support::require_root();
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_tracer"))
-        .output()
-        .expect("run setpriv (util-linux)");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(77), "{stderr}");
-    assert!(stderr.contains("run as root"), "{stderr}");
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("backtrace"),
-        "{stderr}"
-    );
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    // As nobody; and as root with the BPF, perfmon and admin capabilities dropped.
+    let drops: [&[&str]; 2] = [
+        &["--reuid=65534", "--regid=65534", "--clear-groups"],
+        &["--inh-caps=-all", "--bounding-set=-bpf,-perfmon,-sys_admin"],
+    ];
+    for drop in drops {
+        let out = std::process::Command::new("setpriv")
+            .args(drop)
+            .arg(env!("CARGO_BIN_EXE_tracer"))
+            .output()
+            .expect("run setpriv (util-linux)");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(77), "{drop:?}: {stderr}");
+        assert!(stderr.contains("run as root"), "{drop:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "{drop:?}: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{drop:?}: {stderr}");
+    }
 }
 
 /// A server that accepts, answers, then neither reads nor closes: its socket sits in

@@ -288,15 +288,35 @@ fn two_tracers_work_independently() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn sigterm_and_sighup_end_with_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
     for signal in [
         nix::sys::signal::Signal::SIGTERM,
         nix::sys::signal::Signal::SIGHUP,
     ] {
-        let tracer = Tracer::start(&["-p", "1"]);
+        let export = dir.path().join(format!("{signal}.ndjson"));
+        let tracer = Tracer::start(&["-p", "1", "--export", export.to_str().unwrap()]);
         nix::sys::signal::kill(pid_of(&tracer), signal).unwrap();
         tracer.wait_for("the summary", |rs| {
             rs.iter().find(|r| matches!(r, Record::Summary(_))).cloned()
         });
+        // The export is complete: header first, summary last.
+        let deadline = Instant::now() + WAIT;
+        let lines = loop {
+            let text = std::fs::read_to_string(&export).unwrap();
+            let lines: Vec<Record> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            if matches!(lines.last(), Some(Record::Summary(_))) {
+                break lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{signal}: export without a summary: {text}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        };
+        assert!(matches!(lines.first(), Some(Record::Header(_))), "{signal}");
     }
 }
 
