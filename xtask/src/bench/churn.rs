@@ -87,6 +87,10 @@ pub struct ChurnArgs {
     /// Pin client thread i and server thread i to CPU i (modulo the CPUs).
     #[arg(long)]
     pub pin: bool,
+    /// Listen on this port (0: one the kernel picks). The namespace is private, so any port
+    /// is free in it; the soak gives every run the same port, for one long-lived tracer.
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
 }
 
 impl ChurnArgs {
@@ -108,6 +112,7 @@ impl ChurnArgs {
         ]
         .into_iter()
         .chain(self.pin.then(|| "--pin".to_owned()))
+        .chain((self.port != 0).then(|| format!("--port={}", self.port)))
         .collect()
     }
 }
@@ -138,8 +143,8 @@ pub fn churn(args: &ChurnArgs) -> Result<()> {
     // The namespace has no interface but lo: the wildcard address is loopback only, and lets
     // the clients spread over 127.0.0.1..=N.
     socket
-        .bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())
-        .context("binding the listener")?;
+        .bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.port)).into())
+        .with_context(|| format!("binding the listener to port {}", args.port))?;
     let port = socket
         .local_addr()?
         .as_socket()

@@ -5,6 +5,8 @@
 //! - [`runner`]: one run of one mode, and how its output is counted.
 //! - [`peer`]: bpftrace and its scripts.
 //! - [`report`]: medians, the table, the targets.
+//! - [`soak`]: the time-bounded soak, one tracer for minutes of churn, output counted from a
+//!   pipe.
 //! - [`sys`]: /proc, fdinfo, signals, BPF run-time statistics.
 //!
 //! Bounded in count and time: every run has a deadline, every process started is stopped by
@@ -14,6 +16,7 @@ pub mod churn;
 mod peer;
 mod report;
 mod runner;
+mod soak;
 mod sys;
 
 use std::{
@@ -40,7 +43,8 @@ pub struct BenchArgs {
     /// Connections per run.
     #[arg(long, default_value_t = 100_000)]
     connections: u64,
-    /// Rounds; each round runs every mode once, in turn (A B C A B C ...).
+    /// Rounds; each round runs every mode once, in turn (A B C A B C ...). 0 with --soak or
+    /// --soak-minutes: the soak only.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Modes to run, in this order within a round.
@@ -70,6 +74,14 @@ pub struct BenchArgs {
     /// Connections of the soak run.
     #[arg(long, default_value_t = 1_000_000)]
     soak_connections: u64,
+    /// Instead, soak for this many minutes: one tracer process, its output counted from a
+    /// pipe (not stored), the churn generator run again and again on one port until the time
+    /// is up, RSS sampled every 10 s. Implies --soak.
+    #[arg(long, value_name = "MINUTES", conflicts_with = "soak_connections")]
+    soak_minutes: Option<u64>,
+    /// Connections per run of the generator in a --soak-minutes soak (about 30 s each).
+    #[arg(long, default_value_t = 1_000_000)]
+    soak_chunk: u64,
     /// Where to write the results as JSON.
     #[arg(long, default_value = "target/bench/results.json")]
     output: PathBuf,
@@ -108,6 +120,7 @@ struct Meta {
     cpu_model: String,
     connections: u64,
     rounds: usize,
+    soak_minutes: Option<u64>,
     churn: Vec<String>,
     expected_per_run: u64,
     bpftrace: Option<String>,
@@ -119,8 +132,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if !is_root()? {
         bail!("the bench loads eBPF programs and creates network namespaces: run it as root");
     }
-    if args.rounds == 0 || args.connections == 0 {
-        bail!("--rounds and --connections must be positive");
+    let soaking = args.soak || args.soak_minutes.is_some();
+    if (args.rounds == 0 && !soaking) || args.connections == 0 {
+        bail!("--rounds (unless soaking) and --connections must be positive");
+    }
+    if args.soak_minutes == Some(0) || args.soak_chunk == 0 {
+        bail!("--soak-minutes and --soak-chunk must be positive");
     }
     let mut modes = Vec::new();
     for name in &args.modes {
@@ -179,6 +196,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         destinations: 16,
         progress_every: (args.connections / 20).max(1),
         pin: !args.no_pin,
+        port: 0,
     };
 
     // In-kernel time per run needs the kernel's BPF statistics; held for the whole bench.
@@ -187,7 +205,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let cooldown = Duration::from_millis(args.cooldown_ms);
 
     // Check the shape on a small, slow run first: the expected counts rest on it.
-    if modes.contains(&Mode::Tracer) {
+    if (args.rounds > 0 && modes.contains(&Mode::Tracer)) || soaking {
         let small = ChurnArgs {
             connections: 200,
             concurrency: 1,
@@ -229,7 +247,24 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         }
     }
 
-    let soak = if args.soak {
+    let soak = if let Some(minutes) = args.soak_minutes {
+        let load = runner::wait_quiet_machine(Duration::from_secs(args.quiet_wait_s));
+        eprintln!(
+            "bench: soak: our tracer for {minutes} minutes of churn, output counted from a pipe \
+             (background load {load:.2} CPUs)"
+        );
+        let plan = soak::Plan {
+            minutes,
+            chunk: args.soak_chunk,
+            sample_every: Duration::from_secs(10),
+        };
+        let s = soak::run(&tools, &churn_args, &plan)?;
+        eprint!(
+            "bench: soak {}",
+            report::run_lines(std::slice::from_ref(&s.run))
+        );
+        Some(s)
+    } else if args.soak {
         let soak_args = ChurnArgs {
             connections: args.soak_connections,
             progress_every: (args.soak_connections / 100).max(1),
@@ -256,6 +291,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         None
     };
 
+    if args.rounds == 0 {
+        modes.clear();
+    }
     let summary = report::summarize(&runs, &modes);
     let targets = report::targets(&summary, &runs, soak.as_ref());
     let table = report::table(&summary);
@@ -267,7 +305,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     println!("{}", report::run_lines(&runs));
     println!("{table}");
     println!("{}", report::targets_table(&targets));
-    if let Some(s) = &soak {
+    if let Some(s) = soak.as_ref().filter(|s| s.timed.is_some()) {
+        println!("soak: {}", s.describe());
+        print!("{}", report::run_lines(std::slice::from_ref(&s.run)));
+        println!("soak RSS of the tracer over time:");
+        println!("{}", report::soak_table(s));
+    } else if let Some(s) = &soak {
         println!("soak: {}", s.describe());
         println!("soak RSS over connections seen (MiB):");
         let step = (s.run.connections / 10).max(1);
@@ -300,6 +343,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             cpu_model: cpu_model(),
             connections: args.connections,
             rounds: args.rounds,
+            soak_minutes: args.soak_minutes,
             churn: churn_args.to_args(),
             expected_per_run: churn::expected_transitions(args.connections),
             bpftrace: bpftrace.map(|b| b.version),

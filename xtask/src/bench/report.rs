@@ -313,10 +313,13 @@ pub const OUTPUT_QUEUE_KIB: u64 = 8 << 10;
 /// Growth allowed besides the output queue (allocator slack, a map's capacity step).
 pub const SLACK_KIB: u64 = 2 << 10;
 
-/// The long run: memory over connections seen.
+/// The long run: memory over connections seen (`--soak`), or over time (`--soak-minutes`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Soak {
     pub run: RunResult,
+    /// Set for the time-bounded soak; its RSS marks are then at 10% and 50% of the time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timed: Option<Timed>,
     pub rss_at_tenth_kib: u64,
     pub rss_at_half_kib: u64,
     pub rss_at_end_kib: u64,
@@ -338,6 +341,7 @@ impl Soak {
         let (at_tenth, at_half) = (at(10), at(2));
         let at_end = run.rss_samples.last().map_or(0, |s| s.rss_kib);
         Self {
+            timed: None,
             flat: at_end <= at_tenth + OUTPUT_QUEUE_KIB + SLACK_KIB,
             rss_at_tenth_kib: at_tenth,
             rss_at_half_kib: at_half,
@@ -346,7 +350,53 @@ impl Soak {
         }
     }
 
+    /// Judges a time-bounded soak: flat when the RSS at the end (all output drained) is no
+    /// more than [`SLACK_KIB`] above the RSS at a tenth of the time.
+    pub fn judge_timed(run: RunResult, mut timed: Timed) -> Self {
+        let last_t = run.rss_samples.last().map_or(0.0, |s| s.t_s);
+        let at = |fraction: f64| {
+            run.rss_samples
+                .iter()
+                .find(|s| s.t_s >= last_t * fraction)
+                .map_or(0, |s| s.rss_kib)
+        };
+        let (at_tenth, at_half) = (at(0.1), at(0.5));
+        let at_end = run.rss_samples.last().map_or(0, |s| s.rss_kib);
+        timed.allowed_growth_kib = SLACK_KIB;
+        timed.growth_kib = at_end as i64 - at_tenth as i64;
+        Self {
+            flat: at_end <= at_tenth + SLACK_KIB,
+            timed: Some(timed),
+            rss_at_tenth_kib: at_tenth,
+            rss_at_half_kib: at_half,
+            rss_at_end_kib: at_end,
+            run,
+        }
+    }
+
     pub fn describe(&self) -> String {
+        if let Some(t) = &self.timed {
+            return format!(
+                "{:.1} min, {} connections in {} runs of the generator ({:.0} conn/s), {} events \
+                 expected, {} captured, {} reported lost, {} missing without a report: RSS \
+                 {:.1} MiB at 10% of the time, {:.1} MiB at 50%, {:.1} MiB at the end (peak \
+                 {:.1} MiB); growth {:+.1} MiB, allowed {:.0} MiB",
+                t.wall_s / 60.0,
+                self.run.connections,
+                t.chunks,
+                self.run.conn_per_s,
+                self.run.expected.unwrap_or(0),
+                self.run.captured.unwrap_or(0),
+                self.run.reported_lost.unwrap_or(0),
+                self.run.missing_unreported.unwrap_or(0),
+                self.rss_at_tenth_kib as f64 / 1024.0,
+                self.rss_at_half_kib as f64 / 1024.0,
+                self.rss_at_end_kib as f64 / 1024.0,
+                self.run.peak_rss_kib.unwrap_or(0) as f64 / 1024.0,
+                t.growth_kib as f64 / 1024.0,
+                t.allowed_growth_kib as f64 / 1024.0,
+            );
+        }
         format!(
             "{} connections at {:.0} conn/s, {} events captured, {} lost: RSS {:.1} MiB at 10% \
              of them, {:.1} MiB at 50%, {:.1} MiB at the end (peak {:.1} MiB); allowed growth \
@@ -362,6 +412,58 @@ impl Soak {
             (OUTPUT_QUEUE_KIB + SLACK_KIB) as f64 / 1024.0,
         )
     }
+}
+
+/// What is particular to the time-bounded soak.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Timed {
+    /// Minutes asked for (`--soak-minutes`).
+    pub minutes: u64,
+    /// From the first run's start to the last run's end, seconds.
+    pub wall_s: f64,
+    /// Runs of the generator, one after another, against the same tracer process.
+    pub chunks: u64,
+    /// Connections per run at most (the last run is sized to end about on time).
+    pub chunk_connections: u64,
+    /// The port every run listened on, and the tracer's `-p`.
+    pub port: u16,
+    /// Tracer PID, the same for the whole soak.
+    pub tracer_pid: u32,
+    /// Bytes of NDJSON the tracer wrote to the pipe (counted, not stored).
+    pub output_bytes: u64,
+    pub allowed_growth_kib: u64,
+    /// RSS at the end minus RSS at a tenth of the time.
+    pub growth_kib: i64,
+}
+
+/// RSS over time of a time-bounded soak, one row a minute and the last, as a Markdown table.
+pub fn soak_table(soak: &Soak) -> String {
+    let mut out = String::from(
+        "| elapsed | connections seen | events counted | RSS MiB | peak RSS (VmHWM) MiB |\n\
+         |---|---|---|---|---|\n",
+    );
+    let samples = &soak.run.rss_samples;
+    let mut next_minute = 0.0;
+    for (i, s) in samples.iter().enumerate() {
+        let last = i + 1 == samples.len();
+        if s.t_s < next_minute && !last {
+            continue;
+        }
+        next_minute = (s.t_s / 60.0).floor() * 60.0 + 60.0;
+        let _ = writeln!(
+            out,
+            "| {}:{:02}{} | {} | {} | {:.1} | {} |",
+            s.t_s as u64 / 60,
+            s.t_s as u64 % 60,
+            if last { " (end)" } else { "" },
+            s.connections,
+            opt(s.events),
+            s.rss_kib as f64 / 1024.0,
+            s.hwm_kib
+                .map_or_else(|| "–".into(), |h| format!("{:.1}", h as f64 / 1024.0)),
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -390,6 +492,28 @@ mod tests {
             connections: 10,
             ..RunResult::default()
         }
+    }
+
+    #[test]
+    fn timed_soak_is_judged_over_time() {
+        let sample = |t_s: f64, rss_kib: u64| super::super::runner::RssSample {
+            t_s,
+            connections: t_s as u64 * 1000,
+            rss_kib,
+            hwm_kib: Some(rss_kib),
+            events: Some(t_s as u64 * 10_000),
+        };
+        let mut run = run(Mode::Tracer, 0, 1.0);
+        run.rss_samples = (0..=60)
+            .map(|i| sample(f64::from(i) * 10.0, 20_000))
+            .collect();
+        run.rss_samples[1].rss_kib = 25_000;
+        let s = Soak::judge_timed(run.clone(), Timed::default());
+        assert!(s.flat);
+        assert_eq!(s.rss_at_tenth_kib, 20_000);
+        assert_eq!(soak_table(&s).lines().count(), 2 + 11);
+        run.rss_samples.last_mut().unwrap().rss_kib = 22_049;
+        assert!(!Soak::judge_timed(run, Timed::default()).flat);
     }
 
     #[test]

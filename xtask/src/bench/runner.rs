@@ -9,11 +9,14 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead, BufReader, Write as _},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{ChildStdin, Command, Stdio},
-    sync::mpsc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -93,6 +96,12 @@ pub struct RssSample {
     /// Connections the generator had completed at about that time.
     pub connections: u64,
     pub rss_kib: u64,
+    /// Peak RSS so far (VmHWM); sampled by the time-bounded soak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hwm_kib: Option<u64>,
+    /// Transitions counted in the observer's output so far; sampled by the time-bounded soak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<u64>,
 }
 
 /// Everything measured in one run.
@@ -143,14 +152,14 @@ pub struct RunResult {
 }
 
 /// A child process we started; killed and reaped on drop unless already reaped.
-struct Proc {
-    pid: u32,
-    name: &'static str,
-    reaped: bool,
+pub(super) struct Proc {
+    pub(super) pid: u32,
+    pub(super) name: &'static str,
+    pub(super) reaped: bool,
 }
 
 impl Proc {
-    fn spawn(
+    pub(super) fn spawn(
         name: &'static str,
         cmd: &mut Command,
         death_signal: i32,
@@ -178,13 +187,13 @@ impl Proc {
         ))
     }
 
-    fn try_reap(&mut self) -> Result<Option<sys::Exit>> {
+    pub(super) fn try_reap(&mut self) -> Result<Option<sys::Exit>> {
         let exit = sys::try_reap(self.pid)?;
         self.reaped |= exit.is_some();
         Ok(exit)
     }
 
-    fn stop(&mut self, signal: i32, grace: Duration) -> Result<(sys::Exit, bool)> {
+    pub(super) fn stop(&mut self, signal: i32, grace: Duration) -> Result<(sys::Exit, bool)> {
         let result = sys::stop(self.pid, signal, grace);
         self.reaped = true;
         result
@@ -218,7 +227,7 @@ pub fn wait_quiet_machine(limit: Duration) -> f64 {
 }
 
 /// How long a run may take at worst: the churn at 1,000 connections/s plus a minute.
-fn run_deadline(connections: u64) -> Duration {
+pub(super) fn run_deadline(connections: u64) -> Duration {
     Duration::from_secs(60 + connections / 1_000)
 }
 
@@ -320,6 +329,8 @@ pub fn run(
                     t_s: start.elapsed().as_secs_f64(),
                     connections: progress,
                     rss_kib: mem.rss_kib,
+                    hwm_kib: None,
+                    events: None,
                 });
             }
         }
@@ -376,6 +387,8 @@ pub fn run(
             t_s: start.elapsed().as_secs_f64(),
             connections: completed,
             rss_kib: mem.rss_kib,
+            hwm_kib: None,
+            events: None,
         });
     }
     let hwm = sys::memory(obs.proc.pid).map(|m| m.hwm_kib);
@@ -437,9 +450,9 @@ pub fn run(
 }
 
 /// The observer's output files: removed when the run ends, however it ends, unless kept.
-struct Scratch {
-    paths: Vec<PathBuf>,
-    keep: bool,
+pub(super) struct Scratch {
+    pub(super) paths: Vec<PathBuf>,
+    pub(super) keep: bool,
 }
 
 impl Drop for Scratch {
@@ -515,7 +528,7 @@ fn wait_quiet(path: &Path, quiet: Duration, limit: Duration) {
     }
 }
 
-fn read_messages(stdout: std::process::ChildStdout) -> mpsc::Receiver<Result<Message>> {
+pub(super) fn read_messages(stdout: std::process::ChildStdout) -> mpsc::Receiver<Result<Message>> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -545,9 +558,21 @@ pub struct Capture {
 }
 
 impl Capture {
+    /// Counts `n` transitions old -> new; allocates only for a kind not seen before.
     fn add(&mut self, old: &str, new: &str, n: u64) {
         self.captured += n;
-        *self.shape.entry(format!("{old}->{new}")).or_default() += n;
+        let seen = self.shape.iter_mut().find(|(kind, _)| {
+            kind.len() == old.len() + 2 + new.len()
+                && kind.starts_with(old)
+                && kind[old.len()..].starts_with("->")
+                && kind.ends_with(new)
+        });
+        match seen {
+            Some((_, count)) => *count += n,
+            None => {
+                self.shape.insert(format!("{old}->{new}"), n);
+            }
+        }
     }
 }
 
@@ -565,13 +590,39 @@ struct TracerLine {
     decode_errors: Option<u64>,
 }
 
-/// Counts the tracer's NDJSON: transitions on `port`, and the loss counters of its summary.
+/// Counts the tracer's NDJSON in a file: transitions on `port`, and the loss counters of its
+/// summary.
 pub fn count_tracer(path: &Path, port: u16) -> Result<Capture> {
     let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    count_tracer_stream(BufReader::with_capacity(1 << 20, file), port, None)
+}
+
+/// Counts the tracer's NDJSON as it streams by (a file, or a pipe from a running tracer), in
+/// constant memory: one line is held at a time. When `seen` is given, it follows the count
+/// of transitions on `port` as they are read.
+pub fn count_tracer_stream(
+    mut reader: impl BufRead,
+    port: u16,
+    seen: Option<&AtomicU64>,
+) -> Result<Capture> {
     let mut capture = Capture::default();
-    for line in BufReader::with_capacity(1 << 20, file).lines() {
-        let line = line?;
-        let Ok(record) = serde_json::from_str::<TracerLine>(&line) else {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim_end_matches('\n');
+        if let Some((lport, rport, old, new)) = quick_transition(line) {
+            if lport == port || rport == port {
+                capture.add(old, new, 1);
+                if let Some(seen) = seen {
+                    seen.store(capture.captured, Ordering::Relaxed);
+                }
+            }
+            continue;
+        }
+        let Ok(record) = serde_json::from_str::<TracerLine>(line) else {
             continue;
         };
         match record.kind.as_str() {
@@ -581,6 +632,9 @@ pub fn count_tracer(path: &Path, port: u16) -> Result<Capture> {
                     record.new_state.as_deref().unwrap_or("?"),
                     1,
                 );
+                if let Some(seen) = seen {
+                    seen.store(capture.captured, Ordering::Relaxed);
+                }
             }
             "summary" => {
                 let recursion = record.recursion_misses.unwrap_or(0);
@@ -598,6 +652,37 @@ pub fn count_tracer(path: &Path, port: u16) -> Result<Capture> {
         }
     }
     Ok(capture)
+}
+
+/// (lport, rport, old_state, new_state) of a transition line as the tracer writes it (by
+/// hand, fields in a fixed order: `{"type":"transition",...,"lport":N,...,"rport":N,...,
+/// "old_state":"S","new_state":"S",...}`), found without a JSON parser: a JSON parser is
+/// too slow to follow a tracer at full churn on the same two cores. `None` for any other
+/// line, which is then parsed as JSON. Keys are searched in order, before the first string
+/// that could hold arbitrary text (`comm` comes after them), so they cannot match inside a
+/// value.
+fn quick_transition(line: &str) -> Option<(u16, u16, &str, &str)> {
+    fn after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+        text.find(key).map(|at| &text[at + key.len()..])
+    }
+    fn number(text: &str) -> Option<(u16, &str)> {
+        let end = text.find(|c: char| !c.is_ascii_digit())?;
+        Some((text[..end].parse().ok()?, &text[end..]))
+    }
+    fn name(text: &str) -> Option<(&str, &str)> {
+        let end = text.find('"')?;
+        let value = &text[..end];
+        value
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            .then_some((value, &text[end..]))
+    }
+    let rest = line.strip_prefix(r#"{"type":"transition","#)?;
+    let (lport, rest) = number(after(rest, r#","lport":"#)?)?;
+    let (rport, rest) = number(after(rest, r#","rport":"#)?)?;
+    let (old, rest) = name(after(rest, r#","old_state":""#)?)?;
+    let (new, rest) = name(after(rest, r#","new_state":""#)?)?;
+    rest.ends_with('}').then_some((lport, rport, old, new))
 }
 
 fn count_bpftrace(path: &Path, stderr: &str, port: u16) -> Result<Capture> {
@@ -633,12 +718,21 @@ pub fn shape_mismatches(
     shape: &BTreeMap<String, u64>,
     connections: u64,
 ) -> Vec<(String, u64, u64)> {
+    shape_mismatches_of(shape, connections, 1)
+}
+
+/// The same, over `listeners` runs of the generator (each with its own listener).
+pub fn shape_mismatches_of(
+    shape: &BTreeMap<String, u64>,
+    connections: u64,
+    listeners: u64,
+) -> Vec<(String, u64, u64)> {
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
     for (old, new) in churn::SHAPE {
         *expected.entry(format!("{old}->{new}")).or_default() += connections;
     }
     for (old, new) in churn::LISTENER_SHAPE {
-        *expected.entry(format!("{old}->{new}")).or_default() += 1;
+        *expected.entry(format!("{old}->{new}")).or_default() += listeners;
     }
     let mut out = Vec::new();
     for (kind, &want) in &expected {
@@ -678,6 +772,63 @@ mod tests {
                 ("SYN_SENT->CLOSE".into(), 0, 1)
             ]
         );
+    }
+
+    /// Lines as the tracer writes them (a listener, a client, a server socket with no owner,
+    /// an IPv6 socket whose comm holds a quote, the summary).
+    const REAL_LINES: &str = concat!(
+        r#"{"type":"transition","ts_ns":5153572962965,"time":"2026-11-25T09:16:28.060391Z","skaddr":"0xffff88812d44d340","family":"ipv4","laddr":"127.0.0.1","lport":9999,"raddr":"0.0.0.0","rport":0,"old_state":"CLOSE","new_state":"LISTEN","duration_ns":null,"pid":11121,"comm":"python3","ctx_pid":11121,"ctx_comm":"python3","cpu":1}"#,
+        "\n",
+        r#"{"type":"transition","ts_ns":5153576923393,"time":"2026-11-25T09:16:28.064351Z","skaddr":"0xffff88812d44b780","family":"ipv4","laddr":"127.0.0.1","lport":57998,"raddr":"127.0.0.1","rport":9999,"old_state":"SYN_SENT","new_state":"ESTABLISHED","duration_ns":65838,"pid":11121,"comm":"python3","ctx_pid":11121,"ctx_comm":"python3","cpu":1}"#,
+        "\n",
+        r#"{"type":"transition","ts_ns":5153576930363,"time":"2026-11-25T09:16:28.064358Z","skaddr":"0xffff88812d448940","family":"ipv4","laddr":"127.0.0.1","lport":9999,"raddr":"127.0.0.1","rport":57998,"old_state":"LISTEN","new_state":"SYN_RECV","duration_ns":null,"pid":null,"comm":null,"ctx_pid":11121,"ctx_comm":"python3","cpu":1}"#,
+        "\n",
+        r#"{"type":"transition","ts_ns":1,"time":"t","skaddr":"0x1","family":"ipv6","laddr":"::1","lport":443,"raddr":"::1","rport":40000,"old_state":"ESTABLISHED","new_state":"CLOSE_WAIT","duration_ns":5,"pid":7,"comm":"a\",\"lport\":9999","ctx_pid":7,"ctx_comm":"x","cpu":0}"#,
+        "\n",
+        r#"{"type":"summary","ts_ns":5155005411430,"time":"2026-11-25T09:16:29.492839Z","events":12,"transitions":12,"lost_ringbuf":3,"recursion_misses":0,"decode_errors":1,"evicted":0,"timelines":0,"close_wait_alerts":0,"close_wait_resolved":0,"output_dropped":2}"#,
+        "\n",
+    );
+
+    #[test]
+    fn quick_transition_agrees_with_json() {
+        for line in REAL_LINES.lines() {
+            let json: TracerLine = serde_json::from_str(line).unwrap();
+            let quick = quick_transition(line);
+            if json.kind == "transition" {
+                assert_eq!(
+                    quick,
+                    Some((
+                        json.lport.unwrap(),
+                        json.rport.unwrap(),
+                        json.old_state.as_deref().unwrap(),
+                        json.new_state.as_deref().unwrap()
+                    )),
+                    "{line}"
+                );
+            } else {
+                assert_eq!(quick, None);
+            }
+        }
+        // Anything unusual goes to the JSON parser.
+        assert_eq!(quick_transition(r#"{"type":"transition","lport":1}"#), None);
+        let odd = REAL_LINES
+            .lines()
+            .next()
+            .unwrap()
+            .replace("LISTEN", "UNKNOWN(13)");
+        assert_eq!(quick_transition(&odd), None);
+    }
+
+    #[test]
+    fn counts_a_stream() {
+        let seen = AtomicU64::new(0);
+        let c = count_tracer_stream(REAL_LINES.as_bytes(), 9999, Some(&seen)).unwrap();
+        assert_eq!(c.captured, 3);
+        assert_eq!(seen.load(Ordering::Relaxed), 3);
+        assert_eq!(c.reported_lost, 6);
+        assert_eq!(c.reported_output_dropped, Some(3));
+        assert_eq!(c.shape.get("LISTEN->SYN_RECV"), Some(&1));
+        assert_eq!(c.shape.len(), 3);
     }
 
     #[test]
