@@ -302,8 +302,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         .collect::<Vec<_>>()
         .join(" ");
 
-    println!("{}", report::run_lines(&runs));
-    println!("{table}");
+    if !runs.is_empty() {
+        println!("{}", report::run_lines(&runs));
+        println!("{table}");
+    }
     println!("{}", report::targets_table(&targets));
     if let Some(s) = soak.as_ref().filter(|s| s.timed.is_some()) {
         println!("soak: {}", s.describe());
