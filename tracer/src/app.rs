@@ -74,10 +74,12 @@ pub async fn run(config: Config) -> anyhow::Result<Stop> {
         }
     };
     let clock = WallClock::now();
+    // The export takes every record; without one, records stdout does not show are not made.
+    let everything = export.is_some();
     let mut engine = Engine::new(
         engine::Options {
-            transitions: true,
-            timelines: true,
+            transitions: everything || config.engine.transitions,
+            timelines: everything || config.engine.timelines,
             pids: HashSet::new(),
             ..config.engine.clone()
         },

@@ -17,7 +17,7 @@ use std::{
 use tracer::record::{Record, Summary, TransitionRecord};
 
 /// How long any single wait may take before the test fails.
-pub const WAIT: Duration = Duration::from_secs(15);
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// Fails unless running as root: privileged tests must never pass vacuously.
 pub fn require_root() {
