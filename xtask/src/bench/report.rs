@@ -431,6 +431,8 @@ pub struct Timed {
     pub tracer_pid: u32,
     /// Bytes of NDJSON the tracer wrote to the pipe (counted, not stored).
     pub output_bytes: u64,
+    /// Other processes seen holding BPF programs during the soak.
+    pub other_bpf_holders: Vec<String>,
     pub allowed_growth_kib: u64,
     /// RSS at the end minus RSS at a tenth of the time.
     pub growth_kib: i64,
@@ -439,8 +441,8 @@ pub struct Timed {
 /// RSS over time of a time-bounded soak, one row a minute and the last, as a Markdown table.
 pub fn soak_table(soak: &Soak) -> String {
     let mut out = String::from(
-        "| elapsed | connections seen | events counted | RSS MiB | peak RSS (VmHWM) MiB |\n\
-         |---|---|---|---|---|\n",
+        "| elapsed | connections seen | events counted | RSS MiB | of which anonymous (heap) MiB | \
+         peak RSS (VmHWM) MiB |\n|---|---|---|---|---|---|\n",
     );
     let samples = &soak.run.rss_samples;
     let mut next_minute = 0.0;
@@ -452,13 +454,15 @@ pub fn soak_table(soak: &Soak) -> String {
         next_minute = (s.t_s / 60.0).floor() * 60.0 + 60.0;
         let _ = writeln!(
             out,
-            "| {}:{:02}{} | {} | {} | {:.1} | {} |",
+            "| {}:{:02}{} | {} | {} | {:.1} | {} | {} |",
             s.t_s as u64 / 60,
             s.t_s as u64 % 60,
             if last { " (end)" } else { "" },
             s.connections,
             opt(s.events),
             s.rss_kib as f64 / 1024.0,
+            s.anon_kib
+                .map_or_else(|| "–".into(), |a| format!("{:.1}", a as f64 / 1024.0)),
             s.hwm_kib
                 .map_or_else(|| "–".into(), |h| format!("{:.1}", h as f64 / 1024.0)),
         );
@@ -501,6 +505,7 @@ mod tests {
             connections: t_s as u64 * 1000,
             rss_kib,
             hwm_kib: Some(rss_kib),
+            anon_kib: None,
             events: Some(t_s as u64 * 10_000),
         };
         let mut run = run(Mode::Tracer, 0, 1.0);

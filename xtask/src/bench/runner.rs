@@ -99,6 +99,9 @@ pub struct RssSample {
     /// Peak RSS so far (VmHWM); sampled by the time-bounded soak.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hwm_kib: Option<u64>,
+    /// Of the RSS, anonymous memory (RssAnon); sampled by the time-bounded soak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anon_kib: Option<u64>,
     /// Transitions counted in the observer's output so far; sampled by the time-bounded soak.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<u64>,
@@ -330,6 +333,7 @@ pub fn run(
                     connections: progress,
                     rss_kib: mem.rss_kib,
                     hwm_kib: None,
+                    anon_kib: None,
                     events: None,
                 });
             }
@@ -388,6 +392,7 @@ pub fn run(
             connections: completed,
             rss_kib: mem.rss_kib,
             hwm_kib: None,
+            anon_kib: None,
             events: None,
         });
     }

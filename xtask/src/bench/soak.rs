@@ -125,8 +125,8 @@ pub fn run(tools: &Tools, base: &ChurnArgs, plan: &Plan) -> Result<Soak> {
         thread::sleep(Duration::from_millis(20));
     }
     let cpu_at_attach = sys::cpu_seconds(tracer.pid);
-    let holders = sys::bpf_program_holders(&[tracer.pid]);
-    let others_before = sys::others_cpu_ticks(&[tracer.pid]);
+    let busy_before = sys::machine_busy_ticks();
+    let self_before = sys::cpu_seconds(std::process::id());
 
     let start = Instant::now();
     let until = start + Duration::from_secs(plan.minutes * 60);
@@ -137,9 +137,10 @@ pub fn run(tools: &Tools, base: &ChurnArgs, plan: &Plan) -> Result<Soak> {
         next: start,
         samples: Vec::new(),
         seen: Arc::clone(&seen),
+        holders: Vec::new(),
     };
     sampler.maybe(0);
-    let (mut total, mut chunks, mut churn_ns) = (0u64, 0u64, 0u64);
+    let (mut total, mut chunks, mut churn_ns, mut churn_cpu_s) = (0u64, 0u64, 0u64, 0.0);
     while Instant::now() < until {
         if let Some(exit) = tracer.try_reap()? {
             bail!(
@@ -164,14 +165,29 @@ pub fn run(tools: &Tools, base: &ChurnArgs, plan: &Plan) -> Result<Soak> {
             port,
             ..base.clone()
         };
-        let (done, elapsed_ns) = churn_once(tools, &args, total, &mut sampler)?;
+        let (done, elapsed_ns, cpu_s) = churn_once(tools, &args, total, &mut sampler)?;
         total += done;
         chunks += 1;
         churn_ns += elapsed_ns;
+        churn_cpu_s += cpu_s;
     }
     let wall_s = start.elapsed().as_secs_f64();
-    let background_cpus =
-        sys::others_cpu_between(&others_before, &sys::others_cpu_ticks(&[tracer.pid])) / wall_s;
+    // The machine's busy time less ours (tracer, bench, generators): unlike the per-run
+    // bench's count, this sees short-lived processes (a test suite, a build) too.
+    let background_cpus = match (
+        busy_before,
+        sys::machine_busy_ticks(),
+        cpu_at_attach,
+        sys::cpu_seconds(tracer.pid),
+        self_before,
+        sys::cpu_seconds(std::process::id()),
+    ) {
+        (Some(b0), Some(b1), Some(t0), Some(t1), Some(s0), Some(s1)) => {
+            let machine = b1.saturating_sub(b0) as f64 / sys::clock_ticks();
+            ((machine - (t1 - t0) - (s1 - s0) - churn_cpu_s) / wall_s).max(0.0)
+        }
+        _ => 0.0,
+    };
 
     // Everything was emitted: let the tracer write it out and the counter read it.
     let expected = total * churn::SHAPE.len() as u64 + chunks * churn::LISTENER_SHAPE.len() as u64;
@@ -207,15 +223,16 @@ pub fn run(tools: &Tools, base: &ChurnArgs, plan: &Plan) -> Result<Soak> {
         expected: Some(expected),
         ..RunResult::default()
     };
-    for (pid, cmdline) in &holders {
+    for holder in &sampler.holders {
         result.notes.push(format!(
-            "another process holds BPF programs (pid {pid}: {cmdline}); if they are on this \
-             tracepoint they run on every event"
+            "another process held BPF programs during the soak ({holder}); if they are on \
+             this tracepoint they run on every event"
         ));
     }
     if background_cpus > NOISY_CPUS {
         result.notes.push(format!(
-            "noisy: other processes used {background_cpus:.2} CPUs during the soak"
+            "noisy: other processes used {background_cpus:.2} CPUs during the soak (the \
+             machine's busy time less the tracer's, the bench's and the generators')"
         ));
     }
     if killed {
@@ -234,7 +251,7 @@ pub fn run(tools: &Tools, base: &ChurnArgs, plan: &Plan) -> Result<Soak> {
     }
     result.cpu_s = cpu_at_attach.map(|at| (exit.cpu_s - at).max(0.0));
     result.peak_rss_kib = Some(hwm.unwrap_or(0).max(exit.maxrss_kib));
-    result.rss_samples = sampler.samples;
+    result.rss_samples = std::mem::take(&mut sampler.samples);
     if let Some(p) = prog {
         result.prog_run_cnt = Some(p.run_cnt);
         result.prog_run_time_ns = Some(p.run_time_ns);
@@ -267,18 +284,20 @@ pub fn run(tools: &Tools, base: &ChurnArgs, plan: &Plan) -> Result<Soak> {
             port,
             tracer_pid,
             output_bytes: bytes.load(Ordering::Relaxed),
+            other_bpf_holders: sampler.holders.clone(),
             ..Timed::default()
         },
     ))
 }
 
-/// One run of the generator on the soak's port; returns (completed, elapsed ns).
+/// One run of the generator on the soak's port; returns (completed, elapsed ns, its CPU
+/// seconds).
 fn churn_once(
     tools: &Tools,
     args: &ChurnArgs,
     before: u64,
     sampler: &mut Sampler,
-) -> Result<(u64, u64)> {
+) -> Result<(u64, u64, f64)> {
     let mut cmd = Command::new(&tools.churn_exe);
     cmd.arg("churn")
         .args(args.to_args())
@@ -327,11 +346,11 @@ fn churn_once(
     };
     let exit = sys::reap_within(churn_proc.pid, Duration::from_secs(30))?;
     churn_proc.reaped = exit.is_some();
-    match exit {
-        Some(exit) if exit.success() => {}
+    let cpu_s = match exit {
+        Some(exit) if exit.success() => exit.cpu_s,
         Some(exit) => bail!("churn generator failed: {}", exit.describe()),
         None => bail!("churn generator did not exit"),
-    }
+    };
     if done.0 != args.connections {
         bail!(
             "churn generator completed {} of {} connections",
@@ -340,7 +359,7 @@ fn churn_once(
         );
     }
     sampler.maybe(before + done.0);
-    Ok(done)
+    Ok((done.0, done.1, cpu_s))
 }
 
 /// Samples the tracer's memory every so often, with the connections and events seen then.
@@ -351,6 +370,8 @@ struct Sampler {
     next: Instant,
     samples: Vec<RssSample>,
     seen: Arc<AtomicU64>,
+    /// Other processes seen holding BPF programs at a sample ("pid N: command line").
+    holders: Vec<String>,
 }
 
 impl Sampler {
@@ -373,14 +394,24 @@ impl Sampler {
             connections,
             rss_kib: mem.rss_kib,
             hwm_kib: Some(mem.hwm_kib),
+            anon_kib: mem.anon_kib,
             events: Some(self.seen.load(Ordering::Relaxed)),
         };
+        for (pid, cmdline) in sys::bpf_program_holders(&[self.pid]) {
+            let holder = format!("pid {pid}: {cmdline}");
+            if !self.holders.contains(&holder) {
+                eprintln!("bench: soak: another process holds BPF programs ({holder})");
+                self.holders.push(holder);
+            }
+        }
         eprintln!(
-            "bench: soak {:>4.0} s: {:>10} connections, {:>11} events, RSS {:.1} MiB (peak {:.1})",
+            "bench: soak {:>4.0} s: {:>10} connections, {:>11} events, RSS {:.1} MiB (anon \
+             {:.1}, peak {:.1})",
             sample.t_s,
             connections,
             sample.events.unwrap_or(0),
             mem.rss_kib as f64 / 1024.0,
+            mem.anon_kib.unwrap_or(0) as f64 / 1024.0,
             mem.hwm_kib as f64 / 1024.0
         );
         self.samples.push(sample);

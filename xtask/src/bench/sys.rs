@@ -70,6 +70,28 @@ pub fn others_cpu_ticks(exclude: &[u32]) -> BTreeMap<u32, u64> {
     out
 }
 
+/// CPU time the whole machine spent busy (user, nice, system, irq, softirq of every CPU:
+/// without IRQ time accounting, the kernel charges the same ticks to the tasks it
+/// interrupted), in ticks, from /proc/stat. Compared with the CPU of our own processes, it
+/// shows load from processes too short-lived for [`others_cpu_ticks`] to see.
+pub fn machine_busy_ticks() -> Option<u64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    parse_machine_busy(&stat)
+}
+
+pub fn parse_machine_busy(stat: &str) -> Option<u64> {
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq ...
+    let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+    Some(at(0) + at(1) + at(2) + at(5) + at(6))
+}
+
 /// Seconds of CPU the other processes used between two readings of [`others_cpu_ticks`].
 pub fn others_cpu_between(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) -> f64 {
     let ticks: u64 = after
@@ -126,6 +148,9 @@ pub struct Memory {
     pub rss_kib: u64,
     /// Peak resident set size (VmHWM).
     pub hwm_kib: u64,
+    /// Of the RSS, anonymous memory (RssAnon: the heap, stacks); the rest is mapped files
+    /// and, for the tracer, the ring buffer's pages.
+    pub anon_kib: Option<u64>,
 }
 
 pub fn memory(pid: u32) -> Option<Memory> {
@@ -143,6 +168,7 @@ pub fn parse_status_memory(status: &str) -> Option<Memory> {
     Some(Memory {
         rss_kib: field("VmRSS")?,
         hwm_kib: field("VmHWM")?,
+        anon_kib: field("RssAnon"),
     })
 }
 
@@ -359,13 +385,20 @@ mod tests {
 
     #[test]
     fn status_memory() {
-        let status = "Name:\ttracer\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\nThreads:\t3\n";
+        let status =
+            "Name:\ttracer\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\nRssAnon:\t 2048 kB\n\
+                      Threads:\t3\n";
         assert_eq!(
             parse_status_memory(status),
             Some(Memory {
                 rss_kib: 10240,
-                hwm_kib: 20480
+                hwm_kib: 20480,
+                anon_kib: Some(2048),
             })
+        );
+        assert_eq!(
+            parse_machine_busy("cpu  100 1 50 1000 7 2 30 9 0 0\ncpu0 1 2 3\n"),
+            Some(183)
         );
     }
 
