@@ -6,7 +6,7 @@ mod support;
 use std::{
     io::{BufRead, BufReader, Read},
     net::{TcpListener, TcpStream},
-    process::{Command, Stdio},
+    process::{Child, ChildStderr, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -45,6 +45,23 @@ fn churn(addr: std::net::SocketAddr, count: usize, threads: usize) {
     for h in handles {
         h.join().unwrap();
     }
+}
+
+/// Starts the tracer with stdout and stderr piped (for the tests that control how stdout is
+/// read) and waits for it to report being attached; returns the rest of its stderr.
+fn spawn_piped(args: &[&str]) -> (Child, BufReader<ChildStderr>) {
+    support::require_root();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tracer"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("attached"), "{line}");
+    (child, err)
 }
 
 fn pid_of(tracer: &Tracer) -> nix::unistd::Pid {
@@ -135,19 +152,9 @@ fn overload_counts_every_loss_exactly_and_recovers() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn a_stalled_reader_does_not_block_the_kernel_side() {
-    support::require_root();
     let (listener, addr) = support::listen("127.0.0.1:0");
     let port_arg = addr.port().to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tracer"))
-        .args(["--json", "-p", &port_arg])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.contains("attached"), "{line}");
+    let (mut child, _err) = spawn_piped(&["--json", "-p", &port_arg]);
     // Nobody reads stdout while 30,000 transitions (about 10 MB of JSON) happen.
     let connections = 3_000;
     let server = serve(listener, connections);
@@ -323,18 +330,9 @@ fn sigterm_and_sighup_end_with_a_summary() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn a_closed_stdout_ends_quietly_with_success() {
-    support::require_root();
     let (listener, addr) = support::listen("127.0.0.1:0");
     let port_arg = addr.port().to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tracer"))
-        .args(["-p", &port_arg])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
+    let (mut child, mut err) = spawn_piped(&["-p", &port_arg]);
     let out = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     thread::spawn(move || {
