@@ -9,6 +9,8 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
+mod support;
+
 use expect_test::expect_file;
 use tracer::record::Record;
 
@@ -124,11 +126,9 @@ fn reads_stdin() {
 
 #[test]
 fn needs_no_root() {
-    let mut cmd = tracer();
-    cmd.args(["analyze", "--timelines"]).arg(fixture());
-    if is_root() {
-        cmd.uid(NOBODY).gid(NOBODY);
-    }
+    let mut cmd = nobody_tracer();
+    cmd.args(["analyze", "--timelines"])
+        .arg(support::public_copy(&fixture(), 0o644));
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(out.stdout, analyze(&["--timelines"], &fixture()).stdout);
@@ -232,10 +232,16 @@ fn open_dir() -> tempfile::TempDir {
     dir
 }
 
-fn as_nobody(cmd: &mut Command) -> &mut Command {
-    if is_root() {
-        cmd.uid(NOBODY).gid(NOBODY);
+/// The tracer run as `nobody` (a copy `nobody` can reach), or as is when not root.
+fn nobody_tracer() -> Command {
+    if !is_root() {
+        return tracer();
     }
+    let mut cmd = Command::new(support::public_tracer());
+    cmd.env_remove("TRACER_LOG")
+        .env_remove("RUST_LOG")
+        .uid(NOBODY)
+        .gid(NOBODY);
     cmd
 }
 
@@ -246,14 +252,12 @@ fn export_refuses_an_existing_file_before_loading_ebpf() {
     fs::write(&path, "an earlier run\n").unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
     // As nobody, loading eBPF would fail with exit code 77: the file check comes first.
-    let out = as_nobody(
-        tracer()
-            .arg("--export")
-            .arg(&path)
-            .args(["--duration", "1s"]),
-    )
-    .output()
-    .unwrap();
+    let out = nobody_tracer()
+        .arg("--export")
+        .arg(&path)
+        .args(["--duration", "1s"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(
@@ -278,12 +282,12 @@ fn failed_start_leaves_no_export_behind() {
     }
     let dir = open_dir();
     let path = dir.path().join("new.ndjson");
-    let mut cmd = tracer();
-    cmd.arg("--export").arg(&path).args(["--duration", "1s"]);
-    if is_root() {
-        cmd.uid(NOBODY).gid(NOBODY);
-    }
-    let out = cmd.output().unwrap();
+    let out = nobody_tracer()
+        .arg("--export")
+        .arg(&path)
+        .args(["--duration", "1s"])
+        .output()
+        .unwrap();
     assert_ne!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(
         !path.exists(),

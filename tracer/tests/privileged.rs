@@ -247,7 +247,7 @@ fn unprivileged_run_fails_clearly() {
     for drop in drops {
         let out = std::process::Command::new("setpriv")
             .args(drop)
-            .arg(env!("CARGO_BIN_EXE_tracer"))
+            .arg(support::public_tracer())
             .output()
             .expect("run setpriv (util-linux)");
         let stderr = String::from_utf8_lossy(&out.stderr);

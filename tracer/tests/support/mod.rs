@@ -334,3 +334,28 @@ pub fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
     stream.read_to_end(&mut buf).unwrap();
     buf
 }
+
+/// A copy of `path` that `nobody` can reach (mode `mode`, in a world-readable directory of
+/// its own): the checkout itself may sit under a directory only root can enter.
+pub fn public_copy(path: &std::path::Path, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("tracer-test-")
+            .tempdir()
+            .expect("a temporary directory")
+            .keep();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    });
+    let copy = dir.join(path.file_name().expect("a file"));
+    std::fs::copy(path, &copy).expect("copy for nobody");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(mode)).unwrap();
+    copy
+}
+
+/// The tracer binary, runnable by `nobody`.
+pub fn public_tracer() -> std::path::PathBuf {
+    public_copy(std::path::Path::new(env!("CARGO_BIN_EXE_tracer")), 0o755)
+}
