@@ -129,7 +129,7 @@ fn needs_no_root() {
     let mut cmd = nobody_tracer();
     cmd.args(["analyze", "--timelines"])
         .arg(support::public_copy(&fixture(), 0o644));
-    let out = cmd.output().unwrap();
+    let out = support::output(&mut cmd);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(out.stdout, analyze(&["--timelines"], &fixture()).stdout);
 }
@@ -252,12 +252,12 @@ fn export_refuses_an_existing_file_before_loading_ebpf() {
     fs::write(&path, "an earlier run\n").unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
     // As nobody, loading eBPF would fail with exit code 77: the file check comes first.
-    let out = nobody_tracer()
-        .arg("--export")
-        .arg(&path)
-        .args(["--duration", "1s"])
-        .output()
-        .unwrap();
+    let out = support::output(
+        nobody_tracer()
+            .arg("--export")
+            .arg(&path)
+            .args(["--duration", "1s"]),
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(
@@ -282,12 +282,12 @@ fn failed_start_leaves_no_export_behind() {
     }
     let dir = open_dir();
     let path = dir.path().join("new.ndjson");
-    let out = nobody_tracer()
-        .arg("--export")
-        .arg(&path)
-        .args(["--duration", "1s"])
-        .output()
-        .unwrap();
+    let out = support::output(
+        nobody_tracer()
+            .arg("--export")
+            .arg(&path)
+            .args(["--duration", "1s"]),
+    );
     assert_ne!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(
         !path.exists(),

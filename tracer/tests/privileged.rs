@@ -245,11 +245,11 @@ fn unprivileged_run_fails_clearly() {
         &["--inh-caps=-all", "--bounding-set=-bpf,-perfmon,-sys_admin"],
     ];
     for drop in drops {
-        let out = std::process::Command::new("setpriv")
-            .args(drop)
-            .arg(support::public_tracer())
-            .output()
-            .expect("run setpriv (util-linux)");
+        let out = support::output(
+            std::process::Command::new("setpriv")
+                .args(drop)
+                .arg(support::public_tracer()),
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(77), "{drop:?}: {stderr}");
         assert!(stderr.contains("run as root"), "{drop:?}: {stderr}");

@@ -336,26 +336,46 @@ pub fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
 }
 
 /// A copy of `path` that `nobody` can reach (mode `mode`, in a world-readable directory of
-/// its own): the checkout itself may sit under a directory only root can enter.
+/// its own): the checkout itself may sit under a directory only root can enter. Each file is
+/// copied once per test binary, never over a copy that may be running.
 pub fn public_copy(path: &std::path::Path, mode: u32) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    let dir = DIR.get_or_init(|| {
+    use std::{collections::HashMap, os::unix::fs::PermissionsExt, path::PathBuf, sync::Mutex};
+    static COPIES: Mutex<Option<(PathBuf, HashMap<PathBuf, PathBuf>)>> = Mutex::new(None);
+    let mut copies = COPIES.lock().unwrap();
+    let (dir, done) = copies.get_or_insert_with(|| {
         let dir = tempfile::Builder::new()
             .prefix("tracer-test-")
             .tempdir()
             .expect("a temporary directory")
             .keep();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        dir
+        (dir, HashMap::new())
     });
+    if let Some(copy) = done.get(path) {
+        return copy.clone();
+    }
     let copy = dir.join(path.file_name().expect("a file"));
     std::fs::copy(path, &copy).expect("copy for nobody");
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(mode)).unwrap();
+    done.insert(path.to_owned(), copy.clone());
     copy
 }
 
 /// The tracer binary, runnable by `nobody`.
 pub fn public_tracer() -> std::path::PathBuf {
     public_copy(std::path::Path::new(env!("CARGO_BIN_EXE_tracer")), 0o755)
+}
+
+/// Runs `cmd` to completion. A binary copied moments ago can be briefly "busy" (ETXTBSY)
+/// while another test thread's fork still holds the copy's write descriptor: retried.
+pub fn output(cmd: &mut std::process::Command) -> std::process::Output {
+    for _ in 0..100 {
+        match cmd.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                thread::sleep(Duration::from_millis(20));
+            }
+            result => return result.expect("run the command"),
+        }
+    }
+    panic!("{cmd:?} stayed busy (ETXTBSY)");
 }
