@@ -309,22 +309,10 @@ pub fn run(
         if start.elapsed() > deadline {
             bail!("the churn did not finish within {deadline:?}");
         }
-        match messages.recv_timeout(sample_every) {
-            Ok(Ok(Message::Progress { progress: p, .. })) => progress = p,
-            Ok(Ok(Message::Done {
-                done: n,
-                elapsed_ns,
-            })) => done = Some((n, elapsed_ns)),
-            Ok(Ok(other)) => bail!("churn generator: unexpected {other:?}"),
-            Ok(Err(e)) => return Err(e),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let exit = churn_proc.try_reap()?;
-                bail!(
-                    "the churn generator stopped before it was done ({})",
-                    exit.map_or_else(|| "still running".into(), |e| e.describe())
-                );
-            }
+        match next_churn_event(&messages, sample_every, &mut churn_proc)? {
+            ChurnEvent::Progress(p) => progress = p,
+            ChurnEvent::Done(n, elapsed_ns) => done = Some((n, elapsed_ns)),
+            ChurnEvent::Quiet => {}
         }
         if let Some(obs) = &observer {
             if let Some(mem) = sys::memory(obs.proc.pid) {
@@ -529,6 +517,39 @@ fn wait_quiet(path: &Path, quiet: Duration, limit: Duration) {
         if now != len {
             len = now;
             since = Instant::now();
+        }
+    }
+}
+
+/// What the running churn generator said within a wait.
+pub(super) enum ChurnEvent {
+    /// Connections completed so far.
+    Progress(u64),
+    /// Connections completed and the churn's own elapsed time, in ns.
+    Done(u64, u64),
+    /// Nothing yet.
+    Quiet,
+}
+
+/// Waits up to `wait` for the generator's next message; an unexpected message or a generator
+/// that stopped before it was done is an error.
+pub(super) fn next_churn_event(
+    messages: &mpsc::Receiver<Result<Message>>,
+    wait: Duration,
+    churn_proc: &mut Proc,
+) -> Result<ChurnEvent> {
+    match messages.recv_timeout(wait) {
+        Ok(Ok(Message::Progress { progress, .. })) => Ok(ChurnEvent::Progress(progress)),
+        Ok(Ok(Message::Done { done, elapsed_ns })) => Ok(ChurnEvent::Done(done, elapsed_ns)),
+        Ok(Ok(other)) => bail!("churn generator: unexpected {other:?}"),
+        Ok(Err(e)) => Err(e),
+        Err(mpsc::RecvTimeoutError::Timeout) => Ok(ChurnEvent::Quiet),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            let exit = churn_proc.try_reap()?;
+            bail!(
+                "the churn generator stopped before it was done ({})",
+                exit.map_or_else(|| "still running".into(), |e| e.describe())
+            );
         }
     }
 }

@@ -17,7 +17,7 @@ use std::{
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicU64, Ordering},
-        mpsc, Arc,
+        Arc,
     },
     thread,
     time::{Duration, Instant},
@@ -28,7 +28,7 @@ use anyhow::{bail, Context as _, Result};
 use super::{
     churn::{self, ChurnArgs, Message},
     report::{Soak, Timed},
-    runner::{self, Proc, RssSample, RunResult, Tools, NOISY_CPUS},
+    runner::{self, ChurnEvent, Proc, RssSample, RunResult, Tools, NOISY_CPUS},
     sys,
 };
 
@@ -325,22 +325,10 @@ fn churn_once(
         if start.elapsed() > deadline {
             bail!("a soak run did not finish within {deadline:?}");
         }
-        match messages.recv_timeout(Duration::from_millis(250)) {
-            Ok(Ok(Message::Progress { progress: p, .. })) => progress = p,
-            Ok(Ok(Message::Done {
-                done: n,
-                elapsed_ns,
-            })) => break (n, elapsed_ns),
-            Ok(Ok(other)) => bail!("churn generator: unexpected {other:?}"),
-            Ok(Err(e)) => return Err(e),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let exit = churn_proc.try_reap()?;
-                bail!(
-                    "the churn generator stopped before it was done ({})",
-                    exit.map_or_else(|| "still running".into(), |e| e.describe())
-                );
-            }
+        match runner::next_churn_event(&messages, Duration::from_millis(250), &mut churn_proc)? {
+            ChurnEvent::Progress(p) => progress = p,
+            ChurnEvent::Done(n, elapsed_ns) => break (n, elapsed_ns),
+            ChurnEvent::Quiet => {}
         }
         sampler.maybe(before + progress);
     };

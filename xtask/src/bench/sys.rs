@@ -44,30 +44,25 @@ pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
 /// counting only processes alive at both readings that are compared. Kernel threads are
 /// included: a kworker doing someone else's writeback is background load too.
 pub fn others_cpu_ticks(exclude: &[u32]) -> BTreeMap<u32, u64> {
+    other_processes(exclude)
+        .filter_map(|(pid, dir)| {
+            let stat = fs::read_to_string(dir.join("stat")).ok()?;
+            Some((pid, parse_stat_cpu_ticks(&stat)?))
+        })
+        .collect()
+}
+
+/// Every process's pid and /proc directory, except this one and `exclude`.
+fn other_processes(exclude: &[u32]) -> impl Iterator<Item = (u32, std::path::PathBuf)> + '_ {
     let me = std::process::id();
-    let mut out = BTreeMap::new();
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me || exclude.contains(&pid) {
-            continue;
-        }
-        if let Some(ticks) = fs::read_to_string(entry.path().join("stat"))
-            .ok()
-            .and_then(|s| parse_stat_cpu_ticks(&s))
-        {
-            out.insert(pid, ticks);
-        }
-    }
-    out
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(move |entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            (pid != me && !exclude.contains(&pid)).then(|| (pid, entry.path()))
+        })
 }
 
 /// CPU time the whole machine spent busy (user, nice, system, irq, softirq of every CPU:
@@ -104,31 +99,17 @@ pub fn others_cpu_between(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64
 /// Processes other than `exclude` that hold BPF program fds: (pid, command line). Programs
 /// left attached to the tracepoint by another tracer run on every event of every mode.
 pub fn bpf_program_holders(exclude: &[u32]) -> Vec<(u32, String)> {
-    let me = std::process::id();
-    let mut out = Vec::new();
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me || exclude.contains(&pid) {
-            continue;
-        }
-        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        let holds = fds.flatten().any(|fd| {
-            fs::read_link(fd.path())
-                .is_ok_and(|target| target.to_string_lossy() == "anon_inode:bpf-prog")
-        });
-        if holds {
-            let cmdline = fs::read(entry.path().join("cmdline"))
+    other_processes(exclude)
+        .filter(|(_, dir)| {
+            fs::read_dir(dir.join("fd")).is_ok_and(|fds| {
+                fds.flatten().any(|fd| {
+                    fs::read_link(fd.path())
+                        .is_ok_and(|target| target.to_string_lossy() == "anon_inode:bpf-prog")
+                })
+            })
+        })
+        .map(|(pid, dir)| {
+            let cmdline = fs::read(dir.join("cmdline"))
                 .map(|b| {
                     String::from_utf8_lossy(&b)
                         .replace('\0', " ")
@@ -136,10 +117,9 @@ pub fn bpf_program_holders(exclude: &[u32]) -> Vec<(u32, String)> {
                         .to_owned()
                 })
                 .unwrap_or_default();
-            out.push((pid, cmdline));
-        }
-    }
-    out
+            (pid, cmdline)
+        })
+        .collect()
 }
 
 /// Memory of a process from /proc/<pid>/status, in KiB.
