@@ -87,15 +87,11 @@ pub async fn run(config: Config) -> anyhow::Result<Stop> {
     );
 
     let start = monotonic_ns();
-    match tokio::task::spawn_blocking(owner::scan).await {
-        Ok(Ok(mut table)) => {
-            table
-                .entries
-                .retain(|e| config.kernel.matches(&e.endpoints));
-            engine.preexisting(&table, start);
-        }
-        Ok(Err(e)) => log::warn!("could not read the socket tables at start: {e}"),
-        Err(e) => log::warn!("socket table scan failed: {e}"),
+    if let Some(mut table) = scan_tables().await {
+        table
+            .entries
+            .retain(|e| config.kernel.matches(&e.endpoints));
+        engine.preexisting(&table, start);
     }
 
     let display = config.display();
@@ -292,7 +288,14 @@ async fn alert(engine: &mut Engine, now: u64, batch: &mut Vec<Record>) {
     if due.is_empty() {
         return;
     }
-    let table = match tokio::task::spawn_blocking(owner::scan).await {
+    let table = scan_tables().await;
+    engine.alert(&due, table.as_ref(), now, batch);
+}
+
+/// The kernel's socket tables with their holders, read off the event loop's thread. A failed
+/// read is logged and yields nothing: owners then stay unknown.
+async fn scan_tables() -> Option<owner::SocketTable> {
+    match tokio::task::spawn_blocking(owner::scan).await {
         Ok(Ok(table)) => Some(table),
         Ok(Err(e)) => {
             log::warn!("could not read the socket tables: {e}");
@@ -302,6 +305,5 @@ async fn alert(engine: &mut Engine, now: u64, batch: &mut Vec<Record>) {
             log::warn!("socket table scan failed: {e}");
             None
         }
-    };
-    engine.alert(&due, table.as_ref(), now, batch);
+    }
 }
