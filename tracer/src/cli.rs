@@ -4,7 +4,7 @@
 use std::{collections::HashSet, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
-use tracer_common::{AF_INET, AF_INET6, DEFAULT_RING_BUFFER_BYTES, IPPROTO_TCP, MAX_PORTS};
+use tracer_common::{AF_INET, AF_INET6, DEFAULT_RING_BUFFER_BYTES, IPPROTO_TCP};
 
 use crate::{
     analyze, engine, error::ConfigError, event::Family, probe::KernelFilter, record::RunOptions,
@@ -256,12 +256,6 @@ impl TryFrom<&Args> for Config {
             .collect::<Result<_, _>>()?;
         ports.sort_unstable();
         ports.dedup();
-        if ports.len() > MAX_PORTS as usize {
-            return Err(ConfigError::TooManyPorts {
-                count: ports.len(),
-                max: MAX_PORTS,
-            });
-        }
         let threshold = duration("--close-wait-threshold", &args.close_wait_threshold)?;
         let report_interval = duration("--report-interval", &args.report_interval)?;
         let stop_after = args
@@ -356,6 +350,13 @@ mod tests {
     fn ports_repeat_and_split() {
         let c = config(&["-p", "80,443", "--port", "80", "-p", "8080"]).unwrap();
         assert_eq!(c.kernel.ports, vec![80, 443, 8080]);
+    }
+
+    #[test]
+    fn every_port_fits_the_kernel_bitmap() {
+        let all: Vec<String> = (1..=u16::MAX).map(|p| p.to_string()).collect();
+        let c = config(&["-p", &all.join(",")]).unwrap();
+        assert_eq!(c.kernel.ports.len(), usize::from(u16::MAX));
     }
 
     #[test]

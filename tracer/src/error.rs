@@ -16,8 +16,6 @@ pub enum DecodeError {
 pub enum ConfigError {
     #[error("invalid port {token:?}: expected a number from 1 to 65535")]
     Port { token: String },
-    #[error("too many ports ({count}): at most {max} can be filtered in the kernel")]
-    TooManyPorts { count: usize, max: u32 },
     #[error("invalid duration {token:?} for {flag}: {reason} (examples: 500ms, 30s, 5m)")]
     Duration {
         flag: &'static str,

@@ -218,7 +218,8 @@ pub struct Summary {
     pub time: String,
     /// Records received from the kernel.
     pub events: u64,
-    /// Transitions printed (after filters).
+    /// `transition` records produced: every transition with `--export`, none with
+    /// `--no-transitions` and no export. stdout may show fewer (`--pid`).
     pub transitions: u64,
     /// Records lost because the ring buffer was full.
     pub lost_ringbuf: u64,
