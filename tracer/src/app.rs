@@ -4,7 +4,7 @@
 //! The engine produces every record kind; stdout shows what the flags ask for, and the
 //! `--export` file, on its own output thread, gets everything.
 
-use std::{collections::HashSet, io, path::PathBuf, time::Duration};
+use std::{io, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -16,8 +16,8 @@ use tokio::{
 };
 
 use crate::{
-    cli::Config,
     close_wait::SockId,
+    config::Config,
     decode::decode,
     engine::{self, Engine},
     event::Transition,
@@ -128,7 +128,6 @@ impl Session {
             engine::Options {
                 transitions: everything || config.engine.transitions,
                 timelines: everything || config.engine.timelines,
-                pids: HashSet::new(),
                 ..config.engine.clone()
             },
             clock,

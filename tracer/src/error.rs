@@ -154,7 +154,10 @@ pub enum Warning {
     Skipped { line: u64, kind: &'static str },
     #[error("the header says schema {schema}, newer than this tracer's ({known}): what it does not know is skipped")]
     NewerSchema { schema: u32, known: u32 },
-    #[error("no header: options unknown, using the defaults (CLOSE_WAIT threshold 5s); wall-clock times are estimated")]
+    #[error(
+        "no header: options unknown, using the defaults (CLOSE_WAIT threshold {}); wall-clock times are estimated",
+        crate::defaults::text(crate::defaults::CLOSE_WAIT_THRESHOLD)
+    )]
     NoHeader,
     #[error("the stream is tracer stdout with --no-transitions or --pid, not an --export file: transitions are missing and rebuilt timelines may be incomplete")]
     Incomplete,

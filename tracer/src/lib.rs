@@ -6,9 +6,10 @@
 
 pub mod analyze;
 pub mod app;
-pub mod cli;
 pub mod close_wait;
+pub mod config;
 pub mod decode;
+pub mod defaults;
 pub mod engine;
 pub mod error;
 pub mod event;

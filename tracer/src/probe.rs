@@ -18,39 +18,11 @@ use tracer_common::{
     PROGRAM, STATS_MAP, STAT_RINGBUF_FULL,
 };
 
-use crate::error::ProbeError;
+use crate::{config::KernelFilter, error::ProbeError};
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time (empty when
 /// it was not built: loading then fails with [`ProbeError::MissingObject`]).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf.o"));
-
-/// What the kernel side keeps.
-#[derive(Clone, Debug, Default)]
-pub struct KernelFilter {
-    /// `AF_INET`/`AF_INET6`, or 0 for both.
-    pub family: u16,
-    /// `IPPROTO_TCP`, or 0 for every protocol that uses the tracepoint.
-    pub protocol: u16,
-    /// Keep only these ports (local or remote); empty keeps all.
-    pub ports: Vec<u16>,
-    pub ring_buffer_bytes: u32,
-}
-
-impl KernelFilter {
-    /// Does a connection pass these filters? (The same test the kernel side applies, for
-    /// sockets found in the socket tables rather than through the tracepoint.)
-    pub fn matches(&self, e: &crate::event::Endpoints) -> bool {
-        let family_ok = match self.family {
-            tracer_common::AF_INET => e.laddr.to_canonical().is_ipv4(),
-            tracer_common::AF_INET6 => e.laddr.is_ipv6(),
-            _ => true,
-        };
-        family_ok
-            && (self.ports.is_empty()
-                || self.ports.contains(&e.lport)
-                || self.ports.contains(&e.rport))
-    }
-}
 
 pub struct Probe {
     ebpf: Ebpf,
@@ -354,25 +326,6 @@ fn program_error(e: ProgramError) -> ProbeError {
 #[cfg(test)]
 mod tests {
     use super::{effective_caps, fdinfo_field, has_tracing_caps, port_bitmap};
-
-    #[test]
-    fn filter_matches_table_entries_like_the_kernel() {
-        use tracer_common::{AF_INET, AF_INET6};
-        let ep =
-            crate::testing::transition(0, 0, "127.0.0.1:80", "127.0.0.1:5000", 1, 8).endpoints();
-        let ep6 = crate::testing::transition(0, 0, "[::1]:80", "[::1]:5000", 1, 8).endpoints();
-        let f = |family, ports: &[u16]| super::KernelFilter {
-            family,
-            ports: ports.to_vec(),
-            ..Default::default()
-        };
-        assert!(f(0, &[]).matches(&ep));
-        assert!(f(0, &[5000]).matches(&ep));
-        assert!(!f(0, &[81]).matches(&ep));
-        assert!(f(AF_INET, &[80]).matches(&ep));
-        assert!(!f(AF_INET, &[]).matches(&ep6));
-        assert!(f(AF_INET6, &[]).matches(&ep6));
-    }
 
     #[test]
     fn capabilities() {
