@@ -58,18 +58,10 @@ impl Engine {
         }
     }
 
-    pub fn clock(&self) -> WallClock {
-        self.clock
-    }
-
     /// Counters so far (`ts_ns`/`time` are filled by [`Engine::finish`]).
-    pub fn summary(&self) -> &Summary {
+    #[cfg(test)]
+    fn summary(&self) -> &Summary {
         &self.summary
-    }
-
-    /// Sockets tracked now.
-    pub fn live_sockets(&self) -> usize {
-        self.tracker.len()
     }
 
     /// A record that could not be decoded.

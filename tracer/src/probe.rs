@@ -24,9 +24,15 @@ use crate::{config::KernelFilter, error::ProbeError};
 /// it was not built: loading then fails with [`ProbeError::MissingObject`]).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf.o"));
 
+/// The loaded and attached program. Dropping it detaches the program and frees its maps.
+///
+/// Made by [`Probe::load`], which also hands out the ring buffer of events; the probe itself
+/// reads the loss counters ([`Probe::lost`], [`Probe::recursion_misses`]).
 pub struct Probe {
-    ebpf: Ebpf,
+    /// Owns the program and its maps: kept so they stay loaded and attached.
+    _ebpf: Ebpf,
     stats: PerCpuArray<MapData, u64>,
+    /// The program's fd, owned by `_ebpf`, for its `/proc/self/fdinfo` entry.
     prog_fd: i32,
 }
 
@@ -113,7 +119,7 @@ impl Probe {
             .map_err(|e| aya_error("opening the ring buffer", e))?;
         Ok((
             Probe {
-                ebpf,
+                _ebpf: ebpf,
                 stats,
                 prog_fd,
             },
@@ -137,21 +143,6 @@ impl Probe {
             .ok()
             .and_then(|info| fdinfo_field(&info, "recursion_misses"))
             .unwrap_or(0)
-    }
-
-    /// Run count and total run time of the program, when `kernel.bpf_stats_enabled` is on.
-    pub fn run_stats(&self) -> Option<(u64, u64)> {
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", self.prog_fd)).ok()?;
-        Some((
-            fdinfo_field(&info, "run_cnt")?,
-            fdinfo_field(&info, "run_time_ns")?,
-        ))
-    }
-
-    /// Kernel id of the loaded program.
-    pub fn program_id(&mut self) -> Option<u32> {
-        let program: &mut TracePoint = self.ebpf.program_mut(PROGRAM)?.try_into().ok()?;
-        program.info().ok().map(|i| i.id())
     }
 }
 
