@@ -26,8 +26,6 @@ pub const FILTER_PORTS_GLOBAL: &str = "FILTER_PORTS";
 pub const STAT_RINGBUF_FULL: u32 = 0;
 /// Number of slots in [`STATS_MAP`].
 pub const STAT_SLOTS: u32 = 1;
-/// Maximum number of ports the command line accepts.
-pub const MAX_PORTS: u32 = 64;
 /// Words of the port bitmap in [`PORTS_MAP`]: one bit for each of the 65,536 ports.
 pub const PORT_BITMAP_WORDS: u32 = 1024;
 /// Default size of the ring buffer in bytes (must be a power of two multiple of the page size).

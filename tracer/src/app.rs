@@ -4,22 +4,26 @@
 //! The engine produces every record kind; stdout shows what the flags ask for, and the
 //! `--export` file, on its own output thread, gets everything.
 
-use std::{collections::HashSet, io, path::PathBuf, time::Duration};
+use std::{io, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{signal, SignalKind},
+    signal::unix::{signal, Signal, SignalKind},
+    task::JoinHandle,
     time::{interval, sleep, MissedTickBehavior},
 };
 
 use crate::{
-    cli::Config,
+    close_wait::SockId,
+    config::Config,
     decode::decode,
     engine::{self, Engine},
+    event::Transition,
     export::{self, ExportFile},
     output::{is_broken_pipe, Output},
-    owner,
+    owner::{self, SocketTable},
     probe::Probe,
     record::{LostRecord, Record},
     sink::{self, Filter, JsonSink, Sink, TextSink},
@@ -54,142 +58,312 @@ pub enum Stop {
 
 /// Runs the tracer until a stop condition; prints the summary on stderr.
 pub async fn run(config: Config) -> anyhow::Result<Stop> {
-    // Signals are handled from the start, so one sent as soon as we report being attached
-    // still ends the run cleanly.
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    // Before loading eBPF, so a refused file is reported at once, with or without root.
-    let export = match &config.export {
-        Some(target) => Some(ExportFile::open(&target.path, target.force)?),
-        None => None,
-    };
-    let (probe, ring) = match Probe::load(&config.kernel) {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            if let Some(file) = export {
-                file.discard();
-            }
-            return Err(e.into());
-        }
-    };
-    let clock = WallClock::now();
-    // The export takes every record; without one, records stdout does not show are not made.
-    let everything = export.is_some();
-    let mut engine = Engine::new(
-        engine::Options {
-            transitions: everything || config.engine.transitions,
-            timelines: everything || config.engine.timelines,
-            pids: HashSet::new(),
-            ..config.engine.clone()
-        },
-        clock,
-    );
+    let mut session = Session::start(&config).await?;
+    let stop = session.event_loop(&config).await?;
+    session.finish(stop).await
+}
 
-    let start = monotonic_ns();
-    if let Some(mut table) = scan_tables().await {
-        table
-            .entries
-            .retain(|e| config.kernel.matches(&e.endpoints));
-        engine.preexisting(&table, start);
+/// A running trace: the attached probe, its ring buffer, the engine and the destinations.
+struct Session {
+    probe: Probe,
+    ring: AsyncFd<RingBuf<MapData>>,
+    engine: Engine,
+    outputs: Outputs,
+    clock: WallClock,
+    signals: Signals,
+    /// Records made and not yet handed to the outputs.
+    batch: Vec<Record>,
+    /// The socket table lookup under way for due CLOSE_WAIT alerts, if any.
+    lookup: Option<Lookup>,
+    /// Transitions drained from the ring buffer while a lookup is under way: the engine takes
+    /// them once the alerts it was asked for are out, so the records come in the same order as
+    /// if the lookup had been instant, while the ring buffer keeps being emptied.
+    held: Vec<Transition>,
+}
+
+/// The signals that end a run.
+struct Signals {
+    sigint: Signal,
+    sigterm: Signal,
+    sighup: Signal,
+}
+
+/// Due CLOSE_WAIT alerts waiting for the socket tables, read on a blocking thread.
+struct Lookup {
+    due: Vec<SockId>,
+    /// When they became due: the alerts' time.
+    at_ns: u64,
+    scan: JoinHandle<Result<SocketTable, procfs::ProcError>>,
+}
+
+impl Session {
+    /// Opens the export, loads and attaches the probe, reads the sockets already in CLOSE_WAIT
+    /// and sends the headers.
+    async fn start(config: &Config) -> anyhow::Result<Self> {
+        // Signals are handled from the start, so one sent as soon as we report being attached
+        // still ends the run cleanly.
+        let signals = Signals {
+            sigint: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            sigterm: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            sighup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        };
+        // Before loading eBPF, so a refused file is reported at once, with or without root.
+        let export = match &config.export {
+            Some(target) => Some(ExportFile::open(&target.path, target.force)?),
+            None => None,
+        };
+        let (probe, ring) = match Probe::load(&config.kernel) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                if let Some(file) = export {
+                    file.discard();
+                }
+                return Err(e.into());
+            }
+        };
+        let clock = WallClock::now();
+        // The export takes every record; without one, records stdout does not show are not made.
+        let everything = export.is_some();
+        let mut engine = Engine::new(
+            engine::Options {
+                transitions: everything || config.engine.transitions,
+                timelines: everything || config.engine.timelines,
+                ..config.engine.clone()
+            },
+            clock,
+        );
+
+        let start = monotonic_ns();
+        if let Some(mut table) = settle(tokio::task::spawn_blocking(owner::scan).await) {
+            table
+                .entries
+                .retain(|e| config.kernel.matches(&e.endpoints));
+            engine.preexisting(&table, start);
+        }
+
+        let display = config.display();
+        let header = |complete| export::header(config.run_options(), clock, start, complete);
+        let exporting = match export {
+            Some(file) => Some(spawn_export(file, header(true))?),
+            None => None,
+        };
+        let mut outputs = Outputs {
+            stdout: stdout_output(config, display.clone())?,
+            export: exporting,
+        };
+        outputs
+            .stdout
+            .send(&[Record::Header(header(display.is_everything()))]);
+        // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
+        // `AsyncFd` (and the ring buffer inside it) is dropped.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(io::Error::from)
+            .context("polling the ring buffer")?;
+        let mut session = Self {
+            probe,
+            ring,
+            engine,
+            outputs,
+            clock,
+            signals,
+            batch: Vec::new(),
+            lookup: None,
+            held: Vec::new(),
+        };
+        // Sockets that entered CLOSE_WAIT while the tables were read are in the ring buffer:
+        // replay them now so they are not mistaken for older ones.
+        session.drain();
+        eprintln!("tracer: attached to sock:inet_sock_set_state; Ctrl-C to stop");
+        Ok(session)
     }
 
-    let display = config.display();
-    let header = |complete| export::header(config.run_options(), clock, start, complete);
-    let exporting = match export {
-        Some(file) => Some(spawn_export(file, header(true))?),
-        None => None,
-    };
-    let mut outputs = Outputs {
-        stdout: stdout_output(&config, display.clone())?,
-        export: exporting,
-    };
-    outputs
-        .stdout
-        .send(&[Record::Header(header(display.is_everything()))]);
-    // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
-    // `AsyncFd` (and the ring buffer inside it) is dropped.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(io::Error::from)
-        .context("polling the ring buffer")?;
+    /// Drains the ring buffer as it fills, ticks the CLOSE_WAIT detector and the loss counters,
+    /// and says why it stopped.
+    async fn event_loop(&mut self, config: &Config) -> anyhow::Result<Stop> {
+        let mut tick = interval(TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut digest = interval(config.report_interval);
+        digest.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        digest.tick().await;
+        let deadline = sleep(config.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+        tokio::pin!(deadline);
 
-    // Sockets that entered CLOSE_WAIT while the tables were read are in the ring buffer:
-    // replay them now so they are not mistaken for older ones.
-    let mut batch: Vec<Record> = Vec::new();
-    drain(ring.get_mut(), &mut engine, &mut batch, &mut outputs);
-    eprintln!("tracer: attached to sock:inet_sock_set_state; Ctrl-C to stop");
-
-    let mut tick = interval(TICK);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut digest = interval(config.report_interval);
-    digest.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    digest.tick().await;
-    let deadline = sleep(config.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
-    tokio::pin!(deadline);
-
-    let mut reported_lost = (0u64, 0u64);
-    let stop = loop {
-        tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting for the ring buffer")?;
-                sleep(DRAIN_DELAY).await;
-                drain(guard.get_inner_mut(), &mut engine, &mut batch, &mut outputs);
-                guard.clear_ready();
-            }
-            _ = tick.tick() => {
-                // A safety net: nothing stays in the ring longer than a tick.
-                drain(ring.get_mut(), &mut engine, &mut batch, &mut outputs);
-                let now = monotonic_ns();
-                alert(&mut engine, now, &mut batch).await;
-                let lost = (probe.lost(), probe.recursion_misses());
-                if lost != reported_lost {
-                    batch.push(Record::Lost(LostRecord {
-                        ts_ns: now,
-                        time: clock.rfc3339(now),
-                        ringbuf: lost.0.saturating_sub(reported_lost.0),
-                        recursion_misses: lost.1.saturating_sub(reported_lost.1),
-                    }));
-                    reported_lost = lost;
+        let mut reported_lost = (0u64, 0u64);
+        // A digest that came due during a lookup waits for its owners.
+        let mut digest_due = false;
+        loop {
+            tokio::select! {
+                guard = self.ring.readable_mut() => {
+                    let mut guard = guard.context("waiting for the ring buffer")?;
+                    sleep(DRAIN_DELAY).await;
+                    guard.clear_ready();
+                    drop(guard);
+                    self.drain();
                 }
-            }
-            _ = digest.tick() => {
-                let now = monotonic_ns();
-                if let Record::Digest(d) = engine.digest(now) {
-                    if d.stuck > 0 {
-                        batch.push(Record::Digest(d));
+                _ = tick.tick() => {
+                    // A safety net: nothing stays in the ring longer than a tick.
+                    self.drain();
+                    let now = monotonic_ns();
+                    if self.lookup.is_none() {
+                        self.lookup = Lookup::start(&mut self.engine, now);
+                    }
+                    let lost = (self.probe.lost(), self.probe.recursion_misses());
+                    if lost != reported_lost {
+                        self.batch.push(Record::Lost(LostRecord {
+                            ts_ns: now,
+                            time: self.clock.rfc3339(now),
+                            ringbuf: lost.0.saturating_sub(reported_lost.0),
+                            recursion_misses: lost.1.saturating_sub(reported_lost.1),
+                        }));
+                        reported_lost = lost;
                     }
                 }
+                scanned = scanned(&mut self.lookup) => {
+                    self.alert(settle(scanned));
+                    if std::mem::take(&mut digest_due) {
+                        self.digest();
+                    }
+                }
+                _ = digest.tick() => {
+                    if self.lookup.is_some() {
+                        digest_due = true;
+                    } else {
+                        self.digest();
+                    }
+                }
+                _ = self.signals.sigint.recv() => return Ok(Stop::Signal("SIGINT")),
+                _ = self.signals.sigterm.recv() => return Ok(Stop::Signal("SIGTERM")),
+                _ = self.signals.sighup.recv() => return Ok(Stop::Signal("SIGHUP")),
+                () = &mut deadline => return Ok(Stop::Duration),
             }
-            _ = sigint.recv() => break Stop::Signal("SIGINT"),
-            _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
-            _ = sighup.recv() => break Stop::Signal("SIGHUP"),
-            () = &mut deadline => break Stop::Duration,
+            if let Some(stop) = self.outputs.send(&mut self.batch) {
+                return Ok(stop);
+            }
         }
-        if let Some(stop) = outputs.send(&mut batch) {
-            break stop;
-        }
-    };
-
-    // What is still in the ring buffer was emitted before the stop: deliver it too.
-    drain(ring.get_mut(), &mut engine, &mut batch, &mut outputs);
-    let now = monotonic_ns();
-    alert(&mut engine, now, &mut batch).await;
-    outputs.format(&mut batch);
-    let Outputs { stdout, export } = outputs;
-    engine.output_stats(stdout.offered(), stdout.dropped());
-    let mut summary = engine.finish(now, probe.lost(), probe.recursion_misses(), &mut batch);
-    summary.export_dropped = export.as_ref().map_or(0, |(e, _)| e.dropped());
-    batch.push(Record::Summary(summary.clone()));
-    let exported = export.map(|(export, path)| (export.finish(&batch), path));
-    let written = stdout.finish(&batch);
-    eprintln!("{}", sink::text::summary(&summary));
-    if let Some((Err(e), path)) = exported {
-        return Err(e).with_context(|| format!("writing the export {}", path.display()));
     }
-    match written {
-        Err(e) if is_broken_pipe(&e) => Ok(Stop::OutputClosed),
-        Err(e) => Err(e).context("writing the output"),
-        Ok(()) => Ok(stop),
+
+    /// Delivers what is left, prints the summary on stderr and says how the run ended.
+    async fn finish(mut self, stop: Stop) -> anyhow::Result<Stop> {
+        if let Some(lookup) = &mut self.lookup {
+            let scanned = (&mut lookup.scan).await;
+            self.alert(settle(scanned));
+        }
+        // What is still in the ring buffer was emitted before the stop: deliver it too.
+        self.drain();
+        let now = monotonic_ns();
+        if let Some(lookup) = Lookup::start(&mut self.engine, now) {
+            self.lookup = Some(lookup);
+            let scanned = (&mut self.lookup.as_mut().expect("just set").scan).await;
+            self.alert(settle(scanned));
+        }
+        let Self {
+            probe,
+            mut engine,
+            mut outputs,
+            mut batch,
+            ..
+        } = self;
+        outputs.format(&mut batch);
+        let Outputs { stdout, export } = outputs;
+        engine.output_stats(stdout.offered(), stdout.dropped());
+        let mut summary = engine.finish(now, probe.lost(), probe.recursion_misses(), &mut batch);
+        summary.export_dropped = export.as_ref().map_or(0, |(e, _)| e.dropped());
+        batch.push(Record::Summary(summary.clone()));
+        let exported = export.map(|(export, path)| (export.finish(&batch), path));
+        let written = stdout.finish(&batch);
+        eprintln!("{}", sink::text::summary(&summary));
+        if let Some((Err(e), path)) = exported {
+            return Err(e).with_context(|| format!("writing the export {}", path.display()));
+        }
+        match written {
+            Err(e) if is_broken_pipe(&e) => Ok(Stop::OutputClosed),
+            Err(e) => Err(e).context("writing the output"),
+            Ok(()) => Ok(stop),
+        }
+    }
+
+    /// Empties the ring buffer into the engine, or, while a lookup is under way, into `held`.
+    fn drain(&mut self) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Ok(transition) if self.lookup.is_some() => self.held.push(transition),
+                Ok(transition) => {
+                    if self.batch.len() >= DRAIN_SLICE {
+                        self.outputs.format(&mut self.batch);
+                    }
+                    self.engine.transition(transition, &mut self.batch);
+                }
+                Err(e) => {
+                    log::debug!("skipping a ring buffer record: {e}");
+                    self.engine.decode_error();
+                }
+            }
+        }
+    }
+
+    /// Ends the lookup: emits its alerts with what the socket tables say, then hands the
+    /// transitions held meanwhile to the engine.
+    fn alert(&mut self, table: Option<SocketTable>) {
+        let Some(lookup) = self.lookup.take() else {
+            return;
+        };
+        self.engine
+            .alert(&lookup.due, table.as_ref(), lookup.at_ns, &mut self.batch);
+        for transition in self.held.drain(..) {
+            if self.batch.len() >= DRAIN_SLICE {
+                self.outputs.format(&mut self.batch);
+            }
+            self.engine.transition(transition, &mut self.batch);
+        }
+    }
+
+    /// The CLOSE_WAIT digest, when some socket is stuck.
+    fn digest(&mut self) {
+        if let Record::Digest(d) = self.engine.digest(monotonic_ns()) {
+            if d.stuck > 0 {
+                self.batch.push(Record::Digest(d));
+            }
+        }
+    }
+}
+
+impl Lookup {
+    /// Starts reading the socket tables when some CLOSE_WAIT alert is due at `now_ns`.
+    fn start(engine: &mut Engine, now_ns: u64) -> Option<Self> {
+        let due = engine.due(now_ns);
+        (!due.is_empty()).then(|| Self {
+            due,
+            at_ns: now_ns,
+            scan: tokio::task::spawn_blocking(owner::scan),
+        })
+    }
+}
+
+/// The result of the lookup under way; never ready without one.
+async fn scanned(lookup: &mut Option<Lookup>) -> Scanned {
+    match lookup {
+        Some(lookup) => (&mut lookup.scan).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a scan task returns.
+type Scanned = Result<Result<SocketTable, procfs::ProcError>, tokio::task::JoinError>;
+
+/// The socket tables a scan read. A failed read is logged and yields nothing: owners then
+/// stay unknown.
+fn settle(scanned: Scanned) -> Option<SocketTable> {
+    match scanned {
+        Ok(Ok(table)) => Some(table),
+        Ok(Err(e)) => {
+            log::warn!("could not read the socket tables: {e}");
+            None
+        }
+        Err(e) => {
+            log::warn!("socket table scan failed: {e}");
+            None
+        }
     }
 }
 
@@ -260,50 +434,4 @@ fn stdout_output(config: &Config, filter: Filter) -> anyhow::Result<Output> {
         filter,
     )
     .context("starting the output thread")
-}
-
-fn drain(
-    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-    engine: &mut Engine,
-    batch: &mut Vec<Record>,
-    outputs: &mut Outputs,
-) {
-    while let Some(item) = ring.next() {
-        if batch.len() >= DRAIN_SLICE {
-            outputs.format(batch);
-        }
-        match decode(&item) {
-            Ok(transition) => engine.transition(transition, batch),
-            Err(e) => {
-                log::debug!("skipping a ring buffer record: {e}");
-                engine.decode_error();
-            }
-        }
-    }
-}
-
-/// Emits CLOSE_WAIT alerts that are due, looking up owners in the socket tables only then.
-async fn alert(engine: &mut Engine, now: u64, batch: &mut Vec<Record>) {
-    let due = engine.due(now);
-    if due.is_empty() {
-        return;
-    }
-    let table = scan_tables().await;
-    engine.alert(&due, table.as_ref(), now, batch);
-}
-
-/// The kernel's socket tables with their holders, read off the event loop's thread. A failed
-/// read is logged and yields nothing: owners then stay unknown.
-async fn scan_tables() -> Option<owner::SocketTable> {
-    match tokio::task::spawn_blocking(owner::scan).await {
-        Ok(Ok(table)) => Some(table),
-        Ok(Err(e)) => {
-            log::warn!("could not read the socket tables: {e}");
-            None
-        }
-        Err(e) => {
-            log::warn!("socket table scan failed: {e}");
-            None
-        }
-    }
 }

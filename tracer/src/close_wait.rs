@@ -64,10 +64,6 @@ impl Detector {
         }
     }
 
-    pub fn threshold_ns(&self) -> u64 {
-        self.threshold_ns
-    }
-
     /// Feeds one transition. Returns the socket it resolves, if it had been reported.
     pub fn observe(&mut self, t: &Transition) -> Option<Resolved> {
         if t.new == TcpState::CloseWait {
@@ -170,23 +166,20 @@ impl Detector {
         self.stuck.get(&id)
     }
 
-    /// Reported sockets still in CLOSE_WAIT.
-    pub fn reported(&self) -> impl Iterator<Item = &Stuck> {
-        self.stuck.values().filter(|s| s.alerted)
-    }
-
     /// Sockets in CLOSE_WAIT now, reported or not.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.stuck.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.stuck.is_empty()
     }
 
-    /// Forgets a socket without a resolution (its timeline was evicted).
-    pub fn forget(&mut self, skaddr: u64) {
-        self.stuck.remove(&SockId::Kernel(skaddr));
+    /// Reported sockets still in CLOSE_WAIT.
+    pub fn reported(&self) -> impl Iterator<Item = &Stuck> {
+        self.stuck.values().filter(|s| s.alerted)
     }
 
     fn preexisting_with(&self, endpoints: &Endpoints) -> Option<SockId> {

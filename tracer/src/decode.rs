@@ -72,8 +72,9 @@ pub fn comm(bytes: &[u8]) -> String {
     }
 }
 
-/// Encodes a transition back into the shared layout (for tests, fixtures and benchmarks).
-pub fn to_raw(t: &Transition) -> TcpStateEvent {
+/// Encodes a transition back into the shared layout (for tests).
+#[cfg(test)]
+fn to_raw(t: &Transition) -> TcpStateEvent {
     let addr = |ip: IpAddr| match ip {
         IpAddr::V4(v4) => {
             let mut out = [0u8; 16];
@@ -113,7 +114,8 @@ pub fn to_raw(t: &Transition) -> TcpStateEvent {
 }
 
 /// The bytes of a shared struct, as the ring buffer would carry them.
-pub fn raw_bytes(raw: &TcpStateEvent) -> Vec<u8> {
+#[cfg(test)]
+fn raw_bytes(raw: &TcpStateEvent) -> Vec<u8> {
     let mut out = Vec::with_capacity(EVENT_SIZE);
     out.extend_from_slice(&raw.ts_ns.to_ne_bytes());
     out.extend_from_slice(&raw.skaddr.to_ne_bytes());

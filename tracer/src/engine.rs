@@ -2,10 +2,9 @@
 //! CLOSE_WAIT alerts and digests. Pure: time comes in as arguments and the socket table is
 //! handed in, so every path is tested from recorded streams without root.
 
-use std::collections::HashSet;
-
 use crate::{
     close_wait::{self, Detector, Resolved, SockId, Stuck},
+    defaults,
     event::{TcpState, Transition},
     owner::SocketTable,
     record::{
@@ -23,9 +22,9 @@ pub struct Options {
     pub transitions: bool,
     /// Emit one record per finished connection.
     pub timelines: bool,
-    /// Keep only sockets owned by these processes (empty: all).
-    pub pids: HashSet<u32>,
+    /// How long a socket may stay in CLOSE_WAIT before it is reported, in ns.
     pub close_wait_threshold_ns: u64,
+    /// Sockets tracked at most; the oldest are evicted beyond.
     pub max_sockets: usize,
 }
 
@@ -34,9 +33,8 @@ impl Default for Options {
         Self {
             transitions: true,
             timelines: false,
-            pids: HashSet::new(),
-            close_wait_threshold_ns: 5_000_000_000,
-            max_sockets: 262_144,
+            close_wait_threshold_ns: defaults::nanos(defaults::CLOSE_WAIT_THRESHOLD),
+            max_sockets: defaults::MAX_SOCKETS,
         }
     }
 }
@@ -60,18 +58,10 @@ impl Engine {
         }
     }
 
-    pub fn clock(&self) -> WallClock {
-        self.clock
-    }
-
     /// Counters so far (`ts_ns`/`time` are filled by [`Engine::finish`]).
-    pub fn summary(&self) -> &Summary {
+    #[cfg(test)]
+    fn summary(&self) -> &Summary {
         &self.summary
-    }
-
-    /// Sockets tracked now.
-    pub fn live_sockets(&self) -> usize {
-        self.tracker.len()
     }
 
     /// A record that could not be decoded.
@@ -103,7 +93,7 @@ impl Engine {
             }
         }
         let resolved = self.detector.observe(&t);
-        if self.opts.transitions && self.wanted(applied.owner.as_ref().map(|o| o.pid)) {
+        if self.opts.transitions {
             self.summary.transitions += 1;
             // The owner is needed again below only when a CLOSE_WAIT report is resolved.
             let owner = if resolved.is_some() {
@@ -183,9 +173,6 @@ impl Engine {
             let Some(stuck) = self.detector.get(id) else {
                 continue;
             };
-            if !self.wanted(stuck.owner.as_ref().map(|o| o.pid)) {
-                continue;
-            }
             self.summary.close_wait_alerts += 1;
             out.push(Record::CloseWait(close_wait_record(
                 stuck,
@@ -197,11 +184,7 @@ impl Engine {
 
     /// The CLOSE_WAIT digest, grouped by process.
     pub fn digest(&self, now_ns: u64) -> Record {
-        let reported: Vec<&Stuck> = self
-            .detector
-            .reported()
-            .filter(|s| self.wanted(s.owner.as_ref().map(|o| o.pid)))
-            .collect();
+        let reported: Vec<&Stuck> = self.detector.reported().collect();
         let processes = close_wait::digest(reported.iter().copied(), now_ns)
             .into_iter()
             .map(|g| DigestProcess {
@@ -239,12 +222,8 @@ impl Engine {
         self.summary.clone()
     }
 
-    fn wanted(&self, pid: Option<u32>) -> bool {
-        self.opts.pids.is_empty() || pid.is_some_and(|p| self.opts.pids.contains(&p))
-    }
-
     fn push_timeline(&mut self, tl: &Timeline, ts_ns: u64, out: &mut Vec<Record>) {
-        if !self.opts.timelines || !self.wanted(tl.owner.as_ref().map(|o| o.pid)) {
+        if !self.opts.timelines {
             return;
         }
         self.summary.timelines += 1;
@@ -277,9 +256,6 @@ impl Engine {
         out: &mut Vec<Record>,
     ) {
         let owner = r.stuck.owner.as_ref().or(owner);
-        if !self.wanted(owner.map(|o| o.pid)) {
-            return;
-        }
         self.summary.close_wait_resolved += 1;
         let e = &r.stuck.endpoints;
         out.push(Record::CloseWaitResolved(CloseWaitResolvedRecord {
@@ -457,25 +433,6 @@ mod tests {
             panic!("{out:?}")
         };
         assert_eq!(alert.pid, None, "unknown rather than the softirq's task");
-    }
-
-    #[test]
-    fn pid_filter_keeps_only_known_owners() {
-        let mut e = engine(Options {
-            pids: [50].into(),
-            ..Options::default()
-        });
-        let out = feed(
-            &mut e,
-            &[
-                by(transition(MS, 1, C, S, 7, 2), 50, "curl"),
-                by(transition(MS, 2, C, S, 7, 2), 51, "wget"),
-                by(transition(MS, 3, S, C, 10, 3), 50, "curl"),
-            ],
-        );
-        assert_eq!(out.len(), 1, "{out:?}");
-        assert_eq!(e.summary().events, 3);
-        assert_eq!(e.summary().transitions, 1);
     }
 
     #[test]

@@ -16,8 +16,6 @@ pub enum DecodeError {
 pub enum ConfigError {
     #[error("invalid port {token:?}: expected a number from 1 to 65535")]
     Port { token: String },
-    #[error("too many ports ({count}): at most {max} can be filtered in the kernel")]
-    TooManyPorts { count: usize, max: u32 },
     #[error("invalid duration {token:?} for {flag}: {reason} (examples: 500ms, 30s, 5m)")]
     Duration {
         flag: &'static str,
@@ -156,7 +154,10 @@ pub enum Warning {
     Skipped { line: u64, kind: &'static str },
     #[error("the header says schema {schema}, newer than this tracer's ({known}): what it does not know is skipped")]
     NewerSchema { schema: u32, known: u32 },
-    #[error("no header: options unknown, using the defaults (CLOSE_WAIT threshold 5s); wall-clock times are estimated")]
+    #[error(
+        "no header: options unknown, using the defaults (CLOSE_WAIT threshold {}); wall-clock times are estimated",
+        crate::defaults::text(crate::defaults::CLOSE_WAIT_THRESHOLD)
+    )]
     NoHeader,
     #[error("the stream is tracer stdout with --no-transitions or --pid, not an --export file: transitions are missing and rebuilt timelines may be incomplete")]
     Incomplete,

@@ -6,19 +6,21 @@
 
 pub mod analyze;
 pub mod app;
-pub mod cli;
-pub mod close_wait;
+mod close_wait;
+pub mod config;
 pub mod decode;
+pub mod defaults;
 pub mod engine;
 pub mod error;
 pub mod event;
-pub mod export;
-pub mod hash;
+mod export;
+mod hash;
 pub mod output;
-pub mod owner;
+mod owner;
 pub mod probe;
 pub mod record;
 pub mod sink;
-pub mod testing;
+#[cfg(test)]
+mod testing;
 pub mod timeline;
 pub mod units;

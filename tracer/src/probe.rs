@@ -18,43 +18,21 @@ use tracer_common::{
     PROGRAM, STATS_MAP, STAT_RINGBUF_FULL,
 };
 
-use crate::error::ProbeError;
+use crate::{config::KernelFilter, error::ProbeError};
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time (empty when
 /// it was not built: loading then fails with [`ProbeError::MissingObject`]).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf.o"));
 
-/// What the kernel side keeps.
-#[derive(Clone, Debug, Default)]
-pub struct KernelFilter {
-    /// `AF_INET`/`AF_INET6`, or 0 for both.
-    pub family: u16,
-    /// `IPPROTO_TCP`, or 0 for every protocol that uses the tracepoint.
-    pub protocol: u16,
-    /// Keep only these ports (local or remote); empty keeps all.
-    pub ports: Vec<u16>,
-    pub ring_buffer_bytes: u32,
-}
-
-impl KernelFilter {
-    /// Does a connection pass these filters? (The same test the kernel side applies, for
-    /// sockets found in the socket tables rather than through the tracepoint.)
-    pub fn matches(&self, e: &crate::event::Endpoints) -> bool {
-        let family_ok = match self.family {
-            tracer_common::AF_INET => e.laddr.to_canonical().is_ipv4(),
-            tracer_common::AF_INET6 => e.laddr.is_ipv6(),
-            _ => true,
-        };
-        family_ok
-            && (self.ports.is_empty()
-                || self.ports.contains(&e.lport)
-                || self.ports.contains(&e.rport))
-    }
-}
-
+/// The loaded and attached program. Dropping it detaches the program and frees its maps.
+///
+/// Made by [`Probe::load`], which also hands out the ring buffer of events; the probe itself
+/// reads the loss counters ([`Probe::lost`], [`Probe::recursion_misses`]).
 pub struct Probe {
-    ebpf: Ebpf,
+    /// Owns the program and its maps: kept so they stay loaded and attached.
+    _ebpf: Ebpf,
     stats: PerCpuArray<MapData, u64>,
+    /// The program's fd, owned by `_ebpf`, for its `/proc/self/fdinfo` entry.
     prog_fd: i32,
 }
 
@@ -141,7 +119,7 @@ impl Probe {
             .map_err(|e| aya_error("opening the ring buffer", e))?;
         Ok((
             Probe {
-                ebpf,
+                _ebpf: ebpf,
                 stats,
                 prog_fd,
             },
@@ -165,21 +143,6 @@ impl Probe {
             .ok()
             .and_then(|info| fdinfo_field(&info, "recursion_misses"))
             .unwrap_or(0)
-    }
-
-    /// Run count and total run time of the program, when `kernel.bpf_stats_enabled` is on.
-    pub fn run_stats(&self) -> Option<(u64, u64)> {
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", self.prog_fd)).ok()?;
-        Some((
-            fdinfo_field(&info, "run_cnt")?,
-            fdinfo_field(&info, "run_time_ns")?,
-        ))
-    }
-
-    /// Kernel id of the loaded program.
-    pub fn program_id(&mut self) -> Option<u32> {
-        let program: &mut TracePoint = self.ebpf.program_mut(PROGRAM)?.try_into().ok()?;
-        program.info().ok().map(|i| i.id())
     }
 }
 
@@ -354,25 +317,6 @@ fn program_error(e: ProgramError) -> ProbeError {
 #[cfg(test)]
 mod tests {
     use super::{effective_caps, fdinfo_field, has_tracing_caps, port_bitmap};
-
-    #[test]
-    fn filter_matches_table_entries_like_the_kernel() {
-        use tracer_common::{AF_INET, AF_INET6};
-        let ep =
-            crate::testing::transition(0, 0, "127.0.0.1:80", "127.0.0.1:5000", 1, 8).endpoints();
-        let ep6 = crate::testing::transition(0, 0, "[::1]:80", "[::1]:5000", 1, 8).endpoints();
-        let f = |family, ports: &[u16]| super::KernelFilter {
-            family,
-            ports: ports.to_vec(),
-            ..Default::default()
-        };
-        assert!(f(0, &[]).matches(&ep));
-        assert!(f(0, &[5000]).matches(&ep));
-        assert!(!f(0, &[81]).matches(&ep));
-        assert!(f(AF_INET, &[80]).matches(&ep));
-        assert!(!f(AF_INET, &[]).matches(&ep6));
-        assert!(f(AF_INET6, &[]).matches(&ep6));
-    }
 
     #[test]
     fn capabilities() {

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    defaults,
     event::{Family, TcpState},
     timeline::{Outcome, Step},
 };
@@ -85,11 +86,11 @@ impl Default for RunOptions {
             transitions: true,
             timelines: false,
             json: false,
-            close_wait_threshold_ns: 5_000_000_000,
-            report_interval_ns: 30_000_000_000,
+            close_wait_threshold_ns: defaults::nanos(defaults::CLOSE_WAIT_THRESHOLD),
+            report_interval_ns: defaults::nanos(defaults::REPORT_INTERVAL),
             duration_ns: None,
-            max_sockets: 262_144,
-            ring_buffer_bytes: 0,
+            max_sockets: defaults::MAX_SOCKETS,
+            ring_buffer_bytes: defaults::RING_BUFFER_BYTES,
         }
     }
 }
@@ -218,7 +219,8 @@ pub struct Summary {
     pub time: String,
     /// Records received from the kernel.
     pub events: u64,
-    /// Transitions printed (after filters).
+    /// `transition` records produced: every transition with `--export`, none with
+    /// `--no-transitions` and no export. stdout may show fewer (`--pid`).
     pub transitions: u64,
     /// Records lost because the ring buffer was full.
     pub lost_ringbuf: u64,

@@ -159,11 +159,13 @@ impl Tracker {
     }
 
     /// Number of sockets tracked now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.conns.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.conns.is_empty()
     }
 

@@ -69,12 +69,6 @@ impl WallClock {
             humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_nanos(wall)).to_string()
         })
     }
-
-    /// `HH:MM:SS.mmm` (UTC) for the text output.
-    pub fn clock_time(&self, ts_ns: u64) -> String {
-        let full = self.rfc3339(ts_ns);
-        full.get(11..23).unwrap_or(&full).to_owned()
-    }
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.uuuuuuZ` for nanoseconds since the epoch; `None` past year 9999.
@@ -205,7 +199,6 @@ mod tests {
     fn wall_clock() {
         let clock = WallClock::fixed(1_700_000_000_000_000_000);
         assert_eq!(clock.rfc3339(1_500_000), "2023-11-14T22:13:20.001500Z");
-        assert_eq!(clock.clock_time(1_500_000), "22:13:20.001");
         let now = WallClock::now();
         assert!(now.offset_ns > 0);
     }

@@ -3,7 +3,6 @@
 //! and ends with an [`AnalysisRecord`]. Pure apart from the reader and sink it is handed: no
 //! root, no eBPF.
 
-mod command;
 mod fields;
 pub mod reader;
 pub mod replay;
@@ -17,7 +16,6 @@ use crate::{
     sink::{Filter, Sink},
     units::WallClock,
 };
-pub use command::command;
 use reader::Reader;
 use replay::Replay;
 use report::Stats;

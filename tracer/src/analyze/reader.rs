@@ -83,11 +83,6 @@ impl<R: BufRead> Reader<R> {
         }
     }
 
-    /// Number of the line read last (1-based).
-    pub fn line(&self) -> u64 {
-        self.line
-    }
-
     /// The next record and its line number, or `None` at the end. Warnings go to `warn`.
     pub fn next_record(
         &mut self,

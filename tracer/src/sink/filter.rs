@@ -2,9 +2,8 @@
 //! shows what the flags ask for (`--no-transitions`, `--timelines`, `--pid`), while the export
 //! takes everything.
 
-use std::{borrow::Cow, collections::HashSet, io};
+use std::{borrow::Cow, collections::HashSet};
 
-use super::Sink;
 use crate::record::Record;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,46 +53,12 @@ impl Filter {
     }
 }
 
-/// A sink that shows only what its [`Filter`] lets through.
-pub struct Filtered<S> {
-    sink: S,
-    filter: Filter,
-}
-
-impl<S: Sink> Filtered<S> {
-    pub fn new(sink: S, filter: Filter) -> Self {
-        Self { sink, filter }
-    }
-
-    pub fn into_inner(self) -> S {
-        self.sink
-    }
-}
-
-impl<S: Sink> Sink for Filtered<S> {
-    fn begin(&mut self) -> io::Result<()> {
-        self.sink.begin()
-    }
-
-    fn write(&mut self, record: &Record) -> io::Result<()> {
-        match self.filter.apply(record) {
-            Some(shown) => self.sink.write(&shown),
-            None => Ok(()),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.sink.flush()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
         engine::{Engine, Options},
         record::{DigestProcess, DigestRecord},
-        sink::JsonSink,
         testing::{by, transition},
         units::WallClock,
     };
@@ -195,21 +160,5 @@ mod tests {
         };
         assert_eq!((d.stuck, d.processes.len()), (2, 1));
         assert!(only(2).apply(&digest).is_none());
-    }
-
-    #[test]
-    fn filtered_sink_writes_only_what_passes() {
-        let mut sink = Filtered::new(
-            JsonSink::new(Vec::new()),
-            Filter {
-                transitions: false,
-                timelines: false,
-                pids: HashSet::new(),
-            },
-        );
-        for r in &records() {
-            sink.write(r).unwrap();
-        }
-        assert!(sink.into_inner().into_inner().is_empty());
     }
 }

@@ -7,7 +7,7 @@ pub mod text;
 
 use std::io;
 
-pub use filter::{Filter, Filtered};
+pub use filter::Filter;
 pub use json::JsonSink;
 pub use text::TextSink;
 

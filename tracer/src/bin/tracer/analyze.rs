@@ -1,6 +1,6 @@
 //! `tracer analyze` as a command: opens the input (a file or stdin), prints to stdout, and
-//! reports warnings and errors on stderr. Exit codes: 0 analysed (perhaps with warnings),
-//! 1 bad input or I/O error, 2 bad arguments.
+//! reports warnings on stderr. Errors go back to `main`: 1 for bad input or an I/O error, 2 for
+//! bad arguments.
 
 use std::{
     collections::HashMap,
@@ -10,32 +10,25 @@ use std::{
     process::ExitCode,
 };
 
-use super::{analyze, Options};
-use crate::{
-    cli::AnalyzeArgs,
+use anyhow::Context as _;
+use tracer::{
+    analyze::{analyze, Options},
     error::{AnalyzeError, Warning},
     output::is_broken_pipe,
     sink::{JsonSink, Sink, TextSink},
 };
 
-pub fn command(args: &AnalyzeArgs) -> ExitCode {
-    let opts = match Options::try_from(args) {
-        Ok(opts) => opts,
-        Err(e) => {
-            eprintln!("tracer: error: {e}");
-            return ExitCode::from(2);
-        }
-    };
+use crate::cli::AnalyzeArgs;
+
+/// Runs `tracer analyze`; a closed stdout ends it quietly.
+pub fn run(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
+    let opts = Options::try_from(args)?;
     let input: Box<dyn BufRead> = if args.input == Path::new("-") {
         Box::new(io::stdin().lock())
     } else {
-        match File::open(&args.input) {
-            Ok(file) => Box::new(BufReader::with_capacity(256 * 1024, file)),
-            Err(e) => {
-                eprintln!("tracer: error: cannot open {}: {e}", args.input.display());
-                return ExitCode::from(1);
-            }
-        }
+        let file = File::open(&args.input)
+            .with_context(|| format!("cannot open {}", args.input.display()))?;
+        Box::new(BufReader::with_capacity(256 * 1024, file))
     };
     let stdout = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
     let mut sink: Box<dyn Sink> = if opts.json {
@@ -48,25 +41,10 @@ pub fn command(args: &AnalyzeArgs) -> ExitCode {
     let _ = sink.flush();
     shown.finish();
     match result {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(AnalyzeError::Output { source }) if is_broken_pipe(&source) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tracer: error: {}", chain(&e));
-            ExitCode::from(1)
-        }
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(AnalyzeError::Output { source }) if is_broken_pipe(&source) => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(e.into()),
     }
-}
-
-/// `error: cause: cause`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Prints the first warning of each kind (all with `-v`) and counts the rest.

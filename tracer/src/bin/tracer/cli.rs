@@ -1,15 +1,18 @@
 //! Command line: clap parses what the user typed into [`Args`]; [`Config::try_from`] validates it
-//! into what the program uses.
+//! into what the library runs.
 
-use std::{collections::HashSet, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
-use tracer_common::{AF_INET, AF_INET6, DEFAULT_RING_BUFFER_BYTES, IPPROTO_TCP, MAX_PORTS};
-
-use crate::{
-    analyze, engine, error::ConfigError, event::Family, probe::KernelFilter, record::RunOptions,
-    sink::Filter, units::parse_duration,
+use tracer::{
+    analyze,
+    config::{Config, ExportTarget, KernelFilter},
+    defaults::{self, nanos},
+    engine,
+    error::ConfigError,
+    units::parse_duration,
 };
+use tracer_common::{AF_INET, AF_INET6, IPPROTO_TCP};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -58,28 +61,19 @@ pub struct Args {
     #[arg(long)]
     pub all_protocols: bool,
 
-    /// Print NDJSON (one JSON object per line) instead of text
-    #[arg(long)]
-    pub json: bool,
-
-    /// Wide address columns that fit any IPv6 address
-    #[arg(short = 'w', long)]
-    pub wide: bool,
-
-    /// Print one line per finished connection: its states with durations and how it ended
-    #[arg(long)]
-    pub timelines: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 
     /// Do not print individual transitions (timelines and CLOSE_WAIT reports still print)
     #[arg(long)]
     pub no_transitions: bool,
 
     /// Report a socket that stays in CLOSE_WAIT longer than this (e.g. 500ms, 10s)
-    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    #[arg(long, value_name = "DURATION", default_value_t = defaults::text(defaults::CLOSE_WAIT_THRESHOLD))]
     pub close_wait_threshold: String,
 
     /// Print a digest of sockets stuck in CLOSE_WAIT, grouped by process, this often
-    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    #[arg(long, value_name = "DURATION", default_value_t = defaults::text(defaults::REPORT_INTERVAL))]
     pub report_interval: String,
 
     /// Stop by itself after this long (e.g. 30s, 5m)
@@ -87,11 +81,11 @@ pub struct Args {
     pub duration: Option<String>,
 
     /// Track at most this many sockets; the oldest are evicted (and counted) beyond it
-    #[arg(long, value_name = "N", default_value_t = 262_144)]
+    #[arg(long, value_name = "N", default_value_t = defaults::MAX_SOCKETS)]
     pub max_sockets: usize,
 
     /// Size of the kernel ring buffer in bytes (a power of two, multiple of the page size)
-    #[arg(long, value_name = "BYTES", default_value_t = u64::from(DEFAULT_RING_BUFFER_BYTES))]
+    #[arg(long, value_name = "BYTES", default_value_t = u64::from(defaults::RING_BUFFER_BYTES))]
     pub ring_buffer_size: u64,
 
     /// Also write every record (transitions, timelines, CLOSE_WAIT, summary) to FILE as NDJSON,
@@ -106,6 +100,22 @@ pub struct Args {
     /// More diagnostics on stderr (-v: info, -vv: debug)
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// How records are printed, for the live tracer and `tracer analyze` alike.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OutputArgs {
+    /// Print NDJSON (one JSON object per line) instead of text
+    #[arg(long)]
+    pub json: bool,
+
+    /// Wide address columns that fit any IPv6 address
+    #[arg(short = 'w', long)]
+    pub wide: bool,
+
+    /// Print one line per finished connection: its states with durations and how it ended
+    #[arg(long)]
+    pub timelines: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,17 +141,8 @@ pub struct AnalyzeArgs {
     #[arg(value_name = "FILE")]
     pub input: PathBuf,
 
-    /// Print NDJSON (one JSON object per line) instead of text
-    #[arg(long)]
-    pub json: bool,
-
-    /// Wide address columns that fit any IPv6 address
-    #[arg(short = 'w', long)]
-    pub wide: bool,
-
-    /// Print the rebuilt timelines, one line per connection
-    #[arg(long)]
-    pub timelines: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 
     /// Print every transition too
     #[arg(long)]
@@ -170,73 +171,15 @@ impl TryFrom<&AnalyzeArgs> for analyze::Options {
             .map(|d| duration("--close-wait-threshold", d))
             .transpose()?;
         Ok(analyze::Options {
-            json: args.json,
-            wide: args.wide,
-            timelines: args.timelines,
+            json: args.output.json,
+            wide: args.output.wide,
+            timelines: args.output.timelines,
             transitions: args.transitions,
             close_wait_threshold_ns: threshold.map(nanos),
             pids: (!args.pids.is_empty()).then(|| args.pids.iter().copied().collect()),
             all_warnings: args.verbose > 0,
         })
     }
-}
-
-/// Where `--export` writes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExportTarget {
-    pub path: PathBuf,
-    pub force: bool,
-}
-
-/// Validated settings.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub kernel: KernelFilter,
-    pub engine: engine::Options,
-    pub json: bool,
-    pub wide: bool,
-    pub report_interval: Duration,
-    pub duration: Option<Duration>,
-    pub export: Option<ExportTarget>,
-}
-
-impl Config {
-    /// What stdout shows: the engine produces every record, the flags choose.
-    pub fn display(&self) -> Filter {
-        Filter {
-            transitions: self.engine.transitions,
-            timelines: self.engine.timelines,
-            pids: self.engine.pids.clone(),
-        }
-    }
-
-    /// The options as an export's header records them.
-    pub fn run_options(&self) -> RunOptions {
-        let mut pids: Vec<u32> = self.engine.pids.iter().copied().collect();
-        pids.sort_unstable();
-        RunOptions {
-            ports: self.kernel.ports.clone(),
-            family: match self.kernel.family {
-                AF_INET => Some(Family::Ipv4),
-                AF_INET6 => Some(Family::Ipv6),
-                _ => None,
-            },
-            all_protocols: self.kernel.protocol == 0,
-            pids,
-            transitions: self.engine.transitions,
-            timelines: self.engine.timelines,
-            json: self.json,
-            close_wait_threshold_ns: self.engine.close_wait_threshold_ns,
-            report_interval_ns: nanos(self.report_interval),
-            duration_ns: self.duration.map(nanos),
-            max_sockets: self.engine.max_sockets,
-            ring_buffer_bytes: self.kernel.ring_buffer_bytes,
-        }
-    }
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl TryFrom<&Args> for Config {
@@ -256,12 +199,6 @@ impl TryFrom<&Args> for Config {
             .collect::<Result<_, _>>()?;
         ports.sort_unstable();
         ports.dedup();
-        if ports.len() > MAX_PORTS as usize {
-            return Err(ConfigError::TooManyPorts {
-                count: ports.len(),
-                max: MAX_PORTS,
-            });
-        }
         let threshold = duration("--close-wait-threshold", &args.close_wait_threshold)?;
         let report_interval = duration("--report-interval", &args.report_interval)?;
         let stop_after = args
@@ -275,6 +212,9 @@ impl TryFrom<&Args> for Config {
             });
         }
         let ring_buffer_bytes = ring_buffer_size(args.ring_buffer_size)?;
+        let mut pids = args.pids.clone();
+        pids.sort_unstable();
+        pids.dedup();
         Ok(Config {
             kernel: KernelFilter {
                 family,
@@ -284,13 +224,13 @@ impl TryFrom<&Args> for Config {
             },
             engine: engine::Options {
                 transitions: !args.no_transitions,
-                timelines: args.timelines,
-                pids: args.pids.iter().copied().collect::<HashSet<_>>(),
+                timelines: args.output.timelines,
                 close_wait_threshold_ns: nanos(threshold),
                 max_sockets: args.max_sockets,
             },
-            json: args.json,
-            wide: args.wide,
+            json: args.output.json,
+            wide: args.output.wide,
+            pids,
             report_interval,
             duration: stop_after,
             export: args.export.as_ref().map(|path| ExportTarget {
@@ -333,6 +273,10 @@ fn ring_buffer_size(size: u64) -> Result<u32, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
+    use tracer::event::Family;
+
     use super::*;
 
     fn config(argv: &[&str]) -> Result<Config, ConfigError> {
@@ -356,6 +300,13 @@ mod tests {
     fn ports_repeat_and_split() {
         let c = config(&["-p", "80,443", "--port", "80", "-p", "8080"]).unwrap();
         assert_eq!(c.kernel.ports, vec![80, 443, 8080]);
+    }
+
+    #[test]
+    fn every_port_fits_the_kernel_bitmap() {
+        let all: Vec<String> = (1..=u16::MAX).map(|p| p.to_string()).collect();
+        let c = config(&["-p", &all.join(",")]).unwrap();
+        assert_eq!(c.kernel.ports.len(), usize::from(u16::MAX));
     }
 
     #[test]

@@ -1,0 +1,130 @@
+//! Validated settings of a live run: what the kernel side keeps ([`KernelFilter`]), what the
+//! engine produces, what stdout shows and where the export goes. The binary builds a [`Config`]
+//! from the command line; [`crate::app::run`] runs it.
+
+use std::{path::PathBuf, time::Duration};
+
+use tracer_common::{AF_INET, AF_INET6};
+
+use crate::{
+    defaults::nanos,
+    engine,
+    event::{Endpoints, Family},
+    record::RunOptions,
+    sink::Filter,
+};
+
+/// What the kernel side keeps. Applied in the eBPF program, so filtered events never reach
+/// userspace.
+#[derive(Clone, Debug, Default)]
+pub struct KernelFilter {
+    /// `AF_INET`/`AF_INET6`, or 0 for both.
+    pub family: u16,
+    /// `IPPROTO_TCP`, or 0 for every protocol that uses the tracepoint.
+    pub protocol: u16,
+    /// Keep only these ports (local or remote), sorted and distinct; empty keeps all.
+    pub ports: Vec<u16>,
+    /// Size of the ring buffer in bytes: a power of two and a multiple of the page size.
+    pub ring_buffer_bytes: u32,
+}
+
+impl KernelFilter {
+    /// Does a connection pass these filters? (The same test the kernel side applies, for
+    /// sockets found in the socket tables rather than through the tracepoint.)
+    pub fn matches(&self, e: &Endpoints) -> bool {
+        let family_ok = match self.family {
+            AF_INET => e.laddr.to_canonical().is_ipv4(),
+            AF_INET6 => e.laddr.is_ipv6(),
+            _ => true,
+        };
+        family_ok
+            && (self.ports.is_empty()
+                || self.ports.contains(&e.lport)
+                || self.ports.contains(&e.rport))
+    }
+}
+
+/// Where `--export` writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportTarget {
+    pub path: PathBuf,
+    /// Replace an existing file (`--force`).
+    pub force: bool,
+}
+
+/// Validated settings of a live run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub kernel: KernelFilter,
+    /// What the engine produces for stdout (an export makes it produce everything).
+    pub engine: engine::Options,
+    /// Print NDJSON instead of text.
+    pub json: bool,
+    /// Wide address columns in the text output.
+    pub wide: bool,
+    /// Keep only sockets owned by these processes on stdout, sorted; empty keeps all.
+    pub pids: Vec<u32>,
+    /// How often the CLOSE_WAIT digest is printed.
+    pub report_interval: Duration,
+    /// Stop by itself after this long.
+    pub duration: Option<Duration>,
+    pub export: Option<ExportTarget>,
+}
+
+impl Config {
+    /// What stdout shows: the engine produces every record, the flags choose.
+    pub fn display(&self) -> Filter {
+        Filter {
+            transitions: self.engine.transitions,
+            timelines: self.engine.timelines,
+            pids: self.pids.iter().copied().collect(),
+        }
+    }
+
+    /// The options as an export's header records them.
+    pub fn run_options(&self) -> RunOptions {
+        RunOptions {
+            ports: self.kernel.ports.clone(),
+            family: match self.kernel.family {
+                AF_INET => Some(Family::Ipv4),
+                AF_INET6 => Some(Family::Ipv6),
+                _ => None,
+            },
+            all_protocols: self.kernel.protocol == 0,
+            pids: self.pids.clone(),
+            transitions: self.engine.transitions,
+            timelines: self.engine.timelines,
+            json: self.json,
+            close_wait_threshold_ns: self.engine.close_wait_threshold_ns,
+            report_interval_ns: nanos(self.report_interval),
+            duration_ns: self.duration.map(nanos),
+            max_sockets: self.engine.max_sockets,
+            ring_buffer_bytes: self.kernel.ring_buffer_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::{AF_INET, AF_INET6};
+
+    use super::KernelFilter;
+    use crate::testing::transition;
+
+    #[test]
+    fn filter_matches_table_entries_like_the_kernel() {
+        let ep = transition(0, 0, "127.0.0.1:80", "127.0.0.1:5000", 1, 8).endpoints();
+        let ep6 = transition(0, 0, "[::1]:80", "[::1]:5000", 1, 8).endpoints();
+        let f = |family, ports: &[u16]| KernelFilter {
+            family,
+            ports: ports.to_vec(),
+            ..Default::default()
+        };
+        assert!(f(0, &[]).matches(&ep));
+        assert!(f(0, &[5000]).matches(&ep));
+        assert!(!f(0, &[81]).matches(&ep));
+        assert!(f(AF_INET, &[80]).matches(&ep));
+        assert!(!f(AF_INET, &[]).matches(&ep6));
+        assert!(f(AF_INET6, &[]).matches(&ep6));
+    }
+}
