@@ -299,8 +299,7 @@ fn churn_once(
     sampler: &mut Sampler,
 ) -> Result<(u64, u64, f64)> {
     let mut cmd = Command::new(&tools.churn_exe);
-    cmd.arg("churn")
-        .args(args.to_args())
+    cmd.args(args.to_args())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: the tracer's cost at full TCP connection churn, beside no tracer and
+//! The bench behind `cargo xtask bench`: the tracer's cost at full TCP connection churn, beside no tracer and
 //! beside a peer (bpftrace), measured side by side on loopback.
 //!
 //! - [`churn`]: the load, a generator of short connections of a known shape.
@@ -18,6 +18,7 @@ mod report;
 mod runner;
 mod soak;
 mod sys;
+mod util;
 
 use std::{
     fs,
@@ -33,12 +34,15 @@ use self::{
     report::{ModeSummary, Soak, Target},
     runner::{Mode, RunResult, Tools},
 };
-use crate::{
-    run::{self, Profile},
-    util::{is_root, probe_output, workspace_root},
-};
+use crate::util::{is_root, probe_output, sibling_program, workspace_root};
 
-#[derive(Clone, Debug, clap::Args)]
+/// The flags of `cargo xtask bench`.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "cargo xtask bench",
+    about = "Benchmark the tracer at full connection churn on loopback, beside no tracer and a \
+             peer (bpftrace); needs root"
+)]
 pub struct BenchArgs {
     /// Connections per run.
     #[arg(long, default_value_t = 100_000)]
@@ -128,7 +132,8 @@ struct Meta {
     notes: Vec<String>,
 }
 
-pub fn bench(args: &BenchArgs) -> Result<()> {
+/// Runs the bench: the tracer and the churn generator are the programs built beside this one.
+pub fn run(args: &BenchArgs) -> Result<()> {
     if !is_root()? {
         bail!("the bench loads eBPF programs and creates network namespaces: run it as root");
     }
@@ -157,7 +162,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 
     // Read before the runs: the code measured is the code built now.
     let git_commit = git_commit();
-    let tracer = run::build(Profile::Release)?;
+    let tracer = sibling_program("tracer")?;
     let mut peer_skipped = None;
     let mut bpftrace = None;
     if modes
@@ -174,7 +179,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         }
     }
     let tools = Tools {
-        churn_exe: std::env::current_exe().context("locating xtask itself")?,
+        churn_exe: sibling_program("churn")?,
         tracer,
         stream_script: bpftrace
             .as_ref()

@@ -1,8 +1,7 @@
 //! The churn generator: many short loopback connections of one known shape, as fast as two
 //! cores allow, with bounded concurrency.
 //!
-//! It runs as its own process (the hidden `cargo xtask churn`, optimized through
-//! `[profile.dev.package.xtask]`) inside a fresh network namespace whose only interface is
+//! It runs as its own process (the `churn` binary of this crate, built in release) inside a fresh network namespace whose only interface is
 //! `lo`. The namespace gives every run the same start (no TIME_WAIT sockets left by the
 //! previous run, which would otherwise pile up to `tcp_max_tw_buckets` and make later runs
 //! cheaper), and the sysctls changed below are the namespace's own: nothing to restore.
@@ -63,7 +62,9 @@ const BACKLOG: i32 = 4096;
 /// connections are processed (and traced) before the run ends. Not counted in the rate.
 const SETTLE: Duration = Duration::from_millis(100);
 
-#[derive(Clone, Debug, clap::Args)]
+/// The generator's flags, as `bench` passes them (see [`ChurnArgs::to_args`]).
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "churn", about = "The bench's load: short loopback connections of one shape")]
 pub struct ChurnArgs {
     /// Connections to make.
     #[arg(long, default_value_t = 100_000)]
@@ -94,7 +95,7 @@ pub struct ChurnArgs {
 }
 
 impl ChurnArgs {
-    /// The arguments as they are passed to the `churn` subcommand.
+    /// The arguments as they are passed to the `churn` binary.
     pub fn to_args(&self) -> Vec<String> {
         vec![
             "--connections".into(),
@@ -126,7 +127,7 @@ pub enum Message {
     Done { done: u64, elapsed_ns: u64 },
 }
 
-/// Entry point of `cargo xtask churn`.
+/// Entry point of the `churn` binary.
 pub fn churn(args: &ChurnArgs) -> Result<()> {
     if args.connections == 0 || args.concurrency == 0 {
         bail!("--connections and --concurrency must be positive");

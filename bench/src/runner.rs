@@ -244,8 +244,7 @@ pub fn run(
 ) -> Result<RunResult> {
     let deadline = run_deadline(args.connections);
     let mut cmd = Command::new(&tools.churn_exe);
-    cmd.arg("churn")
-        .args(args.to_args())
+    cmd.args(args.to_args())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

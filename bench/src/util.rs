@@ -1,0 +1,93 @@
+//! Small probes of the machine: root, programs on PATH or beside this one, git, apt.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// The repository root: the parent of this crate's manifest directory.
+pub fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+/// A program built beside this one (`target/release/tracer`, `target/release/churn`).
+pub fn sibling_program(name: &str) -> Result<PathBuf> {
+    let me = env::current_exe().context("locating the bench's own binary")?;
+    let path = me.with_file_name(name);
+    if !path.is_file() {
+        bail!(
+            "{} is missing: build it first (`cargo xtask bench` builds the tracer and the bench \
+             in release)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Runs a command quietly and returns its stdout, or `None` if it could not start or did not
+/// exit 0.
+pub fn probe_output(cmd: &mut Command) -> Option<String> {
+    let output = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// True when the effective uid is 0, read from `/proc/self/status`.
+pub fn is_root() -> Result<bool> {
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let uid_line = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .context("no Uid line in /proc/self/status")?;
+    let effective = uid_line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed Uid line in /proc/self/status")?;
+    Ok(effective == "0")
+}
+
+/// Finds an executable by name on `PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = env::var_os("PATH")?;
+    env::split_paths(&path).map(|dir| dir.join(name)).find(|p| {
+        fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// Installs a Debian package with apt-get (the bench runs as root), refreshing the package
+/// lists once if the first attempt fails.
+pub fn apt_install(package: &str) -> Result<()> {
+    if which("apt-get").is_none() {
+        bail!("no apt-get on this machine");
+    }
+    let install = || {
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends", package])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    eprintln!("bench: installing the Debian package {package}");
+    if install() {
+        return Ok(());
+    }
+    let updated = Command::new("apt-get")
+        .args(["update", "-q"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if updated && install() {
+        return Ok(());
+    }
+    bail!("`apt-get install {package}` failed")
+}
