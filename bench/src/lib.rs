@@ -205,7 +205,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
 
     // In-kernel time per run needs the kernel's BPF statistics; held for the whole bench.
-    let _stats = sys::BpfStats::enable()?;
+    let _stats = sys::enable_bpf_stats()?;
     let sample = Duration::from_millis(100);
     let cooldown = Duration::from_millis(args.cooldown_ms);
 

@@ -384,9 +384,7 @@ pub fn run(
         });
     }
     let hwm = sys::memory(obs.proc.pid).map(|m| m.hwm_kib);
-    let prog = sys::programs(obs.proc.pid)
-        .into_iter()
-        .max_by_key(|p| p.run_cnt);
+    let prog = sys::busiest_program(obs.proc.pid);
     let (exit, killed) = obs.proc.stop(libc::SIGINT, Duration::from_secs(60))?;
     if killed {
         result

@@ -202,9 +202,7 @@ pub fn run(tools: &Tools, base: &ChurnArgs, plan: &Plan) -> Result<Soak> {
     }
     sampler.take(total);
     let hwm = sys::memory(tracer.pid).map(|m| m.hwm_kib);
-    let prog = sys::programs(tracer.pid)
-        .into_iter()
-        .max_by_key(|p| p.run_cnt);
+    let prog = sys::busiest_program(tracer.pid);
     let tracer_pid = tracer.pid;
     let (exit, killed) = tracer.stop(libc::SIGINT, Duration::from_secs(60))?;
     let capture = counter

@@ -1,93 +1,66 @@
 //! What the bench reads from the kernel about the processes it starts: CPU time and memory
-//! from /proc, BPF program counters from fdinfo; and the process control it needs (signals
-//! by PID, reaping with resource usage, the BPF run-time statistics switch).
+//! (procfs), BPF program counters (fdinfo, through the tracer's reader); and the process
+//! control it needs (signals by PID, reaping with resource usage, the BPF run-time
+//! statistics switch).
 
 use std::{
     collections::BTreeMap,
     fs, io,
-    os::fd::{FromRawFd as _, OwnedFd},
+    os::fd::OwnedFd,
     path::Path,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
+use procfs::{
+    process::{FDTarget, Process},
+    CurrentSI as _, KernelStats,
+};
 
-/// Clock ticks per second for /proc/<pid>/stat times.
+/// Clock ticks per second, the unit of /proc's CPU times.
 pub fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-        ticks as f64
-    } else {
-        100.0
-    }
+    procfs::ticks_per_second() as f64
 }
 
-/// utime + stime of a process (all its threads), in seconds, from /proc/<pid>/stat.
+fn process(pid: u32) -> Option<Process> {
+    Process::new(i32::try_from(pid).ok()?).ok()
+}
+
+/// utime + stime of a process (all its threads), in ticks.
+fn cpu_ticks(process: &Process) -> Option<u64> {
+    let stat = process.stat().ok()?;
+    Some(stat.utime + stat.stime)
+}
+
+/// utime + stime of a process (all its threads), in seconds.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat_cpu_ticks(&stat).map(|ticks| ticks as f64 / clock_ticks())
+    cpu_ticks(&process(pid)?).map(|ticks| ticks as f64 / clock_ticks())
 }
 
-/// utime + stime in ticks out of a /proc/<pid>/stat line. The command name (field 2) may
-/// hold spaces and parentheses, so fields are counted after its last `)`.
-pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state is field 3, utime field 14 and stime field 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// CPU seconds used so far by every process on the machine except `exclude` (and this one),
-/// counting only processes alive at both readings that are compared. Kernel threads are
-/// included: a kworker doing someone else's writeback is background load too.
-pub fn others_cpu_ticks(exclude: &[u32]) -> BTreeMap<u32, u64> {
-    other_processes(exclude)
-        .filter_map(|(pid, dir)| {
-            let stat = fs::read_to_string(dir.join("stat")).ok()?;
-            Some((pid, parse_stat_cpu_ticks(&stat)?))
-        })
-        .collect()
-}
-
-/// Every process's pid and /proc directory, except this one and `exclude`.
-fn other_processes(exclude: &[u32]) -> impl Iterator<Item = (u32, std::path::PathBuf)> + '_ {
+/// Every process except this one and `exclude`, with its pid.
+fn other_processes(exclude: &[u32]) -> impl Iterator<Item = (u32, Process)> + '_ {
     let me = std::process::id();
-    fs::read_dir("/proc")
+    procfs::process::all_processes()
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(move |entry| {
-            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            (pid != me && !exclude.contains(&pid)).then(|| (pid, entry.path()))
+        .filter_map(move |p| {
+            let pid = u32::try_from(p.pid()).ok()?;
+            (pid != me && !exclude.contains(&pid)).then_some((pid, p))
         })
 }
 
-/// CPU time the whole machine spent busy (user, nice, system, irq, softirq of every CPU:
-/// without IRQ time accounting, the kernel charges the same ticks to the tasks it
-/// interrupted), in ticks, from /proc/stat. Compared with the CPU of our own processes, it
-/// shows load from processes too short-lived for [`others_cpu_ticks`] to see.
-pub fn machine_busy_ticks() -> Option<u64> {
-    let stat = fs::read_to_string("/proc/stat").ok()?;
-    parse_machine_busy(&stat)
+/// CPU ticks used so far by every process on the machine except `exclude` (and this one).
+/// Kernel threads are included: a kworker doing someone else's writeback is background load
+/// too.
+pub fn others_cpu_ticks(exclude: &[u32]) -> BTreeMap<u32, u64> {
+    other_processes(exclude)
+        .filter_map(|(pid, p)| Some((pid, cpu_ticks(&p)?)))
+        .collect()
 }
 
-pub fn parse_machine_busy(stat: &str) -> Option<u64> {
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()?
-        .strip_prefix("cpu ")?
-        .split_whitespace()
-        .map(|f| f.parse().ok())
-        .collect::<Option<_>>()?;
-    // user nice system idle iowait irq softirq ...
-    let at = |i: usize| fields.get(i).copied().unwrap_or(0);
-    Some(at(0) + at(1) + at(2) + at(5) + at(6))
-}
-
-/// Seconds of CPU the other processes used between two readings of [`others_cpu_ticks`].
+/// Seconds of CPU the other processes used between two readings of [`others_cpu_ticks`],
+/// counting only processes alive at both.
 pub fn others_cpu_between(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) -> f64 {
     let ticks: u64 = after
         .iter()
@@ -96,29 +69,39 @@ pub fn others_cpu_between(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64
     ticks as f64 / clock_ticks()
 }
 
+/// CPU time the whole machine spent busy (user, nice, system, irq, softirq of every CPU:
+/// without IRQ time accounting, the kernel charges the same ticks to the tasks it
+/// interrupted), in ticks, from /proc/stat. Compared with the CPU of our own processes, it
+/// shows load from processes too short-lived for [`others_cpu_ticks`] to see.
+pub fn machine_busy_ticks() -> Option<u64> {
+    let total = KernelStats::current().ok()?.total;
+    Some(
+        total.user
+            + total.nice
+            + total.system
+            + total.irq.unwrap_or(0)
+            + total.softirq.unwrap_or(0),
+    )
+}
+
+/// The fds of a process that are BPF programs.
+fn program_fds(process: &Process) -> Vec<i32> {
+    process
+        .fd()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|fd| matches!(&fd.target, FDTarget::AnonInode(kind) if kind == "bpf-prog"))
+        .map(|fd| fd.fd)
+        .collect()
+}
+
 /// Processes other than `exclude` that hold BPF program fds: (pid, command line). Programs
 /// left attached to the tracepoint by another tracer run on every event of every mode.
 pub fn bpf_program_holders(exclude: &[u32]) -> Vec<(u32, String)> {
     other_processes(exclude)
-        .filter(|(_, dir)| {
-            fs::read_dir(dir.join("fd")).is_ok_and(|fds| {
-                fds.flatten().any(|fd| {
-                    fs::read_link(fd.path())
-                        .is_ok_and(|target| target.to_string_lossy() == "anon_inode:bpf-prog")
-                })
-            })
-        })
-        .map(|(pid, dir)| {
-            let cmdline = fs::read(dir.join("cmdline"))
-                .map(|b| {
-                    String::from_utf8_lossy(&b)
-                        .replace('\0', " ")
-                        .trim()
-                        .to_owned()
-                })
-                .unwrap_or_default();
-            (pid, cmdline)
-        })
+        .filter(|(_, p)| !program_fds(p).is_empty())
+        .map(|(pid, p)| (pid, p.cmdline().unwrap_or_default().join(" ")))
         .collect()
 }
 
@@ -134,21 +117,11 @@ pub struct Memory {
 }
 
 pub fn memory(pid: u32) -> Option<Memory> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_status_memory(&status)
-}
-
-pub fn parse_status_memory(status: &str) -> Option<Memory> {
-    let field = |name: &str| {
-        status.lines().find_map(|line| {
-            let value = line.strip_prefix(name)?.strip_prefix(':')?;
-            value.split_whitespace().next()?.parse::<u64>().ok()
-        })
-    };
+    let status = process(pid)?.status().ok()?;
     Some(Memory {
-        rss_kib: field("VmRSS")?,
-        hwm_kib: field("VmHWM")?,
-        anon_kib: field("RssAnon"),
+        rss_kib: status.vmrss?,
+        hwm_kib: status.vmhwm?,
+        anon_kib: status.rssanon,
     })
 }
 
@@ -161,52 +134,40 @@ pub struct ProgStats {
     pub recursion_misses: u64,
 }
 
-/// The BPF programs a process holds, from /proc/<pid>/fdinfo (the same fd may appear more
-/// than once; programs are deduplicated by id).
-pub fn programs(pid: u32) -> Vec<ProgStats> {
-    let mut found: Vec<ProgStats> = Vec::new();
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return found;
-    };
-    for entry in dir.flatten() {
-        let Ok(info) = fs::read_to_string(entry.path()) else {
-            continue;
-        };
-        if let Some(stats) = parse_prog_fdinfo(&info) {
-            if !found.iter().any(|p| p.prog_id == stats.prog_id) {
-                found.push(stats);
-            }
-        }
+impl ProgStats {
+    /// The counters in a BPF program fd's fdinfo text (`None` without `prog_id`/`run_cnt`).
+    pub fn from_fdinfo(info: &str) -> Option<Self> {
+        let field = |name| tracer::probe::fdinfo_field(info, name);
+        Some(Self {
+            prog_id: field("prog_id")?,
+            run_cnt: field("run_cnt")?,
+            run_time_ns: field("run_time_ns").unwrap_or(0),
+            recursion_misses: field("recursion_misses").unwrap_or(0),
+        })
     }
-    found
 }
 
-/// The program counters of a BPF program fd's fdinfo; `None` for other fds (links hold a
-/// `prog_id` too, but no `run_cnt`).
-pub fn parse_prog_fdinfo(info: &str) -> Option<ProgStats> {
-    let field = |name: &str| {
-        info.lines().find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            (key.trim() == name).then(|| value.trim().parse::<u64>().ok())?
-        })
-    };
-    field("prog_type")?;
-    Some(ProgStats {
-        prog_id: field("prog_id")?,
-        run_cnt: field("run_cnt")?,
-        run_time_ns: field("run_time_ns").unwrap_or(0),
-        recursion_misses: field("recursion_misses").unwrap_or(0),
-    })
+/// The busiest BPF program a process holds (by `run_cnt`), from its fdinfo.
+pub fn busiest_program(pid: u32) -> Option<ProgStats> {
+    program_fds(&process(pid)?)
+        .into_iter()
+        .filter_map(|fd| fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok())
+        .filter_map(|info| ProgStats::from_fdinfo(&info))
+        .max_by_key(|p| p.run_cnt)
 }
 
 /// Names of the threads of a process.
 pub fn thread_names(pid: u32) -> Vec<String> {
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+    let Some(process) = process(pid) else {
         return Vec::new();
     };
-    dir.flatten()
-        .filter_map(|task| fs::read_to_string(task.path().join("comm")).ok())
-        .map(|name| name.trim().to_owned())
+    process
+        .tasks()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| task.stat().ok())
+        .map(|stat| stat.comm)
         .collect()
 }
 
@@ -291,63 +252,15 @@ pub fn stop(pid: u32, first: i32, grace: Duration) -> Result<(Exit, bool)> {
     Ok((exit, true))
 }
 
-/// Holds the kernel's BPF run-time statistics on (`run_time_ns`, `run_cnt` in fdinfo) for as
-/// long as it lives, like `sysctl kernel.bpf_stats_enabled=1`. It uses `BPF_ENABLE_STATS`,
-/// whose effect ends when its fd closes, so the setting is restored even if the bench is
-/// killed; the sysctl is the fallback, restored on drop.
-pub enum BpfStats {
-    /// Held open: closing it ends the statistics.
-    Fd {
-        _fd: OwnedFd,
-    },
-    Sysctl {
-        previous: String,
-    },
+/// Turns the kernel's BPF run-time statistics on (`run_time_ns`, `run_cnt` in fdinfo) for as
+/// long as the returned fd lives, like `sysctl kernel.bpf_stats_enabled=1` but undone by the
+/// kernel when the fd closes, even if the bench is killed.
+pub fn enable_bpf_stats() -> Result<OwnedFd> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("turning on the kernel's BPF run-time statistics (BPF_ENABLE_STATS)")
 }
 
-const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-impl BpfStats {
-    pub fn enable() -> Result<Self> {
-        const BPF_ENABLE_STATS: libc::c_long = 32;
-        const BPF_STATS_RUN_TIME: u32 = 0;
-        let attr: [u32; 2] = [BPF_STATS_RUN_TIME, 0];
-        // SAFETY: bpf(BPF_ENABLE_STATS) reads `size` bytes of a valid, zero-padded attribute.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_ENABLE_STATS,
-                attr.as_ptr(),
-                std::mem::size_of_val(&attr) as u32,
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: the kernel just returned this fd to us.
-            return Ok(Self::Fd {
-                _fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
-            });
-        }
-        let err = io::Error::last_os_error();
-        eprintln!("bench: BPF_ENABLE_STATS failed ({err}); using the sysctl");
-        let previous = fs::read_to_string(BPF_STATS_SYSCTL)
-            .with_context(|| format!("reading {BPF_STATS_SYSCTL}"))?;
-        fs::write(BPF_STATS_SYSCTL, "1\n")
-            .with_context(|| format!("enabling {BPF_STATS_SYSCTL}"))?;
-        Ok(Self::Sysctl { previous })
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        if let Self::Sysctl { previous } = self {
-            if let Err(e) = fs::write(BPF_STATS_SYSCTL, previous.as_bytes()) {
-                eprintln!("bench: could not restore {BPF_STATS_SYSCTL}: {e}");
-            }
-        }
-    }
-}
-
-/// Lines of a file, or empty when it does not exist yet.
+/// Bytes of a file, or 0 when it does not exist yet.
 pub fn file_len(path: &Path) -> u64 {
     fs::metadata(path).map_or(0, |m| m.len())
 }
@@ -357,38 +270,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stat_cpu_skips_odd_names() {
-        let stat = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 37 0 0 20 0 3 0 \
-                    12345 1000 200 18446744073709551615";
-        assert_eq!(parse_stat_cpu_ticks(stat), Some(287));
-    }
-
-    #[test]
-    fn status_memory() {
-        let status =
-            "Name:\ttracer\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\nRssAnon:\t 2048 kB\n\
-                      Threads:\t3\n";
-        assert_eq!(
-            parse_status_memory(status),
-            Some(Memory {
-                rss_kib: 10240,
-                hwm_kib: 20480,
-                anon_kib: Some(2048),
-            })
-        );
-        assert_eq!(
-            parse_machine_busy("cpu  100 1 50 1000 7 2 30 9 0 0\ncpu0 1 2 3\n"),
-            Some(183)
-        );
-    }
-
-    #[test]
     fn prog_fdinfo_only_for_programs() {
         let prog = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nprog_type:\t5\n\
                     prog_jited:\t1\nprog_tag:\tabc\nmemlock:\t4096\nprog_id:\t77\n\
                     run_time_ns:\t12000\nrun_cnt:\t100\nrecursion_misses:\t2\nverified_insns:\t90\n";
         assert_eq!(
-            parse_prog_fdinfo(prog),
+            ProgStats::from_fdinfo(prog),
             Some(ProgStats {
                 prog_id: 77,
                 run_cnt: 100,
@@ -397,7 +284,15 @@ mod tests {
             })
         );
         let link = "pos:\t0\nflags:\t02000000\nlink_type:\tperf\nlink_id:\t5\nprog_tag:\tabc\nprog_id:\t77\n";
-        assert_eq!(parse_prog_fdinfo(link), None);
-        assert_eq!(parse_prog_fdinfo("pos:\t0\nflags:\t02\n"), None);
+        assert_eq!(ProgStats::from_fdinfo(link), None);
+    }
+
+    #[test]
+    fn reads_its_own_process() {
+        let me = std::process::id();
+        assert!(memory(me).is_some_and(|m| m.rss_kib > 0 && m.hwm_kib >= m.rss_kib));
+        assert!(cpu_seconds(me).is_some());
+        assert!(!thread_names(me).is_empty());
+        assert!(machine_busy_ticks().is_some_and(|t| t > 0));
     }
 }

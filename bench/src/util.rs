@@ -1,7 +1,7 @@
 //! Small probes of the machine: root, programs on PATH or beside this one, git, apt.
 
 use std::{
-    env, fs,
+    env,
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -42,27 +42,17 @@ pub fn probe_output(cmd: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// True when the effective uid is 0, read from `/proc/self/status`.
+/// True when the effective uid is 0.
 pub fn is_root() -> Result<bool> {
-    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let uid_line = status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .context("no Uid line in /proc/self/status")?;
-    let effective = uid_line
-        .split_whitespace()
-        .nth(1)
-        .context("malformed Uid line in /proc/self/status")?;
-    Ok(effective == "0")
+    let status = procfs::process::Process::myself()
+        .and_then(|me| me.status())
+        .context("reading /proc/self/status")?;
+    Ok(status.euid == 0)
 }
 
 /// Finds an executable by name on `PATH`.
 pub fn which(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let path = env::var_os("PATH")?;
-    env::split_paths(&path).map(|dir| dir.join(name)).find(|p| {
-        fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
+    which::which(name).ok()
 }
 
 /// Installs a Debian package with apt-get (the bench runs as root), refreshing the package
