@@ -49,9 +49,10 @@ pub const SHAPE: [(&str, &str); 10] = [
 /// The listener's own transitions, once per run.
 pub const LISTENER_SHAPE: [(&str, &str); 2] = [("CLOSE", "LISTEN"), ("LISTEN", "CLOSE")];
 
-/// Transitions a run of `connections` connections makes.
-pub fn expected_transitions(connections: u64) -> u64 {
-    connections * SHAPE.len() as u64 + LISTENER_SHAPE.len() as u64
+/// Transitions that `connections` connections over `listeners` runs of the generator make
+/// (each run has its own listener).
+pub fn expected_transitions(connections: u64, listeners: u64) -> u64 {
+    connections * SHAPE.len() as u64 + listeners * LISTENER_SHAPE.len() as u64
 }
 
 /// Bytes each client writes.
@@ -64,7 +65,10 @@ const SETTLE: Duration = Duration::from_millis(100);
 
 /// The generator's flags, as `bench` passes them (see [`ChurnArgs::to_args`]).
 #[derive(Clone, Debug, clap::Parser)]
-#[command(name = "churn", about = "The bench's load: short loopback connections of one shape")]
+#[command(
+    name = "churn",
+    about = "The bench's load: short loopback connections of one shape"
+)]
 pub struct ChurnArgs {
     /// Connections to make.
     #[arg(long, default_value_t = 100_000)]
@@ -422,7 +426,8 @@ mod tests {
 
     #[test]
     fn expected_counts() {
-        assert_eq!(expected_transitions(1), 12);
-        assert_eq!(expected_transitions(100_000), 1_000_002);
+        assert_eq!(expected_transitions(1, 1), 12);
+        assert_eq!(expected_transitions(100_000, 1), 1_000_002);
+        assert_eq!(expected_transitions(10, 3), 106);
     }
 }

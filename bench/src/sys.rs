@@ -6,8 +6,9 @@
 use std::{
     collections::BTreeMap,
     fs, io,
-    os::fd::OwnedFd,
+    os::{fd::OwnedFd, unix::process::CommandExt as _},
     path::Path,
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -172,7 +173,7 @@ pub fn thread_names(pid: u32) -> Vec<String> {
 }
 
 /// Sends a signal to one process we started.
-pub fn signal(pid: u32, signal: i32) {
+fn signal(pid: u32, signal: i32) {
     let Ok(pid) = i32::try_from(pid) else { return };
     // SAFETY: kill has no memory preconditions; the pid is one of our own children.
     unsafe { libc::kill(pid, signal) };
@@ -205,7 +206,7 @@ impl Exit {
 }
 
 /// Reaps a child if it has exited (`wait4` with `WNOHANG`).
-pub fn try_reap(pid: u32) -> Result<Option<Exit>> {
+fn try_reap(pid: u32) -> Result<Option<Exit>> {
     let mut status = 0;
     // SAFETY: rusage is plain data; zeroed is valid and wait4 fills it.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -226,7 +227,7 @@ pub fn try_reap(pid: u32) -> Result<Option<Exit>> {
 }
 
 /// Waits for a child to exit, up to `timeout`.
-pub fn reap_within(pid: u32, timeout: Duration) -> Result<Option<Exit>> {
+fn reap_within(pid: u32, timeout: Duration) -> Result<Option<Exit>> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(exit) = try_reap(pid)? {
@@ -241,7 +242,7 @@ pub fn reap_within(pid: u32, timeout: Duration) -> Result<Option<Exit>> {
 
 /// Stops a child: `first` (SIGINT for a tracer, which then prints its summary), then SIGKILL
 /// if it has not exited within `grace`. Always reaps it.
-pub fn stop(pid: u32, first: i32, grace: Duration) -> Result<(Exit, bool)> {
+fn stop(pid: u32, first: i32, grace: Duration) -> Result<(Exit, bool)> {
     signal(pid, first);
     if let Some(exit) = reap_within(pid, grace)? {
         return Ok((exit, false));
@@ -250,6 +251,72 @@ pub fn stop(pid: u32, first: i32, grace: Duration) -> Result<(Exit, bool)> {
     let exit = reap_within(pid, Duration::from_secs(10))?
         .with_context(|| format!("process {pid} survived SIGKILL"))?;
     Ok((exit, true))
+}
+
+/// A child process we started; killed and reaped on drop unless already reaped.
+pub struct Proc {
+    pub pid: u32,
+    pub name: &'static str,
+    reaped: bool,
+}
+
+impl Proc {
+    /// Starts `cmd`, which gets `death_signal` if the bench dies first.
+    pub fn spawn(
+        name: &'static str,
+        cmd: &mut Command,
+        death_signal: i32,
+    ) -> Result<(Self, std::process::Child)> {
+        // SAFETY: prctl is async-signal-safe; the child only sets its parent-death signal, so
+        // it does not outlive the bench.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal, 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
+        let proc = Self {
+            pid: child.id(),
+            name,
+            reaped: false,
+        };
+        Ok((proc, child))
+    }
+
+    /// Reaps it if it has exited.
+    pub fn try_reap(&mut self) -> Result<Option<Exit>> {
+        let exit = try_reap(self.pid)?;
+        self.reaped |= exit.is_some();
+        Ok(exit)
+    }
+
+    /// Waits for it to exit, up to `timeout`.
+    pub fn reap_within(&mut self, timeout: Duration) -> Result<Option<Exit>> {
+        let exit = reap_within(self.pid, timeout)?;
+        self.reaped |= exit.is_some();
+        Ok(exit)
+    }
+
+    /// Stops it: `signal`, then SIGKILL after `grace`; true when it had to be killed.
+    pub fn stop(&mut self, signal: i32, grace: Duration) -> Result<(Exit, bool)> {
+        let result = stop(self.pid, signal, grace);
+        self.reaped = true;
+        result
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if !self.reaped {
+            eprintln!("bench: stopping {} (pid {})", self.name, self.pid);
+            let _ = stop(self.pid, libc::SIGKILL, Duration::from_secs(5));
+        }
+    }
 }
 
 /// Turns the kernel's BPF run-time statistics on (`run_time_ns`, `run_cnt` in fdinfo) for as
