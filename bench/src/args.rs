@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::runner::Mode;
+use crate::{churn::Load, runner::Mode};
 
 /// The flags of `cargo xtask bench`.
 #[derive(Clone, Debug, clap::Parser)]
@@ -27,15 +27,8 @@ pub struct BenchArgs {
         default_value = "none,tracer,bpftrace,bpftrace-count"
     )]
     pub modes: Vec<Mode>,
-    /// Connections in flight at most.
-    #[arg(long, default_value_t = 128)]
-    pub concurrency: u64,
-    /// Client threads of the generator (connect, write, close).
-    #[arg(long, default_value_t = 2)]
-    pub client_threads: usize,
-    /// Server threads of the generator (accept, read to EOF, close).
-    #[arg(long, default_value_t = 2)]
-    pub server_threads: usize,
+    #[command(flatten)]
+    pub load: Load,
     /// Leave the generator's threads unpinned (by default client and server thread i run on
     /// CPU i: unpinned, the scheduler's placement makes the rate swing by a third from run
     /// to run on 2 cores).

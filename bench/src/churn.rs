@@ -63,6 +63,21 @@ const BACKLOG: i32 = 4096;
 /// connections are processed (and traced) before the run ends. Not counted in the rate.
 const SETTLE: Duration = Duration::from_millis(100);
 
+/// How hard the generator pushes: connections in flight and threads (flags of both `churn`
+/// and `bench`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct Load {
+    /// Connections started but not yet closed by the server, at most.
+    #[arg(long, default_value_t = 128)]
+    pub concurrency: u64,
+    /// Client threads of the generator (connect, write, close).
+    #[arg(long, default_value_t = 2)]
+    pub client_threads: usize,
+    /// Server threads of the generator (accept, read to EOF, close).
+    #[arg(long, default_value_t = 2)]
+    pub server_threads: usize,
+}
+
 /// The generator's flags, as `bench` passes them (see [`ChurnArgs::to_args`]).
 #[derive(Clone, Debug, clap::Parser)]
 #[command(
@@ -73,15 +88,8 @@ pub struct ChurnArgs {
     /// Connections to make.
     #[arg(long, default_value_t = 100_000)]
     pub connections: u64,
-    /// Connections started but not yet closed by the server, at most.
-    #[arg(long, default_value_t = 128)]
-    pub concurrency: u64,
-    /// Client threads (connect, write, close).
-    #[arg(long, default_value_t = 2)]
-    pub client_threads: usize,
-    /// Server threads (accept, read to EOF, close).
-    #[arg(long, default_value_t = 2)]
-    pub server_threads: usize,
+    #[command(flatten)]
+    pub load: Load,
     /// Destination addresses 127.0.0.1..=127.0.0.N: each is its own space of 4-tuples, so
     /// ephemeral ports never run out while earlier connections sit in TIME_WAIT.
     #[arg(long, default_value_t = 16)]
@@ -105,11 +113,11 @@ impl ChurnArgs {
             "--connections".into(),
             self.connections.to_string(),
             "--concurrency".into(),
-            self.concurrency.to_string(),
+            self.load.concurrency.to_string(),
             "--client-threads".into(),
-            self.client_threads.to_string(),
+            self.load.client_threads.to_string(),
             "--server-threads".into(),
-            self.server_threads.to_string(),
+            self.load.server_threads.to_string(),
             "--destinations".into(),
             self.destinations.to_string(),
             "--progress-every".into(),
@@ -133,10 +141,10 @@ pub enum Message {
 
 /// Entry point of the `churn` binary.
 pub fn churn(args: &ChurnArgs) -> Result<()> {
-    if args.connections == 0 || args.concurrency == 0 {
+    if args.connections == 0 || args.load.concurrency == 0 {
         bail!("--connections and --concurrency must be positive");
     }
-    if args.client_threads == 0 || args.server_threads == 0 || args.destinations == 0 {
+    if args.load.client_threads == 0 || args.load.server_threads == 0 || args.destinations == 0 {
         bail!("thread and destination counts must be positive");
     }
     enter_private_netns()?;
@@ -183,7 +191,7 @@ pub fn churn(args: &ChurnArgs) -> Result<()> {
     let listener = Arc::new(listener);
 
     let mut threads = Vec::new();
-    for i in 0..args.server_threads {
+    for i in 0..args.load.server_threads {
         let (state, listener) = (Arc::clone(&state), Arc::clone(&listener));
         threads.push(
             thread::Builder::new()
@@ -194,7 +202,7 @@ pub fn churn(args: &ChurnArgs) -> Result<()> {
                 })?,
         );
     }
-    for i in 0..args.client_threads {
+    for i in 0..args.load.client_threads {
         let (state, listener) = (Arc::clone(&state), Arc::clone(&listener));
         threads.push(
             thread::Builder::new()
@@ -296,7 +304,7 @@ impl State {
     }
 
     fn wait_for_room(&self, i: u64) -> Result<()> {
-        let bound = self.args.concurrency;
+        let bound = self.args.load.concurrency;
         if i < self.done.load(Ordering::Acquire) + bound {
             return Ok(());
         }

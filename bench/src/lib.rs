@@ -64,7 +64,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 fn check_shape(plan: &Plan) -> Result<()> {
     let small = ChurnArgs {
         connections: 200,
-        concurrency: 1,
+        load: churn::Load {
+            concurrency: 1,
+            ..plan.churn.load.clone()
+        },
         progress_every: 0,
         ..plan.churn.clone()
     };

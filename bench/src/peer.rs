@@ -8,7 +8,7 @@ use std::{
     process::Command,
 };
 
-use crate::util::{apt_install, probe_output, which};
+use crate::util::{apt_install, first_line, which};
 
 /// One line per transition: `nsecs skaddr pid comm saddr sport daddr dport old new delta_us`.
 /// The fields are copied to variables first: bpftrace 0.17's code reads the tracepoint
@@ -70,8 +70,8 @@ pub fn bpftrace(install: bool) -> Result<Bpftrace, String> {
             which("bpftrace").ok_or("bpftrace installed but not on PATH")?
         }
     };
-    let version = probe_output(Command::new(&binary).arg("--version"))
-        .map_or_else(|| "unknown".into(), |v| v.trim().to_owned());
+    let version =
+        first_line(Command::new(&binary).arg("--version")).unwrap_or_else(|| "unknown".into());
     Ok(Bpftrace { binary, version })
 }
 

@@ -15,7 +15,7 @@ use crate::{
     churn::ChurnArgs,
     peer,
     runner::{Mode, PeerTools, Tools},
-    util::{is_root, probe_output, sibling_program, workspace_root},
+    util::{first_line, is_root, sibling_program, workspace_root},
 };
 
 /// What the bench will run, checked before anything runs.
@@ -86,9 +86,7 @@ impl Plan {
             },
             churn: ChurnArgs {
                 connections: args.connections,
-                concurrency: args.concurrency,
-                client_threads: args.client_threads,
-                server_threads: args.server_threads,
+                load: args.load.clone(),
                 destinations: 16,
                 progress_every: (args.connections / 20).max(1),
                 pin: !args.no_pin,
@@ -120,7 +118,7 @@ impl Plan {
 
 /// Fails on flags that cannot make a bench, and when not root.
 fn check(args: &BenchArgs) -> Result<()> {
-    if !is_root()? {
+    if !is_root() {
         bail!("the bench loads eBPF programs and creates network namespaces: run it as root");
     }
     let soaking = args.soak || args.soak_minutes.is_some();
@@ -151,22 +149,15 @@ fn remove_stale_outputs(dir: &Path) {
     }
 }
 
+/// The commit checked out, `-dirty` when tracked files differ from it.
 fn git_commit() -> String {
-    let git = |args: &[&str]| {
-        probe_output(
-            Command::new("git")
-                .arg("-C")
-                .arg(workspace_root())
-                .args(args),
-        )
-    };
-    let head = git(&["rev-parse", "--short", "HEAD"])
-        .map_or_else(|| "unknown".into(), |s| s.trim().to_owned());
-    let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
-        .is_some_and(|s| !s.trim().is_empty());
-    if dirty {
-        format!("{head}-dirty")
-    } else {
-        head
-    }
+    let mut git = Command::new("git");
+    git.arg("-C").arg(workspace_root()).args([
+        "describe",
+        "--always",
+        "--dirty",
+        "--abbrev=7",
+        "--exclude=*",
+    ]);
+    first_line(&mut git).unwrap_or_else(|| "unknown".into())
 }

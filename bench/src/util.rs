@@ -8,10 +8,12 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-/// The repository root: the parent of this crate's manifest directory.
+/// The repository root: the parent of this crate's directory.
 pub fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+    let bench_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    bench_dir
+        .parent()
+        .map_or_else(|| bench_dir.into(), Path::to_path_buf)
 }
 
 /// A program built beside this one (`target/release/tracer`, `target/release/churn`).
@@ -28,26 +30,23 @@ pub fn sibling_program(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Runs a command quietly and returns its stdout, or `None` if it could not start or did not
-/// exit 0.
-pub fn probe_output(cmd: &mut Command) -> Option<String> {
+/// The first line a command prints, when it runs and exits 0.
+pub fn first_line(cmd: &mut Command) -> Option<String> {
     let output = cmd
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
         .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
     output
         .status
         .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+        .then(|| text.lines().next().unwrap_or("").trim().to_owned())
 }
 
 /// True when the effective uid is 0.
-pub fn is_root() -> Result<bool> {
-    let status = procfs::process::Process::myself()
-        .and_then(|me| me.status())
-        .context("reading /proc/self/status")?;
-    Ok(status.euid == 0)
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
 }
 
 /// Finds an executable by name on `PATH`.
