@@ -148,34 +148,14 @@ pub fn churn(args: &ChurnArgs) -> Result<()> {
         bail!("thread and destination counts must be positive");
     }
     enter_private_netns()?;
-
     // Bound now (so the port is known), listening only after "go": the listener's
     // CLOSE -> LISTEN is then seen by a tracer started in between.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .context("creating the listener")?;
-    // The namespace has no interface but lo: the wildcard address is loopback only, and lets
-    // the clients spread over 127.0.0.1..=N.
-    socket
-        .bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.port)).into())
-        .with_context(|| format!("binding the listener to port {}", args.port))?;
-    let port = socket
-        .local_addr()?
-        .as_socket()
-        .context("listener address")?
-        .port();
+    let (socket, port) = bind_listener(args.port)?;
     say(&Message::Ready { port })?;
-
-    let mut line = String::new();
-    io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .context("waiting for the go line")?;
-    if line.trim() != "go" {
-        bail!("expected `go` on stdin, got {line:?}");
-    }
+    wait_for_go()?;
 
     socket.listen(BACKLOG).context("listen")?;
-    let listener: TcpListener = socket.into();
+    let listener = Arc::new(TcpListener::from(socket));
     let state = Arc::new(State {
         args: args.clone(),
         port,
@@ -188,46 +168,7 @@ pub fn churn(args: &ChurnArgs) -> Result<()> {
         waiting: AtomicBool::new(false),
         room: (Mutex::new(()), Condvar::new()),
     });
-    let listener = Arc::new(listener);
-
-    let mut threads = Vec::new();
-    for i in 0..args.load.server_threads {
-        let (state, listener) = (Arc::clone(&state), Arc::clone(&listener));
-        threads.push(
-            thread::Builder::new()
-                .name(format!("server-{i}"))
-                .spawn(move || {
-                    state.pin(i);
-                    state.guard(&listener, || state.server(&listener))
-                })?,
-        );
-    }
-    for i in 0..args.load.client_threads {
-        let (state, listener) = (Arc::clone(&state), Arc::clone(&listener));
-        threads.push(
-            thread::Builder::new()
-                .name(format!("client-{i}"))
-                .spawn(move || {
-                    state.pin(i);
-                    state.guard(&listener, || state.client())
-                })?,
-        );
-    }
-    let mut failure = None;
-    for t in threads {
-        match t.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                failure.get_or_insert(e);
-            }
-            Err(_) => {
-                failure.get_or_insert(anyhow::anyhow!("a churn thread panicked"));
-            }
-        }
-    }
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    run_threads(&state, &listener)?;
     let elapsed_ns = state.finished_ns.load(Ordering::Acquire);
     thread::sleep(SETTLE);
     drop(listener);
@@ -235,6 +176,65 @@ pub fn churn(args: &ChurnArgs) -> Result<()> {
         done: state.done.load(Ordering::Acquire),
         elapsed_ns,
     })
+}
+
+/// A listening socket's first half: bound to `port` (0: the kernel picks) on the wildcard
+/// address, not yet listening. The namespace has no interface but lo: the wildcard address
+/// is loopback only, and lets the clients spread over 127.0.0.1..=N.
+fn bind_listener(port: u16) -> Result<(socket2::Socket, u16)> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .context("creating the listener")?;
+    socket
+        .bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
+        .with_context(|| format!("binding the listener to port {port}"))?;
+    let port = socket
+        .local_addr()?
+        .as_socket()
+        .context("listener address")?
+        .port();
+    Ok((socket, port))
+}
+
+/// Waits for the bench's `go` line on stdin.
+fn wait_for_go() -> Result<()> {
+    let mut line = String::new();
+    io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("waiting for the go line")?;
+    if line.trim() != "go" {
+        bail!("expected `go` on stdin, got {line:?}");
+    }
+    Ok(())
+}
+
+/// Runs the server and client threads to the end; the first error of any of them.
+fn run_threads(state: &Arc<State>, listener: &Arc<TcpListener>) -> Result<()> {
+    let servers = (0..state.args.load.server_threads).map(|i| (true, i));
+    let clients = (0..state.args.load.client_threads).map(|i| (false, i));
+    let mut threads = Vec::new();
+    for (server, i) in servers.chain(clients) {
+        let (state, listener) = (Arc::clone(state), Arc::clone(listener));
+        let name = format!("{}-{i}", if server { "server" } else { "client" });
+        threads.push(thread::Builder::new().name(name).spawn(move || {
+            state.pin(i);
+            if server {
+                state.guard(&listener, || state.server(&listener))
+            } else {
+                state.guard(&listener, || state.client())
+            }
+        })?);
+    }
+    let mut failure = None;
+    for t in threads {
+        let result = t
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("a churn thread panicked")));
+        if let Err(e) = result {
+            failure.get_or_insert(e);
+        }
+    }
+    failure.map_or(Ok(()), Err)
 }
 
 struct State {
