@@ -61,12 +61,16 @@ enum Chore {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
-    /// Benchmark the tracer at full connection churn on loopback, beside no tracer and a
-    /// peer (bpftrace); needs root.
-    Bench(bench::BenchArgs),
-    /// The bench's churn generator (run by `bench` in a private network namespace).
-    #[command(hide = true)]
-    Churn(bench::churn::ChurnArgs),
+    /// Benchmark the tracer at full connection churn on loopback (root; `bench --help`).
+    ///
+    /// Builds the bench crate (bench/) and the tracer in release, then runs the bench with
+    /// these flags; `cargo xtask bench --help` lists them.
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// The bench's flags (see `cargo xtask bench --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -106,7 +110,6 @@ fn dispatch(chore: Chore) -> Result<()> {
         Chore::Test { unprivileged } => test::test(unprivileged),
         Chore::Lint => lint::lint(),
         Chore::Fuzz { target, seconds } => fuzz::fuzz(&target, seconds),
-        Chore::Bench(args) => bench::bench(&args),
-        Chore::Churn(args) => bench::churn::churn(&args),
+        Chore::Bench { args } => bench::bench(&args),
     }
 }

@@ -1,6 +1,11 @@
 //! `build` and `run`: the userspace tracer, with the eBPF object embedded.
 
-use std::{ffi::OsString, os::unix::process::CommandExt as _, path::PathBuf, process::Command};
+use std::{
+    ffi::OsString,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
@@ -31,14 +36,25 @@ impl Profile {
 /// Builds the eBPF object, then the tracer binary; returns the binary's path.
 pub fn build(profile: Profile) -> Result<PathBuf> {
     let built = ebpf::build()?;
+    build_package("tracer", &built.object, profile)?;
+    binary_path("tracer", profile)
+}
+
+/// Builds the binaries of a workspace package, with `object` as the eBPF object the tracer
+/// library embeds (whether or not it exists yet).
+pub fn build_package(package: &str, object: &Path, profile: Profile) -> Result<()> {
     let mut cmd = host_cargo();
-    cmd.env(OBJECT_VAR, &built.object)
-        .args(["build", "-p", "tracer"]);
+    cmd.env(OBJECT_VAR, object)
+        .args(["build", "--bins", "-p", package]);
     if let Profile::Release = profile {
         cmd.arg("--release");
     }
-    run(&mut cmd).context("building the tracer")?;
-    let binary = target_dir()?.join(profile.dir()).join("tracer");
+    run(&mut cmd).with_context(|| format!("building {package}"))
+}
+
+/// Where cargo put a binary built with `profile`; fails if it is not there.
+pub fn binary_path(name: &str, profile: Profile) -> Result<PathBuf> {
+    let binary = target_dir()?.join(profile.dir()).join(name);
     if !binary.is_file() {
         bail!("the build succeeded but {} is missing", binary.display());
     }

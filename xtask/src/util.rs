@@ -127,19 +127,12 @@ pub fn host_cargo() -> Command {
     cmd
 }
 
-/// True when the effective uid is 0, read from `/proc/self/status` (no libc needed).
+/// True when the effective uid is 0.
 pub fn is_root() -> Result<bool> {
-    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let uid_line = status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .context("no Uid line in /proc/self/status")?;
-    // Fields: real, effective, saved, filesystem.
-    let effective = uid_line
-        .split_whitespace()
-        .nth(1)
-        .context("malformed Uid line in /proc/self/status")?;
-    Ok(effective == "0")
+    let status = procfs::process::Process::myself()
+        .and_then(|me| me.status())
+        .context("reading /proc/self/status")?;
+    Ok(status.euid == 0)
 }
 
 /// Finds an executable by name on `PATH`.

@@ -8,10 +8,7 @@ use std::{
     process::Command,
 };
 
-use crate::{
-    ebpf::apt_install_if_available,
-    util::{probe_output, which},
-};
+use crate::util::{apt_install, first_line, which};
 
 /// One line per transition: `nsecs skaddr pid comm saddr sport daddr dport old new delta_us`.
 /// The fields are copied to variables first: bpftrace 0.17's code reads the tracepoint
@@ -67,16 +64,14 @@ pub fn bpftrace(install: bool) -> Result<Bpftrace, String> {
         Some(path) => path,
         None if !install => return Err("bpftrace is not installed (--no-install)".into()),
         None => {
-            match apt_install_if_available("bpftrace") {
-                Ok(true) => {}
-                Ok(false) => return Err("Debian has no bpftrace package here".into()),
-                Err(e) => return Err(format!("installing bpftrace failed: {e:#}")),
+            if let Err(e) = apt_install("bpftrace") {
+                return Err(format!("installing bpftrace failed: {e:#}"));
             }
             which("bpftrace").ok_or("bpftrace installed but not on PATH")?
         }
     };
-    let version = probe_output(Command::new(&binary).arg("--version"))
-        .map_or_else(|| "unknown".into(), |v| v.trim().to_owned());
+    let version =
+        first_line(Command::new(&binary).arg("--version")).unwrap_or_else(|| "unknown".into());
     Ok(Bpftrace { binary, version })
 }
 

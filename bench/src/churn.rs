@@ -1,8 +1,7 @@
 //! The churn generator: many short loopback connections of one known shape, as fast as two
 //! cores allow, with bounded concurrency.
 //!
-//! It runs as its own process (the hidden `cargo xtask churn`, optimized through
-//! `[profile.dev.package.xtask]`) inside a fresh network namespace whose only interface is
+//! It runs as its own process (the `churn` binary of this crate, built in release) inside a fresh network namespace whose only interface is
 //! `lo`. The namespace gives every run the same start (no TIME_WAIT sockets left by the
 //! previous run, which would otherwise pile up to `tcp_max_tw_buckets` and make later runs
 //! cheaper), and the sysctls changed below are the namespace's own: nothing to restore.
@@ -50,9 +49,10 @@ pub const SHAPE: [(&str, &str); 10] = [
 /// The listener's own transitions, once per run.
 pub const LISTENER_SHAPE: [(&str, &str); 2] = [("CLOSE", "LISTEN"), ("LISTEN", "CLOSE")];
 
-/// Transitions a run of `connections` connections makes.
-pub fn expected_transitions(connections: u64) -> u64 {
-    connections * SHAPE.len() as u64 + LISTENER_SHAPE.len() as u64
+/// Transitions that `connections` connections over `listeners` runs of the generator make
+/// (each run has its own listener).
+pub fn expected_transitions(connections: u64, listeners: u64) -> u64 {
+    connections * SHAPE.len() as u64 + listeners * LISTENER_SHAPE.len() as u64
 }
 
 /// Bytes each client writes.
@@ -63,20 +63,33 @@ const BACKLOG: i32 = 4096;
 /// connections are processed (and traced) before the run ends. Not counted in the rate.
 const SETTLE: Duration = Duration::from_millis(100);
 
+/// How hard the generator pushes: connections in flight and threads (flags of both `churn`
+/// and `bench`).
 #[derive(Clone, Debug, clap::Args)]
+pub struct Load {
+    /// Connections started but not yet closed by the server, at most.
+    #[arg(long, default_value_t = 128)]
+    pub concurrency: u64,
+    /// Client threads of the generator (connect, write, close).
+    #[arg(long, default_value_t = 2)]
+    pub client_threads: usize,
+    /// Server threads of the generator (accept, read to EOF, close).
+    #[arg(long, default_value_t = 2)]
+    pub server_threads: usize,
+}
+
+/// The generator's flags, as `bench` passes them (see [`ChurnArgs::to_args`]).
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "churn",
+    about = "The bench's load: short loopback connections of one shape"
+)]
 pub struct ChurnArgs {
     /// Connections to make.
     #[arg(long, default_value_t = 100_000)]
     pub connections: u64,
-    /// Connections started but not yet closed by the server, at most.
-    #[arg(long, default_value_t = 128)]
-    pub concurrency: u64,
-    /// Client threads (connect, write, close).
-    #[arg(long, default_value_t = 2)]
-    pub client_threads: usize,
-    /// Server threads (accept, read to EOF, close).
-    #[arg(long, default_value_t = 2)]
-    pub server_threads: usize,
+    #[command(flatten)]
+    pub load: Load,
     /// Destination addresses 127.0.0.1..=127.0.0.N: each is its own space of 4-tuples, so
     /// ephemeral ports never run out while earlier connections sit in TIME_WAIT.
     #[arg(long, default_value_t = 16)]
@@ -94,17 +107,17 @@ pub struct ChurnArgs {
 }
 
 impl ChurnArgs {
-    /// The arguments as they are passed to the `churn` subcommand.
+    /// The arguments as they are passed to the `churn` binary.
     pub fn to_args(&self) -> Vec<String> {
         vec![
             "--connections".into(),
             self.connections.to_string(),
             "--concurrency".into(),
-            self.concurrency.to_string(),
+            self.load.concurrency.to_string(),
             "--client-threads".into(),
-            self.client_threads.to_string(),
+            self.load.client_threads.to_string(),
             "--server-threads".into(),
-            self.server_threads.to_string(),
+            self.load.server_threads.to_string(),
             "--destinations".into(),
             self.destinations.to_string(),
             "--progress-every".into(),
@@ -126,43 +139,23 @@ pub enum Message {
     Done { done: u64, elapsed_ns: u64 },
 }
 
-/// Entry point of `cargo xtask churn`.
+/// Entry point of the `churn` binary.
 pub fn churn(args: &ChurnArgs) -> Result<()> {
-    if args.connections == 0 || args.concurrency == 0 {
+    if args.connections == 0 || args.load.concurrency == 0 {
         bail!("--connections and --concurrency must be positive");
     }
-    if args.client_threads == 0 || args.server_threads == 0 || args.destinations == 0 {
+    if args.load.client_threads == 0 || args.load.server_threads == 0 || args.destinations == 0 {
         bail!("thread and destination counts must be positive");
     }
     enter_private_netns()?;
-
     // Bound now (so the port is known), listening only after "go": the listener's
     // CLOSE -> LISTEN is then seen by a tracer started in between.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .context("creating the listener")?;
-    // The namespace has no interface but lo: the wildcard address is loopback only, and lets
-    // the clients spread over 127.0.0.1..=N.
-    socket
-        .bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.port)).into())
-        .with_context(|| format!("binding the listener to port {}", args.port))?;
-    let port = socket
-        .local_addr()?
-        .as_socket()
-        .context("listener address")?
-        .port();
+    let (socket, port) = bind_listener(args.port)?;
     say(&Message::Ready { port })?;
-
-    let mut line = String::new();
-    io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .context("waiting for the go line")?;
-    if line.trim() != "go" {
-        bail!("expected `go` on stdin, got {line:?}");
-    }
+    wait_for_go()?;
 
     socket.listen(BACKLOG).context("listen")?;
-    let listener: TcpListener = socket.into();
+    let listener = Arc::new(TcpListener::from(socket));
     let state = Arc::new(State {
         args: args.clone(),
         port,
@@ -175,46 +168,7 @@ pub fn churn(args: &ChurnArgs) -> Result<()> {
         waiting: AtomicBool::new(false),
         room: (Mutex::new(()), Condvar::new()),
     });
-    let listener = Arc::new(listener);
-
-    let mut threads = Vec::new();
-    for i in 0..args.server_threads {
-        let (state, listener) = (Arc::clone(&state), Arc::clone(&listener));
-        threads.push(
-            thread::Builder::new()
-                .name(format!("server-{i}"))
-                .spawn(move || {
-                    state.pin(i);
-                    state.guard(&listener, || state.server(&listener))
-                })?,
-        );
-    }
-    for i in 0..args.client_threads {
-        let (state, listener) = (Arc::clone(&state), Arc::clone(&listener));
-        threads.push(
-            thread::Builder::new()
-                .name(format!("client-{i}"))
-                .spawn(move || {
-                    state.pin(i);
-                    state.guard(&listener, || state.client())
-                })?,
-        );
-    }
-    let mut failure = None;
-    for t in threads {
-        match t.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                failure.get_or_insert(e);
-            }
-            Err(_) => {
-                failure.get_or_insert(anyhow::anyhow!("a churn thread panicked"));
-            }
-        }
-    }
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    run_threads(&state, &listener)?;
     let elapsed_ns = state.finished_ns.load(Ordering::Acquire);
     thread::sleep(SETTLE);
     drop(listener);
@@ -222,6 +176,65 @@ pub fn churn(args: &ChurnArgs) -> Result<()> {
         done: state.done.load(Ordering::Acquire),
         elapsed_ns,
     })
+}
+
+/// A listening socket's first half: bound to `port` (0: the kernel picks) on the wildcard
+/// address, not yet listening. The namespace has no interface but lo: the wildcard address
+/// is loopback only, and lets the clients spread over 127.0.0.1..=N.
+fn bind_listener(port: u16) -> Result<(socket2::Socket, u16)> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .context("creating the listener")?;
+    socket
+        .bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
+        .with_context(|| format!("binding the listener to port {port}"))?;
+    let port = socket
+        .local_addr()?
+        .as_socket()
+        .context("listener address")?
+        .port();
+    Ok((socket, port))
+}
+
+/// Waits for the bench's `go` line on stdin.
+fn wait_for_go() -> Result<()> {
+    let mut line = String::new();
+    io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("waiting for the go line")?;
+    if line.trim() != "go" {
+        bail!("expected `go` on stdin, got {line:?}");
+    }
+    Ok(())
+}
+
+/// Runs the server and client threads to the end; the first error of any of them.
+fn run_threads(state: &Arc<State>, listener: &Arc<TcpListener>) -> Result<()> {
+    let servers = (0..state.args.load.server_threads).map(|i| (true, i));
+    let clients = (0..state.args.load.client_threads).map(|i| (false, i));
+    let mut threads = Vec::new();
+    for (server, i) in servers.chain(clients) {
+        let (state, listener) = (Arc::clone(state), Arc::clone(listener));
+        let name = format!("{}-{i}", if server { "server" } else { "client" });
+        threads.push(thread::Builder::new().name(name).spawn(move || {
+            state.pin(i);
+            if server {
+                state.guard(&listener, || state.server(&listener))
+            } else {
+                state.guard(&listener, || state.client())
+            }
+        })?);
+    }
+    let mut failure = None;
+    for t in threads {
+        let result = t
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("a churn thread panicked")));
+        if let Err(e) = result {
+            failure.get_or_insert(e);
+        }
+    }
+    failure.map_or(Ok(()), Err)
 }
 
 struct State {
@@ -291,7 +304,7 @@ impl State {
     }
 
     fn wait_for_room(&self, i: u64) -> Result<()> {
-        let bound = self.args.concurrency;
+        let bound = self.args.load.concurrency;
         if i < self.done.load(Ordering::Acquire) + bound {
             return Ok(());
         }
@@ -421,7 +434,8 @@ mod tests {
 
     #[test]
     fn expected_counts() {
-        assert_eq!(expected_transitions(1), 12);
-        assert_eq!(expected_transitions(100_000), 1_000_002);
+        assert_eq!(expected_transitions(1, 1), 12);
+        assert_eq!(expected_transitions(100_000, 1), 1_000_002);
+        assert_eq!(expected_transitions(10, 3), 106);
     }
 }

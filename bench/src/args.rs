@@ -1,0 +1,67 @@
+//! The bench's flags (`cargo xtask bench --help`).
+
+use std::path::PathBuf;
+
+use crate::{churn::Load, runner::Mode};
+
+/// The flags of `cargo xtask bench`.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "cargo xtask bench",
+    about = "Benchmark the tracer at full connection churn on loopback, beside no tracer and a \
+             peer (bpftrace); needs root"
+)]
+pub struct BenchArgs {
+    /// Connections per run.
+    #[arg(long, default_value_t = 100_000)]
+    pub connections: u64,
+    /// Rounds; each round runs every mode once, in turn (A B C A B C ...). 0 with --soak or
+    /// --soak-minutes: the soak only.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Modes to run, in this order within a round.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "none,tracer,bpftrace,bpftrace-count"
+    )]
+    pub modes: Vec<Mode>,
+    #[command(flatten)]
+    pub load: Load,
+    /// Leave the generator's threads unpinned (by default client and server thread i run on
+    /// CPU i: unpinned, the scheduler's placement makes the rate swing by a third from run
+    /// to run on 2 cores).
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Also run one long tracer run and sample its memory over time.
+    #[arg(long)]
+    pub soak: bool,
+    /// Connections of the soak run.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub soak_connections: u64,
+    /// Instead, soak for this many minutes: one tracer process, its output counted from a
+    /// pipe (not stored), the churn generator run again and again on one port until the time
+    /// is up, RSS sampled every 10 s. Implies --soak.
+    #[arg(long, value_name = "MINUTES", conflicts_with = "soak_connections")]
+    pub soak_minutes: Option<u64>,
+    /// Connections per run of the generator in a --soak-minutes soak (about 30 s each).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub soak_chunk: u64,
+    /// Where to write the results as JSON (relative to the repository's root).
+    #[arg(long, default_value = "target/bench/results.json")]
+    pub output: PathBuf,
+    /// Keep the tracers' output files (in the output's directory).
+    #[arg(long)]
+    pub keep: bool,
+    /// Do not install bpftrace when it is missing (the peer is then skipped).
+    #[arg(long)]
+    pub no_install: bool,
+    /// Pause between runs, so the previous run's namespace teardown and writeback settle.
+    #[arg(long, default_value_t = 1000)]
+    pub cooldown_ms: u64,
+    /// Before each run, wait up to this many seconds for other processes to go quiet
+    /// (runs still noisy are marked so in the report).
+    #[arg(long, default_value_t = 30)]
+    pub quiet_wait_s: u64,
+}

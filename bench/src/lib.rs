@@ -1,0 +1,157 @@
+//! The bench behind `cargo xtask bench`: the tracer's cost at full TCP connection churn,
+//! beside no tracer and beside a peer (bpftrace), measured side by side on loopback.
+//!
+//! A bench is planned ([`plan`]: flags, modes, programs), run (a shape check, the rounds,
+//! the soak) and reported ([`results`]).
+//!
+//! - [`churn`]: the load, a generator of short connections of a known shape (the `churn`
+//!   binary); [`generator`] drives one run of it.
+//! - [`runner`]: one run of one mode and what it measured; [`observer`]: the tracer or
+//!   bpftrace beside the generator; [`count`]: what an observer wrote.
+//! - [`peer`]: bpftrace and its scripts.
+//! - [`report`]: medians, the table, the targets.
+//! - [`soak`]: the time-bounded soak, one tracer for minutes of churn, output counted from a
+//!   pipe.
+//! - [`sys`]: /proc (procfs), fdinfo, child processes, BPF run-time statistics.
+//!
+//! Bounded in count and time: every run has a deadline, every process started is stopped by
+//! PID and reaped, and the churn runs in a private network namespace with only `lo`.
+
+mod args;
+pub mod churn;
+mod count;
+mod generator;
+mod observer;
+mod peer;
+mod plan;
+mod report;
+mod results;
+mod runner;
+mod soak;
+mod sys;
+mod util;
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+pub use self::args::BenchArgs;
+use self::{
+    churn::ChurnArgs,
+    plan::Plan,
+    report::Soak,
+    runner::{Mode, RunResult},
+};
+
+/// How often a run samples the observer's memory.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// Runs the bench: the plan, the runs, the report.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let plan = Plan::new(args)?;
+    // In-kernel time per run needs the kernel's BPF statistics; held for the whole bench.
+    let _stats = sys::enable_bpf_stats()?;
+    if (args.rounds > 0 && plan.modes.contains(&Mode::Tracer)) || plan.soaking() {
+        check_shape(&plan)?;
+    }
+    let runs = rounds(&plan)?;
+    let soak = soak(&plan)?;
+    results::report(&plan, runs, soak)
+}
+
+/// Checks the shape of a connection on a small, slow run first: the expected counts rest
+/// on it.
+fn check_shape(plan: &Plan) -> Result<()> {
+    let small = ChurnArgs {
+        connections: 200,
+        load: churn::Load {
+            concurrency: 1,
+            ..plan.churn.load.clone()
+        },
+        progress_every: 0,
+        ..plan.churn.clone()
+    };
+    let check = runner::run(&plan.tools, Mode::Tracer, &small, 0, SAMPLE_EVERY)?;
+    if !check.shape_mismatches.is_empty() || check.missing_unreported != Some(0) {
+        bail!(
+            "the connection shape is not what the bench expects on this kernel \
+             (200 connections, one at a time):\n{}",
+            report::run_lines(&[check])
+        );
+    }
+    eprintln!(
+        "bench: shape checked: {} transitions per connection + {} for the listener",
+        churn::SHAPE.len(),
+        churn::LISTENER_SHAPE.len()
+    );
+    std::thread::sleep(plan.cooldown());
+    Ok(())
+}
+
+/// The rounds: every mode once per round, in turn.
+fn rounds(plan: &Plan) -> Result<Vec<RunResult>> {
+    let mut runs = Vec::new();
+    for round in 1..=plan.args.rounds {
+        for &mode in &plan.modes {
+            let load = runner::wait_quiet_machine(plan.quiet_wait());
+            eprintln!(
+                "bench: round {round}/{}: {} (background load {load:.2} CPUs)",
+                plan.args.rounds,
+                mode.describe()
+            );
+            let result = runner::run(&plan.tools, mode, &plan.churn, round, SAMPLE_EVERY)?;
+            eprint!(
+                "bench: {}",
+                report::run_lines(std::slice::from_ref(&result))
+            );
+            runs.push(result);
+            std::thread::sleep(plan.cooldown());
+        }
+    }
+    Ok(runs)
+}
+
+/// The soak, when asked for: for `--soak-minutes`, one tracer for that long; for `--soak`,
+/// one long run of our tracer.
+fn soak(plan: &Plan) -> Result<Option<Soak>> {
+    let args = &plan.args;
+    if !plan.soaking() {
+        return Ok(None);
+    }
+    let load = runner::wait_quiet_machine(plan.quiet_wait());
+    let soak = if let Some(minutes) = args.soak_minutes {
+        eprintln!(
+            "bench: soak: our tracer for {minutes} minutes of churn, output counted from a pipe \
+             (background load {load:.2} CPUs)"
+        );
+        let soak_plan = soak::Plan {
+            minutes,
+            chunk: args.soak_chunk,
+            sample_every: Duration::from_secs(10),
+        };
+        soak::run(&plan.tools, &plan.churn, &soak_plan)?
+    } else {
+        eprintln!(
+            "bench: soak: our tracer over {} connections (background load {load:.2} CPUs)",
+            args.soak_connections
+        );
+        let soak_args = ChurnArgs {
+            connections: args.soak_connections,
+            progress_every: (args.soak_connections / 100).max(1),
+            ..plan.churn.clone()
+        };
+        let every = Duration::from_millis(250);
+        Soak::judge(runner::run(
+            &plan.tools,
+            Mode::Tracer,
+            &soak_args,
+            0,
+            every,
+        )?)
+    };
+    eprint!(
+        "bench: soak {}",
+        report::run_lines(std::slice::from_ref(&soak.run))
+    );
+    Ok(Some(soak))
+}

@@ -1,0 +1,151 @@
+//! The end of a bench: the summary and the targets printed (Markdown, as kept in
+//! docs/bench.md) and everything written as JSON.
+
+use std::{
+    fs,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use crate::{
+    churn,
+    plan::Plan,
+    report::{self, ModeSummary, Soak, Target},
+    runner::RunResult,
+};
+
+#[derive(Serialize)]
+struct Results {
+    meta: Meta,
+    summary: Vec<ModeSummary>,
+    targets: Vec<Target>,
+    runs: Vec<RunResult>,
+    soak: Option<Soak>,
+    table: String,
+}
+
+#[derive(Serialize)]
+struct Meta {
+    command: String,
+    unix_time: u64,
+    git_commit: String,
+    kernel: String,
+    cpus: usize,
+    cpu_model: String,
+    connections: u64,
+    rounds: usize,
+    soak_minutes: Option<u64>,
+    churn: Vec<String>,
+    expected_per_run: u64,
+    bpftrace: Option<String>,
+    peer_skipped: Option<String>,
+    notes: Vec<String>,
+}
+
+/// Prints the runs, the summary table and the targets, and writes all of it to the plan's
+/// output file.
+pub fn report(plan: &Plan, runs: Vec<RunResult>, soak: Option<Soak>) -> Result<()> {
+    let modes = if plan.args.rounds == 0 {
+        &[][..]
+    } else {
+        &plan.modes[..]
+    };
+    let summary = report::summarize(&runs, modes);
+    let targets = report::targets(&summary, &runs, soak.as_ref());
+    let table = report::table(&summary);
+    let command = std::iter::once("cargo xtask bench".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+
+    if !runs.is_empty() {
+        println!("{}", report::run_lines(&runs));
+        println!("{table}");
+    }
+    println!("{}", report::targets_table(&targets));
+    if let Some(soak) = &soak {
+        print_soak(soak);
+    }
+    println!("command: {command}");
+
+    let results = Results {
+        meta: meta(plan, command),
+        summary,
+        targets,
+        runs,
+        soak,
+        table,
+    };
+    fs::write(&plan.output, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("writing {}", plan.output.display()))?;
+    eprintln!("bench: results in {}", plan.output.display());
+    Ok(())
+}
+
+/// The soak's verdict and its memory over time (or over connections seen).
+fn print_soak(soak: &Soak) {
+    println!("soak: {}", soak.describe());
+    if soak.timed.is_some() {
+        print!("{}", report::run_lines(std::slice::from_ref(&soak.run)));
+        println!("soak RSS of the tracer over time:");
+        println!("{}", report::soak_table(soak));
+        return;
+    }
+    println!("soak RSS over connections seen (MiB):");
+    let step = (soak.run.connections / 10).max(1);
+    let mut next = 0;
+    for sample in &soak.run.rss_samples {
+        if sample.connections >= next {
+            println!(
+                "  {:>9} connections  {:>6.1}",
+                sample.connections,
+                sample.rss_kib as f64 / 1024.0
+            );
+            next = sample.connections + step;
+        }
+    }
+}
+
+fn meta(plan: &Plan, command: String) -> Meta {
+    let args = &plan.args;
+    Meta {
+        command,
+        unix_time: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        git_commit: plan.git_commit.clone(),
+        kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        cpus: std::thread::available_parallelism().map_or(0, usize::from),
+        cpu_model: cpu_model(),
+        connections: args.connections,
+        rounds: args.rounds,
+        soak_minutes: args.soak_minutes,
+        churn: plan.churn.to_args(),
+        expected_per_run: churn::expected_transitions(args.connections, 1),
+        bpftrace: plan.bpftrace_version.clone(),
+        peer_skipped: plan.peer_skipped.clone(),
+        notes: vec![
+            "each run's churn is in a fresh network namespace with only lo; clients connect to \
+             127.0.0.1..=127.0.0.16 on the listener's port"
+                .into(),
+            "observer CPU is utime+stime from attach (/proc/<pid>/stat) to exit (wait4)".into(),
+            "peak RSS is the larger of VmHWM before the stop and ru_maxrss at exit".into(),
+            "kernel BPF statistics (run_time_ns, run_cnt) are on for the whole bench \
+             (BPF_ENABLE_STATS, which ends with the bench)"
+                .into(),
+        ],
+    }
+}
+
+fn cpu_model() -> String {
+    use procfs::Current as _;
+    procfs::CpuInfo::current()
+        .ok()
+        .and_then(|info| info.model_name(0).map(str::to_owned))
+        .unwrap_or_default()
+}
