@@ -17,16 +17,7 @@ pub fn whole_ms(ns: u64) -> u64 {
 
 /// Parses `500ms`, `30s`, `5m`, `1h30m`, `1.5s`.
 pub fn parse_duration(token: &str) -> Result<Duration, String> {
-    let token = token.trim();
-    if let Some(secs) = token.strip_suffix('s').filter(|s| s.contains('.')) {
-        return secs
-            .parse::<f64>()
-            .ok()
-            .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e12)
-            .map(Duration::from_secs_f64)
-            .ok_or_else(|| "not a number of seconds".to_owned());
-    }
-    humantime::parse_duration(token).map_err(|e| e.to_string())
+    humantime::parse_duration(token.trim()).map_err(|e| e.to_string())
 }
 
 /// Converts kernel monotonic timestamps (`bpf_ktime_get_ns`, `CLOCK_MONOTONIC`) to wall-clock
