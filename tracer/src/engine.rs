@@ -122,7 +122,7 @@ impl Engine {
             }));
         }
         if let Some(resolved) = resolved {
-            self.push_resolved(resolved, applied.owner.as_ref(), out);
+            self.push_resolved(&resolved, applied.owner.as_ref(), out);
         }
         for timeline in applied.finished {
             self.push_timeline(&timeline, t.ts_ns, out);
@@ -251,7 +251,7 @@ impl Engine {
 
     fn push_resolved(
         &mut self,
-        r: Resolved,
+        r: &Resolved,
         owner: Option<&crate::owner::Owner>,
         out: &mut Vec<Record>,
     ) {

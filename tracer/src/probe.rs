@@ -131,8 +131,7 @@ impl Probe {
     pub fn lost(&self) -> u64 {
         self.stats
             .get(&STAT_RINGBUF_FULL, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+            .map_or(0, |per_cpu| per_cpu.iter().sum())
     }
 
     /// How often the kernel skipped our program because it was already running on that CPU

@@ -187,6 +187,10 @@ impl Tracker {
     }
 
     /// Applies one transition.
+    ///
+    /// # Panics
+    ///
+    /// Never: the socket's entry is inserted before it is looked up.
     pub fn apply(&mut self, t: &Transition) -> Applied {
         let mut applied = Applied::default();
         let born = is_birth(t);

@@ -122,7 +122,11 @@ fn digits(out: &mut [u8], mut value: u64) {
     }
 }
 
-/// The kernel's monotonic clock, the same one `bpf_ktime_get_ns` reads.
+/// The kernel's monotonic clock, the same one `bpf_ktime_get_ns` reads, in ns.
+///
+/// # Panics
+///
+/// If `CLOCK_MONOTONIC` cannot be read, which Linux always allows.
 pub fn monotonic_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always available on Linux");

@@ -110,7 +110,7 @@ impl<R: BufRead> Reader<R> {
             }
             match parse_line(bytes, line, warn) {
                 Ok(Some(record)) => return Ok(Some((line, record))),
-                Ok(None) => continue,
+                Ok(None) => {}
                 // A writer killed mid-line leaves a last line with no newline that starts as
                 // a record does. Anything else is bad input.
                 Err(_) if !ended && bytes.first() == Some(&b'{') && self.at_end()? => {
