@@ -48,7 +48,9 @@ const DRAIN_SLICE: usize = 32;
 /// Why the loop stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
+    /// A signal (its name) asked the tracer to stop.
     Signal(&'static str),
+    /// `--duration` passed.
     Duration,
     /// stdout was closed by its reader.
     OutputClosed,

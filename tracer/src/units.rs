@@ -46,6 +46,7 @@ impl WallClock {
         Self { offset_ns }
     }
 
+    /// Wall-clock ns since the epoch of kernel time `ts_ns`.
     pub fn wall_ns(&self, ts_ns: u64) -> i128 {
         // Saturating: an offset read from an export's header can be anything.
         self.offset_ns.saturating_add(i128::from(ts_ns))

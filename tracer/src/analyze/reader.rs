@@ -75,6 +75,7 @@ pub struct Reader<R> {
 }
 
 impl<R: BufRead> Reader<R> {
+    /// A reader of `input`, from its first line.
     pub fn new(input: R) -> Self {
         Self {
             input,

@@ -16,12 +16,14 @@ use crate::{
     record::{Record, TransitionRecord},
 };
 
+/// NDJSON: one record per line, the bytes serde_json would write for [`Record`].
 pub struct JsonSink<W> {
     out: W,
     line: Vec<u8>,
 }
 
 impl<W: Write> JsonSink<W> {
+    /// A sink writing to `out` (buffer it: every record is one `write_all`).
     pub fn new(out: W) -> Self {
         Self {
             out,
@@ -29,6 +31,7 @@ impl<W: Write> JsonSink<W> {
         }
     }
 
+    /// The writer back.
     pub fn into_inner(self) -> W {
         self.out
     }
