@@ -13,14 +13,13 @@ fn main() {
     );
     println!("cargo:rerun-if-changed={}", object.display());
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join("tracer-ebpf.o");
-    match fs::read(&object) {
-        Ok(bytes) => fs::write(&out, bytes).expect("write OUT_DIR/tracer-ebpf.o"),
-        Err(_) => {
-            println!(
-                "cargo:warning=eBPF object {} not found: the tracer will build but cannot load; run `cargo xtask build`",
-                object.display()
-            );
-            fs::write(&out, []).expect("write OUT_DIR/tracer-ebpf.o");
-        }
+    if let Ok(bytes) = fs::read(&object) {
+        fs::write(&out, bytes).expect("write OUT_DIR/tracer-ebpf.o");
+    } else {
+        println!(
+            "cargo:warning=eBPF object {} not found: the tracer will build but cannot load; run `cargo xtask build`",
+            object.display()
+        );
+        fs::write(&out, []).expect("write OUT_DIR/tracer-ebpf.o");
     }
 }

@@ -48,7 +48,9 @@ const DRAIN_SLICE: usize = 32;
 /// Why the loop stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
+    /// A signal (its name) asked the tracer to stop.
     Signal(&'static str),
+    /// `--duration` passed.
     Duration,
     /// stdout was closed by its reader.
     OutputClosed,
@@ -219,7 +221,7 @@ impl Session {
                     }
                 }
                 scanned = scanned(&mut self.lookup) => {
-                    self.alert(settle(scanned));
+                    self.alert(settle(scanned).as_ref());
                     if std::mem::take(&mut digest_due) {
                         self.digest();
                     }
@@ -246,7 +248,7 @@ impl Session {
     async fn finish(mut self, stop: Stop) -> anyhow::Result<Stop> {
         if let Some(lookup) = &mut self.lookup {
             let scanned = (&mut lookup.scan).await;
-            self.alert(settle(scanned));
+            self.alert(settle(scanned).as_ref());
         }
         // What is still in the ring buffer was emitted before the stop: deliver it too.
         self.drain();
@@ -254,7 +256,7 @@ impl Session {
         if let Some(lookup) = Lookup::start(&mut self.engine, now) {
             self.lookup = Some(lookup);
             let scanned = (&mut self.lookup.as_mut().expect("just set").scan).await;
-            self.alert(settle(scanned));
+            self.alert(settle(scanned).as_ref());
         }
         let Self {
             probe,
@@ -304,12 +306,12 @@ impl Session {
 
     /// Ends the lookup: emits its alerts with what the socket tables say, then hands the
     /// transitions held meanwhile to the engine.
-    fn alert(&mut self, table: Option<SocketTable>) {
+    fn alert(&mut self, table: Option<&SocketTable>) {
         let Some(lookup) = self.lookup.take() else {
             return;
         };
         self.engine
-            .alert(&lookup.due, table.as_ref(), lookup.at_ns, &mut self.batch);
+            .alert(&lookup.due, table, lookup.at_ns, &mut self.batch);
         for transition in self.held.drain(..) {
             if self.batch.len() >= DRAIN_SLICE {
                 self.outputs.format(&mut self.batch);

@@ -89,9 +89,10 @@ impl Detector {
         if t.old != TcpState::CloseWait {
             return None;
         }
-        let id = match self.stuck.contains_key(&SockId::Kernel(t.skaddr)) {
-            true => SockId::Kernel(t.skaddr),
-            false => self.preexisting_with(&t.endpoints())?,
+        let id = if self.stuck.contains_key(&SockId::Kernel(t.skaddr)) {
+            SockId::Kernel(t.skaddr)
+        } else {
+            self.preexisting_with(&t.endpoints())?
         };
         let stuck = self.stuck.remove(&id)?;
         let alerted = stuck.alerted;

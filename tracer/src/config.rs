@@ -47,6 +47,7 @@ impl KernelFilter {
 /// Where `--export` writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportTarget {
+    /// The file to create.
     pub path: PathBuf,
     /// Replace an existing file (`--force`).
     pub force: bool,
@@ -55,6 +56,7 @@ pub struct ExportTarget {
 /// Validated settings of a live run.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// What the eBPF program keeps.
     pub kernel: KernelFilter,
     /// What the engine produces for stdout (an export makes it produce everything).
     pub engine: engine::Options,
@@ -68,6 +70,7 @@ pub struct Config {
     pub report_interval: Duration,
     /// Stop by itself after this long.
     pub duration: Option<Duration>,
+    /// Also write every record to this file (`--export`).
     pub export: Option<ExportTarget>,
 }
 

@@ -39,6 +39,14 @@ impl Default for Options {
     }
 }
 
+/// Turns transitions into records. One per run (live) or per replay (`tracer analyze`).
+///
+/// Feed it every transition in kernel order ([`Engine::transition`]); on each tick ask which
+/// CLOSE_WAIT sockets are due ([`Engine::due`]), look their owners up in the socket tables,
+/// and hand the table back ([`Engine::alert`]); end with [`Engine::finish`]. Every method
+/// appends the records it makes to the `out` it is given, in the order they happened. Times
+/// are kernel monotonic ns (`bpf_ktime_get_ns`); the [`WallClock`] turns them into the
+/// records' `time`. Memory is bounded by [`Options::max_sockets`].
 pub struct Engine {
     opts: Options,
     clock: WallClock,
@@ -48,6 +56,7 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An engine producing what `opts` asks for, stamping records with `clock`.
     pub fn new(opts: Options, clock: WallClock) -> Self {
         Self {
             tracker: Tracker::new(opts.max_sockets),
@@ -122,7 +131,7 @@ impl Engine {
             }));
         }
         if let Some(resolved) = resolved {
-            self.push_resolved(resolved, applied.owner.as_ref(), out);
+            self.push_resolved(&resolved, applied.owner.as_ref(), out);
         }
         for timeline in applied.finished {
             self.push_timeline(&timeline, t.ts_ns, out);
@@ -251,7 +260,7 @@ impl Engine {
 
     fn push_resolved(
         &mut self,
-        r: Resolved,
+        r: &Resolved,
         owner: Option<&crate::owner::Owner>,
         out: &mut Vec<Record>,
     ) {

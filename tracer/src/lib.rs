@@ -3,6 +3,22 @@
 //!
 //! Only [`probe`] and [`app`] need root and a kernel; everything else is pure and tested from
 //! recorded event streams.
+//!
+//! # Modules, in the order data flows through them
+//!
+//! | step | module | what it does |
+//! |---|---|---|
+//! | kernel | [`probe`] | loads the eBPF program (aya), sets its filters, hands out the ring buffer and the loss counters |
+//! | loop | [`app`] | the event loop: drains the ring buffer, ticks, reads `/proc` off the loop, stops |
+//! | decode | [`decode`], [`event`] | ring buffer bytes into a [`event::Transition`] |
+//! | engine | [`engine`] | transitions into records, with `timeline` (per-connection lives), `close_wait` (the detector) and `owner` (who holds a socket: syscall context and `/proc` scans) |
+//! | records | [`record`] | the output schema (`docs/schema.md`) |
+//! | sinks | [`sink`], [`output`] | records into text or NDJSON, on writer threads; `export` opens the `--export` file |
+//! | offline | [`analyze`] | `tracer analyze`: reads an export back and replays it through the engine |
+//! | settings | [`config`], [`defaults`], [`error`], [`units`] | validated settings, their defaults, typed errors, time formatting |
+//!
+//! The `tracer` binary (`src/bin/tracer`) parses the command line into a [`config::Config`]
+//! and calls [`app::run`] or [`analyze::analyze`].
 
 pub mod analyze;
 pub mod app;

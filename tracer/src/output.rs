@@ -6,7 +6,7 @@
 //! of stdout never blocks the event loop (and so never the draining of the kernel ring buffer)
 //! nor costs the export a record. Chunks that would push the bytes waiting for the writer past
 //! [`MAX_QUEUED_BYTES`] are dropped, and their records counted. Chunks are bounded too
-//! ([`CHUNK_BYTES`]), so a burst never makes one huge buffer. Every chunk is flushed once
+//! (`CHUNK_BYTES`), so a burst never makes one huge buffer. Every chunk is flushed once
 //! written, so a killed tracer leaves whole lines behind.
 
 use std::{
@@ -62,6 +62,13 @@ impl Write for ChunkWriter {
     }
 }
 
+/// One destination of records (stdout, or the export file) with its own writer thread.
+///
+/// The event loop formats records into chunks of bytes ([`Output::format`]) through the
+/// [`Sink`] it was given, and ships full chunks to the thread ([`Output::send`]), which writes
+/// them to `out`. The loop never blocks on a slow reader: past [`MAX_QUEUED_BYTES`] of
+/// waiting bytes, records are dropped and counted ([`Output::dropped`]).
+/// [`Output::finish`] writes the last records and reports the writer's I/O error, if any.
 pub struct Output {
     sink: Box<dyn Sink>,
     /// Which records this destination shows.

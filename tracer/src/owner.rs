@@ -41,8 +41,7 @@ pub fn is_process_context(old: TcpState, new: TcpState) -> bool {
     use TcpState::{Close, CloseWait, Established, FinWait1, LastAck, Listen, SynSent};
     matches!(
         (old, new),
-        (Close, SynSent)
-            | (Close, Listen)
+        (Close, SynSent | Listen)
             | (Established, FinWait1)
             | (CloseWait, LastAck)
             | (Listen, Close)

@@ -131,8 +131,7 @@ impl Probe {
     pub fn lost(&self) -> u64 {
         self.stats
             .get(&STAT_RINGBUF_FULL, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+            .map_or(0, |per_cpu| per_cpu.iter().sum())
     }
 
     /// How often the kernel skipped our program because it was already running on that CPU
@@ -147,7 +146,7 @@ impl Probe {
 }
 
 /// The non-zero words of the kernel's port bitmap: bit `port % 64` of word `port / 64`.
-pub fn port_bitmap(ports: &[u16]) -> Vec<(u32, u64)> {
+fn port_bitmap(ports: &[u16]) -> Vec<(u32, u64)> {
     let mut words: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
     for &port in ports {
         *words.entry(u32::from(port / 64)).or_default() |= 1u64 << (port % 64);
@@ -170,26 +169,21 @@ const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 fn check_capabilities() -> Result<(), ProbeError> {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return Ok(()); // Let the kernel decide.
-    };
-    match effective_caps(&status) {
-        Some(caps) if !has_tracing_caps(caps) => Err(ProbeError::Permission {
+    let effective = procfs::process::Process::myself()
+        .and_then(|me| me.status())
+        .map(|status| status.capeff);
+    match effective {
+        Ok(caps) if !has_tracing_caps(caps) => Err(ProbeError::Permission {
             action: "loading the eBPF program",
             source: Box::new(io::Error::from(io::ErrorKind::PermissionDenied)),
         }),
+        // Unreadable: let the kernel decide.
         _ => Ok(()),
     }
 }
 
-/// The `CapEff` mask of a `/proc/<pid>/status` file.
-pub fn effective_caps(status: &str) -> Option<u64> {
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
-    u64::from_str_radix(hex.trim(), 16).ok()
-}
-
 /// Can a process with these effective capabilities load and attach a tracepoint program?
-pub fn has_tracing_caps(caps: u64) -> bool {
+fn has_tracing_caps(caps: u64) -> bool {
     let has = |cap: u32| caps & (1u64 << cap) != 0;
     has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
 }
@@ -316,12 +310,10 @@ fn program_error(e: ProgramError) -> ProbeError {
 
 #[cfg(test)]
 mod tests {
-    use super::{effective_caps, fdinfo_field, has_tracing_caps, port_bitmap};
+    use super::{fdinfo_field, has_tracing_caps, port_bitmap};
 
     #[test]
     fn capabilities() {
-        let root = "Name:\ttracer\nCapEff:\t000001ffffffffff\n";
-        assert_eq!(effective_caps(root), Some(0x1ff_ffff_ffff));
         assert!(has_tracing_caps(0x1ff_ffff_ffff));
         assert!(!has_tracing_caps(0));
         assert!(has_tracing_caps(1 << 21), "CAP_SYS_ADMIN alone");
@@ -333,7 +325,6 @@ mod tests {
             !has_tracing_caps(1 << 39),
             "CAP_BPF alone cannot attach a tracepoint"
         );
-        assert_eq!(effective_caps("Name: x\n"), None);
     }
 
     #[test]

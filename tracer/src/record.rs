@@ -14,6 +14,10 @@ use crate::{
 /// Version of the JSON schema; bumped on incompatible changes.
 pub const SCHEMA: u32 = 1;
 
+/// One output record: one line of text or one NDJSON object, its `type` the variant's name in
+/// snake case. Times are kernel monotonic ns (`ts_ns`) with their wall-clock `time` (RFC 3339,
+/// UTC, microseconds); durations are ns (`_ns`) or whole ms (`_ms`). Every field is described
+/// in `docs/schema.md`, the contract for readers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {

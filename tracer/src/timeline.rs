@@ -17,6 +17,7 @@ use crate::{
 /// One state a connection was in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
+    /// The state.
     pub state: TcpState,
     /// When it entered the state (kernel monotonic ns); `None` if before the tracer saw it.
     pub enter_ns: Option<u64>,
@@ -49,6 +50,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in the order reports list them.
     pub const ALL: [Outcome; 8] = [
         Outcome::ActiveClose,
         Outcome::PassiveClose,
@@ -60,6 +62,7 @@ impl Outcome {
         Outcome::Open,
     ];
 
+    /// The outcome as the schema writes it: `active_close`, `reset`, ...
     pub fn name(self) -> &'static str {
         match self {
             Outcome::ActiveClose => "active_close",
@@ -90,12 +93,17 @@ impl Outcome {
 /// A connection's life, from the first transition seen to CLOSE (or the tracer's stop).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timeline {
+    /// Kernel address of the socket (`struct sock *`).
     pub skaddr: u64,
+    /// Its addresses and ports, as of its last transition.
     pub endpoints: Endpoints,
     /// The first transition seen was the socket's birth (CLOSE -> x, or LISTEN -> SYN_RECV).
     pub from_birth: bool,
+    /// The process that owns the socket, when known.
     pub owner: Option<Owner>,
+    /// The states it went through, oldest first.
     pub steps: Vec<Step>,
+    /// How it ended.
     pub outcome: Outcome,
 }
 
@@ -187,6 +195,10 @@ impl Tracker {
     }
 
     /// Applies one transition.
+    ///
+    /// # Panics
+    ///
+    /// Never: the socket's entry is inserted before it is looked up.
     pub fn apply(&mut self, t: &Transition) -> Applied {
         let mut applied = Applied::default();
         let born = is_birth(t);

@@ -17,16 +17,7 @@ pub fn whole_ms(ns: u64) -> u64 {
 
 /// Parses `500ms`, `30s`, `5m`, `1h30m`, `1.5s`.
 pub fn parse_duration(token: &str) -> Result<Duration, String> {
-    let token = token.trim();
-    if let Some(secs) = token.strip_suffix('s').filter(|s| s.contains('.')) {
-        return secs
-            .parse::<f64>()
-            .ok()
-            .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e12)
-            .map(Duration::from_secs_f64)
-            .ok_or_else(|| "not a number of seconds".to_owned());
-    }
-    humantime::parse_duration(token).map_err(|e| e.to_string())
+    humantime::parse_duration(token.trim()).map_err(|e| e.to_string())
 }
 
 /// Converts kernel monotonic timestamps (`bpf_ktime_get_ns`, `CLOCK_MONOTONIC`) to wall-clock
@@ -55,6 +46,7 @@ impl WallClock {
         Self { offset_ns }
     }
 
+    /// Wall-clock ns since the epoch of kernel time `ts_ns`.
     pub fn wall_ns(&self, ts_ns: u64) -> i128 {
         // Saturating: an offset read from an export's header can be anything.
         self.offset_ns.saturating_add(i128::from(ts_ns))
@@ -131,7 +123,11 @@ fn digits(out: &mut [u8], mut value: u64) {
     }
 }
 
-/// The kernel's monotonic clock, the same one `bpf_ktime_get_ns` reads.
+/// The kernel's monotonic clock, the same one `bpf_ktime_get_ns` reads, in ns.
+///
+/// # Panics
+///
+/// If `CLOCK_MONOTONIC` cannot be read, which Linux always allows.
 pub fn monotonic_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always available on Linux");

@@ -42,6 +42,13 @@ pub fn lint() -> Result<()> {
             "warnings",
         ]))
     });
+    // The library's docs build without warnings (broken or private links).
+    stages.run("doc", || {
+        run(host_cargo()
+            .env(OBJECT_VAR, &built.object)
+            .env("RUSTDOCFLAGS", "-D warnings")
+            .args(["doc", "--package", "tracer", "--no-deps"]))
+    });
     match ebpf::clippy_command(&built.toolchain) {
         Ok(Some(mut cmd)) => {
             stages.run("clippy-ebpf", || run(&mut cmd));

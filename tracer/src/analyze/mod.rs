@@ -5,8 +5,8 @@
 
 mod fields;
 pub mod reader;
-pub mod replay;
-pub mod report;
+mod replay;
+mod report;
 
 use std::{collections::HashSet, io::BufRead, time::UNIX_EPOCH};
 
@@ -23,7 +23,9 @@ use report::Stats;
 /// What `tracer analyze` shows.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Options {
+    /// Print NDJSON instead of text.
     pub json: bool,
+    /// Wide address columns in the text output.
     pub wide: bool,
     /// Print the rebuilt timelines.
     pub timelines: bool,

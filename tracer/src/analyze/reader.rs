@@ -75,6 +75,7 @@ pub struct Reader<R> {
 }
 
 impl<R: BufRead> Reader<R> {
+    /// A reader of `input`, from its first line.
     pub fn new(input: R) -> Self {
         Self {
             input,
@@ -110,7 +111,7 @@ impl<R: BufRead> Reader<R> {
             }
             match parse_line(bytes, line, warn) {
                 Ok(Some(record)) => return Ok(Some((line, record))),
-                Ok(None) => continue,
+                Ok(None) => {}
                 // A writer killed mid-line leaves a last line with no newline that starts as
                 // a record does. Anything else is bad input.
                 Err(_) if !ended && bytes.first() == Some(&b'{') && self.at_end()? => {

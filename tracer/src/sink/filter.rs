@@ -7,8 +7,11 @@ use std::{borrow::Cow, collections::HashSet};
 use crate::record::Record;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+/// What one destination shows of the records the engine makes.
 pub struct Filter {
+    /// Show `transition` records.
     pub transitions: bool,
+    /// Show `timeline` records.
     pub timelines: bool,
     /// Keep only sockets owned by these processes (empty: all).
     pub pids: HashSet<u32>,

@@ -16,12 +16,14 @@ use crate::{
     record::{Record, TransitionRecord},
 };
 
+/// NDJSON: one record per line, the bytes serde_json would write for [`Record`].
 pub struct JsonSink<W> {
     out: W,
     line: Vec<u8>,
 }
 
 impl<W: Write> JsonSink<W> {
+    /// A sink writing to `out` (buffer it: every record is one `write_all`).
     pub fn new(out: W) -> Self {
         Self {
             out,
@@ -29,6 +31,7 @@ impl<W: Write> JsonSink<W> {
         }
     }
 
+    /// The writer back.
     pub fn into_inner(self) -> W {
         self.out
     }
@@ -107,17 +110,20 @@ fn optional(out: &mut Vec<u8>, n: Option<impl itoa::Integer>) {
 
 /// A JSON string: raw when no byte needs escaping (the usual case), else through serde_json.
 fn string(out: &mut Vec<u8>, s: &str) -> io::Result<()> {
-    // Without an early exit the test vectorizes; the strings are short.
+    #[expect(
+        clippy::needless_bitwise_bool,
+        reason = "without an early exit the test vectorizes; the strings are short"
+    )]
     let escape = s.bytes().fold(false, |any, b| {
         any | (b < 0x20) | (b == b'"') | (b == b'\\')
     });
-    if !escape {
+    if escape {
+        serde_json::to_writer(out, s).map_err(io::Error::from)
+    } else {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
         Ok(())
-    } else {
-        serde_json::to_writer(out, s).map_err(io::Error::from)
     }
 }
 

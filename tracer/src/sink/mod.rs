@@ -13,12 +13,16 @@ pub use text::TextSink;
 
 use crate::record::Record;
 
+/// Formats records into a writer: [`TextSink`] for people, [`JsonSink`] for programs (the
+/// schema of `docs/schema.md`). Errors are the writer's.
 pub trait Sink {
     /// Called once before the first record (the text sink prints its header).
     fn begin(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// Writes one record (one line).
     fn write(&mut self, record: &Record) -> io::Result<()>;
+    /// Flushes the writer.
     fn flush(&mut self) -> io::Result<()>;
 }
 

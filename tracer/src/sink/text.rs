@@ -17,6 +17,7 @@ use crate::{
     units::ms,
 };
 
+/// Aligned columns for a terminal, one line per record (see the README for each line kind).
 pub struct TextSink<W> {
     out: W,
     /// Address column width: 15 fits IPv4, 39 any IPv6 address. Longer values push the
@@ -28,6 +29,7 @@ pub struct TextSink<W> {
 }
 
 impl<W: Write> TextSink<W> {
+    /// A sink writing to `out`; `wide` makes the address columns fit any IPv6 address.
     pub fn new(out: W, wide: bool) -> Self {
         Self {
             out,
@@ -43,6 +45,7 @@ impl<W: Write> TextSink<W> {
         self
     }
 
+    /// The writer back.
     pub fn into_inner(self) -> W {
         self.out
     }
