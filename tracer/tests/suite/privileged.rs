@@ -3,16 +3,15 @@
 //! are `#[ignore]`d for a plain `cargo test`; `cargo xtask test` runs them (and fails, never
 //! skips, when they cannot load).
 
-mod support;
-
 use std::{
     io::{Read, Write},
     net::{Shutdown, TcpStream},
     time::Duration,
 };
 
-use support::{of_socket, path, Helper, Tracer, HELPER_ENV};
 use tracer::record::{Record, TransitionRecord};
+
+use crate::support::{self, of_socket, path, StubbornServer, Tracer};
 
 const CLIENT_PATH: [&str; 5] = [
     "CLOSE->SYN_SENT",
@@ -221,7 +220,7 @@ fn duration_stops_by_itself_with_a_summary() {
 
 fn require_exit_after(flag: &str, value: &str) {
     support::require_root();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tracer"))
+    let out = support::tracer_command()
         .args(["--json", flag, value, "-p", "1"])
         .output()
         .unwrap();
@@ -266,8 +265,8 @@ fn unprivileged_run_fails_clearly() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn close_wait_is_reported_with_the_server_process() {
-    let mut server = Helper::spawn("helper_stubborn_server", "stubborn");
-    let port: u16 = server.recv().parse().unwrap();
+    let mut server = StubbornServer::start();
+    let port = server.port;
     let port_arg = port.to_string();
     let tracer = Tracer::start(&[
         "-p",
@@ -342,8 +341,8 @@ fn close_wait_is_reported_with_the_server_process() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn close_wait_from_before_the_tracer_started() {
-    let mut server = Helper::spawn("helper_stubborn_server", "stubborn");
-    let port: u16 = server.recv().parse().unwrap();
+    let mut server = StubbornServer::start();
+    let port = server.port;
     let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut greeting = [0u8; 5];
     client.read_exact(&mut greeting).unwrap();
@@ -443,28 +442,4 @@ fn refused_connect() {
         assert_eq!(tl.raddr, dead.ip());
         tracer.stop();
     }
-}
-
-/// Helper role "stubborn": listens, accepts one connection, greets, then neither reads nor
-/// closes until told to: "close" closes with the data unread (the kernel sends a RST),
-/// "drain-close" reads to EOF first (a normal close: LAST_ACK).
-#[test]
-#[ignore = "helper process for the tests above"]
-fn helper_stubborn_server() {
-    if std::env::var(HELPER_ENV).as_deref() != Ok("stubborn") {
-        return;
-    }
-    let (listener, addr) = support::listen("127.0.0.1:0");
-    support::tell(&addr.port().to_string());
-    let (mut conn, _) = listener.accept().unwrap();
-    conn.write_all(b"hello").unwrap();
-    match support::hear().as_str() {
-        "close" => {}
-        "drain-close" => {
-            support::read_to_end(&mut conn);
-        }
-        other => panic!("unknown command {other:?}"),
-    }
-    drop(conn);
-    drop(listener);
 }

@@ -1,0 +1,6 @@
+mod analyze;
+mod analyze_fuzz;
+mod cli;
+mod privileged;
+mod privileged_export;
+mod reliability;
