@@ -4,3 +4,4 @@ mod cli;
 mod privileged;
 mod privileged_export;
 mod reliability;
+mod schema;
