@@ -14,7 +14,9 @@ pub fn test(unprivileged: bool) -> Result<()> {
     if unprivileged {
         // Nothing here loads the eBPF program, so it is not built (no apt, no bpf-linker):
         // the tracer embeds whatever object is already there, or none.
-        stages.run("workspace", || run(host_cargo().args(["test", "--workspace"])));
+        stages.run("workspace", || {
+            run(host_cargo().args(["test", "--workspace"]))
+        });
         stages.skip("privileged", "--unprivileged");
         return stages.finish();
     }

@@ -11,7 +11,7 @@ use std::{
 
 use tracer::record::{Record, TransitionRecord};
 
-use crate::support::{self, of_socket, path, StubbornServer, Tracer};
+use crate::support::{self, of_socket, path, NetNs, StubbornServer, Tracer};
 
 const CLIENT_PATH: [&str; 5] = [
     "CLOSE->SYN_SENT",
@@ -143,18 +143,21 @@ fn find(ts: &[TransitionRecord], pred: impl Fn(&TransitionRecord) -> bool) -> &T
 #[test]
 #[ignore = "needs root and BPF"]
 fn ipv4_client_and_server_sequences() {
+    let _netns = NetNs::enter();
     full_connection("127.0.0.1:0");
 }
 
 #[test]
 #[ignore = "needs root and BPF"]
 fn ipv6_client_and_server_sequences() {
+    let _netns = NetNs::enter();
     full_connection("[::1]:0");
 }
 
 #[test]
 #[ignore = "needs root and BPF"]
 fn listener_birth_and_close() {
+    let _netns = NetNs::enter();
     let tracer = Tracer::start(&["--timelines"]);
     let (listener, addr) = support::listen("127.0.0.1:0");
     drop(listener);
@@ -177,6 +180,7 @@ fn listener_birth_and_close() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn port_and_family_filters_drop_other_traffic() {
+    let _netns = NetNs::enter();
     let (kept, kept_addr) = support::listen("127.0.0.1:0");
     let (other, other_addr) = support::listen("127.0.0.1:0");
     let (v6, v6_addr) = support::listen("[::1]:0");
@@ -215,6 +219,7 @@ fn port_and_family_filters_drop_other_traffic() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn duration_stops_by_itself_with_a_summary() {
+    let _netns = NetNs::enter();
     require_exit_after("--duration", "300ms");
 }
 
@@ -237,7 +242,7 @@ fn require_exit_after(flag: &str, value: &str) {
 #[test]
 #[ignore = "needs root and BPF"]
 fn unprivileged_run_fails_clearly() {
-    support::require_root();
+    let _netns = NetNs::enter();
     // As nobody; and as root with the BPF, perfmon and admin capabilities dropped.
     let drops: [&[&str]; 2] = [
         &["--reuid=65534", "--regid=65534", "--clear-groups"],
@@ -265,6 +270,7 @@ fn unprivileged_run_fails_clearly() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn close_wait_is_reported_with_the_server_process() {
+    let _netns = NetNs::enter();
     let mut server = StubbornServer::start();
     let port = server.port;
     let port_arg = port.to_string();
@@ -341,6 +347,7 @@ fn close_wait_is_reported_with_the_server_process() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn close_wait_from_before_the_tracer_started() {
+    let _netns = NetNs::enter();
     let mut server = StubbornServer::start();
     let port = server.port;
     let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -387,6 +394,7 @@ fn close_wait_from_before_the_tracer_started() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn reset_connection() {
+    let _netns = NetNs::enter();
     let (listener, server) = support::listen("127.0.0.1:0");
     let port_arg = server.port().to_string();
     let tracer = Tracer::start(&["-p", &port_arg, "--timelines"]);
@@ -423,6 +431,7 @@ fn reset_connection() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn refused_connect() {
+    let _netns = NetNs::enter();
     for family in ["127.0.0.1:0", "[::1]:0"] {
         let dead = support::dead_port(family);
         let port_arg = dead.port().to_string();

@@ -19,7 +19,7 @@ use tracer::{
     timeline::Outcome,
 };
 
-use crate::support::{self, rebuilt, records, WAIT as STARTUP};
+use crate::support::{self, rebuilt, records, NetNs, WAIT as STARTUP};
 
 fn timeline(records: &[Record], local: SocketAddr, remote: SocketAddr) -> &TimelineRecord {
     records
@@ -113,7 +113,7 @@ fn analyze(args: &[&str], export: &Path) -> Output {
 #[test]
 #[ignore = "needs root and BPF"]
 fn export_round_trip() {
-    support::require_root();
+    let _netns = NetNs::enter();
     let dir = tempfile::tempdir().unwrap();
     let (export, stdout, stderr) = (
         dir.path().join("run.ndjson"),

@@ -12,7 +12,7 @@ use std::{
 use nix::sys::signal::Signal;
 use tracer::record::Record;
 
-use crate::support::{self, Tracer, WAIT};
+use crate::support::{self, NetNs, Tracer, WAIT};
 
 /// Transitions of one connection of this shape: client connects and closes; server reads to
 /// EOF and closes. Client: CLOSE->SYN_SENT->ESTABLISHED->FIN_WAIT1->FIN_WAIT2->CLOSE; server:
@@ -67,6 +67,7 @@ fn spawn_piped(args: &[&str]) -> (Child, BufReader<ChildStderr>) {
 #[test]
 #[ignore = "needs root and BPF"]
 fn overload_counts_every_loss_exactly_and_recovers() {
+    let _netns = NetNs::enter();
     let tracer_port = {
         let (l, a) = support::listen("127.0.0.1:0");
         drop(l);
@@ -148,6 +149,7 @@ fn overload_counts_every_loss_exactly_and_recovers() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn a_stalled_reader_does_not_block_the_kernel_side() {
+    let _netns = NetNs::enter();
     let (listener, addr) = support::listen("127.0.0.1:0");
     let port_arg = addr.port().to_string();
     let (mut child, _err) = spawn_piped(&["--json", "-p", &port_arg]);
@@ -240,6 +242,7 @@ fn alive(kind: &str, id: u32) -> bool {
 #[test]
 #[ignore = "needs root and BPF"]
 fn kill_9_leaves_nothing_attached() {
+    let _netns = NetNs::enter();
     let tracer = Tracer::start(&["-p", "1"]);
     let ids = bpf_ids(tracer.pid());
     assert!(ids.iter().any(|(k, _)| k == "prog_id"), "{ids:?}");
@@ -263,6 +266,7 @@ fn kill_9_leaves_nothing_attached() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn two_tracers_work_independently() {
+    let _netns = NetNs::enter();
     let (listener, addr) = support::listen("[::1]:0");
     let port_arg = addr.port().to_string();
     let first = Tracer::start(&["-p", &port_arg]);
@@ -288,6 +292,7 @@ fn two_tracers_work_independently() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn sigterm_and_sighup_end_with_a_summary() {
+    let _netns = NetNs::enter();
     let dir = tempfile::tempdir().unwrap();
     for signal in [Signal::SIGTERM, Signal::SIGHUP] {
         let export = dir.path().join(format!("{signal}.ndjson"));
@@ -317,6 +322,7 @@ fn sigterm_and_sighup_end_with_a_summary() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn a_closed_stdout_ends_quietly_with_success() {
+    let _netns = NetNs::enter();
     let (listener, addr) = support::listen("127.0.0.1:0");
     let port_arg = addr.port().to_string();
     let (mut child, mut err) = spawn_piped(&["-p", &port_arg]);

@@ -3,6 +3,7 @@
 
 mod helper;
 mod live;
+mod netns;
 
 use std::{
     collections::HashMap,
@@ -18,7 +19,7 @@ use std::{
 
 pub use helper::StubbornServer;
 pub use live::Tracer;
-
+pub use netns::NetNs;
 use tracer::record::{Record, TransitionRecord};
 
 /// How long any single wait may take before the test fails.
