@@ -5,3 +5,4 @@ mod privileged;
 mod privileged_export;
 mod reliability;
 mod schema;
+mod tracepoint;
