@@ -5,6 +5,8 @@
 //! copies them out with `read_unaligned` and converts them into owned domain types at once.
 #![no_std]
 
+pub mod tracepoint;
+
 /// Name of the ring buffer map that carries [`TcpStateEvent`]s.
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-CPU array whose slot [`STAT_RINGBUF_FULL`] counts failed reservations.

@@ -20,23 +20,22 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tracer_common::{
-    TcpStateEvent, AF_INET, COMM_LEN, DEFAULT_RING_BUFFER_BYTES, PORT_BITMAP_WORDS,
-    STAT_RINGBUF_FULL, STAT_SLOTS,
+    tracepoint as tp, TcpStateEvent, AF_INET, COMM_LEN, DEFAULT_RING_BUFFER_BYTES,
+    PORT_BITMAP_WORDS, STAT_RINGBUF_FULL, STAT_SLOTS,
 };
 
-// Offsets in the tracepoint record (/sys/kernel/tracing/events/sock/inet_sock_set_state/format).
-// This record layout has been stable since the tracepoint appeared in Linux 4.16.
-const OFF_SKADDR: usize = 8;
-const OFF_OLDSTATE: usize = 16;
-const OFF_NEWSTATE: usize = 20;
-const OFF_SPORT: usize = 24;
-const OFF_DPORT: usize = 26;
-const OFF_FAMILY: usize = 28;
-const OFF_PROTOCOL: usize = 30;
-const OFF_SADDR: usize = 32;
-const OFF_DADDR: usize = 36;
-const OFF_SADDR_V6: usize = 40;
-const OFF_DADDR_V6: usize = 56;
+// Where each field sits in the tracepoint record (`tp::SKADDR.offset`, ...): one definition,
+// shared with the test that checks it against the running kernel's format file. Each read below
+// is as wide as the field:
+const _: () = {
+    use core::mem::size_of;
+    assert!(tp::SKADDR.size == size_of::<u64>());
+    assert!(tp::OLDSTATE.size == size_of::<i32>() && tp::NEWSTATE.size == size_of::<i32>());
+    assert!(tp::SPORT.size == size_of::<u16>() && tp::DPORT.size == size_of::<u16>());
+    assert!(tp::FAMILY.size == size_of::<u16>() && tp::PROTOCOL.size == size_of::<u16>());
+    assert!(tp::SADDR.size == size_of::<u32>() && tp::DADDR.size == size_of::<u32>());
+    assert!(tp::SADDR_V6.size == 2 * size_of::<u64>() && tp::DADDR_V6.size == 2 * size_of::<u64>());
+};
 
 #[no_mangle]
 static FILTER_FAMILY: u16 = 0;
@@ -75,18 +74,18 @@ fn read_global<T: Copy>(global: &T) -> T {
 }
 
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
-    let protocol: u16 = field(ctx, OFF_PROTOCOL);
+    let protocol: u16 = field(ctx, tp::PROTOCOL.offset);
     let want_protocol = read_global(&FILTER_PROTOCOL);
     if want_protocol != 0 && protocol != want_protocol {
         return Ok(0);
     }
-    let family: u16 = field(ctx, OFF_FAMILY);
+    let family: u16 = field(ctx, tp::FAMILY.offset);
     let want_family = read_global(&FILTER_FAMILY);
     if want_family != 0 && family != want_family {
         return Ok(0);
     }
-    let sport: u16 = field(ctx, OFF_SPORT);
-    let dport: u16 = field(ctx, OFF_DPORT);
+    let sport: u16 = field(ctx, tp::SPORT.offset);
+    let dport: u16 = field(ctx, tp::DPORT.offset);
     if read_global(&FILTER_PORTS) != 0 && !port_wanted(sport) && !port_wanted(dport) {
         return Ok(0);
     }
@@ -99,13 +98,19 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
     // Addresses are copied as aligned words: the verifier rejects byte loops over the context.
     let (saddr, daddr) = if family == AF_INET {
         (
-            addr(u64::from(field::<u32>(ctx, OFF_SADDR)), 0),
-            addr(u64::from(field::<u32>(ctx, OFF_DADDR)), 0),
+            addr(u64::from(field::<u32>(ctx, tp::SADDR.offset)), 0),
+            addr(u64::from(field::<u32>(ctx, tp::DADDR.offset)), 0),
         )
     } else {
         (
-            addr(field(ctx, OFF_SADDR_V6), field(ctx, OFF_SADDR_V6 + 8)),
-            addr(field(ctx, OFF_DADDR_V6), field(ctx, OFF_DADDR_V6 + 8)),
+            addr(
+                field(ctx, tp::SADDR_V6.offset),
+                field(ctx, tp::SADDR_V6.offset + 8),
+            ),
+            addr(
+                field(ctx, tp::DADDR_V6.offset),
+                field(ctx, tp::DADDR_V6.offset + 8),
+            ),
         )
     };
     let event = entry.as_mut_ptr();
@@ -113,13 +118,13 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
     // aligned for a `TcpStateEvent`; every field is written before it is submitted.
     unsafe {
         (*event).ts_ns = bpf_ktime_get_ns();
-        (*event).skaddr = field::<u64>(ctx, OFF_SKADDR);
+        (*event).skaddr = field::<u64>(ctx, tp::SKADDR.offset);
         (*event).saddr = saddr;
         (*event).daddr = daddr;
         (*event).tgid = (pid_tgid >> 32) as u32;
         (*event).tid = pid_tgid as u32;
-        (*event).oldstate = field::<i32>(ctx, OFF_OLDSTATE) as u32;
-        (*event).newstate = field::<i32>(ctx, OFF_NEWSTATE) as u32;
+        (*event).oldstate = field::<i32>(ctx, tp::OLDSTATE.offset) as u32;
+        (*event).newstate = field::<i32>(ctx, tp::NEWSTATE.offset) as u32;
         (*event).sport = sport;
         (*event).dport = dport;
         (*event).family = family;

@@ -344,22 +344,29 @@ mod tests {
     }
 
     /// Sockets found at start share their `since_ns`: they are still reported in one order,
-    /// whatever the hash map's, so a replay reports them as the live run did.
+    /// whatever order they were added in (and so whatever the hash map's), so a replay reports
+    /// them as the live run did.
     #[test]
     fn due_order_is_total() {
-        let orders: Vec<Vec<SockId>> = (0..8)
-            .map(|_| {
-                let mut d = Detector::new(1);
-                for (inode, rport) in [(3, 9000), (1, 7000), (2, 8000), (4, 6000)] {
-                    d.add_preexisting(inode, 1, endpoints(rport), 10, None, 0);
-                }
-                d.poll(10)
-            })
-            .collect();
-        assert!(orders.windows(2).all(|w| w[0] == w[1]));
-        assert_eq!(
-            orders[0],
-            [4, 1, 2, 3].map(|inode| SockId::Preexisting { inode, netns: 1 })
-        );
+        let sockets = [(3, 9000), (1, 7000), (2, 8000), (4, 6000)];
+        // Every rotation of the sockets, forwards and backwards: eight insertion orders.
+        let insertion_orders = (0..sockets.len()).flat_map(|start| {
+            let mut rotated = sockets;
+            rotated.rotate_left(start);
+            let mut reversed = rotated;
+            reversed.reverse();
+            [rotated, reversed]
+        });
+        for order in insertion_orders {
+            let mut d = Detector::new(1);
+            for (inode, rport) in order {
+                d.add_preexisting(inode, 1, endpoints(rport), 10, None, 0);
+            }
+            assert_eq!(
+                d.poll(10),
+                [4, 1, 2, 3].map(|inode| SockId::Preexisting { inode, netns: 1 }),
+                "added in the order {order:?}"
+            );
+        }
     }
 }

@@ -32,9 +32,14 @@ pub fn lint() -> Result<()> {
         return stages.finish();
     };
 
+    // Every member and target: the tracer's tests and helper binary, the bench, and the fuzz
+    // targets of tracer/fuzz (type-checked here on stable; `cargo xtask fuzz` runs them).
+    // `--locked`: a Cargo.lock that no longer matches the manifests fails here, not in a user's
+    // build.
     stages.run("clippy", || {
         run(host_cargo().env(OBJECT_VAR, &built.object).args([
             "clippy",
+            "--locked",
             "--workspace",
             "--all-targets",
             "--",

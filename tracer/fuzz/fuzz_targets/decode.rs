@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let mut out = Vec::new();
     for chunk in data.chunks(tracer_common::EVENT_SIZE) {
         if let Ok(t) = decode(chunk) {
-            engine.transition(&t, &mut out);
+            engine.transition(t, &mut out);
         }
     }
     let due = engine.due(u64::MAX / 2);

@@ -15,6 +15,16 @@ fuzz_target!(|data: &[u8]| {
         close_wait_threshold_ns: Some(1),
         ..Options::default()
     };
-    let _ = analyze(data, &opts, &mut JsonSink::new(std::io::sink()), &mut |_| {});
-    let _ = analyze(data, &opts, &mut TextSink::new(std::io::sink(), true), &mut |_| {});
+    let _ = analyze(
+        data,
+        &opts,
+        &mut JsonSink::new(std::io::sink()),
+        &mut |_| {},
+    );
+    let _ = analyze(
+        data,
+        &opts,
+        &mut TextSink::new(std::io::sink(), true),
+        &mut |_| {},
+    );
 });

@@ -3,16 +3,15 @@
 //! are `#[ignore]`d for a plain `cargo test`; `cargo xtask test` runs them (and fails, never
 //! skips, when they cannot load).
 
-mod support;
-
 use std::{
     io::{Read, Write},
     net::{Shutdown, TcpStream},
     time::Duration,
 };
 
-use support::{of_socket, path, Helper, Tracer, HELPER_ENV};
 use tracer::record::{Record, TransitionRecord};
+
+use crate::support::{self, of_socket, path, NetNs, StubbornServer, Tracer};
 
 const CLIENT_PATH: [&str; 5] = [
     "CLOSE->SYN_SENT",
@@ -144,18 +143,21 @@ fn find(ts: &[TransitionRecord], pred: impl Fn(&TransitionRecord) -> bool) -> &T
 #[test]
 #[ignore = "needs root and BPF"]
 fn ipv4_client_and_server_sequences() {
+    let _netns = NetNs::enter();
     full_connection("127.0.0.1:0");
 }
 
 #[test]
 #[ignore = "needs root and BPF"]
 fn ipv6_client_and_server_sequences() {
+    let _netns = NetNs::enter();
     full_connection("[::1]:0");
 }
 
 #[test]
 #[ignore = "needs root and BPF"]
 fn listener_birth_and_close() {
+    let _netns = NetNs::enter();
     let tracer = Tracer::start(&["--timelines"]);
     let (listener, addr) = support::listen("127.0.0.1:0");
     drop(listener);
@@ -178,6 +180,7 @@ fn listener_birth_and_close() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn port_and_family_filters_drop_other_traffic() {
+    let _netns = NetNs::enter();
     let (kept, kept_addr) = support::listen("127.0.0.1:0");
     let (other, other_addr) = support::listen("127.0.0.1:0");
     let (v6, v6_addr) = support::listen("[::1]:0");
@@ -216,12 +219,13 @@ fn port_and_family_filters_drop_other_traffic() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn duration_stops_by_itself_with_a_summary() {
+    let _netns = NetNs::enter();
     require_exit_after("--duration", "300ms");
 }
 
 fn require_exit_after(flag: &str, value: &str) {
     support::require_root();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tracer"))
+    let out = support::tracer_command()
         .args(["--json", flag, value, "-p", "1"])
         .output()
         .unwrap();
@@ -238,7 +242,7 @@ fn require_exit_after(flag: &str, value: &str) {
 #[test]
 #[ignore = "needs root and BPF"]
 fn unprivileged_run_fails_clearly() {
-    support::require_root();
+    let _netns = NetNs::enter();
     // As nobody; and as root with the BPF, perfmon and admin capabilities dropped.
     let drops: [&[&str]; 2] = [
         &["--reuid=65534", "--regid=65534", "--clear-groups"],
@@ -266,8 +270,9 @@ fn unprivileged_run_fails_clearly() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn close_wait_is_reported_with_the_server_process() {
-    let mut server = Helper::spawn("helper_stubborn_server", "stubborn");
-    let port: u16 = server.recv().parse().unwrap();
+    let _netns = NetNs::enter();
+    let mut server = StubbornServer::start();
+    let port = server.port;
     let port_arg = port.to_string();
     let tracer = Tracer::start(&[
         "-p",
@@ -342,8 +347,9 @@ fn close_wait_is_reported_with_the_server_process() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn close_wait_from_before_the_tracer_started() {
-    let mut server = Helper::spawn("helper_stubborn_server", "stubborn");
-    let port: u16 = server.recv().parse().unwrap();
+    let _netns = NetNs::enter();
+    let mut server = StubbornServer::start();
+    let port = server.port;
     let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut greeting = [0u8; 5];
     client.read_exact(&mut greeting).unwrap();
@@ -388,6 +394,7 @@ fn close_wait_from_before_the_tracer_started() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn reset_connection() {
+    let _netns = NetNs::enter();
     let (listener, server) = support::listen("127.0.0.1:0");
     let port_arg = server.port().to_string();
     let tracer = Tracer::start(&["-p", &port_arg, "--timelines"]);
@@ -424,6 +431,7 @@ fn reset_connection() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn refused_connect() {
+    let _netns = NetNs::enter();
     for family in ["127.0.0.1:0", "[::1]:0"] {
         let dead = support::dead_port(family);
         let port_arg = dead.port().to_string();
@@ -443,28 +451,4 @@ fn refused_connect() {
         assert_eq!(tl.raddr, dead.ip());
         tracer.stop();
     }
-}
-
-/// Helper role "stubborn": listens, accepts one connection, greets, then neither reads nor
-/// closes until told to: "close" closes with the data unread (the kernel sends a RST),
-/// "drain-close" reads to EOF first (a normal close: LAST_ACK).
-#[test]
-#[ignore = "helper process for the tests above"]
-fn helper_stubborn_server() {
-    if std::env::var(HELPER_ENV).as_deref() != Ok("stubborn") {
-        return;
-    }
-    let (listener, addr) = support::listen("127.0.0.1:0");
-    support::tell(&addr.port().to_string());
-    let (mut conn, _) = listener.accept().unwrap();
-    conn.write_all(b"hello").unwrap();
-    match support::hear().as_str() {
-        "close" => {}
-        "drain-close" => {
-            support::read_to_end(&mut conn);
-        }
-        other => panic!("unknown command {other:?}"),
-    }
-    drop(conn);
-    drop(listener);
 }

@@ -1,18 +1,18 @@
 //! Reliability against the real kernel: overload, a stalled reader, kill -9, two tracers at
 //! once, signals and a closed stdout. Privileged, bounded in count and time, loopback only.
 
-mod support;
-
 use std::{
     io::{BufRead, BufReader, Read},
     net::{TcpListener, TcpStream},
-    process::{Child, ChildStderr, Command, Stdio},
+    process::{Child, ChildStderr, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use support::{Tracer, WAIT};
+use nix::sys::signal::Signal;
 use tracer::record::Record;
+
+use crate::support::{self, NetNs, Tracer, WAIT};
 
 /// Transitions of one connection of this shape: client connects and closes; server reads to
 /// EOF and closes. Client: CLOSE->SYN_SENT->ESTABLISHED->FIN_WAIT1->FIN_WAIT2->CLOSE; server:
@@ -51,7 +51,7 @@ fn churn(addr: std::net::SocketAddr, count: usize, threads: usize) {
 /// read) and waits for it to report being attached; returns the rest of its stderr.
 fn spawn_piped(args: &[&str]) -> (Child, BufReader<ChildStderr>) {
     support::require_root();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tracer"))
+    let mut child = support::tracer_command()
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -64,13 +64,10 @@ fn spawn_piped(args: &[&str]) -> (Child, BufReader<ChildStderr>) {
     (child, err)
 }
 
-fn pid_of(tracer: &Tracer) -> nix::unistd::Pid {
-    nix::unistd::Pid::from_raw(tracer.pid() as i32)
-}
-
 #[test]
 #[ignore = "needs root and BPF"]
 fn overload_counts_every_loss_exactly_and_recovers() {
+    let _netns = NetNs::enter();
     let tracer_port = {
         let (l, a) = support::listen("127.0.0.1:0");
         drop(l);
@@ -152,6 +149,7 @@ fn overload_counts_every_loss_exactly_and_recovers() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn a_stalled_reader_does_not_block_the_kernel_side() {
+    let _netns = NetNs::enter();
     let (listener, addr) = support::listen("127.0.0.1:0");
     let port_arg = addr.port().to_string();
     let (mut child, _err) = spawn_piped(&["--json", "-p", &port_arg]);
@@ -168,8 +166,8 @@ fn a_stalled_reader_does_not_block_the_kernel_side() {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        Signal::SIGINT,
     )
     .unwrap();
     let mut out = String::new();
@@ -181,10 +179,7 @@ fn a_stalled_reader_does_not_block_the_kernel_side() {
         .unwrap();
     let status = child.wait().unwrap();
     assert!(status.success());
-    let records: Vec<Record> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = support::records(&out);
     let Some(Record::Summary(summary)) = records.last() else {
         panic!("no summary last")
     };
@@ -247,11 +242,12 @@ fn alive(kind: &str, id: u32) -> bool {
 #[test]
 #[ignore = "needs root and BPF"]
 fn kill_9_leaves_nothing_attached() {
+    let _netns = NetNs::enter();
     let tracer = Tracer::start(&["-p", "1"]);
     let ids = bpf_ids(tracer.pid());
     assert!(ids.iter().any(|(k, _)| k == "prog_id"), "{ids:?}");
     assert!(ids.iter().all(|(k, id)| alive(k, *id)));
-    nix::sys::signal::kill(pid_of(&tracer), nix::sys::signal::Signal::SIGKILL).unwrap();
+    tracer.signal(Signal::SIGKILL);
     drop(tracer);
     let deadline = Instant::now() + WAIT;
     loop {
@@ -270,6 +266,7 @@ fn kill_9_leaves_nothing_attached() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn two_tracers_work_independently() {
+    let _netns = NetNs::enter();
     let (listener, addr) = support::listen("[::1]:0");
     let port_arg = addr.port().to_string();
     let first = Tracer::start(&["-p", &port_arg]);
@@ -295,14 +292,12 @@ fn two_tracers_work_independently() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn sigterm_and_sighup_end_with_a_summary() {
+    let _netns = NetNs::enter();
     let dir = tempfile::tempdir().unwrap();
-    for signal in [
-        nix::sys::signal::Signal::SIGTERM,
-        nix::sys::signal::Signal::SIGHUP,
-    ] {
+    for signal in [Signal::SIGTERM, Signal::SIGHUP] {
         let export = dir.path().join(format!("{signal}.ndjson"));
         let tracer = Tracer::start(&["-p", "1", "--export", export.to_str().unwrap()]);
-        nix::sys::signal::kill(pid_of(&tracer), signal).unwrap();
+        tracer.signal(signal);
         tracer.wait_for("the summary", |rs| {
             rs.iter().find(|r| matches!(r, Record::Summary(_))).cloned()
         });
@@ -310,10 +305,7 @@ fn sigterm_and_sighup_end_with_a_summary() {
         let deadline = Instant::now() + WAIT;
         let lines = loop {
             let text = std::fs::read_to_string(&export).unwrap();
-            let lines: Vec<Record> = text
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
+            let lines = support::records(&text);
             if matches!(lines.last(), Some(Record::Summary(_))) {
                 break lines;
             }
@@ -330,6 +322,7 @@ fn sigterm_and_sighup_end_with_a_summary() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn a_closed_stdout_ends_quietly_with_success() {
+    let _netns = NetNs::enter();
     let (listener, addr) = support::listen("127.0.0.1:0");
     let port_arg = addr.port().to_string();
     let (mut child, mut err) = spawn_piped(&["-p", &port_arg]);

@@ -9,23 +9,12 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-mod support;
-
 use expect_test::expect_file;
 use tracer::record::Record;
 
+use crate::support::{self, fixture, is_root, rebuilt, tracer_command as tracer};
+
 const NOBODY: u32 = 65534;
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/export-v1.ndjson")
-}
-
-/// The tracer binary with an environment that does not change its behaviour.
-fn tracer() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tracer"));
-    cmd.env_remove("TRACER_LOG").env_remove("RUST_LOG");
-    cmd
-}
 
 fn run(args: &[&str]) -> Output {
     tracer().args(args).output().expect("run tracer")
@@ -42,27 +31,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fn records(stdout: &[u8]) -> Vec<Record> {
-    text(stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
-
-/// Timelines and CLOSE_WAIT records: what the analysis must rebuild exactly.
-fn rebuilt(records: &[Record]) -> Vec<&Record> {
-    records
-        .iter()
-        .filter(|r| {
-            matches!(
-                r,
-                Record::Timeline(_) | Record::CloseWait(_) | Record::CloseWaitResolved(_)
-            )
-        })
-        .collect()
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+    support::records(&text(stdout))
 }
 
 /// A file holding the fixture's first `lines` lines, then `tail`.
@@ -84,14 +53,14 @@ fn golden_text() {
     let out = analyze(&["--timelines"], &fixture());
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stderr), "");
-    expect_file!["data/export-v1.analyze.txt"].assert_eq(&text(&out.stdout));
+    expect_file!["../data/export-v1.analyze.txt"].assert_eq(&text(&out.stdout));
 }
 
 #[test]
 fn golden_json() {
     let out = analyze(&["--json"], &fixture());
     assert!(out.status.success(), "{}", text(&out.stderr));
-    expect_file!["data/export-v1.analyze.ndjson"].assert_eq(&text(&out.stdout));
+    expect_file!["../data/export-v1.analyze.ndjson"].assert_eq(&text(&out.stdout));
     // The output reads back with the library's own types.
     let records = records(&out.stdout);
     assert!(matches!(records.last(), Some(Record::Analysis(_))));
@@ -277,9 +246,7 @@ fn export_needs_export_for_force() {
 
 #[test]
 fn failed_start_leaves_no_export_behind() {
-    if !is_root() {
-        // Unprivileged, the start fails as wanted; as root it would trace instead.
-    }
+    // As nobody (when root) or as is (when not), the start fails as wanted.
     let dir = open_dir();
     let path = dir.path().join("new.ndjson");
     let out = support::output(

@@ -3,11 +3,10 @@
 
 use assert_cmd::Command;
 
+use crate::support;
+
 fn tracer() -> Command {
-    let mut cmd = Command::cargo_bin("tracer").unwrap();
-    // Hermetic: no logging configuration from the caller's environment.
-    cmd.env_remove("TRACER_LOG").env_remove("RUST_LOG");
-    cmd
+    Command::from_std(support::tracer_command())
 }
 
 #[test]

@@ -2,9 +2,9 @@
 //! JSON output) fed random bytes, cut and corrupted exports, and hostile values. It may refuse
 //! the input; it must never panic.
 
-use std::{fs, path::Path, sync::OnceLock};
+use std::{fs, sync::OnceLock};
 
-use proptest::prelude::*;
+use proptest::{prelude::*, test_runner::FileFailurePersistence};
 use tracer::{
     analyze::{analyze, reader::MAX_LINE, Options},
     error::{AnalyzeError, InputError, Warning},
@@ -14,9 +14,7 @@ use tracer::{
 
 fn fixture() -> &'static [u8] {
     static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
-    BYTES.get_or_init(|| {
-        fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/export-v1.ndjson")).unwrap()
-    })
+    BYTES.get_or_init(|| fs::read(crate::support::fixture()).unwrap())
 }
 
 /// Analyses `input` with both outputs and every record shown; returns the text result.
@@ -45,7 +43,13 @@ fn line_ends(bytes: &[u8]) -> Vec<usize> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    // Failures found before are kept next to this file, in analyze_fuzz.proptest-regressions,
+    // and re-run first.
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {

@@ -8,43 +8,18 @@ use std::{
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     os::unix::fs::PermissionsExt as _,
     path::Path,
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Output, Stdio},
     thread::sleep,
     time::{Duration, Instant},
 };
 
-use nix::{
-    sys::signal::{kill, Signal},
-    unistd::Pid,
-};
 use tracer::{
     event::TcpState,
     record::{Record, TimelineRecord},
     timeline::Outcome,
 };
 
-const STARTUP: Duration = Duration::from_secs(30);
-const SHUTDOWN: Duration = Duration::from_secs(20);
-
-fn records(text: &str) -> Vec<Record> {
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
-
-/// Timelines and CLOSE_WAIT reports, in order: what analyze must rebuild.
-fn rebuilt(records: &[Record]) -> Vec<Record> {
-    records
-        .iter()
-        .filter(|r| {
-            matches!(
-                r,
-                Record::Timeline(_) | Record::CloseWait(_) | Record::CloseWaitResolved(_)
-            )
-        })
-        .cloned()
-        .collect()
-}
+use crate::support::{self, rebuilt, records, NetNs, WAIT as STARTUP};
 
 fn timeline(records: &[Record], local: SocketAddr, remote: SocketAddr) -> &TimelineRecord {
     records
@@ -105,19 +80,7 @@ fn wait_for_alert(export: &Path, lport: u16, rport: u16) {
 }
 
 fn stop(mut child: Child, stderr: &Path) {
-    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
-    kill(pid, Signal::SIGINT).unwrap();
-    let deadline = Instant::now() + SHUTDOWN;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the tracer did not stop within {SHUTDOWN:?} of SIGINT");
-        }
-        sleep(Duration::from_millis(20));
-    };
+    let status = support::interrupt(&mut child);
     assert!(
         status.success(),
         "tracer failed ({status}):\n{}",
@@ -133,7 +96,7 @@ fn connect(listener: &TcpListener) -> (TcpStream, TcpStream) {
 }
 
 fn analyze(args: &[&str], export: &Path) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_tracer"))
+    let out = support::tracer_command()
         .arg("analyze")
         .args(args)
         .arg(export)
@@ -150,10 +113,7 @@ fn analyze(args: &[&str], export: &Path) -> Output {
 #[test]
 #[ignore = "needs root and BPF"]
 fn export_round_trip() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root (CAP_BPF, CAP_PERFMON): run `cargo xtask test` as root"
-    );
+    let _netns = NetNs::enter();
     let dir = tempfile::tempdir().unwrap();
     let (export, stdout, stderr) = (
         dir.path().join("run.ndjson"),
@@ -167,7 +127,7 @@ fn export_round_trip() {
         v4.local_addr().unwrap().port(),
         v6.local_addr().unwrap().port()
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tracer"))
+    let mut child = support::tracer_command()
         .arg("--export")
         .arg(&export)
         .args(["--json", "--timelines", "-p", &ports])

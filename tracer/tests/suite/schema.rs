@@ -1,0 +1,153 @@
+//! `docs/schema.md` is the contract for every record: every field the tracer writes is
+//! documented there, and every field documented there is written. Each record kind is written
+//! through the tracer's own JSON writer (`JsonSink`); the document's field tables are parsed.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::Path,
+};
+
+use serde_json::Value;
+use tracer::{
+    analyze::{self, analyze},
+    record::Record,
+    sink::{JsonSink, Sink as _},
+};
+
+use crate::support::{self, fixture};
+
+/// Record kinds absent from the export fixture, as the tracer writes them (a CLOSE_WAIT digest
+/// and a loss report). Every field is here, so a field added to the types without a default
+/// fails to read: add it here and to docs/schema.md.
+const EXTRA: [&str; 2] = [
+    r#"{"type":"digest","ts_ns":1,"time":"2026-11-25T08:15:45.719949Z","stuck":1,"processes":[{"pid":1,"comm":"x","count":1,"oldest_age_ms":5}]}"#,
+    r#"{"type":"lost","ts_ns":1,"time":"2026-11-25T08:15:45.719949Z","ringbuf":1,"recursion_misses":0}"#,
+];
+
+/// Every record kind, written by the tracer's JSON writer: the export fixture's records (header,
+/// transitions, timelines, CLOSE_WAIT reports, summary), the two above, and the `analysis`
+/// record `tracer analyze` writes for the fixture.
+fn written() -> Vec<Value> {
+    let mut records = support::records(&fs::read_to_string(fixture()).unwrap());
+    for line in EXTRA {
+        records.push(serde_json::from_str::<Record>(line).unwrap_or_else(|e| {
+            panic!("{e}: a record type changed: update this line and docs/schema.md: {line}")
+        }));
+    }
+    let mut sink = JsonSink::new(Vec::new());
+    for record in &records {
+        sink.write(record).unwrap();
+    }
+    let input = fs::read(fixture()).unwrap();
+    let opts = analyze::Options {
+        timelines: true,
+        transitions: true,
+        ..analyze::Options::default()
+    };
+    analyze(input.as_slice(), &opts, &mut sink, &mut |_| {}).expect("the fixture analyses");
+    let out = String::from_utf8(sink.into_inner()).unwrap();
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// Every key of `value`, at any depth (objects in arrays included).
+fn keys(value: &Value, into: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                into.insert(key.clone());
+                keys(inner, into);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| keys(v, into)),
+        _ => {}
+    }
+}
+
+/// The names between backticks in `text`.
+fn backticked(text: &str) -> impl Iterator<Item = &str> {
+    text.split('`').skip(1).step_by(2)
+}
+
+/// For each `### \`kind\`` section of the schema's "Records": the field names of its tables
+/// (first column) and of the `{a, b, c}` object lists in their descriptions.
+fn documented(schema: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let records = schema
+        .split("\n## Records\n")
+        .nth(1)
+        .expect("docs/schema.md has a `## Records` section");
+    let records = format!("\n{}", records.split("\n## ").next().unwrap());
+    let mut kinds = BTreeMap::new();
+    for section in records.split("\n### ").skip(1) {
+        let (title, body) = section.split_once('\n').unwrap();
+        let kind = backticked(title).next().expect("a `kind` title").to_owned();
+        let mut fields = BTreeSet::new();
+        for row in body.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.split('|').collect();
+            fields.extend(backticked(cells[1]).map(str::to_owned));
+            for list in cells[3..].iter().flat_map(|c| c.split('{').skip(1)) {
+                let list = list.split('}').next().unwrap();
+                fields.extend(list.split(',').map(|f| f.trim().to_owned()));
+            }
+        }
+        kinds.insert(kind, fields);
+    }
+    kinds
+}
+
+#[test]
+fn every_written_field_is_documented_and_every_documented_field_is_written() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schema.md");
+    let documented = documented(&fs::read_to_string(&path).unwrap());
+    let mut written_kinds: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for record in written() {
+        let kind = record["type"].as_str().expect("a type").to_owned();
+        let fields = written_kinds.entry(kind).or_default();
+        keys(&record, fields);
+        fields.remove("type");
+    }
+    let kinds: BTreeSet<&String> = documented.keys().chain(written_kinds.keys()).collect();
+    let mut problems = Vec::new();
+    for kind in kinds {
+        let (Some(doc), Some(code)) = (documented.get(kind), written_kinds.get(kind)) else {
+            problems.push(format!(
+                "record `{kind}`: {}",
+                if documented.contains_key(kind) {
+                    "documented but never written (add it to this test's records)"
+                } else {
+                    "written but has no `### `{kind}`` section in docs/schema.md"
+                }
+            ));
+            continue;
+        };
+        for field in code.difference(doc) {
+            problems.push(format!(
+                "record `{kind}`: field `{field}` is written but not documented"
+            ));
+        }
+        for field in doc.difference(code) {
+            problems.push(format!(
+                "record `{kind}`: field `{field}` is documented but never written"
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "docs/schema.md and the record types disagree:\n{}",
+        problems.join("\n")
+    );
+}
+
+/// The parser reads the document's shapes: a table row with several fields, and a list of an
+/// array's object fields in a description.
+#[test]
+fn the_schema_parser_reads_rows_and_object_lists() {
+    let doc = "# x\n## Records\n### `digest`\n\n| field | type | meaning |\n| --- | --- | --- |\n\
+               | `ts_ns`, `time` | | when. |\n| `processes` | array | `{pid, comm}`, most first. |\n\
+               ## Reading\n| `not_a_field` | | |\n";
+    let kinds = documented(doc);
+    let fields: Vec<&str> = kinds["digest"].iter().map(String::as_str).collect();
+    assert_eq!(fields, ["comm", "pid", "processes", "time", "ts_ns"]);
+}
