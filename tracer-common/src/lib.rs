@@ -45,6 +45,22 @@ pub const AF_INET6: u16 = 10;
 /// `IPPROTO_TCP`.
 pub const IPPROTO_TCP: u16 = 6;
 
+/// Is an IPv6 address, read from memory as two native-endian (little-endian) words, an
+/// IPv4-mapped address (`::ffff:a.b.c.d`)? The one definition of "IPv4 on the wire" for an
+/// `AF_INET6` socket, used by the eBPF family filter and by userspace for the socket tables.
+#[inline]
+pub const fn is_v4_mapped(lo: u64, hi: u64) -> bool {
+    lo == 0 && (hi & 0xffff_ffff) == 0xffff_0000
+}
+
+/// Does a socket carry IPv4 on the wire? `AF_INET`, or `AF_INET6` with a v4-mapped local or
+/// remote address (a dual-stack socket serving an IPv4 peer). `-4` keeps exactly these
+/// sockets and `-6` the others.
+#[inline]
+pub const fn ipv4_on_wire(family: u16, saddr: (u64, u64), daddr: (u64, u64)) -> bool {
+    family == AF_INET || is_v4_mapped(saddr.0, saddr.1) || is_v4_mapped(daddr.0, daddr.1)
+}
+
 /// Length of a task's `comm`.
 pub const COMM_LEN: usize = 16;
 

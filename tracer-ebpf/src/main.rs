@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tracer_common::{
-    tracepoint as tp, TcpStateEvent, AF_INET, COMM_LEN, DEFAULT_RING_BUFFER_BYTES,
+    ipv4_on_wire, tracepoint as tp, TcpStateEvent, AF_INET, COMM_LEN, DEFAULT_RING_BUFFER_BYTES,
     PORT_BITMAP_WORDS, STAT_RINGBUF_FULL, STAT_SLOTS,
 };
 
@@ -81,7 +81,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     let family: u16 = field(ctx, tp::FAMILY.offset);
     let want_family = read_global(&FILTER_FAMILY);
-    if want_family != 0 && family != want_family {
+    if want_family != 0 && !family_wanted(ctx, family, want_family) {
         return Ok(0);
     }
     let sport: u16 = field(ctx, tp::SPORT.offset);
@@ -138,6 +138,24 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     entry.submit(0);
     Ok(0)
+}
+
+/// The family filter on what is on the wire: `-4` (`AF_INET`) also keeps `AF_INET6` sockets
+/// with v4-mapped addresses, `-6` keeps only the other `AF_INET6` ones
+/// ([`tracer_common::ipv4_on_wire`], the definition userspace uses too).
+#[inline(always)]
+fn family_wanted(ctx: &TracePointContext, family: u16, want: u16) -> bool {
+    let v4 = family == AF_INET
+        || ipv4_on_wire(
+            family,
+            (field(ctx, tp::SADDR_V6.offset), field(ctx, tp::SADDR_V6.offset + 8)),
+            (field(ctx, tp::DADDR_V6.offset), field(ctx, tp::DADDR_V6.offset + 8)),
+        );
+    if want == AF_INET {
+        v4
+    } else {
+        !v4
+    }
 }
 
 /// Is `port` in the port bitmap?

@@ -77,6 +77,8 @@ struct Session {
     batch: Vec<Record>,
     /// The socket table lookup under way for due CLOSE_WAIT alerts, if any.
     lookup: Option<Lookup>,
+    /// When followed timewait sockets were last checked in the tables.
+    rechecked_ns: u64,
     /// Transitions drained from the ring buffer while a lookup is under way: the engine takes
     /// them once the alerts it was asked for are out, so the records come in the same order as
     /// if the lookup had been instant, while the ring buffer keeps being emptied.
@@ -93,6 +95,8 @@ struct Signals {
 /// Due CLOSE_WAIT alerts waiting for the socket tables, read on a blocking thread.
 struct Lookup {
     due: Vec<SockId>,
+    /// Reported sockets followed into timewait sockets, to check in the tables.
+    followed: Vec<SockId>,
     /// When they became due: the alerts' time.
     at_ns: u64,
     scan: JoinHandle<Result<SocketTable, procfs::ProcError>>,
@@ -170,6 +174,7 @@ impl Session {
             signals,
             batch: Vec::new(),
             lookup: None,
+            rechecked_ns: 0,
             held: Vec::new(),
         };
         // Sockets that entered CLOSE_WAIT while the tables were read are in the ring buffer:
@@ -207,7 +212,11 @@ impl Session {
                     self.drain();
                     let now = monotonic_ns();
                     if self.lookup.is_none() {
-                        self.lookup = Lookup::start(&mut self.engine, now);
+                        let recheck = now.saturating_sub(self.rechecked_ns) >= RECHECK_NS;
+                        self.lookup = Lookup::start(&mut self.engine, now, recheck);
+                        if recheck && self.lookup.as_ref().is_some_and(|l| !l.followed.is_empty()) {
+                            self.rechecked_ns = now;
+                        }
                     }
                     let lost = (self.probe.lost(), self.probe.recursion_misses());
                     if lost != reported_lost {
@@ -253,7 +262,7 @@ impl Session {
         // What is still in the ring buffer was emitted before the stop: deliver it too.
         self.drain();
         let now = monotonic_ns();
-        if let Some(lookup) = Lookup::start(&mut self.engine, now) {
+        if let Some(lookup) = Lookup::start(&mut self.engine, now, false) {
             self.lookup = Some(lookup);
             let scanned = (&mut self.lookup.as_mut().expect("just set").scan).await;
             self.alert(settle(scanned).as_ref());
@@ -312,6 +321,10 @@ impl Session {
         };
         self.engine
             .alert(&lookup.due, table, lookup.at_ns, &mut self.batch);
+        if let Some(table) = table {
+            self.engine
+                .recheck(&lookup.followed, table, lookup.at_ns, &mut self.batch);
+        }
         for transition in self.held.drain(..) {
             if self.batch.len() >= DRAIN_SLICE {
                 self.outputs.format(&mut self.batch);
@@ -330,12 +343,22 @@ impl Session {
     }
 }
 
+/// How often reported sockets followed into timewait sockets are checked in the tables.
+const RECHECK_NS: u64 = 1_000_000_000;
+
 impl Lookup {
-    /// Starts reading the socket tables when some CLOSE_WAIT alert is due at `now_ns`.
-    fn start(engine: &mut Engine, now_ns: u64) -> Option<Self> {
+    /// Starts reading the socket tables when some alert is due at `now_ns`, or (with
+    /// `recheck`) when reported sockets are followed through the tables.
+    fn start(engine: &mut Engine, now_ns: u64, recheck: bool) -> Option<Self> {
         let due = engine.due(now_ns);
-        (!due.is_empty()).then(|| Self {
+        let followed = if recheck {
+            engine.followed()
+        } else {
+            Vec::new()
+        };
+        (!due.is_empty() || !followed.is_empty()).then(|| Self {
             due,
+            followed,
             at_ns: now_ns,
             scan: tokio::task::spawn_blocking(owner::scan),
         })

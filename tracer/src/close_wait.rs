@@ -1,48 +1,104 @@
-//! CLOSE_WAIT detection. Pure: the caller passes the time in, and resolves owners.
+//! Stuck-socket detection: CLOSE_WAIT, and any state given with `--stuck STATE=DURATION`.
+//! Pure: the caller passes the time in, and resolves owners.
 //!
 //! A socket enters CLOSE_WAIT when the peer's FIN arrives; it leaves when the application calls
 //! close() (-> LAST_ACK) or the connection is reset (-> CLOSE). One that stays longer than the
-//! threshold is reported once, when it crosses it, and again when it finally leaves.
+//! threshold is reported once, when it crosses it, and again when it finally leaves. Other
+//! states work the same way (FIN_WAIT2 held long is a peer leaking CLOSE_WAIT; LAST_ACK,
+//! SYN_SENT, SYN_RECV stuck long are a dead or filtered peer). A socket that leaves FIN_WAIT2
+//! for a timewait socket (`FIN_WAIT2 -> CLOSE`) produces no more transitions: it is followed
+//! through the socket tables, where a timewait socket shows its sub-state.
 
 use std::collections::HashMap;
 
 use crate::{
+    container::Placement,
     event::{Endpoints, TcpState, Transition},
     hash::AddrMap,
-    owner::Owner,
+    owner::{NoOwner, Owner},
 };
 
-/// Identifies a socket in CLOSE_WAIT.
+/// Identifies a stuck socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SockId {
-    /// Seen entering CLOSE_WAIT: the kernel's socket address.
+    /// Seen entering the state: the kernel's socket address.
     Kernel(u64),
-    /// Already in CLOSE_WAIT when the tracer started: found in the socket tables.
+    /// Already in the state when the tracer started: found in the socket tables.
     Preexisting { inode: u64, netns: u64 },
+    /// A socket with no inode, known by namespace and 4-tuple: found at start in a listener's
+    /// accept queue or as a timewait socket, or followed into a timewait socket.
+    Tuple { netns: u64, endpoints: Endpoints },
 }
 
-/// A socket in CLOSE_WAIT.
+/// A stuck socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stuck {
     pub id: SockId,
+    /// The kernel's socket address, when it was seen through the tracepoint (kept when the
+    /// socket is followed into a timewait socket).
+    pub skaddr: Option<u64>,
+    /// The state it is stuck in.
+    pub state: TcpState,
     pub endpoints: Endpoints,
-    /// When it entered CLOSE_WAIT, or (preexisting) when the tracer started.
+    /// When it entered the state, or (preexisting) when the tracer started.
     pub since_ns: u64,
-    /// It was in CLOSE_WAIT before `since_ns`: its age is a lower bound.
+    /// It was in the state before `since_ns`: its age is a lower bound.
     pub at_least: bool,
     pub alerted: bool,
+    /// It lives on as a timewait socket: only the socket tables say whether it still waits.
+    pub followed: bool,
     pub owner: Option<Owner>,
     /// Unread bytes when last looked up.
     pub recv_q: Option<u32>,
+    /// Its network namespace's inode, when known.
+    pub netns: Option<u64>,
+    /// Every process holding it when last looked up (the owner is the first).
+    pub holders: Vec<Owner>,
+    /// Why no process holds it, when the lookup found none.
+    pub unowned: Option<NoOwner>,
+    /// The owner's cgroup and container.
+    pub placement: Placement,
+}
+
+/// What a socket table lookup found about a stuck socket.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Found {
+    pub holders: Vec<Owner>,
+    pub recv_q: u32,
+    pub netns: u64,
+    pub unowned: Option<NoOwner>,
+    pub placement: Placement,
 }
 
 impl Stuck {
+    fn new(id: SockId, state: TcpState, endpoints: Endpoints, since_ns: u64) -> Self {
+        Self {
+            id,
+            skaddr: match id {
+                SockId::Kernel(addr) => Some(addr),
+                SockId::Preexisting { .. } | SockId::Tuple { .. } => None,
+            },
+            state,
+            endpoints,
+            since_ns,
+            at_least: false,
+            alerted: false,
+            followed: false,
+            owner: None,
+            recv_q: None,
+            netns: None,
+            holders: Vec::new(),
+            unowned: None,
+            placement: Placement::default(),
+        }
+    }
+
     pub fn age_ns(&self, now_ns: u64) -> u64 {
         now_ns.saturating_sub(self.since_ns)
     }
 }
 
-/// A reported socket that left CLOSE_WAIT.
+/// A reported socket that left its state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolved {
     pub stuck: Stuck,
@@ -50,62 +106,100 @@ pub struct Resolved {
     pub new_state: TcpState,
 }
 
-/// Tracks sockets in CLOSE_WAIT.
+/// Tracks sockets in the watched states.
 pub struct Detector {
-    threshold_ns: u64,
+    /// Watched states and their thresholds (a handful: a list beats a map).
+    thresholds: Vec<(TcpState, u64)>,
     stuck: AddrMap<SockId, Stuck>,
 }
 
 impl Detector {
+    /// Watches CLOSE_WAIT only.
+    #[cfg(test)]
     pub fn new(threshold_ns: u64) -> Self {
+        Self::with_states(&[(TcpState::CloseWait, threshold_ns)])
+    }
+
+    /// Watches each state with its threshold.
+    pub fn with_states(thresholds: &[(TcpState, u64)]) -> Self {
         Self {
-            threshold_ns,
+            thresholds: thresholds.to_vec(),
             stuck: AddrMap::default(),
         }
     }
 
-    /// Feeds one transition. Returns the socket it resolves, if it had been reported.
-    pub fn observe(&mut self, t: &Transition) -> Option<Resolved> {
-        if t.new == TcpState::CloseWait {
-            // Seen entering CLOSE_WAIT after all: it was not there before the tracer started.
-            if let Some(dup) = self.preexisting_with(&t.endpoints()) {
-                self.stuck.remove(&dup);
-            }
-            let id = SockId::Kernel(t.skaddr);
-            self.stuck.insert(
-                id,
-                Stuck {
-                    id,
-                    endpoints: t.endpoints(),
-                    since_ns: t.ts_ns,
-                    at_least: false,
-                    alerted: false,
-                    owner: None,
-                    recv_q: None,
-                },
-            );
-            return None;
-        }
-        if t.old != TcpState::CloseWait {
-            return None;
-        }
-        let id = if self.stuck.contains_key(&SockId::Kernel(t.skaddr)) {
-            SockId::Kernel(t.skaddr)
-        } else {
-            self.preexisting_with(&t.endpoints())?
-        };
-        let stuck = self.stuck.remove(&id)?;
-        let alerted = stuck.alerted;
-        alerted.then_some(Resolved {
-            stuck,
-            left_ns: t.ts_ns,
-            new_state: t.new,
-        })
+    /// The threshold of a watched state.
+    pub fn threshold(&self, state: TcpState) -> Option<u64> {
+        self.thresholds
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map(|(_, t)| *t)
     }
 
-    /// Adds a socket found in CLOSE_WAIT at start-up.
+    /// Feeds one transition. Returns the socket it resolves, if it had been reported.
+    pub fn observe(&mut self, t: &Transition) -> Option<Resolved> {
+        let mut resolved = None;
+        let kernel = SockId::Kernel(t.skaddr);
+        let leaving = if self.stuck.contains_key(&kernel) {
+            Some(kernel)
+        } else if self.threshold(t.old).is_some() {
+            self.preexisting_with(&t.endpoints(), t.old)
+        } else {
+            None
+        };
+        if let Some(id) = leaving {
+            let mut stuck = self.stuck.remove(&id).expect("present");
+            if stuck.state == TcpState::FinWait2
+                && t.old == TcpState::FinWait2
+                && t.new == TcpState::Close
+            {
+                // Into a timewait socket: it may wait there for the peer's FIN.
+                let id = SockId::Tuple {
+                    netns: stuck.netns.unwrap_or(0),
+                    endpoints: t.endpoints(),
+                };
+                stuck.id = id;
+                stuck.followed = true;
+                self.stuck.insert(id, stuck);
+            } else if stuck.alerted {
+                resolved = Some(Resolved {
+                    stuck,
+                    left_ns: t.ts_ns,
+                    new_state: t.new,
+                });
+            }
+        }
+        if self.threshold(t.new).is_some() {
+            // Seen entering the state after all: it was not there before the tracer started.
+            if let Some(dup) = self.preexisting_with(&t.endpoints(), t.new) {
+                self.stuck.remove(&dup);
+            }
+            self.stuck
+                .insert(kernel, Stuck::new(kernel, t.new, t.endpoints(), t.ts_ns));
+        }
+        resolved
+    }
+
+    /// The owner named for a socket found stuck at start-up, when `t` is that socket leaving
+    /// its state (its first transition the tracer sees).
+    pub fn preexisting_owner(&self, t: &Transition) -> Option<&Owner> {
+        if self.threshold(t.old).is_none() || self.stuck.contains_key(&SockId::Kernel(t.skaddr)) {
+            return None;
+        }
+        let id = self.preexisting_with(&t.endpoints(), t.old)?;
+        self.stuck.get(&id)?.owner.as_ref()
+    }
+
+    /// Adds a socket found in a watched state at start-up. One without an inode (a timewait
+    /// socket, or one in an accept queue) is known by its namespace and 4-tuple; a timewait
+    /// socket is followed through the tables.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one socket table row, field by field"
+    )]
     pub fn add_preexisting(
         &mut self,
+        state: TcpState,
         inode: u64,
         netns: u64,
         endpoints: Endpoints,
@@ -113,28 +207,35 @@ impl Detector {
         owner: Option<Owner>,
         recv_q: u32,
     ) {
-        let id = SockId::Preexisting { inode, netns };
-        self.stuck.insert(
-            id,
-            Stuck {
-                id,
-                endpoints,
-                since_ns: now_ns,
-                at_least: true,
-                alerted: false,
-                owner,
-                recv_q: Some(recv_q),
-            },
-        );
+        let id = if inode == 0 {
+            SockId::Tuple { netns, endpoints }
+        } else {
+            SockId::Preexisting { inode, netns }
+        };
+        let mut stuck = Stuck::new(id, state, endpoints, now_ns);
+        stuck.at_least = true;
+        stuck.followed = inode == 0 && matches!(state, TcpState::FinWait2 | TcpState::TimeWait);
+        stuck.owner = owner;
+        stuck.recv_q = Some(recv_q);
+        stuck.netns = (netns != 0).then_some(netns);
+        self.stuck.insert(id, stuck);
     }
 
-    /// Sockets that have crossed the threshold by `now_ns` and were not reported yet. They are
-    /// marked reported: fill in their owner with [`Detector::update`] before emitting them.
+    /// Sockets that have crossed their threshold by `now_ns` and were not reported yet. They
+    /// are marked reported: fill in their owner with [`Detector::found`] before emitting them
+    /// (a followed one is reported only if the tables still show it in its state).
     pub fn poll(&mut self, now_ns: u64) -> Vec<SockId> {
+        let thresholds = &self.thresholds;
         let mut due: Vec<&mut Stuck> = self
             .stuck
             .values_mut()
-            .filter(|s| !s.alerted && (s.at_least || s.age_ns(now_ns) >= self.threshold_ns))
+            .filter(|s| {
+                let threshold = thresholds
+                    .iter()
+                    .find(|(st, _)| *st == s.state)
+                    .map_or(u64::MAX, |(_, t)| *t);
+                !s.alerted && (s.at_least || s.age_ns(now_ns) >= threshold)
+            })
             .collect();
         // A total order, so a replay of the same stream alerts in the same order (sockets
         // found at start all share one `since_ns`).
@@ -147,7 +248,7 @@ impl Detector {
             .collect()
     }
 
-    /// Records what a socket table lookup found.
+    /// Records what a system call told about the owner (no table entry was found).
     pub fn update(&mut self, id: SockId, owner: Option<Owner>, recv_q: Option<u32>) {
         if let Some(s) = self.stuck.get_mut(&id) {
             if let Some(mut owner) = owner {
@@ -163,11 +264,56 @@ impl Detector {
         }
     }
 
+    /// Records what a socket table lookup found: the holders now are the owners (a process
+    /// that held the socket once and gave it away or exited is no owner any more).
+    pub fn found(&mut self, id: SockId, found: Found) {
+        if let Some(s) = self.stuck.get_mut(&id) {
+            s.owner = found.holders.first().cloned();
+            s.holders = found.holders;
+            s.recv_q = Some(found.recv_q);
+            // 0 is no namespace's inode: a replayed table that did not record it.
+            s.netns = (found.netns != 0).then_some(found.netns);
+            s.unowned = found.unowned;
+            s.placement = found.placement;
+        }
+    }
+
+    /// Corrects a socket's 4-tuple (its local port, learnt from the tables).
+    pub fn set_endpoints(&mut self, id: SockId, endpoints: Endpoints) {
+        if let Some(s) = self.stuck.get_mut(&id) {
+            s.endpoints = endpoints;
+        }
+    }
+
     pub fn get(&self, id: SockId) -> Option<&Stuck> {
         self.stuck.get(&id)
     }
 
-    /// Sockets in CLOSE_WAIT now, reported or not.
+    /// Drops a socket without a report or resolution (a followed socket the tables no longer
+    /// show in its state before it was due).
+    pub fn remove(&mut self, id: SockId) -> Option<Stuck> {
+        self.stuck.remove(&id)
+    }
+
+    /// Reported sockets still stuck.
+    pub fn reported(&self) -> impl Iterator<Item = &Stuck> {
+        self.stuck.values().filter(|s| s.alerted)
+    }
+
+    /// Reported sockets followed through the tables: the caller re-reads the tables and
+    /// resolves those that left their state.
+    pub fn followed_reported(&self) -> Vec<SockId> {
+        let mut ids: Vec<SockId> = self
+            .stuck
+            .values()
+            .filter(|s| s.alerted && s.followed)
+            .map(|s| s.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Sockets tracked now, reported or not.
     #[cfg(test)]
     fn len(&self) -> usize {
         self.stuck.len()
@@ -178,22 +324,24 @@ impl Detector {
         self.stuck.is_empty()
     }
 
-    /// Reported sockets still in CLOSE_WAIT.
-    pub fn reported(&self) -> impl Iterator<Item = &Stuck> {
-        self.stuck.values().filter(|s| s.alerted)
-    }
-
-    fn preexisting_with(&self, endpoints: &Endpoints) -> Option<SockId> {
+    fn preexisting_with(&self, endpoints: &Endpoints, state: TcpState) -> Option<SockId> {
         self.stuck
             .values()
-            .find(|s| matches!(s.id, SockId::Preexisting { .. }) && s.endpoints == *endpoints)
+            .find(|s| {
+                !matches!(s.id, SockId::Kernel(_))
+                    && !s.followed
+                    && s.state == state
+                    && s.endpoints == *endpoints
+            })
             .map(|s| s.id)
     }
 }
 
-/// Stuck sockets grouped by owning process: the answer to "who is leaking CLOSE_WAIT".
+/// Stuck sockets grouped by state and owning process: the answer to "who is leaking
+/// CLOSE_WAIT".
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Group {
+    pub state: TcpState,
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub count: usize,
@@ -202,10 +350,11 @@ pub struct Group {
 
 /// Groups reported sockets by owner, most sockets first.
 pub fn digest<'a>(stuck: impl Iterator<Item = &'a Stuck>, now_ns: u64) -> Vec<Group> {
-    let mut groups: HashMap<Option<u32>, Group> = HashMap::new();
+    let mut groups: HashMap<(TcpState, Option<u32>), Group> = HashMap::new();
     for s in stuck {
         let pid = s.owner.as_ref().map(|o| o.pid);
-        let group = groups.entry(pid).or_insert_with(|| Group {
+        let group = groups.entry((s.state, pid)).or_insert_with(|| Group {
+            state: s.state,
             pid,
             comm: s.owner.as_ref().map(|o| o.comm.clone()),
             count: 0,
@@ -220,6 +369,7 @@ pub fn digest<'a>(stuck: impl Iterator<Item = &'a Stuck>, now_ns: u64) -> Vec<Gr
             .cmp(&a.count)
             .then(b.oldest_ns.cmp(&a.oldest_ns))
             .then(a.pid.cmp(&b.pid))
+            .then(a.state.cmp(&b.state))
     });
     out
 }
@@ -239,6 +389,44 @@ mod tests {
             comm: format!("p{pid}"),
             fd: Some(3),
         }
+    }
+
+    /// `--stuck`: each watched state has its threshold; a socket moving between watched
+    /// states is resolved from one and tracked in the next; an orphan leaving FIN_WAIT2 for a
+    /// timewait socket is followed, not resolved.
+    #[test]
+    fn other_states_and_followed_timewait_sockets() {
+        let mut d = Detector::with_states(&[
+            (TcpState::CloseWait, 500 * MS),
+            (TcpState::FinWait1, 100 * MS),
+            (TcpState::FinWait2, 200 * MS),
+        ]);
+        d.observe(&transition(0, 7, C, S, 1, 4));
+        assert_eq!(d.poll(99 * MS), []);
+        assert_eq!(d.poll(100 * MS), [SockId::Kernel(7)]);
+        let resolved = d
+            .observe(&transition(150 * MS, 7, C, S, 4, 5))
+            .expect("left FIN_WAIT1");
+        assert_eq!(
+            (resolved.stuck.state, resolved.new_state),
+            (TcpState::FinWait1, TcpState::FinWait2)
+        );
+        assert_eq!(d.poll(349 * MS), []);
+        assert_eq!(d.poll(350 * MS), [SockId::Kernel(7)]);
+        // Into a timewait socket: followed, keeping its age and address.
+        assert_eq!(d.observe(&transition(400 * MS, 7, C, S, 5, 7)), None);
+        let followed = d.followed_reported();
+        let [id @ SockId::Tuple { .. }] = followed[..] else {
+            panic!("{followed:?}")
+        };
+        let s = d.get(id).unwrap();
+        assert_eq!(
+            (s.skaddr, s.since_ns, s.state),
+            (Some(7), 150 * MS, TcpState::FinWait2)
+        );
+        // Unwatched states are not tracked.
+        d.observe(&transition(0, 8, C, S, 2, 1));
+        assert_eq!(d.len(), 1);
     }
 
     #[test]
@@ -272,7 +460,7 @@ mod tests {
     fn preexisting_sockets_alert_at_once_and_match_by_endpoints() {
         let mut d = Detector::new(500 * MS);
         let ep = transition(0, 0, S, C, 8, 9).endpoints();
-        d.add_preexisting(11, 1, ep, 100 * MS, Some(owner(5)), 3);
+        d.add_preexisting(TcpState::CloseWait, 11, 1, ep, 100 * MS, Some(owner(5)), 3);
         let due = d.poll(100 * MS);
         assert_eq!(
             due,
@@ -294,7 +482,7 @@ mod tests {
     fn a_socket_seen_entering_replaces_its_preexisting_twin() {
         let mut d = Detector::new(500 * MS);
         let t = transition(200 * MS, 7, S, C, 1, 8);
-        d.add_preexisting(11, 1, t.endpoints(), 100 * MS, None, 0);
+        d.add_preexisting(TcpState::CloseWait, 11, 1, t.endpoints(), 100 * MS, None, 0);
         d.observe(&t);
         assert_eq!(d.len(), 1);
         assert!(
@@ -360,7 +548,7 @@ mod tests {
         for order in insertion_orders {
             let mut d = Detector::new(1);
             for (inode, rport) in order {
-                d.add_preexisting(inode, 1, endpoints(rport), 10, None, 0);
+                d.add_preexisting(TcpState::CloseWait, inode, 1, endpoints(rport), 10, None, 0);
             }
             assert_eq!(
                 d.poll(10),

@@ -10,7 +10,7 @@ use crate::{
     defaults::nanos,
     engine,
     event::{Endpoints, Family},
-    record::RunOptions,
+    record::{RunOptions, StuckOption},
     sink::Filter,
 };
 
@@ -33,8 +33,8 @@ impl KernelFilter {
     /// sockets found in the socket tables rather than through the tracepoint.)
     pub fn matches(&self, e: &Endpoints) -> bool {
         let family_ok = match self.family {
-            AF_INET => e.laddr.to_canonical().is_ipv4(),
-            AF_INET6 => e.laddr.is_ipv6(),
+            AF_INET => e.ipv4_on_wire(),
+            AF_INET6 => !e.ipv4_on_wire(),
             _ => true,
         };
         family_ok
@@ -99,6 +99,15 @@ impl Config {
             timelines: self.engine.timelines,
             json: self.json,
             close_wait_threshold_ns: self.engine.close_wait_threshold_ns,
+            stuck: self
+                .engine
+                .stuck
+                .iter()
+                .map(|&(state, threshold_ns)| StuckOption {
+                    state,
+                    threshold_ns,
+                })
+                .collect(),
             report_interval_ns: nanos(self.report_interval),
             duration_ns: self.duration.map(nanos),
             max_sockets: self.engine.max_sockets,
@@ -129,5 +138,17 @@ mod tests {
         assert!(f(AF_INET, &[80]).matches(&ep));
         assert!(!f(AF_INET, &[]).matches(&ep6));
         assert!(f(AF_INET6, &[]).matches(&ep6));
+        // A dual-stack socket serving an IPv4 peer carries IPv4 on the wire.
+        let mapped = transition(
+            0,
+            0,
+            "[::ffff:127.0.0.1]:80",
+            "[::ffff:127.0.0.1]:5000",
+            1,
+            8,
+        )
+        .endpoints();
+        assert!(f(AF_INET, &[]).matches(&mapped));
+        assert!(!f(AF_INET6, &[]).matches(&mapped));
     }
 }

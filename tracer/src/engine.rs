@@ -3,7 +3,7 @@
 //! handed in, so every path is tested from recorded streams without root.
 
 use crate::{
-    close_wait::{self, Detector, Resolved, SockId, Stuck},
+    close_wait::{self, Detector, Found, Resolved, SockId, Stuck},
     defaults,
     event::{TcpState, Transition},
     owner::SocketTable,
@@ -24,6 +24,8 @@ pub struct Options {
     pub timelines: bool,
     /// How long a socket may stay in CLOSE_WAIT before it is reported, in ns.
     pub close_wait_threshold_ns: u64,
+    /// Other states to report sockets stuck in (`--stuck STATE=DURATION`), with thresholds.
+    pub stuck: Vec<(TcpState, u64)>,
     /// Sockets tracked at most; the oldest are evicted beyond.
     pub max_sockets: usize,
 }
@@ -34,8 +36,18 @@ impl Default for Options {
             transitions: true,
             timelines: false,
             close_wait_threshold_ns: defaults::nanos(defaults::CLOSE_WAIT_THRESHOLD),
+            stuck: Vec::new(),
             max_sockets: defaults::MAX_SOCKETS,
         }
+    }
+}
+
+impl Options {
+    /// Every watched state with its threshold, CLOSE_WAIT first.
+    pub fn thresholds(&self) -> Vec<(TcpState, u64)> {
+        let mut all = vec![(TcpState::CloseWait, self.close_wait_threshold_ns)];
+        all.extend(self.stuck.iter().filter(|(s, _)| *s != TcpState::CloseWait));
+        all
     }
 }
 
@@ -60,7 +72,7 @@ impl Engine {
     pub fn new(opts: Options, clock: WallClock) -> Self {
         Self {
             tracker: Tracker::new(opts.max_sockets),
-            detector: Detector::new(opts.close_wait_threshold_ns),
+            detector: Detector::with_states(&opts.thresholds()),
             opts,
             clock,
             summary: Summary::default(),
@@ -89,7 +101,9 @@ impl Engine {
     pub fn transition(&mut self, t: Transition, out: &mut Vec<Record>) {
         self.summary.events += 1;
         let evicted_before = self.tracker.evicted();
-        let mut applied = self.tracker.apply(&t);
+        // A socket found in CLOSE_WAIT at start keeps the owner its report named.
+        let known = self.detector.preexisting_owner(&t).cloned();
+        let mut applied = self.tracker.apply_known(&t, known.as_ref());
         if self.tracker.evicted() != evicted_before {
             self.summary.evicted = self.tracker.evicted();
         }
@@ -127,6 +141,10 @@ impl Engine {
                 comm: owner.map(|o| o.comm),
                 ctx_pid: t.task.pid,
                 ctx_comm: t.task.comm,
+                ctx_tid: t.task.tid,
+                // The kernel side reports the thread's own name with the BTF offsets (the
+                // merge of issue 12's kernel side fills this in); until then, unknown.
+                ctx_thread: None,
                 cpu: t.cpu,
             }));
         }
@@ -138,15 +156,19 @@ impl Engine {
         }
     }
 
-    /// Adds the sockets already in CLOSE_WAIT when the tracer starts.
+    /// Adds the sockets already in a watched state when the tracer starts.
     pub fn preexisting(&mut self, table: &SocketTable, now_ns: u64) {
-        for entry in table.in_state(TcpState::CloseWait) {
+        for entry in &table.entries {
+            if self.detector.threshold(entry.state).is_none() {
+                continue;
+            }
             self.detector.add_preexisting(
+                entry.state,
                 entry.inode,
                 entry.netns,
                 entry.endpoints,
                 now_ns,
-                entry.owner.clone(),
+                entry.owner().cloned(),
                 entry.recv_q,
             );
         }
@@ -170,24 +192,107 @@ impl Engine {
             let Some(stuck) = self.detector.get(id) else {
                 continue;
             };
-            let entry = table.and_then(|t| t.find(&stuck.endpoints, TcpState::CloseWait));
-            let owner = entry.and_then(|e| e.owner.clone()).or_else(|| match id {
-                SockId::Kernel(skaddr) => self.tracker.owner(skaddr).cloned(),
-                SockId::Preexisting { .. } => None,
+            // Identity first: the socket's inode in its namespace (found at start), or its
+            // 4-tuple within its namespace; the 4-tuple alone repeats across namespaces.
+            let entry = table.and_then(|t| {
+                let by_inode = match id {
+                    SockId::Preexisting { inode, netns } => t.by_inode(netns, inode),
+                    SockId::Kernel(_) | SockId::Tuple { .. } => None,
+                };
+                by_inode
+                    .or_else(|| t.find(stuck.netns, &stuck.endpoints, stuck.state))
+                    .or_else(|| t.unbound(stuck.netns, &stuck.endpoints, stuck.state))
             });
-            if let (Some(owner), SockId::Kernel(skaddr)) = (&owner, id) {
-                self.tracker.set_owner(skaddr, owner.clone());
+            // connect() reports SYN_SENT before it picks the local port: learnt here.
+            let learnt = entry
+                .filter(|e| e.endpoints.lport != stuck.endpoints.lport)
+                .map(|e| e.endpoints);
+            if stuck.followed {
+                // A timewait socket is stuck only if the tables still show it in its state
+                // (it waits for the peer's FIN); without the tables it is not reported.
+                let state = stuck.state;
+                if entry.is_none_or(|e| e.state != state) {
+                    self.detector.remove(id);
+                    continue;
+                }
             }
-            self.detector.update(id, owner, entry.map(|e| e.recv_q));
+            if let (Some(table), Some(entry)) = (table, entry) {
+                let found = Found {
+                    holders: entry.holders.clone(),
+                    recv_q: entry.recv_q,
+                    netns: entry.netns,
+                    unowned: table.no_owner(entry),
+                    placement: entry
+                        .owner()
+                        .and_then(|o| table.placements.get(&o.pid))
+                        .cloned()
+                        .unwrap_or_default(),
+                };
+                if let (Some(owner), SockId::Kernel(skaddr)) = (found.holders.first(), id) {
+                    self.tracker.set_owner(skaddr, owner.clone());
+                }
+                if let Some(endpoints) = learnt {
+                    self.detector.set_endpoints(id, endpoints);
+                }
+                self.detector.found(id, found);
+            } else {
+                // Not in the tables read: the owner is what system calls told, if anything.
+                let owner = match id {
+                    SockId::Kernel(skaddr) => self.tracker.owner(skaddr).cloned(),
+                    SockId::Preexisting { .. } | SockId::Tuple { .. } => None,
+                };
+                self.detector.update(id, owner, None);
+            }
             let Some(stuck) = self.detector.get(id) else {
                 continue;
             };
-            self.summary.close_wait_alerts += 1;
-            out.push(Record::CloseWait(close_wait_record(
-                stuck,
-                now_ns,
-                &self.clock,
-            )));
+            let record = close_wait_record(stuck, now_ns, &self.clock);
+            if stuck.state == TcpState::CloseWait {
+                self.summary.close_wait_alerts += 1;
+                out.push(Record::CloseWait(record));
+            } else {
+                self.summary.stuck_alerts += 1;
+                out.push(Record::Stuck(record));
+            }
+        }
+    }
+
+    /// Reported sockets that live on as timewait sockets: the caller reads the socket tables
+    /// (only when this is not empty) and hands them to [`Engine::recheck`].
+    pub fn followed(&self) -> Vec<SockId> {
+        self.detector.followed_reported()
+    }
+
+    /// Resolves the followed sockets the tables no longer show in their state: the peer's FIN
+    /// came (the timewait socket moved on to TIME_WAIT) or the timewait socket expired.
+    pub fn recheck(
+        &mut self,
+        ids: &[SockId],
+        table: &SocketTable,
+        now_ns: u64,
+        out: &mut Vec<Record>,
+    ) {
+        for &id in ids {
+            let Some(stuck) = self.detector.get(id) else {
+                continue;
+            };
+            let now = table.find(stuck.netns, &stuck.endpoints, stuck.state);
+            let new_state = match now {
+                Some(e) if e.state == stuck.state => continue,
+                Some(e) => e.state,
+                None => TcpState::Close,
+            };
+            if let Some(stuck) = self.detector.remove(id) {
+                self.push_resolved(
+                    &Resolved {
+                        stuck,
+                        left_ns: now_ns,
+                        new_state,
+                    },
+                    None,
+                    out,
+                );
+            }
         }
     }
 
@@ -197,6 +302,7 @@ impl Engine {
         let processes = close_wait::digest(reported.iter().copied(), now_ns)
             .into_iter()
             .map(|g| DigestProcess {
+                state: g.state,
                 pid: g.pid,
                 comm: g.comm,
                 count: g.count,
@@ -265,12 +371,11 @@ impl Engine {
         out: &mut Vec<Record>,
     ) {
         let owner = r.stuck.owner.as_ref().or(owner);
-        self.summary.close_wait_resolved += 1;
         let e = &r.stuck.endpoints;
-        out.push(Record::CloseWaitResolved(CloseWaitResolvedRecord {
+        let record = CloseWaitResolvedRecord {
             ts_ns: r.left_ns,
             time: self.clock.rfc3339(r.left_ns),
-            skaddr: kernel_addr(r.stuck.id),
+            skaddr: r.stuck.skaddr.map(record::skaddr),
             pid: owner.map(|o| o.pid),
             comm: owner.map(|o| o.comm.clone()),
             fd: owner.and_then(|o| o.fd),
@@ -282,14 +387,16 @@ impl Engine {
             stuck_ms: whole_ms(r.stuck.age_ns(r.left_ns)),
             stuck_at_least: r.stuck.at_least,
             new_state: r.new_state,
-        }));
-    }
-}
-
-fn kernel_addr(id: SockId) -> Option<String> {
-    match id {
-        SockId::Kernel(addr) => Some(record::skaddr(addr)),
-        SockId::Preexisting { .. } => None,
+            netns: r.stuck.netns,
+            state: r.stuck.state,
+        };
+        if r.stuck.state == TcpState::CloseWait {
+            self.summary.close_wait_resolved += 1;
+            out.push(Record::CloseWaitResolved(record));
+        } else {
+            self.summary.stuck_resolved += 1;
+            out.push(Record::StuckResolved(record));
+        }
     }
 }
 
@@ -298,7 +405,7 @@ fn close_wait_record(s: &Stuck, now_ns: u64, clock: &WallClock) -> CloseWaitReco
     CloseWaitRecord {
         ts_ns: now_ns,
         time: clock.rfc3339(now_ns),
-        skaddr: kernel_addr(s.id),
+        skaddr: s.skaddr.map(record::skaddr),
         pid: s.owner.as_ref().map(|o| o.pid),
         comm: s.owner.as_ref().map(|o| o.comm.clone()),
         fd: s.owner.as_ref().and_then(|o| o.fd),
@@ -310,6 +417,13 @@ fn close_wait_record(s: &Stuck, now_ns: u64, clock: &WallClock) -> CloseWaitReco
         age_ms: whole_ms(s.age_ns(now_ns)),
         age_at_least: s.at_least,
         recv_q: s.recv_q,
+        netns: s.netns,
+        holders: s.holders.iter().map(record::Holder::from).collect(),
+        unowned: s.unowned.as_ref().map(record::Unowned::from),
+        cgroup: s.placement.cgroup.clone(),
+        container: s.placement.container.clone(),
+        pod_uid: s.placement.pod_uid.clone(),
+        state: s.state,
     }
 }
 
@@ -354,12 +468,13 @@ mod tests {
                 recv_q: 12,
                 inode: 5,
                 netns: 1,
-                owner: Some(Owner {
+                holders: vec![Owner {
                     pid,
                     comm: "server".into(),
                     fd: Some(7),
-                }),
+                }],
             }],
+            ..SocketTable::default()
         }
     }
 
@@ -388,6 +503,95 @@ mod tests {
             (Some(50), 60, "nginx")
         );
         assert_eq!(b.duration_ns, Some(2 * MS));
+    }
+
+    /// Item 4 of issue 11: the owner is whoever holds the socket at the report, not the process
+    /// a system call named earlier; with no holder, the report says why.
+    #[test]
+    fn alert_owner_is_the_holder_now_or_the_reason_there_is_none() {
+        let mut e = engine(Options {
+            close_wait_threshold_ns: MS,
+            ..Options::default()
+        });
+        // connect() by 111, then the socket is passed to 222 (the only holder now).
+        let client = [
+            by(transition(MS, 9, C, S, 7, 2), 111, "passer"),
+            by(transition(2 * MS, 9, C, S, 2, 1), 0, "swapper/0"),
+            by(transition(3 * MS, 9, C, S, 1, 8), 0, "swapper/0"),
+        ];
+        feed(&mut e, &client);
+        let mut t = table(222);
+        t.entries[0].endpoints = client[0].endpoints();
+        t.entries[0].holders.push(Owner {
+            pid: 333,
+            comm: "worker".into(),
+            fd: Some(4),
+        });
+        t.placements.insert(
+            222,
+            crate::container::Placement {
+                cgroup: Some("/docker/x".into()),
+                container: Some("x".into()),
+                pod_uid: None,
+            },
+        );
+        let mut out = Vec::new();
+        let due = e.due(10 * MS);
+        e.alert(&due, Some(&t), 10 * MS, &mut out);
+        let [Record::CloseWait(a)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!((a.pid, a.fd, a.holders.len()), (Some(222), Some(7), 2));
+        assert_eq!((a.netns, a.container.as_deref()), (Some(1), Some("x")));
+
+        // Nobody holds it: no owner, and the reason.
+        let mut e = engine(Options {
+            close_wait_threshold_ns: MS,
+            ..Options::default()
+        });
+        feed(&mut e, &client);
+        let mut t = table(222);
+        t.entries[0].endpoints = client[0].endpoints();
+        t.entries[0].holders.clear();
+        let mut out = Vec::new();
+        let due = e.due(10 * MS);
+        e.alert(&due, Some(&t), 10 * MS, &mut out);
+        let [Record::CloseWait(a)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!((a.pid, a.fd), (None, None), "not the connect() caller");
+        assert_eq!(
+            a.unowned.as_ref().map(|u| u.reason),
+            Some(record::UnownedReason::NoHolder)
+        );
+    }
+
+    /// A socket found in CLOSE_WAIT at start and then reset by its peer (softirq): its
+    /// transition and timeline name the owner its report named.
+    #[test]
+    fn owner_found_at_start_names_later_transitions() {
+        let mut e = engine(Options {
+            timelines: true,
+            ..Options::default()
+        });
+        e.preexisting(&table(222), MS);
+        let mut out = Vec::new();
+        let due = e.due(MS);
+        e.alert(&due, Some(&table(222)), MS, &mut out);
+        let out = feed(
+            &mut e,
+            &[by(transition(5 * MS, 9, S, C, 8, 7), 0, "swapper/0")],
+        );
+        let owners: Vec<Option<u32>> = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Transition(t) => Some(t.pid),
+                Record::Timeline(t) => Some(t.pid),
+                Record::CloseWaitResolved(r) => Some(r.pid),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(owners, [Some(222), Some(222), Some(222)], "{out:?}");
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub enum ConfigError {
     RingBufferSize { size: u64, page: u64 },
     #[error("-4 and -6 exclude each other: give neither to trace both families")]
     BothFamilies,
+    #[error(
+        "invalid --stuck {token:?}: expected STATE=DURATION with STATE one of SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2, CLOSING, LAST_ACK, CLOSE_WAIT (e.g. --stuck FIN_WAIT2=60s)"
+    )]
+    Stuck { token: String },
 }
 
 /// Loading or attaching the eBPF program failed.

@@ -150,6 +150,23 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
+    /// IPv4 on the wire: IPv4 addresses, or v4-mapped ones on a dual-stack socket
+    /// ([`tracer_common::ipv4_on_wire`]).
+    pub fn ipv4_on_wire(&self) -> bool {
+        let words = |ip: IpAddr| match ip {
+            IpAddr::V4(_) => None,
+            IpAddr::V6(v6) => {
+                let bits = u128::from_le_bytes(v6.octets());
+                // The low and high 8 bytes, as the kernel side reads them from memory.
+                Some((bits as u64, (bits >> 64) as u64))
+            }
+        };
+        match (words(self.laddr), words(self.raddr)) {
+            (Some(l), Some(r)) => tracer_common::ipv4_on_wire(tracer_common::AF_INET6, l, r),
+            _ => true,
+        }
+    }
+
     pub fn family(&self) -> Family {
         if self.laddr.is_ipv4() {
             Family::Ipv4

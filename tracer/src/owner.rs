@@ -10,7 +10,10 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Endpoints, Task, TcpState};
+use crate::{
+    event::{Endpoints, Task, TcpState},
+    netns,
+};
 
 /// The process that holds a socket.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -48,34 +51,69 @@ pub fn is_process_context(old: TcpState, new: TcpState) -> bool {
     )
 }
 
-/// One row of a kernel socket table (`/proc/<pid>/net/tcp{,6}`), with its holder if found.
+/// One row of a kernel socket table (`/proc/net/tcp{,6}` of one namespace), with every
+/// process that holds the socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SocketEntry {
     pub endpoints: Endpoints,
     pub state: TcpState,
     /// Bytes received and not yet read by the application.
     pub recv_q: u32,
+    /// Socket inode; 0 while the socket has no file (waiting in a listener's accept queue,
+    /// a timewait socket, an orphan).
     pub inode: u64,
     /// Inode of the network namespace the table was read from.
     pub netns: u64,
-    pub owner: Option<Owner>,
+    /// Every process holding the socket, by pid then fd (a forked worker and its master,
+    /// a descriptor passed with `SCM_RIGHTS`).
+    pub holders: Vec<Owner>,
 }
 
-/// A snapshot of the TCP sockets of every network namespace that has a process in it.
+impl SocketEntry {
+    /// The first holder, named as the socket's owner.
+    pub fn owner(&self) -> Option<&Owner> {
+        self.holders.first()
+    }
+}
+
+/// Why a socket in the tables has no owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NoOwner {
+    /// Still in a listener's accept queue: never accepted.
+    AcceptQueue {
+        /// The listener's local address and port.
+        listener: std::net::SocketAddr,
+        /// The process holding the listener, if any.
+        holder: Option<Owner>,
+    },
+    /// No process holds a descriptor of it.
+    NoHolder,
+}
+
+/// A snapshot of the TCP sockets of every network namespace that holds some.
 #[derive(Clone, Debug, Default)]
 pub struct SocketTable {
     pub entries: Vec<SocketEntry>,
+    /// Namespaces read, by inode.
+    pub netns: Vec<u64>,
+    /// cgroup and container of every process holding a socket, by pid.
+    pub placements: HashMap<u32, crate::container::Placement>,
 }
 
 impl SocketTable {
-    /// The entry for a connection, preferring one in `state` when the 4-tuple repeats across
-    /// network namespaces.
-    pub fn find(&self, endpoints: &Endpoints, state: TcpState) -> Option<&SocketEntry> {
+    /// The entry for a connection in namespace `netns` (any namespace when `None`; the
+    /// 4-tuple may then repeat across namespaces and the first in `state` is taken).
+    pub fn find(
+        &self,
+        netns: Option<u64>,
+        endpoints: &Endpoints,
+        state: TcpState,
+    ) -> Option<&SocketEntry> {
         let mut found = None;
         for entry in self
             .entries
             .iter()
-            .filter(|e| same(&e.endpoints, endpoints))
+            .filter(|e| netns.is_none_or(|n| n == e.netns) && same(&e.endpoints, endpoints))
         {
             if entry.state == state {
                 return Some(entry);
@@ -85,9 +123,83 @@ impl SocketTable {
         found
     }
 
+    /// For a socket seen before its local port was chosen (`connect()` reports SYN_SENT
+    /// first): the only entry in `state` with its remote end (and local address, when
+    /// known), or `None` when there is none or more than one.
+    pub fn unbound(
+        &self,
+        netns: Option<u64>,
+        endpoints: &Endpoints,
+        state: TcpState,
+    ) -> Option<&SocketEntry> {
+        if endpoints.lport != 0 {
+            return None;
+        }
+        let canon = |ip: std::net::IpAddr| ip.to_canonical();
+        let mut candidates = self.entries.iter().filter(|e| {
+            e.state == state
+                && netns.is_none_or(|n| n == e.netns)
+                && e.endpoints.rport == endpoints.rport
+                && canon(e.endpoints.raddr) == canon(endpoints.raddr)
+                && (endpoints.laddr.is_unspecified()
+                    || canon(e.endpoints.laddr) == canon(endpoints.laddr))
+        });
+        let first = candidates.next()?;
+        candidates.next().is_none().then_some(first)
+    }
+
+    /// The entry of a socket identified by namespace and inode.
+    pub fn by_inode(&self, netns: u64, inode: u64) -> Option<&SocketEntry> {
+        (inode != 0)
+            .then(|| {
+                self.entries
+                    .iter()
+                    .find(|e| e.netns == netns && e.inode == inode)
+            })
+            .flatten()
+    }
+
     /// Entries in `state`.
     pub fn in_state(&self, state: TcpState) -> impl Iterator<Item = &SocketEntry> {
         self.entries.iter().filter(move |e| e.state == state)
+    }
+
+    /// Why `entry` has no holder: the listener whose accept queue it waits in, or none.
+    pub fn no_owner(&self, entry: &SocketEntry) -> Option<NoOwner> {
+        if !entry.holders.is_empty() {
+            return None;
+        }
+        if entry.inode != 0 {
+            return Some(NoOwner::NoHolder);
+        }
+        let local = entry.endpoints.laddr.to_canonical();
+        let listener = self
+            .entries
+            .iter()
+            .filter(|l| {
+                l.state == TcpState::Listen
+                    && l.netns == entry.netns
+                    && l.endpoints.lport == entry.endpoints.lport
+            })
+            // An exact address beats a wildcard, as in the kernel's lookup.
+            .max_by_key(|l| {
+                let addr = l.endpoints.laddr.to_canonical();
+                (
+                    addr == local,
+                    addr.is_unspecified() || l.endpoints.laddr.is_unspecified(),
+                )
+            })
+            .filter(|l| {
+                let addr = l.endpoints.laddr.to_canonical();
+                addr == local || l.endpoints.laddr.is_unspecified()
+            });
+        Some(match listener {
+            Some(l) => NoOwner::AcceptQueue {
+                listener: std::net::SocketAddr::new(l.endpoints.laddr, l.endpoints.lport),
+                holder: l.owner().cloned(),
+            },
+            None => NoOwner::NoHolder,
+        })
     }
 }
 
@@ -110,12 +222,27 @@ pub fn unread_bytes(state: TcpState, rx_queue: u32) -> u32 {
     }
 }
 
+/// A socket descriptor some process holds.
+struct Held {
+    inode: u64,
+    pid: u32,
+    fd: i32,
+}
+
+/// Socket inodes already traced to their namespace through `SIOCGSKNS` (sockets that are not
+/// TCP, or live where nothing else leads): probed once, not at every scan.
+static PROBED: std::sync::Mutex<Option<HashMap<u64, u64>>> = std::sync::Mutex::new(None);
+/// Above this many, the probe cache starts afresh (it only saves work).
+const PROBED_MAX: usize = 65_536;
+
 /// Reads the socket tables of every network namespace and who holds each socket.
 /// Processes that vanish or cannot be read during the scan are skipped.
+///
+/// Namespaces are those of every thread, those held open or bind-mounted, and those reached
+/// only through a socket a process holds (see [`crate::netns`]); each table is read once.
 pub fn scan() -> Result<SocketTable, procfs::ProcError> {
-    let mut holders: HashMap<u64, Owner> = HashMap::new();
-    let mut seen_netns: HashSet<u64> = HashSet::new();
-    let mut table = SocketTable::default();
+    let mut holders: HashMap<u64, Vec<Owner>> = HashMap::new();
+    let mut held: Vec<Held> = Vec::new();
     for process in procfs::process::all_processes()?.flatten() {
         let Ok(fds) = process.fd() else { continue };
         let Ok(pid) = u32::try_from(process.pid()) else {
@@ -126,42 +253,120 @@ pub fn scan() -> Result<SocketTable, procfs::ProcError> {
             if let procfs::process::FDTarget::Socket(inode) = fd.target {
                 let comm =
                     comm.get_or_insert_with(|| process.stat().map(|s| s.comm).unwrap_or_default());
-                holders.entry(inode).or_insert_with(|| Owner {
+                let list = holders.entry(inode).or_default();
+                if list.is_empty() {
+                    held.push(Held {
+                        inode,
+                        pid,
+                        fd: fd.fd,
+                    });
+                }
+                list.push(Owner {
                     pid,
                     comm: comm.clone(),
                     fd: Some(fd.fd),
                 });
             }
         }
-        let Ok(netns) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
-            continue;
-        };
-        let netns = std::os::unix::fs::MetadataExt::ino(&netns);
-        if seen_netns.insert(netns) {
-            for rows in [process.tcp(), process.tcp6()].into_iter().flatten() {
-                for row in rows {
-                    let state = TcpState::from(u32::from(row.state.to_u8()));
-                    table.entries.push(SocketEntry {
-                        endpoints: Endpoints {
-                            laddr: row.local_address.ip(),
-                            lport: row.local_address.port(),
-                            raddr: row.remote_address.ip(),
-                            rport: row.remote_address.port(),
-                        },
-                        state,
-                        recv_q: unread_bytes(state, row.rx_queue),
-                        inode: row.inode,
-                        netns,
-                        owner: None,
-                    });
+    }
+    let mut finder = netns::Finder::default();
+    finder.add_tasks();
+    finder.add_mounts();
+    let mut table = SocketTable::default();
+    let mut read = 0;
+    read_new(&mut finder, &mut read, &mut table);
+
+    // Sockets in no table read so far may live in a namespace only sockets keep.
+    let in_tables: HashSet<u64> = table.entries.iter().map(|e| e.inode).collect();
+    {
+        let mut probed = PROBED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let probed = probed.get_or_insert_with(HashMap::new);
+        if probed.len() > PROBED_MAX {
+            probed.clear();
+        }
+        for h in held.iter().filter(|h| !in_tables.contains(&h.inode)) {
+            if let Some(ns) = probed.get(&h.inode) {
+                if finder.knows(*ns) {
+                    continue;
                 }
+            }
+            if let Ok(inode) = finder.add_socket(h.pid, h.fd) {
+                probed.insert(h.inode, inode);
             }
         }
     }
+    read_new(&mut finder, &mut read, &mut table);
+
+    for pid in holders.values().flatten().map(|o| o.pid) {
+        table
+            .placements
+            .entry(pid)
+            .or_insert_with(|| crate::container::of_process(pid));
+    }
     for entry in &mut table.entries {
-        entry.owner = holders.get(&entry.inode).cloned();
+        if let Some(list) = holders.get(&entry.inode) {
+            entry.holders.clone_from(list);
+            entry.holders.sort_by_key(|o| (o.pid, o.fd));
+        }
     }
     Ok(table)
+}
+
+/// Reads the tables of the namespaces found since the last call.
+fn read_new(finder: &mut netns::Finder, read: &mut usize, table: &mut SocketTable) {
+    let found = finder.found();
+    for ns in &found[*read..] {
+        match netns::in_netns(ns, read_tcp_tables) {
+            Ok(rows) => {
+                table.netns.push(ns.inode);
+                table
+                    .entries
+                    .extend(rows.iter().map(|row| entry(row, ns.inode)));
+            }
+            Err(e) => log::debug!("could not read the sockets of netns {}: {e}", ns.inode),
+        }
+    }
+    *read = found.len();
+}
+
+/// The TCP tables of the calling thread's namespace.
+fn read_tcp_tables() -> std::io::Result<Vec<procfs::net::TcpNetEntry>> {
+    use procfs::FromBufReadSI as _;
+    let mut rows = Vec::new();
+    for name in ["tcp", "tcp6"] {
+        let file = match std::fs::File::open(format!("/proc/thread-self/net/{name}")) {
+            Ok(file) => file,
+            // No IPv6 in this kernel or namespace.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let procfs::net::TcpNetEntries(entries) = procfs::net::TcpNetEntries::from_buf_read(
+            std::io::BufReader::new(file),
+            procfs::current_system_info(),
+        )
+        .map_err(std::io::Error::other)?;
+        rows.extend(entries);
+    }
+    Ok(rows)
+}
+
+fn entry(row: &procfs::net::TcpNetEntry, netns: u64) -> SocketEntry {
+    let state = TcpState::from(u32::from(row.state.to_u8()));
+    SocketEntry {
+        endpoints: Endpoints {
+            laddr: row.local_address.ip(),
+            lport: row.local_address.port(),
+            raddr: row.remote_address.ip(),
+            rport: row.remote_address.port(),
+        },
+        state,
+        recv_q: unread_bytes(state, row.rx_queue),
+        inode: row.inode,
+        netns,
+        holders: Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -203,7 +408,7 @@ mod tests {
             .in_state(Listen)
             .find(|e| e.endpoints.lport == port && e.endpoints.laddr.is_ipv4())
             .expect("our listener is in the table");
-        let owner = entry.owner.as_ref().expect("we hold it");
+        let owner = entry.owner().expect("we hold it");
         assert_eq!(owner.pid, me);
         assert!(owner.fd.is_some());
     }
@@ -223,10 +428,7 @@ mod tests {
             .find(|e| e.endpoints.rport == peer.port())
             .expect("the server socket is in CLOSE_WAIT");
         assert_eq!(entry.recv_q, 26);
-        assert_eq!(
-            entry.owner.as_ref().map(|o| o.pid),
-            Some(std::process::id())
-        );
+        assert_eq!(entry.owner().map(|o| o.pid), Some(std::process::id()));
         drop(server);
     }
 
@@ -249,13 +451,14 @@ mod tests {
                 recv_q: 3,
                 inode: 9,
                 netns: 1,
-                owner: None,
+                holders: Vec::new(),
             }],
+            ..SocketTable::default()
         };
-        let found = table.find(&ep("127.0.0.1:80", "127.0.0.1:5000"), CloseWait);
+        let found = table.find(None, &ep("127.0.0.1:80", "127.0.0.1:5000"), CloseWait);
         assert_eq!(found.map(|e| e.recv_q), Some(3));
         assert!(table
-            .find(&ep("127.0.0.1:81", "127.0.0.1:5000"), CloseWait)
+            .find(None, &ep("127.0.0.1:81", "127.0.0.1:5000"), CloseWait)
             .is_none());
     }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     defaults,
     event::{Family, TcpState},
+    owner::{NoOwner, Owner},
     timeline::{Outcome, Step},
 };
 
@@ -26,6 +27,10 @@ pub enum Record {
     Timeline(TimelineRecord),
     CloseWait(CloseWaitRecord),
     CloseWaitResolved(CloseWaitResolvedRecord),
+    /// A socket stuck in a state given with `--stuck` (same fields as `close_wait`).
+    Stuck(CloseWaitRecord),
+    /// A reported `stuck` socket left its state.
+    StuckResolved(CloseWaitResolvedRecord),
     Digest(DigestRecord),
     Lost(LostRecord),
     Summary(Summary),
@@ -73,6 +78,8 @@ pub struct RunOptions {
     pub timelines: bool,
     pub json: bool,
     pub close_wait_threshold_ns: u64,
+    /// `--stuck STATE=DURATION`: other states watched, with thresholds.
+    pub stuck: Vec<StuckOption>,
     pub report_interval_ns: u64,
     pub duration_ns: Option<u64>,
     pub max_sockets: usize,
@@ -91,12 +98,20 @@ impl Default for RunOptions {
             timelines: false,
             json: false,
             close_wait_threshold_ns: defaults::nanos(defaults::CLOSE_WAIT_THRESHOLD),
+            stuck: Vec::new(),
             report_interval_ns: defaults::nanos(defaults::REPORT_INTERVAL),
             duration_ns: None,
             max_sockets: defaults::MAX_SOCKETS,
             ring_buffer_bytes: defaults::RING_BUFFER_BYTES,
         }
     }
+}
+
+/// One `--stuck STATE=DURATION`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StuckOption {
+    pub state: TcpState,
+    pub threshold_ns: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +137,13 @@ pub struct TransitionRecord {
     /// The task running when the transition fired (not the owner in softirq).
     pub ctx_pid: u32,
     pub ctx_comm: String,
+    /// Thread id of the running task (equal to `ctx_pid` in exports older than this field).
+    #[serde(default)]
+    pub ctx_tid: u32,
+    /// Name of the running thread (`prctl(PR_SET_NAME)`, `pthread_setname_np`); null when the
+    /// kernel side does not report it apart from the process name.
+    #[serde(default)]
+    pub ctx_thread: Option<String>,
     pub cpu: u32,
 }
 
@@ -166,6 +188,99 @@ pub struct CloseWaitRecord {
     pub age_at_least: bool,
     /// Unread bytes in its receive queue.
     pub recv_q: Option<u32>,
+    /// Inode of its network namespace (as `lsns -t net` shows it); null when not known.
+    #[serde(default)]
+    pub netns: Option<u64>,
+    /// Every process holding the socket (`pid`/`comm`/`fd` name the first); empty when none
+    /// does or the socket tables could not be read.
+    #[serde(default)]
+    pub holders: Vec<Holder>,
+    /// Why no process holds it (null when one does, or when the tables were not read).
+    #[serde(default)]
+    pub unowned: Option<Unowned>,
+    /// cgroup v2 path of the owner (`/proc/PID/cgroup`).
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// Container id parsed from `cgroup` (docker, containerd/CRI, CRI-O, podman).
+    #[serde(default)]
+    pub container: Option<String>,
+    /// Kubernetes pod UID parsed from `cgroup`.
+    #[serde(default)]
+    pub pod_uid: Option<String>,
+    /// The state it is stuck in (CLOSE_WAIT for a `close_wait` record).
+    #[serde(default = "close_wait")]
+    pub state: TcpState,
+}
+
+/// A process holding a socket: its pid, name (the thread-group leader's `comm`) and fd.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub comm: String,
+    pub fd: Option<i32>,
+}
+
+impl From<&Owner> for Holder {
+    fn from(o: &Owner) -> Self {
+        Holder {
+            pid: o.pid,
+            comm: o.comm.clone(),
+            fd: o.fd,
+        }
+    }
+}
+
+impl From<&Holder> for Owner {
+    fn from(h: &Holder) -> Self {
+        Owner {
+            pid: h.pid,
+            comm: h.comm.clone(),
+            fd: h.fd,
+        }
+    }
+}
+
+/// Why a stuck socket has no owner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unowned {
+    pub reason: UnownedReason,
+    /// `accept_queue`: the listener's local address and port.
+    #[serde(default)]
+    pub listener: Option<std::net::SocketAddr>,
+    /// `accept_queue`: the process holding the listener, if any.
+    #[serde(default)]
+    pub listener_pid: Option<u32>,
+    #[serde(default)]
+    pub listener_comm: Option<String>,
+}
+
+/// See [`Unowned`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnownedReason {
+    /// Never accepted: still in a listener's accept queue.
+    AcceptQueue,
+    /// No process holds a descriptor of it.
+    NoHolder,
+}
+
+impl From<&NoOwner> for Unowned {
+    fn from(n: &NoOwner) -> Self {
+        match n {
+            NoOwner::AcceptQueue { listener, holder } => Unowned {
+                reason: UnownedReason::AcceptQueue,
+                listener: Some(*listener),
+                listener_pid: holder.as_ref().map(|h| h.pid),
+                listener_comm: holder.as_ref().map(|h| h.comm.clone()),
+            },
+            NoOwner::NoHolder => Unowned {
+                reason: UnownedReason::NoHolder,
+                listener: None,
+                listener_pid: None,
+                listener_comm: None,
+            },
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +301,12 @@ pub struct CloseWaitResolvedRecord {
     pub stuck_at_least: bool,
     /// Where it went: LAST_ACK (closed by the application) or CLOSE (reset).
     pub new_state: TcpState,
+    /// Inode of its network namespace; null when not known.
+    #[serde(default)]
+    pub netns: Option<u64>,
+    /// The state it was stuck in (CLOSE_WAIT for a `close_wait_resolved` record).
+    #[serde(default = "close_wait")]
+    pub state: TcpState,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,6 +320,9 @@ pub struct DigestRecord {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DigestProcess {
+    /// The state these sockets are stuck in.
+    #[serde(default = "close_wait")]
+    pub state: TcpState,
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub count: usize,
@@ -237,6 +361,11 @@ pub struct Summary {
     pub timelines: u64,
     pub close_wait_alerts: u64,
     pub close_wait_resolved: u64,
+    /// `stuck` reports (states given with `--stuck`).
+    #[serde(default)]
+    pub stuck_alerts: u64,
+    #[serde(default)]
+    pub stuck_resolved: u64,
     /// Records offered to stdout, the summary aside.
     #[serde(default)]
     pub output_records: u64,
@@ -255,6 +384,8 @@ impl Record {
             Record::Timeline(_) => "timeline",
             Record::CloseWait(_) => "close_wait",
             Record::CloseWaitResolved(_) => "close_wait_resolved",
+            Record::Stuck(_) => "stuck",
+            Record::StuckResolved(_) => "stuck_resolved",
             Record::Digest(_) => "digest",
             Record::Lost(_) => "lost",
             Record::Summary(_) => "summary",
@@ -341,6 +472,10 @@ pub struct ProcessCloseWait {
 
 fn tcp() -> u16 {
     6
+}
+
+fn close_wait() -> TcpState {
+    TcpState::CloseWait
 }
 
 /// `0xffff888012345678` (as `format!("{addr:#x}")`, without the formatting machinery: it

@@ -200,6 +200,16 @@ impl Tracker {
     ///
     /// Never: the socket's entry is inserted before it is looked up.
     pub fn apply(&mut self, t: &Transition) -> Applied {
+        self.apply_known(t, None)
+    }
+
+    /// Applies one transition of a socket whose owner was found some other way (the
+    /// start-up scan) when the tracer has not learnt one itself.
+    ///
+    /// # Panics
+    ///
+    /// Never: the socket's entry is inserted before it is looked up.
+    pub fn apply_known(&mut self, t: &Transition, known: Option<&Owner>) -> Applied {
         let mut applied = Applied::default();
         let born = is_birth(t);
         if born {
@@ -215,6 +225,9 @@ impl Tracker {
         }
         let conn = self.conns.get_mut(&t.skaddr).expect("inserted above");
         conn.endpoints = t.endpoints();
+        if conn.owner.is_none() {
+            conn.owner = known.cloned();
+        }
         if owner::is_process_context(t.old, t.new) {
             conn.owner = Some(Owner::from_task(&t.task));
         }

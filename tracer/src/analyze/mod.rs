@@ -130,8 +130,8 @@ fn stamp(r: &Record) -> Option<(u64, &str)> {
     Some(match r {
         Record::Transition(r) => (r.ts_ns, &r.time),
         Record::Timeline(r) => (r.ts_ns, &r.time),
-        Record::CloseWait(r) => (r.ts_ns, &r.time),
-        Record::CloseWaitResolved(r) => (r.ts_ns, &r.time),
+        Record::CloseWait(r) | Record::Stuck(r) => (r.ts_ns, &r.time),
+        Record::CloseWaitResolved(r) | Record::StuckResolved(r) => (r.ts_ns, &r.time),
         Record::Digest(r) => (r.ts_ns, &r.time),
         Record::Lost(r) => (r.ts_ns, &r.time),
         Record::Summary(r) => (r.ts_ns, &r.time),

@@ -59,6 +59,12 @@ fn kinds() -> &'static [Kind] {
                 CloseWaitResolvedRecord,
                 Record::CloseWaitResolved
             ),
+            kind!("stuck", CloseWaitRecord, Record::Stuck),
+            kind!(
+                "stuck_resolved",
+                CloseWaitResolvedRecord,
+                Record::StuckResolved
+            ),
             kind!("digest", DigestRecord, Record::Digest),
             kind!("lost", LostRecord, Record::Lost),
             kind!("summary", Summary, Record::Summary),

@@ -6,11 +6,16 @@
 use std::collections::HashMap;
 
 use crate::{
+    close_wait::SockId,
+    container::Placement,
     engine::{Engine, Options},
     error::LineProblem,
     event::{Task, TcpState, Transition},
     owner::{Owner, SocketEntry, SocketTable},
-    record::{self, CloseWaitRecord, Header, Record, Summary, TimelineRecord, TransitionRecord},
+    record::{
+        self, CloseWaitRecord, Header, Record, Summary, TimelineRecord, TransitionRecord, Unowned,
+        UnownedReason,
+    },
     units::WallClock,
 };
 
@@ -32,10 +37,10 @@ impl TryFrom<&TransitionRecord> for Transition {
             rport: r.rport,
             old: r.old_state,
             new: r.new_state,
-            // The thread id is not exported; nothing downstream uses it.
             task: Task {
                 pid: r.ctx_pid,
-                tid: r.ctx_pid,
+                // Exports older than `ctx_tid` read it as 0: the process's main thread.
+                tid: if r.ctx_tid == 0 { r.ctx_pid } else { r.ctx_tid },
                 comm: r.ctx_comm.clone(),
             },
             cpu: r.cpu,
@@ -52,6 +57,12 @@ pub fn engine_options(header: Option<&Header>) -> Options {
     };
     if let Some(h) = header {
         opts.close_wait_threshold_ns = h.options.close_wait_threshold_ns;
+        opts.stuck = h
+            .options
+            .stuck
+            .iter()
+            .map(|s| (s.state, s.threshold_ns))
+            .collect();
         opts.max_sockets = h.options.max_sockets;
     }
     opts
@@ -108,7 +119,7 @@ impl Replay {
 
     /// Feeds one record read from the stream; rebuilt records go to `out`.
     pub fn feed(&mut self, record: &Record, out: &mut Vec<Record>) -> Result<(), LineProblem> {
-        if let Record::CloseWait(alert) = record {
+        if let Record::CloseWait(alert) | Record::Stuck(alert) = record {
             if self.alerts.first().is_some_and(|a| a.ts_ns != alert.ts_ns) {
                 self.replay_alerts(out);
             }
@@ -124,9 +135,42 @@ impl Replay {
                 self.check_rebuilt(&out[first..]);
             }
             Record::Timeline(r) if self.check => self.check_recorded(r),
+            Record::StuckResolved(r) | Record::CloseWaitResolved(r) => self.replay_followed(r, out),
             _ => {}
         }
         Ok(())
+    }
+
+    /// A resolution the live run found by re-reading the tables (a socket followed into a
+    /// timewait socket): the same re-read, with the table the resolution describes.
+    fn replay_followed(&mut self, r: &record::CloseWaitResolvedRecord, out: &mut Vec<Record>) {
+        let endpoints = crate::event::Endpoints {
+            laddr: r.laddr,
+            lport: r.lport,
+            raddr: r.raddr,
+            rport: r.rport,
+        };
+        let ids: Vec<SockId> = self
+            .engine
+            .followed()
+            .into_iter()
+            .filter(|id| matches!(id, SockId::Tuple { endpoints: e, .. } if *e == endpoints))
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let mut table = SocketTable::default();
+        if r.new_state != TcpState::Close {
+            table.entries.push(SocketEntry {
+                endpoints,
+                state: r.new_state,
+                recv_q: 0,
+                inode: 0,
+                netns: r.netns.unwrap_or(0),
+                holders: Vec::new(),
+            });
+        }
+        self.engine.recheck(&ids, &table, r.ts_ns, out);
     }
 
     /// Ends the replay as the live run ended (`summary`), or at `end_ns` when it has no summary.
@@ -162,52 +206,115 @@ impl Replay {
         };
         let now = first.ts_ns;
         let alerts = std::mem::take(&mut self.alerts);
-        let preexisting: Vec<SocketEntry> = alerts
-            .iter()
-            .filter(|a| a.skaddr.is_none())
-            .map(|a| self.entry(a))
-            .collect();
+        let preexisting: Vec<&CloseWaitRecord> =
+            alerts.iter().filter(|a| a.skaddr.is_none()).collect();
         if !preexisting.is_empty() {
             let start = self
                 .start_ns
                 .unwrap_or_else(|| now.saturating_sub(alerts[0].age_ms.saturating_mul(1_000_000)));
-            let table = SocketTable {
-                entries: preexisting,
-            };
+            let table = self.table(preexisting.into_iter());
             self.engine.preexisting(&table, start);
         }
         // A live alert with no receive queue found no socket table entry: its owner came from
         // the engine itself, as it will again.
-        let table = SocketTable {
-            entries: alerts
-                .iter()
-                .filter(|a| a.recv_q.is_some())
-                .map(|a| self.entry(a))
-                .collect(),
-        };
+        let table = self.table(alerts.iter().filter(|a| a.recv_q.is_some()));
         let due = self.engine.due(now);
+        let first = out.len();
         self.engine.alert(&due, Some(&table), now, out);
+        // What the live /proc scan saw beyond the owner (every holder, the namespace, the
+        // cgroup) cannot be read again: the rebuilt report keeps what was recorded (nothing,
+        // in exports older than these fields).
+        for rebuilt in &mut out[first..] {
+            let (Record::CloseWait(r) | Record::Stuck(r)) = rebuilt else {
+                continue;
+            };
+            if let Some(a) = alerts.iter().find(|a| {
+                (a.laddr, a.lport, a.raddr, a.rport, a.state)
+                    == (r.laddr, r.lport, r.raddr, r.rport, r.state)
+            }) {
+                r.holders.clone_from(&a.holders);
+                r.netns = a.netns;
+                r.cgroup.clone_from(&a.cgroup);
+                r.container.clone_from(&a.container);
+                r.pod_uid.clone_from(&a.pod_uid);
+            }
+        }
     }
 
-    fn entry(&mut self, a: &CloseWaitRecord) -> SocketEntry {
-        self.next_inode += 1;
-        SocketEntry {
-            endpoints: crate::event::Endpoints {
-                laddr: a.laddr,
-                lport: a.lport,
-                raddr: a.raddr,
-                rport: a.rport,
-            },
-            state: TcpState::CloseWait,
-            recv_q: a.recv_q.unwrap_or(0),
-            inode: self.next_inode,
-            netns: 0,
-            owner: a.pid.map(|pid| Owner {
-                pid,
-                comm: a.comm.clone().unwrap_or_default(),
-                fd: a.fd,
-            }),
+    /// The socket table the live run saw for these alerts: each socket with its holders, the
+    /// listener of one waiting in an accept queue, and the owners' cgroups.
+    fn table<'a>(&mut self, alerts: impl Iterator<Item = &'a CloseWaitRecord>) -> SocketTable {
+        let mut table = SocketTable::default();
+        for a in alerts {
+            self.next_inode += 1;
+            let netns = a.netns.unwrap_or(0);
+            let holders: Vec<Owner> = if a.holders.is_empty() {
+                a.pid
+                    .map(|pid| Owner {
+                        pid,
+                        comm: a.comm.clone().unwrap_or_default(),
+                        fd: a.fd,
+                    })
+                    .into_iter()
+                    .collect()
+            } else {
+                a.holders.iter().map(Owner::from).collect()
+            };
+            let mut inode = self.next_inode;
+            if let Some(Unowned {
+                reason: UnownedReason::AcceptQueue,
+                listener: Some(listener),
+                listener_pid,
+                listener_comm,
+            }) = &a.unowned
+            {
+                inode = 0;
+                table.entries.push(SocketEntry {
+                    endpoints: crate::event::Endpoints {
+                        laddr: listener.ip(),
+                        lport: listener.port(),
+                        raddr: std::net::Ipv4Addr::UNSPECIFIED.into(),
+                        rport: 0,
+                    },
+                    state: TcpState::Listen,
+                    recv_q: 0,
+                    inode: u64::MAX - self.next_inode,
+                    netns,
+                    holders: listener_pid
+                        .map(|pid| Owner {
+                            pid,
+                            comm: listener_comm.clone().unwrap_or_default(),
+                            fd: None,
+                        })
+                        .into_iter()
+                        .collect(),
+                });
+            }
+            if let Some(owner) = holders.first() {
+                table.placements.insert(
+                    owner.pid,
+                    Placement {
+                        cgroup: a.cgroup.clone(),
+                        container: a.container.clone(),
+                        pod_uid: a.pod_uid.clone(),
+                    },
+                );
+            }
+            table.entries.push(SocketEntry {
+                endpoints: crate::event::Endpoints {
+                    laddr: a.laddr,
+                    lport: a.lport,
+                    raddr: a.raddr,
+                    rport: a.rport,
+                },
+                state: TcpState::CloseWait,
+                recv_q: a.recv_q.unwrap_or(0),
+                inode,
+                netns,
+                holders,
+            });
         }
+        table
     }
 
     /// Stops checking when too many timelines wait for a twin: they count as mismatches.
@@ -349,12 +456,13 @@ mod tests {
                 recv_q: 12,
                 inode: 99,
                 netns: 1,
-                owner: Some(Owner {
+                holders: vec![Owner {
                     pid: 4242,
                     comm: "leaky".into(),
                     fd: Some(7),
-                }),
+                }],
             }],
+            ..SocketTable::default()
         };
         let (recorded, rebuilt) = live_and_replay(&transitions, 300, &table);
         assert_eq!(recorded, rebuilt);
@@ -377,10 +485,11 @@ mod tests {
             recv_q: 0,
             inode: 5,
             netns: 1,
-            owner: None,
+            holders: Vec::new(),
         };
         let table = SocketTable {
             entries: vec![entry],
+            ..SocketTable::default()
         };
         live.preexisting(&table, 1_000);
         let mut recorded = Vec::new();

@@ -42,8 +42,8 @@ impl Filter {
         let keep = match record {
             Record::Transition(r) => self.transitions && self.wanted(r.pid),
             Record::Timeline(r) => self.timelines && self.wanted(r.pid),
-            Record::CloseWait(r) => self.wanted(r.pid),
-            Record::CloseWaitResolved(r) => self.wanted(r.pid),
+            Record::CloseWait(r) | Record::Stuck(r) => self.wanted(r.pid),
+            Record::CloseWaitResolved(r) | Record::StuckResolved(r) => self.wanted(r.pid),
             Record::Digest(d) if !self.pids.is_empty() => {
                 let mut d = d.clone();
                 d.processes.retain(|p| self.wanted(p.pid));
@@ -141,12 +141,14 @@ mod tests {
             stuck: 3,
             processes: vec![
                 DigestProcess {
+                    state: crate::event::TcpState::CloseWait,
                     pid: Some(1),
                     comm: Some("a".into()),
                     count: 2,
                     oldest_age_ms: 9,
                 },
                 DigestProcess {
+                    state: crate::event::TcpState::CloseWait,
                     pid: None,
                     comm: None,
                     count: 1,

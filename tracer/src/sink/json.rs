@@ -91,6 +91,13 @@ fn transition(out: &mut Vec<u8>, r: &TransitionRecord) -> io::Result<()> {
     number(out, r.ctx_pid);
     out.extend_from_slice(br#","ctx_comm":"#);
     string(out, &r.ctx_comm)?;
+    out.extend_from_slice(br#","ctx_tid":"#);
+    number(out, r.ctx_tid);
+    out.extend_from_slice(br#","ctx_thread":"#);
+    match &r.ctx_thread {
+        Some(thread) => string(out, thread)?,
+        None => out.extend_from_slice(b"null"),
+    }
     out.extend_from_slice(br#","cpu":"#);
     number(out, r.cpu);
     out.push(b'}');
@@ -200,6 +207,8 @@ mod tests {
             comm: (!i.is_multiple_of(4)).then(|| comms[n % comms.len()].to_owned()),
             ctx_pid: (i * 17) as u32,
             ctx_comm: comms[(n / 2) % comms.len()].to_owned(),
+            ctx_tid: (i * 19) as u32,
+            ctx_thread: (!i.is_multiple_of(5)).then(|| comms[(n / 3) % comms.len()].to_owned()),
             cpu: (i % 2) as u32,
         }
     }

@@ -147,6 +147,8 @@ fn json_lines_have_the_documented_fields_and_parse_back() {
         "comm",
         "ctx_pid",
         "ctx_comm",
+        "ctx_tid",
+        "ctx_thread",
     ] {
         assert!(keys.contains(&key), "missing {key} in {first}");
     }
@@ -182,6 +184,24 @@ fn close_wait_reports_are_highlighted_only_with_color() {
         age_ms: 5000,
         age_at_least: true,
         recv_q: Some(3),
+        netns: Some(4_026_531_840),
+        holders: vec![
+            crate::record::Holder {
+                pid: 7,
+                comm: "leaky".into(),
+                fd: Some(9),
+            },
+            crate::record::Holder {
+                pid: 8,
+                comm: "leaky".into(),
+                fd: Some(9),
+            },
+        ],
+        unowned: None,
+        cgroup: Some(format!("/system.slice/docker-{}.scope", "ab".repeat(32))),
+        container: Some("ab".repeat(32)),
+        pod_uid: None,
+        state: crate::event::TcpState::CloseWait,
     });
     let render = |color| {
         let mut sink = TextSink::new(Vec::new(), false).with_color(color);
@@ -191,10 +211,47 @@ fn close_wait_reports_are_highlighted_only_with_color() {
     let plain = render(false);
     assert_eq!(
         plain,
-        "08:00:05.000 *** CLOSE_WAIT for >=5000ms: pid=7 comm=leaky fd=9 127.0.0.1:8080 <- 127.0.0.1:40000 recv-q=3 (the process has not closed a socket its peer closed)\n"
+        "08:00:05.000 *** CLOSE_WAIT for >=5000ms: pid=7 comm=leaky fd=9 holders=2 127.0.0.1:8080 <- 127.0.0.1:40000 recv-q=3 netns=4026531840 container=abababababab (the process has not closed a socket its peer closed)\n"
     );
     assert_eq!(
         render(true),
         format!("\x1b[1;31m{}\x1b[0m\n", plain.trim_end())
     );
+}
+
+/// A dual-stack socket serving an IPv4 peer: in the narrow layout its v4-mapped addresses
+/// show as IPv4 and the columns stay aligned; `-w` shows them whole.
+#[test]
+fn v4_mapped_addresses_keep_the_columns_aligned() {
+    let mut e = Engine::new(Options::default(), WallClock::fixed(EPOCH));
+    let mut out = Vec::new();
+    for (sk, local, remote) in [
+        (1, "127.0.0.1:8080", "127.0.0.1:40000"),
+        (
+            2,
+            "[::ffff:192.168.100.200]:8080",
+            "[::ffff:192.168.100.201]:40001",
+        ),
+    ] {
+        e.transition(transition(MS, sk, local, remote, 1, 8), &mut out);
+    }
+    let render = |wide| {
+        let mut sink = TextSink::new(Vec::new(), wide);
+        sink.begin().unwrap();
+        for r in &out {
+            sink.write(r).unwrap();
+        }
+        String::from_utf8(sink.into_inner()).unwrap()
+    };
+    let narrow = render(false);
+    let lines: Vec<&str> = narrow.lines().collect();
+    let col = lines[0].find("OLDSTATE").unwrap();
+    for line in &lines[1..] {
+        assert!(line[col..].starts_with("ESTABLISHED"), "{narrow}");
+    }
+    assert!(
+        lines[2].contains(" 192.168.100.200 8080  192.168.100.201 40001 "),
+        "{narrow}"
+    );
+    assert!(render(true).contains("::ffff:192.168.100.200"));
 }

@@ -9,9 +9,10 @@ use std::{
 
 use super::Sink;
 use crate::{
+    event::TcpState,
     record::{
         CloseWaitRecord, CloseWaitResolvedRecord, DigestRecord, Record, Summary, TimelineRecord,
-        TransitionRecord,
+        TransitionRecord, UnownedReason,
     },
     timeline::Step,
     units::ms,
@@ -68,6 +69,17 @@ fn endpoint(ip: IpAddr, port: u16) -> String {
 }
 
 impl<W: Write> TextSink<W> {
+    /// An address for a fixed-width column: in the narrow (IPv4) layout, a v4-mapped address
+    /// (`::ffff:127.0.0.1`, a dual-stack socket serving an IPv4 peer) is shown as its IPv4
+    /// address so the columns stay aligned; `-w` and JSON show it whole.
+    fn column(&self, ip: IpAddr) -> IpAddr {
+        if self.addr_width < 39 {
+            ip.to_canonical()
+        } else {
+            ip
+        }
+    }
+
     fn transition(&mut self, r: &TransitionRecord) -> std::fmt::Result {
         let w = self.addr_width;
         write!(
@@ -76,9 +88,9 @@ impl<W: Write> TextSink<W> {
             clock(&r.time),
             opt(r.pid),
             r.comm.as_deref().unwrap_or("-"),
-            r.laddr,
+            self.column(r.laddr),
             r.lport,
-            r.raddr,
+            self.column(r.raddr),
             r.rport,
             r.old_state,
             r.new_state,
@@ -108,24 +120,57 @@ impl<W: Write> TextSink<W> {
     fn close_wait(&mut self, r: &CloseWaitRecord) -> std::fmt::Result {
         write!(
             self.line,
-            "{:<12} *** CLOSE_WAIT for {}{}ms: pid={} comm={} fd={} {} <- {} recv-q={} (the process has not closed a socket its peer closed)",
+            "{:<12} *** {} for {}{}ms: pid={} comm={} fd={}",
             clock(&r.time),
+            r.state,
             if r.age_at_least { ">=" } else { "" },
             r.age_ms,
             opt(r.pid),
             r.comm.as_deref().unwrap_or("-"),
             opt(r.fd),
+        )?;
+        if r.holders.len() > 1 {
+            write!(self.line, " holders={}", r.holders.len())?;
+        }
+        write!(
+            self.line,
+            " {} <- {} recv-q={}",
             endpoint(r.laddr, r.lport),
             endpoint(r.raddr, r.rport),
             opt(r.recv_q),
-        )
+        )?;
+        if let Some(netns) = r.netns {
+            write!(self.line, " netns={netns}")?;
+        }
+        if let Some(container) = &r.container {
+            write!(
+                self.line,
+                " container={}",
+                container.get(..12).unwrap_or(container)
+            )?;
+        }
+        if let Some(pod) = &r.pod_uid {
+            write!(self.line, " pod={pod}")?;
+        }
+        match &r.unowned {
+            Some(u) if u.reason == UnownedReason::AcceptQueue => write!(
+                self.line,
+                " (never accepted: waiting in the accept queue of {} held by pid={} comm={})",
+                u.listener.map_or_else(|| "-".to_owned(), |l| l.to_string()),
+                opt(u.listener_pid),
+                u.listener_comm.as_deref().unwrap_or("-"),
+            ),
+            Some(_) => write!(self.line, " (no process holds it)"),
+            None => write!(self.line, " ({})", stuck_hint(r.state)),
+        }
     }
 
     fn resolved(&mut self, r: &CloseWaitResolvedRecord) -> std::fmt::Result {
         write!(
             self.line,
-            "{:<12} *** CLOSE_WAIT resolved after {}{}ms -> {}: pid={} comm={} {} <- {}",
+            "{:<12} *** {} resolved after {}{}ms -> {}: pid={} comm={} {} <- {}",
             clock(&r.time),
+            r.state,
             if r.stuck_at_least { ">=" } else { "" },
             r.stuck_ms,
             r.new_state,
@@ -139,11 +184,26 @@ impl<W: Write> TextSink<W> {
     fn digest(&mut self, r: &DigestRecord) -> std::fmt::Result {
         write!(
             self.line,
-            "{:<12} DIGEST {} socket(s) stuck in CLOSE_WAIT",
+            "{:<12} DIGEST {} socket(s) stuck in {}",
             clock(&r.time),
-            r.stuck
+            r.stuck,
+            if r.processes.iter().all(|p| p.state == TcpState::CloseWait) {
+                "CLOSE_WAIT".to_owned()
+            } else {
+                let mut states: Vec<String> = r
+                    .processes
+                    .iter()
+                    .map(|p| p.state.name().into_owned())
+                    .collect();
+                states.sort();
+                states.dedup();
+                states.join(", ")
+            }
         )?;
         for p in &r.processes {
+            if p.state != TcpState::CloseWait {
+                write!(self.line, "\n{:<12}   state={}", "", p.state)?;
+            }
             write!(
                 self.line,
                 "\n{:<12}   pid={} comm={} stuck={} oldest={}ms",
@@ -155,6 +215,20 @@ impl<W: Write> TextSink<W> {
             )?;
         }
         Ok(())
+    }
+}
+
+/// What a socket stuck in `state` usually means.
+fn stuck_hint(state: TcpState) -> &'static str {
+    match state {
+        TcpState::CloseWait => "the process has not closed a socket its peer closed",
+        TcpState::FinWait2 => "the peer has not closed its end: it may leak CLOSE_WAIT",
+        TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck => {
+            "the peer does not acknowledge our FIN: dead or filtered"
+        }
+        TcpState::SynSent => "no answer to our SYN: the peer is dead or filtered",
+        TcpState::SynRecv => "the handshake is not completed by the peer",
+        _ => "stuck longer than its threshold",
     }
 }
 
@@ -209,8 +283,10 @@ impl<W: Write> Sink for TextSink<W> {
     fn write(&mut self, record: &Record) -> io::Result<()> {
         self.line.clear();
         let highlight = match record {
-            Record::CloseWait(_) | Record::Digest(_) | Record::Lost(_) => "\x1b[1;31m",
-            Record::CloseWaitResolved(_) => "\x1b[33m",
+            Record::CloseWait(_) | Record::Stuck(_) | Record::Digest(_) | Record::Lost(_) => {
+                "\x1b[1;31m"
+            }
+            Record::CloseWaitResolved(_) | Record::StuckResolved(_) => "\x1b[33m",
             _ => "",
         };
         if self.color && !highlight.is_empty() {
@@ -219,8 +295,8 @@ impl<W: Write> Sink for TextSink<W> {
         let _ = match record {
             Record::Transition(r) => self.transition(r),
             Record::Timeline(r) => self.timeline(r),
-            Record::CloseWait(r) => self.close_wait(r),
-            Record::CloseWaitResolved(r) => self.resolved(r),
+            Record::CloseWait(r) | Record::Stuck(r) => self.close_wait(r),
+            Record::CloseWaitResolved(r) | Record::StuckResolved(r) => self.resolved(r),
             Record::Digest(r) => self.digest(r),
             Record::Lost(r) => write!(
                 self.line,

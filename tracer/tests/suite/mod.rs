@@ -1,6 +1,7 @@
 mod analyze;
 mod analyze_fuzz;
 mod cli;
+mod field;
 mod privileged;
 mod privileged_export;
 mod reliability;

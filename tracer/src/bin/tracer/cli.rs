@@ -10,6 +10,7 @@ use tracer::{
     defaults::{self, nanos},
     engine,
     error::ConfigError,
+    event::TcpState,
     units::parse_duration,
 };
 use tracer_common::{AF_INET, AF_INET6, IPPROTO_TCP};
@@ -23,6 +24,7 @@ Examples:
   tracer -6 -w                        # IPv6 only, wide columns
   tracer --timelines --no-transitions # one line per finished connection
   tracer --close-wait-threshold 2s    # report sockets stuck in CLOSE_WAIT for 2 s
+  tracer --stuck FIN_WAIT2=60s        # also a peer that never closes its end
   tracer --duration 30s               # stop by itself after 30 seconds
   tracer --export run.ndjson          # also keep every record in a file (mode 0600)
   tracer analyze run.ndjson           # later, anywhere, no root: timelines, CLOSE_WAIT, stats
@@ -71,6 +73,12 @@ pub struct Args {
     /// Report a socket that stays in CLOSE_WAIT longer than this (e.g. 500ms, 10s)
     #[arg(long, value_name = "DURATION", default_value_t = defaults::text(defaults::CLOSE_WAIT_THRESHOLD))]
     pub close_wait_threshold: String,
+
+    /// Also report sockets stuck in STATE longer than DURATION, as CLOSE_WAIT is (repeatable):
+    /// FIN_WAIT2 held long is a peer leaking CLOSE_WAIT; LAST_ACK, SYN_SENT or SYN_RECV stuck
+    /// long mean a dead or filtered peer. E.g. --stuck FIN_WAIT2=60s --stuck SYN_SENT=5s
+    #[arg(long = "stuck", value_name = "STATE=DURATION")]
+    pub stuck: Vec<String>,
 
     /// Print a digest of sockets stuck in CLOSE_WAIT, grouped by process, this often
     #[arg(long, value_name = "DURATION", default_value_t = defaults::text(defaults::REPORT_INTERVAL))]
@@ -199,7 +207,17 @@ impl TryFrom<&Args> for Config {
             .collect::<Result<_, _>>()?;
         ports.sort_unstable();
         ports.dedup();
-        let threshold = duration("--close-wait-threshold", &args.close_wait_threshold)?;
+        let mut threshold = duration("--close-wait-threshold", &args.close_wait_threshold)?;
+        let mut stuck: Vec<(TcpState, u64)> = Vec::new();
+        for token in &args.stuck {
+            let (state, d) = parse_stuck(token)?;
+            if state == TcpState::CloseWait {
+                threshold = d;
+            } else {
+                stuck.retain(|(s, _)| *s != state);
+                stuck.push((state, nanos(d)));
+            }
+        }
         let report_interval = duration("--report-interval", &args.report_interval)?;
         let stop_after = args
             .duration
@@ -226,6 +244,7 @@ impl TryFrom<&Args> for Config {
                 transitions: !args.no_transitions,
                 timelines: args.output.timelines,
                 close_wait_threshold_ns: nanos(threshold),
+                stuck,
                 max_sockets: args.max_sockets,
             },
             json: args.output.json,
@@ -239,6 +258,30 @@ impl TryFrom<&Args> for Config {
             }),
         })
     }
+}
+
+/// `STATE=DURATION` of `--stuck`: a state a socket can be stuck in (not LISTEN, ESTABLISHED,
+/// CLOSE or TIME_WAIT, which are where sockets rest or end) and a non-zero duration.
+pub fn parse_stuck(token: &str) -> Result<(TcpState, Duration), ConfigError> {
+    let bad = || ConfigError::Stuck {
+        token: token.to_owned(),
+    };
+    let (state, d) = token.split_once('=').ok_or_else(bad)?;
+    let name = state.trim().to_ascii_uppercase().replace('-', "_");
+    let state = TcpState::from_name(&name).ok_or_else(bad)?;
+    if !matches!(
+        state,
+        TcpState::SynSent
+            | TcpState::SynRecv
+            | TcpState::FinWait1
+            | TcpState::FinWait2
+            | TcpState::Closing
+            | TcpState::LastAck
+            | TcpState::CloseWait
+    ) {
+        return Err(bad());
+    }
+    Ok((state, duration("--stuck", d.trim())?))
 }
 
 fn parse_port(token: &str) -> Result<u16, ConfigError> {
@@ -294,6 +337,47 @@ mod tests {
         assert_eq!(c.engine.close_wait_threshold_ns, 5_000_000_000);
         assert!(c.engine.transitions && !c.engine.timelines);
         assert!(c.duration.is_none());
+    }
+
+    #[test]
+    fn stuck_states_and_thresholds() {
+        let c = config(&[
+            "--stuck",
+            "FIN_WAIT2=60s",
+            "--stuck",
+            "syn-sent=5s",
+            "--stuck",
+            "FIN_WAIT2=90s",
+            "--stuck",
+            "CLOSE_WAIT=2s",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.engine.stuck,
+            [
+                (TcpState::SynSent, 5_000_000_000),
+                (TcpState::FinWait2, 90_000_000_000)
+            ]
+        );
+        assert_eq!(
+            c.engine.close_wait_threshold_ns, 2_000_000_000,
+            "the same as the flag"
+        );
+        for bad in [
+            "LISTEN=5s",
+            "TIME_WAIT=1s",
+            "ESTABLISHED=1s",
+            "FIN_WAIT2",
+            "NOPE=1s",
+        ] {
+            let err = config(&["--stuck", bad]).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{bad:?}")) && err.contains("STATE=DURATION"),
+                "{err}"
+            );
+        }
+        let err = config(&["--stuck", "LAST_ACK=0s"]).unwrap_err().to_string();
+        assert!(err.contains("--stuck"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,244 @@
+//! Network namespaces: find every one that holds TCP sockets, and run a reader inside each.
+//!
+//! A namespace is reachable from userspace through an nsfs file: a task's `ns/net` (every
+//! thread of every process: a thread may have moved with `setns`), an open namespace file
+//! descriptor a process holds, an nsfs bind mount (`ip netns add` keeps one in `/run/netns`),
+//! or a socket itself (`ioctl(SIOCGSKNS)` on a duplicate of a process's socket descriptor).
+//! How a namespace's table is read is kept apart from how namespaces are found:
+//! [`in_netns`] runs any reader on a thread that has entered the namespace.
+
+use std::{
+    collections::HashSet,
+    fs::File,
+    io,
+    os::{
+        fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
+    path::Path,
+};
+
+/// `ioctl` on a socket that opens its network namespace (`include/uapi/linux/sockios.h`).
+const SIOCGSKNS: libc::c_ulong = 0x894C;
+
+/// An open network namespace.
+#[derive(Debug)]
+pub struct Netns {
+    /// Inode number of the namespace, as `lsns -t net` and `/proc/PID/ns/net` show it.
+    pub inode: u64,
+    file: File,
+}
+
+impl Netns {
+    /// Opens a namespace file (`/proc/PID/ns/net`, `/run/netns/NAME`, ...).
+    pub fn open(path: &Path) -> io::Result<Netns> {
+        let file = File::open(path)?;
+        let inode = file.metadata()?.ino();
+        Ok(Netns { inode, file })
+    }
+
+    /// The namespace of the calling thread.
+    #[cfg(test)]
+    pub fn current() -> io::Result<Netns> {
+        Netns::open(Path::new("/proc/thread-self/ns/net"))
+    }
+}
+
+/// The namespace inode of a namespace file, without opening it.
+pub fn inode_of(path: &Path) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+/// Runs `read` on a new thread that has entered `netns`; the caller's thread is untouched.
+pub fn in_netns<T: Send>(
+    netns: &Netns,
+    read: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(netns.file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(io::Error::from)?;
+                read()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("namespace reader panicked")))
+    })
+}
+
+/// Finds namespaces, each once, in the order first met.
+#[derive(Debug, Default)]
+pub struct Finder {
+    seen: HashSet<u64>,
+    found: Vec<Netns>,
+}
+
+impl Finder {
+    /// Adds the namespace behind `path` when it is new. Unreadable paths are skipped.
+    pub fn add_path(&mut self, path: &Path) {
+        let Some(inode) = inode_of(path) else { return };
+        if self.seen.contains(&inode) {
+            return;
+        }
+        if let Ok(ns) = Netns::open(path) {
+            // The namespace may be another one if the path changed between the two calls.
+            if self.seen.insert(ns.inode) {
+                self.found.push(ns);
+            }
+        }
+    }
+
+    /// Adds an already open namespace when it is new.
+    pub fn add(&mut self, ns: Netns) {
+        if self.seen.insert(ns.inode) {
+            self.found.push(ns);
+        }
+    }
+
+    /// Has this namespace been found?
+    pub fn knows(&self, inode: u64) -> bool {
+        self.seen.contains(&inode)
+    }
+
+    /// Every task's namespace, and namespace files processes hold open.
+    pub fn add_tasks(&mut self) {
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in procs.flatten() {
+            let name = entry.file_name();
+            if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let dir = entry.path();
+            if let Ok(tasks) = std::fs::read_dir(dir.join("task")) {
+                for task in tasks.flatten() {
+                    self.add_path(&task.path().join("ns/net"));
+                }
+            }
+            if let Ok(fds) = std::fs::read_dir(dir.join("fd")) {
+                for fd in fds.flatten() {
+                    let is_netns = std::fs::read_link(fd.path())
+                        .is_ok_and(|target| target.to_string_lossy().starts_with("net:["));
+                    if is_netns {
+                        self.add_path(&fd.path());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Namespaces bind-mounted anywhere (`/run/netns/*`, container runtimes' own places).
+    pub fn add_mounts(&mut self) {
+        let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+            return;
+        };
+        for path in nsfs_mounts(&mountinfo) {
+            self.add_path(Path::new(&path));
+        }
+    }
+
+    /// The namespace a socket of process `pid` (its descriptor `fd`) lives in: found even when
+    /// nothing else keeps that namespace. Needs `PTRACE_MODE_ATTACH` on the process (root).
+    /// Returns the namespace's inode.
+    pub fn add_socket(&mut self, pid: u32, fd: i32) -> io::Result<u64> {
+        let ns = socket_netns(pid, fd)?;
+        let inode = ns.inode;
+        self.add(ns);
+        Ok(inode)
+    }
+
+    /// The namespaces found so far, in the order met.
+    pub fn found(&self) -> &[Netns] {
+        &self.found
+    }
+}
+
+/// Mount points of nsfs mounts in a `mountinfo` file (octal escapes decoded).
+pub fn nsfs_mounts(mountinfo: &str) -> Vec<String> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let fstype = after.split_whitespace().next()?;
+            (fstype == "nsfs").then_some(())?;
+            before.split_whitespace().nth(4).map(unescape)
+        })
+        .collect()
+}
+
+/// Decodes mountinfo's `\040`-style escapes.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            if let Ok(code) = u8::from_str_radix(field.get(i + 1..i + 4).unwrap_or(""), 8) {
+                out.push(code);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Opens the network namespace of a socket another process holds: duplicate the descriptor
+/// with `pidfd_getfd`, then `ioctl(SIOCGSKNS)`.
+fn socket_netns(pid: u32, fd: i32) -> io::Result<Netns> {
+    let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
+    // SAFETY: plain system calls with integer arguments; each returned descriptor is owned at
+    // once and closed on drop.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        if pidfd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
+        let sock = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
+        if sock < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let sock = OwnedFd::from_raw_fd(sock as i32);
+        let ns = libc::ioctl(sock.as_raw_fd(), SIOCGSKNS as _);
+        if ns < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let file = File::from_raw_fd(ns);
+        let inode = file.metadata()?.ino();
+        Ok(Netns { inode, file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_nsfs_mounts() {
+        let info = "\
+24 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+610 25 0:4 net:[4026532290] /run/netns/tr11\\040a rw shared:300 - nsfs nsfs rw
+611 25 0:4 net:[4026532291] /run/netns/b rw - nsfs nsfs rw
+";
+        assert_eq!(nsfs_mounts(info), ["/run/netns/tr11 a", "/run/netns/b"]);
+    }
+
+    #[test]
+    fn reads_inside_our_own_namespace() {
+        let me = Netns::current().unwrap();
+        let inside = in_netns(&me, || Ok(inode_of(Path::new("/proc/thread-self/ns/net")))).unwrap();
+        assert_eq!(inside, Some(me.inode));
+    }
+
+    #[test]
+    fn finder_dedups() {
+        let mut f = Finder::default();
+        f.add_path(Path::new("/proc/self/ns/net"));
+        f.add_path(Path::new("/proc/thread-self/ns/net"));
+        assert_eq!(f.found().len(), 1);
+    }
+}
