@@ -32,6 +32,7 @@ pub mod error;
 pub mod event;
 mod export;
 mod hash;
+pub mod metrics;
 mod netns;
 pub mod output;
 mod owner;
