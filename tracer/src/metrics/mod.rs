@@ -469,6 +469,49 @@ impl Metrics {
     }
 }
 
+/// Every metric name a scrape can show (histograms with their `_bucket`, `_sum` and `_count`
+/// series), sorted: what dashboards and alert rules may query.
+pub fn exported_names() -> Vec<String> {
+    // Families show only once they have a series: give each one.
+    let mut metrics = Metrics::new("", 1);
+    metrics.pending_transitions[1][1] = 1;
+    metrics.publish(&Totals::default());
+    let holder = DigestProcess {
+        pid: Some(1),
+        comm: None,
+        count: 1,
+        oldest_age_ms: 0,
+    };
+    let digest = DigestRecord {
+        ts_ns: 0,
+        time: String::new(),
+        stuck: 1,
+        processes: vec![holder],
+    };
+    let fds = FdUsage {
+        open: 1,
+        limit: Some(1),
+    };
+    metrics.processes(&digest, &HashMap::from([(1, fds)]));
+    let text = metrics.exposition().encode(server::Format::Text);
+    let mut names = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let Some((name, kind)) = rest.split_once(' ') else {
+            continue;
+        };
+        if kind == "histogram" {
+            names.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}")));
+        } else {
+            names.push(name.to_owned());
+        }
+    }
+    names.sort();
+    names
+}
+
 /// Label values of `tracer_events_lost_total{reason}`.
 pub const LOSS_REASONS: [&str; 3] = ["ringbuf_full", "recursion_miss", "undecodable"];
 

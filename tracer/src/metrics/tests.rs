@@ -308,3 +308,26 @@ fn unknown_states_share_one_label() {
         2.0
     );
 }
+
+#[test]
+fn every_metric_is_listed_with_its_type() {
+    let names = exported_names();
+    for name in [
+        "tracer_transitions_total",
+        "tracer_connections_ended_total",
+        "tracer_close_wait_sockets",
+        "tracer_close_wait_oldest_age_seconds",
+        "tracer_close_wait_duration_seconds_bucket",
+        "tracer_close_wait_duration_seconds_count",
+        "tracer_process_open_fds",
+        "tracer_process_max_fds",
+        "tracer_close_wait_processes_aggregated",
+        "tracer_events_lost_total",
+        "tracer_records_dropped_total",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "tracer_build_info",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} missing from {names:?}");
+    }
+}
