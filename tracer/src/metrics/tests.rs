@@ -328,6 +328,9 @@ fn every_metric_is_listed_with_its_type() {
         "process_resident_memory_bytes",
         "tracer_build_info",
     ] {
-        assert!(names.iter().any(|n| n == name), "{name} missing from {names:?}");
+        assert!(
+            names.iter().any(|n| n == name),
+            "{name} missing from {names:?}"
+        );
     }
 }
