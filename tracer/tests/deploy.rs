@@ -479,3 +479,136 @@ fn container_image_builds_with_podman() {
     );
     assert!(config["ExposedPorts"].get("9464/tcp").is_some(), "{config}");
 }
+
+/// Helper role "nobody-holder" (run as nobody): accepts one connection on `HOLDER_PORT` and
+/// keeps it after the peer closes (CLOSE_WAIT) until stdin closes.
+#[test]
+#[ignore = "helper process for the tests above"]
+fn helper_nobody_holder() {
+    if std::env::var(support::HELPER_ENV).as_deref() != Ok("nobody-holder") {
+        return;
+    }
+    let listener = std::net::TcpListener::bind(("127.0.0.1", HOLDER_PORT)).unwrap();
+    support::tell("listening");
+    let (conn, _) = listener.accept().unwrap();
+    support::tell("accepted");
+    support::hear();
+    drop(conn);
+}
+
+/// A port of this suite's range (44000-44199).
+const HOLDER_PORT: u16 = 44030;
+
+/// The owner the tracer names for a CLOSE_WAIT socket held by a `nobody` process, when the
+/// tracer runs as root with only `caps` (`+bpf,+perfmon,...`).
+fn owner_seen_with(caps: &str) -> (u32, Option<u32>) {
+    use std::{
+        io::{BufRead, BufReader},
+        process::Stdio,
+        sync::mpsc,
+        time::{Duration, Instant},
+    };
+    let test_binary = support::public_copy(&std::env::current_exe().unwrap(), 0o755);
+    let mut holder = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(test_binary)
+        .args([
+            "--exact",
+            "helper_nobody_holder",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(support::HELPER_ENV, "nobody-holder")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the holder as nobody");
+    let (tx, rx) = mpsc::channel();
+    let out = holder.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some((_, msg)) = line.split_once("HELPER ") {
+                let _ = tx.send(msg.to_owned());
+            }
+        }
+    });
+    assert_eq!(rx.recv_timeout(support::WAIT).unwrap(), "listening");
+    let mut tracer = Command::new("setpriv")
+        .args(["--inh-caps=-all", &format!("--bounding-set=-all,{caps}")])
+        .arg(support::public_tracer())
+        .args([
+            "--json",
+            "--no-transitions",
+            "--close-wait-threshold",
+            "300ms",
+            "-p",
+        ])
+        .arg(HOLDER_PORT.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the tracer with the deployed capabilities");
+    let (records_tx, records) = mpsc::channel();
+    let stdout = tracer.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = records_tx.send(line);
+        }
+    });
+    let mut stderr = BufReader::new(tracer.stderr.take().unwrap());
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap_or(0) > 0 && !line.contains("attached") {
+        line.clear();
+    }
+    assert!(
+        line.contains("attached"),
+        "the tracer did not attach with {caps}"
+    );
+    let client = std::net::TcpStream::connect(("127.0.0.1", HOLDER_PORT)).unwrap();
+    assert_eq!(rx.recv_timeout(support::WAIT).unwrap(), "accepted");
+    drop(client);
+    let deadline = Instant::now() + support::WAIT;
+    let owner = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = records
+            .recv_timeout(left.max(Duration::from_millis(1)))
+            .expect("a close_wait record in time");
+        let record: Value = serde_json::from_str(&line).unwrap();
+        if record["type"] == "close_wait" {
+            break record["pid"].as_u64().map(|p| u32::try_from(p).unwrap());
+        }
+    };
+    let holder_pid = holder.id();
+    // Ours, by PID: the tracer and the holder.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(tracer.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = tracer.wait();
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    (holder_pid, owner)
+}
+
+/// The capabilities the deploy files grant are enough, and each of the owner scan's two is
+/// needed: with them the tracer names a `nobody` process holding a CLOSE_WAIT socket; with
+/// only CAP_BPF + CAP_PERFMON it loads but cannot name it.
+#[test]
+#[ignore = "needs root and BPF"]
+fn the_deployed_capabilities_suffice() {
+    support::require_root();
+    let deployed: Vec<String> = CAPABILITIES
+        .iter()
+        .map(|c| format!("+{}", c.to_lowercase()))
+        .collect();
+    let (holder, owner) = owner_seen_with(&deployed.join(","));
+    assert_eq!(owner, Some(holder), "named with {deployed:?}");
+    for without in ["sys_ptrace", "dac_read_search"] {
+        let fewer: Vec<&String> = deployed.iter().filter(|c| !c.ends_with(without)).collect();
+        let caps: Vec<&str> = fewer.iter().map(|c| c.as_str()).collect();
+        let (_, owner) = owner_seen_with(&caps.join(","));
+        assert_eq!(owner, None, "without {without}, the owner cannot be read");
+    }
+}
