@@ -11,9 +11,7 @@ use std::{
     process::Command,
 };
 
-use clap::Parser as _;
 use serde_json::Value;
-use tracer::cli::{Args, Config};
 
 /// What the tracer needs beyond an unprivileged process, as the deploy files grant it:
 /// CAP_BPF + CAP_PERFMON to load and attach the program, CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH
@@ -268,12 +266,84 @@ fn alert_rules_pass_promtool() {
     }
 }
 
-/// The flags a deploy file passes, as the binary would validate them.
-fn config_from(args: &[String]) -> Config {
-    let args =
-        Args::try_parse_from(std::iter::once("tracer".to_owned()).chain(args.iter().cloned()))
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    Config::try_from(&args).unwrap_or_else(|e| panic!("{e}"))
+/// The `--metrics` address among a deploy file's flags; they must include `--quiet`.
+fn metrics_addr(args: &[String]) -> std::net::SocketAddr {
+    assert!(args.iter().any(|a| a == "--quiet"), "{args:?}");
+    let at = args
+        .iter()
+        .position(|a| a == "--metrics")
+        .expect("--metrics");
+    args[at + 1].parse().expect("an IP:PORT")
+}
+
+fn unit_flags(unit: &str) -> Vec<String> {
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart=");
+    let mut words = exec.split_whitespace().map(str::to_owned);
+    assert_eq!(words.next().as_deref(), Some("/usr/local/bin/tracer"));
+    words.collect()
+}
+
+fn daemonset() -> Vec<serde_norway::Value> {
+    serde_norway::Deserializer::from_str(&read("kubernetes/daemonset.yaml"))
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect()
+}
+
+fn daemonset_flags(docs: &[serde_norway::Value]) -> Vec<String> {
+    let ds = docs
+        .iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("a DaemonSet");
+    ds["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The unit's and the DaemonSet's flags, run by the real binary (on a port of this suite's
+/// range instead of 9464) for 2 s: accepted, attached, metrics served.
+#[test]
+#[ignore = "needs root and BPF"]
+fn deployed_flags_run_the_real_binary() {
+    support::require_root();
+    for (i, flags) in [
+        unit_flags(&read("systemd/tracer.service")),
+        daemonset_flags(&daemonset()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let port = 44040 + i;
+        let addr = metrics_addr(&flags);
+        let flags: Vec<String> = flags
+            .iter()
+            .map(|f| {
+                if *f == addr.to_string() {
+                    format!("127.0.0.1:{port}")
+                } else {
+                    f.clone()
+                }
+            })
+            .collect();
+        let out = support::output(
+            Command::new(env!("CARGO_BIN_EXE_tracer"))
+                .args(&flags)
+                .args(["--duration", "2s"]),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{flags:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "--quiet prints nothing on stdout");
+        assert!(
+            stderr.contains(&format!("metrics on http://127.0.0.1:{port}/metrics"))
+                && stderr.contains("attached"),
+            "{flags:?}: {stderr}"
+        );
+    }
 }
 
 #[test]
@@ -285,12 +355,7 @@ fn systemd_unit_verifies_and_grants_what_the_binary_needs() {
             .unwrap_or_else(|| panic!("no {key}= in the unit"))
             .to_owned()
     };
-    let exec = value("ExecStart");
-    let mut words = exec.split_whitespace().map(str::to_owned);
-    assert_eq!(words.next().as_deref(), Some("/usr/local/bin/tracer"));
-    let config = config_from(&words.collect::<Vec<_>>());
-    assert!(config.quiet);
-    assert!(config.metrics.expect("--metrics").addr.ip().is_loopback());
+    assert!(metrics_addr(&unit_flags(&unit)).ip().is_loopback());
     let caps: Vec<String> = CAPABILITIES.iter().map(|c| format!("CAP_{c}")).collect();
     for key in ["CapabilityBoundingSet", "AmbientCapabilities"] {
         let granted: Vec<String> = value(key).split_whitespace().map(str::to_owned).collect();
@@ -329,10 +394,7 @@ fn systemd_unit_verifies_and_grants_what_the_binary_needs() {
 
 #[test]
 fn daemonset_grants_what_the_binary_needs() {
-    let docs: Vec<serde_norway::Value> =
-        serde_norway::Deserializer::from_str(&read("kubernetes/daemonset.yaml"))
-            .map(|d| serde::Deserialize::deserialize(d).unwrap())
-            .collect();
+    let docs = daemonset();
     let kind = |k: &str| {
         docs.iter()
             .find(|d| d["kind"] == k)
@@ -349,20 +411,12 @@ fn daemonset_grants_what_the_binary_needs() {
     let [container] = spec["containers"].as_sequence().unwrap().as_slice() else {
         panic!("one container")
     };
-    let args: Vec<String> = container["args"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_owned())
-        .collect();
-    let config = config_from(&args);
-    assert!(config.quiet);
-    let metrics = config.metrics.expect("--metrics");
+    let addr = metrics_addr(&daemonset_flags(&docs));
     assert!(
-        metrics.addr.ip().is_unspecified(),
+        addr.ip().is_unspecified(),
         "reachable by Prometheus from other hosts"
     );
-    let port = u64::from(metrics.addr.port());
+    let port = u64::from(addr.port());
     let ports = container["ports"].as_sequence().unwrap();
     assert_eq!(ports[0]["containerPort"].as_u64(), Some(port));
     let annotations = &pod["metadata"]["annotations"];
