@@ -305,26 +305,22 @@ fn daemonset_flags(docs: &[serde_norway::Value]) -> Vec<String> {
         .collect()
 }
 
-/// The unit's and the DaemonSet's flags, run by the real binary (on a port of this suite's
-/// range instead of 9464) for 2 s: accepted, attached, metrics served.
+/// The unit's and the DaemonSet's flags, run by the real binary (on a free loopback port
+/// instead of 9464) for 2 s: accepted, attached, metrics served.
 #[test]
 #[ignore = "needs root and BPF"]
 fn deployed_flags_run_the_real_binary() {
     support::require_root();
-    for (i, flags) in [
+    for flags in [
         unit_flags(&read("systemd/tracer.service")),
         daemonset_flags(&daemonset()),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let port = 44040 + i;
+    ] {
         let addr = metrics_addr(&flags);
         let flags: Vec<String> = flags
             .iter()
             .map(|f| {
                 if *f == addr.to_string() {
-                    format!("127.0.0.1:{port}")
+                    "127.0.0.1:0".to_owned()
                 } else {
                     f.clone()
                 }
@@ -339,8 +335,7 @@ fn deployed_flags_run_the_real_binary() {
         assert!(out.status.success(), "{flags:?}: {stderr}");
         assert!(out.stdout.is_empty(), "--quiet prints nothing on stdout");
         assert!(
-            stderr.contains(&format!("metrics on http://127.0.0.1:{port}/metrics"))
-                && stderr.contains("attached"),
+            stderr.contains("metrics on http://127.0.0.1:") && stderr.contains("attached"),
             "{flags:?}: {stderr}"
         );
     }
@@ -534,7 +529,7 @@ fn container_image_builds_with_podman() {
     assert!(config["ExposedPorts"].get("9464/tcp").is_some(), "{config}");
 }
 
-/// Helper role "nobody-holder" (run as nobody): accepts one connection on `HOLDER_PORT` and
+/// Helper role "nobody-holder" (run as nobody): accepts one connection on `TRACER_TEST_PORT` and
 /// keeps it after the peer closes (CLOSE_WAIT) until stdin closes.
 #[test]
 #[ignore = "helper process for the tests above"]
@@ -542,16 +537,14 @@ fn helper_nobody_holder() {
     if std::env::var(support::HELPER_ENV).as_deref() != Ok("nobody-holder") {
         return;
     }
-    let listener = std::net::TcpListener::bind(("127.0.0.1", HOLDER_PORT)).unwrap();
+    let port: u16 = std::env::var("TRACER_TEST_PORT").unwrap().parse().unwrap();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     support::tell("listening");
     let (conn, _) = listener.accept().unwrap();
     support::tell("accepted");
     support::hear();
     drop(conn);
 }
-
-/// A port of this suite's range (44000-44199).
-const HOLDER_PORT: u16 = 44030;
 
 /// The owner the tracer names for a CLOSE_WAIT socket held by a `nobody` process, when the
 /// tracer runs as root with only `caps` (`+bpf,+perfmon,...`).
@@ -563,6 +556,8 @@ fn owner_seen_with(caps: &str) -> (u32, Option<u32>) {
         time::{Duration, Instant},
     };
     let test_binary = support::public_copy(&std::env::current_exe().unwrap(), 0o755);
+    // Free now: fixed ports can meet other tests' ephemeral ports on a shared machine.
+    let holder_port = support::dead_port("127.0.0.1:0").port();
     let mut holder = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(test_binary)
@@ -574,6 +569,7 @@ fn owner_seen_with(caps: &str) -> (u32, Option<u32>) {
             "--test-threads=1",
         ])
         .env(support::HELPER_ENV, "nobody-holder")
+        .env("TRACER_TEST_PORT", holder_port.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -598,7 +594,7 @@ fn owner_seen_with(caps: &str) -> (u32, Option<u32>) {
             "300ms",
             "-p",
         ])
-        .arg(HOLDER_PORT.to_string())
+        .arg(holder_port.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -620,7 +616,7 @@ fn owner_seen_with(caps: &str) -> (u32, Option<u32>) {
         line.contains("attached"),
         "the tracer did not attach with {caps}"
     );
-    let client = std::net::TcpStream::connect(("127.0.0.1", HOLDER_PORT)).unwrap();
+    let client = std::net::TcpStream::connect(("127.0.0.1", holder_port)).unwrap();
     assert_eq!(rx.recv_timeout(support::WAIT).unwrap(), "accepted");
     drop(client);
     let deadline = Instant::now() + support::WAIT;

@@ -20,10 +20,11 @@ use serde_json::Value;
 use support::{Helper, Tracer, HELPER_ENV, WAIT};
 use tracer::record::Record;
 
-/// Our fixed ports (44000-44199 is this suite's range).
-const TRACER_METRICS: &str = "127.0.0.1:44010";
-const PROMETHEUS: &str = "127.0.0.1:44011";
-const HOSTILE_METRICS: &str = "127.0.0.1:44020";
+/// A free loopback address: fixed ports can meet other tests' ephemeral ports on a shared
+/// machine, so each test picks free ones when it starts.
+fn free_addr() -> String {
+    support::dead_port("127.0.0.1:0").to_string()
+}
 
 /// A plain HTTP/1.0 request (no chunked answer, closed after it); the status and the body.
 fn http_get(addr: &str, target: &str, headers: &str) -> std::io::Result<(u16, String)> {
@@ -62,6 +63,7 @@ fn url_encode(s: &str) -> String {
 /// A Prometheus server started by this test, stopped by PID when dropped.
 struct Prometheus {
     child: Child,
+    addr: String,
     _dir: tempfile::TempDir,
 }
 
@@ -69,6 +71,7 @@ impl Prometheus {
     fn start(target: &str, rule_files: &[&Path]) -> Prometheus {
         let binary = support::tool_from_debian("prometheus", "prometheus");
         let dir = tempfile::tempdir().unwrap();
+        let addr = free_addr();
         let rules: Vec<String> = rule_files
             .iter()
             .map(|p| format!("  - {}\n", p.display()))
@@ -88,15 +91,19 @@ impl Prometheus {
                 "--storage.tsdb.path={}",
                 dir.path().join("data").display()
             ))
-            .arg(format!("--web.listen-address={PROMETHEUS}"))
+            .arg(format!("--web.listen-address={addr}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start prometheus");
-        let prometheus = Prometheus { child, _dir: dir };
+        let prometheus = Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        };
         prometheus.wait_for("Prometheus to be ready", || {
-            matches!(http_get(PROMETHEUS, "/-/ready", ""), Ok((200, _))).then_some(())
+            matches!(http_get(&prometheus.addr, "/-/ready", ""), Ok((200, _))).then_some(())
         });
         prometheus
     }
@@ -106,7 +113,7 @@ impl Prometheus {
     }
 
     fn api(&self, path: &str) -> Value {
-        let (status, body) = http_get(PROMETHEUS, path, "").expect("query prometheus");
+        let (status, body) = http_get(&self.addr, path, "").expect("query prometheus");
         assert_eq!(status, 200, "{path}: {body}");
         serde_json::from_str(&body).expect("prometheus answers JSON")
     }
@@ -206,9 +213,10 @@ fn prometheus_sees_a_close_wait_leak_and_its_alert() {
     let mut helper = Helper::spawn("helper_leaky_server", "leak");
     let port: u16 = helper.recv().parse().unwrap();
     let pid = helper.pid().to_string();
+    let tracer_metrics = free_addr();
     let tracer = Tracer::start(&[
         "--metrics",
-        TRACER_METRICS,
+        &tracer_metrics,
         "--close-wait-threshold",
         "1s",
         "--timelines",
@@ -218,7 +226,7 @@ fn prometheus_sees_a_close_wait_leak_and_its_alert() {
     let rules_dir = tempfile::tempdir().unwrap();
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/alerts.yml");
     let short = short_close_wait_rule(rules_dir.path());
-    let prometheus = Prometheus::start(TRACER_METRICS, &[&shipped, &short]);
+    let prometheus = Prometheus::start(&tracer_metrics, &[&shipped, &short]);
     prometheus.wait_for("the first scrape of the tracer", || {
         (prometheus.value("up{job=\"tracer\"}") == Some(1.0)).then_some(())
     });
@@ -289,7 +297,7 @@ fn prometheus_sees_a_close_wait_leak_and_its_alert() {
             .then_some(())
     });
     thread::sleep(Duration::from_millis(500));
-    let (_, text) = http_get(TRACER_METRICS, "/metrics", "").unwrap();
+    let (_, text) = http_get(&tracer_metrics, "/metrics", "").unwrap();
     let records = tracer.records();
     let sample = |name: &str| -> f64 {
         text.lines()
@@ -332,21 +340,18 @@ fn fd_count(pid: u32) -> usize {
 #[test]
 #[ignore = "needs root and BPF"]
 fn the_endpoint_stays_up_and_bounded_under_hostile_clients() {
-    let tracer = Tracer::start(&["--metrics", HOSTILE_METRICS, "-p", "44021"]);
-    let scrape_ok = || matches!(http_get(HOSTILE_METRICS, "/metrics", ""), Ok((200, b)) if b.contains("tracer_events_total"));
+    let hostile = free_addr();
+    let traced = support::dead_port("127.0.0.1:0");
+    let tracer = Tracer::start(&["--metrics", &hostile, "-p", &traced.port().to_string()]);
+    let scrape_ok = || matches!(http_get(&hostile, "/metrics", ""), Ok((200, b)) if b.contains("tracer_events_total"));
     assert!(scrape_ok());
     let fds_before = fd_count(tracer.pid());
 
     // Unknown paths and methods.
-    assert_eq!(
-        http_get(HOSTILE_METRICS, "/../../etc/passwd", "")
-            .unwrap()
-            .0,
-        404
-    );
-    assert_eq!(http_get(HOSTILE_METRICS, "/metricsx", "").unwrap().0, 404);
-    assert_eq!(http_get(HOSTILE_METRICS, "/healthz", "").unwrap().0, 200);
-    let mut post = TcpStream::connect(HOSTILE_METRICS).unwrap();
+    assert_eq!(http_get(&hostile, "/../../etc/passwd", "").unwrap().0, 404);
+    assert_eq!(http_get(&hostile, "/metricsx", "").unwrap().0, 404);
+    assert_eq!(http_get(&hostile, "/healthz", "").unwrap().0, 200);
+    let mut post = TcpStream::connect(&hostile).unwrap();
     post.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     write!(
@@ -360,7 +365,7 @@ fn the_endpoint_stays_up_and_bounded_under_hostile_clients() {
 
     // A 1 MiB header is refused without being read whole.
     let huge = format!("X-Junk: {}\r\n", "a".repeat(1 << 20));
-    match http_get(HOSTILE_METRICS, "/metrics", &huge) {
+    match http_get(&hostile, "/metrics", &huge) {
         Ok((status, _)) => assert_eq!(status, 431),
         Err(e) => assert!(
             matches!(
@@ -375,7 +380,7 @@ fn the_endpoint_stays_up_and_bounded_under_hostile_clients() {
     // most 32 slots, and are closed by the server after the 5 s head timeout.
     let mut slow: Vec<TcpStream> = (0..40)
         .map(|_| {
-            let mut s = TcpStream::connect(HOSTILE_METRICS).unwrap();
+            let mut s = TcpStream::connect(&hostile).unwrap();
             s.write_all(b"GET /metrics HTTP/1.1\r\nHost: slow\r\n")
                 .unwrap();
             s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
@@ -402,7 +407,7 @@ fn the_endpoint_stays_up_and_bounded_under_hostile_clients() {
 
     // Many connections at once: those beyond the cap are closed at once; fds stay bounded.
     let many: Vec<TcpStream> = (0..300)
-        .filter_map(|_| TcpStream::connect(HOSTILE_METRICS).ok())
+        .filter_map(|_| TcpStream::connect(&hostile).ok())
         .collect();
     thread::sleep(Duration::from_millis(500));
     let during = fd_count(tracer.pid());
@@ -418,12 +423,12 @@ fn the_endpoint_stays_up_and_bounded_under_hostile_clients() {
         assert!(Instant::now() < deadline, "the endpoint did not recover");
         thread::sleep(Duration::from_millis(200));
     }
-    let (listener, _) = support::listen("127.0.0.1:44021");
-    let _client = TcpStream::connect("127.0.0.1:44021").unwrap();
+    let listener = std::net::TcpListener::bind(traced).unwrap();
+    let _client = TcpStream::connect(traced).unwrap();
     tracer.wait_for("a transition after the flood", |records| {
         records
             .iter()
-            .any(|r| matches!(r, Record::Transition(t) if t.lport == 44021 || t.rport == 44021))
+            .any(|r| matches!(r, Record::Transition(t) if t.lport == traced.port() || t.rport == traced.port()))
             .then_some(())
     });
     drop(listener);
