@@ -138,8 +138,7 @@ fn exprs(value: &Value, out: &mut Vec<String>) {
         Value::Object(map) => {
             for (key, v) in map {
                 match (key.as_str(), v) {
-                    ("expr" | "definition", Value::String(s)) => out.push(s.clone()),
-                    ("query", Value::String(s)) => out.push(s.clone()),
+                    ("expr" | "definition" | "query", Value::String(s)) => out.push(s.clone()),
                     _ => exprs(v, out),
                 }
             }

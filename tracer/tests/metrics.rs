@@ -64,7 +64,7 @@ fn url_encode(s: &str) -> String {
 struct Prometheus {
     child: Child,
     addr: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Prometheus {
@@ -97,11 +97,7 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .expect("start prometheus");
-        let prometheus = Prometheus {
-            child,
-            addr,
-            _dir: dir,
-        };
+        let prometheus = Prometheus { child, addr, dir };
         prometheus.wait_for("Prometheus to be ready", || {
             matches!(http_get(&prometheus.addr, "/-/ready", ""), Ok((200, _))).then_some(())
         });
@@ -109,7 +105,7 @@ impl Prometheus {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
     }
 
     fn api(&self, path: &str) -> Value {

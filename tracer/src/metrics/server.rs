@@ -334,7 +334,7 @@ mod tests {
 
     fn exposition() -> Exposition {
         let mut registry = Registry::default();
-        let c: prometheus_client::metrics::counter::Counter = Default::default();
+        let c = prometheus_client::metrics::counter::Counter::<u64>::default();
         c.inc();
         registry.register("demo", "A demo counter", c);
         Exposition::new(registry, Box::new(|| {}))
