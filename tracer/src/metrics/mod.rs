@@ -405,7 +405,12 @@ impl Metrics {
         &self,
         digest: &'a DigestRecord,
     ) -> (Vec<&'a DigestProcess>, Vec<&'a DigestProcess>) {
-        let mut by_size: Vec<&DigestProcess> = digest.processes.iter().collect();
+        // Only CLOSE_WAIT for now: the digest also groups the other states `--stuck` watches.
+        let mut by_size: Vec<&DigestProcess> = digest
+            .processes
+            .iter()
+            .filter(|p| p.state == TcpState::CloseWait)
+            .collect();
         by_size.sort_by(|a, b| {
             (b.count, b.oldest_age_ms, a.pid).cmp(&(a.count, a.oldest_age_ms, b.pid))
         });
@@ -477,6 +482,7 @@ pub fn exported_names() -> Vec<String> {
     metrics.pending_transitions[1][1] = 1;
     metrics.publish(&Totals::default());
     let holder = DigestProcess {
+        state: TcpState::CloseWait,
         pid: Some(1),
         comm: None,
         count: 1,

@@ -127,6 +127,7 @@ fn counters_agree_with_a_recorded_stream() {
 
 fn holder(pid: Option<u32>, count: usize, oldest_age_ms: u64) -> DigestProcess {
     DigestProcess {
+        state: TcpState::CloseWait,
         pid,
         comm: pid.map(|p| format!("srv{p}")),
         count,
@@ -225,12 +226,14 @@ fn fd_series_only_for_known_holders() {
         stuck: 3,
         processes: vec![
             DigestProcess {
+                state: TcpState::CloseWait,
                 pid: Some(7),
                 comm: Some("srv".into()),
                 count: 2,
                 oldest_age_ms: 1500,
             },
             DigestProcess {
+                state: TcpState::CloseWait,
                 pid: None,
                 comm: None,
                 count: 1,
@@ -296,6 +299,8 @@ fn unknown_states_share_one_label() {
         comm: None,
         ctx_pid: 0,
         ctx_comm: String::new(),
+        ctx_tid: 0,
+        ctx_thread: None,
         cpu: 0,
     };
     metrics.observe(&[Record::Transition(t.clone())]);

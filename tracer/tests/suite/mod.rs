@@ -1,7 +1,9 @@
 mod analyze;
 mod analyze_fuzz;
 mod cli;
+mod deploy;
 mod field;
+mod metrics;
 mod privileged;
 mod privileged_export;
 mod reliability;

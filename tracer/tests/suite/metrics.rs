@@ -5,8 +5,6 @@
 //! flooded with hostile clients and must stay up and bounded. Every process started here is
 //! stopped by its PID; every wait is bounded.
 
-mod support;
-
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
@@ -16,8 +14,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::{
+    self,
+    field::{Helper, HELPER_ENV},
+    Tracer, WAIT,
+};
 use serde_json::Value;
-use support::{Helper, Tracer, HELPER_ENV, WAIT};
 use tracer::record::Record;
 
 /// A free loopback address: fixed ports can meet other tests' ephemeral ports on a shared
@@ -194,19 +196,19 @@ fn helper_leaky_server() {
         return;
     }
     let (listener, addr) = support::listen("127.0.0.1:0");
-    support::tell(&addr.port().to_string());
+    support::field::tell(&addr.port().to_string());
     let held: Vec<TcpStream> = (0..3).map(|_| listener.accept().unwrap().0).collect();
-    support::tell("accepted");
-    assert_eq!(support::hear(), "close");
+    support::field::tell("accepted");
+    assert_eq!(support::field::hear(), "close");
     drop(held);
-    support::tell("closed");
-    support::hear();
+    support::field::tell("closed");
+    support::field::hear();
 }
 
 #[test]
 #[ignore = "needs root and BPF"]
 fn prometheus_sees_a_close_wait_leak_and_its_alert() {
-    let mut helper = Helper::spawn("helper_leaky_server", "leak");
+    let mut helper = Helper::spawn_with("suite::metrics::helper_leaky_server", "leak", &[]);
     let port: u16 = helper.recv().parse().unwrap();
     let pid = helper.pid().to_string();
     let tracer_metrics = free_addr();
