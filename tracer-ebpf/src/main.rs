@@ -148,8 +148,14 @@ fn family_wanted(ctx: &TracePointContext, family: u16, want: u16) -> bool {
     let v4 = family == AF_INET
         || ipv4_on_wire(
             family,
-            (field(ctx, tp::SADDR_V6.offset), field(ctx, tp::SADDR_V6.offset + 8)),
-            (field(ctx, tp::DADDR_V6.offset), field(ctx, tp::DADDR_V6.offset + 8)),
+            (
+                field(ctx, tp::SADDR_V6.offset),
+                field(ctx, tp::SADDR_V6.offset + 8),
+            ),
+            (
+                field(ctx, tp::DADDR_V6.offset),
+                field(ctx, tp::DADDR_V6.offset + 8),
+            ),
         );
     if want == AF_INET {
         v4

@@ -20,7 +20,10 @@ use crate::support::{self, fixture};
 /// Record kinds absent from the export fixture, as the tracer writes them (a CLOSE_WAIT digest
 /// and a loss report). Every field is here, so a field added to the types without a default
 /// fails to read: add it here and to docs/schema.md.
-const EXTRA: [&str; 2] = [
+const EXTRA: [&str; 5] = [
+    r#"{"type":"close_wait","ts_ns":1,"time":"2026-11-25T08:15:45.719949Z","skaddr":null,"pid":null,"comm":null,"fd":null,"family":"ipv4","laddr":"127.0.0.1","lport":80,"raddr":"127.0.0.1","rport":5000,"age_ms":1,"age_at_least":true,"recv_q":3,"netns":4026531840,"holders":[],"unowned":{"reason":"accept_queue","listener":"127.0.0.1:80","listener_pid":7,"listener_comm":"srv"},"cgroup":"/","container":null,"pod_uid":null,"state":"CLOSE_WAIT"}"#,
+    r#"{"type":"stuck","ts_ns":1,"time":"2026-11-25T08:15:45.719949Z","skaddr":"0x1","pid":7,"comm":"srv","fd":4,"family":"ipv4","laddr":"127.0.0.1","lport":80,"raddr":"127.0.0.1","rport":5000,"age_ms":1,"age_at_least":false,"recv_q":0,"netns":4026531840,"holders":[{"pid":7,"comm":"srv","fd":4}],"unowned":null,"cgroup":"/","container":null,"pod_uid":null,"state":"SYN_SENT"}"#,
+    r#"{"type":"stuck_resolved","ts_ns":1,"time":"2026-11-25T08:15:45.719949Z","skaddr":"0x1","pid":7,"comm":"srv","fd":4,"family":"ipv4","laddr":"127.0.0.1","lport":80,"raddr":"127.0.0.1","rport":5000,"stuck_ms":1,"stuck_at_least":false,"new_state":"CLOSE","netns":4026531840,"state":"SYN_SENT"}"#,
     r#"{"type":"digest","ts_ns":1,"time":"2026-11-25T08:15:45.719949Z","stuck":1,"processes":[{"pid":1,"comm":"x","count":1,"oldest_age_ms":5}]}"#,
     r#"{"type":"lost","ts_ns":1,"time":"2026-11-25T08:15:45.719949Z","ringbuf":1,"recursion_misses":0}"#,
 ];
