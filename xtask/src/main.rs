@@ -10,6 +10,7 @@ mod lint;
 mod run;
 mod test;
 mod util;
+mod vm;
 
 use std::{ffi::OsString, process::ExitCode};
 
@@ -71,6 +72,9 @@ enum Chore {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Boot Debian's 5.10 to 7.3 kernels under qemu and run the privileged tests inside each;
+    /// prints a table and fails if any kernel fails. Kernels are cached under target/vm.
+    VmTest(vm::VmArgs),
 }
 
 fn main() -> ExitCode {
@@ -111,5 +115,8 @@ fn dispatch(chore: Chore) -> Result<()> {
         Chore::Lint => lint::lint(),
         Chore::Fuzz { target, seconds } => fuzz::fuzz(&target, seconds),
         Chore::Bench { args } => bench::bench(&args),
+    /// Boot Debian's 5.10 to 7.3 kernels under qemu and run the privileged tests inside each;
+    /// prints a table and fails if any kernel fails. Kernels are cached under target/vm.
+    VmTest(vm::VmArgs),
     }
 }
