@@ -115,8 +115,6 @@ fn dispatch(chore: Chore) -> Result<()> {
         Chore::Lint => lint::lint(),
         Chore::Fuzz { target, seconds } => fuzz::fuzz(&target, seconds),
         Chore::Bench { args } => bench::bench(&args),
-    /// Boot Debian's 5.10 to 7.3 kernels under qemu and run the privileged tests inside each;
-    /// prints a table and fails if any kernel fails. Kernels are cached under target/vm.
-    VmTest(vm::VmArgs),
+        Chore::VmTest(args) => vm::vm_test(&args),
     }
 }

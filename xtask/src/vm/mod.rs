@@ -192,6 +192,13 @@ struct Artifact {
     executable: Option<PathBuf>,
     #[serde(default)]
     target: Option<Target>,
+    #[serde(default)]
+    profile: Option<ArtifactProfile>,
+}
+
+#[derive(Deserialize)]
+struct ArtifactProfile {
+    test: bool,
 }
 
 #[derive(Deserialize)]
@@ -215,7 +222,9 @@ fn build() -> Result<Built> {
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(artifact) = serde_json::from_str::<Artifact>(line) else { continue };
         let (Some(exe), Some(target)) = (artifact.executable, artifact.target) else { continue };
-        if artifact.reason != "compiler-artifact" {
+        // A bin or lib built as a test harness (its unit tests) is not the program itself.
+        let harness = artifact.profile.as_ref().is_some_and(|p| p.test);
+        if artifact.reason != "compiler-artifact" || (harness && !target.kind.iter().any(|k| k == "test")) {
             continue;
         }
         if target.kind.iter().any(|k| k == "test") {
