@@ -39,12 +39,23 @@ pub struct Contents<'a> {
 pub fn build(contents: &Contents<'_>, out: &Path) -> Result<()> {
     let stage = out.with_extension("stage");
     let _ = fs::remove_dir_all(&stage);
-    for dir in ["bin", "dev", "proc", "sys", "tmp", "run", "etc", "vm", "var/run", "sys/fs/bpf"] {
+    for dir in [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "run",
+        "etc",
+        "vm",
+        "var/run",
+        "sys/fs/bpf",
+    ] {
         fs::create_dir_all(stage.join(dir))?;
     }
     fs::copy(contents.busybox, stage.join("bin/busybox"))?;
-    let applets = probe_output(Command::new(contents.busybox).arg("--list"))
-        .context("busybox --list")?;
+    let applets =
+        probe_output(Command::new(contents.busybox).arg("--list")).context("busybox --list")?;
     for applet in applets.lines().filter(|a| *a != "busybox") {
         symlink("busybox", stage.join("bin").join(applet))?;
     }
@@ -66,7 +77,9 @@ pub fn build(contents: &Contents<'_>, out: &Path) -> Result<()> {
                 copy_at(&path, &stage, &Path::new("/usr/bin").join(tool))?;
                 programs.push(path);
             }
-            None => eprintln!("vm-test: `{tool}` is not on this host; tests that need it will fail in the guest"),
+            None => eprintln!(
+                "vm-test: `{tool}` is not on this host; tests that need it will fail in the guest"
+            ),
         }
     }
     for program in &programs {
@@ -80,9 +93,16 @@ pub fn build(contents: &Contents<'_>, out: &Path) -> Result<()> {
         copy_tree(dir, &stage.join(dir.strip_prefix("/").unwrap_or(dir)))?;
     }
     // The tests to run, one path a line, and the tracer's path for the smoke check.
-    let list: String = contents.tests.iter().map(|t| format!("{}\n", t.display())).collect();
+    let list: String = contents
+        .tests
+        .iter()
+        .map(|t| format!("{}\n", t.display()))
+        .collect();
     fs::write(stage.join("vm/tests"), list)?;
-    fs::write(stage.join("vm/tracer"), format!("{}\n", contents.tracer.display()))?;
+    fs::write(
+        stage.join("vm/tracer"),
+        format!("{}\n", contents.tracer.display()),
+    )?;
 
     archive(contents.busybox, &stage, out)?;
     fs::remove_dir_all(&stage)?;
@@ -93,7 +113,10 @@ pub fn build(contents: &Contents<'_>, out: &Path) -> Result<()> {
 /// guest's memory at every boot). Without objcopy the binary stays as it is.
 fn strip(binary: &Path) {
     if which("objcopy").is_some() {
-        let _ = Command::new("objcopy").arg("--strip-debug").arg(binary).status();
+        let _ = Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(binary)
+            .status();
     }
 }
 
@@ -104,7 +127,8 @@ fn copy_at(from: &Path, stage: &Path, at: &Path) -> Result<()> {
         return Ok(());
     }
     fs::create_dir_all(dest.parent().context("a path with a parent")?)?;
-    fs::copy(from, &dest).with_context(|| format!("copying {} into the guest image", from.display()))?;
+    fs::copy(from, &dest)
+        .with_context(|| format!("copying {} into the guest image", from.display()))?;
     Ok(())
 }
 

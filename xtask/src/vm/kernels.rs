@@ -79,7 +79,10 @@ pub fn select(names: &[String]) -> Result<Vec<&'static Pin>> {
         .map(|name| {
             PINS.iter().find(|pin| pin.name == name).with_context(|| {
                 let known: Vec<_> = PINS.iter().map(|pin| pin.name).collect();
-                format!("no pinned kernel named `{name}`; known: {}", known.join(", "))
+                format!(
+                    "no pinned kernel named `{name}`; known: {}",
+                    known.join(", ")
+                )
             })
         })
         .collect()
@@ -155,18 +158,24 @@ impl AptState {
                 let name = p.file_name().unwrap_or_default().to_string_lossy();
                 (name.starts_with(&prefix) || name.starts_with(&plain)) && name.ends_with(".deb")
             })
-            .with_context(|| format!("{package}: apt-get download left no .deb in {}", dir.display()))
+            .with_context(|| {
+                format!(
+                    "{package}: apt-get download left no .deb in {}",
+                    dir.display()
+                )
+            })
     }
 }
 
 /// The archive and security mirrors the machine's apt sources name (one-line and deb822
 /// formats alike), overridable with `DEBIAN_MIRROR` / `DEBIAN_SECURITY_MIRROR`.
 fn mirrors() -> Result<(String, String)> {
-    let targets = probe_output(
-        Command::new("apt-get")
-            .env_remove("APT_CONFIG")
-            .args(["indextargets", "--no-release-info", "--format", "$(REPO_URI) $(RELEASE)"]),
-    )
+    let targets = probe_output(Command::new("apt-get").env_remove("APT_CONFIG").args([
+        "indextargets",
+        "--no-release-info",
+        "--format",
+        "$(REPO_URI) $(RELEASE)",
+    ]))
     .unwrap_or_default();
     let find = |security: bool| {
         targets.lines().find_map(|line| {
@@ -180,7 +189,10 @@ fn mirrors() -> Result<(String, String)> {
     let security = std::env::var("DEBIAN_SECURITY_MIRROR")
         .ok()
         .or_else(|| find(true))
-        .unwrap_or_else(|| main.trim_end_matches('/').replace("/debian", "/debian-security"));
+        .unwrap_or_else(|| {
+            main.trim_end_matches('/')
+                .replace("/debian", "/debian-security")
+        });
     Ok((main, security))
 }
 
@@ -192,7 +204,10 @@ pub fn fetch(pins: &[&'static Pin], cache: &Path) -> Result<(Vec<Kernel>, PathBu
         }
     }
     let busybox = cache.join("busybox/bin/busybox");
-    let stale: Vec<&&Pin> = pins.iter().filter(|pin| cached(pin, cache).is_none()).collect();
+    let stale: Vec<&&Pin> = pins
+        .iter()
+        .filter(|pin| cached(pin, cache).is_none())
+        .collect();
     if !stale.is_empty() || !busybox.is_file() {
         let mut suites: Vec<&str> = stale.iter().map(|pin| pin.suite).collect();
         suites.push(BUSYBOX_SUITE);
@@ -202,15 +217,23 @@ pub fn fetch(pins: &[&'static Pin], cache: &Path) -> Result<(Vec<Kernel>, PathBu
             unpack(pin, &apt, &debs, cache)?;
         }
         if !busybox.is_file() {
-            let deb = apt.download(&format!("busybox-static/{BUSYBOX_SUITE}"), &debs)
+            let deb = apt
+                .download(&format!("busybox-static/{BUSYBOX_SUITE}"), &debs)
                 .or_else(|_| apt.download("busybox-static", &debs))?;
-            run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(cache.join("busybox")))?;
+            run(Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(&deb)
+                .arg(cache.join("busybox")))?;
             fs::remove_file(deb)?;
         }
     }
     let kernels = pins
         .iter()
-        .map(|pin| cached(pin, cache).with_context(|| format!("kernel {} is not in the cache after fetching it", pin.name)))
+        .map(|pin| {
+            cached(pin, cache).with_context(|| {
+                format!("kernel {} is not in the cache after fetching it", pin.name)
+            })
+        })
         .collect::<Result<_>>()?;
     Ok((kernels, busybox))
 }
@@ -249,9 +272,17 @@ fn unpack(pin: &Pin, apt: &AptState, debs: &Path, cache: &Path) -> Result<()> {
     let mut source = String::new();
     for package in pin.packages {
         let deb = apt.download(package, debs)?;
-        let fields = probe_output(Command::new("dpkg-deb").arg("-f").arg(&deb).args(["Package", "Version"]))
-            .unwrap_or_default();
-        let version = fields.lines().find_map(|l| l.strip_prefix("Version: ")).unwrap_or("?");
+        let fields = probe_output(
+            Command::new("dpkg-deb")
+                .arg("-f")
+                .arg(&deb)
+                .args(["Package", "Version"]),
+        )
+        .unwrap_or_default();
+        let version = fields
+            .lines()
+            .find_map(|l| l.strip_prefix("Version: "))
+            .unwrap_or("?");
         source.push_str(&format!("{package} {version} {}\n", pin.suite));
         run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
         fs::remove_file(deb)?;
@@ -259,11 +290,24 @@ fn unpack(pin: &Pin, apt: &AptState, debs: &Path, cache: &Path) -> Result<()> {
     // bullseye..trixie 6.x: boot/vmlinuz-VER, boot/config-VER; 7.x: usr/lib/modules/VER/{vmlinuz,config}.
     let find = |stem: &str| -> Result<PathBuf> {
         let boot = tmp.join("boot");
-        let in_boot = fs::read_dir(&boot).into_iter().flatten().filter_map(|e| e.ok()).map(|e| e.path())
-            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{stem}-"))));
-        let in_modules = fs::read_dir(tmp.join("usr/lib/modules")).into_iter().flatten().filter_map(|e| e.ok())
-            .map(|e| e.path().join(stem)).find(|p| p.is_file());
-        in_boot.or(in_modules).with_context(|| format!("no {stem} in the packages of kernel {}", pin.name))
+        let in_boot = fs::read_dir(&boot)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{stem}-")))
+            });
+        let in_modules = fs::read_dir(tmp.join("usr/lib/modules"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join(stem))
+            .find(|p| p.is_file());
+        in_boot
+            .or(in_modules)
+            .with_context(|| format!("no {stem} in the packages of kernel {}", pin.name))
     };
     fs::copy(find("vmlinuz")?, dir.join("vmlinuz"))?;
     fs::copy(find("config")?, dir.join("config"))?;

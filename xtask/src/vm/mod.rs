@@ -116,7 +116,11 @@ pub fn vm_test(args: &VmArgs) -> Result<()> {
     fs::create_dir_all(&cache)?;
     let (kernels, busybox) = kernels::fetch(&pins, &cache)?;
     for kernel in &kernels {
-        eprintln!("vm-test: kernel {}: {}", kernel.name, kernel.source.lines().next().unwrap_or_default());
+        eprintln!(
+            "vm-test: kernel {}: {}",
+            kernel.name,
+            kernel.source.lines().next().unwrap_or_default()
+        );
     }
     let built = build()?;
     let initramfs = cache.join("initramfs.cpio");
@@ -130,7 +134,11 @@ pub fn vm_test(args: &VmArgs) -> Result<()> {
         },
         &initramfs,
     )?;
-    eprintln!("vm-test: guest image {} ({} MiB)", initramfs.display(), fs::metadata(&initramfs)?.len() >> 20);
+    eprintln!(
+        "vm-test: guest image {} ({} MiB)",
+        initramfs.display(),
+        fs::metadata(&initramfs)?.len() >> 20
+    );
 
     let mut rows = Vec::new();
     let mut failed = false;
@@ -151,8 +159,18 @@ pub fn vm_test(args: &VmArgs) -> Result<()> {
         if !filter.is_empty() {
             append.push_str(&format!(" tracer_vm.filter={filter}"));
         }
-        let suite = if filter.is_empty() { "full" } else if args.filters.is_empty() { "core" } else { "filtered" };
-        let tests = Scenario { name: "tests", append: "", check: Check::Tests };
+        let suite = if filter.is_empty() {
+            "full"
+        } else if args.filters.is_empty() {
+            "core"
+        } else {
+            "filtered"
+        };
+        let tests = Scenario {
+            name: "tests",
+            append: "",
+            check: Check::Tests,
+        };
         let mut runs = vec![(tests, append, suite)];
         if !args.no_hostile {
             runs.extend(HOSTILE.iter().map(|s| (*s, s.append.to_owned(), "smoke")));
@@ -160,9 +178,24 @@ pub fn vm_test(args: &VmArgs) -> Result<()> {
         for (scenario, append, suite) in runs {
             let out = cache.join("runs").join(kernel.name).join(scenario.name);
             let started = Instant::now();
-            let booted = qemu::boot(&kernel.vmlinuz, &initramfs, &out, &append, accel, Duration::from_secs(args.timeout))?;
-            let report = Report::parse(&fs::read_to_string(out.join("report.log")).unwrap_or_default());
-            let row = judge(kernel.name, &scenario, suite, &report, &booted, started.elapsed());
+            let booted = qemu::boot(
+                &kernel.vmlinuz,
+                &initramfs,
+                &out,
+                &append,
+                accel,
+                Duration::from_secs(args.timeout),
+            )?;
+            let report =
+                Report::parse(&fs::read_to_string(out.join("report.log")).unwrap_or_default());
+            let row = judge(
+                kernel.name,
+                &scenario,
+                suite,
+                &report,
+                &booted,
+                started.elapsed(),
+            );
             failed |= !row.pass;
             eprintln!("{}", row.line());
             if !row.pass {
@@ -173,7 +206,10 @@ pub fn vm_test(args: &VmArgs) -> Result<()> {
     }
     println!("{}", table(&rows));
     if failed {
-        bail!("vm-test: a kernel failed (evidence under {})", cache.join("runs").display());
+        bail!(
+            "vm-test: a kernel failed (evidence under {})",
+            cache.join("runs").display()
+        );
     }
     Ok(())
 }
@@ -218,13 +254,23 @@ fn build() -> Result<Built> {
     if !out.status.success() {
         bail!("building the test binaries failed");
     }
-    let mut built = Built { tracer: PathBuf::new(), tests: Vec::new(), helpers: Vec::new() };
+    let mut built = Built {
+        tracer: PathBuf::new(),
+        tests: Vec::new(),
+        helpers: Vec::new(),
+    };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(artifact) = serde_json::from_str::<Artifact>(line) else { continue };
-        let (Some(exe), Some(target)) = (artifact.executable, artifact.target) else { continue };
+        let Ok(artifact) = serde_json::from_str::<Artifact>(line) else {
+            continue;
+        };
+        let (Some(exe), Some(target)) = (artifact.executable, artifact.target) else {
+            continue;
+        };
         // A bin or lib built as a test harness (its unit tests) is not the program itself.
         let harness = artifact.profile.as_ref().is_some_and(|p| p.test);
-        if artifact.reason != "compiler-artifact" || (harness && !target.kind.iter().any(|k| k == "test")) {
+        if artifact.reason != "compiler-artifact"
+            || (harness && !target.kind.iter().any(|k| k == "test"))
+        {
             continue;
         }
         if target.kind.iter().any(|k| k == "test") {
@@ -269,12 +315,23 @@ impl Row {
             self.scenario,
             self.release,
             if self.pass { "PASS" } else { "FAIL" },
-            if self.problems.is_empty() { String::new() } else { format!(" ({})", self.problems.join("; ")) }
+            if self.problems.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", self.problems.join("; "))
+            }
         )
     }
 }
 
-fn judge(kernel: &'static str, scenario: &Scenario, suite: &'static str, report: &Report, booted: &qemu::Booted, took: Duration) -> Row {
+fn judge(
+    kernel: &'static str,
+    scenario: &Scenario,
+    suite: &'static str,
+    report: &Report,
+    booted: &qemu::Booted,
+    took: Duration,
+) -> Row {
     let mut problems = Vec::new();
     if booted.timed_out {
         problems.push(format!("killed after {} s", took.as_secs()));
@@ -295,13 +352,24 @@ fn judge(kernel: &'static str, scenario: &Scenario, suite: &'static str, report:
             if report.tests.is_empty() {
                 problems.push("no test ran".to_owned());
             }
-            let failed: Vec<_> = report.tests.iter().filter(|(_, o)| *o == Outcome::Failed).map(|(n, _)| n.clone()).collect();
+            let failed: Vec<_> = report
+                .tests
+                .iter()
+                .filter(|(_, o)| *o == Outcome::Failed)
+                .map(|(n, _)| n.clone())
+                .collect();
             if !failed.is_empty() {
                 problems.push(format!("failed: {}", failed.join(", ")));
             }
             for (bin, rc) in &report.bad_exits {
                 if failed.is_empty() {
-                    problems.push(format!("{} exited {rc}", Path::new(bin).file_name().unwrap_or_default().to_string_lossy()));
+                    problems.push(format!(
+                        "{} exited {rc}",
+                        Path::new(bin)
+                            .file_name()
+                            .unwrap_or_default()
+                            .to_string_lossy()
+                    ));
                 }
             }
         }
@@ -314,7 +382,11 @@ fn judge(kernel: &'static str, scenario: &Scenario, suite: &'static str, report:
             if report.smoke_rc == Some(0) {
                 problems.push("the tracer started although it should have refused".to_owned());
             }
-            if !report.smoke_stderr.iter().any(|l| l.to_lowercase().contains(word)) {
+            if !report
+                .smoke_stderr
+                .iter()
+                .any(|l| l.to_lowercase().contains(word))
+            {
                 problems.push(format!("its error does not name {word}"));
             }
         }
@@ -355,10 +427,18 @@ fn explain(report: &Report, out: &Path) -> String {
         let _ = writeln!(text, "---- {name} (in the guest) ----\n{body}");
     }
     if report.smoke_rc != Some(0) || !report.attached() {
-        let _ = writeln!(text, "---- tracer start-up stderr ----\n{}", report.smoke_stderr.join("\n"));
+        let _ = writeln!(
+            text,
+            "---- tracer start-up stderr ----\n{}",
+            report.smoke_stderr.join("\n")
+        );
     }
     if !report.complete {
-        let _ = writeln!(text, "---- last lines of the report ----\n{}", report.tail.join("\n"));
+        let _ = writeln!(
+            text,
+            "---- last lines of the report ----\n{}",
+            report.tail.join("\n")
+        );
         let console = fs::read_to_string(out.join("console.log")).unwrap_or_default();
         let tail: Vec<&str> = console.lines().rev().take(30).collect();
         let _ = writeln!(text, "---- last lines of the console ----");
@@ -386,7 +466,11 @@ fn table(rows: &[Row]) -> String {
             r.failed,
             r.skipped.len(),
             r.seconds,
-            if r.pass { "PASS".to_owned() } else { format!("FAIL: {}", r.problems.join("; ")) }
+            if r.pass {
+                "PASS".to_owned()
+            } else {
+                format!("FAIL: {}", r.problems.join("; "))
+            }
         );
         if !r.lacks.is_empty() {
             let _ = writeln!(t, "        lacks: {}", r.lacks.join(", "));

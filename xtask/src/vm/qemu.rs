@@ -33,7 +33,11 @@ pub fn accel(choice: &str) -> Result<&'static str> {
         "tcg" => Ok("tcg"),
         "kvm" => Ok("kvm"),
         "auto" => {
-            let usable = fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+            let usable = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+                .is_ok();
             let hw = fs::read_to_string("/proc/cpuinfo")
                 .unwrap_or_default()
                 .split_whitespace()
@@ -56,9 +60,12 @@ pub fn ensure_installed() -> Result<()> {
         bail!("{QEMU} is missing: install it as root (`apt-get install qemu-system-x86`), or run `cargo xtask vm-test` as root once");
     }
     eprintln!("vm-test: installing qemu-system-x86 (Debian)");
-    let simulated = probe_output(
-        Command::new("apt-get").args(["-s", "install", "--no-install-recommends", "qemu-system-x86"]),
-    )
+    let simulated = probe_output(Command::new("apt-get").args([
+        "-s",
+        "install",
+        "--no-install-recommends",
+        "qemu-system-x86",
+    ]))
     .unwrap_or_default();
     let removes = simulated.lines().any(|l| l.starts_with("Remv "));
     let mut cmd = as_root("apt-get")?;
@@ -69,7 +76,10 @@ pub fn ensure_installed() -> Result<()> {
         let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
         let mut sources = String::new();
         let targets = probe_output(Command::new("apt-get").args([
-            "indextargets", "--no-release-info", "--format", "$(REPO_URI) $(RELEASE)",
+            "indextargets",
+            "--no-release-info",
+            "--format",
+            "$(REPO_URI) $(RELEASE)",
         ]))
         .unwrap_or_default();
         let mut seen = Vec::new();
@@ -85,10 +95,15 @@ pub fn ensure_installed() -> Result<()> {
             .lines()
             .find_map(|l| l.split_once(' ').filter(|(_, s)| *s == "bookworm").map(|(u, _)| u.to_owned()))
             .context("qemu-system-x86 would remove installed packages and no bookworm archive is configured to take it from bookworm-backports; install qemu-system-x86_64 by hand")?;
-        sources.push_str(&format!("deb [signed-by={keyring}] {main} bookworm-backports main\n"));
+        sources.push_str(&format!(
+            "deb [signed-by={keyring}] {main} bookworm-backports main\n"
+        ));
         fs::write(dir.join("sources.list"), sources)?;
         let opts = [
-            format!("-oDir::Etc::sourcelist={}", dir.join("sources.list").display()),
+            format!(
+                "-oDir::Etc::sourcelist={}",
+                dir.join("sources.list").display()
+            ),
             "-oDir::Etc::sourceparts=-".to_owned(),
             format!("-oDir::State::Lists={}", dir.join("lists").display()),
             "-oDir::Cache::pkgcache=".to_owned(),
@@ -97,11 +112,25 @@ pub fn ensure_installed() -> Result<()> {
         ];
         let mut update = as_root("apt-get")?;
         run(update.args(&opts).args(["update", "-qq"]))?;
-        cmd.args(&opts).args(["install", "-y", "-q", "--no-install-recommends", "-t", "bookworm-backports", "qemu-system-x86"]);
+        cmd.args(&opts).args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "-t",
+            "bookworm-backports",
+            "qemu-system-x86",
+        ]);
     } else {
         let mut update = as_root("apt-get")?;
         run(update.args(["update", "-qq"]))?;
-        cmd.args(["install", "-y", "-q", "--no-install-recommends", "qemu-system-x86"]);
+        cmd.args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "qemu-system-x86",
+        ]);
     }
     run(&mut cmd).context("installing qemu-system-x86")?;
     if which(QEMU).is_none() {
@@ -113,21 +142,40 @@ pub fn ensure_installed() -> Result<()> {
 /// Boots `vmlinuz` with `initramfs` and extra kernel arguments; the console goes to
 /// `out/console.log`, the guest's report to `out/report.log`, qemu's own messages to
 /// `out/qemu.log`. qemu is killed after `limit`.
-pub fn boot(vmlinuz: &Path, initramfs: &Path, out: &Path, append: &str, accel: &str, limit: Duration) -> Result<Booted> {
+pub fn boot(
+    vmlinuz: &Path,
+    initramfs: &Path,
+    out: &Path,
+    append: &str,
+    accel: &str,
+    limit: Duration,
+) -> Result<Booted> {
     fs::create_dir_all(out)?;
     for file in ["console.log", "report.log", "qemu.log"] {
         let _ = fs::remove_file(out.join(file));
     }
     let cpu = if accel == "kvm" { "host" } else { "max" };
     let mut child = Command::new(QEMU)
-        .args(["-machine", "q35", "-accel", accel, "-cpu", cpu, "-smp", "2", "-m", "2048"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-no-reboot"])
+        .args([
+            "-machine", "q35", "-accel", accel, "-cpu", cpu, "-smp", "2", "-m", "2048",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-no-reboot",
+        ])
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initramfs)
         .arg("-append")
-        .arg(format!("console=ttyS0 panic=-1 rdinit=/init loglevel=4 {append}"))
+        .arg(format!(
+            "console=ttyS0 panic=-1 rdinit=/init loglevel=4 {append}"
+        ))
         .arg("-serial")
         .arg(format!("file:{}", out.join("console.log").display()))
         .arg("-serial")

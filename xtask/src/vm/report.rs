@@ -36,7 +36,13 @@ impl Report {
         let mut in_smoke = false;
         let mut failure: Option<(String, String)> = None;
         let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
-        report.tail = lines.iter().rev().take(40).rev().map(|l| (*l).to_owned()).collect();
+        report.tail = lines
+            .iter()
+            .rev()
+            .take(40)
+            .rev()
+            .map(|l| (*l).to_owned())
+            .collect();
         for line in lines {
             if let Some(rest) = line.strip_prefix("@@") {
                 if let Some((name, body)) = failure.take() {
@@ -104,7 +110,10 @@ impl Report {
 
     #[cfg(test)]
     fn fact(&self, key: &str) -> Option<&str> {
-        self.facts.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.facts
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The tracer said it attached during the smoke start.
@@ -124,9 +133,11 @@ fn parse_test_line(line: &str) -> Option<(String, Outcome)> {
     let outcome = match result {
         "ok" => Outcome::Passed,
         "FAILED" => Outcome::Failed,
-        r if r.starts_with("ignored") => {
-            Outcome::Skipped(r.trim_start_matches("ignored").trim_start_matches(", ").to_owned())
-        }
+        r if r.starts_with("ignored") => Outcome::Skipped(
+            r.trim_start_matches("ignored")
+                .trim_start_matches(", ")
+                .to_owned(),
+        ),
         _ => return None,
     };
     Some((name.to_owned(), outcome))
@@ -154,10 +165,16 @@ mod tests {
             vec![
                 ("a::one".to_owned(), Outcome::Passed),
                 ("a::two".to_owned(), Outcome::Failed),
-                ("a::three".to_owned(), Outcome::Skipped("needs X".to_owned())),
+                (
+                    "a::three".to_owned(),
+                    Outcome::Skipped("needs X".to_owned())
+                ),
             ]
         );
-        assert_eq!(r.failure_output, vec![("a::two".to_owned(), "boom at line 3\n\n".to_owned())]);
+        assert_eq!(
+            r.failure_output,
+            vec![("a::two".to_owned(), "boom at line 3\n\n".to_owned())]
+        );
         assert_eq!(r.bad_exits, vec![("/t/integration".to_owned(), 101)]);
     }
 
