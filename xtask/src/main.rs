@@ -46,11 +46,15 @@ enum Chore {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Run the workspace tests, then the privileged tests (needs root).
+    /// Run the workspace tests, then the privileged tests (needs root), then those on every
+    /// supported kernel under qemu (`vm-test`).
     Test {
         /// Run only the tests that need no root (skips the ignored, privileged tests).
         #[arg(long)]
         unprivileged: bool,
+        /// Skip the kernel matrix (`cargo xtask vm-test`).
+        #[arg(long)]
+        no_vm: bool,
     },
     /// rustfmt and clippy on the workspace and on the eBPF crate.
     Lint,
@@ -111,7 +115,10 @@ fn dispatch(chore: Chore) -> Result<()> {
             };
             run::run_tracer(profile, &args)
         }
-        Chore::Test { unprivileged } => test::test(unprivileged),
+        Chore::Test {
+            unprivileged,
+            no_vm,
+        } => test::test(unprivileged, !no_vm),
         Chore::Lint => lint::lint(),
         Chore::Fuzz { target, seconds } => fuzz::fuzz(&target, seconds),
         Chore::Bench { args } => bench::bench(&args),

@@ -85,7 +85,7 @@ pub fn build(contents: &Contents<'_>, out: &Path) -> Result<()> {
     for program in &programs {
         copy_at(program, &stage, program)?;
         strip(&stage.join(program.strip_prefix("/").unwrap_or(program)));
-        for lib in libraries(program)? {
+        for lib in libraries(program) {
             copy_at(&lib, &stage, &lib)?;
         }
     }
@@ -147,16 +147,15 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// The shared libraries (and the ELF interpreter) `ldd` lists for `program`, at host paths.
-fn libraries(program: &Path) -> Result<Vec<PathBuf>> {
+fn libraries(program: &Path) -> Vec<PathBuf> {
     let Some(out) = probe_output(Command::new("ldd").arg(program)) else {
         // "not a dynamic executable" exits 1: a static program needs nothing.
-        return Ok(Vec::new());
+        return Vec::new();
     };
-    Ok(out
-        .split_whitespace()
+    out.split_whitespace()
         .filter(|word| word.starts_with('/'))
         .map(PathBuf::from)
-        .collect())
+        .collect()
 }
 
 /// Writes the staged tree as an uncompressed newc archive (the kernel unpacks it faster than it

@@ -250,7 +250,7 @@ fn cached(pin: &'static Pin, cache: &Path) -> Option<Kernel> {
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     let hash = source.lines().find_map(|l| l.strip_prefix("sha256 "))?;
-    (packages == pin.packages && sha256(&vmlinuz).ok()? == hash).then(|| Kernel {
+    (packages == pin.packages && sha256(&vmlinuz).ok()? == hash).then_some(Kernel {
         name: pin.name,
         vmlinuz,
         source,
@@ -293,7 +293,7 @@ fn unpack(pin: &Pin, apt: &AptState, debs: &Path, cache: &Path) -> Result<()> {
         let in_boot = fs::read_dir(&boot)
             .into_iter()
             .flatten()
-            .filter_map(|e| e.ok())
+            .filter_map(Result::ok)
             .map(|e| e.path())
             .find(|p| {
                 p.file_name()
@@ -302,7 +302,7 @@ fn unpack(pin: &Pin, apt: &AptState, debs: &Path, cache: &Path) -> Result<()> {
         let in_modules = fs::read_dir(tmp.join("usr/lib/modules"))
             .into_iter()
             .flatten()
-            .filter_map(|e| e.ok())
+            .filter_map(Result::ok)
             .map(|e| e.path().join(stem))
             .find(|p| p.is_file());
         in_boot

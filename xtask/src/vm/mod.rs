@@ -65,6 +65,20 @@ pub struct VmArgs {
     accel: String,
 }
 
+impl Default for VmArgs {
+    /// What `cargo xtask test` runs: every kernel, `--suite auto`, the hostile scenarios.
+    fn default() -> Self {
+        VmArgs {
+            kernels: Vec::new(),
+            suite: Suite::Auto,
+            filters: Vec::new(),
+            no_hostile: false,
+            timeout: 900,
+            accel: "auto".to_owned(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Suite {
     Full,
