@@ -254,6 +254,8 @@ fn v4_mapped_addresses_keep_the_columns_aligned() {
         "{narrow}"
     );
     assert!(render(true).contains("::ffff:192.168.100.200"));
+}
+
 #[test]
 fn summary_says_not_available_where_the_kernel_counts_no_skipped_runs() {
     let mut s = crate::record::Summary {
