@@ -148,7 +148,10 @@ impl Session {
         }
 
         let display = config.display();
-        let header = |complete| export::header(config.run_options(), clock, start, complete);
+        let header = |complete| crate::record::Header {
+            kernel_features: Some(probe.features().clone()),
+            ..export::header(config.run_options(), clock, start, complete)
+        };
         let exporting = match export {
             Some(file) => Some(spawn_export(file, header(true))?),
             None => None,
@@ -218,7 +221,7 @@ impl Session {
                             self.rechecked_ns = now;
                         }
                     }
-                    let lost = (self.probe.lost(), self.probe.recursion_misses());
+                    let lost = (self.probe.lost(), self.probe.recursion_misses().unwrap_or(0));
                     if lost != reported_lost {
                         self.batch.push(Record::Lost(LostRecord {
                             ts_ns: now,

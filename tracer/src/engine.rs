@@ -323,7 +323,7 @@ impl Engine {
         &mut self,
         now_ns: u64,
         lost_ringbuf: u64,
-        recursion_misses: u64,
+        recursion_misses: Option<u64>,
         out: &mut Vec<Record>,
     ) -> Summary {
         for timeline in self.tracker.flush() {
@@ -670,7 +670,7 @@ mod tests {
         );
         e.decode_error();
         let mut out = Vec::new();
-        let summary = e.finish(9 * MS, 3, 4, &mut out);
+        let summary = e.finish(9 * MS, 3, Some(4), &mut out);
         let [Record::Timeline(open)] = &out[..] else {
             panic!("{out:?}")
         };
@@ -680,7 +680,10 @@ mod tests {
             (summary.events, summary.decode_errors, summary.timelines),
             (4, 1, 2)
         );
-        assert_eq!((summary.lost_ringbuf, summary.recursion_misses), (3, 4));
+        assert_eq!(
+            (summary.lost_ringbuf, summary.recursion_misses),
+            (3, Some(4))
+        );
     }
 
     /// Found by `cargo xtask fuzz decode`: absurd timestamps overflowed the total duration.

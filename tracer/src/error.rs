@@ -62,6 +62,14 @@ pub enum ProbeError {
     )]
     MissingTracepoint { tracefs: PathBuf },
     #[error(
+        "kernel lockdown is in {mode} mode (/sys/kernel/security/lockdown): it forbids tracing the kernel from BPF and tracefs; boot without `lockdown={mode}` (Secure Boot's default, `integrity`, is fine)"
+    )]
+    Lockdown { mode: String },
+    #[error(
+        "this kernel has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF, Linux 5.8+), which the tracer needs: run it on Linux 5.10 or later"
+    )]
+    NoRingBuffer,
+    #[error(
         "tracefs is not mounted and mounting it at /sys/kernel/tracing failed: mount it with `mount -t tracefs nodev /sys/kernel/tracing`"
     )]
     Tracefs {

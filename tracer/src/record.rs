@@ -58,6 +58,9 @@ pub struct Header {
     /// stdout, where `--no-transitions`, `--timelines` and `--pid` choose what is printed.
     pub complete: bool,
     pub options: RunOptions,
+    /// What the kernel offered the tracer (absent in exports written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_features: Option<crate::features::KernelFeatures>,
 }
 
 /// The options a run was started with, as the header records them.
@@ -353,7 +356,8 @@ pub struct Summary {
     /// Records lost because the ring buffer was full.
     pub lost_ringbuf: u64,
     /// Runs of our program the kernel skipped: events lost without entering the ring buffer.
-    pub recursion_misses: u64,
+    /// Null where the kernel does not count them (no `recursion_misses` in fdinfo before 5.12).
+    pub recursion_misses: Option<u64>,
     /// Records that could not be decoded.
     pub decode_errors: u64,
     /// Sockets dropped from tracking at the `--max-sockets` cap.

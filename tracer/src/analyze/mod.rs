@@ -264,7 +264,7 @@ impl Run {
             } else {
                 s.output_dropped
             };
-            s.lost_ringbuf + s.recursion_misses + s.decode_errors + dropped
+            s.lost_ringbuf + s.recursion_misses.unwrap_or(0) + s.decode_errors + dropped
         })
     }
 

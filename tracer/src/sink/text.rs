@@ -262,7 +262,10 @@ pub fn summary(s: &Summary) -> String {
         s.close_wait_alerts,
         s.close_wait_resolved,
         s.lost_ringbuf,
-        s.recursion_misses,
+        s.recursion_misses.map_or_else(
+            || "not available".to_owned(),
+            |n| n.to_string()
+        ),
         s.decode_errors,
         s.output_dropped,
         s.export_dropped,
