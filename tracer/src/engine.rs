@@ -91,12 +91,6 @@ impl Engine {
         self.summary.decode_errors += 1;
     }
 
-    /// Records offered to the output (all but the summary) and those it could not take.
-    pub fn output_stats(&mut self, offered: u64, dropped: u64) {
-        self.summary.output_records = offered;
-        self.summary.output_dropped = dropped;
-    }
-
     /// Feeds one transition. It is taken by value: its task name moves into the record.
     pub fn transition(&mut self, t: Transition, out: &mut Vec<Record>) {
         self.summary.events += 1;
