@@ -18,8 +18,9 @@ pub const PIPE_BYTES: i32 = 1 << 20;
 /// `/proc/sys/fs/pipe-max-size` without CAP_SYS_RESOURCE).
 pub fn raw() -> io::Result<File> {
     let fd = io::stdout().as_fd().try_clone_to_owned()?;
-    let is_pipe = fstat(&fd)
-        .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFIFO);
+    let is_pipe = fstat(&fd).is_ok_and(|st| {
+        SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFIFO
+    });
     if is_pipe {
         if let Err(e) = fcntl(&fd, FcntlArg::F_SETPIPE_SZ(PIPE_BYTES)) {
             log::debug!("could not enlarge the stdout pipe: {e}");

@@ -243,11 +243,11 @@ fn a_stalled_reader_loses_only_counted_stdout_records_and_never_export_ones() {
     assert_export_complete(&export, &summary);
     let live = export
         .iter()
-        .filter_map(|r| match r {
+        .rev()
+        .find_map(|r| match r {
             Record::Lost(l) => Some(l.stdout),
             _ => None,
         })
-        .last()
         .expect("a lost record reporting the stdout drops");
     assert!(live.dropped.transition > 0 && live.dropped.transition <= dropped.transition);
 }

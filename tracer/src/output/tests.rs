@@ -119,7 +119,11 @@ fn records_arrive_in_order() {
         })
         .collect();
     assert_eq!(events, vec![0, 100, 1, 101, 2, 102, 7]);
-    assert_eq!(delivery, Destination::default(), "summaries are not counted");
+    assert_eq!(
+        delivery,
+        Destination::default(),
+        "summaries are not counted"
+    );
 }
 
 #[test]
@@ -203,7 +207,10 @@ fn a_stalled_reader_costs_bounded_memory_and_every_drop_is_counted_by_type() {
     let (result, delivery) = output.finish(&mixed(3));
     result.unwrap();
     assert_eq!(delivery.shown.total(), 30 * 999 + 3);
-    assert_eq!(delivery.dropped, during.dropped, "nothing dropped after the stall");
+    assert_eq!(
+        delivery.dropped, during.dropped,
+        "nothing dropped after the stall"
+    );
     assert_balanced(&delivered(&out.records()), &delivery);
 }
 
