@@ -351,7 +351,12 @@ impl Output {
             }
             return true;
         }
-        let fresh = self.spare.try_recv().ok();
+        // A spare buffer replaces a full chunk; a small one is copied out instead.
+        let fresh = if charge == self.chunk.0.borrow().len() {
+            None
+        } else {
+            self.spare.try_recv().ok()
+        };
         let mut chunk = self.take_chunk(fresh);
         // What was reserved is what the writer gives back.
         chunk.charge = charge;
