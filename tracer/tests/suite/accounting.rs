@@ -3,22 +3,21 @@
 //! `delivered + dropped = shown`, and the export shows everything produced. Privileged,
 //! bounded in count and time, loopback only, ephemeral ports.
 
-mod support;
-
 use std::{
     io::{BufRead, BufReader, Read},
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
-    process::{Command, Stdio},
+    process::Stdio,
     thread,
     time::{Duration, Instant},
 };
 
-use support::{Tracer, WAIT};
 use tracer::{
     delivery::{ByType, Destination, Kind},
     record::{Record, Summary},
 };
+
+use crate::support::{self, NetNs, Tracer, WAIT};
 
 /// Transitions of one connection of this shape: client connects and closes; server reads to
 /// EOF and closes (5 for each side).
@@ -109,6 +108,7 @@ fn summary_of(records: &[Record]) -> Summary {
 #[test]
 #[ignore = "needs root and BPF"]
 fn an_overloaded_ring_buffer_is_counted_by_type_in_both_destinations() {
+    let _netns = NetNs::enter();
     let (listener, addr) = support::listen("127.0.0.1:0");
     let port_arg = addr.port().to_string();
     let dir = tempfile::tempdir().unwrap();
@@ -170,11 +170,12 @@ fn an_overloaded_ring_buffer_is_counted_by_type_in_both_destinations() {
 #[ignore = "needs root and BPF"]
 fn a_stalled_reader_loses_only_counted_stdout_records_and_never_export_ones() {
     support::require_root();
+    let _netns = NetNs::enter();
     let (listener, addr) = support::listen("127.0.0.1:0");
     let port_arg = addr.port().to_string();
     let dir = tempfile::tempdir().unwrap();
     let export_path = dir.path().join("run.ndjson");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tracer"))
+    let mut child = support::tracer_command()
         .args(["--json", "--timelines", "-p", &port_arg])
         .args(["--output-buffer", "64KiB", "--export"])
         .arg(&export_path)
