@@ -27,6 +27,7 @@ pub mod config;
 mod container;
 pub mod decode;
 pub mod defaults;
+pub mod delivery;
 pub mod engine;
 pub mod error;
 pub mod event;
@@ -39,6 +40,7 @@ mod owner;
 pub mod probe;
 pub mod record;
 pub mod sink;
+mod stdout;
 #[cfg(test)]
 mod testing;
 pub mod timeline;

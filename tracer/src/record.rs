@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     defaults,
+    delivery::Destination,
     event::{Family, TcpState},
     owner::{NoOwner, Owner},
     timeline::{Outcome, Step},
@@ -332,8 +333,9 @@ pub struct DigestProcess {
     pub oldest_age_ms: u64,
 }
 
-/// Events the kernel side could not deliver since the previous report.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Events the kernel side could not deliver since the previous report, and what each
+/// destination has lost so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LostRecord {
     pub ts_ns: u64,
     pub time: String,
@@ -341,6 +343,13 @@ pub struct LostRecord {
     pub ringbuf: u64,
     /// Program runs the kernel skipped (already running on that CPU): new since the last one.
     pub recursion_misses: u64,
+    /// stdout: records shown and dropped so far, by type (totals since the start, so a reader
+    /// that missed a `lost` record still has the full count). Read as zeros when absent.
+    #[serde(default)]
+    pub stdout: Destination,
+    /// The same for the `--export` file; null without one.
+    #[serde(default)]
+    pub export: Option<Destination>,
 }
 
 /// Totals, printed at exit.
@@ -378,6 +387,23 @@ pub struct Summary {
     /// Records the export file could not take and dropped (0 without `--export`).
     #[serde(default)]
     pub export_dropped: u64,
+    /// stdout: records shown and dropped, by type. Read as zeros when absent (older tracers).
+    #[serde(default)]
+    pub stdout: Destination,
+    /// The same for the `--export` file; null without one.
+    #[serde(default)]
+    pub export: Option<Destination>,
+}
+
+impl Summary {
+    /// Sets what stdout and the export showed and lost, by type and in total.
+    pub fn set_delivery(&mut self, stdout: Destination, export: Option<Destination>) {
+        self.output_records = stdout.shown.total();
+        self.output_dropped = stdout.dropped.total();
+        self.export_dropped = export.map_or(0, |e| e.dropped.total());
+        self.stdout = stdout;
+        self.export = export;
+    }
 }
 
 impl Record {

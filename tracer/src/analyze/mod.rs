@@ -240,8 +240,9 @@ impl Run {
         self.emit(sink)?;
         match &self.summary {
             None => warn(Warning::NoSummary),
-            Some(_) if self.lost() > 0 => warn(Warning::Lost {
+            Some(s) if self.lost() > 0 => warn(Warning::Lost {
                 events: self.lost(),
+                detail: self.lost_detail(s),
             }),
             Some(_) => {}
         }
@@ -266,6 +267,26 @@ impl Run {
             };
             s.lost_ringbuf + s.recursion_misses.unwrap_or(0) + s.decode_errors + dropped
         })
+    }
+
+    /// Where the lost records went: the kernel's counts, then this stream's drops by type
+    /// (a total only, from tracers that did not count them by type).
+    fn lost_detail(&self, s: &Summary) -> String {
+        let (destination, total) = if self.complete {
+            (s.export, s.export_dropped)
+        } else {
+            (Some(s.stdout), s.output_dropped)
+        };
+        let dropped = match destination {
+            Some(d) if d.dropped.total() == total && total > 0 => {
+                crate::sink::text::by_type(&d.dropped)
+            }
+            _ => total.to_string(),
+        };
+        format!(
+            "ring buffer full: {}, kernel-skipped runs: {}, undecodable: {}, dropped by this stream's writer: {dropped}",
+            s.lost_ringbuf, s.recursion_misses.map_or_else(|| "not available".to_owned(), |n| n.to_string()), s.decode_errors
+        )
     }
 
     fn analysis(&self, header: Option<&Header>, clock: WallClock) -> AnalysisRecord {

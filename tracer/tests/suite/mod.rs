@@ -1,3 +1,4 @@
+mod accounting;
 mod analyze;
 mod analyze_fuzz;
 mod cli;
