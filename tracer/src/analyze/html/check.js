@@ -42,6 +42,8 @@
   }
   var verdict = problems.length ? "no: " + problems.join("; ") : "yes";
   document.body.dataset.consistent = verdict;
+  // One console line, the only one a browser test should see.
+  console.log("tracer-report-check: " + verdict);
   var check = document.getElementById("check");
   if (check) {
     check.textContent = problems.length
