@@ -198,9 +198,14 @@ fn findings<S: Sink>(c: &Collector<S>, a: &AnalysisRecord) -> String {
         let still = a.close_wait.iter().filter(|f| f.left_to.is_none()).count();
         let _ = write!(
             out,
-            "<p class=\"lead\"><strong>{} stayed in CLOSE_WAIT for {threshold} or more</strong>, held by {}; {still} of them still there when the capture ended.</p>\n<ul class=\"procs\">",
+            "<p class=\"lead\"><strong>{} stayed in CLOSE_WAIT for {threshold} or more</strong>, held by {}; {}.</p>\n<ul class=\"procs\">",
             words::plural(a.close_wait.len() as u64, "socket", "sockets"),
             words::plural(a.top_processes.len() as u64, "process", "processes"),
+            match still {
+                0 => "none was still there when the capture ended".to_owned(),
+                n if n == a.close_wait.len() => "all were still there when the capture ended".to_owned(),
+                n => format!("{n} of them still there when the capture ended"),
+            },
         );
         for p in a.top_processes.iter().take(PROCESSES) {
             let mine: Vec<_> = a

@@ -14,6 +14,7 @@ pub fn duration(ns: u64) -> String {
         n if n < MS => format!("{}µs", n / US),
         n if n < 10 * MS => format!("{:.2}ms", n as f64 / MS as f64),
         n if n < S => format!("{}ms", n / MS),
+        n if n < 60 * S && n % S == 0 => format!("{}s", n / S),
         n if n < 60 * S => format!("{:.2}s", n as f64 / S as f64),
         n if n < 3600 * S => format!("{}m{:02}s", n / (60 * S), (n / S) % 60),
         n => format!("{}h{:02}m", n / (3600 * S), (n / (60 * S)) % 60),
@@ -83,6 +84,7 @@ mod tests {
         assert_eq!(duration(3_992_000), "3.99ms");
         assert_eq!(duration(800_152_000), "800ms");
         assert_eq!(duration(1_584_000_000), "1.58s");
+        assert_eq!(duration(30_000_000_000), "30s");
         assert_eq!(duration(125_000_000_000), "2m05s");
         assert_eq!(duration(11_520_000_000_000), "3h12m");
     }
