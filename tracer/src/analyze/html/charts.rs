@@ -248,8 +248,7 @@ fn draw_pileup(
             if gap == 0 {
                 PathElement::new(vec![(x, y), (x + 24, y)], style).into_dyn()
             } else {
-                DashedPathElement::new(vec![(x, y), (x + 24, y)].into_iter(), dash, gap, style)
-                    .into_dyn()
+                DashedPathElement::new(vec![(x, y), (x + 24, y)], dash, gap, style).into_dyn()
             }
         });
         let marks: Vec<(f64, f64, u32)> = s

@@ -126,9 +126,9 @@ pub fn render<S: Sink>(c: &Collector<S>, a: &AnalysisRecord) -> String {
         }
         out.push_str("</ul>\n");
     }
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<p>Made by <code>tracer analyze --html</code> {} from the same analysis <code>tracer analyze</code> prints.</p>\n",
+        "<p>Made by <code>tracer analyze --html</code> {} from the same analysis <code>tracer analyze</code> prints.</p>",
         env!("CARGO_PKG_VERSION")
     );
     let data = summary_json(c, a, figures);
@@ -171,9 +171,7 @@ fn losses_banner<S: Sink>(c: &Collector<S>, a: &AnalysisRecord) -> String {
         ));
     }
     if problems.is_empty() {
-        return format!(
-            "<p class=\"ok\" id=\"losses\" data-lost=\"0\">Complete capture: no record was lost, and the tracer stopped cleanly.</p>\n"
-        );
+        return "<p class=\"ok\" id=\"losses\" data-lost=\"0\">Complete capture: no record was lost, and the tracer stopped cleanly.</p>\n".to_owned();
     }
     format!(
         "<p class=\"warn\" id=\"losses\" role=\"alert\" data-lost=\"{}\"><strong>Lossy or incomplete capture:</strong> {}.</p>\n",
@@ -189,9 +187,9 @@ fn findings<S: Sink>(c: &Collector<S>, a: &AnalysisRecord) -> String {
     );
     let threshold = words::duration(a.close_wait_threshold_ns);
     if a.close_wait.is_empty() {
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "<p class=\"lead\">No socket stayed in CLOSE_WAIT for {threshold} or more over {}.</p>\n",
+            "<p class=\"lead\">No socket stayed in CLOSE_WAIT for {threshold} or more over {}.</p>",
             words::plural(a.connections, "connection", "connections")
         );
     } else {
@@ -521,7 +519,7 @@ fn section(
     figures: &mut usize,
     intro: &str,
 ) {
-    let _ = write!(out, "<section id=\"{id}\"><h2>{heading}</h2>{intro}\n");
+    let _ = writeln!(out, "<section id=\"{id}\"><h2>{heading}</h2>{intro}");
     match figure {
         Some(f) => {
             *figures += 1;
@@ -547,7 +545,7 @@ fn section(
             );
         }
         None => {
-            let _ = write!(out, "<p class=\"empty\">{}</p>\n", words::escape(empty));
+            let _ = writeln!(out, "<p class=\"empty\">{}</p>", words::escape(empty));
         }
     }
     out.push_str("</section>\n");
