@@ -191,10 +191,14 @@ fn draw_pileup(
     _t0: u64,
     width: u64,
 ) -> DrawResult {
-    let root = SVGBackend::with_string(svg, (960, 360)).into_drawing_area();
+    let root = SVGBackend::with_string(svg, (960, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let x_max = secs(width * BINS as u64);
-    let y_max = f64::from(total.iter().copied().max().unwrap_or(1).max(1)) * 1.2 + 0.5;
+    // Headroom above the data for the legend (one line per series, the total and the marker).
+    let legend_lines = series.len() as f64 + 2.0;
+    let y_max = f64::from(total.iter().copied().max().unwrap_or(1).max(1))
+        * (1.1 + 0.1 * legend_lines)
+        + 0.5;
     let mut chart = ChartBuilder::on(&root)
         .margin(12)
         .x_label_area_size(40)
