@@ -2,6 +2,7 @@ mod analyze;
 mod analyze_fuzz;
 mod cli;
 mod field;
+mod html;
 mod privileged;
 mod privileged_export;
 mod reliability;

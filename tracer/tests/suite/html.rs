@@ -4,11 +4,6 @@
 //! classic CLOSE_WAIT leak (ignored: needs root and BPF). Screenshots are kept under
 //! `target/tmp/html-report/` for a person to look at.
 
-mod support;
-
-#[path = "support/browser.rs"]
-mod browser;
-
 use std::{
     fs,
     io::{Read as _, Write as _},
@@ -20,6 +15,8 @@ use std::{
 };
 
 use expect_test::expect_file;
+
+use crate::support::{self, browser, NetNs};
 use serde_json::Value;
 
 fn fixture() -> PathBuf {
@@ -128,7 +125,7 @@ fn golden_structure_and_numbers() {
     assert!(html.contains("data-edge=\"CLOSE_WAIT>LAST_ACK\" data-count=\"4\""));
     assert!(html.contains("data-edge=\"CLOSING>TIME_WAIT\" data-count=\"0\" class=\"faint\""));
     let data = serde_json::to_string_pretty(&data(&html)).unwrap() + "\n";
-    expect_file!["data/export-v1.report.json"].assert_eq(&data);
+    expect_file!["../data/export-v1.report.json"].assert_eq(&data);
 }
 
 #[test]
@@ -325,6 +322,7 @@ fn browser_renders_the_fixture_report() {
 #[ignore = "needs root and BPF: run by `cargo xtask test`"]
 fn real_capture_of_the_classic_leak() {
     support::require_root();
+    let _netns = NetNs::enter();
     const PORT: u16 = 42015;
     const HOLD: Duration = Duration::from_millis(2500);
     let dir = browser::artefacts();
