@@ -321,10 +321,10 @@ fn browser_renders_the_fixture_report() {
 #[test]
 #[ignore = "needs root and BPF: run by `cargo xtask test`"]
 fn real_capture_of_the_classic_leak() {
-    support::require_root();
-    let _netns = NetNs::enter();
     const PORT: u16 = 42015;
     const HOLD: Duration = Duration::from_millis(2500);
+    support::require_root();
+    let _netns = NetNs::enter();
     let dir = browser::artefacts();
     let export = dir.join("leak.ndjson");
     let _ = fs::remove_file(&export);
