@@ -324,8 +324,8 @@ impl<S: Sink> Collector<S> {
                 s.ts_ns
             }
             Record::Timeline(r) => r.ts_ns,
-            Record::CloseWait(r) => r.ts_ns,
-            Record::CloseWaitResolved(r) => r.ts_ns,
+            Record::CloseWait(r) | Record::Stuck(r) => r.ts_ns,
+            Record::CloseWaitResolved(r) | Record::StuckResolved(r) => r.ts_ns,
             Record::Analysis(_) => return,
         };
         self.first_ns = Some(self.first_ns.map_or(ts, |f| f.min(ts)));
