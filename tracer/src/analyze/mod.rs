@@ -4,6 +4,7 @@
 //! root, no eBPF.
 
 mod fields;
+pub mod html;
 pub mod reader;
 mod replay;
 mod report;
@@ -37,6 +38,8 @@ pub struct Options {
     pub pids: Option<HashSet<u32>>,
     /// Print every warning (the caller's concern: warnings are all handed out).
     pub all_warnings: bool,
+    /// Also write the analysis as an HTML report to this file (`--html`).
+    pub html: Option<std::path::PathBuf>,
 }
 
 /// Reads `input` to its end, writes the rebuilt records that `opts` asks for to `sink` as they
@@ -70,6 +73,9 @@ pub fn analyze<R: BufRead>(
                 .unwrap_or(WallClock::fixed(0))
         }
     };
+    if let Some(h) = &header {
+        sink.input(&Record::Header(h.clone()));
+    }
     let mut run = Run::new(header.as_ref(), clock, opts);
     if opts.transitions {
         sink.begin().map_err(output)?;
@@ -186,6 +192,7 @@ impl Run {
 
     fn read(&mut self, line: u64, record: Record, sink: &mut dyn Sink) -> Result<(), AnalyzeError> {
         let bad = |problem| InputError::Line { line, problem };
+        sink.input(&record);
         if self.summary.is_some() {
             return Err(bad(LineProblem::AfterSummary {
                 kind: record.type_name(),

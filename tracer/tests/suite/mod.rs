@@ -3,6 +3,7 @@ mod analyze;
 mod analyze_fuzz;
 mod cli;
 mod field;
+mod html;
 mod kernel;
 mod privileged;
 mod privileged_export;

@@ -1,6 +1,7 @@
 //! What the tests share: the tracer binary and its records, sockets on loopback, the network
 //! namespace each privileged test runs in, and the helper processes. Every wait is bounded.
 
+pub mod browser;
 pub mod field;
 mod helper;
 mod live;

@@ -29,6 +29,7 @@ Examples:
   tracer --duration 30s               # stop by itself after 30 seconds
   tracer --export run.ndjson          # also keep every record in a file (mode 0600)
   tracer analyze run.ndjson           # later, anywhere, no root: timelines, CLOSE_WAIT, stats
+  tracer analyze --html out.html run.ndjson  # the same as an HTML report with charts
 
 Run as root (it loads an eBPF program). Ctrl-C prints a summary, including lost events.";
 
@@ -149,6 +150,7 @@ Examples:
   tracer analyze --timelines run.ndjson          # plus one line per connection
   tracer analyze --json run.ndjson | jq .        # the same as NDJSON
   tracer analyze --close-wait-threshold 100ms run.ndjson
+  tracer analyze --html out.html run.ndjson      # a report to open in a browser (one file, offline)
   tracer --json | tee run.ndjson | tracer analyze -";
 
 #[derive(Debug, Clone, clap::Args)]
@@ -175,6 +177,10 @@ pub struct AnalyzeArgs {
     /// Print every warning, not only the first of each kind
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Also write the analysis as a self-contained HTML report (charts, state diagram) to FILE
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 impl TryFrom<&AnalyzeArgs> for analyze::Options {
@@ -194,6 +200,7 @@ impl TryFrom<&AnalyzeArgs> for analyze::Options {
             close_wait_threshold_ns: threshold.map(nanos),
             pids: (!args.pids.is_empty()).then(|| args.pids.iter().copied().collect()),
             all_warnings: args.verbose > 0,
+            html: args.html.clone(),
         })
     }
 }
