@@ -10,7 +10,7 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use tracer::record::Record;
+use tracer::record::{Record, TransitionRecord};
 
 use crate::support::{self, NetNs, Tracer, WAIT};
 
@@ -64,6 +64,27 @@ fn spawn_piped(args: &[&str]) -> (Child, BufReader<ChildStderr>) {
     (child, err)
 }
 
+/// How many transitions the last life of a socket had, from its birth (the `CLOSE ->` or
+/// `LISTEN ->` transition of its address before the one `is_mine` picks) to its `-> CLOSE`;
+/// `None` until that life has ended.
+fn last_life(
+    ts: &[TransitionRecord],
+    is_mine: impl Fn(&TransitionRecord) -> bool,
+) -> Option<usize> {
+    let at = ts.iter().rposition(is_mine)?;
+    let skaddr = &ts[at].skaddr;
+    let life: Vec<&TransitionRecord> = ts.iter().filter(|t| &t.skaddr == skaddr).collect();
+    let mine = life.iter().position(|t| std::ptr::eq(*t, &ts[at]))?;
+    let born = life[..=mine]
+        .iter()
+        .rposition(|t| matches!(t.old_state.name().as_ref(), "CLOSE" | "LISTEN"))?;
+    let died = mine
+        + life[mine..]
+            .iter()
+            .position(|t| t.new_state.name() == "CLOSE")?;
+    Some(died - born + 1)
+}
+
 #[test]
 #[ignore = "needs root and BPF"]
 fn overload_counts_every_loss_exactly_and_recovers() {
@@ -88,26 +109,17 @@ fn overload_counts_every_loss_exactly_and_recovers() {
     drop(client);
     server.join().unwrap();
     tracer.wait_for("the connection after the burst", |rs| {
-        // By socket: connect() reports SYN_SENT before the local port is known.
+        // Ports and socket addresses are both reused during the burst: take the last life of
+        // the client socket (connect() reports SYN_SENT before the local port is known) and of
+        // the accepted one, each from its birth to its CLOSE.
         let ts = support::transitions_on(rs, tracer_port);
-        let sockets: Vec<&str> = ts
-            .iter()
-            .filter(|t| t.lport == client_port || t.rport == client_port)
-            .map(|t| t.skaddr.as_str())
-            .collect();
-        // Socket addresses are reused: only count what happened after the burst's pause.
-        let since = ts
-            .iter()
-            .filter(|t| t.lport == client_port || t.rport == client_port)
-            .map(|t| t.ts_ns)
-            .min()
-            .unwrap_or(u64::MAX)
-            .saturating_sub(100_000_000);
-        let mine = ts
-            .iter()
-            .filter(|t| t.ts_ns >= since && sockets.contains(&t.skaddr.as_str()))
-            .count();
-        (mine == PER_CONNECTION).then_some(())
+        let client = last_life(&ts, |t| {
+            t.lport == client_port && t.old_state.name() == "SYN_SENT"
+        })?;
+        let accepted = last_life(&ts, |t| {
+            t.rport == client_port && t.old_state.name() == "SYN_RECV"
+        })?;
+        (client + accepted == PER_CONNECTION).then_some(())
     });
     drop(listener);
     thread::sleep(Duration::from_millis(200));
