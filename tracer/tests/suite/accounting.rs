@@ -5,7 +5,6 @@
 
 use std::{
     io::{BufRead, BufReader, Read},
-    net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
     process::Stdio,
     thread,
@@ -17,48 +16,14 @@ use tracer::{
     record::{Record, Summary},
 };
 
-use crate::support::{self, NetNs, Tracer, WAIT};
-
-/// Transitions of one connection of this shape: client connects and closes; server reads to
-/// EOF and closes (5 for each side).
-const PER_CONNECTION: u64 = 10;
-
-/// Serves `count` connections on `listener`: read to EOF, close.
-fn serve(listener: TcpListener, count: usize) -> thread::JoinHandle<()> {
-    thread::spawn(move || {
-        for _ in 0..count {
-            let (mut conn, _) = listener.accept().unwrap();
-            let mut sink = Vec::new();
-            conn.read_to_end(&mut sink).unwrap();
-        }
-    })
-}
-
-/// `count` connections from `threads` threads, as fast as they go.
-fn churn(addr: SocketAddr, count: usize, threads: usize) {
-    let handles: Vec<_> = (0..threads)
-        .map(|i| {
-            let n = count / threads + usize::from(i < count % threads);
-            thread::spawn(move || {
-                for _ in 0..n {
-                    drop(TcpStream::connect(addr).unwrap());
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
-    }
-}
-
-fn parse(text: &str) -> Vec<Record> {
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
+use crate::support::{
+    self,
+    load::{churn, serve, PER_CONNECTION},
+    NetNs, Tracer, WAIT,
+};
 
 fn read_export(path: &Path) -> Vec<Record> {
-    parse(&std::fs::read_to_string(path).unwrap())
+    support::records(&std::fs::read_to_string(path).unwrap())
 }
 
 /// Records delivered, by type.
@@ -138,7 +103,7 @@ fn an_overloaded_ring_buffer_is_counted_by_type_in_both_destinations() {
     );
     assert_eq!(summary.decode_errors, 0);
     // Kernel side: what was received plus what the kernel counted is what happened.
-    let happened = connections as u64 * PER_CONNECTION + 1;
+    let happened = (connections * PER_CONNECTION) as u64 + 1;
     let received = summary.events;
     assert!(
         received + summary.lost_ringbuf <= happened
@@ -195,7 +160,7 @@ fn a_stalled_reader_loses_only_counted_stdout_records_and_never_export_ones() {
     churn(addr, connections, 2);
     server.join().unwrap();
     // Still stalled: the export has them all, so the event loop was never held by stdout.
-    let expected = connections as u64 * PER_CONNECTION + 1;
+    let expected = (connections * PER_CONNECTION) as u64 + 1;
     let deadline = Instant::now() + WAIT;
     loop {
         let text = std::fs::read_to_string(&export_path).unwrap();
@@ -229,7 +194,7 @@ fn a_stalled_reader_loses_only_counted_stdout_records_and_never_export_ones() {
     assert!(status.success(), "{status}: {rest}");
     assert!(rest.contains("stdout dropped"), "{rest}");
 
-    let stdout = parse(&out);
+    let stdout = support::records(&out);
     let summary = summary_of(&stdout);
     let export = read_export(&export_path);
     assert_eq!(summary_of(&export), summary);

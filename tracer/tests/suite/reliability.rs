@@ -12,40 +12,11 @@ use std::{
 use nix::sys::signal::Signal;
 use tracer::record::{Record, TransitionRecord};
 
-use crate::support::{self, NetNs, Tracer, WAIT};
-
-/// Transitions of one connection of this shape: client connects and closes; server reads to
-/// EOF and closes. Client: CLOSE->SYN_SENT->ESTABLISHED->FIN_WAIT1->FIN_WAIT2->CLOSE; server:
-/// LISTEN->SYN_RECV->ESTABLISHED->CLOSE_WAIT->LAST_ACK->CLOSE.
-const PER_CONNECTION: usize = 10;
-
-/// Serves `count` connections on `listener`: read to EOF, close.
-fn serve(listener: TcpListener, count: usize) -> thread::JoinHandle<()> {
-    thread::spawn(move || {
-        for _ in 0..count {
-            let (mut conn, _) = listener.accept().unwrap();
-            let mut sink = Vec::new();
-            conn.read_to_end(&mut sink).unwrap();
-        }
-    })
-}
-
-/// `count` connections from `threads` threads, as fast as they go.
-fn churn(addr: std::net::SocketAddr, count: usize, threads: usize) {
-    let handles: Vec<_> = (0..threads)
-        .map(|i| {
-            let n = count / threads + usize::from(i < count % threads);
-            thread::spawn(move || {
-                for _ in 0..n {
-                    drop(TcpStream::connect(addr).unwrap());
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
-    }
-}
+use crate::support::{
+    self,
+    load::{churn, serve, PER_CONNECTION},
+    NetNs, Tracer, WAIT,
+};
 
 /// Starts the tracer with stdout and stderr piped (for the tests that control how stdout is
 /// read) and waits for it to report being attached; returns the rest of its stderr.

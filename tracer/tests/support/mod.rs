@@ -5,6 +5,7 @@ pub mod browser;
 pub mod field;
 mod helper;
 mod live;
+pub mod load;
 mod netns;
 
 use std::{
