@@ -4,9 +4,8 @@
 //! bounded in count and time, loopback only, ephemeral ports.
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::Read,
     path::Path,
-    process::Stdio,
     thread,
     time::{Duration, Instant},
 };
@@ -140,18 +139,17 @@ fn a_stalled_reader_loses_only_counted_stdout_records_and_never_export_ones() {
     let port_arg = addr.port().to_string();
     let dir = tempfile::tempdir().unwrap();
     let export_path = dir.path().join("run.ndjson");
-    let mut child = support::tracer_command()
-        .args(["--json", "--timelines", "-p", &port_arg])
-        .args(["--output-buffer", "64KiB", "--export"])
-        .arg(&export_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.contains("attached"), "{line}");
+    let args = [
+        "--json".as_ref(),
+        "--timelines".as_ref(),
+        "-p".as_ref(),
+        port_arg.as_ref(),
+        "--output-buffer".as_ref(),
+        "64KiB".as_ref(),
+        "--export".as_ref(),
+        export_path.as_os_str(),
+    ];
+    let (mut child, mut err) = support::spawn_piped::<&std::ffi::OsStr>(&args);
 
     // Nobody reads stdout while 30,000 transitions and 6,000 timelines (about 12 MB of JSON)
     // are made: far more than 64 KiB of buffer and the pipe.
@@ -176,19 +174,7 @@ fn a_stalled_reader_loses_only_counted_stdout_records_and_never_export_ones() {
     }
     // A tick later, a `lost` record in the export says what stdout dropped, by type.
     thread::sleep(Duration::from_millis(300));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let status = child.wait().unwrap();
+    let (status, out) = support::stop_piped(&mut child);
     let mut rest = String::new();
     err.read_to_string(&mut rest).unwrap();
     assert!(status.success(), "{status}: {rest}");

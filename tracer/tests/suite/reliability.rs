@@ -4,7 +4,6 @@
 use std::{
     io::{BufRead, BufReader, Read},
     net::{TcpListener, TcpStream},
-    process::{Child, ChildStderr, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -17,23 +16,6 @@ use crate::support::{
     load::{churn, serve, PER_CONNECTION},
     NetNs, Tracer, WAIT,
 };
-
-/// Starts the tracer with stdout and stderr piped (for the tests that control how stdout is
-/// read) and waits for it to report being attached; returns the rest of its stderr.
-fn spawn_piped(args: &[&str]) -> (Child, BufReader<ChildStderr>) {
-    support::require_root();
-    let mut child = support::tracer_command()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.contains("attached"), "{line}");
-    (child, err)
-}
 
 /// How many transitions the last life of a socket had, from its birth (the `CLOSE ->` or
 /// `LISTEN ->` transition of its address before the one `is_mine` picks) to its `-> CLOSE`;
@@ -136,7 +118,8 @@ fn a_stalled_reader_does_not_block_the_kernel_side() {
     let _netns = NetNs::enter();
     let (listener, addr) = support::listen("127.0.0.1:0");
     let port_arg = addr.port().to_string();
-    let (mut child, _err) = spawn_piped(&["--json", "-p", &port_arg, "--output-buffer", "1MiB"]);
+    let (mut child, _err) =
+        support::spawn_piped(&["--json", "-p", &port_arg, "--output-buffer", "1MiB"]);
     // Nobody reads stdout while 30,000 transitions (about 10 MB of JSON) happen: ten times
     // the output buffer.
     let connections = 3_000;
@@ -150,19 +133,7 @@ fn a_stalled_reader_does_not_block_the_kernel_side() {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
-        Signal::SIGINT,
-    )
-    .unwrap();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let status = child.wait().unwrap();
+    let (status, out) = support::stop_piped(&mut child);
     assert!(status.success());
     let records = support::records(&out);
     let Some(Record::Summary(summary)) = records.last() else {
@@ -311,7 +282,7 @@ fn a_closed_stdout_ends_quietly_with_success() {
     let _netns = NetNs::enter();
     let (listener, addr) = support::listen("127.0.0.1:0");
     let port_arg = addr.port().to_string();
-    let (mut child, mut err) = spawn_piped(&["-p", &port_arg]);
+    let (mut child, mut err) = support::spawn_piped(&["-p", &port_arg]);
     let out = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     thread::spawn(move || {

@@ -185,3 +185,39 @@ pub fn output(cmd: &mut Command) -> Output {
     }
     panic!("{cmd:?} stayed busy (ETXTBSY)");
 }
+
+/// Starts the tracer with stdout and stderr piped (for the tests that control how stdout is
+/// read) and waits for it to report being attached; returns the rest of its stderr.
+pub fn spawn_piped<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+) -> (Child, std::io::BufReader<std::process::ChildStderr>) {
+    use std::io::BufRead as _;
+    require_root();
+    let mut child = tracer_command()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the tracer binary");
+    let mut err = std::io::BufReader::new(child.stderr.take().expect("piped stderr"));
+    let mut line = String::new();
+    err.read_line(&mut line).expect("read the tracer's stderr");
+    assert!(line.contains("attached"), "{line}");
+    (child, err)
+}
+
+/// Stops a tracer whose stdout is piped: SIGINT, then its stdout read to the end (so a
+/// stalled reader's backlog drains before the tracer can exit), then its exit status.
+pub fn stop_piped(child: &mut Child) -> (ExitStatus, String) {
+    use std::io::Read as _;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal the tracer");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_string(&mut out)
+        .expect("read the tracer's stdout");
+    (child.wait().expect("wait for the tracer"), out)
+}
