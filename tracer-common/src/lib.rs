@@ -38,6 +38,15 @@ pub const PORT_BITMAP_WORDS: u32 = 1024;
 /// without a loss. The reader maps the ring, so its pages count in the tracer's RSS.
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 8 << 20;
 
+/// Bytes a [`TcpStateEvent`] takes in the ring buffer: the event and the ring's 8-byte record
+/// header, rounded up to 8 bytes as the kernel does.
+pub const RING_RECORD_BYTES: usize = (EVENT_SIZE + 8).div_ceil(8) * 8;
+
+/// Events a ring buffer of `bytes` holds when full.
+pub const fn ring_buffer_events(bytes: u32) -> usize {
+    bytes as usize / RING_RECORD_BYTES
+}
+
 /// `AF_INET`.
 pub const AF_INET: u16 = 2;
 /// `AF_INET6`.

@@ -20,11 +20,12 @@ use crate::{
     close_wait::SockId,
     config::Config,
     decode::decode,
+    delivery::Destination,
     engine::{self, Engine},
     event::Transition,
     export::{self, ExportFile},
     metrics::{self, process::fd_usage, Metrics, Totals},
-    output::{is_broken_pipe, Output},
+    output::{is_broken_pipe, Output, WhenFull},
     owner::{self, SocketTable},
     probe::Probe,
     record::{LostRecord, Record},
@@ -159,9 +160,12 @@ impl Session {
         }
 
         let display = config.display();
-        let header = |complete| export::header(config.run_options(), clock, start, complete);
+        let header = |complete| crate::record::Header {
+            kernel_features: Some(probe.features().clone()),
+            ..export::header(config.run_options(), clock, start, complete)
+        };
         let exporting = match export {
-            Some(file) => Some(spawn_export(file, header(true))?),
+            Some(file) => Some(spawn_export(file, header(true), config)?),
             None => None,
         };
         let metrics = match (listener, &config.metrics) {
@@ -211,7 +215,7 @@ impl Session {
         let deadline = sleep(config.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
         tokio::pin!(deadline);
 
-        let mut reported_lost = (0u64, 0u64);
+        let mut reported_lost = (0u64, 0u64, 0u64);
         let mut ticks = 0u64;
         // A digest that came due during a lookup waits for its owners.
         let mut digest_due = false;
@@ -235,20 +239,27 @@ impl Session {
                             self.rechecked_ns = now;
                         }
                     }
-                    let lost = (self.probe.lost(), self.probe.recursion_misses());
+                    let lost = (
+                        self.probe.lost(),
+                        self.probe.recursion_misses().unwrap_or(0),
+                        self.outputs.dropped(),
+                    );
                     if lost != reported_lost {
+                        let (stdout, export) = self.outputs.delivery();
                         self.batch.push(Record::Lost(LostRecord {
                             ts_ns: now,
                             time: self.clock.rfc3339(now),
                             ringbuf: lost.0.saturating_sub(reported_lost.0),
                             recursion_misses: lost.1.saturating_sub(reported_lost.1),
+                            stdout,
+                            export,
                         }));
                         reported_lost = lost;
                     }
                     ticks += 1;
                     if let Some(metrics) = &mut self.outputs.metrics {
                         let outputs = (&self.outputs.stdout, self.outputs.export.as_ref());
-                        metrics.publish(&totals(&self.engine, lost, outputs));
+                        metrics.publish(&totals(&self.engine, (lost.0, lost.1), outputs));
                         if ticks.is_multiple_of(PROCESS_REFRESH_TICKS) {
                             refresh_processes(metrics, &self.engine, now).await;
                         }
@@ -300,13 +311,22 @@ impl Session {
             ..
         } = self;
         outputs.format(&mut batch);
-        let Outputs { stdout, export, .. } = outputs;
-        engine.output_stats(stdout.offered(), stdout.dropped());
         let mut summary = engine.finish(now, probe.lost(), probe.recursion_misses(), &mut batch);
-        summary.export_dropped = export.as_ref().map_or(0, |(e, _)| e.dropped());
-        batch.push(Record::Summary(summary.clone()));
-        let exported = export.map(|(export, path)| (export.finish(&batch), path));
-        let written = stdout.finish(&batch);
+        // The open timelines are counted before the summary that counts them.
+        outputs.format(&mut batch);
+        let (stdout, export) = outputs.delivery();
+        summary.set_delivery(stdout, export);
+        let last = [Record::Summary(summary.clone())];
+        let Outputs { stdout, export, .. } = outputs;
+        let exported = export.map(|(export, path)| (export.finish(&last), path));
+        let (written, stdout) = stdout.finish(&last);
+        // On stderr, the final count: it includes records the writers failed to write after
+        // the summary was made.
+        let (exported, export) = match exported {
+            Some(((result, delivery), path)) => (Some((result, path)), Some(delivery)),
+            None => (None, None),
+        };
+        summary.set_delivery(stdout, export);
         eprintln!("{}", sink::text::summary(&summary));
         if let Some((Err(e), path)) = exported {
             return Err(e).with_context(|| format!("writing the export {}", path.display()));
@@ -425,6 +445,20 @@ struct Outputs {
 }
 
 impl Outputs {
+    /// What stdout and the export were to show and lost so far.
+    fn delivery(&self) -> (Destination, Option<Destination>) {
+        (
+            self.stdout.delivery(),
+            self.export.as_ref().map(|(e, _)| e.delivery()),
+        )
+    }
+
+    /// Records of any type but `lost` dropped so far, over both destinations.
+    fn dropped(&self) -> u64 {
+        let (stdout, export) = self.delivery();
+        stdout.dropped.total_but_lost() + export.map_or(0, |e| e.dropped.total_but_lost())
+    }
+
     /// Formats the batch for every destination and empties it (keeping its capacity).
     fn format(&mut self, batch: &mut Vec<Record>) {
         if let Some(metrics) = &mut self.metrics {
@@ -458,6 +492,7 @@ impl Outputs {
 fn spawn_export(
     file: ExportFile,
     header: crate::record::Header,
+    config: &Config,
 ) -> anyhow::Result<(Output, PathBuf)> {
     let path = file.path().to_owned();
     let context = || format!("writing the export {}", path.display());
@@ -466,6 +501,8 @@ fn spawn_export(
         |chunk| Box::new(JsonSink::new(chunk)),
         file,
         Filter::everything(),
+        config.output_buffer,
+        WhenFull::Wait,
     )
     .context("starting the export thread")?;
     if !output.send(&[Record::Header(header)]) {
@@ -475,19 +512,23 @@ fn spawn_export(
 }
 
 /// The stdout destination: text (coloured on a terminal unless `NO_COLOR`) or NDJSON; with
-/// `--quiet`, only the reports, as NDJSON on stderr.
+/// `--quiet`, only the reports, as NDJSON on stderr. It drops (and counts) what a stalled
+/// reader leaves no room for.
 fn stdout_output(config: &Config, filter: Filter) -> anyhow::Result<Output> {
     if config.quiet {
         return Output::spawn(
             |chunk| Box::new(Reports::new(JsonSink::new(chunk))),
             io::stderr(),
             filter,
+            config.output_buffer,
+            WhenFull::Drop,
         )
         .context("starting the output thread");
     }
     let (json, wide) = (config.json, config.wide);
     let color =
         std::io::IsTerminal::is_terminal(&io::stdout()) && std::env::var_os("NO_COLOR").is_none();
+    let stdout = crate::stdout::raw().context("opening stdout")?;
     Output::spawn(
         move |chunk| -> Box<dyn Sink> {
             if json {
@@ -496,8 +537,10 @@ fn stdout_output(config: &Config, filter: Filter) -> anyhow::Result<Output> {
                 Box::new(TextSink::new(chunk, wide).with_color(color))
             }
         },
-        io::stdout(),
+        stdout,
         filter,
+        config.output_buffer,
+        WhenFull::Drop,
     )
     .context("starting the output thread")
 }
@@ -530,8 +573,8 @@ fn totals(
         recursion_misses: lost.1,
         decode_errors: summary.decode_errors,
         evicted: summary.evicted,
-        stdout_dropped: stdout.dropped(),
-        export_dropped: export.map_or(0, |(e, _)| e.dropped()),
+        stdout_dropped: stdout.delivery().dropped.total(),
+        export_dropped: export.map_or(0, |(e, _)| e.delivery().dropped.total()),
     }
 }
 

@@ -10,6 +10,7 @@ use crate::{
     defaults::nanos,
     engine,
     event::{Endpoints, Family},
+    output::Buffer,
     record::{RunOptions, StuckOption},
     sink::Filter,
 };
@@ -85,6 +86,9 @@ pub struct Config {
     pub duration: Option<Duration>,
     /// Also write every record to this file (`--export`).
     pub export: Option<ExportTarget>,
+    /// Bytes of formatted records that may wait for each destination's writer
+    /// (`--output-buffer`).
+    pub output_buffer: Buffer,
 }
 
 impl Config {

@@ -91,12 +91,6 @@ impl Engine {
         self.summary.decode_errors += 1;
     }
 
-    /// Records offered to the output (all but the summary) and those it could not take.
-    pub fn output_stats(&mut self, offered: u64, dropped: u64) {
-        self.summary.output_records = offered;
-        self.summary.output_dropped = dropped;
-    }
-
     /// Feeds one transition. It is taken by value: its task name moves into the record.
     pub fn transition(&mut self, t: Transition, out: &mut Vec<Record>) {
         self.summary.events += 1;
@@ -152,7 +146,7 @@ impl Engine {
             self.push_resolved(&resolved, applied.owner.as_ref(), out);
         }
         for timeline in applied.finished {
-            self.push_timeline(&timeline, t.ts_ns, out);
+            self.push_timeline(timeline, t.ts_ns, out);
         }
     }
 
@@ -323,11 +317,11 @@ impl Engine {
         &mut self,
         now_ns: u64,
         lost_ringbuf: u64,
-        recursion_misses: u64,
+        recursion_misses: Option<u64>,
         out: &mut Vec<Record>,
     ) -> Summary {
         for timeline in self.tracker.flush() {
-            self.push_timeline(&timeline, now_ns, out);
+            self.push_timeline(timeline, now_ns, out);
         }
         self.summary.ts_ns = now_ns;
         self.summary.time = self.clock.rfc3339(now_ns);
@@ -337,12 +331,18 @@ impl Engine {
         self.summary.clone()
     }
 
-    fn push_timeline(&mut self, tl: &Timeline, ts_ns: u64, out: &mut Vec<Record>) {
+    /// Makes the timeline's record; taken by value, its steps and owner move into it.
+    fn push_timeline(&mut self, tl: Timeline, ts_ns: u64, out: &mut Vec<Record>) {
         if !self.opts.timelines {
             return;
         }
         self.summary.timelines += 1;
-        let durations: Vec<u64> = tl.steps.iter().filter_map(|s| s.duration_ns).collect();
+        // Saturating: `tracer analyze` replays timestamps from files it does not trust.
+        let duration_ns = tl
+            .steps
+            .iter()
+            .filter_map(|s| s.duration_ns)
+            .reduce(u64::saturating_add);
         let e = &tl.endpoints;
         out.push(Record::Timeline(TimelineRecord {
             ts_ns,
@@ -354,13 +354,11 @@ impl Engine {
             raddr: e.raddr,
             rport: e.rport,
             pid: tl.owner.as_ref().map(|o| o.pid),
-            comm: tl.owner.as_ref().map(|o| o.comm.clone()),
+            comm: tl.owner.map(|o| o.comm),
             from_birth: tl.from_birth,
             outcome: tl.outcome,
-            // Saturating: `tracer analyze` replays timestamps from files it does not trust.
-            duration_ns: (!durations.is_empty())
-                .then(|| durations.iter().fold(0u64, |sum, d| sum.saturating_add(*d))),
-            states: tl.steps.clone(),
+            duration_ns,
+            states: tl.steps,
         }));
     }
 
@@ -670,7 +668,7 @@ mod tests {
         );
         e.decode_error();
         let mut out = Vec::new();
-        let summary = e.finish(9 * MS, 3, 4, &mut out);
+        let summary = e.finish(9 * MS, 3, Some(4), &mut out);
         let [Record::Timeline(open)] = &out[..] else {
             panic!("{out:?}")
         };
@@ -680,7 +678,10 @@ mod tests {
             (summary.events, summary.decode_errors, summary.timelines),
             (4, 1, 2)
         );
-        assert_eq!((summary.lost_ringbuf, summary.recursion_misses), (3, 4));
+        assert_eq!(
+            (summary.lost_ringbuf, summary.recursion_misses),
+            (3, Some(4))
+        );
     }
 
     /// Found by `cargo xtask fuzz decode`: absurd timestamps overflowed the total duration.

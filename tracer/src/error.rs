@@ -28,6 +28,15 @@ pub enum ConfigError {
         "invalid ring buffer size {size}: must be a power of two and a multiple of the page size ({page} bytes), e.g. 4194304"
     )]
     RingBufferSize { size: u64, page: u64 },
+    #[error(
+        "invalid size {token:?} for {flag}: {reason} (examples: 32MiB, 512KiB, 8388608; at least {min} bytes)"
+    )]
+    Size {
+        flag: &'static str,
+        token: String,
+        reason: String,
+        min: usize,
+    },
     #[error("-4 and -6 exclude each other: give neither to trace both families")]
     BothFamilies,
     #[error(
@@ -66,6 +75,14 @@ pub enum ProbeError {
         "tracepoint sock/inet_sock_set_state not found in {tracefs}: this kernel is older than 4.16 or lacks tracepoints (CONFIG_TRACEPOINTS)"
     )]
     MissingTracepoint { tracefs: PathBuf },
+    #[error(
+        "kernel lockdown is in {mode} mode (/sys/kernel/security/lockdown): it forbids tracing the kernel from BPF and tracefs; boot without `lockdown={mode}` (Secure Boot's default, `integrity`, is fine)"
+    )]
+    Lockdown { mode: String },
+    #[error(
+        "this kernel has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF, Linux 5.8+), which the tracer needs: run it on Linux 5.10 or later"
+    )]
+    NoRingBuffer,
     #[error(
         "tracefs is not mounted and mounting it at /sys/kernel/tracing failed: mount it with `mount -t tracefs nodev /sys/kernel/tracing`"
     )]
@@ -172,8 +189,8 @@ pub enum Warning {
     Incomplete,
     #[error("no summary at the end: the tracer did not stop cleanly (killed?); connections still open at the last record are reported open")]
     NoSummary,
-    #[error("the traced run lost {events} record(s) (ring buffer full, kernel-skipped runs, or export drops): some timelines miss transitions")]
-    Lost { events: u64 },
+    #[error("the traced run lost {events} record(s) ({detail}): some timelines miss transitions")]
+    Lost { events: u64, detail: String },
     #[error("{count} rebuilt timeline(s) differ from those the traced run recorded (records missing from the export?)")]
     TimelineMismatch { count: u64 },
     #[error("the export's timeline records do not follow its transitions (edited, or records missing?): the rebuilt timelines could not be checked against them")]

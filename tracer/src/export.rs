@@ -124,6 +124,7 @@ pub fn header(options: RunOptions, clock: WallClock, start_ns: u64, complete: bo
         wall_offset_ns: i64::try_from(clock.offset_ns).unwrap_or(0),
         complete,
         options,
+        kernel_features: None,
     }
 }
 

@@ -8,7 +8,7 @@
 //!
 //! | step | module | what it does |
 //! |---|---|---|
-//! | kernel | [`probe`] | loads the eBPF program (aya), sets its filters, hands out the ring buffer and the loss counters |
+//! | kernel | [`probe`], [`features`] | loads the eBPF program (aya), sets its filters, hands out the ring buffer and the loss counters; detects what the kernel offers |
 //! | loop | [`app`] | the event loop: drains the ring buffer, ticks, reads `/proc` off the loop, stops |
 //! | decode | [`decode`], [`event`] | ring buffer bytes into a [`event::Transition`] |
 //! | engine | [`engine`] | transitions into records, with `timeline` (per-connection lives), `close_wait` (the detector) and `owner` (who holds a socket: syscall context and `/proc` scans) |
@@ -27,10 +27,12 @@ pub mod config;
 mod container;
 pub mod decode;
 pub mod defaults;
+pub mod delivery;
 pub mod engine;
 pub mod error;
 pub mod event;
 mod export;
+pub mod features;
 mod hash;
 pub mod metrics;
 mod netns;
@@ -39,6 +41,7 @@ mod owner;
 pub mod probe;
 pub mod record;
 pub mod sink;
+mod stdout;
 #[cfg(test)]
 mod testing;
 pub mod timeline;

@@ -1,45 +1,111 @@
 //! Formatting on the event loop's thread, writing on a dedicated one.
 //!
-//! Records are formatted as soon as the engine produces them, into an in-memory chunk, and
-//! dropped on the thread that allocated them. A dedicated thread owns the destination (stdout,
-//! or the export file: each has its own `Output`) and writes whole chunks, so a stalled reader
-//! of stdout never blocks the event loop (and so never the draining of the kernel ring buffer)
-//! nor costs the export a record. Chunks that would push the bytes waiting for the writer past
-//! [`MAX_QUEUED_BYTES`] are dropped, and their records counted. Chunks are bounded too
-//! (`CHUNK_BYTES`), so a burst never makes one huge buffer. Every chunk is flushed once
-//! written, so a killed tracer leaves whole lines behind.
+//! Records are formatted as soon as the engine produces them, into an in-memory chunk. A
+//! dedicated thread owns the destination (stdout, or the export file: each has its own
+//! `Output`) and writes whole chunks, so a slow reader never blocks the event loop directly.
+//! The bytes waiting for the writer are bounded by `--output-buffer` ([`Buffer`]); what happens
+//! when they would exceed it is the destination's [`WhenFull`]:
+//!
+//! - stdout drops the chunk and counts its records by type: a stalled reader of stdout never
+//!   holds up the export, the CLOSE_WAIT alerts, nor the draining of the ring buffer.
+//! - the export waits for its writer: it never drops a record while its disk accepts writes.
+//!   While it waits the event loop does not drain the ring buffer; the kernel side never
+//!   waits, it keeps filling the ring buffer and counts what does not fit.
+//!
+//! Every record is counted by type as shown, and as dropped when it is not delivered: dropped
+//! here, or lost because the writer failed (a closed pipe, a failed disk) with the record
+//! still unwritten. So `delivered + dropped = shown` for each type, exactly.
 
 use std::{
     cell::RefCell,
     io::{self, Write},
     rc::Rc,
     sync::{
-        atomic::{AtomicUsize, Ordering},
-        mpsc::{self, Receiver, SyncSender, TrySendError},
-        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc::{self, Receiver, Sender, SyncSender},
+        Arc, Condvar, Mutex, MutexGuard, PoisonError,
     },
     thread::JoinHandle,
 };
 
 use crate::{
+    delivery::{ByType, Destination, Kind},
     record::Record,
     sink::{Filter, Sink},
 };
 
-/// Formatted bytes waiting for the writer, at most: about 80 ms of NDJSON at full churn on
-/// two cores, and a bound on the memory a stalled reader can make us hold.
-pub const MAX_QUEUED_BYTES: usize = 8 << 20;
-/// A chunk is handed to the writer once it holds this much (or at the end of a batch).
-const CHUNK_BYTES: usize = 256 << 10;
-/// Chunks in flight between the threads, at most.
-const QUEUE_CHUNKS: usize = 1024;
-/// Emptied chunk buffers kept for reuse.
-const SPARE_CHUNKS: usize = 8;
+/// Formatted bytes that may wait for a destination's writer: `--output-buffer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Buffer {
+    pub bytes: usize,
+}
 
-enum Message {
-    Chunk(Vec<u8>),
-    /// The last chunk: waits for room instead of being dropped.
-    Final(Vec<u8>),
+impl Buffer {
+    /// Bytes of one formatted record the default is sized for: a JSON transition of an IPv4
+    /// connection whose command names have 15 characters takes about 380 (text lines are
+    /// shorter, IPv6 ones up to about 430).
+    pub const RECORD_BYTES: usize = 384;
+
+    /// The smallest buffer accepted: a few chunks of the smallest size.
+    pub const MIN_BYTES: usize = 16 << 10;
+
+    /// The default for a ring buffer of `ring_buffer_bytes`: room for as many records as the
+    /// ring buffer holds events, so that a reader held off for as long as the ring buffer can
+    /// wait loses nothing either. 8 MiB of ring buffer (80,659 events) gives 30 MiB.
+    pub fn default_for(ring_buffer_bytes: u32) -> Self {
+        let events = tracer_common::ring_buffer_events(ring_buffer_bytes);
+        let bytes = events.saturating_mul(Self::RECORD_BYTES);
+        // Whole MiB, and at least one chunk's worth.
+        let mib = 1 << 20;
+        Self {
+            bytes: bytes.div_ceil(mib).max(1) * mib,
+        }
+    }
+
+    /// Chunk size for this buffer: small enough that the buffer holds several chunks.
+    fn chunk_bytes(self) -> usize {
+        (self.bytes / 8).clamp(4 << 10, MAX_CHUNK_BYTES)
+    }
+}
+
+/// What a destination does when its buffer is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Drop the records (counted): stdout, whose reader may stall for any time.
+    Drop,
+    /// Wait for the writer: the export file.
+    Wait,
+}
+
+/// A chunk is handed to the writer once it holds this much (or at the end of a batch).
+const MAX_CHUNK_BYTES: usize = 256 << 10;
+/// Emptied chunk buffers kept for reuse.
+const SPARE_CHUNKS: usize = 4;
+
+/// Formatted records on their way to the writer.
+struct Chunk {
+    bytes: Vec<u8>,
+    /// For each record: where its bytes end in `bytes`, and its kind (`None`: not counted).
+    marks: Vec<(usize, Option<Kind>)>,
+    /// Bytes this chunk counts against the buffer (its allocation).
+    charge: usize,
+}
+
+/// State shared with the writer thread.
+#[derive(Default)]
+struct Shared {
+    /// Bytes queued for the writer (chunk allocations).
+    queued: Mutex<usize>,
+    /// Signalled whenever `queued` goes down.
+    room: Condvar,
+    /// The writer failed: nothing more can be delivered.
+    failed: AtomicBool,
+    /// Records the writer could not write, by type.
+    unwritten: Mutex<ByType>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The `io::Write` the sink formats into: the chunk being filled.
@@ -66,23 +132,26 @@ impl Write for ChunkWriter {
 ///
 /// The event loop formats records into chunks of bytes ([`Output::format`]) through the
 /// [`Sink`] it was given, and ships full chunks to the thread ([`Output::send`]), which writes
-/// them to `out`. The loop never blocks on a slow reader: past [`MAX_QUEUED_BYTES`] of
-/// waiting bytes, records are dropped and counted ([`Output::dropped`]).
-/// [`Output::finish`] writes the last records and reports the writer's I/O error, if any.
+/// them to `out`. Past the [`Buffer`] of waiting bytes it drops the records (counted by type)
+/// or waits for the writer, as its [`WhenFull`] says; [`Output::delivery`] tells what it was
+/// to show and what it lost. [`Output::finish`] writes the last records and reports the
+/// writer's I/O error, if any, with the final count.
 pub struct Output {
     sink: Box<dyn Sink>,
     /// Which records this destination shows.
     filter: Filter,
     chunk: ChunkWriter,
-    /// Records formatted into the current chunk.
-    records: u64,
-    tx: Option<SyncSender<Message>>,
+    marks: Vec<(usize, Option<Kind>)>,
+    buffer: Buffer,
+    chunk_bytes: usize,
+    when_full: WhenFull,
+    tx: Option<Sender<Chunk>>,
     spare: Receiver<Vec<u8>>,
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<io::Result<()>>>,
-    /// Records shown so far (formatted, or dropped trying).
-    offered: u64,
-    dropped: u64,
+    /// Records shown so far, and those dropped here (not counting the writer's failures).
+    shown: ByType,
+    dropped: ByType,
 }
 
 impl Output {
@@ -93,30 +162,38 @@ impl Output {
         sink: impl FnOnce(ChunkWriter) -> Box<dyn Sink>,
         out: impl Write + Send + 'static,
         filter: Filter,
+        buffer: Buffer,
+        when_full: WhenFull,
     ) -> io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel(QUEUE_CHUNKS);
+        let (tx, rx) = mpsc::channel();
         let (spare_tx, spare) = mpsc::sync_channel(SPARE_CHUNKS);
-        let queued = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared::default());
         let thread = {
-            let queued = Arc::clone(&queued);
+            let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("tracer-output".into())
-                .spawn(move || write_chunks(out, &rx, &spare_tx, &queued))?
+                .spawn(move || write_chunks(out, &rx, &spare_tx, &shared))?
         };
         let chunk = ChunkWriter::default();
+        let chunk_bytes = buffer.chunk_bytes();
+        chunk.0.borrow_mut().reserve(chunk_bytes + (16 << 10));
         let mut output = Self {
             sink: sink(chunk.clone()),
             filter,
             chunk,
-            records: 0,
+            marks: Vec::new(),
+            buffer,
+            chunk_bytes,
+            when_full,
             tx: Some(tx),
             spare,
-            queued,
+            shared,
             thread: Some(thread),
-            offered: 0,
-            dropped: 0,
+            shown: ByType::default(),
+            dropped: ByType::default(),
         };
         output.sink.begin()?;
+        output.mark(None);
         output.ship();
         Ok(output)
     }
@@ -135,92 +212,214 @@ impl Output {
             let Some(shown) = self.filter.apply(record) else {
                 continue;
             };
-            self.offered += 1;
+            let kind = Kind::of(record);
+            if let Some(kind) = kind {
+                self.shown.add(kind, 1);
+            }
             match self.sink.write(&shown) {
-                Ok(()) => self.records += 1,
+                Ok(()) => self.mark(kind),
                 Err(e) => {
                     log::debug!("could not format a {} record: {e}", record.type_name());
-                    self.dropped += 1;
+                    if let Some(kind) = kind {
+                        self.dropped.add(kind, 1);
+                    }
                 }
             }
-            if self.chunk.0.borrow().len() >= CHUNK_BYTES {
+            if self.chunk.0.borrow().len() >= self.chunk_bytes {
                 self.ship();
             }
         }
     }
 
-    /// Records this output was to show so far.
-    pub fn offered(&self) -> u64 {
-        self.offered
-    }
-
-    /// Records dropped so far because the writer could not keep up.
-    pub fn dropped(&self) -> u64 {
-        self.dropped
-    }
-
-    /// Formats and writes the final records, waits for the writer and returns its result.
-    pub fn finish(mut self, last: &[Record]) -> io::Result<()> {
-        self.format(last);
-        let bytes = std::mem::take(&mut *self.chunk.0.borrow_mut());
-        if let Some(tx) = self.tx.take() {
-            self.queued.fetch_add(bytes.len(), Ordering::AcqRel);
-            let _ = tx.send(Message::Final(bytes));
+    /// What this output was to show so far and what it lost, by type. Records still waiting
+    /// for the writer count as shown and not dropped.
+    pub fn delivery(&self) -> Destination {
+        let mut dropped = self.dropped;
+        dropped.add_all(&lock(&self.shared.unwritten));
+        Destination {
+            shown: self.shown,
+            dropped,
         }
-        match self.thread.take().map(JoinHandle::join) {
+    }
+
+    /// Formats and writes the final records, waits for the writer and returns its result
+    /// with the final accounting.
+    pub fn finish(mut self, last: &[Record]) -> (io::Result<()>, Destination) {
+        self.format(last);
+        if let Some(tx) = self.tx.take() {
+            // The last chunk waits for room instead of being dropped.
+            let chunk = self.take_chunk(None);
+            self.charge(chunk.charge);
+            if let Err(mpsc::SendError(chunk)) = tx.send(chunk) {
+                self.uncharge_lost(&chunk);
+            }
+        }
+        let result = match self.thread.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(io::Error::other("output thread panicked")),
             None => Ok(()),
+        };
+        (result, self.delivery())
+    }
+
+    /// Notes the end of a record just formatted.
+    fn mark(&mut self, kind: Option<Kind>) {
+        let end = self.chunk.0.borrow().len();
+        self.marks.push((end, kind));
+    }
+
+    /// Takes the chunk being filled, leaving an empty one. A small chunk is copied out so the
+    /// large buffer stays here; a full one is swapped for a spare.
+    fn take_chunk(&mut self, fresh: Option<Vec<u8>>) -> Chunk {
+        let mut current = self.chunk.0.borrow_mut();
+        let bytes = if current.len() < self.chunk_bytes / 4 {
+            let copy = current.clone();
+            current.clear();
+            copy
+        } else {
+            let fresh = fresh.unwrap_or_else(|| Vec::with_capacity(self.chunk_bytes + (16 << 10)));
+            std::mem::replace(&mut *current, fresh)
+        };
+        let marks = std::mem::take(&mut self.marks);
+        Chunk {
+            charge: bytes.capacity().max(bytes.len()),
+            bytes,
+            marks,
+        }
+    }
+
+    /// Adds `bytes` to what the writer holds, waiting for room first when this output waits.
+    /// Returns false if the chunk must be dropped instead.
+    fn reserve(&self, bytes: usize) -> bool {
+        let mut queued = lock(&self.shared.queued);
+        loop {
+            let fits = *queued == 0 || *queued + bytes <= self.buffer.bytes;
+            if fits || self.shared.failed.load(Ordering::Acquire) {
+                *queued += bytes;
+                return true;
+            }
+            match self.when_full {
+                WhenFull::Drop => return false,
+                WhenFull::Wait => {
+                    queued = self
+                        .shared
+                        .room
+                        .wait(queued)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+        }
+    }
+
+    fn charge(&self, bytes: usize) {
+        *lock(&self.shared.queued) += bytes;
+    }
+
+    /// A chunk that could not be handed over: its records are lost.
+    fn uncharge_lost(&mut self, chunk: &Chunk) {
+        *lock(&self.shared.queued) -= chunk.charge;
+        for &(_, kind) in &chunk.marks {
+            if let Some(kind) = kind {
+                self.dropped.add(kind, 1);
+            }
         }
     }
 
     /// Hands the current chunk to the writer, or drops it (counting its records) when the
-    /// writer is that far behind.
+    /// writer is that far behind and this output drops.
     fn ship(&mut self) -> bool {
-        let Some(tx) = &self.tx else { return false };
-        let len = self.chunk.0.borrow().len();
-        if len == 0 {
-            return true;
+        if self.tx.is_none() {
+            return false;
         }
-        let records = std::mem::take(&mut self.records);
-        if self.queued.load(Ordering::Acquire) > MAX_QUEUED_BYTES {
-            self.chunk.0.borrow_mut().clear();
-            self.dropped += records;
-            return true;
+        if self.marks.is_empty() {
+            return !self.shared.failed.load(Ordering::Acquire);
         }
-        let fresh = self
-            .spare
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(CHUNK_BYTES + (64 << 10)));
-        let bytes = std::mem::replace(&mut *self.chunk.0.borrow_mut(), fresh);
-        self.queued.fetch_add(len, Ordering::AcqRel);
-        match tx.try_send(Message::Chunk(bytes)) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                self.queued.fetch_sub(len, Ordering::AcqRel);
-                self.dropped += records;
-                true
+        let charge = {
+            let len = self.chunk.0.borrow().len();
+            if len < self.chunk_bytes / 4 {
+                len
+            } else {
+                self.chunk.0.borrow().capacity()
             }
-            Err(TrySendError::Disconnected(_)) => false,
+        };
+        if !self.reserve(charge) {
+            self.chunk.0.borrow_mut().clear();
+            for (_, kind) in std::mem::take(&mut self.marks) {
+                if let Some(kind) = kind {
+                    self.dropped.add(kind, 1);
+                }
+            }
+            return true;
+        }
+        // A spare buffer replaces a full chunk; a small one is copied out instead.
+        let fresh = if charge == self.chunk.0.borrow().len() {
+            None
+        } else {
+            self.spare.try_recv().ok()
+        };
+        let mut chunk = self.take_chunk(fresh);
+        // What was reserved is what the writer gives back.
+        chunk.charge = charge;
+        let Some(tx) = &self.tx else { return false };
+        if let Err(mpsc::SendError(chunk)) = tx.send(chunk) {
+            self.uncharge_lost(&chunk);
+            return false;
+        }
+        !self.shared.failed.load(Ordering::Acquire)
+    }
+}
+
+/// Writes `bytes` and returns how many were written before an error, if one came.
+fn write_counted(out: &mut impl Write, bytes: &[u8]) -> (usize, io::Result<()>) {
+    let mut written = 0;
+    while written < bytes.len() {
+        match out.write(&bytes[written..]) {
+            Ok(0) => return (written, Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (written, Err(e)),
         }
     }
+    (written, out.flush())
 }
 
 fn write_chunks(
     mut out: impl Write,
-    rx: &Receiver<Message>,
+    rx: &Receiver<Chunk>,
     spare: &SyncSender<Vec<u8>>,
-    queued: &AtomicUsize,
+    shared: &Shared,
 ) -> io::Result<()> {
-    while let Ok(message) = rx.recv() {
-        let (Message::Chunk(mut bytes) | Message::Final(mut bytes)) = message;
-        let written = out.write_all(&bytes).and_then(|()| out.flush());
-        queued.fetch_sub(bytes.len(), Ordering::AcqRel);
-        written?;
-        bytes.clear();
-        let _ = spare.try_send(bytes);
+    let mut result = Ok(());
+    while let Ok(mut chunk) = rx.recv() {
+        let written = if result.is_ok() {
+            let (written, outcome) = write_counted(&mut out, &chunk.bytes);
+            if let Err(e) = outcome {
+                shared.failed.store(true, Ordering::Release);
+                result = Err(e);
+            }
+            written
+        } else {
+            0
+        };
+        // Records whose last byte was not written are lost (a cut last line included).
+        let lost = chunk.marks.iter().filter(|(end, _)| *end > written);
+        let mut unwritten = ByType::default();
+        for &(_, kind) in lost {
+            if let Some(kind) = kind {
+                unwritten.add(kind, 1);
+            }
+        }
+        if unwritten.total() > 0 {
+            lock(&shared.unwritten).add_all(&unwritten);
+        }
+        *lock(&shared.queued) -= chunk.charge;
+        shared.room.notify_all();
+        if chunk.bytes.capacity() >= MAX_CHUNK_BYTES / 4 {
+            chunk.bytes.clear();
+            let _ = spare.try_send(chunk.bytes);
+        }
     }
-    out.flush()
+    result
 }
 
 /// Is this error a closed pipe (`tracer | head`)? Such an end is quiet and successful.
@@ -229,163 +428,4 @@ pub fn is_broken_pipe(e: &io::Error) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-
-    use super::*;
-    use crate::{record::Summary, sink::JsonSink};
-
-    /// A writer the test can read back.
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn summary(events: u64) -> Record {
-        Record::Summary(Summary {
-            events,
-            ..Summary::default()
-        })
-    }
-
-    #[test]
-    fn records_arrive_in_order() {
-        let out = Shared::default();
-        let mut output = Output::spawn(
-            |w| Box::new(JsonSink::new(w)),
-            out.clone(),
-            Filter::everything(),
-        )
-        .unwrap();
-        for i in 0..3 {
-            assert!(output.send(&[summary(i), summary(i + 100)]));
-        }
-        output.finish(&[summary(7)]).unwrap();
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        let events: Vec<u64> = text
-            .lines()
-            .map(|l| match serde_json::from_str(l).unwrap() {
-                Record::Summary(s) => s.events,
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(events, vec![0, 100, 1, 101, 2, 102, 7]);
-    }
-
-    #[test]
-    fn a_closed_output_stops_the_loop() {
-        struct Closed;
-        impl Write for Closed {
-            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-                Err(io::ErrorKind::BrokenPipe.into())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut output =
-            Output::spawn(|w| Box::new(JsonSink::new(w)), Closed, Filter::everything()).unwrap();
-        let mut open = true;
-        for _ in 0..1000 {
-            open = output.send(&[summary(1)]);
-            if !open {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        assert!(!open);
-        assert!(is_broken_pipe(&output.finish(&[]).unwrap_err()));
-    }
-
-    /// A writer that blocks until released, like a reader of stdout that stalls.
-    struct Stalled {
-        gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
-        out: Shared,
-    }
-
-    impl Write for Stalled {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            let (open, cv) = &*self.gate;
-            let mut open = open.lock().unwrap();
-            while !*open {
-                open = cv.wait(open).unwrap();
-            }
-            self.out.write(buf)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn a_stalled_reader_costs_bounded_memory_and_every_drop_is_counted() {
-        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-        let out = Shared::default();
-        let stalled = Stalled {
-            gate: Arc::clone(&gate),
-            out: out.clone(),
-        };
-        let mut output = Output::spawn(
-            |w| Box::new(JsonSink::new(w)),
-            stalled,
-            Filter::everything(),
-        )
-        .unwrap();
-        let batch: Vec<Record> = (0..1000).map(summary).collect();
-        for _ in 0..200 {
-            assert!(output.send(&batch));
-            assert!(
-                output.queued.load(Ordering::Acquire)
-                    <= MAX_QUEUED_BYTES + CHUNK_BYTES + (64 << 10)
-            );
-        }
-        let dropped = output.dropped();
-        assert!(dropped > 0, "200,000 records never filled the queue");
-        *gate.0.lock().unwrap() = true;
-        gate.1.notify_all();
-        let offered = output.offered();
-        output.finish(&[summary(1)]).unwrap();
-        let written = out
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count() as u64;
-        assert_eq!(offered, 200_000);
-        assert_eq!(written + dropped, offered + 1);
-    }
-
-    #[test]
-    fn the_filter_decides_what_is_shown_and_counted() {
-        let out = Shared::default();
-        let mut filter = Filter::everything();
-        filter.timelines = false;
-        let mut output =
-            Output::spawn(|w| Box::new(JsonSink::new(w)), out.clone(), filter).unwrap();
-        let timeline: Record = serde_json::from_str(
-            r#"{"type":"timeline","ts_ns":1,"time":"t","skaddr":"0x1","family":"ipv4","laddr":"127.0.0.1","lport":1,"raddr":"127.0.0.1","rport":2,"pid":null,"comm":null,"from_birth":true,"outcome":"open","duration_ns":null,"states":[]}"#,
-        )
-        .unwrap();
-        assert!(output.send(&[timeline, summary(3)]));
-        assert_eq!(output.offered(), 1);
-        output.finish(&[]).unwrap();
-        assert_eq!(
-            out.0
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count(),
-            1
-        );
-    }
-}
+mod tests;

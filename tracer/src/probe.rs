@@ -3,7 +3,7 @@
 //! counters.
 
 use std::{
-    io,
+    fs, io,
     os::fd::{AsFd as _, AsRawFd as _},
     path::Path,
 };
@@ -18,6 +18,7 @@ use tracer_common::{
     PROGRAM, STATS_MAP, STAT_RINGBUF_FULL,
 };
 
+use crate::features::{lockdown_mode, KernelFeatures, LOCKDOWN_FILE};
 use crate::{config::KernelFilter, error::ProbeError};
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time (empty when
@@ -34,6 +35,8 @@ pub struct Probe {
     stats: PerCpuArray<MapData, u64>,
     /// The program's fd, owned by `_ebpf`, for its `/proc/self/fdinfo` entry.
     prog_fd: i32,
+    /// What the kernel offers, as detected while loading.
+    features: KernelFeatures,
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -46,10 +49,24 @@ impl Probe {
             return Err(ProbeError::MissingObject);
         }
         check_capabilities()?;
+        // Lockdown's confidentiality mode hides tracefs and forbids tracing: say so, rather
+        // than blame the mount (a second tracefs mount fails with EBUSY there).
+        let lockdown = fs::read_to_string(LOCKDOWN_FILE)
+            .ok()
+            .and_then(|text| lockdown_mode(&text));
+        if lockdown.as_deref() == Some("confidentiality") {
+            return Err(ProbeError::Lockdown {
+                mode: "confidentiality".to_owned(),
+            });
+        }
         let tracefs = ensure_tracefs()?;
         let tracepoint = tracefs.join("events/sock/inet_sock_set_state");
         if !tracepoint.exists() {
             return Err(ProbeError::MissingTracepoint { tracefs });
+        }
+        let mut features = KernelFeatures::detect(Some(&tracefs));
+        if features.ring_buffer == Some(false) {
+            return Err(ProbeError::NoRingBuffer);
         }
         raise_memlock();
 
@@ -117,11 +134,17 @@ impl Probe {
                 aya_error("finding the ring buffer", io::Error::other(EVENTS_MAP))
             })?)
             .map_err(|e| aya_error("opening the ring buffer", e))?;
+        features.recursion_misses = Some(
+            fs::read_to_string(format!("/proc/self/fdinfo/{prog_fd}"))
+                .is_ok_and(|info| fdinfo_field(&info, "recursion_misses").is_some()),
+        );
+        log::info!("{}", features.describe());
         Ok((
             Probe {
                 _ebpf: ebpf,
                 stats,
                 prog_fd,
+                features,
             },
             ring,
         ))
@@ -135,13 +158,18 @@ impl Probe {
     }
 
     /// How often the kernel skipped our program because it was already running on that CPU
-    /// (`recursion_misses` in the program's fdinfo; 0 on kernels that do not report it).
-    pub fn recursion_misses(&self) -> u64 {
+    /// (`recursion_misses` in the program's fdinfo); `None` on kernels that do not report it
+    /// (before 5.12).
+    pub fn recursion_misses(&self) -> Option<u64> {
         let path = format!("/proc/self/fdinfo/{}", self.prog_fd);
-        std::fs::read_to_string(path)
+        fs::read_to_string(path)
             .ok()
             .and_then(|info| fdinfo_field(&info, "recursion_misses"))
-            .unwrap_or(0)
+    }
+
+    /// What the kernel offers, as detected while loading (see [`KernelFeatures`]).
+    pub fn features(&self) -> &KernelFeatures {
+        &self.features
     }
 }
 

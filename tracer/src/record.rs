@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     defaults,
+    delivery::Destination,
     event::{Family, TcpState},
     owner::{NoOwner, Owner},
     timeline::{Outcome, Step},
@@ -58,6 +59,9 @@ pub struct Header {
     /// stdout, where `--no-transitions`, `--timelines` and `--pid` choose what is printed.
     pub complete: bool,
     pub options: RunOptions,
+    /// What the kernel offered the tracer (absent in exports written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_features: Option<crate::features::KernelFeatures>,
 }
 
 /// The options a run was started with, as the header records them.
@@ -329,8 +333,9 @@ pub struct DigestProcess {
     pub oldest_age_ms: u64,
 }
 
-/// Events the kernel side could not deliver since the previous report.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Events the kernel side could not deliver since the previous report, and what each
+/// destination has lost so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LostRecord {
     pub ts_ns: u64,
     pub time: String,
@@ -338,6 +343,13 @@ pub struct LostRecord {
     pub ringbuf: u64,
     /// Program runs the kernel skipped (already running on that CPU): new since the last one.
     pub recursion_misses: u64,
+    /// stdout: records shown and dropped so far, by type (totals since the start, so a reader
+    /// that missed a `lost` record still has the full count). Read as zeros when absent.
+    #[serde(default)]
+    pub stdout: Destination,
+    /// The same for the `--export` file; null without one.
+    #[serde(default)]
+    pub export: Option<Destination>,
 }
 
 /// Totals, printed at exit.
@@ -353,7 +365,8 @@ pub struct Summary {
     /// Records lost because the ring buffer was full.
     pub lost_ringbuf: u64,
     /// Runs of our program the kernel skipped: events lost without entering the ring buffer.
-    pub recursion_misses: u64,
+    /// Null where the kernel does not count them (no `recursion_misses` in fdinfo before 5.12).
+    pub recursion_misses: Option<u64>,
     /// Records that could not be decoded.
     pub decode_errors: u64,
     /// Sockets dropped from tracking at the `--max-sockets` cap.
@@ -374,6 +387,23 @@ pub struct Summary {
     /// Records the export file could not take and dropped (0 without `--export`).
     #[serde(default)]
     pub export_dropped: u64,
+    /// stdout: records shown and dropped, by type. Read as zeros when absent (older tracers).
+    #[serde(default)]
+    pub stdout: Destination,
+    /// The same for the `--export` file; null without one.
+    #[serde(default)]
+    pub export: Option<Destination>,
+}
+
+impl Summary {
+    /// Sets what stdout and the export showed and lost, by type and in total.
+    pub fn set_delivery(&mut self, stdout: Destination, export: Option<Destination>) {
+        self.output_records = stdout.shown.total();
+        self.output_dropped = stdout.dropped.total();
+        self.export_dropped = export.map_or(0, |e| e.dropped.total());
+        self.stdout = stdout;
+        self.export = export;
+    }
 }
 
 impl Record {

@@ -10,6 +10,7 @@ mod lint;
 mod run;
 mod test;
 mod util;
+mod vm;
 
 use std::{ffi::OsString, process::ExitCode};
 
@@ -45,11 +46,15 @@ enum Chore {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Run the workspace tests, then the privileged tests (needs root).
+    /// Run the workspace tests, then the privileged tests (needs root), then those on every
+    /// supported kernel under qemu (`vm-test`).
     Test {
         /// Run only the tests that need no root (skips the ignored, privileged tests).
         #[arg(long)]
         unprivileged: bool,
+        /// Skip the kernel matrix (`cargo xtask vm-test`).
+        #[arg(long)]
+        no_vm: bool,
     },
     /// rustfmt and clippy on the workspace and on the eBPF crate.
     Lint,
@@ -71,6 +76,9 @@ enum Chore {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Boot Debian's 5.10 to 7.3 kernels under qemu and run the privileged tests inside each;
+    /// prints a table and fails if any kernel fails. Kernels are cached under target/vm.
+    VmTest(vm::VmArgs),
 }
 
 fn main() -> ExitCode {
@@ -107,9 +115,13 @@ fn dispatch(chore: Chore) -> Result<()> {
             };
             run::run_tracer(profile, &args)
         }
-        Chore::Test { unprivileged } => test::test(unprivileged),
+        Chore::Test {
+            unprivileged,
+            no_vm,
+        } => test::test(unprivileged, !no_vm),
         Chore::Lint => lint::lint(),
         Chore::Fuzz { target, seconds } => fuzz::fuzz(&target, seconds),
         Chore::Bench { args } => bench::bench(&args),
+        Chore::VmTest(args) => vm::vm_test(&args),
     }
 }

@@ -1,5 +1,7 @@
 //! `test`: the whole workspace's tests, then the privileged ones (every `#[ignore]`d test of
-//! the tracer) as root. `--unprivileged` runs only the first stage, without the eBPF object.
+//! the tracer) as root, then those again on every supported kernel under qemu (`vm-test`).
+//! `--unprivileged` runs only the first stage, without the eBPF object; `--no-vm` skips the
+//! kernel matrix.
 
 use anyhow::{bail, Result};
 
@@ -9,7 +11,7 @@ use crate::{
     util::{host_cargo, is_root, run, Stages},
 };
 
-pub fn test(unprivileged: bool) -> Result<()> {
+pub fn test(unprivileged: bool, vm: bool) -> Result<()> {
     let mut stages = Stages::new("test");
     if unprivileged {
         // Nothing here loads the eBPF program, so it is not built (no apt, no bpf-linker):
@@ -46,5 +48,11 @@ pub fn test(unprivileged: bool) -> Result<()> {
             "--test-threads=1",
         ]))
     });
+    // The same privileged tests on every supported kernel, booted under qemu.
+    if vm {
+        stages.run("vm", || crate::vm::vm_test(&crate::vm::VmArgs::default()));
+    } else {
+        stages.skip("vm", "--no-vm");
+    }
     stages.finish()
 }

@@ -4,6 +4,7 @@
 //! root, no eBPF.
 
 mod fields;
+pub mod html;
 pub mod reader;
 mod replay;
 mod report;
@@ -37,6 +38,8 @@ pub struct Options {
     pub pids: Option<HashSet<u32>>,
     /// Print every warning (the caller's concern: warnings are all handed out).
     pub all_warnings: bool,
+    /// Also write the analysis as an HTML report to this file (`--html`).
+    pub html: Option<std::path::PathBuf>,
 }
 
 /// Reads `input` to its end, writes the rebuilt records that `opts` asks for to `sink` as they
@@ -70,6 +73,9 @@ pub fn analyze<R: BufRead>(
                 .unwrap_or(WallClock::fixed(0))
         }
     };
+    if let Some(h) = &header {
+        sink.input(&Record::Header(h.clone()));
+    }
     let mut run = Run::new(header.as_ref(), clock, opts);
     if opts.transitions {
         sink.begin().map_err(output)?;
@@ -186,6 +192,7 @@ impl Run {
 
     fn read(&mut self, line: u64, record: Record, sink: &mut dyn Sink) -> Result<(), AnalyzeError> {
         let bad = |problem| InputError::Line { line, problem };
+        sink.input(&record);
         if self.summary.is_some() {
             return Err(bad(LineProblem::AfterSummary {
                 kind: record.type_name(),
@@ -240,8 +247,9 @@ impl Run {
         self.emit(sink)?;
         match &self.summary {
             None => warn(Warning::NoSummary),
-            Some(_) if self.lost() > 0 => warn(Warning::Lost {
+            Some(s) if self.lost() > 0 => warn(Warning::Lost {
                 events: self.lost(),
+                detail: self.lost_detail(s),
             }),
             Some(_) => {}
         }
@@ -264,8 +272,28 @@ impl Run {
             } else {
                 s.output_dropped
             };
-            s.lost_ringbuf + s.recursion_misses + s.decode_errors + dropped
+            s.lost_ringbuf + s.recursion_misses.unwrap_or(0) + s.decode_errors + dropped
         })
+    }
+
+    /// Where the lost records went: the kernel's counts, then this stream's drops by type
+    /// (a total only, from tracers that did not count them by type).
+    fn lost_detail(&self, s: &Summary) -> String {
+        let (destination, total) = if self.complete {
+            (s.export, s.export_dropped)
+        } else {
+            (Some(s.stdout), s.output_dropped)
+        };
+        let dropped = match destination {
+            Some(d) if d.dropped.total() == total && total > 0 => {
+                crate::sink::text::by_type(&d.dropped)
+            }
+            _ => total.to_string(),
+        };
+        format!(
+            "ring buffer full: {}, kernel-skipped runs: {}, undecodable: {}, dropped by this stream's writer: {dropped}",
+            s.lost_ringbuf, s.recursion_misses.map_or_else(|| "not available".to_owned(), |n| n.to_string()), s.decode_errors
+        )
     }
 
     fn analysis(&self, header: Option<&Header>, clock: WallClock) -> AnalysisRecord {

@@ -181,7 +181,7 @@ impl Replay {
         out: &mut Vec<Record>,
     ) -> (Summary, Check) {
         self.replay_alerts(out);
-        let (now, lost, misses) = summary.map_or((end_ns, 0, 0), |s| {
+        let (now, lost, misses) = summary.map_or((end_ns, 0, None), |s| {
             (s.ts_ns, s.lost_ringbuf, s.recursion_misses)
         });
         let first = out.len();
@@ -399,7 +399,7 @@ mod tests {
             live.transition(t.clone(), &mut recorded);
         }
         let end = transitions.last().map_or(0, |t| t.ts_ns) + 1;
-        let summary = live.finish(end, 0, 0, &mut recorded);
+        let summary = live.finish(end, 0, Some(0), &mut recorded);
         recorded.push(Record::Summary(summary.clone()));
 
         let mut replay = Replay::new(Some(&h), WallClock::fixed(i128::from(h.wall_offset_ns)));

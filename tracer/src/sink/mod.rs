@@ -25,6 +25,9 @@ pub trait Sink {
     fn write(&mut self, record: &Record) -> io::Result<()>;
     /// Flushes the writer.
     fn flush(&mut self) -> io::Result<()>;
+    /// `tracer analyze` hands each record it reads from its input here, before replaying it
+    /// (the header too), so a report can show what was captured as well as what was rebuilt.
+    fn input(&mut self, _record: &Record) {}
 }
 
 impl<S: Sink + ?Sized> Sink for Box<S> {
@@ -36,6 +39,9 @@ impl<S: Sink + ?Sized> Sink for Box<S> {
     }
     fn flush(&mut self) -> io::Result<()> {
         (**self).flush()
+    }
+    fn input(&mut self, record: &Record) {
+        (**self).input(record);
     }
 }
 

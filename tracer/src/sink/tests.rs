@@ -255,3 +255,22 @@ fn v4_mapped_addresses_keep_the_columns_aligned() {
     );
     assert!(render(true).contains("::ffff:192.168.100.200"));
 }
+
+#[test]
+fn summary_says_not_available_where_the_kernel_counts_no_skipped_runs() {
+    let mut s = crate::record::Summary {
+        recursion_misses: None,
+        ..crate::record::Summary::default()
+    };
+    let text = super::text::summary(&s);
+    assert!(
+        text.contains("not available (kernel skipped the program: recursion_misses)"),
+        "{text}"
+    );
+    s.recursion_misses = Some(3);
+    assert!(
+        super::text::summary(&s).contains(" 3 (kernel skipped the program"),
+        "{}",
+        super::text::summary(&s)
+    );
+}

@@ -9,6 +9,7 @@ use std::{
 
 use super::Sink;
 use crate::{
+    delivery::ByType,
     event::TcpState,
     record::{
         CloseWaitRecord, CloseWaitResolvedRecord, DigestRecord, Record, Summary, TimelineRecord,
@@ -251,8 +252,44 @@ pub fn path(states: &[Step]) -> String {
     out
 }
 
-/// The summary as a few lines for stderr.
+/// The summary as a few lines for stderr: what each destination dropped, by type, when it
+/// dropped anything.
 pub fn summary(s: &Summary) -> String {
+    let mut text = totals(s);
+    let destinations = [("stdout", Some(&s.stdout)), ("export", s.export.as_ref())];
+    for (name, d) in destinations {
+        if let Some(d) = d.filter(|d| d.dropped.total() > 0) {
+            let _ = write!(
+                text,
+                "\ntracer: {name} dropped {} of {} records: {}",
+                d.dropped.total(),
+                d.shown.total(),
+                by_type(&d.dropped)
+            );
+        }
+    }
+    text
+}
+
+/// `12 transition, 3 timeline` (the non-zero counts, by record type).
+pub fn by_type(counts: &ByType) -> String {
+    let json = serde_json::to_value(counts).unwrap_or_default();
+    let Some(fields) = json.as_object() else {
+        return String::new();
+    };
+    let parts: Vec<String> = fields
+        .iter()
+        .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+        .map(|(name, n)| format!("{n} {name}"))
+        .collect();
+    if parts.is_empty() {
+        "none".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn totals(s: &Summary) -> String {
     format!(
         "tracer: {} events, {} transitions, {} timelines, {} CLOSE_WAIT alerts ({} resolved)\n\
          tracer: lost: {} (ring buffer full), {} (kernel skipped the program: recursion_misses), {} undecodable, {} output records dropped, {} export records dropped, {} sockets evicted at the cap",
@@ -262,7 +299,10 @@ pub fn summary(s: &Summary) -> String {
         s.close_wait_alerts,
         s.close_wait_resolved,
         s.lost_ringbuf,
-        s.recursion_misses,
+        s.recursion_misses.map_or_else(
+            || "not available".to_owned(),
+            |n| n.to_string()
+        ),
         s.decode_errors,
         s.output_dropped,
         s.export_dropped,
@@ -300,10 +340,14 @@ impl<W: Write> Sink for TextSink<W> {
             Record::Digest(r) => self.digest(r),
             Record::Lost(r) => write!(
                 self.line,
-                "{:<12} LOST {} events (ring buffer full) and {} program runs skipped by the kernel",
+                "{:<12} LOST {} events (ring buffer full) and {} program runs skipped by the kernel; output records dropped so far: stdout {}{}",
                 clock(&r.time),
                 r.ringbuf,
-                r.recursion_misses
+                r.recursion_misses,
+                by_type(&r.stdout.dropped),
+                r.export
+                    .map(|e| format!(", export {}", by_type(&e.dropped)))
+                    .unwrap_or_default(),
             ),
             Record::Analysis(r) => {
                 self.line.push_str(&super::analysis::render(r));

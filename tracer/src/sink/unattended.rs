@@ -52,6 +52,8 @@ mod tests {
             time: "t".into(),
             ringbuf: 2,
             recursion_misses: 0,
+            stdout: crate::delivery::Destination::default(),
+            export: None,
         }))
         .unwrap();
         sink.flush().unwrap();

@@ -1,8 +1,11 @@
+mod accounting;
 mod analyze;
 mod analyze_fuzz;
 mod cli;
 mod deploy;
 mod field;
+mod html;
+mod kernel;
 mod metrics;
 mod privileged;
 mod privileged_export;

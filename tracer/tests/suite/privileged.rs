@@ -86,6 +86,13 @@ fn full_connection(listen_addr: &str) {
     }
     for t in &server_ts {
         assert_eq!((t.laddr, t.lport), (server.ip(), port), "{t:?}");
+        if t.old_state.name() == "LISTEN" && t.new_state.name() == "SYN_RECV" && t.rport == 0 {
+            // Kernels up to 6.12 (seen on 5.10, 6.1 and 6.12 by `cargo xtask vm-test`) fire
+            // LISTEN -> SYN_RECV on the new socket before copying the peer's address into
+            // it: the record holds the listener's (unspecified) remote address. Only this one.
+            assert!(t.raddr.is_unspecified(), "{t:?}");
+            continue;
+        }
         assert_eq!((t.raddr, t.rport), (client_addr.ip(), client_port), "{t:?}");
     }
     // Owners are right or unknown, never a bystander. The syscall transitions are known.

@@ -198,7 +198,8 @@ fn export_round_trip() {
     };
     // Kernel-side losses (counted for every TCP socket of the host, before the port filter)
     // may take transitions of ours: the round trip must still hold, the shapes need not.
-    let lost = summary.lost_ringbuf + summary.recursion_misses + summary.export_dropped;
+    let lost =
+        summary.lost_ringbuf + summary.recursion_misses.unwrap_or(0) + summary.export_dropped;
     if lost == 0 {
         check_connections(&live, &conns);
     } else {

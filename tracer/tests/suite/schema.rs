@@ -17,10 +17,14 @@ use tracer::{
 
 use crate::support::{self, fixture};
 
-/// Record kinds absent from the export fixture, as the tracer writes them (a CLOSE_WAIT digest
-/// and a loss report). Every field is here, so a field added to the types without a default
+/// Record kinds absent from the export fixture, as the tracer writes them (a header with the
+/// kernel's features, stuck-socket reports, a CLOSE_WAIT digest and a loss report). Every field is here, so a field added to the types without a default
 /// fails to read: add it here and to docs/schema.md.
-const EXTRA: [&str; 2] = [
+const EXTRA: [&str; 6] = [
+    r#"{"type":"header","schema":1,"version":"0.1.0","hostname":"vm","kernel":"5.10.0-43-cloud-amd64","start_time":"2026-11-25T08:15:45.719949Z","monotonic_start_ns":1,"wall_offset_ns":1,"complete":true,"options":{"ports":[],"family":null,"all_protocols":false,"pids":[],"transitions":true,"timelines":false,"json":true,"close_wait_threshold_ns":1,"report_interval_ns":1,"duration_ns":null,"max_sockets":1,"ring_buffer_bytes":4096},"kernel_features":{"lockdown":"none","btf":true,"ring_buffer":true,"bpf_link":false,"recursion_misses":false,"tracepoints":["sock/inet_sock_set_state"],"missing_tracepoints":["sock/sock_recv_length"]}}"#,
+    r#"{"type":"close_wait","ts_ns":1,"time":"2026-11-25T08:15:45.719949Z","skaddr":null,"pid":null,"comm":null,"fd":null,"family":"ipv4","laddr":"127.0.0.1","lport":80,"raddr":"127.0.0.1","rport":5000,"age_ms":1,"age_at_least":true,"recv_q":3,"netns":4026531840,"holders":[],"unowned":{"reason":"accept_queue","listener":"127.0.0.1:80","listener_pid":7,"listener_comm":"srv"},"cgroup":"/","container":null,"pod_uid":null,"state":"CLOSE_WAIT"}"#,
+    r#"{"type":"stuck","ts_ns":1,"time":"2026-11-25T08:15:45.719949Z","skaddr":"0x1","pid":7,"comm":"srv","fd":4,"family":"ipv4","laddr":"127.0.0.1","lport":80,"raddr":"127.0.0.1","rport":5000,"age_ms":1,"age_at_least":false,"recv_q":0,"netns":4026531840,"holders":[{"pid":7,"comm":"srv","fd":4}],"unowned":null,"cgroup":"/","container":null,"pod_uid":null,"state":"SYN_SENT"}"#,
+    r#"{"type":"stuck_resolved","ts_ns":1,"time":"2026-11-25T08:15:45.719949Z","skaddr":"0x1","pid":7,"comm":"srv","fd":4,"family":"ipv4","laddr":"127.0.0.1","lport":80,"raddr":"127.0.0.1","rport":5000,"stuck_ms":1,"stuck_at_least":false,"new_state":"CLOSE","netns":4026531840,"state":"SYN_SENT"}"#,
     r#"{"type":"digest","ts_ns":1,"time":"2026-11-25T08:15:45.719949Z","stuck":1,"processes":[{"pid":1,"comm":"x","count":1,"oldest_age_ms":5}]}"#,
     r#"{"type":"lost","ts_ns":1,"time":"2026-11-25T08:15:45.719949Z","ringbuf":1,"recursion_misses":0}"#,
 ];

@@ -1,9 +1,11 @@
 //! What the tests share: the tracer binary and its records, sockets on loopback, the network
 //! namespace each privileged test runs in, and the helper processes. Every wait is bounded.
 
+pub mod browser;
 pub mod field;
 mod helper;
 mod live;
+pub mod load;
 mod netns;
 
 use std::{
@@ -23,8 +25,10 @@ pub use live::Tracer;
 pub use netns::NetNs;
 use tracer::record::{Record, TransitionRecord};
 
-/// How long any single wait may take before the test fails.
-pub const WAIT: Duration = Duration::from_secs(30);
+/// How long any single wait may take before the test fails. Generous, since a passing test
+/// never waits this long: inside `cargo xtask vm-test`'s emulated guests a burst of a few
+/// thousand connections takes tens of seconds to drain.
+pub const WAIT: Duration = Duration::from_secs(90);
 
 /// Fails unless running as root: privileged tests must never pass vacuously.
 pub fn require_root() {
@@ -232,4 +236,40 @@ pub fn tool_from_debian(tool: &str, package: &str) -> std::path::PathBuf {
         assert!(install(), "apt-get install {package} failed");
     }
     which(tool).unwrap_or_else(|| panic!("{package} is installed but `{tool}` is not on PATH"))
+}
+
+/// Starts the tracer with stdout and stderr piped (for the tests that control how stdout is
+/// read) and waits for it to report being attached; returns the rest of its stderr.
+pub fn spawn_piped<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+) -> (Child, std::io::BufReader<std::process::ChildStderr>) {
+    use std::io::BufRead as _;
+    require_root();
+    let mut child = tracer_command()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the tracer binary");
+    let mut err = std::io::BufReader::new(child.stderr.take().expect("piped stderr"));
+    let mut line = String::new();
+    err.read_line(&mut line).expect("read the tracer's stderr");
+    assert!(line.contains("attached"), "{line}");
+    (child, err)
+}
+
+/// Stops a tracer whose stdout is piped: SIGINT, then its stdout read to the end (so a
+/// stalled reader's backlog drains before the tracer can exit), then its exit status.
+pub fn stop_piped(child: &mut Child) -> (ExitStatus, String) {
+    use std::io::Read as _;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal the tracer");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_string(&mut out)
+        .expect("read the tracer's stdout");
+    (child.wait().expect("wait for the tracer"), out)
 }

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context as _;
 use tracer::{
-    analyze::{analyze, Options},
+    analyze::{analyze, html, Options},
     error::{AnalyzeError, Warning},
     output::is_broken_pipe,
     sink::{JsonSink, Sink, TextSink},
@@ -37,6 +37,29 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
         Box::new(TextSink::new(stdout, opts.wide))
     };
     let mut shown = Warnings::new(opts.all_warnings);
+    if let Some(path) = &opts.html {
+        let result = html::report(path, input, &opts, sink, &mut |w| shown.print(&w));
+        shown.finish();
+        return match result {
+            Ok(bytes) => {
+                eprintln!(
+                    "tracer: report written to {} ({} KiB)",
+                    path.display(),
+                    bytes.div_ceil(1024)
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(html::ReportError::Analyze(AnalyzeError::Output { source }))
+                if is_broken_pipe(&source) =>
+            {
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e @ html::ReportError::Analyze(_)) => {
+                Err(anyhow::Error::new(e).context("no report written"))
+            }
+            Err(e) => Err(e.into()),
+        };
+    }
     let result = analyze(input, &opts, &mut *sink, &mut |w| shown.print(&w));
     let _ = sink.flush();
     shown.finish();

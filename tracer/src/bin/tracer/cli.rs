@@ -11,6 +11,7 @@ use tracer::{
     engine,
     error::ConfigError,
     event::TcpState,
+    output::Buffer,
     units::parse_duration,
 };
 use tracer_common::{AF_INET, AF_INET6, IPPROTO_TCP};
@@ -29,6 +30,7 @@ Examples:
   tracer --export run.ndjson          # also keep every record in a file (mode 0600)
   tracer analyze run.ndjson           # later, anywhere, no root: timelines, CLOSE_WAIT, stats
   tracer --quiet --metrics 127.0.0.1:9464  # unattended agent: Prometheus metrics, reports on stderr
+  tracer analyze --html out.html run.ndjson  # the same as an HTML report with charts
 
 Run as root (it loads an eBPF program). Ctrl-C prints a summary, including lost events.";
 
@@ -97,6 +99,13 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = u64::from(defaults::RING_BUFFER_BYTES))]
     pub ring_buffer_size: u64,
 
+    /// Formatted output that may wait for a slow reader, per destination (e.g. 64MiB; K, M
+    /// and G are powers of 1024). Past it stdout drops records (counted by type) and the
+    /// export holds the tracer until its disk catches up. Default: room for as many records
+    /// as the ring buffer holds events (30 MiB with the default ring buffer)
+    #[arg(long, value_name = "SIZE")]
+    pub output_buffer: Option<String>,
+
     /// Also write every record (transitions, timelines, CLOSE_WAIT, summary) to FILE as NDJSON,
     /// whatever stdout shows; created with mode 0600, never replacing a file without --force
     #[arg(long, value_name = "FILE")]
@@ -157,6 +166,7 @@ Examples:
   tracer analyze --timelines run.ndjson          # plus one line per connection
   tracer analyze --json run.ndjson | jq .        # the same as NDJSON
   tracer analyze --close-wait-threshold 100ms run.ndjson
+  tracer analyze --html out.html run.ndjson      # a report to open in a browser (one file, offline)
   tracer --json | tee run.ndjson | tracer analyze -";
 
 #[derive(Debug, Clone, clap::Args)]
@@ -183,6 +193,10 @@ pub struct AnalyzeArgs {
     /// Print every warning, not only the first of each kind
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Also write the analysis as a self-contained HTML report (charts, state diagram) to FILE
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 impl TryFrom<&AnalyzeArgs> for analyze::Options {
@@ -202,6 +216,7 @@ impl TryFrom<&AnalyzeArgs> for analyze::Options {
             close_wait_threshold_ns: threshold.map(nanos),
             pids: (!args.pids.is_empty()).then(|| args.pids.iter().copied().collect()),
             all_warnings: args.verbose > 0,
+            html: args.html.clone(),
         })
     }
 }
@@ -246,6 +261,10 @@ impl TryFrom<&Args> for Config {
             });
         }
         let ring_buffer_bytes = ring_buffer_size(args.ring_buffer_size)?;
+        let output_buffer = match &args.output_buffer {
+            Some(token) => output_buffer(token)?,
+            None => Buffer::default_for(ring_buffer_bytes),
+        };
         let mut pids = args.pids.clone();
         pids.sort_unstable();
         pids.dedup();
@@ -289,6 +308,7 @@ impl TryFrom<&Args> for Config {
                 path: path.clone(),
                 force: args.force,
             }),
+            output_buffer,
         })
     }
 }
@@ -349,6 +369,24 @@ fn duration(flag: &'static str, token: &str) -> Result<Duration, ConfigError> {
         return Err(ConfigError::Zero { flag });
     }
     Ok(d)
+}
+
+/// `--output-buffer`: bytes, or with a binary suffix (`64MiB`, `64M`, `512k`).
+fn output_buffer(token: &str) -> Result<Buffer, ConfigError> {
+    let error = |reason: String| ConfigError::Size {
+        flag: "--output-buffer",
+        token: token.to_owned(),
+        reason,
+        min: Buffer::MIN_BYTES,
+    };
+    let bytes = parse_size::Config::new()
+        .with_binary()
+        .parse_size(token.trim())
+        .map_err(|e| error(e.to_string()))?;
+    match usize::try_from(bytes) {
+        Ok(bytes) if bytes >= Buffer::MIN_BYTES => Ok(Buffer { bytes }),
+        _ => Err(error("out of range".to_owned())),
+    }
 }
 
 fn ring_buffer_size(size: u64) -> Result<u32, ConfigError> {
@@ -548,6 +586,27 @@ mod tests {
             ..a.clone()
         };
         assert!(analyze::Options::try_from(&bad).is_err());
+    }
+
+    #[test]
+    fn output_buffer_sizes() {
+        let size = |argv: &[&str]| config(argv).map(|c| c.output_buffer.bytes);
+        assert_eq!(size(&[]).unwrap(), 30 << 20);
+        assert_eq!(
+            size(&["--ring-buffer-size", "4096"]).unwrap(),
+            Buffer::default_for(4096).bytes
+        );
+        assert_eq!(size(&["--output-buffer", "64MiB"]).unwrap(), 64 << 20);
+        assert_eq!(size(&["--output-buffer", "64M"]).unwrap(), 64 << 20);
+        assert_eq!(size(&["--output-buffer", "65536"]).unwrap(), 65536);
+        for bad in ["lots", "-1", "1", "12 parsecs"] {
+            let flag = format!("--output-buffer={bad}");
+            let err = config(&[&flag]).unwrap_err().to_string();
+            assert!(
+                err.contains("--output-buffer") && err.contains(&format!("{bad:?}")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

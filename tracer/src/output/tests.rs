@@ -1,0 +1,316 @@
+use std::sync::{Condvar, Mutex};
+
+use super::*;
+use crate::{
+    record::{LostRecord, Summary},
+    sink::JsonSink,
+};
+
+/// A writer the test can read back.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl Shared {
+    fn records(&self) -> Vec<Record> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+const BIG: Buffer = Buffer { bytes: 8 << 20 };
+
+fn summary(events: u64) -> Record {
+    Record::Summary(Summary {
+        events,
+        ..Summary::default()
+    })
+}
+
+fn lost(n: u64) -> Record {
+    Record::Lost(LostRecord {
+        ts_ns: n,
+        time: "t".into(),
+        ringbuf: n,
+        recursion_misses: 0,
+        ..LostRecord::default()
+    })
+}
+
+fn timeline(n: u64) -> Record {
+    let mut r: Record = serde_json::from_str(
+            r#"{"type":"timeline","ts_ns":1,"time":"t","skaddr":"0x1","family":"ipv4","laddr":"127.0.0.1","lport":1,"raddr":"127.0.0.1","rport":2,"pid":null,"comm":null,"from_birth":true,"outcome":"open","duration_ns":null,"states":[]}"#,
+        )
+        .unwrap();
+    if let Record::Timeline(t) = &mut r {
+        t.ts_ns = n;
+    }
+    r
+}
+
+/// Records of two counted kinds, alternating.
+fn mixed(n: u64) -> Vec<Record> {
+    (0..n)
+        .map(|i| if i % 3 == 0 { timeline(i) } else { lost(i) })
+        .collect()
+}
+
+/// Counts the delivered records by type.
+fn delivered(records: &[Record]) -> ByType {
+    let mut counts = ByType::default();
+    for r in records {
+        if let Some(kind) = Kind::of(r) {
+            counts.add(kind, 1);
+        }
+    }
+    counts
+}
+
+fn json(out: impl Write + Send + 'static, buffer: Buffer, when_full: WhenFull) -> Output {
+    Output::spawn(
+        |w| Box::new(JsonSink::new(w)),
+        out,
+        Filter::everything(),
+        buffer,
+        when_full,
+    )
+    .unwrap()
+}
+
+/// `delivered + dropped = shown`, for every type.
+fn assert_balanced(delivered: &ByType, d: &Destination) {
+    for kind in ByType::KINDS {
+        assert_eq!(
+            delivered.get(kind) + d.dropped.get(kind),
+            d.shown.get(kind),
+            "{kind:?}: delivered {delivered:?}, accounted {d:?}"
+        );
+    }
+}
+
+#[test]
+fn records_arrive_in_order() {
+    let out = Shared::default();
+    let mut output = json(out.clone(), BIG, WhenFull::Drop);
+    for i in 0..3 {
+        assert!(output.send(&[summary(i), summary(i + 100)]));
+    }
+    let (result, delivery) = output.finish(&[summary(7)]);
+    result.unwrap();
+    let events: Vec<u64> = out
+        .records()
+        .into_iter()
+        .map(|r| match r {
+            Record::Summary(s) => s.events,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(events, vec![0, 100, 1, 101, 2, 102, 7]);
+    assert_eq!(
+        delivery,
+        Destination::default(),
+        "summaries are not counted"
+    );
+}
+
+#[test]
+fn a_closed_output_stops_the_loop_and_counts_what_it_lost() {
+    struct Closed;
+    impl Write for Closed {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut output = json(Closed, BIG, WhenFull::Drop);
+    let mut open = true;
+    for _ in 0..1000 {
+        open = output.send(&mixed(3));
+        if !open {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(!open);
+    let (result, delivery) = output.finish(&mixed(3));
+    assert!(is_broken_pipe(&result.unwrap_err()));
+    assert!(delivery.shown.total() >= 6);
+    assert_eq!(delivery.dropped, delivery.shown, "nothing was delivered");
+}
+
+/// A writer that blocks until released, like a reader of stdout that stalls.
+struct Stalled {
+    gate: Arc<(Mutex<bool>, Condvar)>,
+    out: Shared,
+}
+
+impl Stalled {
+    fn new() -> (Self, Arc<(Mutex<bool>, Condvar)>, Shared) {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let out = Shared::default();
+        let stalled = Stalled {
+            gate: Arc::clone(&gate),
+            out: out.clone(),
+        };
+        (stalled, gate, out)
+    }
+}
+
+fn release(gate: &(Mutex<bool>, Condvar)) {
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+}
+
+impl Write for Stalled {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let (open, cv) = &*self.gate;
+        let mut open = open.lock().unwrap();
+        while !*open {
+            open = cv.wait(open).unwrap();
+        }
+        self.out.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_stalled_reader_costs_bounded_memory_and_every_drop_is_counted_by_type() {
+    let (stalled, gate, out) = Stalled::new();
+    let buffer = Buffer { bytes: 256 << 10 };
+    let mut output = json(stalled, buffer, WhenFull::Drop);
+    let batch = mixed(999);
+    for _ in 0..30 {
+        assert!(output.send(&batch));
+        let queued = *lock(&output.shared.queued);
+        assert!(queued <= buffer.bytes, "{queued} bytes queued");
+    }
+    let during = output.delivery();
+    assert!(during.dropped.timeline > 0 && during.dropped.lost > 0);
+    release(&gate);
+    let (result, delivery) = output.finish(&mixed(3));
+    result.unwrap();
+    assert_eq!(delivery.shown.total(), 30 * 999 + 3);
+    assert_eq!(
+        delivery.dropped, during.dropped,
+        "nothing dropped after the stall"
+    );
+    assert_balanced(&delivered(&out.records()), &delivery);
+}
+
+#[test]
+fn a_waiting_output_holds_the_caller_and_drops_nothing() {
+    let (stalled, gate, out) = Stalled::new();
+    let buffer = Buffer { bytes: 64 << 10 };
+    let sender = std::thread::spawn(move || {
+        let mut output = json(stalled, buffer, WhenFull::Wait);
+        for _ in 0..50 {
+            assert!(output.send(&mixed(300)));
+        }
+        output.finish(&[])
+    });
+    // The sender is held once the buffer is full.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!sender.is_finished(), "64 KiB took 15,000 records");
+    release(&gate);
+    let (result, delivery) = sender.join().unwrap();
+    result.unwrap();
+    assert_eq!(delivery.dropped, ByType::default());
+    assert_eq!(delivery.shown.total(), 15_000);
+    assert_balanced(&delivered(&out.records()), &delivery);
+}
+
+#[test]
+fn a_write_that_fails_midway_counts_the_cut_records_as_lost() {
+    /// Takes `left` bytes, a few at a time, then fails like a full disk.
+    struct Disk {
+        left: usize,
+        out: Shared,
+    }
+    impl Write for Disk {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.left == 0 {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            let n = buf.len().min(self.left).min(1000);
+            self.left -= n;
+            self.out.write(&buf[..n])
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let out = Shared::default();
+    let disk = Disk {
+        left: 50_000,
+        out: out.clone(),
+    };
+    let mut output = json(disk, BIG, WhenFull::Wait);
+    for _ in 0..100 {
+        if !output.send(&mixed(100)) {
+            break;
+        }
+    }
+    let (result, delivery) = output.finish(&mixed(10));
+    assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::ENOSPC));
+    // Only whole lines count as delivered.
+    let bytes = out.0.lock().unwrap().clone();
+    let whole = &bytes[..=bytes.iter().rposition(|&b| b == b'\n').unwrap()];
+    let records: Vec<Record> = String::from_utf8(whole.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(delivery.dropped.total() > 0);
+    assert_balanced(&delivered(&records), &delivery);
+}
+
+#[test]
+fn the_filter_decides_what_is_shown_and_counted() {
+    let out = Shared::default();
+    let mut filter = Filter::everything();
+    filter.timelines = false;
+    let mut output = Output::spawn(
+        |w| Box::new(JsonSink::new(w)),
+        out.clone(),
+        filter,
+        BIG,
+        WhenFull::Drop,
+    )
+    .unwrap();
+    assert!(output.send(&[timeline(1), summary(3), lost(2)]));
+    let (result, delivery) = output.finish(&[]);
+    result.unwrap();
+    assert_eq!((delivery.shown.timeline, delivery.shown.lost), (0, 1));
+    assert_eq!(out.records().len(), 2);
+}
+
+#[test]
+fn the_default_buffer_holds_a_full_ring_buffer_of_records() {
+    for ring in [4096, 1 << 20, tracer_common::DEFAULT_RING_BUFFER_BYTES] {
+        let buffer = Buffer::default_for(ring);
+        let events = tracer_common::ring_buffer_events(ring);
+        assert!(buffer.bytes >= events * Buffer::RECORD_BYTES, "{ring}");
+        assert!(buffer.bytes >= 1 << 20);
+    }
+    assert_eq!(
+        Buffer::default_for(tracer_common::DEFAULT_RING_BUFFER_BYTES).bytes,
+        30 << 20
+    );
+}

@@ -1,0 +1,205 @@
+//! Every record counted by type and destination against the real kernel: an overloaded
+//! one-page ring buffer, and a stdout nobody reads. For each record type and each destination,
+//! `delivered + dropped = shown`, and the export shows everything produced. Privileged,
+//! bounded in count and time, loopback only, ephemeral ports.
+
+use std::{
+    io::Read,
+    path::Path,
+    thread,
+    time::{Duration, Instant},
+};
+
+use tracer::{
+    delivery::{ByType, Destination, Kind},
+    record::{Record, Summary},
+};
+
+use crate::support::{
+    self,
+    load::{churn, serve, PER_CONNECTION},
+    NetNs, Tracer, WAIT,
+};
+
+fn read_export(path: &Path) -> Vec<Record> {
+    support::records(&std::fs::read_to_string(path).unwrap())
+}
+
+/// Records delivered, by type.
+fn delivered(records: &[Record]) -> ByType {
+    let mut counts = ByType::default();
+    for r in records {
+        if let Some(kind) = Kind::of(r) {
+            counts.add(kind, 1);
+        }
+    }
+    counts
+}
+
+/// `delivered + dropped = shown` for every type.
+fn assert_balanced(what: &str, records: &[Record], d: &Destination) {
+    let got = delivered(records);
+    for kind in ByType::KINDS {
+        assert_eq!(
+            got.get(kind) + d.dropped.get(kind),
+            d.shown.get(kind),
+            "{what}, {kind:?}: delivered {got:?}, accounted {d:?}"
+        );
+    }
+}
+
+/// The export showed every record the engine produced, and delivered all of them.
+fn assert_export_complete(export: &[Record], summary: &Summary) {
+    let Some(d) = summary.export else {
+        panic!("no export accounting in {summary:?}")
+    };
+    assert_eq!(d.dropped, ByType::default(), "the export dropped records");
+    assert_balanced("export", export, &d);
+    assert_eq!(d.shown.transition, summary.transitions);
+    assert_eq!(d.shown.timeline, summary.timelines);
+    assert_eq!(d.shown.close_wait, summary.close_wait_alerts);
+    assert_eq!(d.shown.close_wait_resolved, summary.close_wait_resolved);
+    assert!(matches!(export.last(), Some(Record::Summary(s)) if s == summary));
+}
+
+fn summary_of(records: &[Record]) -> Summary {
+    match records.last() {
+        Some(Record::Summary(s)) => s.clone(),
+        other => panic!("no summary last: {other:?}"),
+    }
+}
+
+#[test]
+#[ignore = "needs root and BPF"]
+fn an_overloaded_ring_buffer_is_counted_by_type_in_both_destinations() {
+    let _netns = NetNs::enter();
+    let (listener, addr) = support::listen("127.0.0.1:0");
+    let port_arg = addr.port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let export_path = dir.path().join("run.ndjson");
+    // One page: room for about 39 events.
+    let tracer = Tracer::start(&[
+        "-p",
+        &port_arg,
+        "--ring-buffer-size",
+        "4096",
+        "--timelines",
+        "--export",
+        export_path.to_str().unwrap(),
+    ]);
+    let connections = 2_000;
+    let server = serve(listener, connections);
+    churn(addr, connections, 4);
+    server.join().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let (stdout, summary) = tracer.stop();
+    let export = read_export(&export_path);
+    assert_eq!(summary_of(&export), summary);
+
+    assert!(
+        summary.lost_ringbuf > 0,
+        "the burst never overflowed one page: {summary:?}"
+    );
+    assert_eq!(summary.decode_errors, 0);
+    // Kernel side: what was received plus what the kernel counted is what happened.
+    let happened = (connections * PER_CONNECTION) as u64 + 1;
+    let received = summary.events;
+    assert!(
+        received + summary.lost_ringbuf <= happened
+            && happened <= received + summary.lost_ringbuf + summary.recursion_misses.unwrap_or(0),
+        "{summary:?}"
+    );
+    // The `lost` records add up to the kernel's counts.
+    let ringbuf: u64 = export
+        .iter()
+        .map(|r| match r {
+            Record::Lost(l) => l.ringbuf,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(ringbuf, summary.lost_ringbuf);
+    // Output side: every record produced is delivered or counted, by type and destination.
+    assert_export_complete(&export, &summary);
+    assert_balanced("stdout", &stdout, &summary.stdout);
+    assert_eq!(summary.stdout.shown.transition, summary.transitions);
+    assert_eq!(summary.stdout.shown.timeline, summary.timelines);
+    assert_eq!(
+        summary.output_dropped,
+        summary.stdout.dropped.total(),
+        "totals agree with the counts by type"
+    );
+}
+
+#[test]
+#[ignore = "needs root and BPF"]
+fn a_stalled_reader_loses_only_counted_stdout_records_and_never_export_ones() {
+    support::require_root();
+    let _netns = NetNs::enter();
+    let (listener, addr) = support::listen("127.0.0.1:0");
+    let port_arg = addr.port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let export_path = dir.path().join("run.ndjson");
+    let args = [
+        "--json".as_ref(),
+        "--timelines".as_ref(),
+        "-p".as_ref(),
+        port_arg.as_ref(),
+        "--output-buffer".as_ref(),
+        "64KiB".as_ref(),
+        "--export".as_ref(),
+        export_path.as_os_str(),
+    ];
+    let (mut child, mut err) = support::spawn_piped::<&std::ffi::OsStr>(&args);
+
+    // Nobody reads stdout while 30,000 transitions and 6,000 timelines (about 12 MB of JSON)
+    // are made: far more than 64 KiB of buffer and the pipe.
+    let connections = 3_000;
+    let server = serve(listener, connections);
+    churn(addr, connections, 2);
+    server.join().unwrap();
+    // Still stalled: the export has them all, so the event loop was never held by stdout.
+    let expected = (connections * PER_CONNECTION) as u64 + 1;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(&export_path).unwrap();
+        let seen = text.matches(r#""type":"transition""#).count() as u64;
+        if seen >= expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the export stalled with stdout: {seen} of {expected} transitions"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // A tick later, a `lost` record in the export says what stdout dropped, by type.
+    thread::sleep(Duration::from_millis(300));
+    let (status, out) = support::stop_piped(&mut child);
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "{status}: {rest}");
+    assert!(rest.contains("stdout dropped"), "{rest}");
+
+    let stdout = support::records(&out);
+    let summary = summary_of(&stdout);
+    let export = read_export(&export_path);
+    assert_eq!(summary_of(&export), summary);
+    assert_eq!(summary.lost_ringbuf, 0, "the kernel side was held up");
+    assert!(summary.transitions + summary.recursion_misses.unwrap_or(0) >= expected);
+    let dropped = summary.stdout.dropped;
+    assert!(
+        dropped.transition > 0 && dropped.timeline > 0,
+        "the stall never filled the buffer: {summary:?}"
+    );
+    assert_balanced("stdout", &stdout, &summary.stdout);
+    assert_export_complete(&export, &summary);
+    let live = export
+        .iter()
+        .rev()
+        .find_map(|r| match r {
+            Record::Lost(l) => Some(l.stdout),
+            _ => None,
+        })
+        .expect("a lost record reporting the stdout drops");
+    assert!(live.dropped.transition > 0 && live.dropped.transition <= dropped.transition);
+}

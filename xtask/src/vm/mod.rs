@@ -1,0 +1,523 @@
+//! `vm-test`: the tracer proven on real kernels. Boots each pinned Debian kernel under qemu with
+//! an initramfs holding the freshly built tracer and its privileged test binaries, runs the tests
+//! inside, and prints one line per kernel and scenario. Hostile-kernel scenarios (lockdown, no
+//! tracefs mounted, a hardened JIT) boot the same image with other kernel arguments and check the
+//! tracer's own start-up.
+
+mod image;
+mod kernels;
+mod qemu;
+mod report;
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+use crate::{
+    ebpf,
+    run::OBJECT_VAR,
+    util::{host_cargo, workspace_root},
+};
+use report::{Outcome, Report};
+
+/// The privileged tests run on every kernel when `--suite auto` runs the core set: client and
+/// server transitions on IPv4 and IPv6, the CLOSE_WAIT report with its owner, a socket stuck
+/// before start, reset, refused connect, overload accounting, `kill -9` leaving nothing behind.
+const CORE_TESTS: &[&str] = &[
+    "ipv4_client_and_server_sequences",
+    "ipv6_client_and_server_sequences",
+    "close_wait_is_reported_with_the_server_process",
+    "close_wait_from_before_the_tracer_started",
+    "reset_connection",
+    "refused_connect",
+    "overload_counts_every_loss_exactly_and_recovers",
+    "kill_9_leaves_nothing_attached",
+];
+
+/// Tests that cannot hold inside an emulated guest, with the reason the table shows. They run
+/// on the host (`cargo xtask test`'s privileged stage).
+const GUEST_SKIPS: &[(&str, &str)] = &[
+    (
+        "a_stalled_reader_does_not_block_the_kernel_side",
+        "under software emulation the churn cannot outrun the output queue in its stall; runs on the host",
+    ),
+    (
+        "browser_renders_the_fixture_report",
+        "needs Chromium, which the guest image does not carry; runs on the host",
+    ),
+    (
+        "real_capture_of_the_classic_leak",
+        "renders its report in Chromium, which the guest image does not carry; runs on the host",
+    ),
+];
+
+#[derive(Args)]
+pub struct VmArgs {
+    /// Kernels to boot (repeatable, or comma-separated): 5.10, 6.1, 6.12, 6.18, 7.3. Default: all.
+    #[arg(long = "kernel", value_delimiter = ',')]
+    kernels: Vec<String>,
+    /// Which privileged tests run in the guest: `full` (all), `core` (a fixed core set), or
+    /// `auto`: full on the oldest and newest kernel booted, core on the others.
+    #[arg(long, value_enum, default_value_t = Suite::Auto)]
+    suite: Suite,
+    /// Only tests whose name contains one of these (libtest filters; overrides --suite).
+    #[arg(long = "filter", value_delimiter = ',')]
+    filters: Vec<String>,
+    /// Skip the hostile-kernel scenarios (lockdown, no tracefs, hardened JIT).
+    #[arg(long)]
+    no_hostile: bool,
+    /// Seconds one boot may take before qemu is killed.
+    #[arg(long, default_value_t = 900)]
+    timeout: u64,
+    /// `tcg` (software emulation), `kvm`, or `auto` (kvm only where /dev/kvm is usable and the
+    /// CPU has vmx or svm: a stock kernel does not run under the nested kvm_pvm hypervisor).
+    #[arg(long, default_value = "auto")]
+    accel: String,
+}
+
+impl Default for VmArgs {
+    /// What `cargo xtask test` runs: every kernel, `--suite auto`, the hostile scenarios.
+    fn default() -> Self {
+        VmArgs {
+            kernels: Vec::new(),
+            suite: Suite::Auto,
+            filters: Vec::new(),
+            no_hostile: false,
+            timeout: 900,
+            accel: "auto".to_owned(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Suite {
+    Full,
+    Core,
+    Auto,
+}
+
+/// What a boot checks.
+#[derive(Clone, Copy)]
+enum Check {
+    /// The test binaries ran and every test passed.
+    Tests,
+    /// The tracer starts, attaches and exits 0.
+    Starts,
+    /// The tracer refuses to start and its error names `word`.
+    Refuses(&'static str),
+}
+
+#[derive(Clone, Copy)]
+struct Scenario {
+    name: &'static str,
+    append: &'static str,
+    check: Check,
+}
+
+const HOSTILE: &[Scenario] = &[
+    Scenario {
+        name: "lockdown",
+        append: "lockdown=confidentiality tracer_vm.mode=smoke",
+        check: Check::Refuses("lockdown"),
+    },
+    Scenario {
+        name: "no-tracefs",
+        append: "tracer_vm.mode=smoke tracer_vm.notracefs=1",
+        check: Check::Starts,
+    },
+    Scenario {
+        name: "jit-harden",
+        append: "tracer_vm.mode=smoke tracer_vm.harden=1",
+        check: Check::Starts,
+    },
+];
+
+pub fn vm_test(args: &VmArgs) -> Result<()> {
+    let pins = kernels::select(&args.kernels)?;
+    let accel = qemu::accel(&args.accel)?;
+    qemu::ensure_installed()?;
+    let cache = workspace_root().join("target/vm");
+    fs::create_dir_all(&cache)?;
+    let (kernels, busybox) = kernels::fetch(&pins, &cache)?;
+    for kernel in &kernels {
+        eprintln!(
+            "vm-test: kernel {}: {}",
+            kernel.name,
+            kernel.source.lines().next().unwrap_or_default()
+        );
+    }
+    let built = build()?;
+    let initramfs = cache.join("initramfs.cpio");
+    image::build(
+        &image::Contents {
+            busybox: &busybox,
+            tracer: &built.tracer,
+            tests: &built.tests,
+            helpers: &built.helpers,
+            data: &[workspace_root().join("tracer/tests/data")],
+        },
+        &initramfs,
+    )?;
+    eprintln!(
+        "vm-test: guest image {} ({} MiB)",
+        initramfs.display(),
+        fs::metadata(&initramfs)?.len() >> 20
+    );
+
+    let mut rows = Vec::new();
+    let mut failed = false;
+    for (i, kernel) in kernels.iter().enumerate() {
+        let full = match args.suite {
+            Suite::Full => true,
+            Suite::Core => false,
+            Suite::Auto => i == 0 || i + 1 == kernels.len(),
+        };
+        let filter = if !args.filters.is_empty() {
+            args.filters.join(",")
+        } else if full {
+            String::new()
+        } else {
+            CORE_TESTS.join(",")
+        };
+        let mut append = "tracer_vm.mode=tests".to_owned();
+        let skips: Vec<&str> = GUEST_SKIPS.iter().map(|(name, _)| *name).collect();
+        append.push_str(&format!(" tracer_vm.skip={}", skips.join(",")));
+        if !filter.is_empty() {
+            append.push_str(&format!(" tracer_vm.filter={filter}"));
+        }
+        let suite = if filter.is_empty() {
+            "full"
+        } else if args.filters.is_empty() {
+            "core"
+        } else {
+            "filtered"
+        };
+        let tests = Scenario {
+            name: "tests",
+            append: "",
+            check: Check::Tests,
+        };
+        let mut runs = vec![(tests, append, suite)];
+        if !args.no_hostile {
+            runs.extend(HOSTILE.iter().map(|s| (*s, s.append.to_owned(), "smoke")));
+        }
+        for (scenario, append, suite) in runs {
+            let out = cache.join("runs").join(kernel.name).join(scenario.name);
+            let started = Instant::now();
+            let booted = qemu::boot(
+                &kernel.vmlinuz,
+                &initramfs,
+                &out,
+                &append,
+                accel,
+                Duration::from_secs(args.timeout),
+            )?;
+            let report =
+                Report::parse(&fs::read_to_string(out.join("report.log")).unwrap_or_default());
+            let row = judge(
+                kernel.name,
+                &scenario,
+                suite,
+                &report,
+                &booted,
+                started.elapsed(),
+            );
+            failed |= !row.pass;
+            eprintln!("{}", row.line());
+            if !row.pass {
+                eprint!("{}", explain(&report, &out));
+            }
+            rows.push(row);
+        }
+    }
+    println!("{}", table(&rows));
+    if failed {
+        bail!(
+            "vm-test: a kernel failed (evidence under {})",
+            cache.join("runs").display()
+        );
+    }
+    Ok(())
+}
+
+/// The tracer and its test binaries, built as `cargo test` builds them, with the eBPF object.
+struct Built {
+    tracer: PathBuf,
+    tests: Vec<PathBuf>,
+    helpers: Vec<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct Artifact {
+    reason: String,
+    #[serde(default)]
+    executable: Option<PathBuf>,
+    #[serde(default)]
+    target: Option<Target>,
+    #[serde(default)]
+    profile: Option<ArtifactProfile>,
+}
+
+#[derive(Deserialize)]
+struct ArtifactProfile {
+    test: bool,
+}
+
+#[derive(Deserialize)]
+struct Target {
+    name: String,
+    kind: Vec<String>,
+}
+
+fn build() -> Result<Built> {
+    let object = ebpf::build()?.object;
+    let out = host_cargo()
+        .env(OBJECT_VAR, &object)
+        .args(["test", "-p", "tracer", "--no-run", "--message-format=json"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let mut built = Built {
+        tracer: PathBuf::new(),
+        tests: Vec::new(),
+        helpers: Vec::new(),
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(artifact) = serde_json::from_str::<Artifact>(line) else {
+            continue;
+        };
+        let (Some(exe), Some(target)) = (artifact.executable, artifact.target) else {
+            continue;
+        };
+        // A bin or lib built as a test harness (its unit tests) is not the program itself.
+        let harness = artifact.profile.as_ref().is_some_and(|p| p.test);
+        if artifact.reason != "compiler-artifact"
+            || (harness && !target.kind.iter().any(|k| k == "test"))
+        {
+            continue;
+        }
+        if target.kind.iter().any(|k| k == "test") {
+            built.tests.push(exe);
+        } else if target.kind.iter().any(|k| k == "bin") {
+            if target.name == "tracer" {
+                built.tracer = exe;
+            } else {
+                built.helpers.push(exe);
+            }
+        }
+    }
+    if built.tracer.as_os_str().is_empty() || built.tests.is_empty() {
+        bail!("cargo test --no-run built no tracer binary or no integration test binary");
+    }
+    built.tests.sort();
+    built.tests.dedup();
+    Ok(built)
+}
+
+struct Row {
+    kernel: &'static str,
+    scenario: &'static str,
+    suite: &'static str,
+    release: String,
+    attached: String,
+    passed: usize,
+    failed: usize,
+    skipped: Vec<String>,
+    seconds: f64,
+    /// Kernel features the guest found missing (`fact NAME no`).
+    lacks: Vec<String>,
+    pass: bool,
+    problems: Vec<String>,
+}
+
+impl Row {
+    fn line(&self) -> String {
+        format!(
+            "vm-test: {} {} {}: {}{}",
+            self.kernel,
+            self.scenario,
+            self.release,
+            if self.pass { "PASS" } else { "FAIL" },
+            if self.problems.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", self.problems.join("; "))
+            }
+        )
+    }
+}
+
+fn judge(
+    kernel: &'static str,
+    scenario: &Scenario,
+    suite: &'static str,
+    report: &Report,
+    booted: &qemu::Booted,
+    took: Duration,
+) -> Row {
+    let mut problems = Vec::new();
+    if booted.timed_out {
+        problems.push(format!("killed after {} s", took.as_secs()));
+    }
+    if !report.complete {
+        problems.push("the guest's report is incomplete (boot failure, panic or hang)".to_owned());
+    }
+    let attached = match report.smoke_rc {
+        None => "-".to_owned(),
+        Some(_) if report.attached() => "yes".to_owned(),
+        Some(rc) => format!("no (exit {rc})"),
+    };
+    match scenario.check {
+        Check::Tests => {
+            if !report.attached() || report.smoke_rc != Some(0) {
+                problems.push("the tracer did not start and attach".to_owned());
+            }
+            if report.tests.is_empty() {
+                problems.push("no test ran".to_owned());
+            }
+            let failed: Vec<_> = report
+                .tests
+                .iter()
+                .filter(|(_, o)| *o == Outcome::Failed)
+                .map(|(n, _)| n.clone())
+                .collect();
+            if !failed.is_empty() {
+                problems.push(format!("failed: {}", failed.join(", ")));
+            }
+            for (bin, rc) in &report.bad_exits {
+                if failed.is_empty() {
+                    problems.push(format!(
+                        "{} exited {rc}",
+                        Path::new(bin)
+                            .file_name()
+                            .unwrap_or_default()
+                            .to_string_lossy()
+                    ));
+                }
+            }
+        }
+        Check::Starts => {
+            if !report.attached() || report.smoke_rc != Some(0) {
+                problems.push("the tracer did not start and attach".to_owned());
+            }
+        }
+        Check::Refuses(word) => {
+            if report.smoke_rc == Some(0) {
+                problems.push("the tracer started although it should have refused".to_owned());
+            }
+            if !report
+                .smoke_stderr
+                .iter()
+                .any(|l| l.to_lowercase().contains(word))
+            {
+                problems.push(format!("its error does not name {word}"));
+            }
+        }
+    }
+    Row {
+        kernel,
+        scenario: scenario.name,
+        suite,
+        release: report.release.clone().unwrap_or_else(|| "?".to_owned()),
+        attached,
+        passed: report.count(|o| *o == Outcome::Passed),
+        failed: report.count(|o| *o == Outcome::Failed),
+        skipped: report
+            .tests
+            .iter()
+            .filter_map(|(n, o)| match o {
+                Outcome::Skipped(why) => Some(format!("{n}: {why}")),
+                _ => None,
+            })
+            .chain(
+                matches!(scenario.check, Check::Tests)
+                    .then_some(GUEST_SKIPS)
+                    .into_iter()
+                    .flatten()
+                    .map(|(n, why)| format!("{n}: {why}")),
+            )
+            .collect(),
+        seconds: took.as_secs_f64(),
+        lacks: report
+            .facts
+            .iter()
+            .filter(|(_, v)| v == "no")
+            .map(|(k, _)| k.trim_start_matches("tracepoint:").to_owned())
+            .collect(),
+        pass: problems.is_empty(),
+        problems,
+    }
+}
+
+/// What a person needs to see when a boot failed: each failed test's own output, the
+/// tracer's smoke stderr, and the end of the report or console.
+fn explain(report: &Report, out: &Path) -> String {
+    let mut text = String::new();
+    for (name, body) in &report.failure_output {
+        let _ = writeln!(text, "---- {name} (in the guest) ----\n{body}");
+    }
+    if report.smoke_rc != Some(0) || !report.attached() {
+        let _ = writeln!(
+            text,
+            "---- tracer start-up stderr ----\n{}",
+            report.smoke_stderr.join("\n")
+        );
+    }
+    if !report.complete {
+        let _ = writeln!(
+            text,
+            "---- last lines of the report ----\n{}",
+            report.tail.join("\n")
+        );
+        let console = fs::read_to_string(out.join("console.log")).unwrap_or_default();
+        let tail: Vec<&str> = console.lines().rev().take(30).collect();
+        let _ = writeln!(text, "---- last lines of the console ----");
+        for line in tail.iter().rev() {
+            let _ = writeln!(text, "{line}");
+        }
+    }
+    text
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut t = String::from(
+        "KERNEL  SCENARIO    RELEASE                      ATTACHED  SUITE     PASSED  FAILED  SKIPPED  TIME    RESULT\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "{:<7} {:<11} {:<28} {:<9} {:<9} {:>6}  {:>6}  {:>7}  {:>5.0}s  {}",
+            r.kernel,
+            r.scenario,
+            r.release,
+            r.attached,
+            r.suite,
+            r.passed,
+            r.failed,
+            r.skipped.len(),
+            r.seconds,
+            if r.pass {
+                "PASS".to_owned()
+            } else {
+                format!("FAIL: {}", r.problems.join("; "))
+            }
+        );
+        if !r.lacks.is_empty() {
+            let _ = writeln!(t, "        lacks: {}", r.lacks.join(", "));
+        }
+        for skip in &r.skipped {
+            let _ = writeln!(t, "        skipped {skip}");
+        }
+    }
+    t
+}
