@@ -27,5 +27,5 @@ fuzz_target!(|data: &[u8]| {
     }
     let due = engine.due(u64::MAX / 2);
     engine.alert(&due, None, u64::MAX / 2, &mut out);
-    engine.finish(u64::MAX, 0, 0, &mut out);
+    engine.finish(u64::MAX, 0, Some(0), &mut out);
 });
