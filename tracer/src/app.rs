@@ -1,10 +1,11 @@
 //! The event loop: drain the ring buffer, feed the engine, tick the CLOSE_WAIT detector, and
 //! stop on a signal, `--duration`, or a closed stdout.
 //!
-//! The engine produces every record kind; stdout shows what the flags ask for, and the
-//! `--export` file, on its own output thread, gets everything.
+//! The engine produces every record kind; stdout shows what the flags ask for, the `--export`
+//! file, on its own output thread, gets everything, and `--metrics` counts everything
+//! (`crate::metrics`, served on this runtime).
 
-use std::{io, path::PathBuf, time::Duration};
+use std::{collections::HashMap, io, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -23,16 +24,20 @@ use crate::{
     engine::{self, Engine},
     event::Transition,
     export::{self, ExportFile},
+    metrics::{self, process::fd_usage, Metrics, Totals},
     output::{is_broken_pipe, Output, WhenFull},
     owner::{self, SocketTable},
     probe::Probe,
     record::{LostRecord, Record},
-    sink::{self, Filter, JsonSink, Sink, TextSink},
+    sink::{self, unattended::Reports, Filter, JsonSink, Sink, TextSink},
     units::{monotonic_ns, WallClock},
 };
 
 /// How often the CLOSE_WAIT detector and the loss counters are checked.
 const TICK: Duration = Duration::from_millis(100);
+
+/// Ticks between refreshes of the per-process metrics (stuck sockets, fd usage): 1 s.
+const PROCESS_REFRESH_TICKS: u64 = 10;
 
 /// How long to let records gather after the ring buffer wakes us, before draining it. The
 /// kernel wakes the reader only for a record committed into a ring the reader had emptied, and
@@ -114,6 +119,11 @@ impl Session {
             sigterm: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             sighup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
         };
+        // Before anything else, so a bad address or a port in use fails at once, without root.
+        let listener = match &config.metrics {
+            Some(target) => Some(metrics::Listener::bind(target.addr)?),
+            None => None,
+        };
         // Before loading eBPF, so a refused file is reported at once, with or without root.
         let export = match &config.export {
             Some(target) => Some(ExportFile::open(&target.path, target.force)?),
@@ -129,8 +139,9 @@ impl Session {
             }
         };
         let clock = WallClock::now();
-        // The export takes every record; without one, records stdout does not show are not made.
-        let everything = export.is_some();
+        // The export and the metrics take every record; without them, records stdout does not
+        // show are not made.
+        let everything = export.is_some() || listener.is_some();
         let mut engine = Engine::new(
             engine::Options {
                 transitions: everything || config.engine.transitions,
@@ -157,9 +168,14 @@ impl Session {
             Some(file) => Some(spawn_export(file, header(true), config)?),
             None => None,
         };
+        let metrics = match (listener, &config.metrics) {
+            (Some(listener), Some(target)) => Some(serve_metrics(listener, target, &header(true))?),
+            _ => None,
+        };
         let mut outputs = Outputs {
             stdout: stdout_output(config, display.clone())?,
             export: exporting,
+            metrics,
         };
         outputs
             .stdout
@@ -200,6 +216,7 @@ impl Session {
         tokio::pin!(deadline);
 
         let mut reported_lost = (0u64, 0u64, 0u64);
+        let mut ticks = 0u64;
         // A digest that came due during a lookup waits for its owners.
         let mut digest_due = false;
         loop {
@@ -238,6 +255,14 @@ impl Session {
                             export,
                         }));
                         reported_lost = lost;
+                    }
+                    ticks += 1;
+                    if let Some(metrics) = &mut self.outputs.metrics {
+                        let outputs = (&self.outputs.stdout, self.outputs.export.as_ref());
+                        metrics.publish(&totals(&self.engine, (lost.0, lost.1), outputs));
+                        if ticks.is_multiple_of(PROCESS_REFRESH_TICKS) {
+                            refresh_processes(metrics, &self.engine, now).await;
+                        }
                     }
                 }
                 scanned = scanned(&mut self.lookup) => {
@@ -292,7 +317,7 @@ impl Session {
         let (stdout, export) = outputs.delivery();
         summary.set_delivery(stdout, export);
         let last = [Record::Summary(summary.clone())];
-        let Outputs { stdout, export } = outputs;
+        let Outputs { stdout, export, .. } = outputs;
         let exported = export.map(|(export, path)| (export.finish(&last), path));
         let (written, stdout) = stdout.finish(&last);
         // On stderr, the final count: it includes records the writers failed to write after
@@ -412,10 +437,11 @@ fn settle(scanned: Scanned) -> Option<SocketTable> {
     }
 }
 
-/// Where records go: stdout, and the export file when there is one.
+/// Where records go: stdout, the export file when there is one, and the metrics.
 struct Outputs {
     stdout: Output,
     export: Option<(Output, PathBuf)>,
+    metrics: Option<Metrics>,
 }
 
 impl Outputs {
@@ -435,6 +461,9 @@ impl Outputs {
 
     /// Formats the batch for every destination and empties it (keeping its capacity).
     fn format(&mut self, batch: &mut Vec<Record>) {
+        if let Some(metrics) = &mut self.metrics {
+            metrics.observe(batch);
+        }
         if let Some((export, _)) = &mut self.export {
             export.format(batch);
         }
@@ -444,6 +473,9 @@ impl Outputs {
 
     /// Formats and ships the batch; says why to stop when a destination is gone.
     fn send(&mut self, batch: &mut Vec<Record>) -> Option<Stop> {
+        if let Some(metrics) = &mut self.metrics {
+            metrics.observe(batch);
+        }
         if let Some((export, _)) = &mut self.export {
             if !export.send(batch) {
                 return Some(Stop::ExportFailed);
@@ -479,9 +511,20 @@ fn spawn_export(
     Ok((output, path))
 }
 
-/// The stdout destination: text (coloured on a terminal unless `NO_COLOR`) or NDJSON. It
-/// drops (and counts) what a stalled reader leaves no room for.
+/// The stdout destination: text (coloured on a terminal unless `NO_COLOR`) or NDJSON; with
+/// `--quiet`, only the reports, as NDJSON on stderr. It drops (and counts) what a stalled
+/// reader leaves no room for.
 fn stdout_output(config: &Config, filter: Filter) -> anyhow::Result<Output> {
+    if config.quiet {
+        return Output::spawn(
+            |chunk| Box::new(Reports::new(JsonSink::new(chunk))),
+            io::stderr(),
+            filter,
+            config.output_buffer,
+            WhenFull::Drop,
+        )
+        .context("starting the output thread");
+    }
     let (json, wide) = (config.json, config.wide);
     let color =
         std::io::IsTerminal::is_terminal(&io::stdout()) && std::env::var_os("NO_COLOR").is_none();
@@ -500,4 +543,58 @@ fn stdout_output(config: &Config, filter: Filter) -> anyhow::Result<Output> {
         WhenFull::Drop,
     )
     .context("starting the output thread")
+}
+
+/// Registers the metrics and serves them on the listener bound at start.
+fn serve_metrics(
+    listener: metrics::Listener,
+    target: &crate::config::MetricsTarget,
+    header: &crate::record::Header,
+) -> anyhow::Result<Metrics> {
+    let metrics = Metrics::new(&header.kernel, target.max_processes);
+    let addr = listener.local_addr();
+    listener
+        .serve(metrics.exposition())
+        .with_context(|| format!("serving --metrics on {addr}"))?;
+    eprintln!("tracer: metrics on http://{addr}/metrics, health on http://{addr}/healthz");
+    Ok(metrics)
+}
+
+/// The run's totals so far, for the metrics.
+fn totals(
+    engine: &Engine,
+    lost: (u64, u64),
+    (stdout, export): (&Output, Option<&(Output, PathBuf)>),
+) -> Totals {
+    let summary = engine.summary();
+    Totals {
+        events: summary.events,
+        lost_ringbuf: lost.0,
+        recursion_misses: lost.1,
+        decode_errors: summary.decode_errors,
+        evicted: summary.evicted,
+        stdout_dropped: stdout.delivery().dropped.total(),
+        export_dropped: export.map_or(0, |(e, _)| e.delivery().dropped.total()),
+    }
+}
+
+/// Refreshes the per-process metrics from the engine's stuck sockets, reading the holders'
+/// fd usage off the event loop's thread.
+async fn refresh_processes(metrics: &Metrics, engine: &Engine, now: u64) {
+    let Record::Digest(digest) = engine.digest(now) else {
+        return;
+    };
+    let pids = metrics.tracked_pids(&digest);
+    let fds = if pids.is_empty() {
+        HashMap::new()
+    } else {
+        tokio::task::spawn_blocking(move || {
+            pids.into_iter()
+                .filter_map(|pid| fd_usage(pid).map(|u| (pid, u)))
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    };
+    metrics.processes(&digest, &fds);
 }

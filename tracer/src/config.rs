@@ -2,7 +2,7 @@
 //! engine produces, what stdout shows and where the export goes. The binary builds a [`Config`]
 //! from the command line; [`crate::app::run`] runs it.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use tracer_common::{AF_INET, AF_INET6};
 
@@ -54,9 +54,22 @@ pub struct ExportTarget {
     pub force: bool,
 }
 
+/// Where and how `--metrics` serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsTarget {
+    /// The address to listen on (port 0: any free port).
+    pub addr: SocketAddr,
+    /// Processes with per-process series; the rest are aggregated.
+    pub max_processes: usize,
+}
+
 /// Validated settings of a live run.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Serve Prometheus metrics (`--metrics`).
+    pub metrics: Option<MetricsTarget>,
+    /// Unattended (`--quiet`): nothing on stdout; reports as JSON lines on stderr.
+    pub quiet: bool,
     /// What the eBPF program keeps.
     pub kernel: KernelFilter,
     /// What the engine produces for stdout (an export makes it produce everything).

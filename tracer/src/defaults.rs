@@ -15,6 +15,9 @@ pub const MAX_SOCKETS: usize = 262_144;
 /// Size of the kernel ring buffer in bytes (`--ring-buffer-size`).
 pub const RING_BUFFER_BYTES: u32 = tracer_common::DEFAULT_RING_BUFFER_BYTES;
 
+/// Processes with per-process metric series of their own (`--metrics-max-processes`).
+pub const METRICS_MAX_PROCESSES: usize = 100;
+
 /// A duration as whole nanoseconds, saturating at `u64::MAX` (about 584 years).
 pub fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)

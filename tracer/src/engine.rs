@@ -79,9 +79,9 @@ impl Engine {
         }
     }
 
-    /// Counters so far (`ts_ns`/`time` are filled by [`Engine::finish`]).
-    #[cfg(test)]
-    fn summary(&self) -> &Summary {
+    /// Counters so far (`ts_ns`/`time` are filled by [`Engine::finish`]); the metrics read
+    /// them on each tick.
+    pub fn summary(&self) -> &Summary {
         &self.summary
     }
 

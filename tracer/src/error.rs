@@ -43,6 +43,11 @@ pub enum ConfigError {
         "invalid --stuck {token:?}: expected STATE=DURATION with STATE one of SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2, CLOSING, LAST_ACK, CLOSE_WAIT (e.g. --stuck FIN_WAIT2=60s)"
     )]
     Stuck { token: String },
+    #[error(
+        "invalid --metrics address {token:?}: expected IP:PORT, e.g. 127.0.0.1:9464, [::1]:9464, \
+         or a port alone for 127.0.0.1"
+    )]
+    MetricsAddr { token: String },
 }
 
 /// Loading or attaching the eBPF program failed.

@@ -34,6 +34,7 @@ pub mod event;
 mod export;
 pub mod features;
 mod hash;
+pub mod metrics;
 mod netns;
 pub mod output;
 mod owner;

@@ -4,6 +4,7 @@ pub mod analysis;
 pub mod filter;
 mod json;
 pub mod text;
+pub mod unattended;
 
 use std::io;
 

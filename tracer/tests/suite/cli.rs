@@ -89,3 +89,38 @@ fn huge_and_binary_arguments_do_not_panic() {
     let binary = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&[0xff, 0xfe, b'x']);
     tracer().arg("--duration").arg(binary).assert().code(2);
 }
+
+/// `--metrics`: a bad address is a usage error; a port in use is named, exit 1; both before
+/// the probe is loaded (so also without root, and without the eBPF object).
+#[test]
+fn metrics_address_errors_come_first() {
+    let out = tracer()
+        .args(["--metrics", "localhost:9464"])
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("\"localhost:9464\"") && stderr.contains("127.0.0.1:9464"),
+        "{stderr}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = tracer()
+        .args(["--metrics", &addr])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&addr) && stderr.contains("already in use"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("attached") && !stderr.contains("eBPF"),
+        "{stderr}"
+    );
+}

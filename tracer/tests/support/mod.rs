@@ -186,6 +186,58 @@ pub fn output(cmd: &mut Command) -> Output {
     panic!("{cmd:?} stayed busy (ETXTBSY)");
 }
 
+/// Finds an executable on `PATH`.
+pub fn which(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The path of `tool`, installing Debian's `package` first when it is missing (as root; the
+/// install waits at most 10 minutes, also for another apt to finish).
+pub fn tool_from_debian(tool: &str, package: &str) -> std::path::PathBuf {
+    if let Some(found) = which(tool) {
+        return found;
+    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "`{tool}` is missing: install Debian's `{package}` (apt-get install {package}), or run \
+         the tests as root (`cargo xtask test`), which installs it"
+    );
+    eprintln!("installing Debian's {package} for `{tool}`");
+    let install = || {
+        Command::new("timeout")
+            .args([
+                "600",
+                "apt-get",
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+            ])
+            .args(["-o", "DPkg::Lock::Timeout=300", package])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        // A fresh machine may have no package lists yet.
+        let _ = Command::new("timeout")
+            .args([
+                "300",
+                "apt-get",
+                "update",
+                "-q",
+                "-o",
+                "DPkg::Lock::Timeout=300",
+            ])
+            .status();
+        assert!(install(), "apt-get install {package} failed");
+    }
+    which(tool).unwrap_or_else(|| panic!("{package} is installed but `{tool}` is not on PATH"))
+}
+
 /// Starts the tracer with stdout and stderr piped (for the tests that control how stdout is
 /// read) and waits for it to report being attached; returns the rest of its stderr.
 pub fn spawn_piped<S: AsRef<std::ffi::OsStr>>(

@@ -56,6 +56,18 @@ const GUEST_SKIPS: &[(&str, &str)] = &[
         "real_capture_of_the_classic_leak",
         "renders its report in Chromium, which the guest image does not carry; runs on the host",
     ),
+    (
+        "prometheus_sees_a_close_wait_leak_and_its_alert",
+        "needs a Prometheus server, which the guest image does not carry; runs on the host",
+    ),
+    (
+        "alert_rules_pass_promtool",
+        "needs promtool, which the guest image does not carry; runs on the host",
+    ),
+    (
+        "container_image_builds_with_podman",
+        "needs podman, which the guest image does not carry; runs on the host",
+    ),
 ];
 
 #[derive(Args)]

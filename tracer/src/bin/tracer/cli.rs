@@ -1,12 +1,12 @@
 //! Command line: clap parses what the user typed into [`Args`]; [`Config::try_from`] validates it
 //! into what the library runs.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 use tracer::{
     analyze,
-    config::{Config, ExportTarget, KernelFilter},
+    config::{Config, ExportTarget, KernelFilter, MetricsTarget},
     defaults::{self, nanos},
     engine,
     error::ConfigError,
@@ -29,6 +29,7 @@ Examples:
   tracer --duration 30s               # stop by itself after 30 seconds
   tracer --export run.ndjson          # also keep every record in a file (mode 0600)
   tracer analyze run.ndjson           # later, anywhere, no root: timelines, CLOSE_WAIT, stats
+  tracer --quiet --metrics 127.0.0.1:9464  # unattended agent: Prometheus metrics, reports on stderr
   tracer analyze --html out.html run.ndjson  # the same as an HTML report with charts
 
 Run as root (it loads an eBPF program). Ctrl-C prints a summary, including lost events.";
@@ -113,6 +114,21 @@ pub struct Args {
     /// Let --export replace an existing file
     #[arg(long, requires = "export")]
     pub force: bool,
+
+    /// Serve Prometheus metrics (/metrics, text or OpenMetrics) and /healthz on ADDR:
+    /// 127.0.0.1:9464, [::1]:9464, or a port alone (loopback). See docs/metrics.md
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+
+    /// Processes with series of their own in the per-process metrics; the rest are summed
+    /// into one pid="other" series
+    #[arg(long, value_name = "N", default_value_t = defaults::METRICS_MAX_PROCESSES, requires = "metrics")]
+    pub metrics_max_processes: usize,
+
+    /// Run unattended: nothing on stdout; each CLOSE_WAIT report, resolution and loss report
+    /// is one JSON line on stderr (the journal, under systemd)
+    #[arg(short, long, conflicts_with_all = ["json", "wide", "timelines", "no_transitions"])]
+    pub quiet: bool,
 
     /// More diagnostics on stderr (-v: info, -vv: debug)
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -252,7 +268,24 @@ impl TryFrom<&Args> for Config {
         let mut pids = args.pids.clone();
         pids.sort_unstable();
         pids.dedup();
+        if args.metrics_max_processes == 0 {
+            return Err(ConfigError::Zero {
+                flag: "--metrics-max-processes",
+            });
+        }
+        let metrics = args
+            .metrics
+            .as_deref()
+            .map(|token| {
+                metrics_addr(token).map(|addr| MetricsTarget {
+                    addr,
+                    max_processes: args.metrics_max_processes,
+                })
+            })
+            .transpose()?;
         Ok(Config {
+            metrics,
+            quiet: args.quiet,
             kernel: KernelFilter {
                 family,
                 protocol: if args.all_protocols { 0 } else { IPPROTO_TCP },
@@ -313,6 +346,19 @@ fn parse_port(token: &str) -> Result<u16, ConfigError> {
     }
 }
 
+/// `IP:PORT`, `[IPv6]:PORT`, or a port alone (on 127.0.0.1, never every interface by default).
+fn metrics_addr(token: &str) -> Result<SocketAddr, ConfigError> {
+    let token = token.trim();
+    if let Ok(port) = token.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    token
+        .parse::<SocketAddr>()
+        .map_err(|_| ConfigError::MetricsAddr {
+            token: token.to_owned(),
+        })
+}
+
 fn duration(flag: &'static str, token: &str) -> Result<Duration, ConfigError> {
     let d = parse_duration(token).map_err(|reason| ConfigError::Duration {
         flag,
@@ -364,6 +410,32 @@ mod tests {
         let args =
             Args::try_parse_from(std::iter::once("tracer").chain(argv.iter().copied())).unwrap();
         Config::try_from(&args)
+    }
+
+    #[test]
+    fn metrics_addresses() {
+        let target = |a: &str| config(&["--metrics", a]).map(|c| c.metrics.unwrap().addr);
+        assert_eq!(
+            target("127.0.0.1:9464").unwrap().to_string(),
+            "127.0.0.1:9464"
+        );
+        assert_eq!(target("[::1]:9464").unwrap().to_string(), "[::1]:9464");
+        assert_eq!(target("9464").unwrap().to_string(), "127.0.0.1:9464");
+        for bad in ["localhost:9464", "9464x", "1.2.3.4", "[::1]", ":9464", ""] {
+            let err = target(bad).unwrap_err().to_string();
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
+        let c = config(&["--metrics", "9464", "--metrics-max-processes", "7"]).unwrap();
+        assert_eq!(c.metrics.unwrap().max_processes, 7);
+        assert!(config(&["--metrics", "9464", "--metrics-max-processes", "0"]).is_err());
+        assert!(Args::try_parse_from(["tracer", "--metrics-max-processes", "7"]).is_err());
+        assert!(config(&[]).unwrap().metrics.is_none());
+    }
+
+    #[test]
+    fn quiet_excludes_stdout_formats() {
+        assert!(config(&["-q"]).unwrap().quiet);
+        assert!(Args::try_parse_from(["tracer", "--quiet", "--json"]).is_err());
     }
 
     #[test]

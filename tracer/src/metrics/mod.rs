@@ -1,0 +1,555 @@
+//! Prometheus metrics for `--metrics ADDR`: the facts the JSON stream reports, as counters,
+//! gauges and a histogram in the official `prometheus-client` registry. Every metric and label
+//! is documented in `docs/metrics.md`.
+//!
+//! The event loop feeds [`Metrics`] through three narrow hooks and nothing else:
+//! - [`Metrics::observe`]: every record the engine made (the same records the JSON stream
+//!   carries), counted into plain integers without locks;
+//! - [`Metrics::publish`]: on each tick, those counts and the run's totals ([`Totals`]) are
+//!   copied into the registry;
+//! - [`Metrics::processes`]: about once a second, the stuck sockets grouped by process (the
+//!   `digest` record) and each holder's file descriptors ([`process::fd_usage`]).
+//!
+//! The HTTP side ([`server`]) only reads the registry.
+
+pub mod process;
+pub mod server;
+
+use std::{
+    collections::HashMap,
+    sync::{atomic::AtomicU64, Arc},
+};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
+    registry::{Registry, Unit},
+};
+
+use crate::{
+    event::TcpState,
+    record::{DigestProcess, DigestRecord, Record, SCHEMA},
+    timeline::Outcome,
+};
+
+pub use process::FdUsage;
+pub use server::{Exposition, Listener, MetricsError};
+
+/// Label value for stuck sockets whose holder is not known.
+pub const UNKNOWN: &str = "unknown";
+/// Label value of the series that aggregates the processes beyond the cap.
+pub const OTHER: &str = "other";
+
+/// Upper bounds of `tracer_close_wait_duration_seconds`: 1 ms to 1 day.
+const CLOSE_WAIT_BUCKETS: [f64; 14] = [
+    0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0,
+];
+
+/// States by kernel number (1..=12); index 0 stands for every unknown number, so that a bad
+/// record cannot mint new series.
+const STATES: usize = 13;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    old_state: String,
+    new_state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabels {
+    destination: &'static str,
+}
+
+/// The holder of stuck sockets: `pid`/`comm`, [`UNKNOWN`] while not known, [`OTHER`] for the
+/// processes beyond the cap.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProcessLabels {
+    pub pid: String,
+    pub comm: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    kernel: String,
+    schema: String,
+}
+
+/// Run-wide totals, read by the event loop on each tick (the summary's counters so far).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Records received from the kernel.
+    pub events: u64,
+    /// Records lost because the ring buffer was full.
+    pub lost_ringbuf: u64,
+    /// Runs of the program the kernel skipped.
+    pub recursion_misses: u64,
+    /// Records that could not be decoded.
+    pub decode_errors: u64,
+    /// Sockets dropped from tracking at `--max-sockets`.
+    pub evicted: u64,
+    /// Records stdout could not take.
+    pub stdout_dropped: u64,
+    /// Records the export file could not take.
+    pub export_dropped: u64,
+}
+
+/// The tracer's metrics and the registry that serves them.
+pub struct Metrics {
+    exposition: Arc<Exposition>,
+    max_processes: usize,
+    // Counted by `observe`, lock-free, until the next `publish`.
+    pending_transitions: [[u64; STATES]; STATES],
+    pending_outcomes: [u64; Outcome::ALL.len()],
+    pending_reports: u64,
+    published: Totals,
+    transitions: Family<TransitionLabels, Counter>,
+    ended: Family<OutcomeLabels, Counter>,
+    close_wait_reports: Counter,
+    close_wait_duration: Histogram,
+    stuck: Family<ProcessLabels, Gauge>,
+    oldest_age: Family<ProcessLabels, Gauge<f64, AtomicU64>>,
+    open_fds: Family<ProcessLabels, Gauge>,
+    max_fds: Family<ProcessLabels, Gauge>,
+    aggregated: Gauge,
+    events: Counter,
+    lost: Family<ReasonLabels, Counter>,
+    evicted: Counter,
+    dropped: Family<DestinationLabels, Counter>,
+}
+
+/// The metric handles while they are registered.
+struct Parts {
+    transitions: Family<TransitionLabels, Counter>,
+    ended: Family<OutcomeLabels, Counter>,
+    close_wait_reports: Counter,
+    close_wait_duration: Histogram,
+    stuck: Family<ProcessLabels, Gauge>,
+    oldest_age: Family<ProcessLabels, Gauge<f64, AtomicU64>>,
+    open_fds: Family<ProcessLabels, Gauge>,
+    max_fds: Family<ProcessLabels, Gauge>,
+    aggregated: Gauge,
+    events: Counter,
+    lost: Family<ReasonLabels, Counter>,
+    evicted: Counter,
+    dropped: Family<DestinationLabels, Counter>,
+    cpu: Counter<f64, AtomicU64>,
+    rss: Gauge,
+}
+
+impl Metrics {
+    /// Registers every metric. `kernel` is the kernel release (`uname -r`) for
+    /// `tracer_build_info`; `max_processes` is the per-process series cap.
+    pub fn new(kernel: &str, max_processes: usize) -> Self {
+        let mut registry = Registry::default();
+        let m = Parts {
+            transitions: Family::default(),
+            ended: Family::default(),
+            close_wait_reports: Counter::default(),
+            close_wait_duration: Histogram::new(CLOSE_WAIT_BUCKETS),
+            stuck: Family::default(),
+            oldest_age: Family::default(),
+            open_fds: Family::default(),
+            max_fds: Family::default(),
+            aggregated: Gauge::default(),
+            events: Counter::default(),
+            lost: Family::default(),
+            evicted: Counter::default(),
+            dropped: Family::default(),
+            cpu: Counter::default(),
+            rss: Gauge::default(),
+        };
+        registry.register(
+            "tracer_transitions",
+            "TCP state transitions seen, by old and new kernel state",
+            m.transitions.clone(),
+        );
+        registry.register(
+            "tracer_connections_ended",
+            "Connections whose timeline ended, by outcome",
+            m.ended.clone(),
+        );
+        registry.register(
+            "tracer_close_wait_reports",
+            "Sockets reported for staying in CLOSE_WAIT longer than --close-wait-threshold",
+            m.close_wait_reports.clone(),
+        );
+        registry.register_with_unit(
+            "tracer_close_wait_duration",
+            "Time sockets seen entering CLOSE_WAIT spent there before leaving it",
+            Unit::Seconds,
+            m.close_wait_duration.clone(),
+        );
+        registry.register(
+            "tracer_close_wait_sockets",
+            "Sockets in CLOSE_WAIT longer than --close-wait-threshold now, by holding process",
+            m.stuck.clone(),
+        );
+        registry.register_with_unit(
+            "tracer_close_wait_oldest_age",
+            "Age of the holding process's oldest socket in CLOSE_WAIT",
+            Unit::Seconds,
+            m.oldest_age.clone(),
+        );
+        registry.register(
+            "tracer_process_open_fds",
+            "Open file descriptors of a process holding stuck sockets",
+            m.open_fds.clone(),
+        );
+        registry.register(
+            "tracer_process_max_fds",
+            "Soft limit on open file descriptors (RLIMIT_NOFILE) of a process holding stuck sockets",
+            m.max_fds.clone(),
+        );
+        registry.register(
+            "tracer_close_wait_processes_aggregated",
+            "Processes holding stuck sockets beyond --metrics-max-processes, aggregated into pid=\"other\"",
+            m.aggregated.clone(),
+        );
+        registry.register(
+            "tracer_events",
+            "Records received from the kernel's ring buffer",
+            m.events.clone(),
+        );
+        registry.register(
+            "tracer_events_lost",
+            "Events lost, by reason: ringbuf_full, recursion_miss, undecodable",
+            m.lost.clone(),
+        );
+        registry.register(
+            "tracer_sockets_evicted",
+            "Sockets dropped from tracking at the --max-sockets cap",
+            m.evicted.clone(),
+        );
+        registry.register(
+            "tracer_records_dropped",
+            "Output records a stalled destination could not take, by destination",
+            m.dropped.clone(),
+        );
+        registry.register_with_unit(
+            "process_cpu",
+            "Total user and system CPU time of the tracer process",
+            Unit::Seconds,
+            m.cpu.clone(),
+        );
+        registry.register_with_unit(
+            "process_resident_memory",
+            "Resident set size of the tracer process",
+            Unit::Bytes,
+            m.rss.clone(),
+        );
+        registry.register(
+            "tracer_build",
+            "The tracer's version, the kernel it runs on, and its JSON schema version",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                kernel: kernel.to_owned(),
+                schema: SCHEMA.to_string(),
+            }),
+        );
+        // Series that exist from the start, at zero, so rates and alerts see them.
+        for outcome in Outcome::ALL {
+            m.ended.get_or_create_owned(&OutcomeLabels {
+                outcome: outcome.name(),
+            });
+        }
+        for reason in LOSS_REASONS {
+            m.lost.get_or_create_owned(&ReasonLabels { reason });
+        }
+        m.dropped.get_or_create_owned(&DestinationLabels {
+            destination: "stdout",
+        });
+        let (cpu, rss) = (m.cpu.clone(), m.rss.clone());
+        let refresh = move || {
+            if let Some((cpu_seconds, rss_bytes)) = process::own_usage() {
+                let before = cpu.get();
+                if cpu_seconds > before {
+                    cpu.inc_by(cpu_seconds - before);
+                }
+                rss.set(saturate(rss_bytes));
+            }
+        };
+        Self {
+            exposition: Arc::new(Exposition::new(registry, Box::new(refresh))),
+            max_processes,
+            pending_transitions: [[0; STATES]; STATES],
+            pending_outcomes: [0; Outcome::ALL.len()],
+            pending_reports: 0,
+            published: Totals::default(),
+            transitions: m.transitions,
+            ended: m.ended,
+            close_wait_reports: m.close_wait_reports,
+            close_wait_duration: m.close_wait_duration,
+            stuck: m.stuck,
+            oldest_age: m.oldest_age,
+            open_fds: m.open_fds,
+            max_fds: m.max_fds,
+            aggregated: m.aggregated,
+            events: m.events,
+            lost: m.lost,
+            evicted: m.evicted,
+            dropped: m.dropped,
+        }
+    }
+
+    /// What the HTTP server serves (the registry) and the loop's heartbeat.
+    pub fn exposition(&self) -> Arc<Exposition> {
+        Arc::clone(&self.exposition)
+    }
+
+    /// Counts what a batch of records tells. Called with every record the engine made, before
+    /// the outputs filter them.
+    pub fn observe(&mut self, batch: &[Record]) {
+        for record in batch {
+            match record {
+                Record::Transition(t) => {
+                    self.pending_transitions[state_index(t.old_state)][state_index(t.new_state)] +=
+                        1;
+                    if t.old_state == TcpState::CloseWait {
+                        if let Some(ns) = t.duration_ns {
+                            #[expect(
+                                clippy::cast_precision_loss,
+                                reason = "seconds for a histogram: 2^53 ns is 104 days"
+                            )]
+                            self.close_wait_duration.observe(ns as f64 / 1e9);
+                        }
+                    }
+                }
+                Record::Timeline(t) => {
+                    if let Some(i) = Outcome::ALL.iter().position(|o| *o == t.outcome) {
+                        self.pending_outcomes[i] += 1;
+                    }
+                }
+                Record::CloseWait(_) => self.pending_reports += 1,
+                _ => {}
+            }
+        }
+    }
+
+    /// Copies the counts gathered since the last call, and the run's totals, into the registry.
+    pub fn publish(&mut self, totals: &Totals) {
+        for (old, row) in self.pending_transitions.iter_mut().enumerate() {
+            for (new, count) in row.iter_mut().enumerate() {
+                if *count > 0 {
+                    self.transitions
+                        .get_or_create(&TransitionLabels {
+                            old_state: state_name(old),
+                            new_state: state_name(new),
+                        })
+                        .inc_by(std::mem::take(count));
+                }
+            }
+        }
+        for (outcome, count) in Outcome::ALL.iter().zip(&mut self.pending_outcomes) {
+            if *count > 0 {
+                self.ended
+                    .get_or_create(&OutcomeLabels {
+                        outcome: outcome.name(),
+                    })
+                    .inc_by(std::mem::take(count));
+            }
+        }
+        self.close_wait_reports
+            .inc_by(std::mem::take(&mut self.pending_reports));
+        let was = self.published;
+        self.events.inc_by(totals.events.saturating_sub(was.events));
+        for (reason, now, before) in [
+            (LOSS_REASONS[0], totals.lost_ringbuf, was.lost_ringbuf),
+            (
+                LOSS_REASONS[1],
+                totals.recursion_misses,
+                was.recursion_misses,
+            ),
+            (LOSS_REASONS[2], totals.decode_errors, was.decode_errors),
+        ] {
+            self.lost
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(now.saturating_sub(before));
+        }
+        self.evicted
+            .inc_by(totals.evicted.saturating_sub(was.evicted));
+        self.dropped
+            .get_or_create(&DestinationLabels {
+                destination: "stdout",
+            })
+            .inc_by(totals.stdout_dropped.saturating_sub(was.stdout_dropped));
+        if totals.export_dropped > was.export_dropped {
+            self.dropped
+                .get_or_create(&DestinationLabels {
+                    destination: "export",
+                })
+                .inc_by(totals.export_dropped - was.export_dropped);
+        }
+        self.published = *totals;
+        self.exposition.heartbeat(crate::units::monotonic_ns());
+    }
+
+    /// The processes of `digest` that get series of their own: at most
+    /// `--metrics-max-processes`, those with the most stuck sockets (then the oldest) first.
+    /// Their fd usage is what [`Metrics::processes`] wants.
+    pub fn tracked_pids(&self, digest: &DigestRecord) -> Vec<u32> {
+        self.rank(digest).0.iter().filter_map(|p| p.pid).collect()
+    }
+
+    fn rank<'a>(
+        &self,
+        digest: &'a DigestRecord,
+    ) -> (Vec<&'a DigestProcess>, Vec<&'a DigestProcess>) {
+        // Only CLOSE_WAIT for now: the digest also groups the other states `--stuck` watches.
+        let mut by_size: Vec<&DigestProcess> = digest
+            .processes
+            .iter()
+            .filter(|p| p.state == TcpState::CloseWait)
+            .collect();
+        by_size.sort_by(|a, b| {
+            (b.count, b.oldest_age_ms, a.pid).cmp(&(a.count, a.oldest_age_ms, b.pid))
+        });
+        let rest = by_size.split_off(by_size.len().min(self.max_processes));
+        (by_size, rest)
+    }
+
+    /// Replaces the per-process series with the processes of `digest` (stuck sockets grouped
+    /// by holder), the [`Metrics::tracked_pids`] ones with series of their own and the rest
+    /// summed into one `pid="other"` series, counted in
+    /// `tracer_close_wait_processes_aggregated`. A process that no longer holds stuck sockets
+    /// loses its series. `fds` gives holders' descriptors ([`process::fd_usage`]).
+    pub fn processes(&self, digest: &DigestRecord, fds: &HashMap<u32, FdUsage>) {
+        self.stuck.clear();
+        self.oldest_age.clear();
+        self.open_fds.clear();
+        self.max_fds.clear();
+        let (own, rest) = self.rank(digest);
+        for p in own {
+            let labels = match p.pid {
+                Some(pid) => ProcessLabels {
+                    pid: pid.to_string(),
+                    comm: p.comm.clone().unwrap_or_else(|| UNKNOWN.to_owned()),
+                },
+                None => ProcessLabels {
+                    pid: UNKNOWN.to_owned(),
+                    comm: UNKNOWN.to_owned(),
+                },
+            };
+            self.set_process(&labels, p.count, p.oldest_age_ms);
+            if let Some(usage) = p.pid.and_then(|pid| fds.get(&pid)) {
+                self.open_fds
+                    .get_or_create(&labels)
+                    .set(saturate(usage.open));
+                if let Some(limit) = usage.limit {
+                    self.max_fds.get_or_create(&labels).set(saturate(limit));
+                }
+            }
+        }
+        if !rest.is_empty() {
+            let count = rest.iter().map(|p| p.count).sum();
+            let oldest = rest.iter().map(|p| p.oldest_age_ms).max().unwrap_or(0);
+            let labels = ProcessLabels {
+                pid: OTHER.to_owned(),
+                comm: OTHER.to_owned(),
+            };
+            self.set_process(&labels, count, oldest);
+        }
+        self.aggregated.set(saturate(rest.len() as u64));
+    }
+
+    fn set_process(&self, labels: &ProcessLabels, count: usize, oldest_ms: u64) {
+        self.stuck.get_or_create(labels).set(saturate(count as u64));
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "an age in seconds, exact to the ms for 285,000 years"
+        )]
+        self.oldest_age
+            .get_or_create(labels)
+            .set(oldest_ms as f64 / 1000.0);
+    }
+}
+
+/// Every metric name a scrape can show (histograms with their `_bucket`, `_sum` and `_count`
+/// series), sorted: what dashboards and alert rules may query.
+pub fn exported_names() -> Vec<String> {
+    // Families show only once they have a series: give each one.
+    let mut metrics = Metrics::new("", 1);
+    metrics.pending_transitions[1][1] = 1;
+    metrics.publish(&Totals::default());
+    let holder = DigestProcess {
+        state: TcpState::CloseWait,
+        pid: Some(1),
+        comm: None,
+        count: 1,
+        oldest_age_ms: 0,
+    };
+    let digest = DigestRecord {
+        ts_ns: 0,
+        time: String::new(),
+        stuck: 1,
+        processes: vec![holder],
+    };
+    let fds = FdUsage {
+        open: 1,
+        limit: Some(1),
+    };
+    metrics.processes(&digest, &HashMap::from([(1, fds)]));
+    let text = metrics.exposition().encode(server::Format::Text);
+    let mut names = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let Some((name, kind)) = rest.split_once(' ') else {
+            continue;
+        };
+        if kind == "histogram" {
+            names.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}")));
+        } else {
+            names.push(name.to_owned());
+        }
+    }
+    names.sort();
+    names
+}
+
+/// Label values of `tracer_events_lost_total{reason}`.
+pub const LOSS_REASONS: [&str; 3] = ["ringbuf_full", "recursion_miss", "undecodable"];
+
+fn saturate(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn state_index(state: TcpState) -> usize {
+    match state {
+        TcpState::Established => 1,
+        TcpState::SynSent => 2,
+        TcpState::SynRecv => 3,
+        TcpState::FinWait1 => 4,
+        TcpState::FinWait2 => 5,
+        TcpState::TimeWait => 6,
+        TcpState::Close => 7,
+        TcpState::CloseWait => 8,
+        TcpState::LastAck => 9,
+        TcpState::Listen => 10,
+        TcpState::Closing => 11,
+        TcpState::NewSynRecv => 12,
+        TcpState::Unknown(_) => 0,
+    }
+}
+
+fn state_name(index: usize) -> String {
+    match index {
+        #[expect(clippy::cast_possible_truncation, reason = "index < 13")]
+        1..STATES => TcpState::from(index as u32).name().into_owned(),
+        _ => "UNKNOWN".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,341 @@
+//! The metrics say what the JSON stream says: a recorded stream's records are fed to
+//! [`Metrics`], and every value is checked against counts made from the JSON lines directly.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use super::*;
+use crate::metrics::server::Format;
+
+const EXPORT: &str = include_str!("../../tests/data/export-v1.ndjson");
+
+/// `name{labels}` -> value, from the Prometheus text format.
+fn samples(metrics: &Metrics) -> HashMap<String, f64> {
+    let text = metrics.exposition().encode(Format::Text);
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').expect("a sample line");
+            (name.to_owned(), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+fn totals_of(summary: &Value) -> Totals {
+    let n = |k: &str| summary[k].as_u64().unwrap_or(0);
+    Totals {
+        events: n("events"),
+        lost_ringbuf: n("lost_ringbuf"),
+        recursion_misses: n("recursion_misses"),
+        decode_errors: n("decode_errors"),
+        evicted: n("evicted"),
+        stdout_dropped: n("output_dropped"),
+        export_dropped: n("export_dropped"),
+    }
+}
+
+#[test]
+fn counters_agree_with_a_recorded_stream() {
+    let lines: Vec<Value> = EXPORT
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let records: Vec<Record> = EXPORT
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut metrics = Metrics::new("6.18", crate::defaults::METRICS_MAX_PROCESSES);
+    // In two batches with a publish between them, as the event loop does.
+    let (a, b) = records.split_at(records.len() / 2);
+    metrics.observe(a);
+    metrics.publish(&Totals::default());
+    metrics.observe(b);
+    let summary = lines.iter().find(|l| l["type"] == "summary").unwrap();
+    metrics.publish(&totals_of(summary));
+    let got = samples(&metrics);
+    let of = |t: &'static str| lines.iter().filter(move |l| l["type"] == t);
+
+    let mut pairs: HashMap<String, f64> = HashMap::new();
+    for t in of("transition") {
+        let key = format!(
+            "tracer_transitions_total{{old_state=\"{}\",new_state=\"{}\"}}",
+            t["old_state"].as_str().unwrap(),
+            t["new_state"].as_str().unwrap()
+        );
+        *pairs.entry(key).or_default() += 1.0;
+    }
+    let exported: HashMap<String, f64> = got
+        .iter()
+        .filter(|(k, _)| k.starts_with("tracer_transitions_total"))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    assert_eq!(exported, pairs);
+    assert_eq!(pairs.values().sum::<f64>(), 52.0);
+
+    for outcome in Outcome::ALL {
+        let want = of("timeline")
+            .filter(|t| t["outcome"] == outcome.name())
+            .count();
+        let key = format!(
+            "tracer_connections_ended_total{{outcome=\"{}\"}}",
+            outcome.name()
+        );
+        assert_eq!(got[&key], want as f64, "{key}");
+    }
+    let left: Vec<f64> = of("transition")
+        .filter(|t| t["old_state"] == "CLOSE_WAIT")
+        .filter_map(|t| t["duration_ns"].as_u64())
+        .map(|ns| ns as f64 / 1e9)
+        .collect();
+    assert!(!left.is_empty());
+    assert_eq!(
+        got["tracer_close_wait_duration_seconds_count"],
+        left.len() as f64
+    );
+    let sum: f64 = left.iter().sum();
+    assert!((got["tracer_close_wait_duration_seconds_sum"] - sum).abs() < 1e-9);
+    assert_eq!(
+        got["tracer_close_wait_reports_total"],
+        of("close_wait").count() as f64
+    );
+    assert_eq!(
+        got["tracer_close_wait_reports_total"],
+        summary["close_wait_alerts"].as_f64().unwrap()
+    );
+    assert_eq!(
+        got["tracer_events_total"],
+        summary["events"].as_f64().unwrap()
+    );
+    for reason in LOSS_REASONS {
+        assert_eq!(
+            got[&format!("tracer_events_lost_total{{reason=\"{reason}\"}}")],
+            0.0
+        );
+    }
+    assert_eq!(got["tracer_sockets_evicted_total"], 0.0);
+    assert_eq!(
+        got["tracer_records_dropped_total{destination=\"stdout\"}"],
+        0.0
+    );
+    assert!(got.contains_key(&format!(
+        "tracer_build_info{{version=\"{}\",kernel=\"6.18\",schema=\"{SCHEMA}\"}}",
+        env!("CARGO_PKG_VERSION")
+    )));
+    assert!(got["process_resident_memory_bytes"] > 0.0);
+}
+
+fn holder(pid: Option<u32>, count: usize, oldest_age_ms: u64) -> DigestProcess {
+    DigestProcess {
+        state: TcpState::CloseWait,
+        pid,
+        comm: pid.map(|p| format!("srv{p}")),
+        count,
+        oldest_age_ms,
+    }
+}
+
+/// Series for processes that hold stuck sockets, at most the cap, the rest aggregated; a
+/// process that holds none any more loses its series.
+#[test]
+fn process_series_follow_the_digest_and_the_cap() {
+    let digest = DigestRecord {
+        ts_ns: 0,
+        time: String::new(),
+        stuck: 6,
+        processes: vec![
+            holder(Some(8), 1, 900),
+            holder(Some(7), 3, 2500),
+            holder(None, 2, 100),
+        ],
+    };
+    let metrics = Metrics::new("k", 1);
+    assert_eq!(metrics.tracked_pids(&digest), [7], "the biggest holder");
+    let fds = HashMap::from([(
+        7,
+        FdUsage {
+            open: 40,
+            limit: Some(1024),
+        },
+    )]);
+    metrics.processes(&digest, &fds);
+    let got = samples(&metrics);
+    let series: Vec<&String> = got
+        .keys()
+        .filter(|k| k.starts_with("tracer_close_wait_sockets"))
+        .collect();
+    assert_eq!(
+        series.len(),
+        2,
+        "one own series and one aggregate: {series:?}"
+    );
+    assert_eq!(
+        got["tracer_close_wait_sockets{pid=\"7\",comm=\"srv7\"}"],
+        3.0
+    );
+    assert_eq!(
+        got["tracer_close_wait_oldest_age_seconds{pid=\"7\",comm=\"srv7\"}"],
+        2.5
+    );
+    assert_eq!(
+        got["tracer_close_wait_sockets{pid=\"other\",comm=\"other\"}"],
+        3.0
+    );
+    assert_eq!(
+        got["tracer_close_wait_oldest_age_seconds{pid=\"other\",comm=\"other\"}"],
+        0.9
+    );
+    assert_eq!(got["tracer_close_wait_processes_aggregated"], 2.0);
+
+    // Room for everyone: no aggregate, and the sum is the digest's; then nobody is stuck.
+    let metrics = Metrics::new("k", 10);
+    metrics.processes(&digest, &fds);
+    let got = samples(&metrics);
+    let total: f64 = got
+        .iter()
+        .filter(|(k, _)| k.starts_with("tracer_close_wait_sockets{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(total, digest.stuck as f64);
+    assert_eq!(got["tracer_close_wait_processes_aggregated"], 0.0);
+    metrics.processes(
+        &DigestRecord {
+            processes: Vec::new(),
+            stuck: 0,
+            ..digest
+        },
+        &HashMap::new(),
+    );
+    let got = samples(&metrics);
+    assert!(
+        !got.keys()
+            .any(|k| k.starts_with("tracer_close_wait_sockets{")),
+        "{got:?}"
+    );
+    assert!(
+        !got.keys().any(|k| k.starts_with("tracer_process_")),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn fd_series_only_for_known_holders() {
+    let digest = DigestRecord {
+        ts_ns: 0,
+        time: String::new(),
+        stuck: 3,
+        processes: vec![
+            DigestProcess {
+                state: TcpState::CloseWait,
+                pid: Some(7),
+                comm: Some("srv".into()),
+                count: 2,
+                oldest_age_ms: 1500,
+            },
+            DigestProcess {
+                state: TcpState::CloseWait,
+                pid: None,
+                comm: None,
+                count: 1,
+                oldest_age_ms: 10,
+            },
+        ],
+    };
+    let metrics = Metrics::new("k", 10);
+    assert_eq!(metrics.tracked_pids(&digest), [7]);
+    metrics.processes(
+        &digest,
+        &HashMap::from([(
+            7,
+            FdUsage {
+                open: 40,
+                limit: Some(1024),
+            },
+        )]),
+    );
+    let got = samples(&metrics);
+    assert_eq!(
+        got["tracer_close_wait_sockets{pid=\"7\",comm=\"srv\"}"],
+        2.0
+    );
+    assert_eq!(
+        got["tracer_close_wait_sockets{pid=\"unknown\",comm=\"unknown\"}"],
+        1.0
+    );
+    assert_eq!(
+        got["tracer_close_wait_oldest_age_seconds{pid=\"7\",comm=\"srv\"}"],
+        1.5
+    );
+    assert_eq!(got["tracer_process_open_fds{pid=\"7\",comm=\"srv\"}"], 40.0);
+    assert_eq!(
+        got["tracer_process_max_fds{pid=\"7\",comm=\"srv\"}"],
+        1024.0
+    );
+    assert_eq!(
+        got.keys()
+            .filter(|k| k.starts_with("tracer_process_open_fds"))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn unknown_states_share_one_label() {
+    let mut metrics = Metrics::new("k", 1);
+    let mut t = crate::record::TransitionRecord {
+        ts_ns: 0,
+        time: String::new(),
+        skaddr: "0x1".into(),
+        family: crate::event::Family::Ipv4,
+        laddr: [127, 0, 0, 1].into(),
+        lport: 1,
+        raddr: [127, 0, 0, 1].into(),
+        rport: 2,
+        protocol: 6,
+        old_state: TcpState::Unknown(99),
+        new_state: TcpState::Unknown(1234),
+        duration_ns: None,
+        pid: None,
+        comm: None,
+        ctx_pid: 0,
+        ctx_comm: String::new(),
+        ctx_tid: 0,
+        ctx_thread: None,
+        cpu: 0,
+    };
+    metrics.observe(&[Record::Transition(t.clone())]);
+    t.old_state = TcpState::Unknown(7777);
+    metrics.observe(&[Record::Transition(t)]);
+    metrics.publish(&Totals::default());
+    let got = samples(&metrics);
+    assert_eq!(
+        got["tracer_transitions_total{old_state=\"UNKNOWN\",new_state=\"UNKNOWN\"}"],
+        2.0
+    );
+}
+
+#[test]
+fn every_metric_is_listed_with_its_type() {
+    let names = exported_names();
+    for name in [
+        "tracer_transitions_total",
+        "tracer_connections_ended_total",
+        "tracer_close_wait_sockets",
+        "tracer_close_wait_oldest_age_seconds",
+        "tracer_close_wait_duration_seconds_bucket",
+        "tracer_close_wait_duration_seconds_count",
+        "tracer_process_open_fds",
+        "tracer_process_max_fds",
+        "tracer_close_wait_processes_aggregated",
+        "tracer_events_lost_total",
+        "tracer_records_dropped_total",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "tracer_build_info",
+    ] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "{name} missing from {names:?}"
+        );
+    }
+}
