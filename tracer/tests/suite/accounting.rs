@@ -104,9 +104,13 @@ fn an_overloaded_ring_buffer_is_counted_by_type_in_both_destinations() {
     // Kernel side: what was received plus what the kernel counted is what happened.
     let happened = (connections * PER_CONNECTION) as u64 + 1;
     let received = summary.events;
+    // A kernel that does not count skipped runs (no `recursion_misses` before 5.12) bounds
+    // the count from one side only.
     assert!(
         received + summary.lost_ringbuf <= happened
-            && happened <= received + summary.lost_ringbuf + summary.recursion_misses.unwrap_or(0),
+            && summary
+                .recursion_misses
+                .is_none_or(|skipped| { happened <= received + summary.lost_ringbuf + skipped }),
         "{summary:?}"
     );
     // The `lost` records add up to the kernel's counts.
