@@ -96,19 +96,16 @@ fn overload_counts_every_loss_exactly_and_recovers() {
         "lost records add up to the summary"
     );
     assert_eq!(summary.decode_errors, 0);
-    if summary.recursion_misses.unwrap_or(0) == 0 {
-        assert_eq!(
-            captured as u64 + summary.lost_ringbuf,
-            expected as u64,
-            "{summary:?}"
-        );
-    } else {
+    let reported = captured as u64 + summary.lost_ringbuf;
+    match summary.recursion_misses {
+        Some(0) => assert_eq!(reported, expected as u64, "{summary:?}"),
         // A skipped run is not tied to a port, so it only bounds the count.
-        let reported = captured as u64 + summary.lost_ringbuf;
-        assert!(
-            reported <= expected as u64
-                && expected as u64 <= reported + summary.recursion_misses.unwrap_or(0)
-        );
+        Some(skipped) => assert!(
+            reported <= expected as u64 && expected as u64 <= reported + skipped,
+            "{summary:?}"
+        ),
+        // A kernel that does not count skipped runs (before 5.12) bounds it from one side.
+        None => assert!(reported <= expected as u64, "{summary:?}"),
     }
 }
 
