@@ -11,9 +11,9 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
-mkdir -p /run/netns /var/run
+# No tmpfs over /tmp or /run: the initramfs root is already in memory and writable, and the
+# binaries sit at their host paths, which may be under /tmp (a CI checkout) and must stay seen.
+mkdir -p /tmp /run/netns /var/run
 mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
 NOTRACEFS=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^tracer_vm\.notracefs=//p')
 # With tracer_vm.notracefs=1 tracefs is left unmounted: the tracer must mount it itself.
