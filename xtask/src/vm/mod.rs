@@ -58,6 +58,12 @@ const GUEST_SKIPS: &[(&str, &str)] = &[
         "renders its report in Chromium, which the guest image does not carry; runs on the host",
     ),
     (
+        "overload_counts_every_loss_exactly_and_recovers",
+        "under emulation the kernel drops transitions before the program runs, with no counter \
+         saying so (seen on 6.1: 20 of 20,012 with recursion_misses 0; the silent loss of issue \
+         12); exact on the host",
+    ),
+    (
         "a_stalled_reader_loses_only_counted_stdout_records_and_never_export_ones",
         "assumes the ring buffer never overflows during its burst, which it does under emulation; runs on the host",
     ),
