@@ -25,6 +25,19 @@ fn read_export(path: &Path) -> Vec<Record> {
     support::records(&std::fs::read_to_string(path).unwrap())
 }
 
+/// Transitions an export accounts for so far: delivered, plus those its live `lost` records
+/// say the kernel lost (ring buffer full, program runs skipped).
+fn export_accounts_for(records: &[Record]) -> u64 {
+    records
+        .iter()
+        .map(|r| match r {
+            Record::Transition(_) => 1,
+            Record::Lost(l) => l.ringbuf + l.recursion_misses,
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Records delivered, by type.
 fn delivered(records: &[Record]) -> ByType {
     let mut counts = ByType::default();
@@ -161,18 +174,22 @@ fn a_stalled_reader_loses_only_counted_stdout_records_and_never_export_ones() {
     let server = serve(listener, connections);
     churn(addr, connections, 2);
     server.join().unwrap();
-    // Still stalled: the export has them all, so the event loop was never held by stdout.
+    // Still stalled: the export accounts for them all (delivered, or lost in the kernel and
+    // counted by the live `lost` records), so the event loop was never held by stdout. On a
+    // loaded machine the kernel side may lose some; those are counted, never missing.
     let expected = (connections * PER_CONNECTION) as u64 + 1;
     let deadline = Instant::now() + WAIT;
     loop {
         let text = std::fs::read_to_string(&export_path).unwrap();
-        let seen = text.matches(r#""type":"transition""#).count() as u64;
+        // Only whole lines: the writer may be in the middle of one.
+        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        let seen = export_accounts_for(&support::records(whole));
         if seen >= expected {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the export stalled with stdout: {seen} of {expected} transitions"
+            "the export stalled with stdout: {seen} of {expected} transitions accounted for"
         );
         thread::sleep(Duration::from_millis(50));
     }
@@ -188,8 +205,16 @@ fn a_stalled_reader_loses_only_counted_stdout_records_and_never_export_ones() {
     let summary = summary_of(&stdout);
     let export = read_export(&export_path);
     assert_eq!(summary_of(&export), summary);
-    assert_eq!(summary.lost_ringbuf, 0, "the kernel side was held up");
-    assert!(summary.transitions + summary.recursion_misses.unwrap_or(0) >= expected);
+    // Held up by stdout, the loop would stop draining and the ring buffer would lose nearly
+    // the whole burst; a loaded machine may lose a little, counted.
+    assert!(
+        summary.lost_ringbuf < expected / 10,
+        "the kernel side was held up: {summary:?}"
+    );
+    assert!(
+        summary.transitions + summary.lost_ringbuf + summary.recursion_misses.unwrap_or(0)
+            >= expected
+    );
     let dropped = summary.stdout.dropped;
     assert!(
         dropped.transition > 0 && dropped.timeline > 0,
