@@ -16,6 +16,7 @@
 //! | sinks | [`sink`], [`output`] | records into text or NDJSON, on writer threads; `export` opens the `--export` file |
 //! | offline | [`analyze`] | `tracer analyze`: reads an export back and replays it through the engine |
 //! | settings | [`config`], [`defaults`], [`error`], [`units`] | validated settings, their defaults, typed errors, time formatting |
+//! | forecast | [`forecast`] | rates of growth and time to a limit (fd exhaustion), for reports and `tracer top` |
 //!
 //! The `tracer` binary (`src/bin/tracer`) parses the command line into a [`config::Config`]
 //! and calls [`app::run`] or [`analyze::analyze`].
@@ -32,6 +33,7 @@ pub mod engine;
 pub mod error;
 pub mod event;
 mod export;
+pub mod forecast;
 pub mod features;
 mod hash;
 pub mod metrics;
