@@ -573,8 +573,8 @@ fn totals(
         recursion_misses: lost.1,
         decode_errors: summary.decode_errors,
         evicted: summary.evicted,
-        stdout_dropped: stdout.delivery().dropped.total(),
-        export_dropped: export.map_or(0, |(e, _)| e.delivery().dropped.total()),
+        stdout_dropped: stdout.delivery().dropped,
+        export_dropped: export.map(|(e, _)| e.delivery().dropped),
     }
 }
 

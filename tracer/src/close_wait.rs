@@ -344,6 +344,8 @@ pub struct Group {
     pub state: TcpState,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// The owner's container id, where it runs in one.
+    pub container: Option<String>,
     pub count: usize,
     pub oldest_ns: u64,
 }
@@ -357,6 +359,7 @@ pub fn digest<'a>(stuck: impl Iterator<Item = &'a Stuck>, now_ns: u64) -> Vec<Gr
             state: s.state,
             pid,
             comm: s.owner.as_ref().map(|o| o.comm.clone()),
+            container: s.placement.container.clone(),
             count: 0,
             oldest_ns: 0,
         });

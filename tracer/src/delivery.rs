@@ -38,6 +38,20 @@ impl Kind {
             Record::Header(_) | Record::Summary(_) | Record::Analysis(_) => return None,
         })
     }
+
+    /// The record's `type`, as the schema names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Transition => "transition",
+            Kind::Timeline => "timeline",
+            Kind::CloseWait => "close_wait",
+            Kind::CloseWaitResolved => "close_wait_resolved",
+            Kind::Stuck => "stuck",
+            Kind::StuckResolved => "stuck_resolved",
+            Kind::Digest => "digest",
+            Kind::Lost => "lost",
+        }
+    }
 }
 
 /// A count per record type. Each field is named after the record's `type`.

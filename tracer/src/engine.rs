@@ -299,6 +299,7 @@ impl Engine {
                 state: g.state,
                 pid: g.pid,
                 comm: g.comm,
+                container: g.container,
                 count: g.count,
                 oldest_age_ms: whole_ms(g.oldest_ns),
             })

@@ -54,7 +54,11 @@ impl Series {
         }
         // Times relative to the first sample, in ns, as f64: exact enough for minutes.
         let n = self.samples.len() as f64;
-        let points = || self.samples.iter().map(|&(t, v)| ((t - first) as f64, v as f64));
+        let points = || {
+            self.samples
+                .iter()
+                .map(|&(t, v)| ((t - first) as f64, v as f64))
+        };
         let (sum_t, sum_v) = points().fold((0.0, 0.0), |(a, b), (t, v)| (a + t, b + v));
         let (mean_t, mean_v) = (sum_t / n, sum_v / n);
         let (mut cov, mut var) = (0.0, 0.0);

@@ -329,6 +329,10 @@ pub struct DigestProcess {
     pub state: TcpState,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// The owner's container id (as in `close_wait`); null outside a container, when the owner
+    /// is unknown, and in exports written before it existed.
+    #[serde(default)]
+    pub container: Option<String>,
     pub count: usize,
     pub oldest_age_ms: u64,
 }

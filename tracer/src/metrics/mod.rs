@@ -7,8 +7,8 @@
 //!   carries), counted into plain integers without locks;
 //! - [`Metrics::publish`]: on each tick, those counts and the run's totals ([`Totals`]) are
 //!   copied into the registry;
-//! - [`Metrics::processes`]: about once a second, the stuck sockets grouped by process (the
-//!   `digest` record) and each holder's file descriptors ([`process::fd_usage`]).
+//! - [`Metrics::processes`]: about once a second, the stuck sockets grouped by state and
+//!   process (the `digest` record) and each holder's file descriptors ([`process::fd_usage`]).
 //!
 //! The HTTP side ([`server`]) only reads the registry.
 
@@ -27,6 +27,7 @@ use prometheus_client::{
 };
 
 use crate::{
+    delivery::ByType,
     event::TcpState,
     record::{DigestProcess, DigestRecord, Record, SCHEMA},
     timeline::Outcome,
@@ -68,14 +69,32 @@ struct ReasonLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DestinationLabels {
     destination: &'static str,
+    r#type: &'static str,
 }
 
-/// The holder of stuck sockets: `pid`/`comm`, [`UNKNOWN`] while not known, [`OTHER`] for the
-/// processes beyond the cap.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+/// A holder of stuck sockets: `pid`/`comm`, [`UNKNOWN`] while not known, [`OTHER`] for the
+/// processes beyond the cap; `container` is its container id, empty outside a container (an
+/// empty label is an absent one to Prometheus).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProcessLabels {
     pub pid: String,
     pub comm: String,
+    pub container: String,
+}
+
+/// Stuck sockets of one holder in one state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StuckLabels {
+    /// The kernel's state name: `CLOSE_WAIT`, or another state `--stuck` watches.
+    pub state: String,
+    pub pid: String,
+    pub comm: String,
+    pub container: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -98,10 +117,10 @@ pub struct Totals {
     pub decode_errors: u64,
     /// Sockets dropped from tracking at `--max-sockets`.
     pub evicted: u64,
-    /// Records stdout could not take.
-    pub stdout_dropped: u64,
-    /// Records the export file could not take.
-    pub export_dropped: u64,
+    /// Records stdout could not take, by type.
+    pub stdout_dropped: ByType,
+    /// Records the export file could not take, by type; `None` without `--export`.
+    pub export_dropped: Option<ByType>,
 }
 
 /// The tracer's metrics and the registry that serves them.
@@ -111,14 +130,14 @@ pub struct Metrics {
     // Counted by `observe`, lock-free, until the next `publish`.
     pending_transitions: [[u64; STATES]; STATES],
     pending_outcomes: [u64; Outcome::ALL.len()],
-    pending_reports: u64,
+    pending_reports: [u64; STATES],
     published: Totals,
     transitions: Family<TransitionLabels, Counter>,
     ended: Family<OutcomeLabels, Counter>,
-    close_wait_reports: Counter,
+    reports: Family<StateLabels, Counter>,
     close_wait_duration: Histogram,
-    stuck: Family<ProcessLabels, Gauge>,
-    oldest_age: Family<ProcessLabels, Gauge<f64, AtomicU64>>,
+    stuck: Family<StuckLabels, Gauge>,
+    oldest_age: Family<StuckLabels, Gauge<f64, AtomicU64>>,
     open_fds: Family<ProcessLabels, Gauge>,
     max_fds: Family<ProcessLabels, Gauge>,
     aggregated: Gauge,
@@ -132,10 +151,10 @@ pub struct Metrics {
 struct Parts {
     transitions: Family<TransitionLabels, Counter>,
     ended: Family<OutcomeLabels, Counter>,
-    close_wait_reports: Counter,
+    reports: Family<StateLabels, Counter>,
     close_wait_duration: Histogram,
-    stuck: Family<ProcessLabels, Gauge>,
-    oldest_age: Family<ProcessLabels, Gauge<f64, AtomicU64>>,
+    stuck: Family<StuckLabels, Gauge>,
+    oldest_age: Family<StuckLabels, Gauge<f64, AtomicU64>>,
     open_fds: Family<ProcessLabels, Gauge>,
     max_fds: Family<ProcessLabels, Gauge>,
     aggregated: Gauge,
@@ -155,7 +174,7 @@ impl Metrics {
         let m = Parts {
             transitions: Family::default(),
             ended: Family::default(),
-            close_wait_reports: Counter::default(),
+            reports: Family::default(),
             close_wait_duration: Histogram::new(CLOSE_WAIT_BUCKETS),
             stuck: Family::default(),
             oldest_age: Family::default(),
@@ -180,9 +199,10 @@ impl Metrics {
             m.ended.clone(),
         );
         registry.register(
-            "tracer_close_wait_reports",
-            "Sockets reported for staying in CLOSE_WAIT longer than --close-wait-threshold",
-            m.close_wait_reports.clone(),
+            "tracer_stuck_reports",
+            "Sockets reported for staying in a watched state too long (CLOSE_WAIT longer than \
+             --close-wait-threshold, or a --stuck state), by state",
+            m.reports.clone(),
         );
         registry.register_with_unit(
             "tracer_close_wait_duration",
@@ -191,13 +211,13 @@ impl Metrics {
             m.close_wait_duration.clone(),
         );
         registry.register(
-            "tracer_close_wait_sockets",
-            "Sockets in CLOSE_WAIT longer than --close-wait-threshold now, by holding process",
+            "tracer_stuck_sockets",
+            "Sockets stuck now (reported and still in their state), by state and holding process",
             m.stuck.clone(),
         );
         registry.register_with_unit(
-            "tracer_close_wait_oldest_age",
-            "Age of the holding process's oldest socket in CLOSE_WAIT",
+            "tracer_stuck_oldest_age",
+            "Age of the holding process's oldest socket stuck in that state",
             Unit::Seconds,
             m.oldest_age.clone(),
         );
@@ -212,7 +232,7 @@ impl Metrics {
             m.max_fds.clone(),
         );
         registry.register(
-            "tracer_close_wait_processes_aggregated",
+            "tracer_stuck_processes_aggregated",
             "Processes holding stuck sockets beyond --metrics-max-processes, aggregated into pid=\"other\"",
             m.aggregated.clone(),
         );
@@ -233,7 +253,7 @@ impl Metrics {
         );
         registry.register(
             "tracer_records_dropped",
-            "Output records a stalled destination could not take, by destination",
+            "Output records a stalled destination could not take, by destination and record type",
             m.dropped.clone(),
         );
         registry.register_with_unit(
@@ -266,8 +286,14 @@ impl Metrics {
         for reason in LOSS_REASONS {
             m.lost.get_or_create_owned(&ReasonLabels { reason });
         }
-        m.dropped.get_or_create_owned(&DestinationLabels {
-            destination: "stdout",
+        for kind in ByType::KINDS {
+            m.dropped.get_or_create_owned(&DestinationLabels {
+                destination: "stdout",
+                r#type: kind.name(),
+            });
+        }
+        m.reports.get_or_create_owned(&StateLabels {
+            state: TcpState::CloseWait.name().into_owned(),
         });
         let (cpu, rss) = (m.cpu.clone(), m.rss.clone());
         let refresh = move || {
@@ -284,11 +310,11 @@ impl Metrics {
             max_processes,
             pending_transitions: [[0; STATES]; STATES],
             pending_outcomes: [0; Outcome::ALL.len()],
-            pending_reports: 0,
+            pending_reports: [0; STATES],
             published: Totals::default(),
             transitions: m.transitions,
             ended: m.ended,
-            close_wait_reports: m.close_wait_reports,
+            reports: m.reports,
             close_wait_duration: m.close_wait_duration,
             stuck: m.stuck,
             oldest_age: m.oldest_age,
@@ -330,7 +356,9 @@ impl Metrics {
                         self.pending_outcomes[i] += 1;
                     }
                 }
-                Record::CloseWait(_) => self.pending_reports += 1,
+                Record::CloseWait(r) | Record::Stuck(r) => {
+                    self.pending_reports[state_index(r.state)] += 1;
+                }
                 _ => {}
             }
         }
@@ -359,8 +387,15 @@ impl Metrics {
                     .inc_by(std::mem::take(count));
             }
         }
-        self.close_wait_reports
-            .inc_by(std::mem::take(&mut self.pending_reports));
+        for (state, count) in self.pending_reports.iter_mut().enumerate() {
+            if *count > 0 {
+                self.reports
+                    .get_or_create(&StateLabels {
+                        state: state_name(state),
+                    })
+                    .inc_by(std::mem::take(count));
+            }
+        }
         let was = self.published;
         self.events.inc_by(totals.events.saturating_sub(was.events));
         for (reason, now, before) in [
@@ -378,17 +413,31 @@ impl Metrics {
         }
         self.evicted
             .inc_by(totals.evicted.saturating_sub(was.evicted));
-        self.dropped
-            .get_or_create(&DestinationLabels {
-                destination: "stdout",
-            })
-            .inc_by(totals.stdout_dropped.saturating_sub(was.stdout_dropped));
-        if totals.export_dropped > was.export_dropped {
-            self.dropped
-                .get_or_create(&DestinationLabels {
-                    destination: "export",
-                })
-                .inc_by(totals.export_dropped - was.export_dropped);
+        let destinations = [
+            (
+                "stdout",
+                Some(&totals.stdout_dropped),
+                Some(&was.stdout_dropped),
+            ),
+            (
+                "export",
+                totals.export_dropped.as_ref(),
+                was.export_dropped.as_ref(),
+            ),
+        ];
+        for (destination, now, before) in destinations {
+            let Some(now) = now else { continue };
+            for kind in ByType::KINDS {
+                let new = now
+                    .get(kind)
+                    .saturating_sub(before.map_or(0, |b| b.get(kind)));
+                // The export's series appear with --export; each from zero.
+                let series = self.dropped.get_or_create(&DestinationLabels {
+                    destination,
+                    r#type: kind.name(),
+                });
+                series.inc_by(new);
+            }
         }
         self.published = *totals;
         self.exposition.heartbeat(crate::units::monotonic_ns());
@@ -398,78 +447,97 @@ impl Metrics {
     /// `--metrics-max-processes`, those with the most stuck sockets (then the oldest) first.
     /// Their fd usage is what [`Metrics::processes`] wants.
     pub fn tracked_pids(&self, digest: &DigestRecord) -> Vec<u32> {
-        self.rank(digest).0.iter().filter_map(|p| p.pid).collect()
+        self.rank(digest).0
     }
 
-    fn rank<'a>(
-        &self,
-        digest: &'a DigestRecord,
-    ) -> (Vec<&'a DigestProcess>, Vec<&'a DigestProcess>) {
-        // Only CLOSE_WAIT for now: the digest also groups the other states `--stuck` watches.
-        let mut by_size: Vec<&DigestProcess> = digest
+    /// Splits the digest's processes (in every stuck state) into the pids that get series of
+    /// their own, most stuck sockets first, and the entries beyond the cap.
+    fn rank<'a>(&self, digest: &'a DigestRecord) -> (Vec<u32>, Vec<&'a DigestProcess>) {
+        let mut sizes: HashMap<Option<u32>, (usize, u64)> = HashMap::new();
+        for p in &digest.processes {
+            let size = sizes.entry(p.pid).or_default();
+            size.0 += p.count;
+            size.1 = size.1.max(p.oldest_age_ms);
+        }
+        let mut by_size: Vec<(Option<u32>, (usize, u64))> = sizes.into_iter().collect();
+        by_size.sort_by(|(pa, a), (pb, b)| (b.0, b.1, pa).cmp(&(a.0, a.1, pb)));
+        by_size.truncate(self.max_processes);
+        let own: Vec<Option<u32>> = by_size.into_iter().map(|(pid, _)| pid).collect();
+        let rest = digest
             .processes
             .iter()
-            .filter(|p| p.state == TcpState::CloseWait)
+            .filter(|p| !own.contains(&p.pid))
             .collect();
-        by_size.sort_by(|a, b| {
-            (b.count, b.oldest_age_ms, a.pid).cmp(&(a.count, a.oldest_age_ms, b.pid))
-        });
-        let rest = by_size.split_off(by_size.len().min(self.max_processes));
-        (by_size, rest)
+        (own.into_iter().flatten().collect(), rest)
     }
 
     /// Replaces the per-process series with the processes of `digest` (stuck sockets grouped
-    /// by holder), the [`Metrics::tracked_pids`] ones with series of their own and the rest
-    /// summed into one `pid="other"` series, counted in
-    /// `tracer_close_wait_processes_aggregated`. A process that no longer holds stuck sockets
-    /// loses its series. `fds` gives holders' descriptors ([`process::fd_usage`]).
+    /// by state and holder), the [`Metrics::tracked_pids`] ones (and the unknown holder) with
+    /// series of their own and the rest summed per state into `pid="other"` series, the
+    /// processes aggregated counted in `tracer_stuck_processes_aggregated`. A process that
+    /// no longer holds stuck sockets loses its series. `fds` gives holders' descriptors
+    /// ([`process::fd_usage`]).
     pub fn processes(&self, digest: &DigestRecord, fds: &HashMap<u32, FdUsage>) {
         self.stuck.clear();
         self.oldest_age.clear();
         self.open_fds.clear();
         self.max_fds.clear();
-        let (own, rest) = self.rank(digest);
-        for p in own {
-            let labels = match p.pid {
-                Some(pid) => ProcessLabels {
-                    pid: pid.to_string(),
-                    comm: p.comm.clone().unwrap_or_else(|| UNKNOWN.to_owned()),
-                },
-                None => ProcessLabels {
-                    pid: UNKNOWN.to_owned(),
-                    comm: UNKNOWN.to_owned(),
-                },
+        let (_, rest) = self.rank(digest);
+        let is_rest = |p: &DigestProcess| rest.iter().any(|r| std::ptr::eq(*r, p));
+        for p in digest.processes.iter().filter(|p| !is_rest(p)) {
+            let holder = ProcessLabels {
+                pid: p
+                    .pid
+                    .map_or_else(|| UNKNOWN.to_owned(), |pid| pid.to_string()),
+                comm: p.comm.clone().unwrap_or_else(|| UNKNOWN.to_owned()),
+                container: p.container.clone().unwrap_or_default(),
             };
-            self.set_process(&labels, p.count, p.oldest_age_ms);
+            self.set_stuck(p.state, &holder, p.count, p.oldest_age_ms);
             if let Some(usage) = p.pid.and_then(|pid| fds.get(&pid)) {
                 self.open_fds
-                    .get_or_create(&labels)
+                    .get_or_create(&holder)
                     .set(saturate(usage.open));
                 if let Some(limit) = usage.limit {
-                    self.max_fds.get_or_create(&labels).set(saturate(limit));
+                    self.max_fds.get_or_create(&holder).set(saturate(limit));
                 }
             }
         }
-        if !rest.is_empty() {
-            let count = rest.iter().map(|p| p.count).sum();
-            let oldest = rest.iter().map(|p| p.oldest_age_ms).max().unwrap_or(0);
-            let labels = ProcessLabels {
-                pid: OTHER.to_owned(),
-                comm: OTHER.to_owned(),
-            };
-            self.set_process(&labels, count, oldest);
+        let mut other: HashMap<TcpState, (usize, u64)> = HashMap::new();
+        for p in &rest {
+            let sum = other.entry(p.state).or_default();
+            sum.0 += p.count;
+            sum.1 = sum.1.max(p.oldest_age_ms);
         }
-        self.aggregated.set(saturate(rest.len() as u64));
+        let holder = ProcessLabels {
+            pid: OTHER.to_owned(),
+            comm: OTHER.to_owned(),
+            container: String::new(),
+        };
+        for (state, (count, oldest)) in other {
+            self.set_stuck(state, &holder, count, oldest);
+        }
+        let mut aggregated: Vec<Option<u32>> = rest.iter().map(|p| p.pid).collect();
+        aggregated.sort_unstable();
+        aggregated.dedup();
+        self.aggregated.set(saturate(aggregated.len() as u64));
     }
 
-    fn set_process(&self, labels: &ProcessLabels, count: usize, oldest_ms: u64) {
-        self.stuck.get_or_create(labels).set(saturate(count as u64));
+    fn set_stuck(&self, state: TcpState, holder: &ProcessLabels, count: usize, oldest_ms: u64) {
+        let labels = StuckLabels {
+            state: state.name().into_owned(),
+            pid: holder.pid.clone(),
+            comm: holder.comm.clone(),
+            container: holder.container.clone(),
+        };
+        self.stuck
+            .get_or_create(&labels)
+            .set(saturate(count as u64));
         #[expect(
             clippy::cast_precision_loss,
             reason = "an age in seconds, exact to the ms for 285,000 years"
         )]
         self.oldest_age
-            .get_or_create(labels)
+            .get_or_create(&labels)
             .set(oldest_ms as f64 / 1000.0);
     }
 }
@@ -485,6 +553,7 @@ pub fn exported_names() -> Vec<String> {
         state: TcpState::CloseWait,
         pid: Some(1),
         comm: None,
+        container: None,
         count: 1,
         oldest_age_ms: 0,
     };

@@ -30,8 +30,16 @@ fn totals_of(summary: &Value) -> Totals {
         recursion_misses: n("recursion_misses"),
         decode_errors: n("decode_errors"),
         evicted: n("evicted"),
-        stdout_dropped: n("output_dropped"),
-        export_dropped: n("export_dropped"),
+        stdout_dropped: summary
+            .get("stdout")
+            .map(|d| serde_json::from_value::<crate::delivery::Destination>(d.clone()).unwrap())
+            .unwrap_or_default()
+            .dropped,
+        export_dropped: summary
+            .get("export")
+            .filter(|d| !d.is_null())
+            .map(|d| serde_json::from_value::<crate::delivery::Destination>(d.clone()).unwrap())
+            .map(|d| d.dropped),
     }
 }
 
@@ -96,11 +104,11 @@ fn counters_agree_with_a_recorded_stream() {
     let sum: f64 = left.iter().sum();
     assert!((got["tracer_close_wait_duration_seconds_sum"] - sum).abs() < 1e-9);
     assert_eq!(
-        got["tracer_close_wait_reports_total"],
+        got["tracer_stuck_reports_total{state=\"CLOSE_WAIT\"}"],
         of("close_wait").count() as f64
     );
     assert_eq!(
-        got["tracer_close_wait_reports_total"],
+        got["tracer_stuck_reports_total{state=\"CLOSE_WAIT\"}"],
         summary["close_wait_alerts"].as_f64().unwrap()
     );
     assert_eq!(
@@ -114,10 +122,13 @@ fn counters_agree_with_a_recorded_stream() {
         );
     }
     assert_eq!(got["tracer_sockets_evicted_total"], 0.0);
-    assert_eq!(
-        got["tracer_records_dropped_total{destination=\"stdout\"}"],
-        0.0
-    );
+    for kind in ByType::KINDS {
+        let key = format!(
+            "tracer_records_dropped_total{{destination=\"stdout\",type=\"{}\"}}",
+            kind.name()
+        );
+        assert_eq!(got[&key], 0.0, "{key}");
+    }
     assert!(got.contains_key(&format!(
         "tracer_build_info{{version=\"{}\",kernel=\"6.18\",schema=\"{SCHEMA}\"}}",
         env!("CARGO_PKG_VERSION")
@@ -130,6 +141,7 @@ fn holder(pid: Option<u32>, count: usize, oldest_age_ms: u64) -> DigestProcess {
         state: TcpState::CloseWait,
         pid,
         comm: pid.map(|p| format!("srv{p}")),
+        container: None,
         count,
         oldest_age_ms,
     }
@@ -162,7 +174,7 @@ fn process_series_follow_the_digest_and_the_cap() {
     let got = samples(&metrics);
     let series: Vec<&String> = got
         .keys()
-        .filter(|k| k.starts_with("tracer_close_wait_sockets"))
+        .filter(|k| k.starts_with("tracer_stuck_sockets"))
         .collect();
     assert_eq!(
         series.len(),
@@ -170,22 +182,22 @@ fn process_series_follow_the_digest_and_the_cap() {
         "one own series and one aggregate: {series:?}"
     );
     assert_eq!(
-        got["tracer_close_wait_sockets{pid=\"7\",comm=\"srv7\"}"],
+        got["tracer_stuck_sockets{state=\"CLOSE_WAIT\",pid=\"7\",comm=\"srv7\",container=\"\"}"],
         3.0
     );
     assert_eq!(
-        got["tracer_close_wait_oldest_age_seconds{pid=\"7\",comm=\"srv7\"}"],
+        got["tracer_stuck_oldest_age_seconds{state=\"CLOSE_WAIT\",pid=\"7\",comm=\"srv7\",container=\"\"}"],
         2.5
     );
     assert_eq!(
-        got["tracer_close_wait_sockets{pid=\"other\",comm=\"other\"}"],
+        got["tracer_stuck_sockets{state=\"CLOSE_WAIT\",pid=\"other\",comm=\"other\",container=\"\"}"],
         3.0
     );
     assert_eq!(
-        got["tracer_close_wait_oldest_age_seconds{pid=\"other\",comm=\"other\"}"],
+        got["tracer_stuck_oldest_age_seconds{state=\"CLOSE_WAIT\",pid=\"other\",comm=\"other\",container=\"\"}"],
         0.9
     );
-    assert_eq!(got["tracer_close_wait_processes_aggregated"], 2.0);
+    assert_eq!(got["tracer_stuck_processes_aggregated"], 2.0);
 
     // Room for everyone: no aggregate, and the sum is the digest's; then nobody is stuck.
     let metrics = Metrics::new("k", 10);
@@ -193,11 +205,11 @@ fn process_series_follow_the_digest_and_the_cap() {
     let got = samples(&metrics);
     let total: f64 = got
         .iter()
-        .filter(|(k, _)| k.starts_with("tracer_close_wait_sockets{"))
+        .filter(|(k, _)| k.starts_with("tracer_stuck_sockets{"))
         .map(|(_, v)| v)
         .sum();
     assert_eq!(total, digest.stuck as f64);
-    assert_eq!(got["tracer_close_wait_processes_aggregated"], 0.0);
+    assert_eq!(got["tracer_stuck_processes_aggregated"], 0.0);
     metrics.processes(
         &DigestRecord {
             processes: Vec::new(),
@@ -208,8 +220,7 @@ fn process_series_follow_the_digest_and_the_cap() {
     );
     let got = samples(&metrics);
     assert!(
-        !got.keys()
-            .any(|k| k.starts_with("tracer_close_wait_sockets{")),
+        !got.keys().any(|k| k.starts_with("tracer_stuck_sockets{")),
         "{got:?}"
     );
     assert!(
@@ -229,6 +240,7 @@ fn fd_series_only_for_known_holders() {
                 state: TcpState::CloseWait,
                 pid: Some(7),
                 comm: Some("srv".into()),
+                container: Some("c0ffee".into()),
                 count: 2,
                 oldest_age_ms: 1500,
             },
@@ -236,6 +248,7 @@ fn fd_series_only_for_known_holders() {
                 state: TcpState::CloseWait,
                 pid: None,
                 comm: None,
+                container: None,
                 count: 1,
                 oldest_age_ms: 10,
             },
@@ -255,20 +268,23 @@ fn fd_series_only_for_known_holders() {
     );
     let got = samples(&metrics);
     assert_eq!(
-        got["tracer_close_wait_sockets{pid=\"7\",comm=\"srv\"}"],
+        got["tracer_stuck_sockets{state=\"CLOSE_WAIT\",pid=\"7\",comm=\"srv\",container=\"c0ffee\"}"],
         2.0
     );
     assert_eq!(
-        got["tracer_close_wait_sockets{pid=\"unknown\",comm=\"unknown\"}"],
+        got["tracer_stuck_sockets{state=\"CLOSE_WAIT\",pid=\"unknown\",comm=\"unknown\",container=\"\"}"],
         1.0
     );
     assert_eq!(
-        got["tracer_close_wait_oldest_age_seconds{pid=\"7\",comm=\"srv\"}"],
+        got["tracer_stuck_oldest_age_seconds{state=\"CLOSE_WAIT\",pid=\"7\",comm=\"srv\",container=\"c0ffee\"}"],
         1.5
     );
-    assert_eq!(got["tracer_process_open_fds{pid=\"7\",comm=\"srv\"}"], 40.0);
     assert_eq!(
-        got["tracer_process_max_fds{pid=\"7\",comm=\"srv\"}"],
+        got["tracer_process_open_fds{pid=\"7\",comm=\"srv\",container=\"c0ffee\"}"],
+        40.0
+    );
+    assert_eq!(
+        got["tracer_process_max_fds{pid=\"7\",comm=\"srv\",container=\"c0ffee\"}"],
         1024.0
     );
     assert_eq!(
@@ -320,13 +336,14 @@ fn every_metric_is_listed_with_its_type() {
     for name in [
         "tracer_transitions_total",
         "tracer_connections_ended_total",
-        "tracer_close_wait_sockets",
-        "tracer_close_wait_oldest_age_seconds",
+        "tracer_stuck_sockets",
+        "tracer_stuck_oldest_age_seconds",
+        "tracer_stuck_reports_total",
         "tracer_close_wait_duration_seconds_bucket",
         "tracer_close_wait_duration_seconds_count",
         "tracer_process_open_fds",
         "tracer_process_max_fds",
-        "tracer_close_wait_processes_aggregated",
+        "tracer_stuck_processes_aggregated",
         "tracer_events_lost_total",
         "tracer_records_dropped_total",
         "process_cpu_seconds_total",
@@ -338,4 +355,72 @@ fn every_metric_is_listed_with_its_type() {
             "{name} missing from {names:?}"
         );
     }
+}
+
+/// `--stuck` states get series of their own, labelled by state; the cap counts processes,
+/// not states, and the aggregate is per state.
+#[test]
+fn every_stuck_state_has_its_series() {
+    let entry = |state, pid: u32, count, oldest_age_ms| DigestProcess {
+        state,
+        pid: Some(pid),
+        comm: Some(format!("srv{pid}")),
+        container: None,
+        count,
+        oldest_age_ms,
+    };
+    let digest = DigestRecord {
+        ts_ns: 0,
+        time: String::new(),
+        stuck: 9,
+        processes: vec![
+            entry(TcpState::CloseWait, 7, 3, 2000),
+            entry(TcpState::FinWait2, 7, 2, 5000),
+            entry(TcpState::FinWait2, 8, 4, 1000),
+        ],
+    };
+    // Process 7 holds 5, process 8 holds 4: with room for one, 7 keeps both its states.
+    let mut metrics = Metrics::new("k", 1);
+    let stuck = Record::Stuck(crate::record::CloseWaitRecord {
+        ts_ns: 0,
+        time: String::new(),
+        skaddr: None,
+        pid: Some(8),
+        comm: Some("srv8".into()),
+        fd: None,
+        family: crate::event::Family::Ipv4,
+        laddr: [127, 0, 0, 1].into(),
+        lport: 1,
+        raddr: [127, 0, 0, 1].into(),
+        rport: 2,
+        age_ms: 1000,
+        age_at_least: false,
+        recv_q: None,
+        netns: None,
+        holders: Vec::new(),
+        unowned: None,
+        cgroup: None,
+        container: None,
+        pod_uid: None,
+        state: TcpState::FinWait2,
+    });
+    metrics.observe(&[stuck]);
+    metrics.publish(&Totals::default());
+    metrics.processes(&digest, &HashMap::new());
+    let got = samples(&metrics);
+    let series =
+        |state: &str, pid: &str| {
+            got.get(&format!(
+            "tracer_stuck_sockets{{state=\"{state}\",pid=\"{pid}\",comm=\"{}\",container=\"\"}}",
+            if pid == "other" { "other".to_owned() } else { format!("srv{pid}") }
+        ))
+            .copied()
+        };
+    assert_eq!(series("CLOSE_WAIT", "7"), Some(3.0));
+    assert_eq!(series("FIN_WAIT2", "7"), Some(2.0));
+    assert_eq!(series("FIN_WAIT2", "other"), Some(4.0));
+    assert_eq!(series("CLOSE_WAIT", "other"), None);
+    assert_eq!(got["tracer_stuck_processes_aggregated"], 1.0);
+    assert_eq!(got["tracer_stuck_reports_total{state=\"FIN_WAIT2\"}"], 1.0);
+    assert_eq!(got["tracer_stuck_reports_total{state=\"CLOSE_WAIT\"}"], 0.0);
 }

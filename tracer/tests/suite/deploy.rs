@@ -194,8 +194,8 @@ fn dashboard_queries_name_only_exported_metrics() {
     }
     // The four views the dashboard is for.
     for name in [
-        "tracer_close_wait_sockets",
-        "tracer_close_wait_oldest_age_seconds",
+        "tracer_stuck_sockets",
+        "tracer_stuck_oldest_age_seconds",
         "tracer_transitions_total",
         "tracer_connections_ended_total",
         "tracer_events_lost_total",
@@ -230,6 +230,7 @@ fn alert_rules_name_only_exported_metrics() {
         [
             "TracerCloseWaitStuck",
             "TracerCloseWaitGrowing",
+            "TracerSocketsStuck",
             "TracerProcessNearFdLimit",
             "TracerLosingEvents",
             "TracerDown"

@@ -237,11 +237,12 @@ fn prometheus_sees_a_close_wait_leak_and_its_alert() {
     assert_eq!(helper.recv(), "accepted");
     drop(clients);
 
-    let stuck = format!("sum(tracer_close_wait_sockets{{pid=\"{pid}\"}}) or vector(0)");
+    let stuck =
+        format!("sum(tracer_stuck_sockets{{state=\"CLOSE_WAIT\",pid=\"{pid}\"}}) or vector(0)");
     prometheus.wait_for("3 stuck sockets of the helper in Prometheus", || {
         (prometheus.value(&stuck) == Some(3.0)).then_some(())
     });
-    let age = format!("tracer_close_wait_oldest_age_seconds{{pid=\"{pid}\"}}");
+    let age = format!("tracer_stuck_oldest_age_seconds{{state=\"CLOSE_WAIT\",pid=\"{pid}\"}}");
     let first = prometheus.value(&age).expect("an age");
     let later = prometheus.wait_for("the age to grow", || {
         prometheus.value(&age).filter(|a| *a >= first + 2.0)
@@ -268,7 +269,7 @@ fn prometheus_sees_a_close_wait_leak_and_its_alert() {
     let groups = rules["data"]["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 2, "{rules}");
     let shipped_group = groups.iter().find(|g| g["name"] == "tracer").unwrap();
-    assert_eq!(shipped_group["rules"].as_array().unwrap().len(), 5);
+    assert_eq!(shipped_group["rules"].as_array().unwrap().len(), 6);
     assert!(
         shipped_group["rules"]
             .as_array()
@@ -309,7 +310,10 @@ fn prometheus_sees_a_close_wait_leak_and_its_alert() {
         count(&|r| matches!(r, Record::Transition(_))),
         "{text}"
     );
-    assert_eq!(sample("tracer_close_wait_reports_total "), 3.0);
+    assert_eq!(
+        sample("tracer_stuck_reports_total{state=\"CLOSE_WAIT\"}"),
+        3.0
+    );
     assert_eq!(
         sample("tracer_connections_ended_total{"),
         count(&|r| matches!(r, Record::Timeline(_)))
