@@ -8,8 +8,8 @@ use crate::{churn::Load, runner::Mode};
 #[derive(Clone, Debug, clap::Parser)]
 #[command(
     name = "cargo xtask bench",
-    about = "Benchmark the tracer at full connection churn on loopback, beside no tracer and a \
-             peer (bpftrace); needs root"
+    about = "Benchmark the tracer at full connection churn on loopback, beside no tracer and \
+             its peers (libbpf-tools tcpstates, bpftrace); needs root"
 )]
 pub struct BenchArgs {
     /// Connections per run.
@@ -19,12 +19,14 @@ pub struct BenchArgs {
     /// --soak-minutes: the soak only.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
-    /// Modes to run, in this order within a round.
+    /// Modes to run, in this order within a round: our tracer as users run it (to a file,
+    /// with timelines, with an export, through a Python reader, scraped for metrics), the
+    /// peers (installed from Debian when missing), and bpftrace count-only as the floor.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "none,tracer,bpftrace,bpftrace-count"
+        default_value = "none,tracer,tracer-timelines,tracer-export,tracer-python,tracer-scraped,tcpstates,bpftrace,bpftrace-count"
     )]
     pub modes: Vec<Mode>,
     #[command(flatten)]
@@ -54,7 +56,7 @@ pub struct BenchArgs {
     /// Keep the tracers' output files (in the output's directory).
     #[arg(long)]
     pub keep: bool,
-    /// Do not install bpftrace when it is missing (the peer is then skipped).
+    /// Do not install bpftrace or libbpf-tools when missing (those peers are then skipped).
     #[arg(long)]
     pub no_install: bool,
     /// Pause between runs, so the previous run's namespace teardown and writeback settle.

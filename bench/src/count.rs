@@ -14,11 +14,26 @@ use serde::Deserialize;
 
 use crate::{churn, peer, runner::Mode};
 
-/// Counts what the observer of `mode` wrote to `output` (and, for bpftrace, said on stderr).
-pub fn capture(mode: Mode, output: &Path, errors: &Path, port: u16) -> Result<Capture> {
+/// Counts what the observer of `mode` wrote to `output` (and, for the peers, said on
+/// stderr); for [`Mode::TracerExport`], the export file too.
+pub fn capture(
+    mode: Mode,
+    output: &Path,
+    errors: &Path,
+    export: Option<&Path>,
+    port: u16,
+) -> Result<Capture> {
     let stderr = fs::read_to_string(errors).unwrap_or_default();
     match mode {
-        Mode::Tracer => count_tracer(output, port),
+        Mode::TracerPython => count_python_reader(output),
+        Mode::TracerExport => {
+            let mut capture = count_tracer(output, port)?;
+            let export = export.context("no export file")?;
+            capture.export_captured = Some(count_tracer(export, port)?.captured);
+            Ok(capture)
+        }
+        Mode::Tracer | Mode::TracerTimelines | Mode::TracerScraped => count_tracer(output, port),
+        Mode::Tcpstates => count_tcpstates(output, &stderr, port),
         Mode::Bpftrace => count_bpftrace(output, &stderr, port),
         Mode::BpftraceCount => count_bpftrace_map(output, &stderr),
         Mode::None => Ok(Capture::default()),
@@ -36,6 +51,10 @@ pub struct Capture {
     pub reported_buffer_full: u64,
     pub reported_output_dropped: Option<u64>,
     pub summary_seen: bool,
+    /// Transitions on the port in the export file, with `--export`.
+    pub export_captured: Option<u64>,
+    /// What the observer's side said that the run should show.
+    pub notes: Vec<String>,
 }
 
 impl Capture {
@@ -69,6 +88,18 @@ struct TracerLine {
     recursion_misses: Option<u64>,
     output_dropped: Option<u64>,
     decode_errors: Option<u64>,
+    /// stdout's accounting by record type (tracers since the per-type accounting).
+    stdout: Option<DestinationLine>,
+}
+
+#[derive(Deserialize)]
+struct DestinationLine {
+    dropped: DroppedLine,
+}
+
+#[derive(Deserialize)]
+struct DroppedLine {
+    transition: u64,
 }
 
 /// Counts the tracer's NDJSON in a file: transitions on `port`, and the loss counters of its
@@ -120,9 +151,13 @@ pub fn count_tracer_stream(
             "summary" => {
                 let recursion = record.recursion_misses.unwrap_or(0);
                 let ringbuf = record.lost_ringbuf.unwrap_or(0);
-                // Records that could not be decoded are reported too (and never expected).
-                let dropped =
-                    record.output_dropped.unwrap_or(0) + record.decode_errors.unwrap_or(0);
+                // Transitions stdout dropped (all records before the per-type accounting), and
+                // records that could not be decoded (never expected).
+                let stdout_dropped = record.stdout.map_or_else(
+                    || record.output_dropped.unwrap_or(0),
+                    |d| d.dropped.transition,
+                );
+                let dropped = stdout_dropped + record.decode_errors.unwrap_or(0);
                 capture.summary_seen = true;
                 capture.reported_recursion_misses = Some(recursion);
                 capture.reported_buffer_full = ringbuf;
@@ -164,6 +199,46 @@ fn quick_transition(line: &str) -> Option<(u16, u16, &str, &str)> {
     let (old, rest) = name(after(rest, r#","old_state":""#)?)?;
     let (new, rest) = name(after(rest, r#","new_state":""#)?)?;
     rest.ends_with('}').then_some((lport, rport, old, new))
+}
+
+/// Counts what the Python line reader wrote at the end: the tracer's summary line as it
+/// read it, then `OLD NEW COUNT` per transition kind on the port.
+fn count_python_reader(path: &Path) -> Result<Capture> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines();
+    let summary = lines.next().unwrap_or_default();
+    // The summary's accounting, read as the tracer's own file would be (port 0: no
+    // transition on it).
+    let mut capture = count_tracer_stream(summary.as_bytes(), 0, None)?;
+    for line in lines {
+        let mut fields = line.split_whitespace();
+        if let (Some(old), Some(new), Some(n)) = (fields.next(), fields.next(), fields.next()) {
+            capture.add(old, new, n.parse().context("a count")?);
+        }
+    }
+    if !capture.summary_seen {
+        capture
+            .notes
+            .push("the Python reader never saw the tracer's summary".into());
+    }
+    Ok(capture)
+}
+
+/// Counts libbpf-tools `tcpstates` output on `port` (`SKADDR PID COMM LADDR LPORT RADDR
+/// RPORT OLD -> NEW MS`, COMM may hold spaces so fields are taken from the end) and the
+/// `lost N events on CPU #M` lines it writes to stderr.
+fn count_tcpstates(path: &Path, stderr: &str, port: u16) -> Result<Capture> {
+    let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut capture = Capture::default();
+    for line in BufReader::with_capacity(1 << 20, file).lines() {
+        let line = line?;
+        if let Some((old, new)) = peer::parse_tcpstates_line(&line, port) {
+            capture.add(old, new, 1);
+        }
+    }
+    capture.reported_lost = peer::tcpstates_lost(stderr);
+    capture.reported_buffer_full = capture.reported_lost;
+    Ok(capture)
 }
 
 fn count_bpftrace(path: &Path, stderr: &str, port: u16) -> Result<Capture> {

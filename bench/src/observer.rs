@@ -1,11 +1,18 @@
-//! The observer of a run (our tracer or bpftrace, writing to a file): started with the
-//! generator's port, waited for until attached, stopped with SIGINT after the churn, and what
-//! it used and wrote read back.
+//! The observer of a run (our tracer in one of its configurations, tcpstates or bpftrace,
+//! writing to a file or to a Python reader): started with the generator's port, waited for
+//! until attached, stopped with SIGINT after the churn, and what it used and wrote read back.
 
 use std::{
     fs,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -24,6 +31,12 @@ pub struct Observer {
     port: u16,
     output: PathBuf,
     errors: PathBuf,
+    /// The export file of [`Mode::TracerExport`].
+    export: Option<PathBuf>,
+    /// The Python reader of [`Mode::TracerPython`], fed by the tracer's stdout.
+    reader: Option<Proc>,
+    /// The scraper of [`Mode::TracerScraped`].
+    scraper: Option<Scraper>,
     _files: Scratch,
 }
 
@@ -66,13 +79,42 @@ impl Observer {
         round: usize,
         limit: Duration,
     ) -> Result<Option<Self>> {
+        let stem = format!("{}-r{round}-{port}", mode.name());
+        let file = |ext: &str| tools.dir.join(format!("{stem}.{ext}"));
+        let (output, errors) = (file("out"), file("err"));
+        let export = (mode == Mode::TracerExport).then(|| file("export"));
+        let mut files = Scratch {
+            paths: vec![output.clone(), errors.clone()],
+            keep: tools.keep,
+        };
+        files.paths.extend(export.clone());
+        let metrics = (mode == Mode::TracerScraped)
+            .then(free_loopback_addr)
+            .transpose()?;
         let (name, mut cmd) = match mode {
             Mode::None => return Ok(None),
-            Mode::Tracer => {
+            Mode::Tracer
+            | Mode::TracerTimelines
+            | Mode::TracerExport
+            | Mode::TracerPython
+            | Mode::TracerScraped => {
                 let mut cmd = Command::new(&tools.tracer);
                 cmd.args(["--json", "-p", &port.to_string(), "--duration"])
                     .arg(format!("{}s", limit.as_secs()));
+                if matches!(mode, Mode::TracerTimelines | Mode::TracerPython) {
+                    cmd.arg("--timelines");
+                }
+                if let Some(path) = &export {
+                    cmd.arg("--export").arg(path);
+                }
+                if let Some(addr) = metrics {
+                    cmd.arg("--metrics").arg(addr.to_string());
+                }
                 ("tracer", cmd)
+            }
+            Mode::Tcpstates => {
+                let binary = tools.tcpstates.as_ref().context("no tcpstates")?;
+                ("tcpstates", Command::new(binary))
             }
             Mode::Bpftrace | Mode::BpftraceCount => {
                 let peer = tools.peer.as_ref().context("no bpftrace")?;
@@ -86,33 +128,57 @@ impl Observer {
                 ("bpftrace", cmd)
             }
         };
-        let stem = format!("{}-r{round}-{port}", mode.name());
-        let (output, errors) = (
-            tools.dir.join(format!("{stem}.out")),
-            tools.dir.join(format!("{stem}.err")),
-        );
-        let files = Scratch {
-            paths: vec![output.clone(), errors.clone()],
-            keep: tools.keep,
-        };
         let out =
             fs::File::create(&output).with_context(|| format!("creating {}", output.display()))?;
         let err =
             fs::File::create(&errors).with_context(|| format!("creating {}", errors.display()))?;
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        let (mut proc, _child) = Proc::spawn(name, &mut cmd, libc::SIGTERM)?;
+        cmd.stdin(Stdio::null()).stderr(err);
+        if mode == Mode::TracerPython {
+            cmd.stdout(Stdio::piped());
+        } else {
+            cmd.stdout(out.try_clone()?);
+        }
+        let (mut proc, mut child) = Proc::spawn(name, &mut cmd, libc::SIGTERM)?;
+        let reader = match (mode, child.stdout.take()) {
+            (Mode::TracerPython, Some(pipe)) => {
+                let (python, script) = tools.python.as_ref().context("no python")?;
+                let mut reader = Command::new(python);
+                reader
+                    .arg(script)
+                    .arg(port.to_string())
+                    .stdin(pipe)
+                    .stdout(out)
+                    .stderr(Stdio::inherit());
+                let (reader, _child) = Proc::spawn("python reader", &mut reader, libc::SIGTERM)?;
+                Some(reader)
+            }
+            _ => None,
+        };
         // Our tracer starts its output thread after attaching and filling the port map; the
-        // bpftrace scripts print READY from BEGIN, which runs once every probe is attached.
+        // bpftrace scripts print READY from BEGIN, which runs once every probe is attached;
+        // tcpstates buffers its header, so it is attached once it holds a BPF program.
         wait_attached(&mut proc, &errors, |pid| match mode {
-            Mode::Tracer => tracer_attached(pid),
+            _ if mode.is_tracer() => tracer_attached(pid),
+            Mode::Tcpstates => {
+                let held = sys::busiest_program(pid).is_some();
+                if held {
+                    // Between loading and attaching: give it the moment it needs.
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                held
+            }
             _ => fs::read_to_string(&output).is_ok_and(|t| t.lines().any(|l| l == "READY")),
         })?;
+        let scraper = metrics.map(Scraper::start);
         Ok(Some(Self {
             proc,
             mode,
             port,
             output,
             errors,
+            export,
+            reader,
+            scraper,
             _files: files,
         }))
     }
@@ -120,7 +186,14 @@ impl Observer {
     /// After the churn: lets the observer write everything out, stops it and counts what it
     /// wrote.
     pub fn finish(mut self) -> Result<(Stopped, Capture)> {
-        if self.mode.streams() {
+        if self.reader.is_some() {
+            // The reader writes only at the end: wait until neither process works.
+            wait_idle(
+                &[self.proc.pid, self.reader.as_ref().map_or(0, |r| r.pid)],
+                Duration::from_millis(500),
+                Duration::from_secs(120),
+            );
+        } else if self.mode.streams() {
             wait_quiet(
                 &self.output,
                 Duration::from_millis(300),
@@ -129,8 +202,24 @@ impl Observer {
         } else {
             std::thread::sleep(Duration::from_millis(300));
         }
+        let scrape_note = self.scraper.take().map(Scraper::stop);
         let stopped = Stopped::stop(&mut self.proc)?;
-        let capture = count::capture(self.mode, &self.output, &self.errors, self.port)?;
+        if let Some(mut reader) = self.reader.take() {
+            // The tracer's exit closed the pipe: the reader writes its counts and ends.
+            match reader.reap_within(Duration::from_secs(60))? {
+                Some(exit) if exit.success() => {}
+                Some(exit) => bail!("the Python reader ended with {}", exit.describe()),
+                None => bail!("the Python reader did not end within a minute of the tracer"),
+            }
+        }
+        let mut capture = count::capture(
+            self.mode,
+            &self.output,
+            &self.errors,
+            self.export.as_deref(),
+            self.port,
+        )?;
+        capture.notes.extend(scrape_note);
         Ok((stopped, capture))
     }
 }
@@ -160,6 +249,81 @@ pub fn wait_attached(proc: &mut Proc, errors: &Path, attached: impl Fn(u32) -> b
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// Waits until the processes have used no CPU for `quiet`, at most `limit`.
+fn wait_idle(pids: &[u32], quiet: Duration, limit: Duration) {
+    let start = Instant::now();
+    let used = || -> f64 { pids.iter().filter_map(|&p| sys::cpu_seconds(p)).sum() };
+    let mut last = used();
+    let mut since = Instant::now();
+    while start.elapsed() < limit && since.elapsed() < quiet {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = used();
+        if now > last {
+            last = now;
+            since = Instant::now();
+        }
+    }
+}
+
+/// A free loopback address for `--metrics` (bound and released: the tracer binds it next).
+fn free_loopback_addr() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Scrapes `/metrics` once a second, as Prometheus does, until stopped.
+struct Scraper {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<(u64, u64, Duration)>,
+}
+
+impl Scraper {
+    fn start(addr: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let (mut ok, mut failed, mut slowest) = (0, 0, Duration::ZERO);
+            while !flag.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                if scrape(addr).is_ok() {
+                    ok += 1;
+                    slowest = slowest.max(started.elapsed());
+                } else {
+                    failed += 1;
+                }
+                std::thread::sleep(Duration::from_secs(1).saturating_sub(started.elapsed()));
+            }
+            (ok, failed, slowest)
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops it and says how the scrapes went.
+    fn stop(self) -> String {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.join() {
+            Ok((ok, failed, slowest)) => format!(
+                "scraped /metrics {ok} times ({failed} failed), slowest {:.1} ms",
+                slowest.as_secs_f64() * 1e3
+            ),
+            Err(_) => "the scraper panicked".into(),
+        }
+    }
+}
+
+/// One `GET /metrics`, read to the end.
+fn scrape(addr: SocketAddr) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    let mut body = Vec::new();
+    stream.read_to_end(&mut body)?;
+    if body.starts_with(b"HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("not 200"))
+    }
 }
 
 /// Waits until a file has not grown for `quiet`, at most `limit`.

@@ -120,6 +120,75 @@ pub fn reported_lost(text: &str) -> u64 {
         .sum()
 }
 
+/// (old, new) state names of one line of libbpf-tools `tcpstates` on `port` (as local or
+/// remote port): `SKADDR PID COMM LADDR LPORT RADDR RPORT OLD -> NEW MS`, with `TIME` first
+/// under `-T`. COMM may hold spaces, so the fields are taken from the end.
+pub fn parse_tcpstates_line(line: &str, port: u16) -> Option<(&str, &str)> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let end = fields.get(fields.len().checked_sub(7)?..)?;
+    let [lport, _raddr, rport, old, arrow, new, ms] = end else {
+        return None;
+    };
+    if *arrow != "->" || ms.parse::<f64>().is_err() {
+        return None;
+    }
+    let (lport, rport) = (lport.parse::<u16>().ok()?, rport.parse::<u16>().ok()?);
+    (lport == port || rport == port).then_some((*old, *new))
+}
+
+/// Events libbpf-tools `tcpstates` said it lost (`lost N events on CPU #M` on stderr).
+pub fn tcpstates_lost(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .filter_map(|line| {
+            let rest = line.trim().strip_prefix("lost ")?;
+            rest.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// libbpf-tools `tcpstates`, found on PATH or in /usr/sbin, or installed from Debian's
+/// `libbpf-tools` when `install` allows. `Err` says why it does not run.
+pub fn tcpstates(install: bool) -> Result<PathBuf, String> {
+    let find = || {
+        which("tcpstates").or_else(|| {
+            let sbin = PathBuf::from("/usr/sbin/tcpstates");
+            sbin.exists().then_some(sbin)
+        })
+    };
+    if let Some(path) = find() {
+        return Ok(path);
+    }
+    if !install {
+        return Err("tcpstates (libbpf-tools) is not installed (--no-install)".into());
+    }
+    apt_install("libbpf-tools").map_err(|e| format!("installing libbpf-tools failed: {e:#}"))?;
+    find().ok_or_else(|| "libbpf-tools installed but no tcpstates".into())
+}
+
+/// A Python line reader, as a user's own script would be: reads the tracer's NDJSON from
+/// stdin one line at a time with `json.loads`, counts transitions on the port given as its
+/// first argument by kind, keeps the summary, and at the end writes the summary line, then
+/// `OLD NEW COUNT` per kind.
+pub const PYTHON_READER: &str = r#"import json, sys
+from collections import Counter
+
+port = int(sys.argv[1])
+kinds = Counter()
+summary = "{}"
+for line in sys.stdin:
+    record = json.loads(line)
+    kind = record.get("type")
+    if kind == "transition":
+        if record["lport"] == port or record["rport"] == port:
+            kinds[(record["old_state"], record["new_state"])] += 1
+    elif kind == "summary":
+        summary = line.strip()
+print(summary)
+for (old, new), n in sorted(kinds.items()):
+    print(old, new, n)
+"#;
+
 /// The kernel's name for a TCP state number.
 pub fn state_name(n: u32) -> String {
     const NAMES: [&str; 12] = [
@@ -168,5 +237,26 @@ mod tests {
         assert_eq!(reported_lost("x\nLost 12 events\nLost 3 events\n"), 15);
         assert_eq!(state_name(8), "CLOSE_WAIT");
         assert_eq!(state_name(0), "UNKNOWN(0)");
+    }
+
+    /// Lines as libbpf-tools 0.26 `tcpstates -T` wrote them on this machine.
+    #[test]
+    fn tcpstates_lines_and_losses() {
+        let header = "TIME(s)  SKADDR           PID     COMM       LADDR           LPORT RADDR           RPORT OLDSTATE    -> NEWSTATE    MS";
+        let syn = "18:19:22 ffff88811c490000 18540   python3    127.0.0.1       0     127.0.0.1       51319 CLOSE       -> SYN_SENT    0.000";
+        let server = "18:19:22 ffff88811c491280 18540   my server  127.0.0.1       51319 127.0.0.1       46562 ESTABLISHED -> CLOSE_WAIT  0.232";
+        assert_eq!(parse_tcpstates_line(header, 51319), None);
+        assert_eq!(
+            parse_tcpstates_line(syn, 51319),
+            Some(("CLOSE", "SYN_SENT"))
+        );
+        assert_eq!(
+            parse_tcpstates_line(server, 51319),
+            Some(("ESTABLISHED", "CLOSE_WAIT"))
+        );
+        assert_eq!(parse_tcpstates_line(server, 80), None);
+        assert_eq!(parse_tcpstates_line("", 80), None);
+        let stderr = "lost 12 events on CPU #0\nlost 3 events on CPU #1\nsomething else\n";
+        assert_eq!(tcpstates_lost(stderr), 15);
     }
 }

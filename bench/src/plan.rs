@@ -15,7 +15,7 @@ use crate::{
     churn::ChurnArgs,
     peer,
     runner::{Mode, PeerTools, Tools},
-    util::{first_line, is_root, sibling_program, workspace_root},
+    util::{first_line, is_root, sibling_program, which, workspace_root},
 };
 
 /// What the bench will run, checked before anything runs.
@@ -32,7 +32,8 @@ pub struct Plan {
     pub git_commit: String,
     /// `bpftrace --version`, when the peer runs.
     pub bpftrace_version: Option<String>,
-    /// Why the peer does not run, when it was asked for and cannot.
+    /// Why a peer (bpftrace, tcpstates) or a mode (Python) does not run, when asked for and
+    /// it cannot.
     pub peer_skipped: Option<String>,
 }
 
@@ -52,7 +53,7 @@ impl Plan {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         remove_stale_outputs(&dir);
 
-        let (mut peer_tools, mut bpftrace_version, mut peer_skipped) = (None, None, None);
+        let (mut peer_tools, mut bpftrace_version, mut skipped) = (None, None, Vec::new());
         if modes.iter().any(|m| m.is_peer()) {
             match peer::bpftrace(!args.no_install) {
                 Ok(found) => {
@@ -70,8 +71,31 @@ impl Plan {
                 Err(why) => {
                     eprintln!("bench: no peer: {why}");
                     modes.retain(|m| !m.is_peer());
-                    peer_skipped = Some(why);
+                    skipped.push(why);
                 }
+            }
+        }
+        let mut tcpstates = None;
+        if modes.contains(&Mode::Tcpstates) {
+            match peer::tcpstates(!args.no_install) {
+                Ok(path) => tcpstates = Some(path),
+                Err(why) => {
+                    eprintln!("bench: no tcpstates: {why}");
+                    modes.retain(|&m| m != Mode::Tcpstates);
+                    skipped.push(why);
+                }
+            }
+        }
+        let mut python = None;
+        if modes.contains(&Mode::TracerPython) {
+            if let Some(path) = which("python3") {
+                let script = peer::write_script(&dir, "reader.py", peer::PYTHON_READER)?;
+                python = Some((path, script));
+            } else {
+                let why = "python3 is not on PATH: no tracer-python mode".to_owned();
+                eprintln!("bench: {why}");
+                modes.retain(|&m| m != Mode::TracerPython);
+                skipped.push(why);
             }
         }
         Ok(Self {
@@ -81,6 +105,8 @@ impl Plan {
                 churn_exe: sibling_program("churn")?,
                 tracer: sibling_program("tracer")?,
                 peer: peer_tools,
+                tcpstates,
+                python,
                 dir,
                 keep: args.keep,
             },
@@ -95,7 +121,7 @@ impl Plan {
             // Read before the runs: the code measured is the code built now.
             git_commit: git_commit(),
             bpftrace_version,
-            peer_skipped,
+            peer_skipped: (!skipped.is_empty()).then(|| skipped.join("; ")),
             args: args.clone(),
         })
     }
@@ -142,7 +168,7 @@ fn remove_stale_outputs(dir: &Path) {
         let ours = Mode::ALL
             .iter()
             .any(|m| name.starts_with(&format!("{}-r", m.name())))
-            && (name.ends_with(".out") || name.ends_with(".err"));
+            && (name.ends_with(".out") || name.ends_with(".err") || name.ends_with(".export"));
         if ours {
             let _ = fs::remove_file(entry.path());
         }

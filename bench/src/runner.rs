@@ -42,6 +42,17 @@ pub enum Mode {
     None,
     /// Our tracer, `--json` to a file.
     Tracer,
+    /// Our tracer, `--json --timelines` to a file.
+    TracerTimelines,
+    /// Our tracer, `--json` to a file and `--export` to another: both destinations.
+    TracerExport,
+    /// Our tracer, `--json --timelines` through a pipe into a Python line reader (what a
+    /// user's own script does).
+    TracerPython,
+    /// Our tracer, `--json` to a file with `--metrics`, scraped every second.
+    TracerScraped,
+    /// libbpf-tools `tcpstates` (Debian's), to a file.
+    Tcpstates,
     /// bpftrace, tcpstates-style script, to a file.
     Bpftrace,
     /// bpftrace counting in a map, streaming nothing.
@@ -49,9 +60,14 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 4] = [
+    pub const ALL: [Mode; 9] = [
         Mode::None,
         Mode::Tracer,
+        Mode::TracerTimelines,
+        Mode::TracerExport,
+        Mode::TracerPython,
+        Mode::TracerScraped,
+        Mode::Tcpstates,
         Mode::Bpftrace,
         Mode::BpftraceCount,
     ];
@@ -60,6 +76,11 @@ impl Mode {
         match self {
             Mode::None => "none",
             Mode::Tracer => "tracer",
+            Mode::TracerTimelines => "tracer-timelines",
+            Mode::TracerExport => "tracer-export",
+            Mode::TracerPython => "tracer-python",
+            Mode::TracerScraped => "tracer-scraped",
+            Mode::Tcpstates => "tcpstates",
             Mode::Bpftrace => "bpftrace",
             Mode::BpftraceCount => "bpftrace-count",
         }
@@ -69,15 +90,37 @@ impl Mode {
         match self {
             Mode::None => "no tracer",
             Mode::Tracer => "our tracer, --json to a file",
+            Mode::TracerTimelines => "our tracer, --json --timelines to a file",
+            Mode::TracerExport => "our tracer, --json to a file and --export to another",
+            Mode::TracerPython => "our tracer, --json --timelines | a Python line reader",
+            Mode::TracerScraped => "our tracer, --json to a file, /metrics scraped every 1 s",
+            Mode::Tcpstates => {
+                "libbpf-tools tcpstates to a file (unfiltered: its -L/-D cannot select \
+                 both ends of a connection)"
+            }
             Mode::Bpftrace => "bpftrace tcpstates-style script to a file",
             Mode::BpftraceCount => "bpftrace count-only (streams nothing)",
         }
     }
 
+    /// It writes one line per transition as the churn runs (its output is waited for).
     pub fn streams(self) -> bool {
-        matches!(self, Mode::Tracer | Mode::Bpftrace)
+        !matches!(self, Mode::None | Mode::BpftraceCount)
     }
 
+    /// It is our tracer, in one configuration or another.
+    pub fn is_tracer(self) -> bool {
+        matches!(
+            self,
+            Mode::Tracer
+                | Mode::TracerTimelines
+                | Mode::TracerExport
+                | Mode::TracerPython
+                | Mode::TracerScraped
+        )
+    }
+
+    /// It needs bpftrace.
     pub fn is_peer(self) -> bool {
         matches!(self, Mode::Bpftrace | Mode::BpftraceCount)
     }
@@ -89,6 +132,10 @@ pub struct Tools {
     pub tracer: PathBuf,
     /// bpftrace and its scripts, when the peer runs.
     pub peer: Option<PeerTools>,
+    /// libbpf-tools `tcpstates`, when it runs.
+    pub tcpstates: Option<PathBuf>,
+    /// Python and the line reader's script, when the Python mode runs.
+    pub python: Option<(PathBuf, PathBuf)>,
     /// Where the observers write (files are deleted after counting unless `keep`).
     pub dir: PathBuf,
     pub keep: bool,
@@ -143,6 +190,10 @@ pub struct RunResult {
     pub reported_output_dropped: Option<u64>,
     /// `recursion_misses` of the observer's programs, read by the bench from fdinfo.
     pub kernel_recursion_misses: Option<u64>,
+    /// With `--export`: transitions on the bench's port in the export file (the other
+    /// destination; `captured` counts stdout's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_captured: Option<u64>,
     /// expected - captured - reported_lost, when positive: lost without a word.
     pub missing_unreported: Option<u64>,
     /// captured beyond expected (traffic of someone else on the port, or duplicates).
@@ -220,7 +271,7 @@ impl RunResult {
                 stopped.exit.describe()
             ));
         }
-        if self.mode == Mode::Tracer.name() && !capture.summary_seen {
+        if self.mode.starts_with("tracer") && !capture.summary_seen {
             self.notes
                 .push("no summary record: the tracer's loss counters are unknown".into());
         }
@@ -244,6 +295,19 @@ impl RunResult {
         self.reported_buffer_full = Some(capture.reported_buffer_full);
         self.reported_output_dropped = capture.reported_output_dropped;
         self.missing_unreported = Some(expected.saturating_sub(accounted));
+        if let Some(exported) = capture.export_captured {
+            self.export_captured = Some(exported);
+            // The export never drops: only the kernel side's losses may be missing from it.
+            let kernel =
+                capture.reported_buffer_full + capture.reported_recursion_misses.unwrap_or(0);
+            let missing = expected.saturating_sub(exported + kernel);
+            if missing > 0 {
+                self.notes.push(format!(
+                    "the export is missing {missing} transitions beyond the kernel's losses"
+                ));
+            }
+        }
+        self.notes.extend(capture.notes.iter().cloned());
         self.extra = Some(capture.captured.saturating_sub(expected));
         self.shape_mismatches =
             count::shape_mismatches(&capture.shape, self.connections, listeners);
