@@ -3,7 +3,6 @@
 //! and ends with an [`AnalysisRecord`]. Pure apart from the reader and sink it is handed: no
 //! root, no eBPF.
 
-mod fields;
 pub mod html;
 pub mod reader;
 mod replay;

@@ -4,10 +4,9 @@
 
 use std::{io::BufRead, sync::OnceLock};
 
-use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 
-use super::fields;
 use crate::{
     error::{InputError, LineProblem, Warning},
     record::{
@@ -20,28 +19,67 @@ use crate::{
 /// with many states stays far below this.
 pub const MAX_LINE: usize = 1 << 20;
 
-/// A record type this tracer reads: its `type` and fields, and how to parse it.
+/// Called with the path of each field a record's type does not know (`field`, `a.b`).
+type Unknown<'a> = &'a mut dyn FnMut(String);
+
+/// A record type this tracer reads: its `type`, and how to parse it from the line's text or
+/// from an already parsed JSON value.
 struct Kind {
     name: &'static str,
-    fields: &'static [&'static str],
-    parse: fn(Value) -> Result<Record, String>,
+    from_str: fn(&str, Unknown) -> Result<Record, String>,
+    from_value: fn(Value, Unknown) -> Result<Record, String>,
 }
 
-fn parse_as<T: DeserializeOwned>(value: Value, wrap: fn(T) -> Record) -> Result<Record, String> {
-    serde_path_to_error::deserialize(value)
+/// Deserializes a `T` from `de`, telling `unknown` of every field `T` does not read (serde
+/// skips them; `type` is the tag, not unknown), and naming the path of a bad value.
+fn parse_as<'de, T, D>(de: D, unknown: Unknown, wrap: fn(T) -> Record) -> Result<Record, String>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    let mut ignored = |path: serde_ignored::Path| {
+        let path = path.to_string();
+        if path != "type" {
+            unknown(path);
+        }
+    };
+    let de = serde_ignored::Deserializer::new(de, &mut ignored);
+    serde_path_to_error::deserialize(de)
         .map(wrap)
         .map_err(|e| match e.path().to_string().as_str() {
-            "." => e.inner().to_string(),
-            path => format!("{path}: {}", e.inner()),
+            "." => message(e.inner()),
+            path => format!("{path}: {}", message(e.inner())),
         })
+}
+
+/// An error's message without serde_json's ` at line L column C` (the line is ours to name;
+/// a record is one line).
+fn message(e: &impl std::fmt::Display) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(at) if text[at..].contains(" column ") => text[..at].to_owned(),
+        _ => text,
+    }
+}
+
+/// Parses the whole of `text` as a `T`: nothing may follow the record.
+fn parse_str<T: for<'de> Deserialize<'de>>(
+    text: &str,
+    unknown: Unknown,
+    wrap: fn(T) -> Record,
+) -> Result<Record, String> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let record = parse_as(&mut de, unknown, wrap)?;
+    de.end().map_err(|e| message(&e))?;
+    Ok(record)
 }
 
 macro_rules! kind {
     ($name:literal, $ty:ty, $variant:path) => {
         Kind {
             name: $name,
-            fields: fields::of::<$ty>(),
-            parse: |v| parse_as::<$ty>(v, $variant),
+            from_str: |text, unknown| parse_str::<$ty>(text, unknown, $variant),
+            from_value: |value, unknown| parse_as::<$ty, _>(value, unknown, $variant),
         }
     };
 }
@@ -142,56 +180,89 @@ fn bad(line: u64, problem: LineProblem) -> InputError {
 }
 
 /// One line: a record, `None` for a record type skipped with a warning, or what is wrong.
+///
+/// A line as the tracer writes it (`{"type":"NAME",...`) is parsed straight into its record
+/// type; any other line (keys reordered by a tool) is parsed as JSON first to find its type.
 fn parse_line(
     bytes: &[u8],
     line: u64,
     warn: &mut dyn FnMut(Warning),
 ) -> Result<Option<Record>, LineProblem> {
     let text = std::str::from_utf8(bytes).map_err(|_| LineProblem::NotUtf8)?;
-    let value: Value = serde_json::from_str(text).map_err(|e| LineProblem::Json {
-        message: e.to_string(),
-    })?;
-    let Value::Object(map) = value else {
-        return Err(LineProblem::NotObject {
-            found: json_kind(&value),
-        });
+    let (kind, value) = match leading_type(text) {
+        Some(name) => (find_kind(name, line, warn), None),
+        None => {
+            let value: Value = serde_json::from_str(text).map_err(|e| LineProblem::Json {
+                message: e.to_string(),
+            })?;
+            let Value::Object(map) = &value else {
+                return Err(LineProblem::NotObject {
+                    found: json_kind(&value),
+                });
+            };
+            let name = match map.get("type") {
+                None => return Err(LineProblem::NoType),
+                Some(Value::String(name)) => name,
+                Some(_) => return Err(LineProblem::TypeNotString),
+            };
+            (find_kind(name, line, warn), Some(value))
+        }
     };
-    let name = match map.get("type") {
-        None => return Err(LineProblem::NoType),
-        Some(Value::String(name)) => name,
-        Some(_) => return Err(LineProblem::TypeNotString),
-    };
-    let Some(kind) = kinds().iter().find(|k| k.name == name) else {
-        warn(Warning::UnknownType {
-            line,
-            name: name.clone(),
-        });
+    let Some(kind) = kind else {
         return Ok(None);
     };
-    warn_unknown_fields(&map, kind, line, warn);
-    (kind.parse)(Value::Object(map))
-        .map(Some)
-        .map_err(|message| LineProblem::Record {
+    let mut unknown = |field: String| {
+        warn(Warning::UnknownField {
+            line,
             kind: kind.name,
-            message,
-        })
+            field,
+        });
+    };
+    let parsed = match value {
+        Some(value) => (kind.from_value)(value, &mut unknown).map_err(|message| {
+            LineProblem::Record {
+                kind: kind.name,
+                message,
+            }
+        }),
+        None => (kind.from_str)(text, &mut unknown).map_err(|message| {
+            // Not a record of its type: say whether it is JSON at all.
+            match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Err(e) => LineProblem::Json {
+                    message: e.to_string(),
+                },
+                Ok(_) => LineProblem::Record {
+                    kind: kind.name,
+                    message,
+                },
+            }
+        }),
+    };
+    match parsed {
+        Ok(record) => Ok(Some(record)),
+        Err(problem) => Err(problem),
+    }
 }
 
-fn warn_unknown_fields(
-    map: &Map<String, Value>,
-    kind: &Kind,
-    line: u64,
-    warn: &mut dyn FnMut(Warning),
-) {
-    for key in map.keys() {
-        if key != "type" && !kind.fields.contains(&key.as_str()) {
-            warn(Warning::UnknownField {
-                line,
-                kind: kind.name,
-                field: key.clone(),
-            });
-        }
+/// The `type` of a line that starts as the tracer writes records: `{"type":"NAME",`.
+fn leading_type(text: &str) -> Option<&str> {
+    let rest = text.strip_prefix(r#"{"type":""#)?;
+    let (name, after) = rest.split_at(rest.find('"')?);
+    let plain = name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    (plain && after[1..].starts_with(',')).then_some(name)
+}
+
+/// The record type named `name`, or `None` after a warning for a type this tracer does not
+/// read (from a newer tracer).
+fn find_kind(name: &str, line: u64, warn: &mut dyn FnMut(Warning)) -> Option<&'static Kind> {
+    let kind = kinds().iter().find(|k| k.name == name);
+    if kind.is_none() {
+        warn(Warning::UnknownType {
+            line,
+            name: name.to_owned(),
+        });
     }
+    kind
 }
 
 fn json_kind(value: &Value) -> &'static str {
@@ -330,10 +401,22 @@ mod tests {
         );
     }
 
+    /// A line with its keys in another order (a tool rewrote it) takes the other path: the
+    /// same record, the same warnings, the same errors.
     #[test]
-    fn every_kind_has_fields() {
-        for kind in kinds() {
-            assert!(!kind.fields.is_empty(), "{}", kind.name);
-        }
+    fn reordered_keys_read_the_same() {
+        let extra = TRANSITION.replace("\"cpu\":0", "\"cpu\":0,\"cgroup\":\"/a\"");
+        let body = extra
+            .strip_prefix("{\"type\":\"transition\",")
+            .expect("the tracer's order");
+        let reordered = format!("{{{},\"type\":\"transition\"}}", &body[..body.len() - 1]);
+        let (a, wa, ea) = read(&format!("{extra}\n"));
+        let (b, wb, eb) = read(&format!("{reordered}\n"));
+        assert!(ea.is_none() && eb.is_none());
+        assert_eq!(a, b);
+        assert_eq!(wa, wb);
+        assert_eq!(wa.len(), 1, "{wa:?}");
+        let bad = |line: &str| error_text(&format!("{}\n", line.replace("SYN_SENT", "SYN_SEEN")));
+        assert_eq!(bad(&extra), bad(&reordered));
     }
 }
