@@ -66,4 +66,11 @@ pub struct BenchArgs {
     /// (runs still noisy are marked so in the report).
     #[arg(long, default_value_t = 30)]
     pub quiet_wait_s: u64,
+    /// Also time `tracer analyze --html` on a synthetic export of --html-connections
+    /// connections (5 transitions each); with --rounds 0, only that.
+    #[arg(long)]
+    pub html_report: bool,
+    /// Connections of the HTML report's synthetic export (200,000: a million transitions).
+    #[arg(long, default_value_t = 200_000)]
+    pub html_connections: u64,
 }

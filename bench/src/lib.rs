@@ -10,6 +10,7 @@
 //!   bpftrace beside the generator; [`count`]: what an observer wrote.
 //! - [`peer`]: bpftrace and its scripts.
 //! - [`report`]: medians, the table, the targets.
+//! - [`html`]: `tracer analyze --html` on a synthetic export of a million transitions.
 //! - [`soak`]: the time-bounded soak, one tracer for minutes of churn, output counted from a
 //!   pipe.
 //! - [`sys`]: /proc (procfs), fdinfo, child processes, BPF run-time statistics.
@@ -21,6 +22,7 @@ mod args;
 pub mod churn;
 mod count;
 mod generator;
+mod html;
 mod observer;
 mod peer;
 mod plan;
@@ -56,7 +58,30 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let runs = rounds(&plan)?;
     let soak = soak(&plan)?;
-    results::report(&plan, runs, soak)
+    let html = if args.html_report {
+        runner::wait_quiet_machine(plan.quiet_wait());
+        eprintln!(
+            "bench: tracer analyze --html on a synthetic export of {} connections",
+            args.html_connections
+        );
+        let run = html::run(
+            &plan.tools.tracer,
+            &plan.tools.dir,
+            args.html_connections,
+            args.keep,
+        )?;
+        eprintln!(
+            "bench: report of {} transitions: {:.2} s wall, {:.2} s CPU, peak {:.1} MiB",
+            run.transitions,
+            run.wall_s,
+            run.cpu_s,
+            run.peak_rss_kib as f64 / 1024.0
+        );
+        Some(run)
+    } else {
+        None
+    };
+    results::report(&plan, runs, soak, html)
 }
 
 /// Checks the shape of a connection on a small, slow run first: the expected counts rest

@@ -148,8 +148,11 @@ fn check(args: &BenchArgs) -> Result<()> {
         bail!("the bench loads eBPF programs and creates network namespaces: run it as root");
     }
     let soaking = args.soak || args.soak_minutes.is_some();
-    if (args.rounds == 0 && !soaking) || args.connections == 0 {
-        bail!("--rounds (unless soaking) and --connections must be positive");
+    if (args.rounds == 0 && !soaking && !args.html_report) || args.connections == 0 {
+        bail!("--rounds (unless soaking or timing the HTML report) and --connections must be positive");
+    }
+    if args.html_report && args.html_connections == 0 {
+        bail!("--html-connections must be positive");
     }
     if args.soak_minutes == Some(0) || args.soak_chunk == 0 {
         bail!("--soak-minutes and --soak-chunk must be positive");

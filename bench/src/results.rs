@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::{
     churn,
+    html::HtmlRun,
     plan::Plan,
     report::{self, ModeSummary, Soak, Target},
     runner::RunResult,
@@ -23,6 +24,7 @@ struct Results {
     targets: Vec<Target>,
     runs: Vec<RunResult>,
     soak: Option<Soak>,
+    html: Option<HtmlRun>,
     table: String,
 }
 
@@ -46,14 +48,20 @@ struct Meta {
 
 /// Prints the runs, the summary table and the targets, and writes all of it to the plan's
 /// output file.
-pub fn report(plan: &Plan, runs: Vec<RunResult>, soak: Option<Soak>) -> Result<()> {
+pub fn report(
+    plan: &Plan,
+    runs: Vec<RunResult>,
+    soak: Option<Soak>,
+    html: Option<HtmlRun>,
+) -> Result<()> {
     let modes = if plan.args.rounds == 0 {
         &[][..]
     } else {
         &plan.modes[..]
     };
     let summary = report::summarize(&runs, modes);
-    let targets = report::targets(&summary, &runs, soak.as_ref());
+    let mut targets = report::targets(&summary, &runs, soak.as_ref());
+    targets.push(report::html_target(html.as_ref()));
     let table = report::table(&summary);
     let command = std::iter::once("cargo xtask bench".to_owned())
         .chain(std::env::args().skip(1))
@@ -76,6 +84,7 @@ pub fn report(plan: &Plan, runs: Vec<RunResult>, soak: Option<Soak>) -> Result<(
         targets,
         runs,
         soak,
+        html,
         table,
     };
     fs::write(&plan.output, serde_json::to_string_pretty(&results)?)

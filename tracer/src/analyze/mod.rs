@@ -7,6 +7,7 @@ pub mod html;
 pub mod reader;
 mod replay;
 mod report;
+pub mod synthetic;
 
 use std::{collections::HashSet, io::BufRead, time::UNIX_EPOCH};
 

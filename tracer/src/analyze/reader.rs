@@ -31,8 +31,10 @@ struct Kind {
 }
 
 /// Deserializes a `T` from `de`, telling `unknown` of every field `T` does not read (serde
-/// skips them; `type` is the tag, not unknown), and naming the path of a bad value.
-fn parse_as<'de, T, D>(de: D, unknown: Unknown, wrap: fn(T) -> Record) -> Result<Record, String>
+/// skips them; `type` is the tag, not unknown). On error, `retry` redoes it with the path of
+/// the bad value tracked for the message (tracking costs an allocation per key, so it is only
+/// paid for a bad record).
+fn parse_as<'de, T, D>(de: D, unknown: Unknown, wrap: fn(T) -> Record) -> Result<Record, D::Error>
 where
     T: Deserialize<'de>,
     D: Deserializer<'de>,
@@ -43,13 +45,22 @@ where
             unknown(path);
         }
     };
-    let de = serde_ignored::Deserializer::new(de, &mut ignored);
-    serde_path_to_error::deserialize(de)
-        .map(wrap)
-        .map_err(|e| match e.path().to_string().as_str() {
+    serde_ignored::deserialize(de, &mut ignored).map(wrap)
+}
+
+/// The message for a record `T` cannot be read from `de`: the path of the bad value first.
+fn explain<'de, T, D>(de: D) -> String
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    match serde_path_to_error::deserialize::<_, T>(de) {
+        Ok(_) => "not a record of its type".to_owned(),
+        Err(e) => match e.path().to_string().as_str() {
             "." => message(e.inner()),
             path => format!("{path}: {}", message(e.inner())),
-        })
+        },
+    }
 }
 
 /// An error's message without serde_json's ` at line L column C` (the line is ours to name;
@@ -69,9 +80,22 @@ fn parse_str<T: for<'de> Deserialize<'de>>(
     wrap: fn(T) -> Record,
 ) -> Result<Record, String> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let record = parse_as(&mut de, unknown, wrap)?;
-    de.end().map_err(|e| message(&e))?;
-    Ok(record)
+    match parse_as(&mut de, unknown, wrap).and_then(|record| de.end().map(|()| record)) {
+        Ok(record) => Ok(record),
+        Err(e) if e.is_syntax() || e.is_eof() => Err(message(&e)),
+        Err(_) => Err(explain::<T, _>(&mut serde_json::Deserializer::from_str(
+            text,
+        ))),
+    }
+}
+
+/// Parses an already parsed JSON value as a `T`.
+fn parse_value<T: for<'de> Deserialize<'de>>(
+    value: Value,
+    unknown: Unknown,
+    wrap: fn(T) -> Record,
+) -> Result<Record, String> {
+    parse_as(value.clone(), unknown, wrap).map_err(|_| explain::<T, _>(value))
 }
 
 macro_rules! kind {
@@ -79,7 +103,7 @@ macro_rules! kind {
         Kind {
             name: $name,
             from_str: |text, unknown| parse_str::<$ty>(text, unknown, $variant),
-            from_value: |value, unknown| parse_as::<$ty, _>(value, unknown, $variant),
+            from_value: |value, unknown| parse_value::<$ty>(value, unknown, $variant),
         }
     };
 }
@@ -189,24 +213,23 @@ fn parse_line(
     warn: &mut dyn FnMut(Warning),
 ) -> Result<Option<Record>, LineProblem> {
     let text = std::str::from_utf8(bytes).map_err(|_| LineProblem::NotUtf8)?;
-    let (kind, value) = match leading_type(text) {
-        Some(name) => (find_kind(name, line, warn), None),
-        None => {
-            let value: Value = serde_json::from_str(text).map_err(|e| LineProblem::Json {
-                message: e.to_string(),
-            })?;
-            let Value::Object(map) = &value else {
-                return Err(LineProblem::NotObject {
-                    found: json_kind(&value),
-                });
-            };
-            let name = match map.get("type") {
-                None => return Err(LineProblem::NoType),
-                Some(Value::String(name)) => name,
-                Some(_) => return Err(LineProblem::TypeNotString),
-            };
-            (find_kind(name, line, warn), Some(value))
-        }
+    let (kind, value) = if let Some(name) = leading_type(text) {
+        (find_kind(name, line, warn), None)
+    } else {
+        let value: Value = serde_json::from_str(text).map_err(|e| LineProblem::Json {
+            message: e.to_string(),
+        })?;
+        let Value::Object(map) = &value else {
+            return Err(LineProblem::NotObject {
+                found: json_kind(&value),
+            });
+        };
+        let name = match map.get("type") {
+            None => return Err(LineProblem::NoType),
+            Some(Value::String(name)) => name,
+            Some(_) => return Err(LineProblem::TypeNotString),
+        };
+        (find_kind(name, line, warn), Some(value))
     };
     let Some(kind) = kind else {
         return Ok(None);
@@ -219,12 +242,12 @@ fn parse_line(
         });
     };
     let parsed = match value {
-        Some(value) => (kind.from_value)(value, &mut unknown).map_err(|message| {
-            LineProblem::Record {
+        Some(value) => {
+            (kind.from_value)(value, &mut unknown).map_err(|message| LineProblem::Record {
                 kind: kind.name,
                 message,
-            }
-        }),
+            })
+        }
         None => (kind.from_str)(text, &mut unknown).map_err(|message| {
             // Not a record of its type: say whether it is JSON at all.
             match serde_json::from_str::<serde::de::IgnoredAny>(text) {
@@ -238,10 +261,7 @@ fn parse_line(
             }
         }),
     };
-    match parsed {
-        Ok(record) => Ok(Some(record)),
-        Err(problem) => Err(problem),
-    }
+    parsed.map(Some)
 }
 
 /// The `type` of a line that starts as the tracer writes records: `{"type":"NAME",`.

@@ -6,7 +6,7 @@
 
 use std::{
     fs,
-    io::{Read as _, Write as _},
+    io::Read as _,
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
@@ -211,76 +211,7 @@ fn bad_input_is_a_clear_error_and_no_report() {
 /// with a CLOSE_WAIT of `i` ms, from `procs` processes: many timelines, edges and stays.
 fn synthetic(path: &Path, n: u64, procs: u32) {
     let mut f = std::io::BufWriter::new(fs::File::create(path).unwrap());
-    writeln!(f, "{{\"type\":\"header\",\"schema\":1,\"version\":\"0.1.0\",\"hostname\":\"big\",\"kernel\":\"6.18\",\"start_time\":\"2026-11-25T08:00:00.000000Z\",\"monotonic_start_ns\":1000000000,\"wall_offset_ns\":1795593034487429966,\"complete\":true,\"options\":{{\"ports\":[],\"family\":null,\"all_protocols\":false,\"pids\":[],\"transitions\":true,\"timelines\":false,\"json\":true,\"close_wait_threshold_ns\":5000000000,\"report_interval_ns\":30000000000,\"duration_ns\":null,\"max_sockets\":262144,\"ring_buffer_bytes\":8388608}}}}").unwrap();
-    let line = |f: &mut std::io::BufWriter<fs::File>,
-                ts: u64,
-                sk: u64,
-                port: u64,
-                old: &str,
-                new: &str,
-                dur: Option<u64>,
-                pid: u32| {
-        let owner = if new == "LAST_ACK" {
-            format!("{pid}")
-        } else {
-            "null".into()
-        };
-        let comm = if new == "LAST_ACK" {
-            format!("\"srv{pid}\"")
-        } else {
-            "null".into()
-        };
-        writeln!(f, "{{\"type\":\"transition\",\"ts_ns\":{ts},\"time\":\"2026-11-25T08:00:00.000000Z\",\"skaddr\":\"{sk:#x}\",\"family\":\"ipv4\",\"laddr\":\"127.0.0.1\",\"lport\":80,\"raddr\":\"127.0.0.1\",\"rport\":{port},\"protocol\":6,\"old_state\":\"{old}\",\"new_state\":\"{new}\",\"duration_ns\":{},\"pid\":{owner},\"comm\":{comm},\"ctx_pid\":{pid},\"ctx_comm\":\"srv{pid}\",\"cpu\":0}}", dur.map_or("null".into(), |d| d.to_string())).unwrap();
-    };
-    for i in 0..n {
-        let t = 1_000_000_000 + i * 1_000_000;
-        let sk = 0xffff_8880_0000_0000 + i * 64;
-        let port = 1024 + i % 60000;
-        let pid = 100 + (i % u64::from(procs)) as u32;
-        let cw = (i % 1000) * 1_000_000;
-        line(&mut f, t, sk, port, "LISTEN", "SYN_RECV", None, pid);
-        line(
-            &mut f,
-            t + 10_000,
-            sk,
-            port,
-            "SYN_RECV",
-            "ESTABLISHED",
-            Some(10_000),
-            pid,
-        );
-        line(
-            &mut f,
-            t + 20_000,
-            sk,
-            port,
-            "ESTABLISHED",
-            "CLOSE_WAIT",
-            Some(10_000),
-            pid,
-        );
-        line(
-            &mut f,
-            t + 20_000 + cw,
-            sk,
-            port,
-            "CLOSE_WAIT",
-            "LAST_ACK",
-            Some(cw),
-            pid,
-        );
-        line(
-            &mut f,
-            t + 30_000 + cw,
-            sk,
-            port,
-            "LAST_ACK",
-            "CLOSE",
-            Some(10_000),
-            pid,
-        );
-    }
-    writeln!(f, "{{\"type\":\"summary\",\"ts_ns\":{},\"time\":\"2026-11-25T08:00:00.000000Z\",\"events\":{},\"transitions\":{},\"lost_ringbuf\":7,\"recursion_misses\":0,\"decode_errors\":0,\"evicted\":0,\"timelines\":{n},\"close_wait_alerts\":0,\"close_wait_resolved\":0,\"output_records\":0,\"output_dropped\":0,\"export_dropped\":0}}", 2_000_000_000 + n * 1_000_000, n * 5, n * 5).unwrap();
+    tracer::analyze::synthetic::write(&mut f, n, procs).unwrap();
 }
 
 #[test]
