@@ -98,6 +98,16 @@ impl ByType {
         *slot += n;
     }
 
+    /// The records of each counted type in `records` (the header, summary and analysis are
+    /// not counted): what a destination delivered, read back from its output.
+    pub fn count(records: &[Record]) -> Self {
+        let mut counts = Self::default();
+        for kind in records.iter().filter_map(Kind::of) {
+            counts.add(kind, 1);
+        }
+        counts
+    }
+
     /// Adds every count of `other`.
     pub fn add_all(&mut self, other: &ByType) {
         for kind in Self::KINDS {

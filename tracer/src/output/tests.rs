@@ -68,17 +68,6 @@ fn mixed(n: u64) -> Vec<Record> {
         .collect()
 }
 
-/// Counts the delivered records by type.
-fn delivered(records: &[Record]) -> ByType {
-    let mut counts = ByType::default();
-    for r in records {
-        if let Some(kind) = Kind::of(r) {
-            counts.add(kind, 1);
-        }
-    }
-    counts
-}
-
 fn json(out: impl Write + Send + 'static, buffer: Buffer, when_full: WhenFull) -> Output {
     Output::spawn(
         |w| Box::new(JsonSink::new(w)),
@@ -211,7 +200,7 @@ fn a_stalled_reader_costs_bounded_memory_and_every_drop_is_counted_by_type() {
         delivery.dropped, during.dropped,
         "nothing dropped after the stall"
     );
-    assert_balanced(&delivered(&out.records()), &delivery);
+    assert_balanced(&ByType::count(&out.records()), &delivery);
 }
 
 #[test]
@@ -233,7 +222,7 @@ fn a_waiting_output_holds_the_caller_and_drops_nothing() {
     result.unwrap();
     assert_eq!(delivery.dropped, ByType::default());
     assert_eq!(delivery.shown.total(), 15_000);
-    assert_balanced(&delivered(&out.records()), &delivery);
+    assert_balanced(&ByType::count(&out.records()), &delivery);
 }
 
 #[test]
@@ -278,7 +267,7 @@ fn a_write_that_fails_midway_counts_the_cut_records_as_lost() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(delivery.dropped.total() > 0);
-    assert_balanced(&delivered(&records), &delivery);
+    assert_balanced(&ByType::count(&records), &delivery);
 }
 
 #[test]

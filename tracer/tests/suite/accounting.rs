@@ -11,7 +11,7 @@ use std::{
 };
 
 use tracer::{
-    delivery::{ByType, Destination, Kind},
+    delivery::{ByType, Destination},
     record::{Record, Summary},
 };
 
@@ -38,20 +38,9 @@ fn export_accounts_for(records: &[Record]) -> u64 {
         .sum()
 }
 
-/// Records delivered, by type.
-fn delivered(records: &[Record]) -> ByType {
-    let mut counts = ByType::default();
-    for r in records {
-        if let Some(kind) = Kind::of(r) {
-            counts.add(kind, 1);
-        }
-    }
-    counts
-}
-
 /// `delivered + dropped = shown` for every type.
 fn assert_balanced(what: &str, records: &[Record], d: &Destination) {
-    let got = delivered(records);
+    let got = ByType::count(records);
     for kind in ByType::KINDS {
         assert_eq!(
             got.get(kind) + d.dropped.get(kind),
