@@ -132,23 +132,11 @@ pub struct Metrics {
     pending_outcomes: [u64; Outcome::ALL.len()],
     pending_reports: [u64; STATES],
     published: Totals,
-    transitions: Family<TransitionLabels, Counter>,
-    ended: Family<OutcomeLabels, Counter>,
-    reports: Family<StateLabels, Counter>,
-    close_wait_duration: Histogram,
-    stuck: Family<StuckLabels, Gauge>,
-    oldest_age: Family<StuckLabels, Gauge<f64, AtomicU64>>,
-    open_fds: Family<ProcessLabels, Gauge>,
-    max_fds: Family<ProcessLabels, Gauge>,
-    aggregated: Gauge,
-    events: Counter,
-    lost: Family<ReasonLabels, Counter>,
-    evicted: Counter,
-    dropped: Family<DestinationLabels, Counter>,
+    m: Handles,
 }
 
-/// The metric handles while they are registered.
-struct Parts {
+/// The handles of the registered metrics (each shares its values with the registry).
+struct Handles {
     transitions: Family<TransitionLabels, Counter>,
     ended: Family<OutcomeLabels, Counter>,
     reports: Family<StateLabels, Counter>,
@@ -171,7 +159,7 @@ impl Metrics {
     /// `tracer_build_info`; `max_processes` is the per-process series cap.
     pub fn new(kernel: &str, max_processes: usize) -> Self {
         let mut registry = Registry::default();
-        let m = Parts {
+        let m = Handles {
             transitions: Family::default(),
             ended: Family::default(),
             reports: Family::default(),
@@ -312,19 +300,7 @@ impl Metrics {
             pending_outcomes: [0; Outcome::ALL.len()],
             pending_reports: [0; STATES],
             published: Totals::default(),
-            transitions: m.transitions,
-            ended: m.ended,
-            reports: m.reports,
-            close_wait_duration: m.close_wait_duration,
-            stuck: m.stuck,
-            oldest_age: m.oldest_age,
-            open_fds: m.open_fds,
-            max_fds: m.max_fds,
-            aggregated: m.aggregated,
-            events: m.events,
-            lost: m.lost,
-            evicted: m.evicted,
-            dropped: m.dropped,
+            m,
         }
     }
 
@@ -347,7 +323,7 @@ impl Metrics {
                                 clippy::cast_precision_loss,
                                 reason = "seconds for a histogram: 2^53 ns is 104 days"
                             )]
-                            self.close_wait_duration.observe(ns as f64 / 1e9);
+                            self.m.close_wait_duration.observe(ns as f64 / 1e9);
                         }
                     }
                 }
@@ -369,7 +345,7 @@ impl Metrics {
         for (old, row) in self.pending_transitions.iter_mut().enumerate() {
             for (new, count) in row.iter_mut().enumerate() {
                 if *count > 0 {
-                    self.transitions
+                    self.m.transitions
                         .get_or_create(&TransitionLabels {
                             old_state: state_name(old),
                             new_state: state_name(new),
@@ -380,7 +356,7 @@ impl Metrics {
         }
         for (outcome, count) in Outcome::ALL.iter().zip(&mut self.pending_outcomes) {
             if *count > 0 {
-                self.ended
+                self.m.ended
                     .get_or_create(&OutcomeLabels {
                         outcome: outcome.name(),
                     })
@@ -389,7 +365,7 @@ impl Metrics {
         }
         for (state, count) in self.pending_reports.iter_mut().enumerate() {
             if *count > 0 {
-                self.reports
+                self.m.reports
                     .get_or_create(&StateLabels {
                         state: state_name(state),
                     })
@@ -397,7 +373,7 @@ impl Metrics {
             }
         }
         let was = self.published;
-        self.events.inc_by(totals.events.saturating_sub(was.events));
+        self.m.events.inc_by(totals.events.saturating_sub(was.events));
         for (reason, now, before) in [
             (LOSS_REASONS[0], totals.lost_ringbuf, was.lost_ringbuf),
             (
@@ -407,11 +383,11 @@ impl Metrics {
             ),
             (LOSS_REASONS[2], totals.decode_errors, was.decode_errors),
         ] {
-            self.lost
+            self.m.lost
                 .get_or_create(&ReasonLabels { reason })
                 .inc_by(now.saturating_sub(before));
         }
-        self.evicted
+        self.m.evicted
             .inc_by(totals.evicted.saturating_sub(was.evicted));
         let destinations = [
             (
@@ -432,7 +408,7 @@ impl Metrics {
                     .get(kind)
                     .saturating_sub(before.map_or(0, |b| b.get(kind)));
                 // The export's series appear with --export; each from zero.
-                let series = self.dropped.get_or_create(&DestinationLabels {
+                let series = self.m.dropped.get_or_create(&DestinationLabels {
                     destination,
                     r#type: kind.name(),
                 });
@@ -478,10 +454,10 @@ impl Metrics {
     /// no longer holds stuck sockets loses its series. `fds` gives holders' descriptors
     /// ([`process::fd_usage`]).
     pub fn processes(&self, digest: &DigestRecord, fds: &HashMap<u32, FdUsage>) {
-        self.stuck.clear();
-        self.oldest_age.clear();
-        self.open_fds.clear();
-        self.max_fds.clear();
+        self.m.stuck.clear();
+        self.m.oldest_age.clear();
+        self.m.open_fds.clear();
+        self.m.max_fds.clear();
         let (_, rest) = self.rank(digest);
         let is_rest = |p: &DigestProcess| rest.iter().any(|r| std::ptr::eq(*r, p));
         for p in digest.processes.iter().filter(|p| !is_rest(p)) {
@@ -494,11 +470,11 @@ impl Metrics {
             };
             self.set_stuck(p.state, &holder, p.count, p.oldest_age_ms);
             if let Some(usage) = p.pid.and_then(|pid| fds.get(&pid)) {
-                self.open_fds
+                self.m.open_fds
                     .get_or_create(&holder)
                     .set(saturate(usage.open));
                 if let Some(limit) = usage.limit {
-                    self.max_fds.get_or_create(&holder).set(saturate(limit));
+                    self.m.max_fds.get_or_create(&holder).set(saturate(limit));
                 }
             }
         }
@@ -519,7 +495,7 @@ impl Metrics {
         let mut aggregated: Vec<Option<u32>> = rest.iter().map(|p| p.pid).collect();
         aggregated.sort_unstable();
         aggregated.dedup();
-        self.aggregated.set(saturate(aggregated.len() as u64));
+        self.m.aggregated.set(saturate(aggregated.len() as u64));
     }
 
     fn set_stuck(&self, state: TcpState, holder: &ProcessLabels, count: usize, oldest_ms: u64) {
@@ -529,14 +505,14 @@ impl Metrics {
             comm: holder.comm.clone(),
             container: holder.container.clone(),
         };
-        self.stuck
+        self.m.stuck
             .get_or_create(&labels)
             .set(saturate(count as u64));
         #[expect(
             clippy::cast_precision_loss,
             reason = "an age in seconds, exact to the ms for 285,000 years"
         )]
-        self.oldest_age
+        self.m.oldest_age
             .get_or_create(&labels)
             .set(oldest_ms as f64 / 1000.0);
     }
