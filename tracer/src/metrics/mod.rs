@@ -345,7 +345,8 @@ impl Metrics {
         for (old, row) in self.pending_transitions.iter_mut().enumerate() {
             for (new, count) in row.iter_mut().enumerate() {
                 if *count > 0 {
-                    self.m.transitions
+                    self.m
+                        .transitions
                         .get_or_create(&TransitionLabels {
                             old_state: state_name(old),
                             new_state: state_name(new),
@@ -356,7 +357,8 @@ impl Metrics {
         }
         for (outcome, count) in Outcome::ALL.iter().zip(&mut self.pending_outcomes) {
             if *count > 0 {
-                self.m.ended
+                self.m
+                    .ended
                     .get_or_create(&OutcomeLabels {
                         outcome: outcome.name(),
                     })
@@ -365,7 +367,8 @@ impl Metrics {
         }
         for (state, count) in self.pending_reports.iter_mut().enumerate() {
             if *count > 0 {
-                self.m.reports
+                self.m
+                    .reports
                     .get_or_create(&StateLabels {
                         state: state_name(state),
                     })
@@ -373,7 +376,9 @@ impl Metrics {
             }
         }
         let was = self.published;
-        self.m.events.inc_by(totals.events.saturating_sub(was.events));
+        self.m
+            .events
+            .inc_by(totals.events.saturating_sub(was.events));
         for (reason, now, before) in [
             (LOSS_REASONS[0], totals.lost_ringbuf, was.lost_ringbuf),
             (
@@ -383,11 +388,13 @@ impl Metrics {
             ),
             (LOSS_REASONS[2], totals.decode_errors, was.decode_errors),
         ] {
-            self.m.lost
+            self.m
+                .lost
                 .get_or_create(&ReasonLabels { reason })
                 .inc_by(now.saturating_sub(before));
         }
-        self.m.evicted
+        self.m
+            .evicted
             .inc_by(totals.evicted.saturating_sub(was.evicted));
         let destinations = [
             (
@@ -470,7 +477,8 @@ impl Metrics {
             };
             self.set_stuck(p.state, &holder, p.count, p.oldest_age_ms);
             if let Some(usage) = p.pid.and_then(|pid| fds.get(&pid)) {
-                self.m.open_fds
+                self.m
+                    .open_fds
                     .get_or_create(&holder)
                     .set(saturate(usage.open));
                 if let Some(limit) = usage.limit {
@@ -505,14 +513,16 @@ impl Metrics {
             comm: holder.comm.clone(),
             container: holder.container.clone(),
         };
-        self.m.stuck
+        self.m
+            .stuck
             .get_or_create(&labels)
             .set(saturate(count as u64));
         #[expect(
             clippy::cast_precision_loss,
             reason = "an age in seconds, exact to the ms for 285,000 years"
         )]
-        self.m.oldest_age
+        self.m
+            .oldest_age
             .get_or_create(&labels)
             .set(oldest_ms as f64 / 1000.0);
     }

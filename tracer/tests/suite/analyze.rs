@@ -12,7 +12,9 @@ use std::{
 use expect_test::expect_file;
 use tracer::record::Record;
 
-use crate::support::{self, fixture, is_root, rebuilt, tracer_command as tracer};
+use crate::support::{
+    self, analyze, edited, fixture, is_root, rebuilt, text, tracer_command as tracer,
+};
 
 const NOBODY: u32 = 65534;
 
@@ -20,32 +22,8 @@ fn run(args: &[&str]) -> Output {
     tracer().args(args).output().expect("run tracer")
 }
 
-fn analyze(args: &[&str], input: &Path) -> Output {
-    let mut cmd = tracer();
-    cmd.arg("analyze").args(args).arg(input);
-    cmd.output().expect("run tracer analyze")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn records(stdout: &[u8]) -> Vec<Record> {
     support::records(&text(stdout))
-}
-
-/// A file holding the fixture's first `lines` lines, then `tail`.
-fn edited(dir: &Path, lines: usize, tail: &str) -> PathBuf {
-    let fixture = fs::read_to_string(fixture()).unwrap();
-    let mut body: String = fixture
-        .lines()
-        .take(lines)
-        .map(|l| format!("{l}\n"))
-        .collect();
-    body.push_str(tail);
-    let path = dir.join("edited.ndjson");
-    fs::write(&path, body).unwrap();
-    path
 }
 
 #[test]

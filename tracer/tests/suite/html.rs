@@ -8,7 +8,7 @@ use std::{
     fs,
     io::Read as _,
     net::TcpListener,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
@@ -16,31 +16,10 @@ use std::{
 
 use expect_test::expect_file;
 
-use crate::support::{self, browser, NetNs};
+use crate::support::{
+    self, analyze, browser, edited, fixture, text, tracer_command as tracer, NetNs,
+};
 use serde_json::Value;
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/export-v1.ndjson")
-}
-
-fn tracer() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tracer"));
-    cmd.env_remove("TRACER_LOG").env_remove("RUST_LOG");
-    cmd
-}
-
-fn analyze(args: &[&str], input: &Path) -> Output {
-    tracer()
-        .arg("analyze")
-        .args(args)
-        .arg(input)
-        .output()
-        .expect("run tracer analyze")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// Builds the report of `input` in `dir` and returns its text (panics on failure).
 fn report(dir: &Path, input: &Path, extra: &[&str]) -> (String, Output) {
@@ -135,20 +114,6 @@ fn timelines_still_print_with_html() {
     assert_eq!(out.stdout, analyze(&["--timelines"], &fixture()).stdout);
     let (_, json) = report(dir.path(), &fixture(), &["--json"]);
     assert_eq!(json.stdout, analyze(&["--json"], &fixture()).stdout);
-}
-
-/// A file holding the fixture's first `lines` lines, then `tail`.
-fn edited(dir: &Path, lines: usize, tail: &str) -> PathBuf {
-    let fixture = fs::read_to_string(fixture()).unwrap();
-    let mut body: String = fixture
-        .lines()
-        .take(lines)
-        .map(|l| format!("{l}\n"))
-        .collect();
-    body.push_str(tail);
-    let path = dir.join("edited.ndjson");
-    fs::write(&path, body).unwrap();
-    path
 }
 
 #[test]

@@ -55,6 +55,35 @@ pub fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/export-v1.ndjson")
 }
 
+/// `tracer analyze ARGS INPUT`, run to its end.
+pub fn analyze(args: &[&str], input: &Path) -> std::process::Output {
+    tracer_command()
+        .arg("analyze")
+        .args(args)
+        .arg(input)
+        .output()
+        .expect("run tracer analyze")
+}
+
+/// A program's output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A file in `dir` holding the fixture's first `lines` lines, then `tail`.
+pub fn edited(dir: &Path, lines: usize, tail: &str) -> PathBuf {
+    let fixture = std::fs::read_to_string(fixture()).unwrap();
+    let mut body: String = fixture
+        .lines()
+        .take(lines)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    body.push_str(tail);
+    let path = dir.join("edited.ndjson");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
 /// NDJSON output parsed back with the library's own types; panics naming a bad line.
 pub fn records(text: &str) -> Vec<Record> {
     text.lines()
