@@ -1,0 +1,436 @@
+//! Where in the code: each blocked thread's user stack, unwound from the `pc`/`sp` its system
+//! call shows (`/proc/PID/task/TID/syscall`) with the modules' DWARF CFI (`.eh_frame`, by
+//! framehop; frame pointers where a module has none), reading the stack through
+//! `/proc/PID/mem` (which the kernel grants only to a tracer passing its ptrace access check),
+//! and symbolized with blazesym (function, file and line where debug information exists).
+//! Every thread says why its walk stopped.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::unix::fs::{FileExt as _, MetadataExt as _},
+    sync::Arc,
+    time::Instant,
+};
+
+use blazesym::symbolize::{
+    source::{Process, Source},
+    Input, Symbolized, Symbolizer,
+};
+use procfs::process::{MMapPath, MemoryMap};
+
+use super::{Diagnosis, Frame, Unavailable};
+
+/// Frames walked at most per thread.
+pub const MAX_FRAMES: usize = 48;
+
+/// Bytes of stack read per thread, from its stack pointer up.
+const STACK_BYTES: u64 = 256 * 1024;
+
+/// Unwind sections of one file, shared between runs.
+type Sections = framehop::ExplicitModuleSectionInfo<Arc<[u8]>>;
+
+/// Files' unwind sections kept at most (by path, size and modification time).
+const SECTIONS_KEPT: usize = 256;
+
+/// Walks and symbolizes stacks, keeping parsed files between runs.
+pub struct Stacks {
+    symbolizer: Symbolizer,
+    sections: HashMap<(String, u64, i64), Sections>,
+}
+
+impl Stacks {
+    pub fn new() -> Self {
+        Self {
+            symbolizer: Symbolizer::new(),
+            sections: HashMap::new(),
+        }
+    }
+
+    /// Fills `frames` and `stack_stop` of the listed threads of `d`, and `runtime`.
+    pub fn fill(&mut self, d: &mut Diagnosis, deadline: Instant) {
+        let pid = d.pid;
+        d.runtime = runtime_of_exe(pid);
+        if d.threads.iter().all(|t| t.sp.is_none()) {
+            return;
+        }
+        let maps = match procfs::process::Process::new(i32::try_from(pid).unwrap_or(-1))
+            .and_then(|p| p.maps())
+        {
+            Ok(maps) => maps.0,
+            Err(e) => {
+                stop_all(d, &format!("its memory map could not be read: {e}"));
+                return;
+            }
+        };
+        // The kernel opens /proc/PID/mem only for a tracer that passes its ptrace access
+        // check (PTRACE_MODE_ATTACH): what it refuses is said, never worked around.
+        let mem = match File::open(format!("/proc/{pid}/mem")) {
+            Ok(mem) => Some(mem),
+            Err(e) => {
+                d.unavailable.push(Unavailable {
+                    field: "frames".into(),
+                    reason: format!("ptrace access to its memory refused: {e}"),
+                });
+                None
+            }
+        };
+        let unwinder = self.unwinder(pid, &maps);
+        for t in &mut d.threads {
+            let (Some(sp), Some(pc)) = (t.sp, t.pc) else {
+                continue;
+            };
+            if Instant::now() >= deadline {
+                t.stack_stop = Some("the diagnosis time budget ran out".into());
+                t.frames = vec![bare(pc)];
+                continue;
+            }
+            let (addrs, stop) = match &mem {
+                Some(mem) => walk(&unwinder, mem, &maps, sp, pc),
+                None => (
+                    vec![pc],
+                    "ptrace access to its memory refused: only the program counter".into(),
+                ),
+            };
+            t.frames = self.symbolize(pid, &addrs, &maps);
+            t.stack_stop = Some(stop);
+        }
+        if d.runtime.is_none() {
+            d.runtime = d
+                .threads
+                .iter()
+                .flat_map(|t| &t.frames)
+                .find_map(|f| f.module.as_deref().and_then(runtime_of))
+                .map(str::to_owned);
+        }
+    }
+
+    /// An unwinder knowing every executable file mapped in the process.
+    fn unwinder(&mut self, pid: u32, maps: &[MemoryMap]) -> Unwinder {
+        let mut unwinder = Unwinder::new();
+        let mut files: HashMap<&std::path::Path, Vec<&MemoryMap>> = HashMap::new();
+        for m in maps {
+            if let MMapPath::Path(path) = &m.pathname {
+                files.entry(path.as_path()).or_default().push(m);
+            }
+        }
+        if self.sections.len() > SECTIONS_KEPT {
+            self.sections.clear();
+        }
+        for (path, maps) in files {
+            if !maps
+                .iter()
+                .any(|m| m.perms.contains(procfs::process::MMPermissions::EXECUTE))
+            {
+                continue;
+            }
+            let Some(first) = maps.iter().find(|m| m.offset == 0) else {
+                continue;
+            };
+            let start = maps.iter().map(|m| m.address.0).min().unwrap_or(0);
+            let end = maps.iter().map(|m| m.address.1).max().unwrap_or(0);
+            // Through map_files: the very file mapped, whatever its mount namespace.
+            let file = format!("/proc/{pid}/map_files/{:x}-{:x}", first.address.0, first.address.1);
+            let Ok(meta) = std::fs::metadata(&file) else {
+                continue;
+            };
+            let key = (
+                path.to_string_lossy().into_owned(),
+                meta.size(),
+                meta.mtime(),
+            );
+            let sections = match self.sections.get(&key) {
+                Some(s) => s.clone(),
+                None => {
+                    let Some((sections, first_vaddr)) = read_sections(&file) else {
+                        continue;
+                    };
+                    let _ = first_vaddr;
+                    self.sections.insert(key.clone(), sections.clone());
+                    sections
+                }
+            };
+            let Some(first_vaddr) = first_load_vaddr(&file) else {
+                continue;
+            };
+            let base_avma = first.address.0.wrapping_sub(first_vaddr & !0xfff);
+            unwinder.add(framehop::Module::new(
+                key.0,
+                start..end,
+                base_avma,
+                sections,
+            ));
+        }
+        unwinder
+    }
+
+    /// Symbolizes a walked stack (return addresses looked up at the call, one byte before).
+    fn symbolize(&self, pid: u32, addrs: &[u64], maps: &[MemoryMap]) -> Vec<Frame> {
+        let lookup: Vec<u64> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) })
+            .collect();
+        let source = Source::Process(Process::new(pid.into()));
+        let symbols = self
+            .symbolizer
+            .symbolize(&source, Input::AbsAddr(&lookup))
+            .unwrap_or_default();
+        addrs
+            .iter()
+            .enumerate()
+            .map(|(i, &addr)| {
+                let module = module_of(maps, addr);
+                match symbols.get(i) {
+                    Some(Symbolized::Sym(sym)) => {
+                        let code = sym.code_info.as_deref();
+                        Frame {
+                            addr,
+                            function: Some(sym.name.to_string()),
+                            file: code.map(|c| c.to_path().display().to_string()),
+                            line: code.and_then(|c| c.line),
+                            module,
+                        }
+                    }
+                    _ => Frame {
+                        module,
+                        ..bare(addr)
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+impl Default for Stacks {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A frame with its address only.
+fn bare(addr: u64) -> Frame {
+    Frame {
+        addr,
+        function: None,
+        file: None,
+        line: None,
+        module: None,
+    }
+}
+
+fn stop_all(d: &mut Diagnosis, why: &str) {
+    for t in &mut d.threads {
+        if t.stack_stop.is_none() {
+            t.stack_stop = Some(why.to_owned());
+        }
+    }
+}
+
+/// The file mapped at `addr`; `None` for anonymous memory.
+fn module_of(maps: &[MemoryMap], addr: u64) -> Option<String> {
+    maps.iter()
+        .find(|m| (m.address.0..m.address.1).contains(&addr))
+        .and_then(|m| match &m.pathname {
+            MMapPath::Path(p) => Some(p.display().to_string()),
+            MMapPath::Vdso => Some("[vdso]".into()),
+            _ => None,
+        })
+}
+
+/// The unwind sections of an ELF file.
+fn read_sections(path: &str) -> Option<(Sections, u64)> {
+    use object::{Object as _, ObjectSection as _};
+    let data = std::fs::read(path).ok()?;
+    let elf = object::File::parse(data.as_slice()).ok()?;
+    let section = |name: &str| elf.section_by_name(name);
+    let range = |name: &str| section(name).map(|s| s.address()..s.address() + s.size());
+    let bytes = |name: &str| {
+        section(name)
+            .and_then(|s| s.data().ok())
+            .map(|d| Arc::<[u8]>::from(d))
+    };
+    let sections = Sections {
+        base_svma: 0,
+        text_svma: range(".text"),
+        text: bytes(".text"),
+        got_svma: range(".got"),
+        eh_frame_svma: range(".eh_frame"),
+        eh_frame: bytes(".eh_frame"),
+        eh_frame_hdr_svma: range(".eh_frame_hdr"),
+        eh_frame_hdr: bytes(".eh_frame_hdr"),
+        debug_frame: bytes(".debug_frame"),
+        ..Sections::default()
+    };
+    Some((sections, 0))
+}
+
+/// The virtual address of an ELF file's first loadable segment (0 for a shared object or a
+/// position-independent executable).
+fn first_load_vaddr(path: &str) -> Option<u64> {
+    use object::{Object as _, ObjectSegment as _};
+    let file = File::open(path).ok()?;
+    // The program headers are near the start: a few pages suffice.
+    let mut head = vec![0u8; 64 * 1024];
+    let n = file.read_at(&mut head, 0).ok()?;
+    head.truncate(n);
+    match object::File::parse(head.as_slice()) {
+        Ok(elf) => elf.segments().map(|s| s.address()).min(),
+        // Headers beyond the first pages: read the whole file.
+        Err(_) => {
+            let data = std::fs::read(path).ok()?;
+            let elf = object::File::parse(data.as_slice()).ok()?;
+            elf.segments().map(|s| s.address()).min()
+        }
+    }
+}
+
+/// A language runtime named by a program or library path.
+fn runtime_of(path: &str) -> Option<&'static str> {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    [
+        ("python", "python"),
+        ("libjvm", "java"),
+        ("java", "java"),
+        ("node", "node"),
+        ("ruby", "ruby"),
+        ("perl", "perl"),
+        ("php", "php"),
+        ("beam", "erlang"),
+        ("dotnet", "dotnet"),
+        ("libcoreclr", "dotnet"),
+    ]
+    .into_iter()
+    .find(|(prefix, _)| name.starts_with(prefix))
+    .map(|(_, runtime)| runtime)
+}
+
+fn runtime_of_exe(pid: u32) -> Option<String> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    runtime_of(&exe.to_string_lossy()).map(str::to_owned)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod arch {
+    pub type Unwinder = Inner;
+
+    /// framehop's x86_64 unwinder over shared section data.
+    pub struct Inner {
+        unwinder: framehop::x86_64::UnwinderX86_64<std::sync::Arc<[u8]>>,
+    }
+
+    impl Inner {
+        pub fn new() -> Self {
+            Self {
+                unwinder: framehop::x86_64::UnwinderX86_64::new(),
+            }
+        }
+
+        pub fn add(&mut self, module: framehop::Module<std::sync::Arc<[u8]>>) {
+            use framehop::Unwinder as _;
+            self.unwinder.add_module(module);
+        }
+
+        /// Return addresses from `pc`/`sp` (no frame pointer known: CFI recovers it).
+        pub fn frames(
+            &self,
+            pc: u64,
+            sp: u64,
+            read: &mut dyn FnMut(u64) -> Result<u64, ()>,
+            max: usize,
+        ) -> (Vec<u64>, String) {
+            use framehop::Unwinder as _;
+            let mut cache = framehop::x86_64::CacheX86_64::<_>::new();
+            let regs = framehop::x86_64::UnwindRegsX86_64::new(pc, sp, 0);
+            let mut read = |addr| read(addr);
+            let mut iter = self.unwinder.iter_frames(pc, regs, &mut cache, &mut read);
+            let mut out = Vec::new();
+            loop {
+                if out.len() >= max {
+                    return (out, format!("stopped at the limit of {max} frames"));
+                }
+                match iter.next() {
+                    Ok(Some(frame)) => out.push(frame.address()),
+                    Ok(None) => return (out, "complete: reached the outermost frame".into()),
+                    Err(e) => return (out, format!("unwinding stopped: {e}")),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod arch {
+    pub type Unwinder = Inner;
+
+    /// Unwinding is implemented for x86_64 only: other machines get the program counter.
+    pub struct Inner;
+
+    impl Inner {
+        pub fn new() -> Self {
+            Self
+        }
+
+        pub fn add(&mut self, _module: framehop::Module<std::sync::Arc<[u8]>>) {}
+
+        pub fn frames(
+            &self,
+            pc: u64,
+            _sp: u64,
+            _read: &mut dyn FnMut(u64) -> Result<u64, ()>,
+            _max: usize,
+        ) -> (Vec<u64>, String) {
+            (
+                vec![pc],
+                "stack unwinding is implemented for x86_64 only: the program counter alone".into(),
+            )
+        }
+    }
+}
+
+use arch::Unwinder;
+
+/// Walks one thread's stack: reads up to [`STACK_BYTES`] from `sp` (within its mapping) and
+/// unwinds from `pc`.
+fn walk(unwinder: &Unwinder, mem: &File, maps: &[MemoryMap], sp: u64, pc: u64) -> (Vec<u64>, String) {
+    let end = maps
+        .iter()
+        .find(|m| (m.address.0..m.address.1).contains(&sp))
+        .map_or(sp, |m| m.address.1);
+    let len = end.saturating_sub(sp).min(STACK_BYTES);
+    let mut stack = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    let n = match mem.read_at(&mut stack, sp) {
+        Ok(n) => n,
+        Err(e) => {
+            return (
+                vec![pc],
+                format!("its stack could not be read through /proc/PID/mem: {e}"),
+            )
+        }
+    };
+    stack.truncate(n);
+    let mut read = |addr: u64| -> Result<u64, ()> {
+        let off = usize::try_from(addr.checked_sub(sp).ok_or(())?).map_err(|_| ())?;
+        let bytes = stack.get(off..off + 8).ok_or(())?;
+        Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
+    };
+    let (frames, stop) = unwinder.frames(pc, sp, &mut read, MAX_FRAMES);
+    if frames.is_empty() {
+        (vec![pc], stop)
+    } else {
+        (frames, stop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtimes_are_named_by_their_files() {
+        assert_eq!(runtime_of("/usr/bin/python3.11"), Some("python"));
+        assert_eq!(runtime_of("/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0"), Some("python"));
+        assert_eq!(runtime_of("/usr/lib/jvm/java-17/lib/server/libjvm.so"), Some("java"));
+        assert_eq!(runtime_of("/usr/sbin/nginx"), None);
+    }
+}
