@@ -21,6 +21,7 @@ use crate::{
     config::Config,
     decode::decode,
     delivery::Destination,
+    diagnosis::{self, Diagnoser},
     engine::{self, Engine},
     event::Transition,
     export::{self, ExportFile},
@@ -85,10 +86,21 @@ struct Session {
     lookup: Option<Lookup>,
     /// When followed timewait sockets were last checked in the tables.
     rechecked_ns: u64,
-    /// Transitions drained from the ring buffer while a lookup is under way: the engine takes
-    /// them once the alerts it was asked for are out, so the records come in the same order as
-    /// if the lookup had been instant, while the ring buffer keeps being emptied.
+    /// Transitions drained from the ring buffer while a lookup or a diagnosis is under way:
+    /// the engine takes them once the alerts it was asked for are out, so the records come in
+    /// the same order as if the lookup had been instant, while the ring buffer keeps being
+    /// emptied.
     held: Vec<Transition>,
+    /// The diagnoser, while no diagnosis is under way (it moves into the task that runs one).
+    diagnoser: Option<Diagnoser>,
+    /// The diagnosis under way for reports or a digest, if any.
+    diagnosing: Option<Diagnosing>,
+}
+
+/// Reports (or a digest) waiting for their holders' diagnosis, made on a blocking thread.
+struct Diagnosing {
+    pending: Vec<Record>,
+    task: JoinHandle<(Diagnoser, HashMap<u32, diagnosis::Diagnosis>)>,
 }
 
 /// The signals that end a run.
@@ -196,6 +208,8 @@ impl Session {
             lookup: None,
             rechecked_ns: 0,
             held: Vec::new(),
+            diagnoser: Some(Diagnoser::new()),
+            diagnosing: None,
         };
         // Sockets that entered CLOSE_WAIT while the tables were read are in the ring buffer:
         // replay them now so they are not mistaken for older ones.
@@ -232,7 +246,7 @@ impl Session {
                     // A safety net: nothing stays in the ring longer than a tick.
                     self.drain();
                     let now = monotonic_ns();
-                    if self.lookup.is_none() {
+                    if self.lookup.is_none() && self.diagnosing.is_none() {
                         let recheck = now.saturating_sub(self.rechecked_ns) >= RECHECK_NS;
                         self.lookup = Lookup::start(&mut self.engine, now, recheck);
                         if recheck && self.lookup.as_ref().is_some_and(|l| !l.followed.is_empty()) {
@@ -266,22 +280,23 @@ impl Session {
                     }
                 }
                 scanned = scanned(&mut self.lookup) => {
-                    self.alert(settle(scanned).as_ref());
-                    if std::mem::take(&mut digest_due) {
-                        self.digest();
-                    }
+                    self.alert(settle(scanned));
+                }
+                diagnosed = diagnosed(&mut self.diagnosing) => {
+                    self.diagnosed(diagnosed);
                 }
                 _ = digest.tick() => {
-                    if self.lookup.is_some() {
-                        digest_due = true;
-                    } else {
-                        self.digest();
-                    }
+                    digest_due = true;
                 }
                 _ = self.signals.sigint.recv() => return Ok(Stop::Signal("SIGINT")),
                 _ = self.signals.sigterm.recv() => return Ok(Stop::Signal("SIGTERM")),
                 _ = self.signals.sighup.recv() => return Ok(Stop::Signal("SIGHUP")),
                 () = &mut deadline => return Ok(Stop::Duration),
+            }
+            // A digest that came due during a lookup or a diagnosis waits for it.
+            if digest_due && self.lookup.is_none() && self.diagnosing.is_none() {
+                digest_due = false;
+                self.digest();
             }
             if let Some(stop) = self.outputs.send(&mut self.batch) {
                 return Ok(stop);
@@ -291,17 +306,20 @@ impl Session {
 
     /// Delivers what is left, prints the summary on stderr and says how the run ended.
     async fn finish(mut self, stop: Stop) -> anyhow::Result<Stop> {
+        self.settle_diagnosis().await;
         if let Some(lookup) = &mut self.lookup {
             let scanned = (&mut lookup.scan).await;
-            self.alert(settle(scanned).as_ref());
+            self.alert(settle(scanned));
         }
+        self.settle_diagnosis().await;
         // What is still in the ring buffer was emitted before the stop: deliver it too.
         self.drain();
         let now = monotonic_ns();
         if let Some(lookup) = Lookup::start(&mut self.engine, now, false) {
             self.lookup = Some(lookup);
             let scanned = (&mut self.lookup.as_mut().expect("just set").scan).await;
-            self.alert(settle(scanned).as_ref());
+            self.alert(settle(scanned));
+            self.settle_diagnosis().await;
         }
         let Self {
             probe,
@@ -343,7 +361,9 @@ impl Session {
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
             match decode(&item) {
-                Ok(transition) if self.lookup.is_some() => self.held.push(transition),
+                Ok(transition) if self.lookup.is_some() || self.diagnosing.is_some() => {
+                    self.held.push(transition);
+                }
                 Ok(transition) => {
                     if self.batch.len() >= DRAIN_SLICE {
                         self.outputs.format(&mut self.batch);
@@ -358,19 +378,83 @@ impl Session {
         }
     }
 
-    /// Ends the lookup: emits its alerts with what the socket tables say, then hands the
-    /// transitions held meanwhile to the engine.
-    fn alert(&mut self, table: Option<&SocketTable>) {
+    /// Ends the lookup: makes its alerts with what the socket tables say; starts the
+    /// diagnosis of their holders (the alerts and the transitions held meanwhile wait for it),
+    /// or emits them and hands the held transitions to the engine.
+    fn alert(&mut self, table: Option<SocketTable>) {
         let Some(lookup) = self.lookup.take() else {
             return;
         };
+        let mut fresh = Vec::new();
         self.engine
-            .alert(&lookup.due, table, lookup.at_ns, &mut self.batch);
-        if let Some(table) = table {
+            .alert(&lookup.due, table.as_ref(), lookup.at_ns, &mut fresh);
+        if let Some(table) = &table {
             self.engine
-                .recheck(&lookup.followed, table, lookup.at_ns, &mut self.batch);
+                .recheck(&lookup.followed, table, lookup.at_ns, &mut fresh);
         }
-        for transition in self.held.drain(..) {
+        if !self.diagnose(fresh, table, lookup.at_ns) {
+            self.release_held();
+        }
+    }
+
+    /// Starts diagnosing the holders named by `records` (reports or a digest) with `table`
+    /// (`None`: the task reads it), holding the records until it is done. Says whether it
+    /// did; otherwise (no holder, or a diagnosis under way) the records go out at once.
+    fn diagnose(&mut self, records: Vec<Record>, table: Option<SocketTable>, at_ns: u64) -> bool {
+        let targets = targets(&records);
+        if targets.is_empty() || self.diagnosing.is_some() {
+            self.batch.extend(records);
+            return false;
+        }
+        let Some(mut diagnoser) = self.diagnoser.take() else {
+            self.batch.extend(records);
+            return false;
+        };
+        let task = tokio::task::spawn_blocking(move || {
+            let found = diagnoser.run(table.as_ref(), &targets, at_ns);
+            (diagnoser, found)
+        });
+        self.diagnosing = Some(Diagnosing {
+            pending: records,
+            task,
+        });
+        true
+    }
+
+    /// Ends a diagnosis: its records go out with it, then the transitions held meanwhile.
+    fn diagnosed(&mut self, result: Result<DiagnosisDone, tokio::task::JoinError>) {
+        let Some(diagnosing) = self.diagnosing.take() else {
+            return;
+        };
+        let mut records = diagnosing.pending;
+        match result {
+            Ok((diagnoser, found)) => {
+                self.diagnoser = Some(diagnoser);
+                attach(&mut records, &found);
+            }
+            Err(e) => {
+                log::warn!("the diagnosis failed: {e}");
+                self.diagnoser = Some(Diagnoser::new());
+            }
+        }
+        self.batch.extend(records);
+        self.release_held();
+    }
+
+    /// Waits for the diagnosis under way, if any (bounded by [`diagnosis::BUDGET`]).
+    async fn settle_diagnosis(&mut self) {
+        if let Some(diagnosing) = &mut self.diagnosing {
+            let result = (&mut diagnosing.task).await;
+            self.diagnosed(result);
+        }
+    }
+
+    /// Hands the transitions held during a lookup or diagnosis to the engine.
+    fn release_held(&mut self) {
+        if self.lookup.is_some() || self.diagnosing.is_some() {
+            return;
+        }
+        for transition in std::mem::take(&mut self.held) {
             if self.batch.len() >= DRAIN_SLICE {
                 self.outputs.format(&mut self.batch);
             }
@@ -378,11 +462,12 @@ impl Session {
         }
     }
 
-    /// The CLOSE_WAIT digest, when some socket is stuck.
+    /// The CLOSE_WAIT digest, when some socket is stuck, with its processes' diagnoses.
     fn digest(&mut self) {
-        if let Record::Digest(d) = self.engine.digest(monotonic_ns()) {
+        let now = monotonic_ns();
+        if let Record::Digest(d) = self.engine.digest(now) {
             if d.stuck > 0 {
-                self.batch.push(Record::Digest(d));
+                self.diagnose(vec![Record::Digest(d)], None, now);
             }
         }
     }
@@ -407,6 +492,90 @@ impl Lookup {
             at_ns: now_ns,
             scan: tokio::task::spawn_blocking(owner::scan),
         })
+    }
+}
+
+/// What a diagnosis task hands back: the diagnoser, and a diagnosis per pid.
+type DiagnosisDone = (Diagnoser, HashMap<u32, diagnosis::Diagnosis>);
+
+/// The result of the diagnosis under way; never ready without one.
+async fn diagnosed(
+    diagnosing: &mut Option<Diagnosing>,
+) -> Result<DiagnosisDone, tokio::task::JoinError> {
+    match diagnosing {
+        Some(d) => (&mut d.task).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The processes to diagnose for these records: each report's owner (with the fds it holds
+/// the stuck socket by, and the socket), each digest line's process.
+fn targets(records: &[Record]) -> Vec<diagnosis::Target> {
+    let mut targets: Vec<diagnosis::Target> = Vec::new();
+    let mut target = |pid: u32| -> usize {
+        if let Some(i) = targets.iter().position(|t| t.pid == pid) {
+            return i;
+        }
+        targets.push(diagnosis::Target {
+            pid,
+            ..diagnosis::Target::default()
+        });
+        targets.len() - 1
+    };
+    let mut found = Vec::new();
+    for record in records {
+        match record {
+            Record::CloseWait(r) | Record::Stuck(r) => {
+                let Some(pid) = r.pid else { continue };
+                let i = target(pid);
+                let fds = r
+                    .holders
+                    .iter()
+                    .filter(|h| h.pid == pid)
+                    .filter_map(|h| h.fd)
+                    .chain(r.fd);
+                let endpoints = crate::event::Endpoints {
+                    laddr: r.laddr,
+                    lport: r.lport,
+                    raddr: r.raddr,
+                    rport: r.rport,
+                };
+                found.push((i, fds.collect::<Vec<i32>>(), Some((r.netns, endpoints))));
+            }
+            Record::Digest(d) => {
+                for pid in d.processes.iter().filter_map(|p| p.pid) {
+                    found.push((target(pid), Vec::new(), None));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (i, fds, stuck) in found {
+        let t = &mut targets[i];
+        for fd in fds {
+            if !t.stuck_fds.contains(&fd) {
+                t.stuck_fds.push(fd);
+            }
+        }
+        t.stuck.extend(stuck);
+    }
+    targets
+}
+
+/// Puts each process's diagnosis on the records that name it.
+fn attach(records: &mut [Record], found: &HashMap<u32, diagnosis::Diagnosis>) {
+    for record in records {
+        match record {
+            Record::CloseWait(r) | Record::Stuck(r) => {
+                r.diagnosis = r.pid.and_then(|pid| found.get(&pid)).cloned();
+            }
+            Record::Digest(d) => {
+                for p in &mut d.processes {
+                    p.diagnosis = p.pid.and_then(|pid| found.get(&pid)).cloned();
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -525,7 +694,7 @@ fn stdout_output(config: &Config, filter: Filter) -> anyhow::Result<Output> {
         )
         .context("starting the output thread");
     }
-    let (json, wide) = (config.json, config.wide);
+    let (json, wide, detail) = (config.json, config.wide, config.detail);
     let color =
         std::io::IsTerminal::is_terminal(&io::stdout()) && std::env::var_os("NO_COLOR").is_none();
     let stdout = crate::stdout::raw().context("opening stdout")?;
@@ -534,7 +703,11 @@ fn stdout_output(config: &Config, filter: Filter) -> anyhow::Result<Output> {
             if json {
                 Box::new(JsonSink::new(chunk))
             } else {
-                Box::new(TextSink::new(chunk, wide).with_color(color))
+                Box::new(
+                    TextSink::new(chunk, wide)
+                        .with_color(color)
+                        .with_detail(detail),
+                )
             }
         },
         stdout,

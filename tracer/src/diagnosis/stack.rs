@@ -30,19 +30,21 @@ const STACK_BYTES: u64 = 256 * 1024;
 /// Unwind sections of one file, shared between runs.
 type Sections = framehop::ExplicitModuleSectionInfo<Arc<[u8]>>;
 
+/// Loadable segments of a file: `(vaddr, file offset, file size)`.
+type Segments = Arc<[(u64, u64, u64)]>;
+
 /// Files' unwind sections kept at most (by path, size and modification time).
 const SECTIONS_KEPT: usize = 256;
 
-/// Walks and symbolizes stacks, keeping parsed files between runs.
+/// Walks and symbolizes stacks, keeping files' unwind sections between runs (blazesym's
+/// symbolizer is not `Send`: one is made per process diagnosed, on the diagnosis thread).
 pub struct Stacks {
-    symbolizer: Symbolizer,
-    sections: HashMap<(String, u64, i64), Sections>,
+    sections: HashMap<(String, u64, i64), (Sections, Segments)>,
 }
 
 impl Stacks {
     pub fn new() -> Self {
         Self {
-            symbolizer: Symbolizer::new(),
             sections: HashMap::new(),
         }
     }
@@ -76,6 +78,7 @@ impl Stacks {
             }
         };
         let unwinder = self.unwinder(pid, &maps);
+        let symbolizer = Symbolizer::new();
         for t in &mut d.threads {
             let (Some(sp), Some(pc)) = (t.sp, t.pc) else {
                 continue;
@@ -92,7 +95,7 @@ impl Stacks {
                     "ptrace access to its memory refused: only the program counter".into(),
                 ),
             };
-            t.frames = self.symbolize(pid, &addrs, &maps);
+            t.frames = symbolize(&symbolizer, pid, &addrs, &maps);
             t.stack_stop = Some(stop);
         }
         if d.runtime.is_none() {
@@ -118,64 +121,66 @@ impl Stacks {
             self.sections.clear();
         }
         for (path, maps) in files {
-            if !maps
+            // Only the executable mappings: the code framehop looks up. A file may be mapped
+            // more than once (a reader's own mmap of it): each is a module of its own.
+            for m in maps
                 .iter()
-                .any(|m| m.perms.contains(procfs::process::MMPermissions::EXECUTE))
+                .filter(|m| m.perms.contains(procfs::process::MMPermissions::EXECUTE))
             {
-                continue;
+                let file = format!("/proc/{pid}/map_files/{:x}-{:x}", m.address.0, m.address.1);
+                let Ok(meta) = std::fs::metadata(&file) else {
+                    continue;
+                };
+                let key = (path.to_string_lossy().into_owned(), meta.size(), meta.mtime());
+                let (sections, segments) = match self.sections.get(&key) {
+                    Some(s) => s.clone(),
+                    None => {
+                        let Some(read) = read_sections(&file) else {
+                            continue;
+                        };
+                        self.sections.insert(key.clone(), read.clone());
+                        read
+                    }
+                };
+                // The load bias: where the segment holding this mapping's file offset was
+                // put, minus its virtual address.
+                let Some(vaddr) = segments.iter().rev().find_map(|&(vaddr, offset, size)| {
+                    let (page_offset, page_vaddr) = (offset & !0xfff, vaddr & !0xfff);
+                    (page_offset..offset + size.max(1))
+                        .contains(&m.offset)
+                        .then(|| page_vaddr + (m.offset - page_offset))
+                }) else {
+                    continue;
+                };
+                let base_avma = m.address.0.wrapping_sub(vaddr);
+                unwinder.add(framehop::Module::new(
+                    key.0,
+                    m.address.0..m.address.1,
+                    base_avma,
+                    sections,
+                ));
             }
-            let Some(first) = maps.iter().find(|m| m.offset == 0) else {
-                continue;
-            };
-            let start = maps.iter().map(|m| m.address.0).min().unwrap_or(0);
-            let end = maps.iter().map(|m| m.address.1).max().unwrap_or(0);
-            // Through map_files: the very file mapped, whatever its mount namespace.
-            let file = format!("/proc/{pid}/map_files/{:x}-{:x}", first.address.0, first.address.1);
-            let Ok(meta) = std::fs::metadata(&file) else {
-                continue;
-            };
-            let key = (
-                path.to_string_lossy().into_owned(),
-                meta.size(),
-                meta.mtime(),
-            );
-            let sections = match self.sections.get(&key) {
-                Some(s) => s.clone(),
-                None => {
-                    let Some((sections, first_vaddr)) = read_sections(&file) else {
-                        continue;
-                    };
-                    let _ = first_vaddr;
-                    self.sections.insert(key.clone(), sections.clone());
-                    sections
-                }
-            };
-            let Some(first_vaddr) = first_load_vaddr(&file) else {
-                continue;
-            };
-            let base_avma = first.address.0.wrapping_sub(first_vaddr & !0xfff);
-            unwinder.add(framehop::Module::new(
-                key.0,
-                start..end,
-                base_avma,
-                sections,
-            ));
         }
         unwinder
     }
 
-    /// Symbolizes a walked stack (return addresses looked up at the call, one byte before).
-    fn symbolize(&self, pid: u32, addrs: &[u64], maps: &[MemoryMap]) -> Vec<Frame> {
+}
+
+/// Symbolizes a walked stack (return addresses looked up at the call, one byte before).
+fn symbolize(symbolizer: &Symbolizer, pid: u32, addrs: &[u64], maps: &[MemoryMap]) -> Vec<Frame> {
         let lookup: Vec<u64> = addrs
             .iter()
             .enumerate()
             .map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) })
             .collect();
         let source = Source::Process(Process::new(pid.into()));
-        let symbols = self
-            .symbolizer
-            .symbolize(&source, Input::AbsAddr(&lookup))
-            .unwrap_or_default();
+        let symbols = match symbolizer.symbolize(&source, Input::AbsAddr(&lookup)) {
+            Ok(symbols) => symbols,
+            Err(e) => {
+                log::debug!("symbolizing pid {pid}: {e}");
+                Vec::new()
+            }
+        };
         addrs
             .iter()
             .enumerate()
@@ -199,7 +204,6 @@ impl Stacks {
                 }
             })
             .collect()
-    }
 }
 
 impl Default for Stacks {
@@ -238,9 +242,10 @@ fn module_of(maps: &[MemoryMap], addr: u64) -> Option<String> {
         })
 }
 
-/// The unwind sections of an ELF file.
-fn read_sections(path: &str) -> Option<(Sections, u64)> {
-    use object::{Object as _, ObjectSection as _};
+/// The unwind sections of an ELF file, and its loadable segments as `(vaddr, file offset,
+/// file size)`.
+fn read_sections(path: &str) -> Option<(Sections, Segments)> {
+    use object::{Object as _, ObjectSection as _, ObjectSegment as _};
     let data = std::fs::read(path).ok()?;
     let elf = object::File::parse(data.as_slice()).ok()?;
     let section = |name: &str| elf.section_by_name(name);
@@ -262,27 +267,14 @@ fn read_sections(path: &str) -> Option<(Sections, u64)> {
         debug_frame: bytes(".debug_frame"),
         ..Sections::default()
     };
-    Some((sections, 0))
-}
-
-/// The virtual address of an ELF file's first loadable segment (0 for a shared object or a
-/// position-independent executable).
-fn first_load_vaddr(path: &str) -> Option<u64> {
-    use object::{Object as _, ObjectSegment as _};
-    let file = File::open(path).ok()?;
-    // The program headers are near the start: a few pages suffice.
-    let mut head = vec![0u8; 64 * 1024];
-    let n = file.read_at(&mut head, 0).ok()?;
-    head.truncate(n);
-    match object::File::parse(head.as_slice()) {
-        Ok(elf) => elf.segments().map(|s| s.address()).min(),
-        // Headers beyond the first pages: read the whole file.
-        Err(_) => {
-            let data = std::fs::read(path).ok()?;
-            let elf = object::File::parse(data.as_slice()).ok()?;
-            elf.segments().map(|s| s.address()).min()
-        }
-    }
+    let segments: Segments = elf
+        .segments()
+        .map(|seg| {
+            let (offset, size) = seg.file_range();
+            (seg.address(), offset, size)
+        })
+        .collect();
+    Some((sections, segments))
 }
 
 /// A language runtime named by a program or library path.
@@ -301,7 +293,7 @@ fn runtime_of(path: &str) -> Option<&'static str> {
         ("libcoreclr", "dotnet"),
     ]
     .into_iter()
-    .find(|(prefix, _)| name.starts_with(prefix))
+    .find(|(prefix, _)| name.starts_with(prefix) || name.strip_prefix("lib").is_some_and(|n| n.starts_with(prefix)))
     .map(|(_, runtime)| runtime)
 }
 
@@ -336,12 +328,13 @@ mod arch {
             &self,
             pc: u64,
             sp: u64,
+            bp: u64,
             read: &mut dyn FnMut(u64) -> Result<u64, ()>,
             max: usize,
         ) -> (Vec<u64>, String) {
             use framehop::Unwinder as _;
             let mut cache = framehop::x86_64::CacheX86_64::<_>::new();
-            let regs = framehop::x86_64::UnwindRegsX86_64::new(pc, sp, 0);
+            let regs = framehop::x86_64::UnwindRegsX86_64::new(pc, sp, bp);
             let mut read = |addr| read(addr);
             let mut iter = self.unwinder.iter_frames(pc, regs, &mut cache, &mut read);
             let mut out = Vec::new();
@@ -377,6 +370,7 @@ mod arch {
             &self,
             pc: u64,
             _sp: u64,
+            _bp: u64,
             _read: &mut dyn FnMut(u64) -> Result<u64, ()>,
             _max: usize,
         ) -> (Vec<u64>, String) {
@@ -389,6 +383,32 @@ mod arch {
 }
 
 use arch::Unwinder;
+
+/// The frame pointer register at the system call is not in `/proc/PID/task/TID/syscall` (and
+/// reading it would mean stopping the thread with ptrace): it is recovered as the lowest frame
+/// record on the stack above `sp` (a slot holding a higher stack address, the caller's frame
+/// pointer or 0, followed by a return address into executable memory, whose own record checks
+/// out the same way). Code compiled with frame pointers (the Rust standard library, for one)
+/// needs it to be unwound; CFI-only code ignores it.
+pub fn frame_pointer(
+    read: &mut dyn FnMut(u64) -> Result<u64, ()>,
+    sp: u64,
+    top: u64,
+    executable: &dyn Fn(u64) -> bool,
+) -> Option<u64> {
+    let mut record = |a: u64, read: &mut dyn FnMut(u64) -> Result<u64, ()>| -> Option<u64> {
+        let (saved, ret) = (read(a).ok()?, read(a + 8).ok()?);
+        (executable(ret) && (saved == 0 || (saved > a && saved < top))).then_some(saved)
+    };
+    (sp + 8..top.saturating_sub(16))
+        .step_by(8)
+        .take(4096)
+        .find(|&a| match record(a, read) {
+            Some(0) => true,
+            Some(next) => record(next, read).is_some(),
+            None => false,
+        })
+}
 
 /// Walks one thread's stack: reads up to [`STACK_BYTES`] from `sp` (within its mapping) and
 /// unwinds from `pc`.
@@ -409,12 +429,20 @@ fn walk(unwinder: &Unwinder, mem: &File, maps: &[MemoryMap], sp: u64, pc: u64) -
         }
     };
     stack.truncate(n);
+    let n = stack.len();
     let mut read = |addr: u64| -> Result<u64, ()> {
         let off = usize::try_from(addr.checked_sub(sp).ok_or(())?).map_err(|_| ())?;
         let bytes = stack.get(off..off + 8).ok_or(())?;
         Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
     };
-    let (frames, stop) = unwinder.frames(pc, sp, &mut read, MAX_FRAMES);
+    let executable = |addr: u64| {
+        maps.iter().any(|m| {
+            m.perms.contains(procfs::process::MMPermissions::EXECUTE)
+                && (m.address.0..m.address.1).contains(&addr)
+        })
+    };
+    let bp = frame_pointer(&mut read, sp, sp + n as u64, &executable);
+    let (frames, stop) = unwinder.frames(pc, sp, bp.unwrap_or(0), &mut read, MAX_FRAMES);
     if frames.is_empty() {
         (vec![pc], stop)
     } else {
@@ -425,6 +453,46 @@ fn walk(unwinder: &Unwinder, mem: &File, maps: &[MemoryMap], sp: u64, pc: u64) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Blocks in a channel receive (a futex wait) inside a function of its own.
+    #[inline(never)]
+    fn wait_in_a_named_function(rx: &std::sync::mpsc::Receiver<()>) {
+        let _ = rx.recv();
+    }
+
+    #[test]
+    fn our_own_blocked_thread_is_walked_and_symbolized() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let waiter = std::thread::Builder::new()
+            .name("stack-waiter".into())
+            .spawn(move || wait_in_a_named_function(&rx))
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let target = super::super::Target {
+            pid: std::process::id(),
+            ..Default::default()
+        };
+        let mut d = Diagnosis {
+            pid: target.pid,
+            ..Diagnosis::default()
+        };
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        super::super::threads::fill(&mut d, None, &target, deadline);
+        Stacks::new().fill(&mut d, deadline);
+        tx.send(()).unwrap();
+        waiter.join().unwrap();
+        let t = d
+            .threads
+            .iter()
+            .find(|t| t.name == "stack-waiter")
+            .unwrap_or_else(|| panic!("{d:#?}"));
+        assert!(
+            t.frames
+                .iter()
+                .any(|f| f.function.as_deref().is_some_and(|f| f.contains("wait_in_a_named_function"))),
+            "{t:#?}"
+        );
+    }
 
     #[test]
     fn runtimes_are_named_by_their_files() {

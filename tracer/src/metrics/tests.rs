@@ -144,6 +144,7 @@ fn holder(pid: Option<u32>, count: usize, oldest_age_ms: u64) -> DigestProcess {
         container: None,
         count,
         oldest_age_ms,
+        diagnosis: None,
     }
 }
 
@@ -243,6 +244,7 @@ fn fd_series_only_for_known_holders() {
                 container: Some("c0ffee".into()),
                 count: 2,
                 oldest_age_ms: 1500,
+                diagnosis: None,
             },
             DigestProcess {
                 state: TcpState::CloseWait,
@@ -251,6 +253,7 @@ fn fd_series_only_for_known_holders() {
                 container: None,
                 count: 1,
                 oldest_age_ms: 10,
+                diagnosis: None,
             },
         ],
     };

@@ -285,6 +285,7 @@ impl TryFrom<&Args> for Config {
             .transpose()?;
         Ok(Config {
             metrics,
+            detail: args.verbose > 0,
             quiet: args.quiet,
             kernel: KernelFilter {
                 family,
