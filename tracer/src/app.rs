@@ -91,16 +91,52 @@ struct Session {
     /// the same order as if the lookup had been instant, while the ring buffer keeps being
     /// emptied.
     held: Vec<Transition>,
-    /// The diagnoser, while no diagnosis is under way (it moves into the task that runs one).
-    diagnoser: Option<Diagnoser>,
+    /// The diagnosis thread, `None` if it could not be started (reports then go without).
+    diagnoser: Option<DiagnosisThread>,
     /// The diagnosis under way for reports or a digest, if any.
     diagnosing: Option<Diagnosing>,
 }
 
-/// Reports (or a digest) waiting for their holders' diagnosis, made on a blocking thread.
+/// Reports (or a digest) waiting for their holders' diagnosis.
 struct Diagnosing {
     pending: Vec<Record>,
-    task: JoinHandle<(Diagnoser, HashMap<u32, diagnosis::Diagnosis>)>,
+    done: tokio::sync::oneshot::Receiver<Diagnoses>,
+}
+
+/// A diagnosis per pid.
+type Diagnoses = HashMap<u32, diagnosis::Diagnosis>;
+
+/// One diagnosis to make: the socket tables read for the reports (`None`: read them there),
+/// the processes, the reports' time, and where to send the result.
+type Job = (
+    Option<SocketTable>,
+    Vec<diagnosis::Target>,
+    u64,
+    tokio::sync::oneshot::Sender<Diagnoses>,
+);
+
+/// The thread that makes diagnoses, off the event loop. It owns the [`Diagnoser`] (whose
+/// symbolizer keeps parsed programs between runs and cannot move between threads) and ends
+/// when this handle is dropped.
+struct DiagnosisThread {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl DiagnosisThread {
+    fn start() -> Option<Self> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("diagnosis".into())
+            .spawn(move || {
+                let mut diagnoser = Diagnoser::new();
+                for (table, targets, at_ns, done) in queue {
+                    let _ = done.send(diagnoser.run(table.as_ref(), &targets, at_ns));
+                }
+            })
+            .map_err(|e| log::warn!("no diagnosis thread, reports go without: {e}"))
+            .ok()?;
+        Some(Self { jobs })
+    }
 }
 
 /// The signals that end a run.
@@ -208,7 +244,7 @@ impl Session {
             lookup: None,
             rechecked_ns: 0,
             held: Vec::new(),
-            diagnoser: Some(Diagnoser::new()),
+            diagnoser: DiagnosisThread::start(),
             diagnosing: None,
         };
         // Sockets that entered CLOSE_WAIT while the tables were read are in the ring buffer:
@@ -406,35 +442,35 @@ impl Session {
             self.batch.extend(records);
             return false;
         }
-        let Some(mut diagnoser) = self.diagnoser.take() else {
+        let Some(thread) = &self.diagnoser else {
             self.batch.extend(records);
             return false;
         };
-        let task = tokio::task::spawn_blocking(move || {
-            let found = diagnoser.run(table.as_ref(), &targets, at_ns);
-            (diagnoser, found)
-        });
+        let (send, done) = tokio::sync::oneshot::channel();
+        if thread.jobs.send((table, targets, at_ns, send)).is_err() {
+            log::warn!("the diagnosis thread stopped: reports go without");
+            self.diagnoser = None;
+            self.batch.extend(records);
+            return false;
+        }
         self.diagnosing = Some(Diagnosing {
             pending: records,
-            task,
+            done,
         });
         true
     }
 
     /// Ends a diagnosis: its records go out with it, then the transitions held meanwhile.
-    fn diagnosed(&mut self, result: Result<DiagnosisDone, tokio::task::JoinError>) {
+    fn diagnosed(&mut self, result: Result<Diagnoses, tokio::sync::oneshot::error::RecvError>) {
         let Some(diagnosing) = self.diagnosing.take() else {
             return;
         };
         let mut records = diagnosing.pending;
         match result {
-            Ok((diagnoser, found)) => {
-                self.diagnoser = Some(diagnoser);
-                attach(&mut records, &found);
-            }
-            Err(e) => {
-                log::warn!("the diagnosis failed: {e}");
-                self.diagnoser = Some(Diagnoser::new());
+            Ok(found) => attach(&mut records, &found),
+            Err(_) => {
+                log::warn!("the diagnosis thread stopped: reports go without");
+                self.diagnoser = None;
             }
         }
         self.batch.extend(records);
@@ -444,7 +480,7 @@ impl Session {
     /// Waits for the diagnosis under way, if any (bounded by [`diagnosis::BUDGET`]).
     async fn settle_diagnosis(&mut self) {
         if let Some(diagnosing) = &mut self.diagnosing {
-            let result = (&mut diagnosing.task).await;
+            let result = (&mut diagnosing.done).await;
             self.diagnosed(result);
         }
     }
@@ -495,15 +531,12 @@ impl Lookup {
     }
 }
 
-/// What a diagnosis task hands back: the diagnoser, and a diagnosis per pid.
-type DiagnosisDone = (Diagnoser, HashMap<u32, diagnosis::Diagnosis>);
-
 /// The result of the diagnosis under way; never ready without one.
 async fn diagnosed(
     diagnosing: &mut Option<Diagnosing>,
-) -> Result<DiagnosisDone, tokio::task::JoinError> {
+) -> Result<Diagnoses, tokio::sync::oneshot::error::RecvError> {
     match diagnosing {
-        Some(d) => (&mut d.task).await,
+        Some(d) => (&mut d.done).await,
         None => std::future::pending().await,
     }
 }

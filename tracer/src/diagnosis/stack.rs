@@ -36,16 +36,24 @@ type Segments = Arc<[(u64, u64, u64)]>;
 /// Files' unwind sections kept at most (by path, size and modification time).
 const SECTIONS_KEPT: usize = 256;
 
-/// Walks and symbolizes stacks, keeping files' unwind sections between runs (blazesym's
-/// symbolizer is not `Send`: one is made per process diagnosed, on the diagnosis thread).
+/// Runs after which the symbolizer starts afresh, so that what it caches (the parsed files of
+/// every program it has met) stays bounded.
+const SYMBOLIZER_RUNS: u32 = 256;
+
+/// Walks and symbolizes stacks, keeping files' unwind sections and the symbolizer's parsed
+/// files between runs (it is not `Send`: it lives on the diagnosis thread).
 pub struct Stacks {
     sections: HashMap<(String, u64, i64), (Sections, Segments)>,
+    symbolizer: Symbolizer,
+    runs: u32,
 }
 
 impl Stacks {
     pub fn new() -> Self {
         Self {
             sections: HashMap::new(),
+            symbolizer: Symbolizer::new(),
+            runs: 0,
         }
     }
 
@@ -78,25 +86,39 @@ impl Stacks {
             }
         };
         let unwinder = self.unwinder(pid, &maps);
-        let symbolizer = Symbolizer::new();
-        for t in &mut d.threads {
+        self.runs += 1;
+        if self.runs >= SYMBOLIZER_RUNS {
+            self.runs = 0;
+            self.symbolizer = Symbolizer::new();
+        }
+        // Walk every listed thread, then symbolize all their addresses at once.
+        let mut walked: Vec<(usize, Vec<u64>)> = Vec::new();
+        for (i, t) in d.threads.iter_mut().enumerate() {
             let (Some(sp), Some(pc)) = (t.sp, t.pc) else {
                 continue;
             };
-            if Instant::now() >= deadline {
-                t.stack_stop = Some("the diagnosis time budget ran out".into());
-                t.frames = vec![bare(pc)];
-                continue;
-            }
-            let (addrs, stop) = match &mem {
-                Some(mem) => walk(&unwinder, mem, &maps, sp, pc),
-                None => (
-                    vec![pc],
-                    "ptrace access to its memory refused: only the program counter".into(),
-                ),
+            let (addrs, stop) = if Instant::now() >= deadline {
+                (vec![pc], "the diagnosis time budget ran out: the program counter only".into())
+            } else {
+                match &mem {
+                    Some(mem) => walk(&unwinder, mem, &maps, sp, pc),
+                    None => (
+                        vec![pc],
+                        "ptrace access to its memory refused: the program counter only".into(),
+                    ),
+                }
             };
-            t.frames = symbolize(&symbolizer, pid, &addrs, &maps);
             t.stack_stop = Some(stop);
+            walked.push((i, addrs));
+        }
+        let all: Vec<u64> = walked.iter().flat_map(|(_, a)| a.iter().copied()).collect();
+        let first: Vec<bool> = walked
+            .iter()
+            .flat_map(|(_, a)| (0..a.len()).map(|j| j == 0))
+            .collect();
+        let mut frames = symbolize(&self.symbolizer, pid, &all, &first, &maps).into_iter();
+        for (i, addrs) in walked {
+            d.threads[i].frames = frames.by_ref().take(addrs.len()).collect();
         }
         if d.runtime.is_none() {
             d.runtime = d
@@ -166,12 +188,19 @@ impl Stacks {
 
 }
 
-/// Symbolizes a walked stack (return addresses looked up at the call, one byte before).
-fn symbolize(symbolizer: &Symbolizer, pid: u32, addrs: &[u64], maps: &[MemoryMap]) -> Vec<Frame> {
+/// Symbolizes walked stacks: `first` marks each stack's program counter; return addresses are
+/// looked up at the call, one byte before.
+fn symbolize(
+    symbolizer: &Symbolizer,
+    pid: u32,
+    addrs: &[u64],
+    first: &[bool],
+    maps: &[MemoryMap],
+) -> Vec<Frame> {
         let lookup: Vec<u64> = addrs
             .iter()
-            .enumerate()
-            .map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) })
+            .zip(first)
+            .map(|(&a, &first)| if first { a } else { a.saturating_sub(1) })
             .collect();
         let source = Source::Process(Process::new(pid.into()));
         let symbols = match symbolizer.symbolize(&source, Input::AbsAddr(&lookup)) {
@@ -396,7 +425,7 @@ pub fn frame_pointer(
     top: u64,
     executable: &dyn Fn(u64) -> bool,
 ) -> Option<u64> {
-    let mut record = |a: u64, read: &mut dyn FnMut(u64) -> Result<u64, ()>| -> Option<u64> {
+    let record = |a: u64, read: &mut dyn FnMut(u64) -> Result<u64, ()>| -> Option<u64> {
         let (saved, ret) = (read(a).ok()?, read(a + 8).ok()?);
         (executable(ret) && (saved == 0 || (saved > a && saved < top))).then_some(saved)
     };

@@ -7,6 +7,7 @@ mod helper;
 mod live;
 pub mod load;
 mod netns;
+mod why;
 
 use std::{
     collections::HashMap,
@@ -23,6 +24,7 @@ use std::{
 pub use helper::StubbornServer;
 pub use live::Tracer;
 pub use netns::NetNs;
+pub use why::WhyServer;
 use tracer::record::{Record, TransitionRecord};
 
 /// How long any single wait may take before the test fails. Generous, since a passing test
