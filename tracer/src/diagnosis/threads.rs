@@ -158,22 +158,30 @@ pub fn group(samples: &[TaskSample]) -> Vec<ThreadGroup> {
 }
 
 /// The threads to list, in order: one blocked on a stuck socket's fd first, then those
-/// blocked on another fd, then the other blocked ones (running threads are only counted); at
-/// most [`MAX_LISTED`].
-pub fn listed<'a>(samples: &'a [TaskSample], stuck_fds: &[i32]) -> Vec<&'a TaskSample> {
-    let mut blocked: Vec<&TaskSample> = samples
+/// blocked on another socket (`is_socket` says which fds are), then those waiting on a lock
+/// (`futex wait`), then those blocked on another fd (a pipe, a terminal: often an idle main
+/// loop), then the rest (running threads are only counted); at most [`MAX_LISTED`].
+pub fn listed<'a>(
+    samples: &'a [TaskSample],
+    stuck_fds: &[i32],
+    is_socket: &dyn Fn(i32) -> bool,
+) -> Vec<&'a TaskSample> {
+    let mut blocked: Vec<(u8, &TaskSample)> = samples
         .iter()
         .filter(|s| blocked_in(s) != "running")
+        .map(|s| {
+            let rank = match blocking_fd(s) {
+                Some(fd) if stuck_fds.contains(&fd) => 0,
+                Some(fd) if is_socket(fd) => 1,
+                None if blocked_in(s) == "futex wait" => 2,
+                Some(_) => 3,
+                None => 4,
+            };
+            (rank, s)
+        })
         .collect();
-    blocked.sort_by_key(|s| {
-        let fd = blocking_fd(s);
-        let rank = match fd {
-            Some(fd) if stuck_fds.contains(&fd) => 0,
-            Some(_) => 1,
-            None => 2,
-        };
-        (rank, s.tid)
-    });
+    blocked.sort_by_key(|&(rank, s)| (rank, s.tid));
+    let mut blocked: Vec<&TaskSample> = blocked.into_iter().map(|(_, s)| s).collect();
     blocked.truncate(MAX_LISTED);
     blocked
 }
@@ -191,7 +199,11 @@ pub fn fill(
     };
     d.threads_total = Some(total);
     d.thread_groups = group(&samples);
-    for s in listed(&samples, &target.stuck_fds) {
+    let is_socket = |fd: i32| {
+        std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .is_ok_and(|t| t.to_string_lossy().starts_with("socket:["))
+    };
+    for s in listed(&samples, &target.stuck_fds, &is_socket) {
         let fd = blocking_fd(s);
         let (fd_socket, fd_target) = match fd {
             Some(fd) => resolve_fd(pid, fd, table),
@@ -405,10 +417,13 @@ mod tests {
     #[test]
     fn the_thread_on_the_stuck_fd_is_listed_first() {
         let samples = snapshot();
-        let order: Vec<u32> = listed(&samples, &[5]).iter().map(|s| s.tid).collect();
-        // fd 5 (stuck), then the fd waits (epoll on 4, read on 9), then the rest; never the
-        // running thread.
-        assert_eq!(order, [104, 100, 103, 101, 102, 106]);
+        let order: Vec<u32> = listed(&samples, &[5], &|fd| fd == 9)
+            .iter()
+            .map(|s| s.tid)
+            .collect();
+        // fd 5 (stuck), the read on socket 9, the lock waits, the epoll on fd 4 (not a
+        // socket), then the rest; never the running thread.
+        assert_eq!(order, [104, 103, 101, 102, 100, 106]);
         assert_eq!(blocking_fd(&samples[3]), Some(9));
         assert_eq!(blocking_fd(&samples[1]), None);
     }

@@ -371,6 +371,7 @@ fn every_stuck_state_has_its_series() {
         container: None,
         count,
         oldest_age_ms,
+        diagnosis: None,
     };
     let digest = DigestRecord {
         ts_ns: 0,
@@ -406,6 +407,7 @@ fn every_stuck_state_has_its_series() {
         container: None,
         pod_uid: None,
         state: TcpState::FinWait2,
+        diagnosis: None,
     });
     metrics.observe(&[stuck]);
     metrics.publish(&Totals::default());

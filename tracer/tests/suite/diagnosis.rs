@@ -62,6 +62,8 @@ fn diagnosis_names_the_function_a_deadlocked_thread_waits_in() {
     assert_eq!(d.threads_total, Some(2), "{d:#?}");
     assert_eq!(d.close_wait_held, Some(1));
     assert!(d.fds_open.is_some() && d.fds_limit.is_some(), "{d:#?}");
+    // The lock wait is listed before the main thread's read of its stdin (a pipe).
+    assert_eq!(d.threads[0].name, "worker-1", "{d:#?}");
     let worker = thread(&d, "worker-1");
     assert_eq!(worker.blocked_in, "futex wait", "{worker:#?}");
     assert_eq!(worker.syscall.as_deref(), Some("futex"));
@@ -117,7 +119,8 @@ fn diagnosis_resolves_the_fd_a_thread_reads_to_its_socket() {
     // std's TcpStream::read is recv(2), which Linux implements as recvfrom.
     assert_eq!(worker.blocked_in, "recvfrom()", "{worker:#?}");
     assert!(worker.fd.is_some() && !worker.on_stuck_socket, "{worker:#?}");
-    // The main thread waits on stdin, a pipe.
+    // Blocked on a socket: listed before the main thread, which waits on stdin (a pipe).
+    assert_eq!(d.threads[0].name, "worker-1", "{d:#?}");
     let main = thread(&d, "why-server");
     assert_eq!(
         (main.blocked_in.as_str(), main.fd),
