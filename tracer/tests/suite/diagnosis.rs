@@ -51,7 +51,17 @@ fn diagnosis_names_the_function_a_deadlocked_thread_waits_in() {
     let _ns = NetNs::enter();
     let server = WhyServer::start(&["deadlock"]);
     let port = server.port.to_string();
-    let tracer = Tracer::start(&["-p", &port, "--no-transitions", "--close-wait-threshold", "300ms"]);
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("export.ndjson");
+    let tracer = Tracer::start(&[
+        "-p",
+        &port,
+        "--no-transitions",
+        "--close-wait-threshold",
+        "300ms",
+        "--export",
+        export.to_str().unwrap(),
+    ]);
     let mut client = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     let mut hello = [0u8; 5];
     client.read_exact(&mut hello).unwrap();
@@ -82,6 +92,11 @@ fn diagnosis_names_the_function_a_deadlocked_thread_waits_in() {
     );
     let (_, summary) = tracer.stop();
     assert_eq!(summary.close_wait_alerts, 1);
+    // `tracer analyze` prints it again from the export, under the report.
+    let out = support::output(support::tracer_command().arg("analyze").arg(&export));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let thread_line = format!("thread {} (worker-1) blocked in futex wait at why_server::lock_accounts (", worker.tid);
+    assert!(text.contains(&thread_line), "{text}");
 }
 
 /// (b) A worker blocked in a read from its "database" while holding a connection its client
