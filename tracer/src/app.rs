@@ -466,12 +466,11 @@ impl Session {
             return;
         };
         let mut records = diagnosing.pending;
-        match result {
-            Ok(found) => attach(&mut records, &found),
-            Err(_) => {
-                log::warn!("the diagnosis thread stopped: reports go without");
-                self.diagnoser = None;
-            }
+        if let Ok(found) = result {
+            attach(&mut records, &found);
+        } else {
+            log::warn!("the diagnosis thread stopped: reports go without");
+            self.diagnoser = None;
         }
         self.batch.extend(records);
         self.release_held();

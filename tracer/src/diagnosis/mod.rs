@@ -199,14 +199,12 @@ impl Diagnoser {
         now_ns: u64,
     ) -> HashMap<u32, Diagnosis> {
         let started = Instant::now();
-        let scanned;
-        let table = match table {
-            Some(t) => Some(t),
-            None => {
-                scanned = crate::owner::scan().ok();
-                scanned.as_ref()
-            }
+        let scanned = if table.is_none() {
+            crate::owner::scan().ok()
+        } else {
+            None
         };
+        let table = table.or(scanned.as_ref());
         if let Some(table) = table {
             self.history.observe(table, now_ns);
         }

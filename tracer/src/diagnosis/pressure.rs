@@ -58,7 +58,10 @@ impl History {
         if self.ports.len() > 4096 {
             self.ports.clear();
         }
-        let series = self.ports.entry(dest).or_insert_with(|| Series::new(WINDOW));
+        let series = self
+            .ports
+            .entry(dest)
+            .or_insert_with(|| Series::new(WINDOW));
         series.push(now_ns, in_use);
         series
     }
@@ -106,11 +109,7 @@ pub fn fill(
                     ports_in_use: in_use,
                     ports_range: range.1 - range.0 + 1,
                     ports_per_minute: rate,
-                    ports_exhausted_in_s: forecast(
-                        Some(in_use),
-                        Some(range.1 - range.0 + 1),
-                        rate,
-                    ),
+                    ports_exhausted_in_s: forecast(Some(in_use), Some(range.1 - range.0 + 1), rate),
                 }
             });
     }
@@ -132,9 +131,9 @@ fn outgoing(
 ) -> Option<(Destination, u64, (u64, u64))> {
     let ns = netns.unwrap_or(0);
     let same_ns = |n: u64| netns.is_none() || n == ns;
-    let listening = table.in_state(TcpState::Listen).any(|l| {
-        same_ns(l.netns) && l.endpoints.lport == e.lport
-    });
+    let listening = table
+        .in_state(TcpState::Listen)
+        .any(|l| same_ns(l.netns) && l.endpoints.lport == e.lport);
     if listening {
         return None;
     }
@@ -215,7 +214,12 @@ pub fn line(d: &Diagnosis) -> Option<String> {
             IpAddr::V4(v4) => format!("{v4}:{}", p.rport),
             IpAddr::V6(v6) => format!("[{v6}]:{}", p.rport),
         };
-        write!(s, "; {}/{} local ports to {dest}", p.ports_in_use, p.ports_range).ok()?;
+        write!(
+            s,
+            "; {}/{} local ports to {dest}",
+            p.ports_in_use, p.ports_range
+        )
+        .ok()?;
         if let Some(rate) = p.ports_per_minute {
             write!(s, ", {}/min", signed(rate)).ok()?;
         }
@@ -348,8 +352,7 @@ mod tests {
             ],
             ..SocketTable::default()
         };
-        let (dest, in_use, _) =
-            outgoing(&table, Some(1), &table.entries[0].endpoints, me).unwrap();
+        let (dest, in_use, _) = outgoing(&table, Some(1), &table.entries[0].endpoints, me).unwrap();
         assert_eq!((dest.2, in_use), (5432, 2));
         assert!(outgoing(&table, Some(1), &table.entries[3].endpoints, me).is_none());
     }

@@ -98,7 +98,10 @@ impl Stacks {
                 continue;
             };
             let (addrs, stop) = if Instant::now() >= deadline {
-                (vec![pc], "the diagnosis time budget ran out: the program counter only".into())
+                (
+                    vec![pc],
+                    "the diagnosis time budget ran out: the program counter only".into(),
+                )
             } else {
                 match &mem {
                     Some(mem) => walk(&unwinder, mem, &maps, sp, pc),
@@ -153,16 +156,19 @@ impl Stacks {
                 let Ok(meta) = std::fs::metadata(&file) else {
                     continue;
                 };
-                let key = (path.to_string_lossy().into_owned(), meta.size(), meta.mtime());
-                let (sections, segments) = match self.sections.get(&key) {
-                    Some(s) => s.clone(),
-                    None => {
-                        let Some(read) = read_sections(&file) else {
-                            continue;
-                        };
-                        self.sections.insert(key.clone(), read.clone());
-                        read
-                    }
+                let key = (
+                    path.to_string_lossy().into_owned(),
+                    meta.size(),
+                    meta.mtime(),
+                );
+                let (sections, segments) = if let Some(known) = self.sections.get(&key) {
+                    known.clone()
+                } else {
+                    let Some(read) = read_sections(&file) else {
+                        continue;
+                    };
+                    self.sections.insert(key.clone(), read.clone());
+                    read
                 };
                 // The load bias: where the segment holding this mapping's file offset was
                 // put, minus its virtual address.
@@ -185,7 +191,6 @@ impl Stacks {
         }
         unwinder
     }
-
 }
 
 /// Symbolizes walked stacks: `first` marks each stack's program counter; return addresses are
@@ -197,42 +202,42 @@ fn symbolize(
     first: &[bool],
     maps: &[MemoryMap],
 ) -> Vec<Frame> {
-        let lookup: Vec<u64> = addrs
-            .iter()
-            .zip(first)
-            .map(|(&a, &first)| if first { a } else { a.saturating_sub(1) })
-            .collect();
-        let source = Source::Process(Process::new(pid.into()));
-        let symbols = match symbolizer.symbolize(&source, Input::AbsAddr(&lookup)) {
-            Ok(symbols) => symbols,
-            Err(e) => {
-                log::debug!("symbolizing pid {pid}: {e}");
-                Vec::new()
-            }
-        };
-        addrs
-            .iter()
-            .enumerate()
-            .map(|(i, &addr)| {
-                let module = module_of(maps, addr);
-                match symbols.get(i) {
-                    Some(Symbolized::Sym(sym)) => {
-                        let code = sym.code_info.as_deref();
-                        Frame {
-                            addr,
-                            function: Some(sym.name.to_string()),
-                            file: code.map(|c| c.to_path().display().to_string()),
-                            line: code.and_then(|c| c.line),
-                            module,
-                        }
-                    }
-                    _ => Frame {
+    let lookup: Vec<u64> = addrs
+        .iter()
+        .zip(first)
+        .map(|(&a, &first)| if first { a } else { a.saturating_sub(1) })
+        .collect();
+    let source = Source::Process(Process::new(pid.into()));
+    let symbols = match symbolizer.symbolize(&source, Input::AbsAddr(&lookup)) {
+        Ok(symbols) => symbols,
+        Err(e) => {
+            log::debug!("symbolizing pid {pid}: {e}");
+            Vec::new()
+        }
+    };
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, &addr)| {
+            let module = module_of(maps, addr);
+            match symbols.get(i) {
+                Some(Symbolized::Sym(sym)) => {
+                    let code = sym.code_info.as_deref();
+                    Frame {
+                        addr,
+                        function: Some(sym.name.to_string()),
+                        file: code.map(|c| c.to_path().display().to_string()),
+                        line: code.and_then(|c| c.line),
                         module,
-                        ..bare(addr)
-                    },
+                    }
                 }
-            })
-            .collect()
+                _ => Frame {
+                    module,
+                    ..bare(addr)
+                },
+            }
+        })
+        .collect()
 }
 
 impl Default for Stacks {
@@ -282,7 +287,7 @@ fn read_sections(path: &str) -> Option<(Sections, Segments)> {
     let bytes = |name: &str| {
         section(name)
             .and_then(|s| s.data().ok())
-            .map(|d| Arc::<[u8]>::from(d))
+            .map(Arc::<[u8]>::from)
     };
     let sections = Sections {
         base_svma: 0,
@@ -322,7 +327,12 @@ fn runtime_of(path: &str) -> Option<&'static str> {
         ("libcoreclr", "dotnet"),
     ]
     .into_iter()
-    .find(|(prefix, _)| name.starts_with(prefix) || name.strip_prefix("lib").is_some_and(|n| n.starts_with(prefix)))
+    .find(|(prefix, _)| {
+        name.starts_with(prefix)
+            || name
+                .strip_prefix("lib")
+                .is_some_and(|n| n.starts_with(prefix))
+    })
     .map(|(_, runtime)| runtime)
 }
 
@@ -441,7 +451,13 @@ pub fn frame_pointer(
 
 /// Walks one thread's stack: reads up to [`STACK_BYTES`] from `sp` (within its mapping) and
 /// unwinds from `pc`.
-fn walk(unwinder: &Unwinder, mem: &File, maps: &[MemoryMap], sp: u64, pc: u64) -> (Vec<u64>, String) {
+fn walk(
+    unwinder: &Unwinder,
+    mem: &File,
+    maps: &[MemoryMap],
+    sp: u64,
+    pc: u64,
+) -> (Vec<u64>, String) {
     let end = maps
         .iter()
         .find(|m| (m.address.0..m.address.1).contains(&sp))
@@ -516,9 +532,10 @@ mod tests {
             .find(|t| t.name == "stack-waiter")
             .unwrap_or_else(|| panic!("{d:#?}"));
         assert!(
-            t.frames
-                .iter()
-                .any(|f| f.function.as_deref().is_some_and(|f| f.contains("wait_in_a_named_function"))),
+            t.frames.iter().any(|f| f
+                .function
+                .as_deref()
+                .is_some_and(|f| f.contains("wait_in_a_named_function"))),
             "{t:#?}"
         );
     }
@@ -526,8 +543,14 @@ mod tests {
     #[test]
     fn runtimes_are_named_by_their_files() {
         assert_eq!(runtime_of("/usr/bin/python3.11"), Some("python"));
-        assert_eq!(runtime_of("/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0"), Some("python"));
-        assert_eq!(runtime_of("/usr/lib/jvm/java-17/lib/server/libjvm.so"), Some("java"));
+        assert_eq!(
+            runtime_of("/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0"),
+            Some("python")
+        );
+        assert_eq!(
+            runtime_of("/usr/lib/jvm/java-17/lib/server/libjvm.so"),
+            Some("java")
+        );
         assert_eq!(runtime_of("/usr/sbin/nginx"), None);
     }
 }

@@ -21,7 +21,10 @@ pub fn lines(d: &Diagnosis, detail: bool) -> Vec<String> {
             let _ = write!(s, "{} in {}", g.count, g.blocked_in);
         }
         if let Some(rt) = &d.runtime {
-            let _ = write!(s, " (a {rt} runtime: its frames are the interpreter's or JIT's)");
+            let _ = write!(
+                s,
+                " (a {rt} runtime: its frames are the interpreter's or JIT's)"
+            );
         }
         out.push(s);
     }
@@ -183,9 +186,27 @@ mod tests {
                 pc: Some(0x7f00),
                 sp: None,
                 frames: vec![
-                    f(0x7f00, Some("read"), None, None, "/usr/lib/x86_64-linux-gnu/libc.so.6"),
-                    f(0x5500, Some("std::net::TcpStream::read"), None, None, "/srv/app"),
-                    f(0x5600, Some("app::query"), Some("src/db.rs"), Some(41), "/srv/app"),
+                    f(
+                        0x7f00,
+                        Some("read"),
+                        None,
+                        None,
+                        "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                    ),
+                    f(
+                        0x5500,
+                        Some("std::net::TcpStream::read"),
+                        None,
+                        None,
+                        "/srv/app",
+                    ),
+                    f(
+                        0x5600,
+                        Some("app::query"),
+                        Some("src/db.rs"),
+                        Some(41),
+                        "/srv/app",
+                    ),
                 ],
                 stack_stop: Some("complete: reached the outermost frame".into()),
                 kernel_stack: vec!["wait_woken".into(), "sk_wait_data".into()],
@@ -201,16 +222,16 @@ mod tests {
 
     #[test]
     fn short_form_is_three_lines() {
-        expect_test::expect![[r#"
+        expect_test::expect![[r"
             pid 1234 holds 812/1024 fds, 800 in CLOSE_WAIT, +37 CLOSE_WAIT/min: fd limit in ~6 min
             threads: 12 in futex wait, 1 in read(), 1 in epoll_wait()
-            thread 4242 (worker-3) blocked in read() on fd 9: TCP 10.0.0.2:51000 -> 10.0.0.5:5432 ESTABLISHED at app::query (src/db.rs:41)"#]]
+            thread 4242 (worker-3) blocked in read() on fd 9: TCP 10.0.0.2:51000 -> 10.0.0.5:5432 ESTABLISHED at app::query (src/db.rs:41)"]]
         .assert_eq(&lines(&diagnosis(), false).join("\n"));
     }
 
     #[test]
     fn detail_lists_every_frame_and_what_is_missing() {
-        expect_test::expect![[r#"
+        expect_test::expect![[r"
             pid 1234 holds 812/1024 fds, 800 in CLOSE_WAIT, +37 CLOSE_WAIT/min: fd limit in ~6 min
             threads: 12 in futex wait, 1 in read(), 1 in epoll_wait()
             thread 4242 (worker-3) blocked in read() on fd 9: TCP 10.0.0.2:51000 -> 10.0.0.5:5432 ESTABLISHED
@@ -219,7 +240,7 @@ mod tests {
                 app::query (src/db.rs:41)
                 (3 frames; complete: reached the outermost frame)
                 kernel: wait_woken < sk_wait_data
-            unavailable: syscall: 1 thread(s) unreadable"#]]
+            unavailable: syscall: 1 thread(s) unreadable"]]
         .assert_eq(&lines(&diagnosis(), true).join("\n"));
     }
 }

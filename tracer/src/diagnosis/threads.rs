@@ -55,9 +55,9 @@ impl SyscallSample {
                 sp: hex(sp)?,
                 pc: hex(pc)?,
             }),
-            [nr, a, b, c, d, e, f, sp, pc] => Some(Self::In {
+            [nr, a0, a1, a2, a3, a4, a5, sp, pc] => Some(Self::In {
                 nr: nr.parse().ok()?,
-                args: [hex(a)?, hex(b)?, hex(c)?, hex(d)?, hex(e)?, hex(f)?],
+                args: [hex(a0)?, hex(a1)?, hex(a2)?, hex(a3)?, hex(a4)?, hex(a5)?],
                 sp: hex(sp)?,
                 pc: hex(pc)?,
             }),
@@ -187,12 +187,7 @@ pub fn listed<'a>(
 }
 
 /// Reads the threads of `target` and fills the thread fields of `d` (stacks come after).
-pub fn fill(
-    d: &mut Diagnosis,
-    table: Option<&SocketTable>,
-    target: &Target,
-    deadline: Instant,
-) {
+pub fn fill(d: &mut Diagnosis, table: Option<&SocketTable>, target: &Target, deadline: Instant) {
     let pid = target.pid;
     let Some((samples, total)) = read(pid, deadline, &mut d.unavailable) else {
         return;
@@ -367,11 +362,41 @@ mod tests {
             kernel_stack: Vec::new(),
         };
         vec![
-            t(100, "server", 'S', &format!("{epoll} 0x4 0x7ffc 0x400 0xffffffff 0x0 0x0 0x7ffc10 0x7f0011"), "do_epoll_wait"),
-            t(101, "worker-1", 'S', &format!("{futex} 0x55aa10 0x80 0x2 0x0 0x0 0x0 0x7f22f0 0x7f3301"), "futex_wait_queue"),
-            t(102, "worker-2", 'S', &format!("{futex} 0x55aa10 0x80 0x2 0x0 0x0 0x0 0x7f22f0 0x7f3301"), "futex_wait_queue"),
-            t(103, "worker-3", 'S', &format!("{read} 0x9 0x7f2000 0x40 0x0 0x0 0x0 0x7f2100 0x7f3388"), "wait_woken"),
-            t(104, "worker-4", 'S', &format!("{read} 0x5 0x7f2000 0x40 0x0 0x0 0x0 0x7f2100 0x7f3388"), "wait_woken"),
+            t(
+                100,
+                "server",
+                'S',
+                &format!("{epoll} 0x4 0x7ffc 0x400 0xffffffff 0x0 0x0 0x7ffc10 0x7f0011"),
+                "do_epoll_wait",
+            ),
+            t(
+                101,
+                "worker-1",
+                'S',
+                &format!("{futex} 0x55aa10 0x80 0x2 0x0 0x0 0x0 0x7f22f0 0x7f3301"),
+                "futex_wait_queue",
+            ),
+            t(
+                102,
+                "worker-2",
+                'S',
+                &format!("{futex} 0x55aa10 0x80 0x2 0x0 0x0 0x0 0x7f22f0 0x7f3301"),
+                "futex_wait_queue",
+            ),
+            t(
+                103,
+                "worker-3",
+                'S',
+                &format!("{read} 0x9 0x7f2000 0x40 0x0 0x0 0x0 0x7f2100 0x7f3388"),
+                "wait_woken",
+            ),
+            t(
+                104,
+                "worker-4",
+                'S',
+                &format!("{read} 0x5 0x7f2000 0x40 0x0 0x0 0x0 0x7f2100 0x7f3388"),
+                "wait_woken",
+            ),
             t(105, "cpu-bound", 'R', "running", ""),
             t(106, "locked-out", 'S', "", "futex_wait_queue"),
         ]
@@ -379,10 +404,16 @@ mod tests {
 
     #[test]
     fn syscall_files_parse() {
-        assert_eq!(SyscallSample::parse("running\n"), Some(SyscallSample::Running));
+        assert_eq!(
+            SyscallSample::parse("running\n"),
+            Some(SyscallSample::Running)
+        );
         assert_eq!(
             SyscallSample::parse("-1 0x7ffd 0x55aa\n"),
-            Some(SyscallSample::NotInSyscall { sp: 0x7ffd, pc: 0x55aa })
+            Some(SyscallSample::NotInSyscall {
+                sp: 0x7ffd,
+                pc: 0x55aa
+            })
         );
         assert_eq!(
             SyscallSample::parse("0 0x9 0x7f2000 0x40 0x0 0x0 0x0 0x7f2100 0x7f3388\n"),

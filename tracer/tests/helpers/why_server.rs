@@ -56,7 +56,9 @@ fn wait_for_stdin() -> io::Result<()> {
 /// has a frame of its own.
 #[inline(never)]
 fn lock_accounts(accounts: &Mutex<u64>) -> u64 {
-    let guard = accounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let guard = accounts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     *guard
 }
 
@@ -64,7 +66,9 @@ fn deadlock() -> io::Result<()> {
     let listener = listen()?;
     let (mut conn, _) = listener.accept()?;
     let accounts = Arc::new(Mutex::new(0u64));
-    let held = accounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let held = accounts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let shared = Arc::clone(&accounts);
     thread::Builder::new()
         .name("worker-1".into())
@@ -81,9 +85,9 @@ fn deadlock() -> io::Result<()> {
 }
 
 fn db_read(port: &str) -> io::Result<()> {
-    let port: u16 = port
-        .parse()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("DBPORT {port:?}: {e}")))?;
+    let port: u16 = port.parse().map_err(|e| {
+        io::Error::new(io::ErrorKind::InvalidInput, format!("DBPORT {port:?}: {e}"))
+    })?;
     let listener = listen()?;
     let (conn, _) = listener.accept()?;
     thread::Builder::new()
@@ -100,9 +104,12 @@ fn db_read(port: &str) -> io::Result<()> {
 }
 
 fn leak(nofile: &str) -> io::Result<()> {
-    let nofile: u64 = nofile
-        .parse()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("NOFILE {nofile:?}: {e}")))?;
+    let nofile: u64 = nofile.parse().map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("NOFILE {nofile:?}: {e}"),
+        )
+    })?;
     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, nofile, nofile)
         .map_err(io::Error::from)?;
     let listener = listen()?;

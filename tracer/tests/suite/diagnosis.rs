@@ -83,11 +83,17 @@ fn diagnosis_names_the_function_a_deadlocked_thread_waits_in() {
         .find(|f| f.function.as_deref() == Some("why_server::lock_accounts"))
         .unwrap_or_else(|| panic!("no lock_accounts frame: {worker:#?}"));
     assert!(
-        locking.file.as_deref().is_some_and(|f| f.ends_with("why_server.rs")) && locking.line.is_some(),
+        locking
+            .file
+            .as_deref()
+            .is_some_and(|f| f.ends_with("why_server.rs"))
+            && locking.line.is_some(),
         "{locking:#?}"
     );
     assert!(
-        d.thread_groups.iter().any(|g| g.blocked_in == "futex wait" && g.count == 1),
+        d.thread_groups
+            .iter()
+            .any(|g| g.blocked_in == "futex wait" && g.count == 1),
         "{d:#?}"
     );
     let (_, summary) = tracer.stop();
@@ -95,7 +101,10 @@ fn diagnosis_names_the_function_a_deadlocked_thread_waits_in() {
     // `tracer analyze` prints it again from the export, under the report.
     let out = support::output(support::tracer_command().arg("analyze").arg(&export));
     let text = String::from_utf8_lossy(&out.stdout);
-    let thread_line = format!("thread {} (worker-1) blocked in futex wait at why_server::lock_accounts (", worker.tid);
+    let thread_line = format!(
+        "thread {} (worker-1) blocked in futex wait at why_server::lock_accounts (",
+        worker.tid
+    );
     assert!(text.contains(&thread_line), "{text}");
 }
 
@@ -109,19 +118,33 @@ fn diagnosis_resolves_the_fd_a_thread_reads_to_its_socket() {
     let db_port = database.local_addr().unwrap().port();
     let server = WhyServer::start(&["db-read", &db_port.to_string()]);
     let port = server.port.to_string();
-    let tracer = Tracer::start(&["-p", &port, "--no-transitions", "--close-wait-threshold", "300ms"]);
+    let tracer = Tracer::start(&[
+        "-p",
+        &port,
+        "--no-transitions",
+        "--close-wait-threshold",
+        "300ms",
+    ]);
     let client = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     // The worker has connected to the database (and reads from it) once it is accepted.
     let (_db_conn, worker_end) = database.accept().unwrap();
     drop(client);
 
     let (_, d) = report(&tracer, server.port, |_, d| {
-        d.threads.iter().any(|t| t.name == "worker-1" && t.fd_socket.is_some())
+        d.threads
+            .iter()
+            .any(|t| t.name == "worker-1" && t.fd_socket.is_some())
     });
     let worker = thread(&d, "worker-1");
     let socket = worker.fd_socket.as_ref().unwrap();
     assert_eq!(
-        (socket.laddr, socket.lport, socket.raddr, socket.rport, socket.state),
+        (
+            socket.laddr,
+            socket.lport,
+            socket.raddr,
+            socket.rport,
+            socket.state
+        ),
         (
             worker_end.ip(),
             worker_end.port(),
@@ -133,7 +156,10 @@ fn diagnosis_resolves_the_fd_a_thread_reads_to_its_socket() {
     );
     // std's TcpStream::read is recv(2), which Linux implements as recvfrom.
     assert_eq!(worker.blocked_in, "recvfrom()", "{worker:#?}");
-    assert!(worker.fd.is_some() && !worker.on_stuck_socket, "{worker:#?}");
+    assert!(
+        worker.fd.is_some() && !worker.on_stuck_socket,
+        "{worker:#?}"
+    );
     // Blocked on a socket: listed before the main thread, which waits on stdin (a pipe).
     assert_eq!(d.threads[0].name, "worker-1", "{d:#?}");
     let main = thread(&d, "why-server");
@@ -142,7 +168,12 @@ fn diagnosis_resolves_the_fd_a_thread_reads_to_its_socket() {
         ("read()", Some(0)),
         "{main:#?}"
     );
-    assert!(main.fd_target.as_deref().is_some_and(|t| t.starts_with("pipe:[")), "{main:#?}");
+    assert!(
+        main.fd_target
+            .as_deref()
+            .is_some_and(|t| t.starts_with("pipe:[")),
+        "{main:#?}"
+    );
     tracer.stop();
 }
 
@@ -155,7 +186,13 @@ fn diagnosis_forecasts_fd_exhaustion() {
     let _ns = NetNs::enter();
     let server = WhyServer::start(&["leak", "128"]);
     let port = server.port.to_string();
-    let tracer = Tracer::start(&["-p", &port, "--no-transitions", "--close-wait-threshold", "200ms"]);
+    let tracer = Tracer::start(&[
+        "-p",
+        &port,
+        "--no-transitions",
+        "--close-wait-threshold",
+        "200ms",
+    ]);
     let deadline = Instant::now() + WAIT;
     let emfile_ns = loop {
         assert!(Instant::now() < deadline, "the helper never ran out of fds");
@@ -249,10 +286,10 @@ while True:
     assert_eq!(groups, [("futex wait", 3), ("accept4()", 1)], "{d:#?}");
     // The frames are the interpreter's: its program or libpython.
     assert!(
-        d.threads.iter().flat_map(|t| &t.frames).any(|f| f
-            .module
-            .as_deref()
-            .is_some_and(|m| m.contains("python"))),
+        d.threads
+            .iter()
+            .flat_map(|t| &t.frames)
+            .any(|f| f.module.as_deref().is_some_and(|m| m.contains("python"))),
         "{d:#?}"
     );
     tracer.stop();

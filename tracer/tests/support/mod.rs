@@ -24,8 +24,8 @@ use std::{
 pub use helper::StubbornServer;
 pub use live::Tracer;
 pub use netns::NetNs;
-pub use why::WhyServer;
 use tracer::record::{Record, TransitionRecord};
+pub use why::WhyServer;
 
 /// How long any single wait may take before the test fails. Generous, since a passing test
 /// never waits this long: inside `cargo xtask vm-test`'s emulated guests a burst of a few
