@@ -803,3 +803,51 @@ async fn refresh_processes(metrics: &Metrics, engine: &Engine, now: u64) {
     };
     metrics.processes(&digest, &fds);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(json: &str) -> Record {
+        serde_json::from_str(json).unwrap()
+    }
+
+    /// Each report's owner is diagnosed once, with the fds it holds its stuck sockets by; a
+    /// digest's processes too; the diagnoses land on every record naming the process.
+    #[test]
+    fn reports_and_digests_get_their_owners_diagnosis() {
+        let alert = |rport: u16, fd: i32| {
+            record(&format!(
+                r#"{{"type":"close_wait","ts_ns":1,"time":"t","skaddr":null,"pid":7,"comm":"srv","fd":{fd},"family":"ipv4","laddr":"127.0.0.1","lport":80,"raddr":"127.0.0.1","rport":{rport},"age_ms":1,"age_at_least":false,"recv_q":0,"netns":5,"holders":[{{"pid":7,"comm":"srv","fd":{fd}}},{{"pid":8,"comm":"srv","fd":9}}]}}"#
+            ))
+        };
+        let digest = record(
+            r#"{"type":"digest","ts_ns":1,"time":"t","stuck":3,"processes":[{"pid":7,"comm":"srv","count":2,"oldest_age_ms":5},{"pid":null,"comm":null,"count":1,"oldest_age_ms":5}]}"#,
+        );
+        let mut records = vec![alert(5000, 4), alert(5001, 6), digest];
+        let targets = targets(&records);
+        let [t] = &targets[..] else {
+            panic!("{targets:?}")
+        };
+        assert_eq!((t.pid, t.stuck_fds.as_slice()), (7, &[4, 6][..]));
+        assert_eq!(t.stuck.len(), 2);
+        assert_eq!(t.stuck[1].0, Some(5));
+        let found = HashMap::from([(
+            7,
+            diagnosis::Diagnosis {
+                pid: 7,
+                fds_open: Some(12),
+                ..diagnosis::Diagnosis::default()
+            },
+        )]);
+        attach(&mut records, &found);
+        for r in &records[..2] {
+            let Record::CloseWait(r) = r else { panic!() };
+            assert_eq!(r.diagnosis.as_ref().map(|d| d.fds_open), Some(Some(12)));
+        }
+        let Record::Digest(d) = &records[2] else {
+            panic!()
+        };
+        assert!(d.processes[0].diagnosis.is_some() && d.processes[1].diagnosis.is_none());
+    }
+}
