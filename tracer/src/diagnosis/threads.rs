@@ -459,6 +459,26 @@ mod tests {
         assert_eq!(blocking_fd(&samples[1]), None);
     }
 
+    /// A process with 10,000 threads is summarised: every thread counted in its group, at
+    /// most [`MAX_LISTED`] listed.
+    #[test]
+    fn ten_thousand_threads_are_summarised() {
+        let one = &snapshot()[1];
+        let samples: Vec<TaskSample> = (0..10_000)
+            .map(|tid| TaskSample { tid, ..one.clone() })
+            .collect();
+        assert_eq!(
+            group(&samples),
+            [ThreadGroup {
+                blocked_in: "futex wait".into(),
+                count: 10_000
+            }]
+        );
+        let listed = listed(&samples, &[], &|_| false);
+        assert_eq!(listed.len(), MAX_LISTED);
+        assert_eq!(listed[0].tid, 0);
+    }
+
     #[test]
     fn kernel_stacks_keep_function_names() {
         let text = "[<0>] futex_wait_queue+0x60/0x90\n[<0>] __futex_wait+0x8b/0x100\n[<0>] do_syscall_64+0x82/0x190\n";
