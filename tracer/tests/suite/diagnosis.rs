@@ -35,6 +35,16 @@ fn report(
     })
 }
 
+/// Whether an ELF file carries DWARF debug information.
+fn has_debug_info(path: &str) -> bool {
+    use object::Object as _;
+    let data = std::fs::read(path).unwrap();
+    object::File::parse(data.as_slice())
+        .unwrap()
+        .section_by_name(".debug_info")
+        .is_some()
+}
+
 fn thread<'a>(d: &'a Diagnosis, name: &str) -> &'a ThreadDiagnosis {
     d.threads
         .iter()
@@ -82,14 +92,18 @@ fn diagnosis_names_the_function_a_deadlocked_thread_waits_in() {
         .iter()
         .find(|f| f.function.as_deref() == Some("why_server::lock_accounts"))
         .unwrap_or_else(|| panic!("no lock_accounts frame: {worker:#?}"));
-    assert!(
-        locking
-            .file
-            .as_deref()
-            .is_some_and(|f| f.ends_with("why_server.rs"))
-            && locking.line.is_some(),
-        "{locking:#?}"
-    );
+    // File and line where the helper has debug information (`cargo xtask vm-test` strips it
+    // from the binaries it puts in its guests).
+    if has_debug_info(env!("CARGO_BIN_EXE_why-server")) {
+        assert!(
+            locking
+                .file
+                .as_deref()
+                .is_some_and(|f| f.ends_with("why_server.rs"))
+                && locking.line.is_some(),
+            "{locking:#?}"
+        );
+    }
     assert!(
         d.thread_groups
             .iter()
@@ -222,7 +236,9 @@ fn diagnosis_forecasts_fd_exhaustion() {
     let rate = d.close_wait_per_minute.unwrap();
     // One a 100 ms, less the time each connection takes: at most 600 a minute.
     assert!((300.0..=630.0).contains(&rate), "{rate}");
-    tracer.stop();
+    // Dropped, not stopped: a hundred reports with their diagnoses take an emulated guest
+    // longer to parse than `stop` waits for the summary.
+    drop(tracer);
 }
 
 /// (e) A Python thread-per-connection server whose handler threads wait on a lock after their
