@@ -116,7 +116,7 @@ fn diagnosis_names_the_function_a_deadlocked_thread_waits_in() {
     let out = support::output(support::tracer_command().arg("analyze").arg(&export));
     let text = String::from_utf8_lossy(&out.stdout);
     let thread_line = format!(
-        "thread {} (worker-1) blocked in futex wait at why_server::lock_accounts (",
+        "thread {} (worker-1) blocked in futex wait at why_server::lock_accounts ",
         worker.tid
     );
     assert!(text.contains(&thread_line), "{text}");
