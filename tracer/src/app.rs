@@ -21,6 +21,7 @@ use crate::{
     config::Config,
     decode::decode,
     delivery::Destination,
+    diagnosis::{self, Diagnoser},
     engine::{self, Engine},
     event::Transition,
     export::{self, ExportFile},
@@ -85,10 +86,57 @@ struct Session {
     lookup: Option<Lookup>,
     /// When followed timewait sockets were last checked in the tables.
     rechecked_ns: u64,
-    /// Transitions drained from the ring buffer while a lookup is under way: the engine takes
-    /// them once the alerts it was asked for are out, so the records come in the same order as
-    /// if the lookup had been instant, while the ring buffer keeps being emptied.
+    /// Transitions drained from the ring buffer while a lookup or a diagnosis is under way:
+    /// the engine takes them once the alerts it was asked for are out, so the records come in
+    /// the same order as if the lookup had been instant, while the ring buffer keeps being
+    /// emptied.
     held: Vec<Transition>,
+    /// The diagnosis thread, `None` if it could not be started (reports then go without).
+    diagnoser: Option<DiagnosisThread>,
+    /// The diagnosis under way for reports or a digest, if any.
+    diagnosing: Option<Diagnosing>,
+}
+
+/// Reports (or a digest) waiting for their holders' diagnosis.
+struct Diagnosing {
+    pending: Vec<Record>,
+    done: tokio::sync::oneshot::Receiver<Diagnoses>,
+}
+
+/// A diagnosis per pid.
+type Diagnoses = HashMap<u32, diagnosis::Diagnosis>;
+
+/// One diagnosis to make: the socket tables read for the reports (`None`: read them there),
+/// the processes, the reports' time, and where to send the result.
+type Job = (
+    Option<SocketTable>,
+    Vec<diagnosis::Target>,
+    u64,
+    tokio::sync::oneshot::Sender<Diagnoses>,
+);
+
+/// The thread that makes diagnoses, off the event loop. It owns the [`Diagnoser`] (whose
+/// symbolizer keeps parsed programs between runs and cannot move between threads) and ends
+/// when this handle is dropped.
+struct DiagnosisThread {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl DiagnosisThread {
+    fn start() -> Option<Self> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("diagnosis".into())
+            .spawn(move || {
+                let mut diagnoser = Diagnoser::new();
+                for (table, targets, at_ns, done) in queue {
+                    let _ = done.send(diagnoser.run(table.as_ref(), &targets, at_ns));
+                }
+            })
+            .map_err(|e| log::warn!("no diagnosis thread, reports go without: {e}"))
+            .ok()?;
+        Some(Self { jobs })
+    }
 }
 
 /// The signals that end a run.
@@ -196,6 +244,8 @@ impl Session {
             lookup: None,
             rechecked_ns: 0,
             held: Vec::new(),
+            diagnoser: DiagnosisThread::start(),
+            diagnosing: None,
         };
         // Sockets that entered CLOSE_WAIT while the tables were read are in the ring buffer:
         // replay them now so they are not mistaken for older ones.
@@ -232,7 +282,7 @@ impl Session {
                     // A safety net: nothing stays in the ring longer than a tick.
                     self.drain();
                     let now = monotonic_ns();
-                    if self.lookup.is_none() {
+                    if self.lookup.is_none() && self.diagnosing.is_none() {
                         let recheck = now.saturating_sub(self.rechecked_ns) >= RECHECK_NS;
                         self.lookup = Lookup::start(&mut self.engine, now, recheck);
                         if recheck && self.lookup.as_ref().is_some_and(|l| !l.followed.is_empty()) {
@@ -266,22 +316,23 @@ impl Session {
                     }
                 }
                 scanned = scanned(&mut self.lookup) => {
-                    self.alert(settle(scanned).as_ref());
-                    if std::mem::take(&mut digest_due) {
-                        self.digest();
-                    }
+                    self.alert(settle(scanned));
+                }
+                diagnosed = diagnosed(&mut self.diagnosing) => {
+                    self.diagnosed(diagnosed);
                 }
                 _ = digest.tick() => {
-                    if self.lookup.is_some() {
-                        digest_due = true;
-                    } else {
-                        self.digest();
-                    }
+                    digest_due = true;
                 }
                 _ = self.signals.sigint.recv() => return Ok(Stop::Signal("SIGINT")),
                 _ = self.signals.sigterm.recv() => return Ok(Stop::Signal("SIGTERM")),
                 _ = self.signals.sighup.recv() => return Ok(Stop::Signal("SIGHUP")),
                 () = &mut deadline => return Ok(Stop::Duration),
+            }
+            // A digest that came due during a lookup or a diagnosis waits for it.
+            if digest_due && self.lookup.is_none() && self.diagnosing.is_none() {
+                digest_due = false;
+                self.digest();
             }
             if let Some(stop) = self.outputs.send(&mut self.batch) {
                 return Ok(stop);
@@ -291,17 +342,20 @@ impl Session {
 
     /// Delivers what is left, prints the summary on stderr and says how the run ended.
     async fn finish(mut self, stop: Stop) -> anyhow::Result<Stop> {
+        self.settle_diagnosis().await;
         if let Some(lookup) = &mut self.lookup {
             let scanned = (&mut lookup.scan).await;
-            self.alert(settle(scanned).as_ref());
+            self.alert(settle(scanned));
         }
+        self.settle_diagnosis().await;
         // What is still in the ring buffer was emitted before the stop: deliver it too.
         self.drain();
         let now = monotonic_ns();
         if let Some(lookup) = Lookup::start(&mut self.engine, now, false) {
             self.lookup = Some(lookup);
             let scanned = (&mut self.lookup.as_mut().expect("just set").scan).await;
-            self.alert(settle(scanned).as_ref());
+            self.alert(settle(scanned));
+            self.settle_diagnosis().await;
         }
         let Self {
             probe,
@@ -343,7 +397,9 @@ impl Session {
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
             match decode(&item) {
-                Ok(transition) if self.lookup.is_some() => self.held.push(transition),
+                Ok(transition) if self.lookup.is_some() || self.diagnosing.is_some() => {
+                    self.held.push(transition);
+                }
                 Ok(transition) => {
                     if self.batch.len() >= DRAIN_SLICE {
                         self.outputs.format(&mut self.batch);
@@ -358,19 +414,82 @@ impl Session {
         }
     }
 
-    /// Ends the lookup: emits its alerts with what the socket tables say, then hands the
-    /// transitions held meanwhile to the engine.
-    fn alert(&mut self, table: Option<&SocketTable>) {
+    /// Ends the lookup: makes its alerts with what the socket tables say; starts the
+    /// diagnosis of their holders (the alerts and the transitions held meanwhile wait for it),
+    /// or emits them and hands the held transitions to the engine.
+    fn alert(&mut self, table: Option<SocketTable>) {
         let Some(lookup) = self.lookup.take() else {
             return;
         };
+        let mut fresh = Vec::new();
         self.engine
-            .alert(&lookup.due, table, lookup.at_ns, &mut self.batch);
-        if let Some(table) = table {
+            .alert(&lookup.due, table.as_ref(), lookup.at_ns, &mut fresh);
+        if let Some(table) = &table {
             self.engine
-                .recheck(&lookup.followed, table, lookup.at_ns, &mut self.batch);
+                .recheck(&lookup.followed, table, lookup.at_ns, &mut fresh);
         }
-        for transition in self.held.drain(..) {
+        if !self.diagnose(fresh, table, lookup.at_ns) {
+            self.release_held();
+        }
+    }
+
+    /// Starts diagnosing the holders named by `records` (reports or a digest) with `table`
+    /// (`None`: the task reads it), holding the records until it is done. Says whether it
+    /// did; otherwise (no holder, or a diagnosis under way) the records go out at once.
+    fn diagnose(&mut self, records: Vec<Record>, table: Option<SocketTable>, at_ns: u64) -> bool {
+        let targets = targets(&records);
+        if targets.is_empty() || self.diagnosing.is_some() {
+            self.batch.extend(records);
+            return false;
+        }
+        let Some(thread) = &self.diagnoser else {
+            self.batch.extend(records);
+            return false;
+        };
+        let (send, done) = tokio::sync::oneshot::channel();
+        if thread.jobs.send((table, targets, at_ns, send)).is_err() {
+            log::warn!("the diagnosis thread stopped: reports go without");
+            self.diagnoser = None;
+            self.batch.extend(records);
+            return false;
+        }
+        self.diagnosing = Some(Diagnosing {
+            pending: records,
+            done,
+        });
+        true
+    }
+
+    /// Ends a diagnosis: its records go out with it, then the transitions held meanwhile.
+    fn diagnosed(&mut self, result: Result<Diagnoses, tokio::sync::oneshot::error::RecvError>) {
+        let Some(diagnosing) = self.diagnosing.take() else {
+            return;
+        };
+        let mut records = diagnosing.pending;
+        if let Ok(found) = result {
+            attach(&mut records, &found);
+        } else {
+            log::warn!("the diagnosis thread stopped: reports go without");
+            self.diagnoser = None;
+        }
+        self.batch.extend(records);
+        self.release_held();
+    }
+
+    /// Waits for the diagnosis under way, if any (bounded by [`diagnosis::BUDGET`]).
+    async fn settle_diagnosis(&mut self) {
+        if let Some(diagnosing) = &mut self.diagnosing {
+            let result = (&mut diagnosing.done).await;
+            self.diagnosed(result);
+        }
+    }
+
+    /// Hands the transitions held during a lookup or diagnosis to the engine.
+    fn release_held(&mut self) {
+        if self.lookup.is_some() || self.diagnosing.is_some() {
+            return;
+        }
+        for transition in std::mem::take(&mut self.held) {
             if self.batch.len() >= DRAIN_SLICE {
                 self.outputs.format(&mut self.batch);
             }
@@ -378,11 +497,12 @@ impl Session {
         }
     }
 
-    /// The CLOSE_WAIT digest, when some socket is stuck.
+    /// The CLOSE_WAIT digest, when some socket is stuck, with its processes' diagnoses.
     fn digest(&mut self) {
-        if let Record::Digest(d) = self.engine.digest(monotonic_ns()) {
+        let now = monotonic_ns();
+        if let Record::Digest(d) = self.engine.digest(now) {
             if d.stuck > 0 {
-                self.batch.push(Record::Digest(d));
+                self.diagnose(vec![Record::Digest(d)], None, now);
             }
         }
     }
@@ -407,6 +527,87 @@ impl Lookup {
             at_ns: now_ns,
             scan: tokio::task::spawn_blocking(owner::scan),
         })
+    }
+}
+
+/// The result of the diagnosis under way; never ready without one.
+async fn diagnosed(
+    diagnosing: &mut Option<Diagnosing>,
+) -> Result<Diagnoses, tokio::sync::oneshot::error::RecvError> {
+    match diagnosing {
+        Some(d) => (&mut d.done).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The processes to diagnose for these records: each report's owner (with the fds it holds
+/// the stuck socket by, and the socket), each digest line's process.
+fn targets(records: &[Record]) -> Vec<diagnosis::Target> {
+    let mut targets: Vec<diagnosis::Target> = Vec::new();
+    let mut target = |pid: u32| -> usize {
+        if let Some(i) = targets.iter().position(|t| t.pid == pid) {
+            return i;
+        }
+        targets.push(diagnosis::Target {
+            pid,
+            ..diagnosis::Target::default()
+        });
+        targets.len() - 1
+    };
+    let mut found = Vec::new();
+    for record in records {
+        match record {
+            Record::CloseWait(r) | Record::Stuck(r) => {
+                let Some(pid) = r.pid else { continue };
+                let i = target(pid);
+                let fds = r
+                    .holders
+                    .iter()
+                    .filter(|h| h.pid == pid)
+                    .filter_map(|h| h.fd)
+                    .chain(r.fd);
+                let endpoints = crate::event::Endpoints {
+                    laddr: r.laddr,
+                    lport: r.lport,
+                    raddr: r.raddr,
+                    rport: r.rport,
+                };
+                found.push((i, fds.collect::<Vec<i32>>(), Some((r.netns, endpoints))));
+            }
+            Record::Digest(d) => {
+                for pid in d.processes.iter().filter_map(|p| p.pid) {
+                    found.push((target(pid), Vec::new(), None));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (i, fds, stuck) in found {
+        let t = &mut targets[i];
+        for fd in fds {
+            if !t.stuck_fds.contains(&fd) {
+                t.stuck_fds.push(fd);
+            }
+        }
+        t.stuck.extend(stuck);
+    }
+    targets
+}
+
+/// Puts each process's diagnosis on the records that name it.
+fn attach(records: &mut [Record], found: &HashMap<u32, diagnosis::Diagnosis>) {
+    for record in records {
+        match record {
+            Record::CloseWait(r) | Record::Stuck(r) => {
+                r.diagnosis = r.pid.and_then(|pid| found.get(&pid)).cloned();
+            }
+            Record::Digest(d) => {
+                for p in &mut d.processes {
+                    p.diagnosis = p.pid.and_then(|pid| found.get(&pid)).cloned();
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -525,7 +726,7 @@ fn stdout_output(config: &Config, filter: Filter) -> anyhow::Result<Output> {
         )
         .context("starting the output thread");
     }
-    let (json, wide) = (config.json, config.wide);
+    let (json, wide, detail) = (config.json, config.wide, config.detail);
     let color =
         std::io::IsTerminal::is_terminal(&io::stdout()) && std::env::var_os("NO_COLOR").is_none();
     let stdout = crate::stdout::raw().context("opening stdout")?;
@@ -534,7 +735,11 @@ fn stdout_output(config: &Config, filter: Filter) -> anyhow::Result<Output> {
             if json {
                 Box::new(JsonSink::new(chunk))
             } else {
-                Box::new(TextSink::new(chunk, wide).with_color(color))
+                Box::new(
+                    TextSink::new(chunk, wide)
+                        .with_color(color)
+                        .with_detail(detail),
+                )
             }
         },
         stdout,
@@ -597,4 +802,52 @@ async fn refresh_processes(metrics: &Metrics, engine: &Engine, now: u64) {
         .unwrap_or_default()
     };
     metrics.processes(&digest, &fds);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(json: &str) -> Record {
+        serde_json::from_str(json).unwrap()
+    }
+
+    /// Each report's owner is diagnosed once, with the fds it holds its stuck sockets by; a
+    /// digest's processes too; the diagnoses land on every record naming the process.
+    #[test]
+    fn reports_and_digests_get_their_owners_diagnosis() {
+        let alert = |rport: u16, fd: i32| {
+            record(&format!(
+                r#"{{"type":"close_wait","ts_ns":1,"time":"t","skaddr":null,"pid":7,"comm":"srv","fd":{fd},"family":"ipv4","laddr":"127.0.0.1","lport":80,"raddr":"127.0.0.1","rport":{rport},"age_ms":1,"age_at_least":false,"recv_q":0,"netns":5,"holders":[{{"pid":7,"comm":"srv","fd":{fd}}},{{"pid":8,"comm":"srv","fd":9}}]}}"#
+            ))
+        };
+        let digest = record(
+            r#"{"type":"digest","ts_ns":1,"time":"t","stuck":3,"processes":[{"pid":7,"comm":"srv","count":2,"oldest_age_ms":5},{"pid":null,"comm":null,"count":1,"oldest_age_ms":5}]}"#,
+        );
+        let mut records = vec![alert(5000, 4), alert(5001, 6), digest];
+        let targets = targets(&records);
+        let [t] = &targets[..] else {
+            panic!("{targets:?}")
+        };
+        assert_eq!((t.pid, t.stuck_fds.as_slice()), (7, &[4, 6][..]));
+        assert_eq!(t.stuck.len(), 2);
+        assert_eq!(t.stuck[1].0, Some(5));
+        let found = HashMap::from([(
+            7,
+            diagnosis::Diagnosis {
+                pid: 7,
+                fds_open: Some(12),
+                ..diagnosis::Diagnosis::default()
+            },
+        )]);
+        attach(&mut records, &found);
+        for r in &records[..2] {
+            let Record::CloseWait(r) = r else { panic!() };
+            assert_eq!(r.diagnosis.as_ref().map(|d| d.fds_open), Some(Some(12)));
+        }
+        let Record::Digest(d) = &records[2] else {
+            panic!()
+        };
+        assert!(d.processes[0].diagnosis.is_some() && d.processes[1].diagnosis.is_none());
+    }
 }

@@ -78,6 +78,8 @@ pub struct Config {
     pub json: bool,
     /// Wide address columns in the text output.
     pub wide: bool,
+    /// Print each report's whole diagnosis in the text output (`-v`).
+    pub detail: bool,
     /// Keep only sockets owned by these processes on stdout, sorted; empty keeps all.
     pub pids: Vec<u32>,
     /// How often the CLOSE_WAIT digest is printed.

@@ -302,6 +302,7 @@ impl Engine {
                 container: g.container,
                 count: g.count,
                 oldest_age_ms: whole_ms(g.oldest_ns),
+                diagnosis: None,
             })
             .collect();
         Record::Digest(DigestRecord {
@@ -423,6 +424,7 @@ fn close_wait_record(s: &Stuck, now_ns: u64, clock: &WallClock) -> CloseWaitReco
         container: s.placement.container.clone(),
         pod_uid: s.placement.pod_uid.clone(),
         state: s.state,
+        diagnosis: None,
     }
 }
 

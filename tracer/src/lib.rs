@@ -29,6 +29,7 @@ mod container;
 pub mod decode;
 pub mod defaults;
 pub mod delivery;
+pub mod diagnosis;
 pub mod engine;
 pub mod error;
 pub mod event;

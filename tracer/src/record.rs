@@ -172,7 +172,7 @@ pub struct TimelineRecord {
     pub states: Vec<Step>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CloseWaitRecord {
     pub ts_ns: u64,
     pub time: String,
@@ -214,6 +214,10 @@ pub struct CloseWaitRecord {
     /// The state it is stuck in (CLOSE_WAIT for a `close_wait` record).
     #[serde(default = "close_wait")]
     pub state: TcpState,
+    /// Why the owner is stuck and how long until it falls over (null when there is no owner,
+    /// or in older exports).
+    #[serde(default)]
+    pub diagnosis: Option<crate::diagnosis::Diagnosis>,
 }
 
 /// A process holding a socket: its pid, name (the thread-group leader's `comm`) and fd.
@@ -313,7 +317,7 @@ pub struct CloseWaitResolvedRecord {
     pub state: TcpState,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DigestRecord {
     pub ts_ns: u64,
     pub time: String,
@@ -322,7 +326,7 @@ pub struct DigestRecord {
     pub processes: Vec<DigestProcess>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DigestProcess {
     /// The state these sockets are stuck in.
     #[serde(default = "close_wait")]
@@ -335,6 +339,9 @@ pub struct DigestProcess {
     pub container: Option<String>,
     pub count: usize,
     pub oldest_age_ms: u64,
+    /// The process's diagnosis at the digest (null without a pid, or in older exports).
+    #[serde(default)]
+    pub diagnosis: Option<crate::diagnosis::Diagnosis>,
 }
 
 /// Events the kernel side could not deliver since the previous report, and what each

@@ -237,6 +237,7 @@ impl Replay {
                 r.cgroup.clone_from(&a.cgroup);
                 r.container.clone_from(&a.container);
                 r.pod_uid.clone_from(&a.pod_uid);
+                r.diagnosis.clone_from(&a.diagnosis);
             }
         }
     }

@@ -542,6 +542,7 @@ pub fn exported_names() -> Vec<String> {
         container: None,
         count: 1,
         oldest_age_ms: 0,
+        diagnosis: None,
     };
     let digest = DigestRecord {
         ts_ns: 0,

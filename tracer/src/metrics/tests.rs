@@ -144,6 +144,7 @@ fn holder(pid: Option<u32>, count: usize, oldest_age_ms: u64) -> DigestProcess {
         container: None,
         count,
         oldest_age_ms,
+        diagnosis: None,
     }
 }
 
@@ -243,6 +244,7 @@ fn fd_series_only_for_known_holders() {
                 container: Some("c0ffee".into()),
                 count: 2,
                 oldest_age_ms: 1500,
+                diagnosis: None,
             },
             DigestProcess {
                 state: TcpState::CloseWait,
@@ -251,6 +253,7 @@ fn fd_series_only_for_known_holders() {
                 container: None,
                 count: 1,
                 oldest_age_ms: 10,
+                diagnosis: None,
             },
         ],
     };
@@ -368,6 +371,7 @@ fn every_stuck_state_has_its_series() {
         container: None,
         count,
         oldest_age_ms,
+        diagnosis: None,
     };
     let digest = DigestRecord {
         ts_ns: 0,
@@ -403,6 +407,7 @@ fn every_stuck_state_has_its_series() {
         container: None,
         pod_uid: None,
         state: TcpState::FinWait2,
+        diagnosis: None,
     });
     metrics.observe(&[stuck]);
     metrics.publish(&Totals::default());

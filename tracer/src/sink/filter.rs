@@ -147,6 +147,7 @@ mod tests {
                     container: None,
                     count: 2,
                     oldest_age_ms: 9,
+                    diagnosis: None,
                 },
                 DigestProcess {
                     state: crate::event::TcpState::CloseWait,
@@ -155,6 +156,7 @@ mod tests {
                     container: None,
                     count: 1,
                     oldest_age_ms: 5,
+                    diagnosis: None,
                 },
             ],
         });

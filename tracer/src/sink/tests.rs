@@ -202,6 +202,7 @@ fn close_wait_reports_are_highlighted_only_with_color() {
         container: Some("ab".repeat(32)),
         pod_uid: None,
         state: crate::event::TcpState::CloseWait,
+        diagnosis: None,
     });
     let render = |color| {
         let mut sink = TextSink::new(Vec::new(), false).with_color(color);

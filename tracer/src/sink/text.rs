@@ -27,6 +27,8 @@ pub struct TextSink<W> {
     addr_width: usize,
     /// Highlight CLOSE_WAIT reports with ANSI colour (a terminal, and `NO_COLOR` unset).
     color: bool,
+    /// Print a report's whole diagnosis (`-v`), not its two or three lines.
+    detail: bool,
     line: String,
 }
 
@@ -37,6 +39,7 @@ impl<W: Write> TextSink<W> {
             out,
             addr_width: if wide { 39 } else { 15 },
             color: false,
+            detail: false,
             line: String::with_capacity(160),
         }
     }
@@ -44,6 +47,13 @@ impl<W: Write> TextSink<W> {
     /// Highlights CLOSE_WAIT reports in bold red (resolutions in yellow).
     pub fn with_color(mut self, color: bool) -> Self {
         self.color = color;
+        self
+    }
+
+    /// Prints each report's whole diagnosis (every listed thread and frame, what could not
+    /// be read), not its two or three lines.
+    pub fn with_detail(mut self, detail: bool) -> Self {
+        self.detail = detail;
         self
     }
 
@@ -163,7 +173,19 @@ impl<W: Write> TextSink<W> {
             ),
             Some(_) => write!(self.line, " (no process holds it)"),
             None => write!(self.line, " ({})", stuck_hint(r.state)),
+        }?;
+        self.diagnosis(r.diagnosis.as_ref())
+    }
+
+    /// The diagnosis lines under a report, indented under its time.
+    fn diagnosis(&mut self, d: Option<&crate::diagnosis::Diagnosis>) -> std::fmt::Result {
+        for line in d
+            .map(|d| crate::diagnosis::text::lines(d, self.detail))
+            .unwrap_or_default()
+        {
+            write!(self.line, "\n{:<12}   {line}", "")?;
         }
+        Ok(())
     }
 
     fn resolved(&mut self, r: &CloseWaitResolvedRecord) -> std::fmt::Result {
@@ -214,6 +236,7 @@ impl<W: Write> TextSink<W> {
                 p.count,
                 p.oldest_age_ms
             )?;
+            self.diagnosis(p.diagnosis.as_ref())?;
         }
         Ok(())
     }

@@ -3,6 +3,7 @@ mod analyze;
 mod analyze_fuzz;
 mod cli;
 mod deploy;
+mod diagnosis;
 mod field;
 mod html;
 mod kernel;

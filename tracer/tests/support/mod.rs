@@ -7,6 +7,7 @@ mod helper;
 mod live;
 pub mod load;
 mod netns;
+mod why;
 
 use std::{
     collections::HashMap,
@@ -24,6 +25,7 @@ pub use helper::StubbornServer;
 pub use live::Tracer;
 pub use netns::NetNs;
 use tracer::record::{Record, TransitionRecord};
+pub use why::WhyServer;
 
 /// How long any single wait may take before the test fails. Generous, since a passing test
 /// never waits this long: inside `cargo xtask vm-test`'s emulated guests a burst of a few

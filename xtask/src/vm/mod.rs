@@ -80,6 +80,10 @@ const GUEST_SKIPS: &[(&str, &str)] = &[
         "needs promtool, which the guest image does not carry; runs on the host",
     ),
     (
+        "diagnosis_of_an_interpreter_degrades_to_thread_states_and_its_frames",
+        "needs a Python interpreter, which the guest image does not carry; runs on the host",
+    ),
+    (
         "container_image_builds_with_podman",
         "needs podman, which the guest image does not carry; runs on the host",
     ),

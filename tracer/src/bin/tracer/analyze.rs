@@ -34,7 +34,8 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
     let mut sink: Box<dyn Sink> = if opts.json {
         Box::new(JsonSink::new(stdout))
     } else {
-        Box::new(TextSink::new(stdout, opts.wide))
+        // -v: every warning, and each report's whole diagnosis.
+        Box::new(TextSink::new(stdout, opts.wide).with_detail(opts.all_warnings))
     };
     let mut shown = Warnings::new(opts.all_warnings);
     if let Some(path) = &opts.html {

@@ -130,7 +130,7 @@ pub struct Args {
     #[arg(short, long, conflicts_with_all = ["json", "wide", "timelines", "no_transitions"])]
     pub quiet: bool,
 
-    /// More diagnostics on stderr (-v: info, -vv: debug)
+    /// More diagnostics on stderr (-v: info, -vv: debug); -v also prints each report's whole diagnosis
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
@@ -190,7 +190,7 @@ pub struct AnalyzeArgs {
     #[arg(long = "pid", value_name = "PID", value_delimiter = ',')]
     pub pids: Vec<u32>,
 
-    /// Print every warning, not only the first of each kind
+    /// Print every warning, not only the first of each kind, and each report's whole diagnosis
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
@@ -285,6 +285,7 @@ impl TryFrom<&Args> for Config {
             .transpose()?;
         Ok(Config {
             metrics,
+            detail: args.verbose > 0,
             quiet: args.quiet,
             kernel: KernelFilter {
                 family,
