@@ -217,10 +217,12 @@ fn browser_renders_the_fixture_report() {
 #[test]
 #[ignore = "needs root and BPF: run by `cargo xtask test`"]
 fn real_capture_of_the_classic_leak() {
-    const PORT: u16 = 42015;
     const HOLD: Duration = Duration::from_millis(2500);
     support::require_root();
     let _netns = NetNs::enter();
+    // A port free now rather than a fixed one: the tracepoint sees every namespace, so a
+    // fixed port would count another run's connections (another checkout's tests).
+    let port = support::dead_port("127.0.0.1:0").port();
     let dir = browser::artefacts();
     let export = dir.join("leak.ndjson");
     let _ = fs::remove_file(&export);
@@ -228,7 +230,7 @@ fn real_capture_of_the_classic_leak() {
         .args(["--export", export.to_str().unwrap(), "--force"])
         .args([
             "-p",
-            &PORT.to_string(),
+            &port.to_string(),
             "--close-wait-threshold",
             "500ms",
             "--no-transitions",
@@ -249,7 +251,7 @@ fn real_capture_of_the_classic_leak() {
     }
     // The server: one thread per connection, which reads until the peer is gone, then sleeps
     // before closing (the leak, bounded).
-    let listener = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let server = thread::spawn(move || {
         let mut workers = Vec::new();
         for _ in 0..2 {
@@ -270,7 +272,7 @@ fn real_capture_of_the_classic_leak() {
         let mut client = Command::new("bash")
             .args([
                 "-c",
-                &format!("exec 3<>/dev/tcp/127.0.0.1/{PORT}; echo hi >&3; echo up; sleep 30"),
+                &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; echo hi >&3; echo up; sleep 30"),
             ])
             .stdout(Stdio::piped())
             .spawn()
