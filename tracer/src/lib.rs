@@ -48,4 +48,5 @@ mod stdout;
 #[cfg(test)]
 mod testing;
 pub mod timeline;
+pub mod top;
 pub mod units;

@@ -32,20 +32,31 @@ fn run() -> anyhow::Result<ExitCode> {
     if let Some(cli::Command::Analyze(analyze)) = &args.command {
         return analyze::run(analyze);
     }
+    let verbose = match &args.command {
+        Some(cli::Command::Top(top)) => top.trace.verbose,
+        _ => args.trace.verbose,
+    };
     env_logger::Builder::new()
-        .filter_level(match args.verbose {
+        .filter_level(match verbose {
             0 => log::LevelFilter::Warn,
             1 => log::LevelFilter::Info,
             _ => log::LevelFilter::Debug,
         })
         .parse_env("TRACER_LOG")
         .init();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")
+    };
+    if let Some(cli::Command::Top(top)) = &args.command {
+        let (config, options) = <(Config, tracer::top::Options)>::try_from(top)?;
+        runtime()?.block_on(app::run_top(config, options))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let config = Config::try_from(&args)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(app::run(config))?;
+    runtime()?.block_on(app::run(config))?;
     Ok(ExitCode::SUCCESS)
 }
 
