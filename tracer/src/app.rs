@@ -837,7 +837,9 @@ fn health(engine: &Engine, lost: (u64, u64), outputs: &Outputs) -> top::model::H
         events: t.events,
         lost_ringbuf: t.lost_ringbuf,
         recursion_misses: t.recursion_misses,
-        dropped: t.decode_errors + t.stdout_dropped + t.export_dropped,
+        dropped: t.decode_errors
+            + t.stdout_dropped.total()
+            + t.export_dropped.map_or(0, |e| e.total()),
         cpu_seconds: own.map(|(cpu, _)| cpu),
         rss_bytes: own.map(|(_, rss)| rss),
     }
