@@ -334,7 +334,13 @@ impl Model {
         let ended = ENDINGS
             .iter()
             .enumerate()
-            .map(|(i, &o)| (o, self.recent.iter().map(|(_, c)| c[i]).sum(), self.ended[i]))
+            .map(|(i, &o)| {
+                (
+                    o,
+                    self.recent.iter().map(|(_, c)| c[i]).sum(),
+                    self.ended[i],
+                )
+            })
             .collect();
 
         let processes = self.processes(now_ns, fds);
@@ -371,9 +377,13 @@ impl Model {
             let growth_per_min = series.per_minute();
             let fds = holder.pid.and_then(|pid| fds.get(&pid)).copied();
             let forecast = match (fds, growth_per_min) {
-                (Some(FdUsage { open, limit: Some(limit) }), Some(rate)) => {
-                    time_to_limit(open, limit, rate)
-                }
+                (
+                    Some(FdUsage {
+                        open,
+                        limit: Some(limit),
+                    }),
+                    Some(rate),
+                ) => time_to_limit(open, limit, rate),
                 _ => None,
             };
             let mut sockets: Vec<(StuckSocket, u64)> = sockets

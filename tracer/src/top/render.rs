@@ -147,12 +147,11 @@ fn footer_line(ui: &Ui, p: Palette) -> Line<'static> {
 }
 
 fn overview(frame: &mut Frame, area: Rect, s: &Snapshot, ui: &Ui, p: Palette) {
-    let [top, stuck] =
-        Layout::vertical([Constraint::Length(13), Constraint::Min(0)]).areas(area);
+    let [top, stuck] = Layout::vertical([Constraint::Length(13), Constraint::Min(0)]).areas(area);
     let [states, transitions, ended] = Layout::horizontal([
-        Constraint::Length(26),
+        Constraint::Length(24),
         Constraint::Fill(1),
-        Constraint::Length(31),
+        Constraint::Length(28),
     ])
     .areas(top);
 
@@ -173,30 +172,33 @@ fn overview(frame: &mut Frame, area: Rect, s: &Snapshot, ui: &Ui, p: Palette) {
     });
     let table = Table::new(
         rows,
-        [Constraint::Length(11), Constraint::Length(6), Constraint::Length(5)],
+        [
+            Constraint::Length(11),
+            Constraint::Length(5),
+            Constraint::Length(4),
+        ],
     )
     .block(Block::bordered().title(Span::styled(title, p.title())));
     frame.render_widget(table, states);
 
     let rows = s.transitions.iter().map(|(old, new, rate)| {
         Row::new(vec![
-            Cell::from(format!("{}→{}", old.name(), new.name())),
+            Cell::from(format!("{}→{}", short(*old), short(*new))),
             Cell::from(Line::from(format!("{rate:.1}")).right_aligned()),
         ])
     });
-    let table = Table::new(rows, [Constraint::Fill(1), Constraint::Length(7)])
+    let table = Table::new(rows, [Constraint::Fill(1), Constraint::Length(6)])
         .block(Block::bordered().title(Span::styled(" Transitions/s ", p.title())));
     frame.render_widget(table, transitions);
 
     let rows = s.ended.iter().map(|(outcome, recent, total)| {
-        let style = if *recent > 0 && !matches!(outcome.name(), "active_close" | "passive_close")
-        {
+        let style = if *recent > 0 && !matches!(outcome.name(), "active_close" | "passive_close") {
             p.fg(Color::Yellow)
         } else {
             Style::new()
         };
         Row::new(vec![
-            Cell::from(outcome.name().replace('_', " ")),
+            Cell::from(ending(*outcome)),
             Cell::from(Line::from(recent.to_string()).right_aligned()),
             Cell::from(Line::from(total.to_string()).right_aligned()),
         ])
@@ -204,11 +206,15 @@ fn overview(frame: &mut Frame, area: Rect, s: &Snapshot, ui: &Ui, p: Palette) {
     });
     let table = Table::new(
         rows,
-        [Constraint::Fill(1), Constraint::Length(5), Constraint::Length(6)],
+        [
+            Constraint::Fill(1),
+            Constraint::Length(4),
+            Constraint::Length(6),
+        ],
     )
     .header(Row::new(vec![
         Cell::from("ended"),
-        Cell::from(Line::from("1 min").right_aligned()),
+        Cell::from(Line::from("1min").right_aligned()),
         Cell::from(Line::from("total").right_aligned()),
     ]))
     .block(Block::bordered().title(Span::styled(" Recently ended ", p.title())));
@@ -233,13 +239,22 @@ fn processes(frame: &mut Frame, area: Rect, s: &Snapshot, ui: &Ui, p: Palette) {
         frame.render_widget(Paragraph::new(text).block(block), area);
         return;
     }
+    let containers = rows.iter().any(|r| r.container.is_some());
     let lines = rows.iter().map(|r| {
         let urgent = r.forecast.is_some() || r.growth_per_min.is_some_and(|g| g > 0.0);
         let style = if urgent { p.alarm() } else { Style::new() };
-        Row::new(vec![
-            Cell::from(r.holder.pid.map_or_else(|| "?".to_owned(), |p| p.to_string())),
+        let mut cells = vec![
+            Cell::from(
+                r.holder
+                    .pid
+                    .map_or_else(|| "?".to_owned(), |p| p.to_string()),
+            ),
             Cell::from(r.holder.comm.clone().unwrap_or_else(|| "?".to_owned())),
-            Cell::from(r.container.as_deref().unwrap_or("-").to_owned()),
+        ];
+        if containers {
+            cells.push(Cell::from(r.container.as_deref().unwrap_or("-").to_owned()));
+        }
+        cells.extend([
             Cell::from(r.holder.state.name().into_owned()),
             Cell::from(Line::from(r.count.to_string()).right_aligned()),
             Cell::from(Line::from(age(r.oldest_ms)).right_aligned()),
@@ -250,38 +265,35 @@ fn processes(frame: &mut Frame, area: Rect, s: &Snapshot, ui: &Ui, p: Palette) {
                     .right_aligned()
                     .style(style),
             ),
-        ])
+        ]);
+        Row::new(cells)
     });
-    let table = Table::new(
-        lines,
-        [
-            Constraint::Length(7),
-            Constraint::Fill(2),
-            Constraint::Fill(1),
-            Constraint::Length(10),
-            Constraint::Length(5),
-            Constraint::Length(7),
-            Constraint::Length(8),
-            Constraint::Length(10),
-            Constraint::Length(8),
-        ],
-    )
-    .header(
-        Row::new(vec![
-            Cell::from("PID"),
-            Cell::from("PROCESS"),
-            Cell::from("CONTAINER"),
-            Cell::from("STATE"),
-            Cell::from(Line::from("COUNT").right_aligned()),
-            Cell::from(Line::from("OLDEST").right_aligned()),
-            Cell::from(Line::from("GROW/MIN").right_aligned()),
-            Cell::from(Line::from("FDS").right_aligned()),
-            Cell::from(Line::from("FD LIMIT").right_aligned()),
-        ])
-        .style(Style::new().add_modifier(Modifier::BOLD)),
-    )
-    .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
-    .block(block);
+    let mut widths = vec![Constraint::Length(7), Constraint::Fill(3)];
+    let mut header = vec![Cell::from("PID"), Cell::from("PROCESS")];
+    if containers {
+        widths.push(Constraint::Fill(2));
+        header.push(Cell::from("CONTAINER"));
+    }
+    widths.extend([
+        Constraint::Length(10),
+        Constraint::Length(5),
+        Constraint::Length(7),
+        Constraint::Length(8),
+        Constraint::Length(9),
+        Constraint::Length(8),
+    ]);
+    header.extend([
+        Cell::from("STATE"),
+        Cell::from(Line::from("COUNT").right_aligned()),
+        Cell::from(Line::from("OLDEST").right_aligned()),
+        Cell::from(Line::from("GROW/MIN").right_aligned()),
+        Cell::from(Line::from("FDS").right_aligned()),
+        Cell::from(Line::from("FDS FULL").right_aligned()),
+    ]);
+    let table = Table::new(lines, widths)
+        .header(Row::new(header).style(Style::new().add_modifier(Modifier::BOLD)))
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+        .block(block);
     let mut state = TableState::default().with_selected(ui.selected_index(&rows));
     frame.render_stateful_widget(table, area, &mut state);
 }
@@ -338,16 +350,24 @@ fn detail(frame: &mut Frame, area: Rect, s: &Snapshot, ui: &Ui, p: Palette) {
             Cell::from(socket.remote.to_string()),
             Cell::from(Line::from(age_text).right_aligned()),
             Cell::from(
-                Line::from(socket.recv_q.map_or_else(|| "-".to_owned(), |q| q.to_string()))
-                    .right_aligned(),
+                Line::from(
+                    socket
+                        .recv_q
+                        .map_or_else(|| "-".to_owned(), |q| q.to_string()),
+                )
+                .right_aligned(),
             ),
             Cell::from(
                 Line::from(socket.fd.map_or_else(|| "-".to_owned(), |f| f.to_string()))
                     .right_aligned(),
             ),
             Cell::from(
-                Line::from(socket.netns.map_or_else(|| "-".to_owned(), |n| n.to_string()))
-                    .right_aligned(),
+                Line::from(
+                    socket
+                        .netns
+                        .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+                )
+                .right_aligned(),
             ),
         ])
     });
@@ -389,7 +409,12 @@ fn help(frame: &mut Frame, area: Rect, p: Palette) {
     ];
     let text: Vec<Line> = lines
         .iter()
-        .map(|(k, what)| Line::from(vec![Span::styled(format!("{k:<10}"), p.title()), Span::raw(*what)]))
+        .map(|(k, what)| {
+            Line::from(vec![
+                Span::styled(format!("{k:<10}"), p.title()),
+                Span::raw(*what),
+            ])
+        })
         .collect();
     let height = u16::try_from(text.len()).unwrap_or(8) + 2;
     let width = 52.min(area.width);
@@ -404,6 +429,29 @@ fn help(frame: &mut Frame, area: Rect, p: Palette) {
         Paragraph::new(text).block(Block::bordered().title(Span::styled(" Keys ", p.title()))),
         popup,
     );
+}
+
+/// A state's name, with ESTABLISHED shortened as `ss` does, to fit transitions in 80 columns.
+fn short(state: crate::event::TcpState) -> std::borrow::Cow<'static, str> {
+    match state {
+        crate::event::TcpState::Established => "ESTAB".into(),
+        other => other.name(),
+    }
+}
+
+/// How a connection ended, in at most 14 columns.
+fn ending(outcome: crate::timeline::Outcome) -> &'static str {
+    use crate::timeline::Outcome;
+    match outcome {
+        Outcome::ActiveClose => "active close",
+        Outcome::PassiveClose => "passive close",
+        Outcome::SimultaneousClose => "simultaneous",
+        Outcome::Reset => "reset",
+        Outcome::ConnectFailed => "connect failed",
+        Outcome::HandshakeFailed => "handshake fail",
+        Outcome::ListenerClosed => "listener gone",
+        Outcome::Open => "open",
+    }
 }
 
 /// An age as `42s`, `3m05s`, `2h10m` or `4d03h`.

@@ -214,9 +214,10 @@ fn matches(filter: &str, row: &ProcessRow) -> bool {
     if let Ok(n) = filter.parse::<u32>() {
         let port = u16::try_from(n).ok();
         return row.holder.pid == Some(n)
-            || row.sockets.iter().any(|(s, _)| {
-                port.is_some_and(|p| s.local.port() == p || s.remote.port() == p)
-            });
+            || row
+                .sockets
+                .iter()
+                .any(|(s, _)| port.is_some_and(|p| s.local.port() == p || s.remote.port() == p));
     }
     row.holder
         .comm

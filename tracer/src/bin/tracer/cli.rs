@@ -76,7 +76,6 @@ pub struct Args {
     /// is one JSON line on stderr (the journal, under systemd)
     #[arg(short, long, conflicts_with_all = ["json", "wide", "timelines", "no_transitions"])]
     pub quiet: bool,
-
 }
 
 /// What is traced and kept, for the stream and `tracer top` alike.
