@@ -323,7 +323,7 @@ fn detail(frame: &mut Frame, area: Rect, s: &Snapshot, ui: &Ui, p: Palette) {
     let [summary, sockets] =
         Layout::vertical([Constraint::Length(2), Constraint::Min(0)]).areas(inner);
     let mut facts = vec![Span::raw(format!(
-        "{} sockets · oldest {} · {} per min · fds {}",
+        "{} stuck · oldest {} · {} per min · fds {}",
         row.count,
         age(row.oldest_ms),
         growth(row.growth_per_min),

@@ -446,7 +446,7 @@ fn golden_empty() {
     check(
         &s,
         &Ui::default(),
-        &expect![[r#"
+        &expect![[r"
             tracer top  host box  kernel 6.1.0-test  up 0s
             0 events/s  lost: ring 0  missed 0  dropped 0  cpu -  rss -
             ┌ Sockets by state ────┐┌ Transitions/s ───────────┐┌ Recently ended ──────────┐
@@ -470,7 +470,7 @@ fn golden_empty() {
             │                                                                              │
             │                                                                              │
             └──────────────────────────────────────────────────────────────────────────────┘
-            q quit  p pause  s sort  / filter  ↑↓ select  Enter details  ? help"#]],
+            q quit  p pause  s sort  / filter  ↑↓ select  Enter details  ? help"]],
     );
 }
 
@@ -481,7 +481,7 @@ fn golden_leak_in_progress() {
     check(
         &s,
         &ui,
-        &expect![[r#"
+        &expect![[r"
             tracer top  host box  kernel 6.1.0-test  up 3s
             3 events/s  lost: ring 0  missed 0  dropped 0  cpu 0.0%  rss 12.0 MiB
             ┌ Sockets by state ────┐┌ Transitions/s ───────────┐┌ Recently ended ──────────┐
@@ -505,37 +505,37 @@ fn golden_leak_in_progress() {
             │                                                                              │
             │                                                                              │
             └──────────────────────────────────────────────────────────────────────────────┘
-            q quit  p pause  s sort  / filter  ↑↓ select  Enter details  ? help"#]],
+            q quit  p pause  s sort  / filter  ↑↓ select  Enter details  ? help"]],
     );
     ui.key(Key::Enter, &s);
     check(
         &s,
         &ui,
-        &expect![[r#"
-        tracer top  host box  kernel 6.1.0-test  up 3s
-        3 events/s  lost: ring 0  missed 0  dropped 0  cpu 0.0%  rss 12.0 MiB
-        ┌ pid 4242 stubborn · CLOSE_WAIT ──────────────────────────────────────────────┐
-        │3 sockets · oldest 3s · +60 per min · fds 23/1024 · fd limit in ~17 min       │
-        │container -                                                                   │
-        │LOCAL                 REMOTE                     AGE  RECV-Q    FD       NETNS│
-        │127.0.0.1:40000       127.0.0.1:8080              3s       -     -           -│
-        │127.0.0.1:40001       127.0.0.1:8080              2s       -     -           -│
-        │127.0.0.1:40002       127.0.0.1:8080              1s       -     -           -│
-        │                                                                              │
-        │                                                                              │
-        │                                                                              │
-        │                                                                              │
-        │                                                                              │
-        │                                                                              │
-        │                                                                              │
-        │                                                                              │
-        │                                                                              │
-        │                                                                              │
-        │                                                                              │
-        │                                                                              │
-        │                                                                              │
-        └──────────────────────────────────────────────────────────────────────────────┘
-        Esc back  p pause  q quit"#]],
+        &expect![[r"
+            tracer top  host box  kernel 6.1.0-test  up 3s
+            3 events/s  lost: ring 0  missed 0  dropped 0  cpu 0.0%  rss 12.0 MiB
+            ┌ pid 4242 stubborn · CLOSE_WAIT ──────────────────────────────────────────────┐
+            │3 stuck · oldest 3s · +60 per min · fds 23/1024 · fd limit in ~17 min         │
+            │container -                                                                   │
+            │LOCAL                 REMOTE                     AGE  RECV-Q    FD       NETNS│
+            │127.0.0.1:40000       127.0.0.1:8080              3s       -     -           -│
+            │127.0.0.1:40001       127.0.0.1:8080              2s       -     -           -│
+            │127.0.0.1:40002       127.0.0.1:8080              1s       -     -           -│
+            │                                                                              │
+            │                                                                              │
+            │                                                                              │
+            │                                                                              │
+            │                                                                              │
+            │                                                                              │
+            │                                                                              │
+            │                                                                              │
+            │                                                                              │
+            │                                                                              │
+            │                                                                              │
+            │                                                                              │
+            │                                                                              │
+            └──────────────────────────────────────────────────────────────────────────────┘
+            Esc back  p pause  q quit"]],
     );
 }
 
@@ -544,12 +544,14 @@ fn golden_losses_in_red() {
     let mut s = leak_snapshot();
     s.health.lost_ringbuf = 200;
     s.health.dropped = 3;
-    let mut ui = Ui::default();
-    ui.paused = true;
+    let ui = Ui {
+        paused: true,
+        ..Ui::default()
+    };
     check(
         &s,
         &ui,
-        &expect![[r#"
+        &expect![[r"
             tracer top  host box  kernel 6.1.0-test  up 3s  PAUSED (p resumes)
             3 events/s  lost: ring 200  missed 0  dropped 3  cpu 0.0%  rss 12.0 MiB
             ┌ Sockets by state ────┐┌ Transitions/s ───────────┐┌ Recently ended ──────────┐
@@ -573,7 +575,7 @@ fn golden_losses_in_red() {
             │                                                                              │
             │                                                                              │
             └──────────────────────────────────────────────────────────────────────────────┘
-            q quit  p pause  s sort  / filter  ↑↓ select  Enter details  ? help"#]],
+            q quit  p pause  s sort  / filter  ↑↓ select  Enter details  ? help"]],
     );
     let coloured = screen(&s, &ui, (80, 24), true);
     let line = text(&coloured).lines().nth(1).unwrap().to_owned();
@@ -604,7 +606,7 @@ fn golden_help() {
     check(
         &Snapshot::default(),
         &ui,
-        &expect![[r#"
+        &expect![[r"
             tracer top  host   kernel   up 0s
             0 events/s  lost: ring 0  missed 0  dropped 0  cpu -  rss -
             ┌ Sockets by state ────┐┌ Transitions/s ───────────┐┌ Recently ended ──────────┐
@@ -628,6 +630,6 @@ fn golden_help() {
             │                                                                              │
             │                                                                              │
             └──────────────────────────────────────────────────────────────────────────────┘
-            q quit  p pause  s sort  / filter  ↑↓ select  Enter details  ? help"#]],
+            q quit  p pause  s sort  / filter  ↑↓ select  Enter details  ? help"]],
     );
 }

@@ -150,7 +150,7 @@ fn top_shows_a_real_leak_and_gives_the_terminal_back() {
     let screen = tmux.wait_for("the detail view", |s| {
         s.contains(&format!("pid {pid} {comm}")) && s.contains(&local)
     });
-    assert!(screen.contains("1 sockets"), "{screen}");
+    assert!(screen.contains("1 stuck · oldest"), "{screen}");
     assert!(screen.contains("Esc back"), "{screen}");
 
     // Esc: back to the list.
