@@ -22,6 +22,63 @@ struct Tmux {
 }
 
 impl Tmux {
+    /// A tmux server of its own, with a session `top` (100x30) running `tracer top ARGS` in a
+    /// shell that then says how it exited and in which mode it left the terminal.
+    fn start(args: &str) -> Tmux {
+        let tmux = Tmux {
+            bin: support::tool_from_debian("tmux", "tmux"),
+            socket: format!("tracer-top-test-{}", std::process::id()),
+        };
+        let script = format!(
+            "{} top {args}; echo \"top exited $?\"; stty -a | grep -w -e icanon -e -icanon; \
+             sleep 600",
+            env!("CARGO_BIN_EXE_tracer"),
+        );
+        tmux.run(&[
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-s",
+            "top",
+            "-x",
+            "100",
+            "-y",
+            "30",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        tmux.run(&["set-option", "-g", "escape-time", "0"]);
+        tmux
+    }
+
+    /// Waits for `tracer top` to end, and checks that it gave the terminal back (main screen,
+    /// canonical mode with echo) and printed the summary.
+    fn ended(&self) -> String {
+        let screen = self.wait_for("the exit", |s| s.contains("top exited"));
+        assert!(screen.contains("top exited 0"), "{screen}");
+        assert!(
+            !screen.contains("Stuck sockets by process"),
+            "alternate screen left:\n{screen}"
+        );
+        assert!(
+            screen.contains(" events, ") && screen.contains(" transitions"),
+            "the summary:\n{screen}"
+        );
+        let words: Vec<&str> = screen.split_whitespace().collect();
+        assert!(
+            words.contains(&"icanon") && words.contains(&"echo") && !words.contains(&"-icanon"),
+            "the terminal is back in canonical mode with echo:\n{screen}"
+        );
+        assert_eq!(
+            self.run(&["display-message", "-p", "-t", "top", "#{alternate_on}"])
+                .trim(),
+            "0"
+        );
+        screen
+    }
+
     fn run(&self, args: &[&str]) -> String {
         let out = Command::new(&self.bin)
             .args(["-L", &self.socket])
@@ -88,39 +145,15 @@ fn row_of(screen: &str, pid: u32) -> Option<Vec<String>> {
 #[ignore = "needs root and BPF"]
 fn top_shows_a_real_leak_and_gives_the_terminal_back() {
     support::require_root();
-    let bin = support::tool_from_debian("tmux", "tmux");
     let _netns = NetNs::enter();
     let mut server = StubbornServer::start();
     let (port, pid, comm) = (server.port, server.pid(), server.comm());
     let dir = tempfile::tempdir().unwrap();
     let export = dir.path().join("top.ndjson");
-    let tmux = Tmux {
-        bin,
-        socket: format!("tracer-top-test-{}", std::process::id()),
-    };
-    // The shell reports how tracer top exited and how it left the terminal.
-    let script = format!(
-        "{} top -p {port} --close-wait-threshold 300ms --interval 300ms --export {}; \
-         echo \"top exited $?\"; stty -a | grep -w -e icanon -e -icanon; sleep 600",
-        env!("CARGO_BIN_EXE_tracer"),
+    let tmux = Tmux::start(&format!(
+        "-p {port} --close-wait-threshold 300ms --interval 300ms --export {}",
         export.display()
-    );
-    tmux.run(&[
-        "-f",
-        "/dev/null",
-        "new-session",
-        "-d",
-        "-s",
-        "top",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        "sh",
-        "-c",
-        &script,
-    ]);
-    tmux.run(&["set-option", "-g", "escape-time", "0"]);
+    ));
     tmux.wait_for("empty tracer top", |s| s.contains("no stuck sockets"));
 
     // The leak: the client leaves, the server never reads nor closes.
@@ -168,29 +201,10 @@ fn top_shows_a_real_leak_and_gives_the_terminal_back() {
 
     // q: the terminal is given back (main screen, cooked mode) and the summary printed.
     tmux.keys(&["q"]);
-    let screen = tmux.wait_for("the exit", |s| s.contains("top exited"));
-    assert!(screen.contains("top exited 0"), "{screen}");
-    assert!(
-        !screen.contains("Stuck sockets by process"),
-        "alternate screen left:\n{screen}"
-    );
-    assert!(
-        screen.contains(" events, ") && screen.contains(" transitions"),
-        "the summary:\n{screen}"
-    );
+    let screen = tmux.ended();
     assert!(
         screen.contains("1 CLOSE_WAIT alerts"),
         "the summary:\n{screen}"
-    );
-    let words: Vec<&str> = screen.split_whitespace().collect();
-    assert!(
-        words.contains(&"icanon") && words.contains(&"echo") && !words.contains(&"-icanon"),
-        "the terminal is back in canonical mode with echo:\n{screen}"
-    );
-    assert_eq!(
-        tmux.run(&["display-message", "-p", "-t", "top", "#{alternate_on}"])
-            .trim(),
-        "0"
     );
 
     // The export kept everything meanwhile.
@@ -202,4 +216,32 @@ fn top_shows_a_real_leak_and_gives_the_terminal_back() {
     assert!(matches!(records.last(), Some(Record::Summary(s)) if s.close_wait_alerts == 1));
     server.send("close");
     server.wait();
+}
+
+/// Ctrl-C (a key in raw mode) and SIGTERM leave as `q` does: terminal back, summary printed.
+#[test]
+#[ignore = "needs root and BPF"]
+fn top_gives_the_terminal_back_on_ctrl_c_and_sigterm() {
+    support::require_root();
+    let _netns = NetNs::enter();
+    for signal in [false, true] {
+        let tmux = Tmux::start("--interval 300ms");
+        tmux.wait_for("tracer top", |s| s.contains("Stuck sockets by process"));
+        if signal {
+            // The pane runs the shell; tracer top is its only child.
+            let shell = tmux.run(&["display-message", "-p", "-t", "top", "#{pane_pid}"]);
+            let children =
+                std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", shell.trim()))
+                    .unwrap();
+            let pid: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap();
+        } else {
+            tmux.keys(&["C-c"]);
+        }
+        tmux.ended();
+    }
 }

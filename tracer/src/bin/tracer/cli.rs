@@ -647,6 +647,52 @@ mod tests {
     }
 
     #[test]
+    fn top_shares_the_trace_flags() {
+        let args = Args::try_parse_from([
+            "tracer",
+            "top",
+            "-6",
+            "-p",
+            "80,443",
+            "--pid",
+            "9",
+            "--interval",
+            "2s",
+            "--export",
+            "x.ndjson",
+            "--stuck",
+            "FIN_WAIT2=60s",
+            "--close-wait-threshold",
+            "2s",
+        ])
+        .unwrap();
+        let Some(Command::Top(top)) = &args.command else {
+            panic!("top parsed");
+        };
+        let (c, options) = <(Config, top::Options)>::try_from(top).unwrap();
+        assert_eq!(options.interval, Duration::from_secs(2));
+        assert_eq!(c.kernel.family, AF_INET6);
+        assert_eq!((c.kernel.ports, c.pids), (vec![80, 443], vec![9]));
+        assert_eq!(c.export.unwrap().path, PathBuf::from("x.ndjson"));
+        assert_eq!(c.engine.close_wait_threshold_ns, 2_000_000_000);
+        assert_eq!(c.engine.stuck, [(TcpState::FinWait2, 60_000_000_000)]);
+        let (_, options) = <(Config, top::Options)>::try_from(&TopArgs {
+            interval: "1s".into(),
+            ..top.clone()
+        })
+        .unwrap();
+        assert_eq!(options.interval, Duration::from_secs(1));
+        let bad = TopArgs {
+            interval: "0s".into(),
+            ..top.clone()
+        };
+        assert!(<(Config, top::Options)>::try_from(&bad).is_err());
+        // The stream's own flags are not top's, and the trace flags go after `top`.
+        assert!(Args::try_parse_from(["tracer", "top", "--json"]).is_err());
+        assert!(Args::try_parse_from(["tracer", "-p", "80", "top"]).is_err());
+    }
+
+    #[test]
     fn output_buffer_sizes() {
         let size = |argv: &[&str]| config(argv).map(|c| c.output_buffer.bytes);
         assert_eq!(size(&[]).unwrap(), 30 << 20);
