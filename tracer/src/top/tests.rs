@@ -633,3 +633,55 @@ fn golden_help() {
             q quit  p pause  s sort  / filter  ↑↓ select  Enter details  ? help"]],
     );
 }
+
+/// A real capture (the export the offline tests start from) read back through the model: what
+/// the screen would have shown at its end.
+#[test]
+fn the_recorded_export_as_the_screen_shows_it() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/export-v1.ndjson");
+    let records: Vec<Record> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let Some(Record::Summary(summary)) = records.last() else {
+        panic!("the export ends with its summary");
+    };
+    let mut model = Model::new(100);
+    model.observe(&records);
+    let s = model.sample(summary.ts_ns, health(summary.events), &HashMap::new());
+    let stuck: Vec<(Option<u32>, Option<&str>, usize)> = s
+        .processes
+        .iter()
+        .map(|r| (r.holder.pid, r.holder.comm.as_deref(), r.count))
+        .collect();
+    assert_eq!(
+        stuck,
+        [(Some(9871), Some("python3"), 1)],
+        "3 reported, 2 resolved"
+    );
+    let ended: Vec<(&str, u64)> = s
+        .ended
+        .iter()
+        .map(|e| (e.0.name(), e.2))
+        .filter(|e| e.1 > 0)
+        .collect();
+    assert_eq!(
+        ended,
+        [
+            ("active_close", 4),
+            ("passive_close", 4),
+            ("reset", 2),
+            ("connect_failed", 1)
+        ]
+    );
+    // The other 3 of its 14 timelines were still open: 2 ESTABLISHED, 1 in CLOSE_WAIT.
+    let now: Vec<(TcpState, u64)> = s
+        .states
+        .iter()
+        .filter(|r| r.1 > 0)
+        .map(|r| (r.0, r.1))
+        .collect();
+    assert_eq!(now, [(TcpState::Established, 2), (TcpState::CloseWait, 1)]);
+    assert_eq!(s.host, "vm");
+}
