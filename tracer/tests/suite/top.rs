@@ -7,6 +7,7 @@ use std::{
     net::TcpStream,
     path::{Path, PathBuf},
     process::Command,
+    sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -21,13 +22,20 @@ struct Tmux {
     socket: String,
 }
 
+/// Tmux servers started by this test binary: each gets a socket of its own.
+static SERVERS: AtomicU32 = AtomicU32::new(0);
+
 impl Tmux {
     /// A tmux server of its own, with a session `top` (100x30) running `tracer top ARGS` in a
     /// shell that then says how it exited and in which mode it left the terminal.
     fn start(args: &str) -> Tmux {
         let tmux = Tmux {
             bin: support::tool_from_debian("tmux", "tmux"),
-            socket: format!("tracer-top-test-{}", std::process::id()),
+            socket: format!(
+                "tracer-top-test-{}-{}",
+                std::process::id(),
+                SERVERS.fetch_add(1, Ordering::Relaxed)
+            ),
         };
         let script = format!(
             "{} top {args}; echo \"top exited $?\"; stty -a | grep -w -e icanon -e -icanon; \
@@ -56,7 +64,9 @@ impl Tmux {
     /// Waits for `tracer top` to end, and checks that it gave the terminal back (main screen,
     /// canonical mode with echo) and printed the summary.
     fn ended(&self) -> String {
-        let screen = self.wait_for("the exit", |s| s.contains("top exited"));
+        let screen = self.wait_for("the exit and the terminal mode", |s| {
+            s.contains("top exited") && s.contains("icanon")
+        });
         assert!(screen.contains("top exited 0"), "{screen}");
         assert!(
             !screen.contains("Stuck sockets by process"),
@@ -163,7 +173,10 @@ fn top_shows_a_real_leak_and_gives_the_terminal_back() {
     client.write_all(b"never read").unwrap();
     drop(client);
 
-    let screen = tmux.wait_for("the leaking process", |s| row_of(s, pid).is_some());
+    // A row is complete with its eight columns (the screen may be read mid-draw).
+    let screen = tmux.wait_for("the leaking process", |s| {
+        row_of(s, pid).is_some_and(|r| r.len() >= 8) && s.contains("? help")
+    });
     let row = row_of(&screen, pid).unwrap();
     assert_eq!(row[1], comm, "{screen}");
     assert_eq!(row[2], "CLOSE_WAIT", "{screen}");
@@ -180,16 +193,28 @@ fn top_shows_a_real_leak_and_gives_the_terminal_back() {
     // Enter: the process's sockets with their 4-tuples.
     tmux.keys(&["Enter"]);
     let local = format!("127.0.0.1:{port}");
-    let screen = tmux.wait_for("the detail view", |s| {
-        s.contains(&format!("pid {pid} {comm}")) && s.contains(&local)
+    tmux.wait_for("the detail view", |s| {
+        s.contains(&format!("pid {pid} {comm}"))
+            && s.contains(&local)
+            && s.contains("1 stuck · oldest")
+            && s.contains("Esc back")
     });
-    assert!(screen.contains("1 stuck · oldest"), "{screen}");
-    assert!(screen.contains("Esc back"), "{screen}");
 
     // Esc: back to the list.
     tmux.keys(&["Escape"]);
-    let screen = tmux.wait_for("the list again", |s| s.contains("Stuck sockets by process"));
-    assert!(row_of(&screen, pid).is_some(), "{screen}");
+    tmux.wait_for("the list again", |s| {
+        s.contains("Stuck sockets by process") && row_of(s, pid).is_some()
+    });
+
+    // s: the next sort; / with the port: only this process, the filter in the title.
+    tmux.keys(&["s"]);
+    tmux.wait_for("the count sort", |s| s.contains("sort: count"));
+    tmux.keys(&["/"]);
+    tmux.keys(&["-l", &port.to_string()]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the filter", |s| {
+        s.contains(&format!("filter: {port}")) && row_of(s, pid).is_some()
+    });
 
     // p: paused, and the trace goes on.
     tmux.keys(&["p"]);
