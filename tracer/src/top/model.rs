@@ -80,7 +80,7 @@ pub struct Holder {
 }
 
 /// One reported stuck socket, as the detail view lists it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct StuckSocket {
     /// Local address and port.
     pub local: SocketAddr,
@@ -99,6 +99,8 @@ pub struct StuckSocket {
     pub age_at_least: bool,
     /// Container id of the holder, when it runs in one.
     pub container: Option<String>,
+    /// What the report said about the holding process (`crate::diagnosis`), when it had one.
+    pub diagnosis: Option<crate::diagnosis::Diagnosis>,
 }
 
 impl StuckSocket {
@@ -129,6 +131,8 @@ pub struct ProcessRow {
     pub forecast: Option<Duration>,
     /// Each socket, oldest first, with its age now (ms).
     pub sockets: Vec<(StuckSocket, u64)>,
+    /// The latest diagnosis a report of these sockets carried, if any.
+    pub diagnosis: Option<crate::diagnosis::Diagnosis>,
 }
 
 /// Everything the screen shows, as of one sample.
@@ -270,6 +274,7 @@ impl Model {
             reported_ns: r.ts_ns,
             age_at_least: r.age_at_least,
             container: r.container.clone(),
+            diagnosis: r.diagnosis.clone(),
         };
         self.stuck.insert(
             (r.state, r.netns, socket.local, socket.remote),
@@ -391,7 +396,13 @@ impl Model {
                 .map(|s| (s.clone(), s.age_ms(now_ns)))
                 .collect();
             sockets.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.local.cmp(&b.0.local)));
+            let diagnosis = sockets
+                .iter()
+                .filter(|(s, _)| s.diagnosis.is_some())
+                .max_by_key(|(s, _)| s.reported_ns)
+                .and_then(|(s, _)| s.diagnosis.clone());
             rows.push(ProcessRow {
+                diagnosis,
                 holder: holder.clone(),
                 container: sockets.iter().find_map(|(s, _)| s.container.clone()),
                 count: sockets.len(),

@@ -320,8 +320,23 @@ fn detail(frame: &mut Frame, area: Rect, s: &Snapshot, ui: &Ui, p: Palette) {
     };
     let inner = block.inner(area);
     frame.render_widget(block, area);
-    let [summary, sockets] =
-        Layout::vertical([Constraint::Length(2), Constraint::Min(0)]).areas(inner);
+    // The diagnosis, when a report carried one: its slot is left out otherwise.
+    let diagnosis: Vec<Line> = row
+        .diagnosis
+        .as_ref()
+        .map(|d| crate::diagnosis::text::lines(d, false))
+        .unwrap_or_default()
+        .into_iter()
+        .map(Line::from)
+        .collect();
+    let lines = u16::try_from(diagnosis.len()).unwrap_or(u16::MAX);
+    let [summary, why, sockets] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Length(lines.min(inner.height / 2)),
+        Constraint::Min(0),
+    ])
+    .areas(inner);
+    frame.render_widget(Paragraph::new(diagnosis), why);
     let mut facts = vec![Span::raw(format!(
         "{} stuck · oldest {} · {} per min · fds {}",
         row.count,

@@ -277,6 +277,7 @@ fn row(
         fds: None,
         forecast: forecast.map(Duration::from_secs),
         sockets: Vec::new(),
+        diagnosis: None,
     }
 }
 
@@ -684,4 +685,29 @@ fn the_recorded_export_as_the_screen_shows_it() {
         .collect();
     assert_eq!(now, [(TcpState::Established, 2), (TcpState::CloseWait, 1)]);
     assert_eq!(s.host, "vm");
+}
+
+/// A report's diagnosis shows in the detail view; without one its slot is left out.
+#[test]
+fn the_detail_shows_the_diagnosis_when_a_report_has_one() {
+    let mut s = leak_snapshot();
+    let d = crate::diagnosis::Diagnosis {
+        pid: 4242,
+        fds_open: Some(23),
+        fds_limit: Some(1024),
+        close_wait_held: Some(3),
+        ..crate::diagnosis::Diagnosis::default()
+    };
+    let expected = crate::diagnosis::text::lines(&d, false);
+    assert!(!expected.is_empty());
+    let mut ui = Ui::default();
+    ui.key(Key::Enter, &s);
+    let without = text(&screen(&s, &ui, (100, 30), false));
+    s.processes[0].diagnosis = Some(d);
+    let with = text(&screen(&s, &ui, (100, 30), false));
+    for line in &expected {
+        assert!(with.contains(line.as_str()), "{line:?} missing:\n{with}");
+        assert!(!without.contains(line.as_str()), "{without}");
+    }
+    assert!(with.contains("127.0.0.1:40000"), "{with}");
 }
