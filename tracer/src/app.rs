@@ -3,7 +3,8 @@
 //!
 //! The engine produces every record kind; stdout shows what the flags ask for, the `--export`
 //! file, on its own output thread, gets everything, and `--metrics` counts everything
-//! (`crate::metrics`, served on this runtime).
+//! (`crate::metrics`, served on this runtime). `tracer top` ([`run_top`]) is one more
+//! destination of the same records, on the same loop: the screen replaces stdout.
 
 use std::{collections::HashMap, io, path::PathBuf, time::Duration};
 
@@ -31,6 +32,7 @@ use crate::{
     probe::Probe,
     record::{LostRecord, Record},
     sink::{self, unattended::Reports, Filter, JsonSink, Sink, TextSink},
+    top,
     units::{monotonic_ns, WallClock},
 };
 
@@ -63,13 +65,40 @@ pub enum Stop {
     OutputClosed,
     /// Writing the export file failed.
     ExportFailed,
+    /// The operator left `tracer top` (q, Ctrl-C, or the terminal closed).
+    Quit,
 }
 
 /// Runs the tracer until a stop condition; prints the summary on stderr.
 pub async fn run(config: Config) -> anyhow::Result<Stop> {
-    let mut session = Session::start(&config).await?;
+    let mut session = Session::start(&config, false).await?;
     let stop = session.event_loop(&config).await?;
     session.finish(stop).await
+}
+
+/// Runs `tracer top` on the same loop until a stop condition: the screen takes the place of
+/// stdout. The terminal is given back on every way out before the summary is printed on
+/// stderr.
+pub async fn run_top(config: Config, options: top::Options) -> anyhow::Result<Stop> {
+    if !io::IsTerminal::is_terminal(&io::stdout()) {
+        anyhow::bail!(
+            "tracer top needs a terminal on stdout (for a stream of records, run tracer without `top`)"
+        );
+    }
+    let mut session = Session::start(&config, true).await?;
+    let live = top::live::Live::start(
+        &session.header,
+        &config.pids,
+        config.engine.max_sockets,
+        &options,
+    )
+    .context("taking the terminal")?;
+    session.outputs.top = Some(live);
+    let stop = session.event_loop(&config).await;
+    if let Some(live) = session.outputs.top.take() {
+        live.leave().context("restoring the terminal")?;
+    }
+    session.finish(stop?).await
 }
 
 /// A running trace: the attached probe, its ring buffer, the engine and the destinations.
@@ -95,6 +124,8 @@ struct Session {
     diagnoser: Option<DiagnosisThread>,
     /// The diagnosis under way for reports or a digest, if any.
     diagnosing: Option<Diagnosing>,
+    /// The run's header, as the export has it.
+    header: crate::record::Header,
 }
 
 /// Reports (or a digest) waiting for their holders' diagnosis.
@@ -158,8 +189,8 @@ struct Lookup {
 
 impl Session {
     /// Opens the export, loads and attaches the probe, reads the sockets already in CLOSE_WAIT
-    /// and sends the headers.
-    async fn start(config: &Config) -> anyhow::Result<Self> {
+    /// and sends the headers. With `top`, stdout is left to the screen.
+    async fn start(config: &Config, top: bool) -> anyhow::Result<Self> {
         // Signals are handled from the start, so one sent as soon as we report being attached
         // still ends the run cleanly.
         let signals = Signals {
@@ -189,7 +220,7 @@ impl Session {
         let clock = WallClock::now();
         // The export and the metrics take every record; without them, records stdout does not
         // show are not made.
-        let everything = export.is_some() || listener.is_some();
+        let everything = top || export.is_some() || listener.is_some();
         let mut engine = Engine::new(
             engine::Options {
                 transitions: everything || config.engine.transitions,
@@ -220,10 +251,29 @@ impl Session {
             (Some(listener), Some(target)) => Some(serve_metrics(listener, target, &header(true))?),
             _ => None,
         };
+        let stdout = if top {
+            // The screen shows the records; the stdout destination only keeps the count.
+            Output::spawn(
+                |chunk| Box::new(JsonSink::new(chunk)),
+                io::sink(),
+                Filter {
+                    transitions: false,
+                    timelines: false,
+                    pids: display.pids.clone(),
+                },
+                config.output_buffer,
+                WhenFull::Drop,
+            )
+            .context("starting the output thread")?
+        } else {
+            stdout_output(config, display.clone())?
+        };
+        let run_header = header(true);
         let mut outputs = Outputs {
-            stdout: stdout_output(config, display.clone())?,
+            stdout,
             export: exporting,
             metrics,
+            top: None,
         };
         outputs
             .stdout
@@ -246,6 +296,7 @@ impl Session {
             held: Vec::new(),
             diagnoser: DiagnosisThread::start(),
             diagnosing: None,
+            header: run_header,
         };
         // Sockets that entered CLOSE_WAIT while the tables were read are in the ring buffer:
         // replay them now so they are not mistaken for older ones.
@@ -307,6 +358,13 @@ impl Session {
                         reported_lost = lost;
                     }
                     ticks += 1;
+                    if self.outputs.top.as_ref().is_some_and(|t| t.due(now)) {
+                        self.outputs.format(&mut self.batch);
+                        let health = health(&self.engine, (lost.0, lost.1), &self.outputs);
+                        if let Some(live) = &mut self.outputs.top {
+                            live.refresh(now, health).await.context("drawing tracer top")?;
+                        }
+                    }
                     if let Some(metrics) = &mut self.outputs.metrics {
                         let outputs = (&self.outputs.stdout, self.outputs.export.as_ref());
                         metrics.publish(&totals(&self.engine, (lost.0, lost.1), outputs));
@@ -323,6 +381,11 @@ impl Session {
                 }
                 _ = digest.tick() => {
                     digest_due = true;
+                }
+                request = input(&mut self.outputs.top) => {
+                    if request.context("drawing tracer top")? == top::live::Request::Quit {
+                        return Ok(Stop::Quit);
+                    }
                 }
                 _ = self.signals.sigint.recv() => return Ok(Stop::Signal("SIGINT")),
                 _ = self.signals.sigterm.recv() => return Ok(Stop::Signal("SIGTERM")),
@@ -638,11 +701,13 @@ fn settle(scanned: Scanned) -> Option<SocketTable> {
     }
 }
 
-/// Where records go: stdout, the export file when there is one, and the metrics.
+/// Where records go: stdout, the export file when there is one, the metrics, and the screen
+/// of `tracer top`.
 struct Outputs {
     stdout: Output,
     export: Option<(Output, PathBuf)>,
     metrics: Option<Metrics>,
+    top: Option<top::live::Live>,
 }
 
 impl Outputs {
@@ -665,6 +730,9 @@ impl Outputs {
         if let Some(metrics) = &mut self.metrics {
             metrics.observe(batch);
         }
+        if let Some(top) = &mut self.top {
+            top.observe(batch);
+        }
         if let Some((export, _)) = &mut self.export {
             export.format(batch);
         }
@@ -676,6 +744,9 @@ impl Outputs {
     fn send(&mut self, batch: &mut Vec<Record>) -> Option<Stop> {
         if let Some(metrics) = &mut self.metrics {
             metrics.observe(batch);
+        }
+        if let Some(top) = &mut self.top {
+            top.observe(batch);
         }
         if let Some((export, _)) = &mut self.export {
             if !export.send(batch) {
@@ -748,6 +819,30 @@ fn stdout_output(config: &Config, filter: Filter) -> anyhow::Result<Output> {
         WhenFull::Drop,
     )
     .context("starting the output thread")
+}
+
+/// The terminal event of `tracer top`, acted on; never ready without the screen.
+async fn input(top: &mut Option<top::live::Live>) -> io::Result<top::live::Request> {
+    match top {
+        Some(live) => live.input().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The tracer's health as `tracer top` shows it.
+fn health(engine: &Engine, lost: (u64, u64), outputs: &Outputs) -> top::model::Health {
+    let t = totals(engine, lost, (&outputs.stdout, outputs.export.as_ref()));
+    let own = metrics::process::own_usage();
+    top::model::Health {
+        events: t.events,
+        lost_ringbuf: t.lost_ringbuf,
+        recursion_misses: t.recursion_misses,
+        dropped: t.decode_errors
+            + t.stdout_dropped.total()
+            + t.export_dropped.map_or(0, |e| e.total()),
+        cpu_seconds: own.map(|(cpu, _)| cpu),
+        rss_bytes: own.map(|(_, rss)| rss),
+    }
 }
 
 /// Registers the metrics and serves them on the listener bound at start.

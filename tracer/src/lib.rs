@@ -16,10 +16,11 @@
 //! | sinks | [`sink`], [`output`] | records into text or NDJSON, on writer threads; `export` opens the `--export` file |
 //! | offline | [`analyze`] | `tracer analyze`: reads an export back and replays it through the engine |
 //! | settings | [`config`], [`defaults`], [`error`], [`units`] | validated settings, their defaults, typed errors, time formatting |
+//! | live view | [`top`] | `tracer top`: the records as a full-screen view (pure model and keys, ratatui renderer, crossterm driver) |
 //! | forecast | [`forecast`] | rates of growth and time to a limit (fd exhaustion), for reports and `tracer top` |
 //!
 //! The `tracer` binary (`src/bin/tracer`) parses the command line into a [`config::Config`]
-//! and calls [`app::run`] or [`analyze::analyze`].
+//! and calls [`app::run`], [`app::run_top`] or [`analyze::analyze`].
 
 pub mod analyze;
 pub mod app;
@@ -48,4 +49,5 @@ mod stdout;
 #[cfg(test)]
 mod testing;
 pub mod timeline;
+pub mod top;
 pub mod units;

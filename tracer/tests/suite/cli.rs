@@ -124,3 +124,26 @@ fn metrics_address_errors_come_first() {
         "{stderr}"
     );
 }
+
+/// `tracer top` has its own help, rejects bad values like the stream, and refuses to start
+/// without a terminal on stdout (before loading anything), naming the fix.
+#[test]
+fn top_needs_a_terminal_and_names_bad_values() {
+    let help = tracer().args(["top", "--help"]).assert().success();
+    let help = String::from_utf8(help.get_output().stdout.clone()).unwrap();
+    for needle in ["--interval", "--port", "--pid", "--export", "Examples:"] {
+        assert!(help.contains(needle), "{needle} missing:\n{help}");
+    }
+    let bad = tracer()
+        .args(["top", "--interval", "soon"])
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8(bad.get_output().stderr.clone()).unwrap();
+    assert!(
+        stderr.contains("--interval") && stderr.contains("\"soon\""),
+        "{stderr}"
+    );
+    let piped = tracer().arg("top").assert().code(1);
+    let stderr = String::from_utf8(piped.get_output().stderr.clone()).unwrap();
+    assert!(stderr.contains("needs a terminal on stdout"), "{stderr}");
+}

@@ -12,4 +12,5 @@ mod privileged;
 mod privileged_export;
 mod reliability;
 mod schema;
+mod top;
 mod tracepoint;

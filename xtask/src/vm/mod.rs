@@ -46,6 +46,14 @@ const CORE_TESTS: &[&str] = &[
 /// on the host (`cargo xtask test`'s privileged stage).
 const GUEST_SKIPS: &[(&str, &str)] = &[
     (
+        "top_shows_a_real_leak_and_gives_the_terminal_back",
+        "needs tmux (a real terminal), which the guest image does not carry; runs on the host",
+    ),
+    (
+        "top_gives_the_terminal_back_on_ctrl_c_and_sigterm",
+        "needs tmux (a real terminal), which the guest image does not carry; runs on the host",
+    ),
+    (
         "a_stalled_reader_does_not_block_the_kernel_side",
         "under software emulation the churn cannot outrun the output queue in its stall; runs on the host",
     ),

@@ -12,6 +12,7 @@ use tracer::{
     error::ConfigError,
     event::TcpState,
     output::Buffer,
+    top,
     units::parse_duration,
 };
 use tracer_common::{AF_INET, AF_INET6, IPPROTO_TCP};
@@ -31,6 +32,7 @@ Examples:
   tracer analyze run.ndjson           # later, anywhere, no root: timelines, CLOSE_WAIT, stats
   tracer --quiet --metrics 127.0.0.1:9464  # unattended agent: Prometheus metrics, reports on stderr
   tracer analyze --html out.html run.ndjson  # the same as an HTML report with charts
+  tracer top                          # a live full-screen view: leaks by process, health
 
 Run as root (it loads an eBPF program). Ctrl-C prints a summary, including lost events.";
 
@@ -46,6 +48,39 @@ pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
 
+    #[command(flatten)]
+    pub trace: TraceArgs,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+
+    /// Do not print individual transitions (timelines and CLOSE_WAIT reports still print)
+    #[arg(long)]
+    pub no_transitions: bool,
+
+    /// Print a digest of sockets stuck in CLOSE_WAIT, grouped by process, this often
+    #[arg(long, value_name = "DURATION", default_value_t = defaults::text(defaults::REPORT_INTERVAL))]
+    pub report_interval: String,
+
+    /// Serve Prometheus metrics (/metrics, text or OpenMetrics) and /healthz on ADDR:
+    /// 127.0.0.1:9464, [::1]:9464, or a port alone (loopback). See docs/metrics.md
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+
+    /// Processes with series of their own in the per-process metrics; the rest are summed
+    /// into one pid="other" series
+    #[arg(long, value_name = "N", default_value_t = defaults::METRICS_MAX_PROCESSES, requires = "metrics")]
+    pub metrics_max_processes: usize,
+
+    /// Run unattended: nothing on stdout; each CLOSE_WAIT report, resolution and loss report
+    /// is one JSON line on stderr (the journal, under systemd)
+    #[arg(short, long, conflicts_with_all = ["json", "wide", "timelines", "no_transitions"])]
+    pub quiet: bool,
+}
+
+/// What is traced and kept, for the stream and `tracer top` alike.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TraceArgs {
     /// Keep only connections with this local or remote port (repeatable, or comma-separated)
     #[arg(short = 'p', long = "port", value_name = "PORT", value_delimiter = ',')]
     pub ports: Vec<String>,
@@ -66,13 +101,6 @@ pub struct Args {
     #[arg(long)]
     pub all_protocols: bool,
 
-    #[command(flatten)]
-    pub output: OutputArgs,
-
-    /// Do not print individual transitions (timelines and CLOSE_WAIT reports still print)
-    #[arg(long)]
-    pub no_transitions: bool,
-
     /// Report a socket that stays in CLOSE_WAIT longer than this (e.g. 500ms, 10s)
     #[arg(long, value_name = "DURATION", default_value_t = defaults::text(defaults::CLOSE_WAIT_THRESHOLD))]
     pub close_wait_threshold: String,
@@ -82,10 +110,6 @@ pub struct Args {
     /// long mean a dead or filtered peer. E.g. --stuck FIN_WAIT2=60s --stuck SYN_SENT=5s
     #[arg(long = "stuck", value_name = "STATE=DURATION")]
     pub stuck: Vec<String>,
-
-    /// Print a digest of sockets stuck in CLOSE_WAIT, grouped by process, this often
-    #[arg(long, value_name = "DURATION", default_value_t = defaults::text(defaults::REPORT_INTERVAL))]
-    pub report_interval: String,
 
     /// Stop by itself after this long (e.g. 30s, 5m)
     #[arg(long, value_name = "DURATION")]
@@ -115,21 +139,6 @@ pub struct Args {
     #[arg(long, requires = "export")]
     pub force: bool,
 
-    /// Serve Prometheus metrics (/metrics, text or OpenMetrics) and /healthz on ADDR:
-    /// 127.0.0.1:9464, [::1]:9464, or a port alone (loopback). See docs/metrics.md
-    #[arg(long, value_name = "ADDR")]
-    pub metrics: Option<String>,
-
-    /// Processes with series of their own in the per-process metrics; the rest are summed
-    /// into one pid="other" series
-    #[arg(long, value_name = "N", default_value_t = defaults::METRICS_MAX_PROCESSES, requires = "metrics")]
-    pub metrics_max_processes: usize,
-
-    /// Run unattended: nothing on stdout; each CLOSE_WAIT report, resolution and loss report
-    /// is one JSON line on stderr (the journal, under systemd)
-    #[arg(short, long, conflicts_with_all = ["json", "wide", "timelines", "no_transitions"])]
-    pub quiet: bool,
-
     /// More diagnostics on stderr (-v: info, -vv: debug); -v also prints each report's whole diagnosis
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -158,6 +167,29 @@ pub enum Command {
     /// CLOSE_WAIT
     #[command(after_help = ANALYZE_EXAMPLES)]
     Analyze(AnalyzeArgs),
+    /// A live full-screen view (as root): sockets per state, transitions per second, sockets
+    /// stuck by process with their growth and fd forecast, recently ended connections and the
+    /// tracer's health. Keys: q quit, p pause, s sort, / filter, arrows and Enter select, ? help
+    #[command(after_help = TOP_EXAMPLES)]
+    Top(TopArgs),
+}
+
+const TOP_EXAMPLES: &str = "\
+Examples:
+  sudo tracer top                          # the whole host, refreshed every second
+  sudo tracer top -p 8080 --interval 2s    # one port, every two seconds
+  sudo tracer top --export run.ndjson      # and keep every record for tracer analyze
+
+Leaving (q, Ctrl-C, SIGTERM) restores the terminal and prints the summary on stderr.";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+
+    /// Refresh the screen this often (e.g. 500ms, 2s)
+    #[arg(long, value_name = "DURATION", default_value = "1s")]
+    pub interval: String,
 }
 
 const ANALYZE_EXAMPLES: &str = "\
@@ -225,6 +257,47 @@ impl TryFrom<&Args> for Config {
     type Error = ConfigError;
 
     fn try_from(args: &Args) -> Result<Self, ConfigError> {
+        let mut config = Config::try_from(&args.trace)?;
+        config.report_interval = duration("--report-interval", &args.report_interval)?;
+        if args.metrics_max_processes == 0 {
+            return Err(ConfigError::Zero {
+                flag: "--metrics-max-processes",
+            });
+        }
+        config.metrics = args
+            .metrics
+            .as_deref()
+            .map(|token| {
+                metrics_addr(token).map(|addr| MetricsTarget {
+                    addr,
+                    max_processes: args.metrics_max_processes,
+                })
+            })
+            .transpose()?;
+        config.quiet = args.quiet;
+        config.engine.transitions = !args.no_transitions;
+        config.engine.timelines = args.output.timelines;
+        config.json = args.output.json;
+        config.wide = args.output.wide;
+        Ok(config)
+    }
+}
+
+impl TryFrom<&TopArgs> for (Config, top::Options) {
+    type Error = ConfigError;
+
+    fn try_from(args: &TopArgs) -> Result<Self, ConfigError> {
+        let config = Config::try_from(&args.trace)?;
+        let interval = duration("--interval", &args.interval)?;
+        Ok((config, top::Options { interval }))
+    }
+}
+
+/// The settings shared by the stream and `tracer top`; the stream's own are at their defaults.
+impl TryFrom<&TraceArgs> for Config {
+    type Error = ConfigError;
+
+    fn try_from(args: &TraceArgs) -> Result<Self, ConfigError> {
         let family = match (args.ipv4, args.ipv6) {
             (true, true) => return Err(ConfigError::BothFamilies),
             (true, false) => AF_INET,
@@ -249,7 +322,6 @@ impl TryFrom<&Args> for Config {
                 stuck.push((state, nanos(d)));
             }
         }
-        let report_interval = duration("--report-interval", &args.report_interval)?;
         let stop_after = args
             .duration
             .as_deref()
@@ -268,25 +340,10 @@ impl TryFrom<&Args> for Config {
         let mut pids = args.pids.clone();
         pids.sort_unstable();
         pids.dedup();
-        if args.metrics_max_processes == 0 {
-            return Err(ConfigError::Zero {
-                flag: "--metrics-max-processes",
-            });
-        }
-        let metrics = args
-            .metrics
-            .as_deref()
-            .map(|token| {
-                metrics_addr(token).map(|addr| MetricsTarget {
-                    addr,
-                    max_processes: args.metrics_max_processes,
-                })
-            })
-            .transpose()?;
         Ok(Config {
-            metrics,
+            metrics: None,
             detail: args.verbose > 0,
-            quiet: args.quiet,
+            quiet: false,
             kernel: KernelFilter {
                 family,
                 protocol: if args.all_protocols { 0 } else { IPPROTO_TCP },
@@ -294,16 +351,16 @@ impl TryFrom<&Args> for Config {
                 ring_buffer_bytes,
             },
             engine: engine::Options {
-                transitions: !args.no_transitions,
-                timelines: args.output.timelines,
+                transitions: true,
+                timelines: false,
                 close_wait_threshold_ns: nanos(threshold),
                 stuck,
                 max_sockets: args.max_sockets,
             },
-            json: args.output.json,
-            wide: args.output.wide,
+            json: false,
+            wide: false,
             pids,
-            report_interval,
+            report_interval: defaults::REPORT_INTERVAL,
             duration: stop_after,
             export: args.export.as_ref().map(|path| ExportTarget {
                 path: path.clone(),
@@ -587,6 +644,52 @@ mod tests {
             ..a.clone()
         };
         assert!(analyze::Options::try_from(&bad).is_err());
+    }
+
+    #[test]
+    fn top_shares_the_trace_flags() {
+        let args = Args::try_parse_from([
+            "tracer",
+            "top",
+            "-6",
+            "-p",
+            "80,443",
+            "--pid",
+            "9",
+            "--interval",
+            "2s",
+            "--export",
+            "x.ndjson",
+            "--stuck",
+            "FIN_WAIT2=60s",
+            "--close-wait-threshold",
+            "2s",
+        ])
+        .unwrap();
+        let Some(Command::Top(top)) = &args.command else {
+            panic!("top parsed");
+        };
+        let (c, options) = <(Config, top::Options)>::try_from(top).unwrap();
+        assert_eq!(options.interval, Duration::from_secs(2));
+        assert_eq!(c.kernel.family, AF_INET6);
+        assert_eq!((c.kernel.ports, c.pids), (vec![80, 443], vec![9]));
+        assert_eq!(c.export.unwrap().path, PathBuf::from("x.ndjson"));
+        assert_eq!(c.engine.close_wait_threshold_ns, 2_000_000_000);
+        assert_eq!(c.engine.stuck, [(TcpState::FinWait2, 60_000_000_000)]);
+        let (_, options) = <(Config, top::Options)>::try_from(&TopArgs {
+            interval: "1s".into(),
+            ..top.clone()
+        })
+        .unwrap();
+        assert_eq!(options.interval, Duration::from_secs(1));
+        let bad = TopArgs {
+            interval: "0s".into(),
+            ..top.clone()
+        };
+        assert!(<(Config, top::Options)>::try_from(&bad).is_err());
+        // The stream's own flags are not top's, and the trace flags go after `top`.
+        assert!(Args::try_parse_from(["tracer", "top", "--json"]).is_err());
+        assert!(Args::try_parse_from(["tracer", "-p", "80", "top"]).is_err());
     }
 
     #[test]
