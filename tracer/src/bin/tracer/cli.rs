@@ -299,6 +299,8 @@ impl TryFrom<&Args> for Config {
                 close_wait_threshold_ns: nanos(threshold),
                 stuck,
                 max_sockets: args.max_sockets,
+                // The probe says which causes the kernel reports, once loaded.
+                causes: engine::CauseSource::default(),
             },
             json: args.output.json,
             wide: args.output.wide,
