@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    cause::Cause,
+    cause::{Cause, ResetBy},
     event::{Endpoints, TcpState, Transition},
     hash::AddrMap,
     owner::{self, Owner},
@@ -43,8 +43,9 @@ pub enum Outcome {
     /// to CLOSE.
     Reset,
     /// An open connection killed by a timer (`TCP_USER_TIMEOUT`, keepalive, retransmission
-    /// timeouts): no RST, and the application got an error (`ETIMEDOUT`, or the ICMP error
-    /// met on the way, such as `EHOSTUNREACH`).
+    /// timeouts): the application got an error (`ETIMEDOUT`, or the ICMP error met on the
+    /// way, such as `EHOSTUNREACH`) and no RST came from the peer. Keepalive sends an RST as it
+    /// gives up (`reset_by: local`).
     Timeout,
     /// An open connection jumped to CLOSE with no RST sent or received and no error for the
     /// application, or only `ECONNABORTED` (`SOCK_DESTROY`, a timer killing a connection its
@@ -102,10 +103,15 @@ impl Outcome {
             TcpState::SynSent => Outcome::ConnectFailed,
             TcpState::SynRecv | TcpState::NewSynRecv => Outcome::HandshakeFailed,
             TcpState::Listen => Outcome::ListenerClosed,
-            _ if cause.reset_by.is_some() || legacy => Outcome::Reset,
-            _ => match cause.error.as_deref() {
-                None | Some("ECONNABORTED") => Outcome::Aborted,
-                Some(_) => Outcome::Timeout,
+            _ if legacy => Outcome::Reset,
+            // A received RST; an abort (`ss -K`: an RST sent and ECONNABORTED); a timer's
+            // error, also when the kernel sent an RST as it gave up (keepalive does); an RST
+            // sent by `close()` (no error: the application closed the socket itself).
+            _ => match (cause.reset_by, cause.error.as_deref()) {
+                (Some(ResetBy::Peer), _) => Outcome::Reset,
+                (_, Some("ECONNABORTED")) | (None, None) => Outcome::Aborted,
+                (_, Some(_)) => Outcome::Timeout,
+                (Some(ResetBy::Local), None) => Outcome::Reset,
             },
         }
     }
@@ -544,6 +550,15 @@ mod tests {
         );
         assert_eq!(
             Outcome::of_close(est, &cause(Some("EHOSTUNREACH"), None), false),
+            Outcome::Timeout
+        );
+        // Keepalive gives up with an RST of its own.
+        assert_eq!(
+            Outcome::of_close(
+                est,
+                &cause(Some("ETIMEDOUT"), Some(crate::cause::ResetBy::Local)),
+                false
+            ),
             Outcome::Timeout
         );
         assert_eq!(
