@@ -565,8 +565,14 @@ mod tests {
             Outcome::of_close(est, &cause(Some("ECONNABORTED"), None), false),
             Outcome::Aborted
         );
-        assert_eq!(Outcome::of_close(est, &Cause::default(), false), Outcome::Aborted);
-        assert_eq!(Outcome::of_close(est, &Cause::default(), true), Outcome::Reset);
+        assert_eq!(
+            Outcome::of_close(est, &Cause::default(), false),
+            Outcome::Aborted
+        );
+        assert_eq!(
+            Outcome::of_close(est, &Cause::default(), true),
+            Outcome::Reset
+        );
         assert_eq!(
             Outcome::of_close(TcpState::SynSent, &cause(Some("ECONNREFUSED"), peer), false),
             Outcome::ConnectFailed

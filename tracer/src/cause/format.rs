@@ -57,7 +57,8 @@ mod tests {
 
     use super::mismatches;
 
-    const HEADER: &str = "format:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+    const HEADER: &str =
+        "format:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
         \tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n";
 
     /// Linux 6.18's records (`format` files read on the development machine).

@@ -16,7 +16,9 @@ pub mod probe;
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
-use tracer_common::cause::{CauseEvent, CAUSE_ERROR_REPORT, CAUSE_RECEIVED_RESET, CAUSE_SENT_RESET};
+use tracer_common::cause::{
+    CauseEvent, CAUSE_ERROR_REPORT, CAUSE_RECEIVED_RESET, CAUSE_SENT_RESET,
+};
 
 use crate::{
     event::{Endpoints, TcpState, Transition},
@@ -237,7 +239,8 @@ impl Causes {
         let mut out = Vec::new();
         while let Some(front) = self.held.front() {
             let complete = self.error_reports && front.cause.error.is_some();
-            let expired = now_ns.is_none_or(|now| now >= front.closing.ts_ns.saturating_add(WINDOW_NS));
+            let expired =
+                now_ns.is_none_or(|now| now >= front.closing.ts_ns.saturating_add(WINDOW_NS));
             if !complete && !expired {
                 break;
             }

@@ -74,7 +74,9 @@ impl CauseProbes {
         let stats = match stats {
             Ok(stats) => stats,
             Err(why) => {
-                log::warn!("not tracing why connections end: {why}; `error` and `reset_by` stay null");
+                log::warn!(
+                    "not tracing why connections end: {why}; `error` and `reset_by` stay null"
+                );
                 return CauseProbes {
                     attached: Vec::new(),
                     stats: None,

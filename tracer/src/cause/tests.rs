@@ -146,7 +146,11 @@ fn a_peer_reset_is_reset_with_its_error() {
     );
     assert_eq!(
         got,
-        (Some("ECONNRESET".into()), Some(ResetBy::Peer), Outcome::Reset)
+        (
+            Some("ECONNRESET".into()),
+            Some(ResetBy::Peer),
+            Outcome::Reset
+        )
     );
     assert_eq!(closes(&before), 1, "released by its error report");
 }
@@ -210,7 +214,10 @@ fn causes_of_other_sockets_are_not_taken() {
             other_cpu.cpu = 1;
             e.cause(other_cpu, out);
             e.cause(reset(MS, 9, CAUSE_RECEIVED_RESET), out);
-            e.transition(transition(MS + WINDOW_NS + MS, 9, C, S, ESTABLISHED, CLOSE), out);
+            e.transition(
+                transition(MS + WINDOW_NS + MS, 9, C, S, ESTABLISHED, CLOSE),
+                out,
+            );
         },
         None,
     );
@@ -235,7 +242,11 @@ fn a_refused_connect_says_so() {
         .expect("released by its error");
     assert_eq!(
         (tl.outcome, tl.error.as_deref(), tl.reset_by),
-        (Outcome::ConnectFailed, Some("ECONNREFUSED"), Some(ResetBy::Peer))
+        (
+            Outcome::ConnectFailed,
+            Some("ECONNREFUSED"),
+            Some(ResetBy::Peer)
+        )
     );
 }
 
