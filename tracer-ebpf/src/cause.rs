@@ -42,7 +42,7 @@ const _: () = {
     assert!(er::SADDR.size == size_of::<u32>() && er::DADDR.size == size_of::<u32>());
     assert!(er::SADDR_V6.size == 4 * size_of::<u32>());
     assert!(er::DADDR_V6.size == 4 * size_of::<u32>());
-    assert!(er::SADDR_V6.offset % 4 == 0 && er::DADDR_V6.offset % 4 == 0);
+    assert!(er::SADDR_V6.offset.is_multiple_of(4) && er::DADDR_V6.offset.is_multiple_of(4));
 };
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
@@ -157,7 +157,12 @@ fn v6(ctx: &TracePointContext, offset: usize) -> [u8; 16] {
 /// memory order).
 #[inline(always)]
 fn words(a: u32, b: u32, c: u32, d: u32) -> [u8; 16] {
-    let (a, b, c, d) = (a.to_ne_bytes(), b.to_ne_bytes(), c.to_ne_bytes(), d.to_ne_bytes());
+    let (a, b, c, d) = (
+        a.to_ne_bytes(),
+        b.to_ne_bytes(),
+        c.to_ne_bytes(),
+        d.to_ne_bytes(),
+    );
     [
         a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
         d[3],

@@ -108,10 +108,9 @@ impl Outcome {
             // error, also when the kernel sent an RST as it gave up (keepalive does); an RST
             // sent by `close()` (no error: the application closed the socket itself).
             _ => match (cause.reset_by, cause.error.as_deref()) {
-                (Some(ResetBy::Peer), _) => Outcome::Reset,
+                (Some(ResetBy::Peer), _) | (Some(ResetBy::Local), None) => Outcome::Reset,
                 (_, Some("ECONNABORTED")) | (None, None) => Outcome::Aborted,
                 (_, Some(_)) => Outcome::Timeout,
-                (Some(ResetBy::Local), None) => Outcome::Reset,
             },
         }
     }

@@ -174,7 +174,7 @@ pub struct Released {
 }
 
 /// Joins causes to transitions to CLOSE (see the module's documentation). Memory is bounded:
-/// causes by [`RECENT_CAP`], held transitions by the window.
+/// causes by a cap (4096), held transitions by the window.
 pub struct Causes {
     /// Whether error reports come at all (the kernel has `inet_sk_error_report`): if not, a
     /// transition is not held back for one.
@@ -244,7 +244,9 @@ impl Causes {
             if !complete && !expired {
                 break;
             }
-            let held = self.held.pop_front().expect("front exists");
+            let Some(held) = self.held.pop_front() else {
+                break;
+            };
             out.push(Released {
                 cause: held.cause,
                 old: held.closing.old,
