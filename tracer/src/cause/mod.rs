@@ -22,6 +22,7 @@ use tracer_common::cause::{
 
 use crate::{
     event::{Endpoints, TcpState, Transition},
+    hash::AddrMap,
     record::Record,
 };
 
@@ -119,18 +120,6 @@ impl Signal {
             what,
         })
     }
-
-    /// Does this signal belong to the socket that made transition `t`?
-    fn belongs_to(&self, t: &Closing) -> bool {
-        match self.what {
-            What::Reset(_) => self.skaddr == t.skaddr,
-            What::Error(_) => {
-                self.endpoints.as_ref() == Some(&t.endpoints)
-                    && self.cpu == t.cpu
-                    && self.tid == t.tid
-            }
-        }
-    }
 }
 
 /// A transition to CLOSE, as the matcher needs it.
@@ -173,14 +162,60 @@ pub struct Released {
     pub records: Vec<Record>,
 }
 
-/// Joins causes to transitions to CLOSE (see the module's documentation). Memory is bounded:
-/// causes by a cap (4096), held transitions by the window.
+/// What joins a cause to its transition: the socket's address (resets), or the addresses with
+/// the CPU and thread of the call chain that reported both (error reports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Socket(u64),
+    Call {
+        endpoints: Endpoints,
+        cpu: u32,
+        tid: u32,
+    },
+}
+
+impl Signal {
+    fn key(&self) -> Option<Key> {
+        match self.what {
+            What::Reset(_) => Some(Key::Socket(self.skaddr)),
+            What::Error(_) => self.endpoints.map(|endpoints| Key::Call {
+                endpoints,
+                cpu: self.cpu,
+                tid: self.tid,
+            }),
+        }
+    }
+}
+
+impl Closing {
+    fn keys(&self) -> [Key; 2] {
+        [
+            Key::Socket(self.skaddr),
+            Key::Call {
+                endpoints: self.endpoints,
+                cpu: self.cpu,
+                tid: self.tid,
+            },
+        ]
+    }
+}
+
+/// Joins causes to transitions to CLOSE (see the module's documentation). Every step is a
+/// hash lookup. Memory is bounded: causes waiting for their transition by a cap (4096) and the
+/// window, held transitions by the window.
 pub struct Causes {
     /// Whether error reports come at all (the kernel has `inet_sk_error_report`): if not, a
     /// transition is not held back for one.
     error_reports: bool,
-    recent: VecDeque<Signal>,
+    /// Causes seen before their transition, by key, and their keys in arrival order (to expire
+    /// them).
+    recent: AddrMap<Key, Vec<Signal>>,
+    order: VecDeque<(u64, Key)>,
+    /// Held transitions in order; the first has sequence number `first_seq`.
     held: VecDeque<Held>,
+    first_seq: u64,
+    /// The latest held transition of each key, by sequence number.
+    index: AddrMap<Key, u64>,
 }
 
 impl Causes {
@@ -188,38 +223,48 @@ impl Causes {
     pub fn new(error_reports: bool) -> Self {
         Self {
             error_reports,
-            recent: VecDeque::new(),
+            recent: AddrMap::default(),
+            order: VecDeque::new(),
             held: VecDeque::new(),
+            first_seq: 0,
+            index: AddrMap::default(),
         }
     }
 
     /// A cause the kernel reported: joined to a held transition, or kept for one to come.
     pub fn signal(&mut self, signal: Signal) {
-        if let Some(held) = self
-            .held
-            .iter_mut()
-            .rev()
-            .find(|h| signal.belongs_to(&h.closing) && within(h.closing.ts_ns, signal.ts_ns))
-        {
-            held.cause.add(&signal);
+        let Some(key) = signal.key() else {
             return;
+        };
+        if let Some(&seq) = self.index.get(&key) {
+            let held = seq
+                .checked_sub(self.first_seq)
+                .and_then(|i| usize::try_from(i).ok())
+                .and_then(|i| self.held.get_mut(i));
+            if let Some(held) = held.filter(|h| within(h.closing.ts_ns, signal.ts_ns)) {
+                held.cause.add(&signal);
+                return;
+            }
         }
-        if self.recent.len() >= RECENT_CAP {
-            self.recent.pop_front();
+        if self.order.len() >= RECENT_CAP {
+            self.expire_one();
         }
-        self.recent.push_back(signal);
+        self.order.push_back((signal.ts_ns, key));
+        self.recent.entry(key).or_default().push(signal);
     }
 
     /// Holds the records made for a transition to CLOSE, with the causes seen before it.
     pub fn hold(&mut self, closing: Closing, records: Vec<Record>) {
         let mut cause = Cause::default();
-        self.recent.retain(|s| {
-            let mine = s.belongs_to(&closing) && within(s.ts_ns, closing.ts_ns);
-            if mine {
-                cause.add(s);
+        let seq = self.first_seq + self.held.len() as u64;
+        for key in closing.keys() {
+            if let Some(signals) = self.recent.remove(&key) {
+                for s in signals.iter().filter(|s| within(s.ts_ns, closing.ts_ns)) {
+                    cause.add(s);
+                }
             }
-            !mine
-        });
+            self.index.insert(key, seq);
+        }
         self.held.push_back(Held {
             closing,
             cause,
@@ -232,8 +277,8 @@ impl Causes {
     pub fn release(&mut self, now_ns: Option<u64>) -> Vec<Released> {
         if let Some(now) = now_ns {
             let horizon = now.saturating_sub(WINDOW_NS);
-            while self.recent.front().is_some_and(|s| s.ts_ns < horizon) {
-                self.recent.pop_front();
+            while self.order.front().is_some_and(|(ts, _)| *ts < horizon) {
+                self.expire_one();
             }
         }
         let mut out = Vec::new();
@@ -247,6 +292,12 @@ impl Causes {
             let Some(held) = self.held.pop_front() else {
                 break;
             };
+            for key in held.closing.keys() {
+                if self.index.get(&key) == Some(&self.first_seq) {
+                    self.index.remove(&key);
+                }
+            }
+            self.first_seq += 1;
             out.push(Released {
                 cause: held.cause,
                 old: held.closing.old,
@@ -256,9 +307,22 @@ impl Causes {
         out
     }
 
-    /// Transitions to CLOSE held back now.
-    pub fn held(&self) -> usize {
-        self.held.len()
+    /// Drops the oldest cause still waiting for its transition (and any older of its key).
+    fn expire_one(&mut self) {
+        let Some((ts, key)) = self.order.pop_front() else {
+            return;
+        };
+        if let Some(signals) = self.recent.get_mut(&key) {
+            signals.retain(|s| s.ts_ns > ts);
+            if signals.is_empty() {
+                self.recent.remove(&key);
+            }
+        }
+    }
+
+    /// Causes waiting for their transition, and transitions held back, now.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.order.len(), self.held.len())
     }
 }
 

@@ -297,3 +297,23 @@ fn unknown_kinds_and_families_do_not_decode() {
     })
     .is_none());
 }
+
+/// A storm of causes of sockets never seen, and of closes with no cause: memory stays bounded
+/// by the cap and the window, and every close comes out.
+#[test]
+fn storms_stay_bounded() {
+    let mut causes = super::Causes::new(true);
+    for i in 0..10_000u64 {
+        causes.signal(reset(MS + i, 1_000_000 + i, CAUSE_RECEIVED_RESET));
+    }
+    assert_eq!(causes.sizes().0, super::RECENT_CAP);
+    for i in 0..1_000u64 {
+        let t = transition(2 * MS + i, i, C, S, ESTABLISHED, CLOSE);
+        causes.hold(super::Closing::of(&t), Vec::new());
+    }
+    assert_eq!(causes.sizes().1, 1_000);
+    let out = causes.release(Some(2 * MS + WINDOW_NS + 1_000));
+    assert_eq!(out.len(), 1_000);
+    assert_eq!(causes.sizes(), (0, 0), "the window ended for all");
+    assert!(causes.index.is_empty() && causes.recent.is_empty());
+}
