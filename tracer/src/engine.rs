@@ -133,7 +133,12 @@ impl Engine {
         out: &mut Vec<Record>,
     ) {
         let ts_ns = t.ts_ns;
-        if self.causes.is_some() {
+        if let Some(causes) = &mut self.causes {
+            // A socket at the address of one whose CLOSE is held: that one's records first.
+            if let Some(mut done) = causes.take(t.skaddr) {
+                complete_close(&mut done.records, &done.cause, done.old, false);
+                out.append(&mut done.records);
+            }
             self.release(Some(ts_ns), out);
         }
         if t.new != TcpState::Close {

@@ -154,6 +154,16 @@ struct Held {
     records: Vec<Record>,
 }
 
+impl From<Held> for Released {
+    fn from(held: Held) -> Self {
+        Released {
+            cause: held.cause,
+            old: held.closing.old,
+            records: held.records,
+        }
+    }
+}
+
 /// Records of a transition to CLOSE released with their cause.
 pub struct Released {
     pub cause: Cause,
@@ -211,8 +221,9 @@ pub struct Causes {
     /// them).
     recent: AddrMap<Key, Vec<Signal>>,
     order: VecDeque<(u64, Key)>,
-    /// Held transitions in order; the first has sequence number `first_seq`.
-    held: VecDeque<Held>,
+    /// Held transitions in order; the first has sequence number `first_seq`. `None`: taken out
+    /// of order ([`Causes::take`]).
+    held: VecDeque<Option<Held>>,
     first_seq: u64,
     /// The latest held transition of each key, by sequence number.
     index: AddrMap<Key, u64>,
@@ -240,7 +251,8 @@ impl Causes {
             let held = seq
                 .checked_sub(self.first_seq)
                 .and_then(|i| usize::try_from(i).ok())
-                .and_then(|i| self.held.get_mut(i));
+                .and_then(|i| self.held.get_mut(i))
+                .and_then(Option::as_mut);
             if let Some(held) = held.filter(|h| within(h.closing.ts_ns, signal.ts_ns)) {
                 held.cause.add(&signal);
                 return;
@@ -265,11 +277,22 @@ impl Causes {
             }
             self.index.insert(key, seq);
         }
-        self.held.push_back(Held {
+        self.held.push_back(Some(Held {
             closing,
             cause,
             records,
-        });
+        }));
+    }
+
+    /// Releases at once the held transition to CLOSE of the socket at `skaddr`, if any: a new
+    /// socket got its address, so its causes have all come (they come in the call chain that
+    /// closed it, before the kernel can free it) and its records must precede the new one's.
+    pub fn take(&mut self, skaddr: u64) -> Option<Released> {
+        let seq = *self.index.get(&Key::Socket(skaddr))?;
+        let i = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
+        let held = self.held.get_mut(i)?.take()?;
+        self.unindex(&held.closing, seq);
+        Some(held.into())
     }
 
     /// Hands out, in order, the held records whose cause is complete or whose window ended by
@@ -283,28 +306,31 @@ impl Causes {
         }
         let mut out = Vec::new();
         while let Some(front) = self.held.front() {
-            let complete = self.error_reports && front.cause.error.is_some();
-            let expired =
-                now_ns.is_none_or(|now| now >= front.closing.ts_ns.saturating_add(WINDOW_NS));
-            if !complete && !expired {
-                break;
-            }
-            let Some(held) = self.held.pop_front() else {
-                break;
-            };
-            for key in held.closing.keys() {
-                if self.index.get(&key) == Some(&self.first_seq) {
-                    self.index.remove(&key);
+            if let Some(front) = front {
+                let complete = self.error_reports && front.cause.error.is_some();
+                let expired =
+                    now_ns.is_none_or(|now| now >= front.closing.ts_ns.saturating_add(WINDOW_NS));
+                if !complete && !expired {
+                    break;
                 }
             }
+            let seq = self.first_seq;
             self.first_seq += 1;
-            out.push(Released {
-                cause: held.cause,
-                old: held.closing.old,
-                records: held.records,
-            });
+            if let Some(held) = self.held.pop_front().flatten() {
+                self.unindex(&held.closing, seq);
+                out.push(held.into());
+            }
         }
         out
+    }
+
+    /// Forgets the keys of held transition `seq`, unless a later one took them over.
+    fn unindex(&mut self, closing: &Closing, seq: u64) {
+        for key in closing.keys() {
+            if self.index.get(&key) == Some(&seq) {
+                self.index.remove(&key);
+            }
+        }
     }
 
     /// Drops the oldest cause still waiting for its transition (and any older of its key).

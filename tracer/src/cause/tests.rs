@@ -317,3 +317,38 @@ fn storms_stay_bounded() {
     assert_eq!(causes.sizes(), (0, 0), "the window ended for all");
     assert!(causes.index.is_empty() && causes.recent.is_empty());
 }
+
+/// The kernel reuses a freed socket's address at once: the CLOSE held for the old socket comes
+/// out before the new socket's first transition, so a replay of the stream sees them in order.
+#[test]
+fn a_reused_address_releases_the_held_close_first() {
+    let mut e = live();
+    let mut out = Vec::new();
+    e.transition(transition(MS, 9, C, S, CLOSE, SYN_SENT), &mut out);
+    e.transition(transition(MS, 9, C, S, SYN_SENT, ESTABLISHED), &mut out);
+    e.transition(transition(2 * MS, 9, C, S, ESTABLISHED, CLOSE), &mut out);
+    e.transition(transition(2 * MS, 8, C, S, ESTABLISHED, CLOSE), &mut out);
+    e.transition(
+        transition(2 * MS + US, 9, "127.0.0.1:40001", S, CLOSE, SYN_SENT),
+        &mut out,
+    );
+    let order: Vec<(String, u16)> = out
+        .iter()
+        .filter_map(|r| match r {
+            Record::Transition(t) => Some((format!("{}->{}", t.old_state, t.new_state), t.lport)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("CLOSE->SYN_SENT".to_owned(), 40000),
+            ("SYN_SENT->ESTABLISHED".to_owned(), 40000),
+            ("ESTABLISHED->CLOSE".to_owned(), 40000),
+            ("CLOSE->SYN_SENT".to_owned(), 40001),
+        ],
+        "socket 8's CLOSE is still held, socket 9's came out before its successor"
+    );
+    e.finish(u64::MAX / 2, 0, None, &mut out);
+    assert_eq!(closes(&out), 2);
+}

@@ -148,12 +148,22 @@ fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
 /// The peer resets (`SO_LINGER {1, 0}`, then `close()`): on its side the RST is local and the
 /// application saw no error (it closed the socket itself); on ours the RST came from the peer
 /// and the application gets ECONNRESET (the kernel's `tcp_reset` in ESTABLISHED).
+///
+/// Also exported, and read back by `tracer analyze`: the same causes in the rebuilt timelines.
 #[test]
 #[ignore = "needs root and BPF"]
 fn a_linger_reset_is_local_on_one_side_and_peer_on_the_other() {
     let _netns = NetNs::enter();
     let (listener, addr) = support::listen("127.0.0.1:0");
-    let tracer = tracer_on(addr.port());
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("run.ndjson");
+    let tracer = Tracer::start(&[
+        "-p",
+        &addr.port().to_string(),
+        "--timelines",
+        "--export",
+        export.to_str().unwrap(),
+    ]);
     let reports = error_reports(&tracer);
     let (mut client, server) = pair(&listener);
     let client_addr = client.local_addr().unwrap();
@@ -177,7 +187,39 @@ fn a_linger_reset_is_local_on_one_side_and_peer_on_the_other() {
         ),
         "the side that was reset"
     );
-    drop(tracer.stop());
+    let (live, _) = tracer.stop();
+    let out = support::output(
+        support::tracer_command()
+            .args(["analyze", "--json", "--timelines"])
+            .arg(&export),
+    );
+    let warnings = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && warnings.trim().is_empty(),
+        "{warnings}"
+    );
+    let analysed = support::records(&String::from_utf8(out.stdout).unwrap());
+    let timelines = |rs: &[Record]| -> Vec<TimelineRecord> {
+        rs.iter()
+            .filter_map(|r| match r {
+                Record::Timeline(t) if t.outcome != Outcome::Open => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(timelines(&analysed), timelines(&live));
+    assert_eq!(timelines(&live).len(), 2, "{live:#?}");
+    let Some(Record::Analysis(analysis)) = analysed.last() else {
+        panic!("analyze ends with its analysis");
+    };
+    assert!(
+        analysis
+            .outcomes
+            .iter()
+            .any(|o| o.outcome == Outcome::Reset && o.count == 2),
+        "{:?}",
+        analysis.outcomes
+    );
 }
 
 /// A server closing with unread bytes sends an RST (`tcp_close`): local on its side, no error
