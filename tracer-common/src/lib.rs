@@ -5,6 +5,7 @@
 //! copies them out with `read_unaligned` and converts them into owned domain types at once.
 #![no_std]
 
+pub mod cause;
 pub mod tracepoint;
 
 /// Name of the ring buffer map that carries [`TcpStateEvent`]s.

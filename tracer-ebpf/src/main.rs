@@ -8,6 +8,9 @@
 #![no_std]
 #![no_main]
 
+// Why a connection ended: the programs on the reset and error-report tracepoints.
+mod cause;
+
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,

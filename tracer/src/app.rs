@@ -20,11 +20,10 @@ use tokio::{
 use crate::{
     close_wait::SockId,
     config::Config,
-    decode::decode,
+    decode::{decode_any, Decoded},
     delivery::Destination,
     diagnosis::{self, Diagnoser},
     engine::{self, Engine},
-    event::Transition,
     export::{self, ExportFile},
     metrics::{self, process::fd_usage, Metrics, Totals},
     output::{is_broken_pipe, Output, WhenFull},
@@ -119,7 +118,7 @@ struct Session {
     /// the engine takes them once the alerts it was asked for are out, so the records come in
     /// the same order as if the lookup had been instant, while the ring buffer keeps being
     /// emptied.
-    held: Vec<Transition>,
+    held: Vec<Decoded>,
     /// The diagnosis thread, `None` if it could not be started (reports then go without).
     diagnoser: Option<DiagnosisThread>,
     /// The diagnosis under way for reports or a digest, if any.
@@ -225,6 +224,12 @@ impl Session {
             engine::Options {
                 transitions: everything || config.engine.transitions,
                 timelines: everything || config.engine.timelines,
+                causes: match &probe.features().cause_tracepoints {
+                    Some(attached) if !attached.is_empty() => engine::CauseSource::Live {
+                        error_reports: probe.causes().error_reports(),
+                    },
+                    _ => engine::CauseSource::Given,
+                },
                 ..config.engine.clone()
             },
             clock,
@@ -331,7 +336,14 @@ impl Session {
                 }
                 _ = tick.tick() => {
                     // A safety net: nothing stays in the ring longer than a tick.
+                    let before_drain = monotonic_ns();
                     self.drain();
+                    // Every cause reported by then has been read: transitions to CLOSE whose
+                    // wait ended before it can go (not while records are held back: the
+                    // causes may be among them).
+                    if self.lookup.is_none() && self.diagnosing.is_none() {
+                        self.engine.settle(before_drain, &mut self.batch);
+                    }
                     let now = monotonic_ns();
                     if self.lookup.is_none() && self.diagnosing.is_none() {
                         let recheck = now.saturating_sub(self.rechecked_ns) >= RECHECK_NS;
@@ -429,6 +441,7 @@ impl Session {
         } = self;
         outputs.format(&mut batch);
         let mut summary = engine.finish(now, probe.lost(), probe.recursion_misses(), &mut batch);
+        summary.lost_causes = probe.causes().lost();
         // The open timelines are counted before the summary that counts them.
         outputs.format(&mut batch);
         let (stdout, export) = outputs.delivery();
@@ -459,15 +472,15 @@ impl Session {
     fn drain(&mut self) {
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
-            match decode(&item) {
-                Ok(transition) if self.lookup.is_some() || self.diagnosing.is_some() => {
-                    self.held.push(transition);
+            match decode_any(&item) {
+                Ok(decoded) if self.lookup.is_some() || self.diagnosing.is_some() => {
+                    self.held.push(decoded);
                 }
-                Ok(transition) => {
+                Ok(decoded) => {
                     if self.batch.len() >= DRAIN_SLICE {
                         self.outputs.format(&mut self.batch);
                     }
-                    self.engine.transition(transition, &mut self.batch);
+                    feed(&mut self.engine, decoded, &mut self.batch);
                 }
                 Err(e) => {
                     log::debug!("skipping a ring buffer record: {e}");
@@ -552,11 +565,11 @@ impl Session {
         if self.lookup.is_some() || self.diagnosing.is_some() {
             return;
         }
-        for transition in std::mem::take(&mut self.held) {
+        for decoded in std::mem::take(&mut self.held) {
             if self.batch.len() >= DRAIN_SLICE {
                 self.outputs.format(&mut self.batch);
             }
-            self.engine.transition(transition, &mut self.batch);
+            feed(&mut self.engine, decoded, &mut self.batch);
         }
     }
 
@@ -675,6 +688,14 @@ fn attach(records: &mut [Record], found: &HashMap<u32, diagnosis::Diagnosis>) {
 }
 
 /// The result of the lookup under way; never ready without one.
+/// Hands one ring buffer record to the engine.
+fn feed(engine: &mut Engine, decoded: Decoded, out: &mut Vec<Record>) {
+    match decoded {
+        Decoded::Transition(transition) => engine.transition(transition, out),
+        Decoded::Cause(signal) => engine.cause(signal, out),
+    }
+}
+
 async fn scanned(lookup: &mut Option<Lookup>) -> Scanned {
     match lookup {
         Some(lookup) => (&mut lookup.scan).await,

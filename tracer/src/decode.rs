@@ -3,12 +3,50 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use tracer_common::{TcpStateEvent, AF_INET, AF_INET6, EVENT_SIZE};
+use tracer_common::{
+    cause::{CauseEvent, CAUSE_EVENT_SIZE},
+    TcpStateEvent, AF_INET, AF_INET6, EVENT_SIZE,
+};
 
 use crate::{
+    cause::Signal,
     error::DecodeError,
     event::{Family, Task, TcpState, Transition},
 };
+
+/// A ring buffer record: a transition, or a cause of a connection's end (told apart by size).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Transition(Transition),
+    Cause(Signal),
+}
+
+/// Decodes one record of either kind. A record of another size, or with an unknown family or
+/// kind, is an error (to be counted and skipped).
+pub fn decode_any(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+    if bytes.len() != CAUSE_EVENT_SIZE {
+        return decode(bytes).map(Decoded::Transition);
+    }
+    // SAFETY: the length is checked above, `CauseEvent` is plain old data for which every bit
+    // pattern is valid, and `read_unaligned` makes no alignment assumption.
+    let raw = unsafe { bytes.as_ptr().cast::<CauseEvent>().read_unaligned() };
+    Signal::from_raw(&raw)
+        .map(Decoded::Cause)
+        .ok_or(DecodeError::Cause {
+            kind: raw.kind,
+            family: raw.family,
+        })
+}
+
+/// Local and remote address of a record of `family` (IPv4 in the first 4 bytes); `None` for a
+/// family other than `AF_INET` and `AF_INET6`.
+pub fn addresses(family: u16, saddr: &[u8; 16], daddr: &[u8; 16]) -> Option<(IpAddr, IpAddr)> {
+    match family {
+        AF_INET => Some((v4(saddr), v4(daddr))),
+        AF_INET6 => Some((v6(saddr), v6(daddr))),
+        _ => None,
+    }
+}
 
 /// Decodes one record. A record of the wrong size or an unknown family is an error (to be
 /// counted and skipped); an unknown state number decodes to [`TcpState::Unknown`].

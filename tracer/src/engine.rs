@@ -3,6 +3,7 @@
 //! handed in, so every path is tested from recorded streams without root.
 
 use crate::{
+    cause::{Cause, Causes, Closing, Signal},
     close_wait::{self, Detector, Found, Resolved, SockId, Stuck},
     defaults,
     event::{TcpState, Transition},
@@ -28,6 +29,25 @@ pub struct Options {
     pub stuck: Vec<(TcpState, u64)>,
     /// Sockets tracked at most; the oldest are evicted beyond.
     pub max_sockets: usize,
+    /// Where the causes of connection ends come from.
+    pub causes: CauseSource,
+}
+
+/// Where the causes of connection ends (`error`, `reset_by`, and the outcomes that depend on
+/// them) come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CauseSource {
+    /// With each transition ([`Engine::transition_with_cause`]): the replay of an export that
+    /// records them. None given means the kernel reported none.
+    #[default]
+    Given,
+    /// Nowhere: a stream written before causes were traced. An open connection that jumped to
+    /// CLOSE is a `reset`, as such streams said.
+    Legacy,
+    /// From the kernel ([`Engine::cause`]): transitions to CLOSE are held back until their
+    /// cause is known (see [`crate::cause`]). `error_reports`: `inet_sk_error_report` is
+    /// attached, so a transition's error may still come.
+    Live { error_reports: bool },
 }
 
 impl Default for Options {
@@ -38,6 +58,7 @@ impl Default for Options {
             close_wait_threshold_ns: defaults::nanos(defaults::CLOSE_WAIT_THRESHOLD),
             stuck: Vec::new(),
             max_sockets: defaults::MAX_SOCKETS,
+            causes: CauseSource::default(),
         }
     }
 }
@@ -65,6 +86,8 @@ pub struct Engine {
     tracker: Tracker,
     detector: Detector,
     summary: Summary,
+    /// Transitions to CLOSE waiting for their cause (live only).
+    causes: Option<Causes>,
 }
 
 impl Engine {
@@ -73,6 +96,10 @@ impl Engine {
         Self {
             tracker: Tracker::new(opts.max_sockets),
             detector: Detector::with_states(&opts.thresholds()),
+            causes: match opts.causes {
+                CauseSource::Live { error_reports } => Some(Causes::new(error_reports)),
+                CauseSource::Given | CauseSource::Legacy => None,
+            },
             opts,
             clock,
             summary: Summary::default(),
@@ -91,8 +118,78 @@ impl Engine {
         self.summary.decode_errors += 1;
     }
 
-    /// Feeds one transition. It is taken by value: its task name moves into the record.
+    /// Feeds one transition. It is taken by value: its task name moves into the record. Live,
+    /// the records of a transition to CLOSE come out once its cause is known (at most
+    /// [`crate::cause::WINDOW_NS`] later).
     pub fn transition(&mut self, t: Transition, out: &mut Vec<Record>) {
+        self.transition_with_cause(t, None, out);
+    }
+
+    /// Feeds one transition with its cause as recorded (a replay); see [`Engine::transition`].
+    pub fn transition_with_cause(
+        &mut self,
+        t: Transition,
+        cause: Option<Cause>,
+        out: &mut Vec<Record>,
+    ) {
+        let ts_ns = t.ts_ns;
+        if let Some(causes) = &mut self.causes {
+            // A socket at the address of one whose CLOSE is held: that one's records first.
+            if let Some(mut done) = causes.take(t.skaddr) {
+                complete_close(&mut done.records, &done.cause, done.old, false);
+                out.append(&mut done.records);
+            }
+            self.release(Some(ts_ns), out);
+        }
+        if t.new != TcpState::Close {
+            self.apply(t, out);
+            return;
+        }
+        let closing = Closing::of(&t);
+        if self.causes.is_some() {
+            let mut records = Vec::new();
+            self.apply(t, &mut records);
+            if let Some(causes) = &mut self.causes {
+                causes.hold(closing, records);
+            }
+            self.release(Some(ts_ns), out);
+        } else {
+            let start = out.len();
+            let old = t.old;
+            self.apply(t, out);
+            let legacy = self.opts.causes == CauseSource::Legacy;
+            complete_close(&mut out[start..], &cause.unwrap_or_default(), old, legacy);
+        }
+    }
+
+    /// A cause of a connection's end reported by the kernel (live only; ignored otherwise).
+    pub fn cause(&mut self, signal: Signal, out: &mut Vec<Record>) {
+        let ts_ns = signal.ts_ns;
+        if let Some(causes) = &mut self.causes {
+            causes.signal(signal);
+            self.release(Some(ts_ns), out);
+        }
+    }
+
+    /// Releases the transitions to CLOSE whose wait for a cause ended by `now_ns` (kernel
+    /// monotonic ns, read before the ring buffer was last drained).
+    pub fn settle(&mut self, now_ns: u64, out: &mut Vec<Record>) {
+        self.release(Some(now_ns), out);
+    }
+
+    /// Hands out held transitions to CLOSE (all of them for `None`), completed with their cause.
+    fn release(&mut self, now_ns: Option<u64>, out: &mut Vec<Record>) {
+        let Some(causes) = &mut self.causes else {
+            return;
+        };
+        for mut done in causes.release(now_ns) {
+            complete_close(&mut done.records, &done.cause, done.old, false);
+            out.append(&mut done.records);
+        }
+    }
+
+    /// Applies one transition and makes its records.
+    fn apply(&mut self, t: Transition, out: &mut Vec<Record>) {
         self.summary.events += 1;
         let evicted_before = self.tracker.evicted();
         // A socket found in CLOSE_WAIT at start keeps the owner its report named.
@@ -140,6 +237,8 @@ impl Engine {
                 // merge of issue 12's kernel side fills this in); until then, unknown.
                 ctx_thread: None,
                 cpu: t.cpu,
+                error: None,
+                reset_by: None,
             }));
         }
         if let Some(resolved) = resolved {
@@ -322,6 +421,7 @@ impl Engine {
         recursion_misses: Option<u64>,
         out: &mut Vec<Record>,
     ) -> Summary {
+        self.release(None, out);
         for timeline in self.tracker.flush() {
             self.push_timeline(timeline, now_ns, out);
         }
@@ -359,6 +459,8 @@ impl Engine {
             comm: tl.owner.map(|o| o.comm),
             from_birth: tl.from_birth,
             outcome: tl.outcome,
+            error: None,
+            reset_by: None,
             duration_ns,
             states: tl.steps,
         }));
@@ -396,6 +498,25 @@ impl Engine {
         } else {
             self.summary.stuck_resolved += 1;
             out.push(Record::StuckResolved(record));
+        }
+    }
+}
+
+/// Completes the records of a transition `old -> CLOSE` with its cause: the transition's
+/// `error` and `reset_by`, and the timeline it ended (its outcome depends on the cause).
+fn complete_close(records: &mut [Record], cause: &Cause, old: TcpState, legacy: bool) {
+    for record in records {
+        match record {
+            Record::Transition(t) if t.new_state == TcpState::Close => {
+                t.error.clone_from(&cause.error);
+                t.reset_by = cause.reset_by;
+            }
+            Record::Timeline(t) if t.outcome != crate::timeline::Outcome::Open => {
+                t.error.clone_from(&cause.error);
+                t.reset_by = cause.reset_by;
+                t.outcome = crate::timeline::Outcome::of_close(old, cause, legacy);
+            }
+            _ => {}
         }
     }
 }

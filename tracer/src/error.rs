@@ -9,6 +9,8 @@ pub enum DecodeError {
     Size { size: usize, expected: usize },
     #[error("unknown address family {family}")]
     Family { family: u16 },
+    #[error("cause record of unknown kind {kind} or family {family}")]
+    Cause { kind: u16, family: u16 },
 }
 
 /// Invalid command-line input.

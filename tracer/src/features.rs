@@ -43,6 +43,10 @@ pub struct KernelFeatures {
     pub tracepoints: Vec<String>,
     /// Tracepoints of [`TRACEPOINTS`] this kernel lacks.
     pub missing_tracepoints: Vec<String>,
+    /// The tracepoints attached to learn why connections end (`tcp/tcp_send_reset`,
+    /// `tcp/tcp_receive_reset`, `sock/inet_sk_error_report`): transitions to CLOSE carry
+    /// `error` and `reset_by` from these only. Null in exports written before they were traced.
+    pub cause_tracepoints: Option<Vec<String>>,
 }
 
 impl KernelFeatures {
@@ -150,6 +154,7 @@ mod tests {
             recursion_misses: Some(false),
             tracepoints: vec!["sock/inet_sock_set_state".into()],
             missing_tracepoints: vec!["sock/sock_recv_length".into()],
+            cause_tracepoints: Some(vec!["tcp/tcp_send_reset".into()]),
         };
         let line = f.describe();
         assert!(line.contains("bpf_link attach no"), "{line}");

@@ -11,6 +11,7 @@
 //! | kernel | [`probe`], [`features`] | loads the eBPF program (aya), sets its filters, hands out the ring buffer and the loss counters; detects what the kernel offers |
 //! | loop | [`app`] | the event loop: drains the ring buffer, ticks, reads `/proc` off the loop, stops |
 //! | decode | [`decode`], [`event`] | ring buffer bytes into a [`event::Transition`] |
+//! | causes | [`cause`] | why a connection ended: resets and error reports joined to the transition to CLOSE |
 //! | engine | [`engine`] | transitions into records, with `timeline` (per-connection lives), `close_wait` (the detector) and `owner` (who holds a socket: syscall context and `/proc` scans) |
 //! | records | [`record`] | the output schema (`docs/schema.md`) |
 //! | sinks | [`sink`], [`output`] | records into text or NDJSON, on writer threads; `export` opens the `--export` file |
@@ -24,6 +25,7 @@
 
 pub mod analyze;
 pub mod app;
+pub mod cause;
 mod close_wait;
 pub mod config;
 mod container;

@@ -18,6 +18,7 @@ use tracer_common::{
     PROGRAM, STATS_MAP, STAT_RINGBUF_FULL,
 };
 
+use crate::cause::probe::CauseProbes;
 use crate::features::{lockdown_mode, KernelFeatures, LOCKDOWN_FILE};
 use crate::{config::KernelFilter, error::ProbeError};
 
@@ -37,6 +38,8 @@ pub struct Probe {
     prog_fd: i32,
     /// What the kernel offers, as detected while loading.
     features: KernelFeatures,
+    /// The programs that learn why connections end.
+    causes: CauseProbes,
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -111,6 +114,9 @@ impl Probe {
             .map_err(|e| aya_error("reading the program fd", e))?
             .as_fd()
             .as_raw_fd();
+        // Why connections end: optional, each where the kernel has its tracepoint.
+        let causes = CauseProbes::attach(&mut ebpf, &tracefs);
+        features.cause_tracepoints = Some(causes.attached.clone());
 
         if !filter.ports.is_empty() {
             let mut ports: Array<_, u64> =
@@ -145,6 +151,7 @@ impl Probe {
                 stats,
                 prog_fd,
                 features,
+                causes,
             },
             ring,
         ))
@@ -165,6 +172,11 @@ impl Probe {
         fs::read_to_string(path)
             .ok()
             .and_then(|info| fdinfo_field(&info, "recursion_misses"))
+    }
+
+    /// The programs that learn why connections end, and their loss counter.
+    pub fn causes(&self) -> &CauseProbes {
+        &self.causes
     }
 
     /// What the kernel offers, as detected while loading (see [`KernelFeatures`]).

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    cause::ResetBy,
     defaults,
     delivery::Destination,
     event::{Family, TcpState},
@@ -149,6 +150,15 @@ pub struct TransitionRecord {
     #[serde(default)]
     pub ctx_thread: Option<String>,
     pub cpu: u32,
+    /// On a transition to CLOSE: the errno name the application saw (`ECONNRESET`,
+    /// `ETIMEDOUT`, `ECONNREFUSED`, ...), from `sock:inet_sk_error_report`; null when it got
+    /// none, on other transitions, and in exports older than this field.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// On a transition to CLOSE: `local` or `peer` when an RST was sent or received
+    /// (`tcp:tcp_send_reset`, `tcp:tcp_receive_reset`); null otherwise.
+    #[serde(default)]
+    pub reset_by: Option<ResetBy>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +177,12 @@ pub struct TimelineRecord {
     /// The tracer saw the socket's first transition.
     pub from_birth: bool,
     pub outcome: Outcome,
+    /// Why it ended, as on its transition to CLOSE ([`TransitionRecord::error`]).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Who sent the RST that ended it ([`TransitionRecord::reset_by`]).
+    #[serde(default)]
+    pub reset_by: Option<ResetBy>,
     /// Sum of the known durations.
     pub duration_ns: Option<u64>,
     pub states: Vec<Step>,
@@ -380,6 +396,10 @@ pub struct Summary {
     pub recursion_misses: Option<u64>,
     /// Records that could not be decoded.
     pub decode_errors: u64,
+    /// Causes of connection ends (resets, error reports) lost because the ring buffer was full:
+    /// the transitions to CLOSE they belonged to may lack their `error` or `reset_by`.
+    #[serde(default)]
+    pub lost_causes: u64,
     /// Sockets dropped from tracking at the `--max-sockets` cap.
     pub evicted: u64,
     pub timelines: u64,

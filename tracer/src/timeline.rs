@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    cause::{Cause, ResetBy},
     event::{Endpoints, TcpState, Transition},
     hash::AddrMap,
     owner::{self, Owner},
@@ -37,9 +38,20 @@ pub enum Outcome {
     PassiveClose,
     /// Both sent FIN at once: FIN_WAIT1 -> CLOSING -> TIME_WAIT.
     SimultaneousClose,
-    /// An open connection jumped to CLOSE.
+    /// An open connection jumped to CLOSE with an RST sent or received (`reset_by` says which
+    /// side). In exports written before causes were traced: any open connection that jumped
+    /// to CLOSE.
     Reset,
-    /// SYN_SENT -> CLOSE.
+    /// An open connection killed by a timer (`TCP_USER_TIMEOUT`, keepalive, retransmission
+    /// timeouts): the application got an error (`ETIMEDOUT`, or the ICMP error met on the
+    /// way, such as `EHOSTUNREACH`) and no RST came from the peer. Keepalive sends an RST as it
+    /// gives up (`reset_by: local`).
+    Timeout,
+    /// An open connection jumped to CLOSE with no RST sent or received and no error for the
+    /// application, or only `ECONNABORTED` (`SOCK_DESTROY`, a timer killing a connection its
+    /// application had already closed, or a kernel without the cause tracepoints).
+    Aborted,
+    /// SYN_SENT -> CLOSE (`error` tells refused from timed out).
     ConnectFailed,
     /// SYN_RECV -> CLOSE.
     HandshakeFailed,
@@ -51,11 +63,13 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in the order reports list them.
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::ActiveClose,
         Outcome::PassiveClose,
         Outcome::SimultaneousClose,
         Outcome::Reset,
+        Outcome::Timeout,
+        Outcome::Aborted,
         Outcome::ConnectFailed,
         Outcome::HandshakeFailed,
         Outcome::ListenerClosed,
@@ -69,6 +83,8 @@ impl Outcome {
             Outcome::PassiveClose => "passive_close",
             Outcome::SimultaneousClose => "simultaneous_close",
             Outcome::Reset => "reset",
+            Outcome::Timeout => "timeout",
+            Outcome::Aborted => "aborted",
             Outcome::ConnectFailed => "connect_failed",
             Outcome::HandshakeFailed => "handshake_failed",
             Outcome::ListenerClosed => "listener_closed",
@@ -76,8 +92,10 @@ impl Outcome {
         }
     }
 
-    /// The outcome of a connection whose last transition was `old -> CLOSE`.
-    fn of_close_from(old: TcpState) -> Outcome {
+    /// The outcome of a connection whose last transition was `old -> CLOSE`, with its cause.
+    /// `legacy`: the stream predates causes, so an open connection that jumped to CLOSE is a
+    /// `reset`, as such streams said.
+    pub fn of_close(old: TcpState, cause: &Cause, legacy: bool) -> Outcome {
         match old {
             TcpState::FinWait2 | TcpState::TimeWait => Outcome::ActiveClose,
             TcpState::Closing => Outcome::SimultaneousClose,
@@ -85,7 +103,15 @@ impl Outcome {
             TcpState::SynSent => Outcome::ConnectFailed,
             TcpState::SynRecv | TcpState::NewSynRecv => Outcome::HandshakeFailed,
             TcpState::Listen => Outcome::ListenerClosed,
-            _ => Outcome::Reset,
+            _ if legacy => Outcome::Reset,
+            // A received RST; an abort (`ss -K`: an RST sent and ECONNABORTED); a timer's
+            // error, also when the kernel sent an RST as it gave up (keepalive does); an RST
+            // sent by `close()` (no error: the application closed the socket itself).
+            _ => match (cause.reset_by, cause.error.as_deref()) {
+                (Some(ResetBy::Peer), _) | (Some(ResetBy::Local), None) => Outcome::Reset,
+                (_, Some("ECONNABORTED")) | (None, None) => Outcome::Aborted,
+                (_, Some(_)) => Outcome::Timeout,
+            },
         }
     }
 }
@@ -241,7 +267,8 @@ impl Tracker {
             }
         }
         if t.new == TcpState::Close {
-            let outcome = Outcome::of_close_from(t.old);
+            // Without its cause yet: the engine completes the outcome when it knows it.
+            let outcome = Outcome::of_close(t.old, &Cause::default(), false);
             let state = match outcome {
                 Outcome::ActiveClose | Outcome::SimultaneousClose => TcpState::TimeWait,
                 _ => TcpState::Close,
@@ -442,7 +469,7 @@ mod tests {
                     (SYN_SENT, ESTABLISHED),
                     (ESTABLISHED, CLOSE),
                 ],
-                Outcome::Reset,
+                Outcome::Aborted,
                 &["SYN_SENT", "ESTABLISHED", "CLOSE"],
             ),
             (
@@ -454,7 +481,7 @@ mod tests {
                     (ESTABLISHED, CLOSE_WAIT),
                     (CLOSE_WAIT, CLOSE),
                 ],
-                Outcome::Reset,
+                Outcome::Aborted,
                 &["SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "CLOSE"],
             ),
             (
@@ -495,6 +522,69 @@ mod tests {
             );
             assert_eq!(last.duration_ns, None);
             assert!(tracker.is_empty(), "a finished timeline is dropped");
+        }
+    }
+
+    /// An open connection that jumped to CLOSE: a reset only with an RST seen, a timeout with
+    /// an error and no RST; the state-driven endings whatever the cause.
+    #[test]
+    fn outcome_of_an_abrupt_close_follows_its_cause() {
+        let cause = |error: Option<&str>, reset_by| Cause {
+            error: error.map(str::to_owned),
+            reset_by,
+        };
+        let est = TcpState::Established;
+        let peer = Some(crate::cause::ResetBy::Peer);
+        assert_eq!(
+            Outcome::of_close(est, &cause(Some("ECONNRESET"), peer), false),
+            Outcome::Reset
+        );
+        assert_eq!(
+            Outcome::of_close(est, &cause(None, Some(crate::cause::ResetBy::Local)), false),
+            Outcome::Reset
+        );
+        assert_eq!(
+            Outcome::of_close(est, &cause(Some("ETIMEDOUT"), None), false),
+            Outcome::Timeout
+        );
+        assert_eq!(
+            Outcome::of_close(est, &cause(Some("EHOSTUNREACH"), None), false),
+            Outcome::Timeout
+        );
+        // Keepalive gives up with an RST of its own.
+        assert_eq!(
+            Outcome::of_close(
+                est,
+                &cause(Some("ETIMEDOUT"), Some(crate::cause::ResetBy::Local)),
+                false
+            ),
+            Outcome::Timeout
+        );
+        assert_eq!(
+            Outcome::of_close(est, &cause(Some("ECONNABORTED"), None), false),
+            Outcome::Aborted
+        );
+        assert_eq!(
+            Outcome::of_close(est, &Cause::default(), false),
+            Outcome::Aborted
+        );
+        assert_eq!(
+            Outcome::of_close(est, &Cause::default(), true),
+            Outcome::Reset
+        );
+        assert_eq!(
+            Outcome::of_close(TcpState::SynSent, &cause(Some("ECONNREFUSED"), peer), false),
+            Outcome::ConnectFailed
+        );
+        assert_eq!(
+            Outcome::of_close(TcpState::LastAck, &cause(None, peer), false),
+            Outcome::PassiveClose
+        );
+        for o in Outcome::ALL {
+            assert_eq!(
+                serde_json::to_value(o).unwrap(),
+                serde_json::Value::from(o.name())
+            );
         }
     }
 

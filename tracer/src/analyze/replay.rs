@@ -6,9 +6,10 @@
 use std::collections::HashMap;
 
 use crate::{
+    cause::Cause,
     close_wait::SockId,
     container::Placement,
-    engine::{Engine, Options},
+    engine::{CauseSource, Engine, Options},
     error::LineProblem,
     event::{Task, TcpState, Transition},
     owner::{Owner, SocketEntry, SocketTable},
@@ -64,6 +65,17 @@ pub fn engine_options(header: Option<&Header>) -> Options {
             .map(|s| (s.state, s.threshold_ns))
             .collect();
         opts.max_sockets = h.options.max_sockets;
+        // A run that traced causes recorded them on its transitions to CLOSE; an older one
+        // did not, and called every abrupt end a reset.
+        let traced_causes = h
+            .kernel_features
+            .as_ref()
+            .is_some_and(|f| f.cause_tracepoints.is_some());
+        opts.causes = if traced_causes {
+            CauseSource::Given
+        } else {
+            CauseSource::Legacy
+        };
     }
     opts
 }
@@ -130,8 +142,12 @@ impl Replay {
         match record {
             Record::Transition(r) => {
                 let t = Transition::try_from(r)?;
+                let cause = Cause {
+                    error: r.error.clone(),
+                    reset_by: r.reset_by,
+                };
                 let first = out.len();
-                self.engine.transition(t, out);
+                self.engine.transition_with_cause(t, Some(cause), out);
                 self.check_rebuilt(&out[first..]);
             }
             Record::Timeline(r) if self.check => self.check_recorded(r),

@@ -290,6 +290,8 @@ mod tests {
             comm: Some("srv".into()),
             from_birth: true,
             outcome,
+            error: None,
+            reset_by: None,
             duration_ns: None,
             states,
         }

@@ -12,6 +12,7 @@ use std::{
 
 use super::Sink;
 use crate::{
+    cause::ResetBy,
     event::{Family, TcpState},
     record::{Record, TransitionRecord},
 };
@@ -100,7 +101,16 @@ fn transition(out: &mut Vec<u8>, r: &TransitionRecord) -> io::Result<()> {
     }
     out.extend_from_slice(br#","cpu":"#);
     number(out, r.cpu);
-    out.push(b'}');
+    out.extend_from_slice(br#","error":"#);
+    match &r.error {
+        Some(error) => string(out, error)?,
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(match r.reset_by {
+        None => br#","reset_by":null}"#.as_slice(),
+        Some(ResetBy::Local) => br#","reset_by":"local"}"#,
+        Some(ResetBy::Peer) => br#","reset_by":"peer"}"#,
+    });
     Ok(())
 }
 
@@ -210,6 +220,10 @@ mod tests {
             ctx_tid: (i * 19) as u32,
             ctx_thread: (!i.is_multiple_of(5)).then(|| comms[(n / 3) % comms.len()].to_owned()),
             cpu: (i % 2) as u32,
+            error: i
+                .is_multiple_of(6)
+                .then(|| ["ECONNRESET", "ETIMEDOUT", "errno 200"][n % 3].to_owned()),
+            reset_by: [None, Some(ResetBy::Local), Some(ResetBy::Peer)][n % 3],
         }
     }
 

@@ -2,6 +2,7 @@
 
 use super::{JsonSink, Sink, TextSink};
 use crate::{
+    cause::{Cause, ResetBy},
     engine::{Engine, Options},
     record::Record,
     testing::{by, transition},
@@ -71,7 +72,12 @@ fn records() -> Vec<Record> {
             "swapper/0",
         ),
     ] {
-        e.transition(t, &mut out);
+        // The reset comes from the peer, as the kernel reports it.
+        let cause = (t.new.name() == "CLOSE").then(|| Cause {
+            error: Some("ECONNRESET".into()),
+            reset_by: Some(ResetBy::Peer),
+        });
+        e.transition_with_cause(t, cause, &mut out);
     }
     out
 }
@@ -92,7 +98,7 @@ TIME         PID     COMM             LADDR           LPORT RADDR           RPOR
 08:00:00.001 4242    curl             127.0.0.1       0     127.0.0.1       8080  CLOSE        -> SYN_SENT     -
 08:00:00.002 4242    curl             127.0.0.1       40000 127.0.0.1       8080  SYN_SENT     -> ESTABLISHED  1.250
 08:00:00.003 4242    curl             127.0.0.1       40000 127.0.0.1       8080  ESTABLISHED  -> CLOSE        0.750
-08:00:00.003 TIMELINE pid=4242 comm=curl 127.0.0.1:40000 -> 127.0.0.1:8080 outcome=reset SYN_SENT(1.250) > ESTABLISHED(0.750) > CLOSE
+08:00:00.003 TIMELINE pid=4242 comm=curl 127.0.0.1:40000 -> 127.0.0.1:8080 outcome=reset error=ECONNRESET reset_by=peer SYN_SENT(1.250) > ESTABLISHED(0.750) > CLOSE
 08:00:00.004 -       -                2001:db8::1234:5678:9abc:def0 443   2001:db8:ffff:ffff:ffff:ffff:ffff:ffff 55555 ESTABLISHED  -> CLOSE_WAIT   -
 ";
     assert_eq!(text(false), expected);

@@ -112,13 +112,20 @@ impl<W: Write> TextSink<W> {
     fn timeline(&mut self, r: &TimelineRecord) -> std::fmt::Result {
         write!(
             self.line,
-            "{:<12} TIMELINE pid={} comm={} {} -> {} outcome={}{} {}",
+            "{:<12} TIMELINE pid={} comm={} {} -> {} outcome={}{}{}{}{} {}",
             clock(&r.time),
             opt(r.pid),
             r.comm.as_deref().unwrap_or("-"),
             endpoint(r.laddr, r.lport),
             endpoint(r.raddr, r.rport),
             r.outcome.name(),
+            if r.error.is_some() { " error=" } else { "" },
+            r.error.as_deref().unwrap_or(""),
+            match r.reset_by {
+                Some(crate::cause::ResetBy::Local) => " reset_by=local",
+                Some(crate::cause::ResetBy::Peer) => " reset_by=peer",
+                None => "",
+            },
             if r.from_birth {
                 ""
             } else {

@@ -1,6 +1,7 @@
 mod accounting;
 mod analyze;
 mod analyze_fuzz;
+mod causes;
 mod cli;
 mod deploy;
 mod diagnosis;

@@ -40,6 +40,8 @@ const CORE_TESTS: &[&str] = &[
     "overload_counts_every_loss_exactly_and_recovers",
     "kill_9_leaves_nothing_attached",
     "header_and_summary_state_what_the_kernel_offers",
+    // Why connections end: what each kernel reports differs (5.10 has no error reports).
+    "suite::causes::",
 ];
 
 /// Tests that cannot hold inside an emulated guest, with the reason the table shows. They run

@@ -356,6 +356,8 @@ impl TryFrom<&TraceArgs> for Config {
                 close_wait_threshold_ns: nanos(threshold),
                 stuck,
                 max_sockets: args.max_sockets,
+                // The probe says which causes the kernel reports, once loaded.
+                causes: engine::CauseSource::default(),
             },
             json: false,
             wide: false,
