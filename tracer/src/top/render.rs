@@ -462,6 +462,8 @@ fn ending(outcome: crate::timeline::Outcome) -> &'static str {
         Outcome::PassiveClose => "passive close",
         Outcome::SimultaneousClose => "simultaneous",
         Outcome::Reset => "reset",
+        Outcome::Timeout => "timeout",
+        Outcome::Aborted => "aborted",
         Outcome::ConnectFailed => "connect failed",
         Outcome::HandshakeFailed => "handshake fail",
         Outcome::ListenerClosed => "listener gone",
