@@ -35,11 +35,13 @@ pub const STATES: [TcpState; 11] = [
 ];
 
 /// Outcomes of ended connections, in the order the panel lists them (`open` is not an end).
-pub const ENDINGS: [Outcome; 7] = [
+pub const ENDINGS: [Outcome; 9] = [
     Outcome::ActiveClose,
     Outcome::PassiveClose,
     Outcome::SimultaneousClose,
     Outcome::Reset,
+    Outcome::Timeout,
+    Outcome::Aborted,
     Outcome::ConnectFailed,
     Outcome::HandshakeFailed,
     Outcome::ListenerClosed,

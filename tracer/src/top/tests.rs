@@ -457,11 +457,11 @@ fn golden_empty() {
             │SYN_RECV        0     ││                          ││passive close     0      0│
             │FIN_WAIT1       0     ││                          ││simultaneous      0      0│
             │FIN_WAIT2       0     ││                          ││reset             0      0│
-            │TIME_WAIT       0     ││                          ││connect failed    0      0│
-            │CLOSE           0     ││                          ││handshake fail    0      0│
-            │CLOSE_WAIT      0     ││                          ││listener gone     0      0│
-            │LAST_ACK        0     ││                          ││                          │
-            │LISTEN          0     ││                          ││                          │
+            │TIME_WAIT       0     ││                          ││timeout           0      0│
+            │CLOSE           0     ││                          ││aborted           0      0│
+            │CLOSE_WAIT      0     ││                          ││connect failed    0      0│
+            │LAST_ACK        0     ││                          ││handshake fail    0      0│
+            │LISTEN          0     ││                          ││listener gone     0      0│
             │CLOSING         0     ││                          ││                          │
             └──────────────────────┘└──────────────────────────┘└──────────────────────────┘
             ┌ Stuck sockets by process · sort: urgency ────────────────────────────────────┐
@@ -492,11 +492,11 @@ fn golden_leak_in_progress() {
             │SYN_RECV        0     ││CLOSE→SYN_SENT         1.0││passive close     0      0│
             │FIN_WAIT1       0     ││                          ││simultaneous      0      0│
             │FIN_WAIT2       0     ││                          ││reset             0      0│
-            │TIME_WAIT       0     ││                          ││connect failed    0      0│
-            │CLOSE           0     ││                          ││handshake fail    0      0│
-            │CLOSE_WAIT      4   +1││                          ││listener gone     0      0│
-            │LAST_ACK        0     ││                          ││                          │
-            │LISTEN          0     ││                          ││                          │
+            │TIME_WAIT       0     ││                          ││timeout           0      0│
+            │CLOSE           0     ││                          ││aborted           0      0│
+            │CLOSE_WAIT      4   +1││                          ││connect failed    0      0│
+            │LAST_ACK        0     ││                          ││handshake fail    0      0│
+            │LISTEN          0     ││                          ││listener gone     0      0│
             │CLOSING         0     ││                          ││                          │
             └──────────────────────┘└──────────────────────────┘└──────────────────────────┘
             ┌ Stuck sockets by process · sort: urgency ────────────────────────────────────┐
@@ -562,11 +562,11 @@ fn golden_losses_in_red() {
             │SYN_RECV        0     ││CLOSE→SYN_SENT         1.0││passive close     0      0│
             │FIN_WAIT1       0     ││                          ││simultaneous      0      0│
             │FIN_WAIT2       0     ││                          ││reset             0      0│
-            │TIME_WAIT       0     ││                          ││connect failed    0      0│
-            │CLOSE           0     ││                          ││handshake fail    0      0│
-            │CLOSE_WAIT      4   +1││                          ││listener gone     0      0│
-            │LAST_ACK        0     ││                          ││                          │
-            │LISTEN          0     ││                          ││                          │
+            │TIME_WAIT       0     ││                          ││timeout           0      0│
+            │CLOSE           0     ││                          ││aborted           0      0│
+            │CLOSE_WAIT      4   +1││                          ││connect failed    0      0│
+            │LAST_ACK        0     ││                          ││handshake fail    0      0│
+            │LISTEN          0     ││                          ││listener gone     0      0│
             │CLOSING         0     ││                          ││                          │
             └──────────────────────┘└──────────────────────────┘└──────────────────────────┘
             ┌ Stuck sockets by process · sort: urgency ────────────────────────────────────┐
