@@ -251,6 +251,8 @@ fn real_capture_of_the_classic_leak() {
     }
     // The server: one thread per connection, which reads until the peer is gone, then sleeps
     // before closing (the leak, bounded).
+    // A connect refused (nothing listens yet): an end whose cause the kernel reports.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let server = thread::spawn(move || {
         let mut workers = Vec::new();
@@ -325,6 +327,17 @@ fn real_capture_of_the_classic_leak() {
     assert_eq!(edge("CLOSE_WAIT", "LAST_ACK"), 2, "{d:#}");
     assert_eq!(edge("ESTABLISHED", "FIN_WAIT1"), 2, "{d:#}");
     assert!(page.contains("Complete capture"), "a clean capture");
+    // Why connections ended, as the kernel told: the refused connect's errno and RST.
+    assert!(
+        page.contains("ECONNREFUSED, RST from the peer ×1"),
+        "the refused connect's cause"
+    );
+    // What the holding process was doing when reported: its diagnosis under its finding.
+    let why = page
+        .find("<ul class=\"why\">")
+        .expect("a diagnosis in the findings");
+    assert!(why < page.find("<table class=\"findings\">").unwrap());
+    assert!(page[why..].contains("threads: "), "thread groups");
     let shot = browser::check(&html, &dir.join("leak.png"));
     eprintln!("screenshot: {}", shot.display());
 }

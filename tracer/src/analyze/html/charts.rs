@@ -576,7 +576,12 @@ pub fn state_legend(states: &[TcpState]) -> String {
     out
 }
 
-pub fn outcomes(a: &AnalysisRecord) -> Option<Figure> {
+/// Connections by outcome; `causes` (by outcome name and cause, see
+/// [`super::collect::Collector::causes`]) fill the table's cause column.
+pub fn outcomes(
+    a: &AnalysisRecord,
+    causes: &BTreeMap<(&'static str, String), u64>,
+) -> Option<Figure> {
     if a.outcomes.is_empty() {
         return None;
     }
@@ -593,14 +598,22 @@ pub fn outcomes(a: &AnalysisRecord) -> Option<Figure> {
         parts.join(", ")
     );
     let mut table = String::from(
-        "<table><thead><tr><th>outcome</th><th>connections</th><th>share</th></tr></thead><tbody>",
+        "<table><thead><tr><th>outcome</th><th>connections</th><th>share</th><th>causes the kernel reported (errno the application saw, RST)</th></tr></thead><tbody>",
     );
     for o in &a.outcomes {
+        let name = o.outcome.name();
+        let mine: Vec<String> = causes
+            .range((name, String::new())..)
+            .take_while(|((outcome, _), _)| *outcome == name)
+            .map(|((_, cause), n)| format!("{} ×{n}", super::words::escape(cause)))
+            .collect();
         table.push_str(&format!(
-            "<tr><td>{}</td><td class=n>{}</td><td class=n>{:.1}%</td></tr>",
-            o.outcome.name(),
+            "<tr><td>{}</td><td class=n>{}</td><td class=n>{:.1}%</td><td data-causes=\"{}\">{}</td></tr>",
+            name,
             o.count,
-            100.0 * o.count as f64 / a.connections.max(1) as f64
+            100.0 * o.count as f64 / a.connections.max(1) as f64,
+            mine.len(),
+            if mine.is_empty() { "–".to_owned() } else { mine.join("; ") }
         ));
     }
     table.push_str("</tbody></table>");

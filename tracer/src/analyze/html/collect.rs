@@ -121,6 +121,11 @@ pub struct Collector<S> {
     pub intervals: Vec<Interval>,
     pub intervals_dropped: u64,
     pub gantt: BTreeMap<Reason, Top>,
+    /// Ended connections whose end has a known cause, by outcome name and cause
+    /// (`ECONNRESET, RST from the peer`): from the timelines' `error` and `reset_by`.
+    pub causes: BTreeMap<(&'static str, String), u64>,
+    /// The latest diagnosis of each holding process, from the export's reports and digests.
+    pub diagnoses: BTreeMap<u32, crate::diagnosis::Diagnosis>,
     rng: u64,
 }
 
@@ -147,6 +152,8 @@ impl<S: Sink> Collector<S> {
             intervals: Vec::new(),
             intervals_dropped: 0,
             gantt: BTreeMap::new(),
+            causes: BTreeMap::new(),
+            diagnoses: BTreeMap::new(),
             rng: 0x9e37_79b9_7f4a_7c15,
         }
     }
@@ -202,6 +209,9 @@ impl<S: Sink> Collector<S> {
     }
 
     fn timeline(&mut self, t: &TimelineRecord) {
+        if let Some(cause) = cause(t.error.as_deref(), t.reset_by) {
+            *self.causes.entry((t.outcome.name(), cause)).or_default() += 1;
+        }
         self.timelines += 1;
         if t.from_birth {
             if let Some(first) = t.states.first() {
@@ -313,6 +323,11 @@ impl<S: Sink> Collector<S> {
             }
             Record::Digest(d) => {
                 self.digests += 1;
+                for p in &d.processes {
+                    if let (Some(pid), Some(diagnosis)) = (p.pid, &p.diagnosis) {
+                        self.diagnoses.insert(pid, diagnosis.clone());
+                    }
+                }
                 if self.peak_digest.as_ref().is_none_or(|p| d.stuck > p.stuck) {
                     self.peak_digest = Some(d.clone());
                 }
@@ -324,12 +339,32 @@ impl<S: Sink> Collector<S> {
                 s.ts_ns
             }
             Record::Timeline(r) => r.ts_ns,
-            Record::CloseWait(r) | Record::Stuck(r) => r.ts_ns,
+            Record::CloseWait(r) | Record::Stuck(r) => {
+                if let (Some(pid), Some(diagnosis)) = (r.pid, &r.diagnosis) {
+                    self.diagnoses.insert(pid, diagnosis.clone());
+                }
+                r.ts_ns
+            }
             Record::CloseWaitResolved(r) | Record::StuckResolved(r) => r.ts_ns,
             Record::Analysis(_) => return,
         };
         self.first_ns = Some(self.first_ns.map_or(ts, |f| f.min(ts)));
         self.last_ns = self.last_ns.max(ts);
+    }
+}
+
+/// A connection's cause of death in words, when the kernel told one: the errno name the
+/// application saw and who sent the RST.
+pub fn cause(error: Option<&str>, reset_by: Option<crate::cause::ResetBy>) -> Option<String> {
+    let rst = reset_by.map(|by| match by {
+        crate::cause::ResetBy::Local => "RST sent by this host",
+        crate::cause::ResetBy::Peer => "RST from the peer",
+    });
+    match (error, rst) {
+        (None, None) => None,
+        (Some(e), None) => Some(e.to_owned()),
+        (None, Some(r)) => Some(r.to_owned()),
+        (Some(e), Some(r)) => Some(format!("{e}, {r}")),
     }
 }
 

@@ -92,7 +92,7 @@ pub fn render<S: Sink>(c: &Collector<S>, a: &AnalysisRecord) -> String {
         &mut figures,
         &chosen,
     );
-    let outcomes = charts::outcomes(a);
+    let outcomes = charts::outcomes(a, &c.causes);
     section(
         &mut out,
         "outcomes",
@@ -245,6 +245,18 @@ fn findings<S: Sink>(c: &Collector<S>, a: &AnalysisRecord) -> String {
                 words::millis(p.oldest_ms),
                 parts.join("; ")
             );
+            // What the process was doing when reported (`diagnosis`), in the report's words.
+            if let Some(d) = p.pid.and_then(|pid| c.diagnoses.get(&pid)) {
+                let lines = crate::diagnosis::text::lines(d, false);
+                if !lines.is_empty() {
+                    out.truncate(out.len() - "</li>".len());
+                    out.push_str("<ul class=\"why\">");
+                    for line in lines {
+                        let _ = write!(out, "<li>{}</li>", words::escape(&line));
+                    }
+                    out.push_str("</ul></li>");
+                }
+            }
         }
         if a.top_processes.len() > PROCESSES {
             let _ = write!(
