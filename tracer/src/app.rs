@@ -203,7 +203,7 @@ impl Session {
         if let Some(mut table) = settle(tokio::task::spawn_blocking(owner::scan).await) {
             table
                 .entries
-                .retain(|e| config.kernel.matches(&e.endpoints));
+                .retain(|e| config.kernel.matches(e.netns, &e.endpoints));
             engine.preexisting(&table, start);
         }
 
@@ -250,7 +250,16 @@ impl Session {
         // Sockets that entered CLOSE_WAIT while the tables were read are in the ring buffer:
         // replay them now so they are not mistaken for older ones.
         session.drain();
-        eprintln!("tracer: attached to sock:inet_sock_set_state; Ctrl-C to stop");
+        let features = session.probe.features();
+        let fallback = features
+            .hook_fallback
+            .as_deref()
+            .map(|why| format!(" (tp_btf refused: {why})"))
+            .unwrap_or_default();
+        eprintln!(
+            "tracer: attached to sock:inet_sock_set_state via {}{fallback}; Ctrl-C to stop",
+            session.probe.hook().name()
+        );
         Ok(session)
     }
 

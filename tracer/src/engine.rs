@@ -136,10 +136,9 @@ impl Engine {
                 ctx_pid: t.task.pid,
                 ctx_comm: t.task.comm,
                 ctx_tid: t.task.tid,
-                // The kernel side reports the thread's own name with the BTF offsets (the
-                // merge of issue 12's kernel side fills this in); until then, unknown.
-                ctx_thread: None,
+                ctx_thread: Some(t.task.thread),
                 cpu: t.cpu,
+                netns: netns(t.netns),
             }));
         }
         if let Some(resolved) = resolved {
@@ -357,6 +356,7 @@ impl Engine {
             rport: e.rport,
             pid: tl.owner.as_ref().map(|o| o.pid),
             comm: tl.owner.map(|o| o.comm),
+            netns: netns(tl.netns),
             from_birth: tl.from_birth,
             outcome: tl.outcome,
             duration_ns,
@@ -398,6 +398,11 @@ impl Engine {
             out.push(Record::StuckResolved(record));
         }
     }
+}
+
+/// A namespace inode as records carry it: 0 (not known) is null.
+fn netns(inode: u64) -> Option<u64> {
+    (inode != 0).then_some(inode)
 }
 
 fn close_wait_record(s: &Stuck, now_ns: u64, clock: &WallClock) -> CloseWaitRecord {

@@ -37,6 +37,7 @@ mod export;
 pub mod features;
 pub mod forecast;
 mod hash;
+mod kernel_offsets;
 pub mod metrics;
 mod netns;
 pub mod output;

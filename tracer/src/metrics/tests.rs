@@ -321,6 +321,7 @@ fn unknown_states_share_one_label() {
         ctx_tid: 0,
         ctx_thread: None,
         cpu: 0,
+        netns: None,
     };
     metrics.observe(&[Record::Transition(t.clone())]);
     t.old_state = TcpState::Unknown(7777);

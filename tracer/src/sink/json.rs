@@ -100,6 +100,8 @@ fn transition(out: &mut Vec<u8>, r: &TransitionRecord) -> io::Result<()> {
     }
     out.extend_from_slice(br#","cpu":"#);
     number(out, r.cpu);
+    out.extend_from_slice(br#","netns":"#);
+    optional(out, r.netns);
     out.push(b'}');
     Ok(())
 }
@@ -210,6 +212,7 @@ mod tests {
             ctx_tid: (i * 19) as u32,
             ctx_thread: (!i.is_multiple_of(5)).then(|| comms[(n / 3) % comms.len()].to_owned()),
             cpu: (i % 2) as u32,
+            netns: (!i.is_multiple_of(6)).then_some(4_026_531_840 + i),
         }
     }
 

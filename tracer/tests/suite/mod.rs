@@ -5,6 +5,7 @@ mod cli;
 mod deploy;
 mod diagnosis;
 mod field;
+mod hooks;
 mod html;
 mod kernel;
 mod metrics;
