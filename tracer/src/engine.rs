@@ -167,6 +167,22 @@ impl Engine {
         }
     }
 
+    /// What a socket table scan must read for the sockets `ids` (none: the start-up scan, which
+    /// reads every namespace): the watched states, and the namespaces of these sockets.
+    pub fn wanted(&self, ids: &[SockId]) -> crate::owner::Wanted {
+        let mut wanted =
+            crate::owner::Wanted::for_states(self.opts.thresholds().into_iter().map(|(s, _)| s));
+        if !ids.is_empty() {
+            let netns: Option<Vec<u64>> = ids
+                .iter()
+                .filter_map(|&id| self.detector.get(id))
+                .map(|s| s.netns)
+                .collect();
+            wanted.netns = netns;
+        }
+        wanted
+    }
+
     /// Sockets that crossed the CLOSE_WAIT threshold by `now_ns`; the caller looks up the
     /// socket table (only when this is not empty) and hands it to [`Engine::alert`].
     pub fn due(&mut self, now_ns: u64) -> Vec<SockId> {

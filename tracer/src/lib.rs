@@ -45,6 +45,7 @@ mod owner;
 pub mod probe;
 pub mod record;
 pub mod sink;
+mod sock_diag;
 mod stdout;
 #[cfg(test)]
 mod testing;

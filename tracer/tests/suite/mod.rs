@@ -7,6 +7,7 @@ mod diagnosis;
 mod field;
 mod hooks;
 mod html;
+mod identity;
 mod kernel;
 mod metrics;
 mod privileged;
