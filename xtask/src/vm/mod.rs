@@ -564,7 +564,10 @@ fn table(rows: &[Row]) -> String {
             let _ = writeln!(t, "        lacks: {}", r.lacks.join(", "));
         }
         if let Some(why) = &r.fallback {
-            let _ = writeln!(t, "        tp_btf refused, classic tracepoint attached: {why}");
+            let _ = writeln!(
+                t,
+                "        tp_btf refused, classic tracepoint attached: {why}"
+            );
         }
         for skip in &r.skipped {
             let _ = writeln!(t, "        skipped {skip}");

@@ -124,7 +124,10 @@ impl Report {
     /// The hook the tracer attached during the smoke start (`tp_btf` or `tracepoint`, from
     /// "attached to ... via tp_btf/..." on its stderr), and why it fell back, if it did.
     pub fn hook(&self) -> Option<(String, Option<String>)> {
-        let line = self.smoke_stderr.iter().find(|l| l.contains("attached to"))?;
+        let line = self
+            .smoke_stderr
+            .iter()
+            .find(|l| l.contains("attached to"))?;
         let via = line.split_once(" via ")?.1;
         let name = via.split('/').next()?.to_owned();
         let why = via
