@@ -391,8 +391,16 @@ fn read_new(
     states: &[TcpState],
 ) {
     let found = finder.found();
+    let own = netns::inode_of(std::path::Path::new("/proc/thread-self/ns/net"));
     for ns in &found[*read..] {
-        match netns::in_netns(ns, || sock_diag::tcp_sockets(states)) {
+        // Our own namespace is read from here: no thread, and no setns (which needs
+        // CAP_SYS_ADMIN, and a hardened unit's RestrictNamespaces forbids).
+        let sockets = if Some(ns.inode) == own {
+            sock_diag::tcp_sockets(states)
+        } else {
+            netns::in_netns(ns, || sock_diag::tcp_sockets(states))
+        };
+        match sockets {
             Ok(sockets) => {
                 table.netns.push(ns.inode);
                 table
