@@ -134,6 +134,7 @@ impl Config {
                 _ => None,
             },
             all_protocols: self.kernel.protocol == 0,
+            netns: self.kernel.netns.map(u64::from),
             pids: self.pids.clone(),
             transitions: self.engine.transitions,
             timelines: self.engine.timelines,

@@ -74,6 +74,8 @@ pub struct RunOptions {
     pub family: Option<Family>,
     /// Other protocols than TCP that use the tracepoint were traced too.
     pub all_protocols: bool,
+    /// `--netns`: the one network namespace traced (its inode); null traces every one.
+    pub netns: Option<u64>,
     /// `--pid`: stdout shows only sockets of these processes; empty shows all.
     pub pids: Vec<u32>,
     /// stdout shows transitions (not `--no-transitions`).
@@ -97,6 +99,7 @@ impl Default for RunOptions {
             ports: Vec::new(),
             family: None,
             all_protocols: false,
+            netns: None,
             pids: Vec::new(),
             transitions: true,
             timelines: false,

@@ -162,6 +162,10 @@ fn same_four_tuple_in_two_namespaces_live() {
         "{transitions:#?}"
     );
     let (records, summary) = only_b.stop();
+    let Some(Record::Header(header)) = records.first() else {
+        panic!("no header first")
+    };
+    assert_eq!(header.options.netns, Some(inodes[1]));
     let transitions = support::transitions_on(&records, 41300);
     assert!(!transitions.is_empty());
     assert!(
