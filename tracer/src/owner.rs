@@ -383,6 +383,53 @@ pub fn scan(wanted: &Wanted) -> Result<SocketTable, procfs::ProcError> {
     Ok(table)
 }
 
+/// The TCP sockets in `states` of the calling thread's namespace: through `sock_diag`, or,
+/// where the kernel does not offer it (`inet_diag`/`tcp_diag` are modules: a kernel that cannot
+/// load them), from `/proc/thread-self/net/tcp{,6}`, keeping the same states. Said once at `-v`.
+fn tcp_sockets(states: &[TcpState]) -> std::io::Result<Vec<sock_diag::DiagSocket>> {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    sock_diag::tcp_sockets(states).or_else(|e| {
+        SAID.call_once(|| {
+            log::info!("sock_diag unavailable ({e}): reading /proc/net/tcp and /proc/net/tcp6");
+        });
+        proc_tcp_sockets(states)
+    })
+}
+
+/// The `/proc/thread-self/net/tcp{,6}` rows in `states`.
+fn proc_tcp_sockets(states: &[TcpState]) -> std::io::Result<Vec<sock_diag::DiagSocket>> {
+    use procfs::FromBufReadSI as _;
+    let mut out = Vec::new();
+    for name in ["tcp", "tcp6"] {
+        let file = match std::fs::File::open(format!("/proc/thread-self/net/{name}")) {
+            Ok(file) => file,
+            // No IPv6 in this kernel or namespace.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let procfs::net::TcpNetEntries(rows) = procfs::net::TcpNetEntries::from_buf_read(
+            std::io::BufReader::new(file),
+            procfs::current_system_info(),
+        )
+        .map_err(std::io::Error::other)?;
+        out.extend(rows.iter().filter_map(|row| {
+            let state = TcpState::from(u32::from(row.state.to_u8()));
+            states.contains(&state).then(|| sock_diag::DiagSocket {
+                endpoints: Endpoints {
+                    laddr: row.local_address.ip(),
+                    lport: row.local_address.port(),
+                    raddr: row.remote_address.ip(),
+                    rport: row.remote_address.port(),
+                },
+                state,
+                rx_queue: row.rx_queue,
+                inode: row.inode,
+            })
+        }));
+    }
+    Ok(out)
+}
+
 /// Reads the tables of the namespaces found since the last call.
 fn read_new(
     finder: &mut netns::Finder,
@@ -396,9 +443,9 @@ fn read_new(
         // Our own namespace is read from here: no thread, and no setns (which needs
         // CAP_SYS_ADMIN, and a hardened unit's RestrictNamespaces forbids).
         let sockets = if Some(ns.inode) == own {
-            sock_diag::tcp_sockets(states)
+            tcp_sockets(states)
         } else {
-            netns::in_netns(ns, || sock_diag::tcp_sockets(states))
+            netns::in_netns(ns, || tcp_sockets(states))
         };
         match sockets {
             Ok(sockets) => {
@@ -485,6 +532,23 @@ mod tests {
         assert_eq!(entry.recv_q, 26);
         assert_eq!(entry.owner().map(|o| o.pid), Some(std::process::id()));
         drop(server);
+    }
+
+    /// The fallback for kernels without `sock_diag` gives what `sock_diag` gives.
+    #[test]
+    fn proc_tables_agree_with_sock_diag() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mine = |sockets: Vec<sock_diag::DiagSocket>| {
+            sockets
+                .into_iter()
+                .filter(|s| s.endpoints.lport == port)
+                .collect::<Vec<_>>()
+        };
+        let from_proc = mine(proc_tcp_sockets(&[Listen]).unwrap());
+        assert_eq!(from_proc.len(), 1);
+        assert_eq!(from_proc, mine(sock_diag::tcp_sockets(&[Listen]).unwrap()));
+        assert!(mine(proc_tcp_sockets(&[CloseWait]).unwrap()).is_empty());
     }
 
     #[test]
