@@ -615,7 +615,7 @@ mod tests {
     #[test]
     fn output_buffer_sizes() {
         let size = |argv: &[&str]| config(argv).map(|c| c.output_buffer.bytes);
-        assert_eq!(size(&[]).unwrap(), 30 << 20);
+        assert_eq!(size(&[]).unwrap(), 26 << 20);
         assert_eq!(
             size(&["--ring-buffer-size", "4096"]).unwrap(),
             Buffer::default_for(4096).bytes
