@@ -94,6 +94,7 @@ impl Observer {
         let (name, mut cmd) = match mode {
             Mode::None => return Ok(None),
             Mode::Tracer
+            | Mode::TracerTracepoint
             | Mode::TracerTimelines
             | Mode::TracerExport
             | Mode::TracerPython
@@ -101,6 +102,9 @@ impl Observer {
                 let mut cmd = Command::new(&tools.tracer);
                 cmd.args(["--json", "-p", &port.to_string(), "--duration"])
                     .arg(format!("{}s", limit.as_secs()));
+                if mode == Mode::TracerTracepoint {
+                    cmd.args(["--hook", "tracepoint"]);
+                }
                 if matches!(mode, Mode::TracerTimelines | Mode::TracerPython) {
                     cmd.arg("--timelines");
                 }

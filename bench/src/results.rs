@@ -143,7 +143,7 @@ fn meta(plan: &Plan, command: String) -> Meta {
              127.0.0.1..=127.0.0.16 on the listener's port"
                 .into(),
             "observer CPU is utime+stime from attach (/proc/<pid>/stat) to exit (wait4)".into(),
-            "peak RSS is the larger of VmHWM before the stop and ru_maxrss at exit".into(),
+            "peak RSS is the tracer's VmHWM just before the stop (ru_maxrss at exit, which also counts its reaped children, only when VmHWM is unknown)".into(),
             "kernel BPF statistics (run_time_ns, run_cnt) are on for the whole bench \
              (BPF_ENABLE_STATS, which ends with the bench)"
                 .into(),

@@ -40,8 +40,10 @@ use crate::{
 pub enum Mode {
     /// No tracer.
     None,
-    /// Our tracer, `--json` to a file.
+    /// Our tracer, `--json` to a file, on its default hook (`tp_btf` where the kernel takes it).
     Tracer,
+    /// Our tracer forced onto the classic tracepoint (`--hook tracepoint`), `--json` to a file.
+    TracerTracepoint,
     /// Our tracer, `--json --timelines` to a file.
     TracerTimelines,
     /// Our tracer, `--json` to a file and `--export` to another: both destinations.
@@ -60,9 +62,10 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 9] = [
+    pub const ALL: [Mode; 10] = [
         Mode::None,
         Mode::Tracer,
+        Mode::TracerTracepoint,
         Mode::TracerTimelines,
         Mode::TracerExport,
         Mode::TracerPython,
@@ -76,6 +79,7 @@ impl Mode {
         match self {
             Mode::None => "none",
             Mode::Tracer => "tracer",
+            Mode::TracerTracepoint => "tracer-tracepoint",
             Mode::TracerTimelines => "tracer-timelines",
             Mode::TracerExport => "tracer-export",
             Mode::TracerPython => "tracer-python",
@@ -90,6 +94,7 @@ impl Mode {
         match self {
             Mode::None => "no tracer",
             Mode::Tracer => "our tracer, --json to a file",
+            Mode::TracerTracepoint => "our tracer on the classic tracepoint, --json to a file",
             Mode::TracerTimelines => "our tracer, --json --timelines to a file",
             Mode::TracerExport => "our tracer, --json to a file and --export to another",
             Mode::TracerPython => "our tracer, --json --timelines | a Python line reader",
@@ -113,6 +118,7 @@ impl Mode {
         matches!(
             self,
             Mode::Tracer
+                | Mode::TracerTracepoint
                 | Mode::TracerTimelines
                 | Mode::TracerExport
                 | Mode::TracerPython
@@ -275,8 +281,14 @@ impl RunResult {
             self.notes
                 .push("no summary record: the tracer's loss counters are unknown".into());
         }
+        // The tracer's own peak (VmHWM): ru_maxrss at exit also covers its reaped children,
+        // such as the short-lived process that parses the kernel's BTF at start-up.
         let hwm = stopped.memory.map_or(0, |m| m.hwm_kib);
-        self.peak_rss_kib = Some(hwm.max(stopped.exit.maxrss_kib));
+        self.peak_rss_kib = Some(if hwm > 0 {
+            hwm
+        } else {
+            stopped.exit.maxrss_kib
+        });
         self.cpu_s = cpu_at_attach.map(|at| (stopped.exit.cpu_s - at).max(0.0));
         if let Some(p) = stopped.prog {
             self.prog_run_cnt = Some(p.run_cnt);

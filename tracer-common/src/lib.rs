@@ -15,8 +15,14 @@ pub const STATS_MAP: &str = "STATS";
 /// Name of the array of ports to keep when [`FILTER_PORTS_GLOBAL`] is non-zero: a bitmap of
 /// [`PORT_BITMAP_WORDS`] `u64` words, bit `port % 64` of word `port / 64`.
 pub const PORTS_MAP: &str = "PORTS";
-/// Name of the tracepoint program.
+/// Name of the classic tracepoint program (`tracepoint/sock/inet_sock_set_state`): the
+/// fallback, reading the record the kernel builds for the tracepoint.
 pub const PROGRAM: &str = "inet_sock_set_state";
+/// Name of the BTF-enabled raw tracepoint program (`tp_btf/inet_sock_set_state`): reads the
+/// `struct sock` the kernel hands it, at the offsets in [`OFFSETS_GLOBAL`].
+pub const PROGRAM_BTF: &str = "inet_sock_set_state_btf";
+/// Global set before load: the [`KernelOffsets`] computed from the kernel's BTF.
+pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 
 /// Global (read-only data) set before load: address family to keep (0 = all).
 pub const FILTER_FAMILY_GLOBAL: &str = "FILTER_FAMILY";
@@ -24,6 +30,9 @@ pub const FILTER_FAMILY_GLOBAL: &str = "FILTER_FAMILY";
 pub const FILTER_PROTOCOL_GLOBAL: &str = "FILTER_PROTOCOL";
 /// Global set before load: non-zero means keep only ports present in [`PORTS_MAP`].
 pub const FILTER_PORTS_GLOBAL: &str = "FILTER_PORTS";
+/// Global set before load: network namespace inode to keep (0 = all). Needs the
+/// [`OFFSETS_NETNS`] offsets.
+pub const FILTER_NETNS_GLOBAL: &str = "FILTER_NETNS";
 
 /// Slot of [`STATS_MAP`]: events lost because the ring buffer was full.
 pub const STAT_RINGBUF_FULL: u32 = 0;
@@ -34,7 +43,7 @@ pub const PORT_BITMAP_WORDS: u32 = 1024;
 /// Default size of the ring buffer in bytes (must be a power of two multiple of the page size).
 ///
 /// Sized from the event rate: full connection churn on two cores makes about 300,000
-/// transitions a second, 104 bytes each in the ring (record and header), about 30 MB/s. 8 MiB
+/// transitions a second, 120 bytes each in the ring (record and header), about 36 MB/s. 8 MiB
 /// holds about a quarter of a second of that: the longest the reader may be held off
 /// without a loss. The reader maps the ring, so its pages count in the tracer's RSS.
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 8 << 20;
@@ -74,6 +83,50 @@ pub const fn ipv4_on_wire(family: u16, saddr: (u64, u64), daddr: (u64, u64)) -> 
 /// Length of a task's `comm`.
 pub const COMM_LEN: usize = 16;
 
+/// [`KernelOffsets::flags`] bit: the socket fields (`sk_*`, `inet_*`) are valid, so the
+/// `tp_btf` program can build a whole event from the `struct sock`.
+pub const OFFSETS_SOCK: u32 = 1;
+/// [`KernelOffsets::flags`] bit: [`KernelOffsets::sk_net`] and [`KernelOffsets::net_inum`] are
+/// valid, so events carry the socket's network namespace.
+pub const OFFSETS_NETNS: u32 = 2;
+/// [`KernelOffsets::flags`] bit: [`KernelOffsets::task_group_leader`] and
+/// [`KernelOffsets::task_comm`] are valid, so events carry the process name.
+pub const OFFSETS_LEADER: u32 = 4;
+
+/// Byte offsets of the kernel struct members the programs read, computed in userspace from
+/// the running kernel's BTF (`/sys/kernel/btf/vmlinux`) and set as a read-only global before
+/// load. A field is used only when its group's bit is set in `flags`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// Which groups of offsets are valid: [`OFFSETS_SOCK`] | [`OFFSETS_NETNS`] | [`OFFSETS_LEADER`].
+    pub flags: u32,
+    /// `struct sock`: `__sk_common.skc_family` (`unsigned short`).
+    pub sk_family: u32,
+    /// `struct sock`: `sk_protocol` (`u16`).
+    pub sk_protocol: u32,
+    /// `struct inet_sock`: `inet_sport` (`__be16`); `struct sock` is its first member.
+    pub inet_sport: u32,
+    /// `struct sock`: `__sk_common.skc_dport` (`__be16`).
+    pub sk_dport: u32,
+    /// `struct inet_sock`: `inet_saddr` (`__be32`).
+    pub inet_saddr: u32,
+    /// `struct sock`: `__sk_common.skc_daddr` (`__be32`).
+    pub sk_daddr: u32,
+    /// `struct sock`: `__sk_common.skc_v6_rcv_saddr` (`struct in6_addr`).
+    pub sk_v6_rcv_saddr: u32,
+    /// `struct sock`: `__sk_common.skc_v6_daddr` (`struct in6_addr`).
+    pub sk_v6_daddr: u32,
+    /// `struct sock`: `__sk_common.skc_net.net` (`struct net *`).
+    pub sk_net: u32,
+    /// `struct net`: `ns.inum` (`unsigned int`), the namespace's inode number.
+    pub net_inum: u32,
+    /// `struct task_struct`: `group_leader` (`struct task_struct *`).
+    pub task_group_leader: u32,
+    /// `struct task_struct`: `comm` (`char[16]`).
+    pub task_comm: u32,
+}
+
 /// One `sock:inet_sock_set_state` firing, as the eBPF program hands it to userspace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,19 +157,29 @@ pub struct TcpStateEvent {
     pub protocol: u16,
     /// CPU the program ran on.
     pub cpu: u32,
-    /// Explicit padding; always zero.
-    pub pad: u32,
-    /// `comm` of the running task, NUL padded.
+    /// Inode number of the socket's network namespace (as in `/proc/PID/ns/net`); 0 when
+    /// the kernel's BTF did not give the offsets.
+    pub netns: u32,
+    /// `comm` of the running task's thread-group leader (the process name), NUL padded; the
+    /// thread's own name when the kernel's BTF did not give the offsets.
     pub comm: [u8; COMM_LEN],
+    /// `comm` of the running thread, NUL padded.
+    pub thread: [u8; COMM_LEN],
 }
 
 /// Size in bytes of [`TcpStateEvent`] on both sides.
 pub const EVENT_SIZE: usize = core::mem::size_of::<TcpStateEvent>();
 
-const _: () = assert!(EVENT_SIZE == 96);
+const _: () = assert!(EVENT_SIZE == 112);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 52);
 const _: () = assert!(core::mem::align_of::<TcpStateEvent>() == 8);
 
 #[cfg(feature = "user")]
 // SAFETY: `TcpStateEvent` is `repr(C)`, `Copy`, has no implicit padding (checked by the size
 // assertion above) and every bit pattern is a valid value.
 unsafe impl aya::Pod for TcpStateEvent {}
+
+#[cfg(feature = "user")]
+// SAFETY: `KernelOffsets` is `repr(C)`, `Copy`, made only of `u32`s (no padding), and every
+// bit pattern is a valid value.
+unsafe impl aya::Pod for KernelOffsets {}

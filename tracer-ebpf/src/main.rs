@@ -1,30 +1,37 @@
-//! One tracepoint program on `sock:inet_sock_set_state` that copies every matching transition
-//! into a ring buffer. Filters are read-only globals set by the loader, plus a port bitmap; a
-//! failed ring buffer reservation is counted per CPU so userspace can report it.
+//! The programs on `sock:inet_sock_set_state` that copy every matching transition into a ring
+//! buffer: a BTF-enabled raw tracepoint (`tp_btf`) that reads the `struct sock` the kernel
+//! hands it, at offsets userspace computed from the kernel's BTF, and the classic tracepoint,
+//! which reads the record the kernel builds for the tracepoint (the fallback where `tp_btf` is
+//! refused). Userspace loads one of them. Filters are read-only globals set by the loader,
+//! plus a port bitmap; a failed ring buffer reservation is counted per CPU so userspace can
+//! report it.
 //!
-//! It runs inside every TCP state change of the machine, so it is kept short: the port test
-//! is one array lookup (inlined by the verifier), and the record is written in place in the
-//! ring buffer (no copy through the stack).
+//! They run inside every TCP state change of the machine, so they are kept short: the port
+//! test is one array lookup (inlined by the verifier), and the record is written in place in
+//! the ring buffer (no copy through the stack).
 #![no_std]
 #![no_main]
 
 // Why a connection ended: the programs on the reset and error-report tracepoints.
 mod cause;
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        generated::bpf_get_current_comm,
+        generated::{bpf_get_current_comm, bpf_get_current_task, bpf_probe_read_kernel},
     },
-    macros::{map, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, PerCpuArray, RingBuf},
-    programs::TracePointContext,
-    EbpfContext as _,
+    programs::{BtfTracePointContext, TracePointContext},
+    EbpfContext,
 };
 use aya_log_ebpf::warn;
 use tracer_common::{
-    ipv4_on_wire, tracepoint as tp, TcpStateEvent, AF_INET, COMM_LEN, DEFAULT_RING_BUFFER_BYTES,
-    PORT_BITMAP_WORDS, STAT_RINGBUF_FULL, STAT_SLOTS,
+    ipv4_on_wire, tracepoint as tp, KernelOffsets, TcpStateEvent, AF_INET, COMM_LEN,
+    DEFAULT_RING_BUFFER_BYTES, OFFSETS_LEADER, OFFSETS_NETNS, PORT_BITMAP_WORDS, STAT_RINGBUF_FULL,
+    STAT_SLOTS,
 };
 
 // Where each field sits in the tracepoint record (`tp::SKADDR.offset`, ...): one definition,
@@ -46,6 +53,25 @@ static FILTER_FAMILY: u16 = 0;
 static FILTER_PROTOCOL: u16 = tracer_common::IPPROTO_TCP;
 #[no_mangle]
 static FILTER_PORTS: u8 = 0;
+#[no_mangle]
+static FILTER_NETNS: u32 = 0;
+/// Struct member offsets from the kernel's BTF; all zero (no flag set) until the loader sets them.
+#[no_mangle]
+static OFFSETS: KernelOffsets = KernelOffsets {
+    flags: 0,
+    sk_family: 0,
+    sk_protocol: 0,
+    inet_sport: 0,
+    sk_dport: 0,
+    inet_saddr: 0,
+    sk_daddr: 0,
+    sk_v6_rcv_saddr: 0,
+    sk_v6_daddr: 0,
+    sk_net: 0,
+    net_inum: 0,
+    task_group_leader: 0,
+    task_comm: 0,
+};
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BUFFER_BYTES, 0);
@@ -59,7 +85,31 @@ static PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    try_inet_sock_set_state(&ctx).unwrap_or(0)
+    try_classic(&ctx).unwrap_or(0)
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    try_btf(&ctx).map_or(0, |r| r as i32)
+}
+
+/// The values both programs read before deciding to keep a transition.
+struct Head {
+    skaddr: u64,
+    oldstate: i32,
+    newstate: i32,
+    sport: u16,
+    dport: u16,
+    family: u16,
+    protocol: u16,
+}
+
+/// Where a program finds the socket's addresses.
+trait Addrs {
+    /// The local and remote IPv6 addresses as two words each, in memory order.
+    fn v6(&self) -> ((u64, u64), (u64, u64));
+    /// The local and remote addresses, 16 bytes each (IPv4 in the first four).
+    fn both(&self, family: u16) -> ([u8; 16], [u8; 16]);
 }
 
 /// Reads a field of the tracepoint record straight from the context (tracepoint contexts are
@@ -70,26 +120,155 @@ fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
     unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
 }
 
+/// Reads a `T` of kernel memory at `base + offset`; zero when the read faults.
+#[inline(always)]
+fn kernel<T: Copy + Default>(base: u64, offset: u32) -> T {
+    let mut value = T::default();
+    // SAFETY: the helper checks the source address and writes at most `size_of::<T>()` bytes
+    // into `value`.
+    unsafe {
+        bpf_probe_read_kernel(
+            core::ptr::addr_of_mut!(value).cast(),
+            core::mem::size_of::<T>() as u32,
+            (base + u64::from(offset)) as *const c_void,
+        )
+    };
+    value
+}
+
 #[inline(always)]
 fn read_global<T: Copy>(global: &T) -> T {
     // SAFETY: a volatile read keeps the compiler from folding the loader-set value.
     unsafe { core::ptr::read_volatile(global) }
 }
 
-fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
-    let protocol: u16 = field(ctx, tp::PROTOCOL.offset);
+/// The classic tracepoint's record. Addresses are copied as aligned words: the verifier
+/// rejects byte loops over the context.
+struct Record<'a>(&'a TracePointContext);
+
+impl Addrs for Record<'_> {
+    #[inline(always)]
+    fn v6(&self) -> ((u64, u64), (u64, u64)) {
+        let ctx = self.0;
+        (
+            (
+                field(ctx, tp::SADDR_V6.offset),
+                field(ctx, tp::SADDR_V6.offset + 8),
+            ),
+            (
+                field(ctx, tp::DADDR_V6.offset),
+                field(ctx, tp::DADDR_V6.offset + 8),
+            ),
+        )
+    }
+
+    #[inline(always)]
+    fn both(&self, family: u16) -> ([u8; 16], [u8; 16]) {
+        let ctx = self.0;
+        if family == AF_INET {
+            (
+                addr(u64::from(field::<u32>(ctx, tp::SADDR.offset)), 0),
+                addr(u64::from(field::<u32>(ctx, tp::DADDR.offset)), 0),
+            )
+        } else {
+            let (s, d) = self.v6();
+            (addr(s.0, s.1), addr(d.0, d.1))
+        }
+    }
+}
+
+/// The `struct sock` a `tp_btf` program is handed, read at the loader's offsets.
+struct Sock(u64);
+
+impl Addrs for Sock {
+    #[inline(always)]
+    fn v6(&self) -> ((u64, u64), (u64, u64)) {
+        let s: [u64; 2] = kernel(self.0, read_global(&OFFSETS.sk_v6_rcv_saddr));
+        let d: [u64; 2] = kernel(self.0, read_global(&OFFSETS.sk_v6_daddr));
+        ((s[0], s[1]), (d[0], d[1]))
+    }
+
+    #[inline(always)]
+    fn both(&self, family: u16) -> ([u8; 16], [u8; 16]) {
+        if family == AF_INET {
+            (
+                addr(
+                    u64::from(kernel::<u32>(self.0, read_global(&OFFSETS.inet_saddr))),
+                    0,
+                ),
+                addr(
+                    u64::from(kernel::<u32>(self.0, read_global(&OFFSETS.sk_daddr))),
+                    0,
+                ),
+            )
+        } else {
+            let (s, d) = self.v6();
+            (addr(s.0, s.1), addr(d.0, d.1))
+        }
+    }
+}
+
+fn try_classic(ctx: &TracePointContext) -> Result<u32, i64> {
+    let head = Head {
+        skaddr: field(ctx, tp::SKADDR.offset),
+        oldstate: field(ctx, tp::OLDSTATE.offset),
+        newstate: field(ctx, tp::NEWSTATE.offset),
+        sport: field(ctx, tp::SPORT.offset),
+        dport: field(ctx, tp::DPORT.offset),
+        family: field(ctx, tp::FAMILY.offset),
+        protocol: field(ctx, tp::PROTOCOL.offset),
+    };
+    emit(ctx, &head, &Record(ctx))
+}
+
+/// Reads the same socket fields the kernel copies into the classic tracepoint's record
+/// (`include/trace/events/sock.h`), so both programs report identical transitions.
+fn try_btf(ctx: &BtfTracePointContext) -> Result<u32, i64> {
+    let sk: u64 = ctx.arg::<*const c_void>(0) as u64;
+    let head = Head {
+        skaddr: sk,
+        oldstate: ctx.arg(1),
+        newstate: ctx.arg(2),
+        sport: u16::from_be(kernel(sk, read_global(&OFFSETS.inet_sport))),
+        dport: u16::from_be(kernel(sk, read_global(&OFFSETS.sk_dport))),
+        family: kernel(sk, read_global(&OFFSETS.sk_family)),
+        protocol: kernel(sk, read_global(&OFFSETS.sk_protocol)),
+    };
+    emit(ctx, &head, &Sock(sk))
+}
+
+/// The socket's network namespace inode, 0 when the offsets are unknown.
+#[inline(always)]
+fn netns_of(skaddr: u64, flags: u32) -> u32 {
+    if flags & OFFSETS_NETNS == 0 {
+        return 0;
+    }
+    let net: u64 = kernel(skaddr, read_global(&OFFSETS.sk_net));
+    if net == 0 {
+        0
+    } else {
+        kernel::<u32>(net, read_global(&OFFSETS.net_inum))
+    }
+}
+
+/// Applies the filters, then reserves, fills and submits one record.
+#[inline(always)]
+fn emit<C: EbpfContext>(ctx: &C, head: &Head, addrs: &impl Addrs) -> Result<u32, i64> {
     let want_protocol = read_global(&FILTER_PROTOCOL);
-    if want_protocol != 0 && protocol != want_protocol {
+    if want_protocol != 0 && head.protocol != want_protocol {
         return Ok(0);
     }
-    let family: u16 = field(ctx, tp::FAMILY.offset);
     let want_family = read_global(&FILTER_FAMILY);
-    if want_family != 0 && !family_wanted(ctx, family, want_family) {
+    if want_family != 0 && !family_wanted(addrs, head.family, want_family) {
         return Ok(0);
     }
-    let sport: u16 = field(ctx, tp::SPORT.offset);
-    let dport: u16 = field(ctx, tp::DPORT.offset);
-    if read_global(&FILTER_PORTS) != 0 && !port_wanted(sport) && !port_wanted(dport) {
+    if read_global(&FILTER_PORTS) != 0 && !port_wanted(head.sport) && !port_wanted(head.dport) {
+        return Ok(0);
+    }
+    let flags = read_global(&OFFSETS.flags);
+    let netns = netns_of(head.skaddr, flags);
+    let want_netns = read_global(&FILTER_NETNS);
+    if want_netns != 0 && netns != want_netns {
         return Ok(0);
     }
 
@@ -98,46 +277,46 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    // Addresses are copied as aligned words: the verifier rejects byte loops over the context.
-    let (saddr, daddr) = if family == AF_INET {
-        (
-            addr(u64::from(field::<u32>(ctx, tp::SADDR.offset)), 0),
-            addr(u64::from(field::<u32>(ctx, tp::DADDR.offset)), 0),
-        )
-    } else {
-        (
-            addr(
-                field(ctx, tp::SADDR_V6.offset),
-                field(ctx, tp::SADDR_V6.offset + 8),
-            ),
-            addr(
-                field(ctx, tp::DADDR_V6.offset),
-                field(ctx, tp::DADDR_V6.offset + 8),
-            ),
-        )
-    };
+    let (saddr, daddr) = addrs.both(head.family);
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at a reserved, writable record of the ring buffer, sized and
     // aligned for a `TcpStateEvent`; every field is written before it is submitted.
     unsafe {
         (*event).ts_ns = bpf_ktime_get_ns();
-        (*event).skaddr = field::<u64>(ctx, tp::SKADDR.offset);
+        (*event).skaddr = head.skaddr;
         (*event).saddr = saddr;
         (*event).daddr = daddr;
         (*event).tgid = (pid_tgid >> 32) as u32;
         (*event).tid = pid_tgid as u32;
-        (*event).oldstate = field::<i32>(ctx, tp::OLDSTATE.offset) as u32;
-        (*event).newstate = field::<i32>(ctx, tp::NEWSTATE.offset) as u32;
-        (*event).sport = sport;
-        (*event).dport = dport;
-        (*event).family = family;
-        (*event).protocol = protocol;
+        (*event).oldstate = head.oldstate as u32;
+        (*event).newstate = head.newstate as u32;
+        (*event).sport = head.sport;
+        (*event).dport = head.dport;
+        (*event).family = head.family;
+        (*event).protocol = head.protocol;
         (*event).cpu = bpf_get_smp_processor_id();
-        (*event).pad = 0;
+        (*event).netns = netns;
         // The helper writes the NUL-padded name straight into the record; on failure it
         // zeroes the buffer.
+        let thread = core::ptr::addr_of_mut!((*event).thread);
+        bpf_get_current_comm(thread.cast(), COMM_LEN as u32);
         let comm = core::ptr::addr_of_mut!((*event).comm);
-        bpf_get_current_comm(comm.cast(), COMM_LEN as u32);
+        let leader_read = if flags & OFFSETS_LEADER != 0 {
+            let leader: u64 = kernel(
+                bpf_get_current_task(),
+                read_global(&OFFSETS.task_group_leader),
+            );
+            bpf_probe_read_kernel(
+                comm.cast(),
+                COMM_LEN as u32,
+                (leader + u64::from(read_global(&OFFSETS.task_comm))) as *const c_void,
+            )
+        } else {
+            -1
+        };
+        if leader_read != 0 {
+            *comm = *thread;
+        }
     }
     entry.submit(0);
     Ok(0)
@@ -147,19 +326,11 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
 /// with v4-mapped addresses, `-6` keeps only the other `AF_INET6` ones
 /// ([`tracer_common::ipv4_on_wire`], the definition userspace uses too).
 #[inline(always)]
-fn family_wanted(ctx: &TracePointContext, family: u16, want: u16) -> bool {
-    let v4 = family == AF_INET
-        || ipv4_on_wire(
-            family,
-            (
-                field(ctx, tp::SADDR_V6.offset),
-                field(ctx, tp::SADDR_V6.offset + 8),
-            ),
-            (
-                field(ctx, tp::DADDR_V6.offset),
-                field(ctx, tp::DADDR_V6.offset + 8),
-            ),
-        );
+fn family_wanted(addrs: &impl Addrs, family: u16, want: u16) -> bool {
+    let v4 = family == AF_INET || {
+        let (s, d) = addrs.v6();
+        ipv4_on_wire(family, s, d)
+    };
     if want == AF_INET {
         v4
     } else {
@@ -189,7 +360,7 @@ fn addr(lo: u64, hi: u64) -> [u8; 16] {
 
 /// Counts a lost event; the first loss on each CPU is also logged through aya-log.
 #[inline(never)]
-fn count_drop(ctx: &TracePointContext) {
+fn count_drop<C: EbpfContext>(ctx: &C) {
     if let Some(slot) = STATS.get_ptr_mut(STAT_RINGBUF_FULL) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         let previous = unsafe { *slot };

@@ -143,7 +143,7 @@ impl Detector {
         let leaving = if self.stuck.contains_key(&kernel) {
             Some(kernel)
         } else if self.threshold(t.old).is_some() {
-            self.preexisting_with(&t.endpoints(), t.old)
+            self.preexisting_with(t.netns, &t.endpoints(), t.old)
         } else {
             None
         };
@@ -171,11 +171,12 @@ impl Detector {
         }
         if self.threshold(t.new).is_some() {
             // Seen entering the state after all: it was not there before the tracer started.
-            if let Some(dup) = self.preexisting_with(&t.endpoints(), t.new) {
+            if let Some(dup) = self.preexisting_with(t.netns, &t.endpoints(), t.new) {
                 self.stuck.remove(&dup);
             }
-            self.stuck
-                .insert(kernel, Stuck::new(kernel, t.new, t.endpoints(), t.ts_ns));
+            let mut stuck = Stuck::new(kernel, t.new, t.endpoints(), t.ts_ns);
+            stuck.netns = (t.netns != 0).then_some(t.netns);
+            self.stuck.insert(kernel, stuck);
         }
         resolved
     }
@@ -186,7 +187,7 @@ impl Detector {
         if self.threshold(t.old).is_none() || self.stuck.contains_key(&SockId::Kernel(t.skaddr)) {
             return None;
         }
-        let id = self.preexisting_with(&t.endpoints(), t.old)?;
+        let id = self.preexisting_with(t.netns, &t.endpoints(), t.old)?;
         self.stuck.get(&id)?.owner.as_ref()
     }
 
@@ -324,7 +325,14 @@ impl Detector {
         self.stuck.is_empty()
     }
 
-    fn preexisting_with(&self, endpoints: &Endpoints, state: TcpState) -> Option<SockId> {
+    /// A socket found at start-up in `state` with this 4-tuple in namespace `netns` (0: the
+    /// namespace is not known, and any namespace matches).
+    fn preexisting_with(
+        &self,
+        netns: u64,
+        endpoints: &Endpoints,
+        state: TcpState,
+    ) -> Option<SockId> {
         self.stuck
             .values()
             .find(|s| {
@@ -332,6 +340,7 @@ impl Detector {
                     && !s.followed
                     && s.state == state
                     && s.endpoints == *endpoints
+                    && (netns == 0 || s.netns.is_none_or(|n| n == netns))
             })
             .map(|s| s.id)
     }

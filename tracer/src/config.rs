@@ -27,12 +27,33 @@ pub struct KernelFilter {
     pub ports: Vec<u16>,
     /// Size of the ring buffer in bytes: a power of two and a multiple of the page size.
     pub ring_buffer_bytes: u32,
+    /// Keep only sockets of this network namespace (its inode, as `lsns -t net` shows it).
+    pub netns: Option<u32>,
+    /// Which program to attach.
+    pub hook: HookChoice,
+}
+
+/// Which kernel program `--hook` asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookChoice {
+    /// The BTF-enabled raw tracepoint, or the classic tracepoint where it is refused.
+    #[default]
+    Auto,
+    /// Only the BTF-enabled raw tracepoint (`tp_btf/inet_sock_set_state`); an error where
+    /// the kernel refuses it.
+    TpBtf,
+    /// Only the classic tracepoint (`tracepoint/sock/inet_sock_set_state`).
+    Tracepoint,
 }
 
 impl KernelFilter {
-    /// Does a connection pass these filters? (The same test the kernel side applies, for
-    /// sockets found in the socket tables rather than through the tracepoint.)
-    pub fn matches(&self, e: &Endpoints) -> bool {
+    /// Does a connection of namespace `netns` pass these filters? (The same test the kernel
+    /// side applies, for sockets found in the socket tables rather than through the
+    /// tracepoint.)
+    pub fn matches(&self, netns: u64, e: &Endpoints) -> bool {
+        if self.netns.is_some_and(|want| u64::from(want) != netns) {
+            return false;
+        }
         let family_ok = match self.family {
             AF_INET => e.ipv4_on_wire(),
             AF_INET6 => !e.ipv4_on_wire(),
@@ -113,6 +134,7 @@ impl Config {
                 _ => None,
             },
             all_protocols: self.kernel.protocol == 0,
+            netns: self.kernel.netns.map(u64::from),
             pids: self.pids.clone(),
             transitions: self.engine.transitions,
             timelines: self.engine.timelines,
@@ -151,12 +173,12 @@ mod tests {
             ports: ports.to_vec(),
             ..Default::default()
         };
-        assert!(f(0, &[]).matches(&ep));
-        assert!(f(0, &[5000]).matches(&ep));
-        assert!(!f(0, &[81]).matches(&ep));
-        assert!(f(AF_INET, &[80]).matches(&ep));
-        assert!(!f(AF_INET, &[]).matches(&ep6));
-        assert!(f(AF_INET6, &[]).matches(&ep6));
+        assert!(f(0, &[]).matches(7, &ep));
+        assert!(f(0, &[5000]).matches(7, &ep));
+        assert!(!f(0, &[81]).matches(7, &ep));
+        assert!(f(AF_INET, &[80]).matches(7, &ep));
+        assert!(!f(AF_INET, &[]).matches(7, &ep6));
+        assert!(f(AF_INET6, &[]).matches(7, &ep6));
         // A dual-stack socket serving an IPv4 peer carries IPv4 on the wire.
         let mapped = transition(
             0,
@@ -167,7 +189,14 @@ mod tests {
             8,
         )
         .endpoints();
-        assert!(f(AF_INET, &[]).matches(&mapped));
-        assert!(!f(AF_INET6, &[]).matches(&mapped));
+        assert!(f(AF_INET, &[]).matches(7, &mapped));
+        assert!(!f(AF_INET6, &[]).matches(7, &mapped));
+        // --netns: only that namespace's sockets.
+        let only = |netns| KernelFilter {
+            netns: Some(netns),
+            ..Default::default()
+        };
+        assert!(only(7).matches(7, &ep));
+        assert!(!only(8).matches(7, &ep));
     }
 }

@@ -85,8 +85,10 @@ pub fn from_raw(raw: &TcpStateEvent) -> Result<Transition, DecodeError> {
             pid: raw.tgid,
             tid: raw.tid,
             comm: comm(&raw.comm),
+            thread: comm(&raw.thread),
         },
         cpu: raw.cpu,
+        netns: u64::from(raw.netns),
     })
 }
 
@@ -125,10 +127,12 @@ fn to_raw(t: &Transition) -> TcpStateEvent {
         TcpState::Unknown(n) => n,
         known => (1..=12).find(|&n| TcpState::from(n) == known).unwrap_or(0),
     };
-    let mut comm = [0u8; 16];
-    let name = t.task.comm.as_bytes();
-    let len = name.len().min(15);
-    comm[..len].copy_from_slice(&name[..len]);
+    let name = |name: &str| {
+        let mut out = [0u8; 16];
+        let len = name.len().min(15);
+        out[..len].copy_from_slice(&name.as_bytes()[..len]);
+        out
+    };
     TcpStateEvent {
         ts_ns: t.ts_ns,
         skaddr: t.skaddr,
@@ -146,8 +150,9 @@ fn to_raw(t: &Transition) -> TcpStateEvent {
         },
         protocol: t.protocol,
         cpu: t.cpu,
-        pad: 0,
-        comm,
+        netns: u32::try_from(t.netns).unwrap_or(0),
+        comm: name(&t.task.comm),
+        thread: name(&t.task.thread),
     }
 }
 
@@ -166,8 +171,9 @@ fn raw_bytes(raw: &TcpStateEvent) -> Vec<u8> {
         out.extend_from_slice(&v.to_ne_bytes());
     }
     out.extend_from_slice(&raw.cpu.to_ne_bytes());
-    out.extend_from_slice(&raw.pad.to_ne_bytes());
+    out.extend_from_slice(&raw.netns.to_ne_bytes());
     out.extend_from_slice(&raw.comm);
+    out.extend_from_slice(&raw.thread);
     out
 }
 
@@ -192,6 +198,20 @@ mod tests {
             let bytes = raw_bytes(&to_raw(&t));
             assert_eq!(decode(&bytes).unwrap(), t);
         }
+    }
+
+    #[test]
+    fn process_name_thread_name_and_netns_are_kept_apart() {
+        let mut t = transition(1, 1, "127.0.0.1:1", "127.0.0.1:2", 7, 2);
+        t.task.comm = "nginx".into();
+        t.task.thread = "worker-3".into();
+        t.task.tid = 101;
+        t.netns = 4_026_531_840;
+        let raw = to_raw(&t);
+        assert_eq!(&raw.comm[..6], b"nginx\0");
+        assert_eq!(&raw.thread[..9], b"worker-3\0");
+        assert_eq!(raw.netns, 4_026_531_840);
+        assert_eq!(decode(&raw_bytes(&raw)).unwrap(), t);
     }
 
     #[test]

@@ -233,12 +233,11 @@ impl Engine {
                 ctx_pid: t.task.pid,
                 ctx_comm: t.task.comm,
                 ctx_tid: t.task.tid,
-                // The kernel side reports the thread's own name with the BTF offsets (the
-                // merge of issue 12's kernel side fills this in); until then, unknown.
-                ctx_thread: None,
+                ctx_thread: Some(t.task.thread),
                 cpu: t.cpu,
                 error: None,
                 reset_by: None,
+                netns: netns(t.netns),
             }));
         }
         if let Some(resolved) = resolved {
@@ -265,6 +264,22 @@ impl Engine {
                 entry.recv_q,
             );
         }
+    }
+
+    /// What a socket table scan must read for the sockets `ids` (none: the start-up scan, which
+    /// reads every namespace): the watched states, and the namespaces of these sockets.
+    pub fn wanted(&self, ids: &[SockId]) -> crate::owner::Wanted {
+        let mut wanted =
+            crate::owner::Wanted::for_states(self.opts.thresholds().into_iter().map(|(s, _)| s));
+        if !ids.is_empty() {
+            let netns: Option<Vec<u64>> = ids
+                .iter()
+                .filter_map(|&id| self.detector.get(id))
+                .map(|s| s.netns)
+                .collect();
+            wanted.netns = netns;
+        }
+        wanted
     }
 
     /// Sockets that crossed the CLOSE_WAIT threshold by `now_ns`; the caller looks up the
@@ -457,6 +472,7 @@ impl Engine {
             rport: e.rport,
             pid: tl.owner.as_ref().map(|o| o.pid),
             comm: tl.owner.map(|o| o.comm),
+            netns: netns(tl.netns),
             from_birth: tl.from_birth,
             outcome: tl.outcome,
             error: None,
@@ -519,6 +535,11 @@ fn complete_close(records: &mut [Record], cause: &Cause, old: TcpState, legacy: 
             _ => {}
         }
     }
+}
+
+/// A namespace inode as records carry it: 0 (not known) is null.
+fn netns(inode: u64) -> Option<u64> {
+    (inode != 0).then_some(inode)
 }
 
 fn close_wait_record(s: &Stuck, now_ns: u64, clock: &WallClock) -> CloseWaitRecord {

@@ -92,12 +92,40 @@ pub enum ProbeError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "tp_btf/inet_sock_set_state needs socket offsets the kernel's BTF does not give ({reason}): use --hook tracepoint"
+    )]
+    NoSocketOffsets { reason: String },
+    #[error(
+        "--netns needs the network namespace of each socket, which this kernel's BTF does not give ({reason}): run without --netns"
+    )]
+    NoNetnsOffsets { reason: String },
     #[error("{action} failed")]
     Aya {
         action: &'static str,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+/// The kernel's BTF does not give an offset the eBPF programs need. Never fatal: the
+/// tracer falls back to the classic tracepoint (or leaves the field at 0) and says why.
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetsError {
+    #[error("reading the kernel's BTF from {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("parsing the kernel's BTF from {path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("the kernel's BTF has no {what}")]
+    Missing { what: String },
+    #[error("unexpected kernel layout: {what}")]
+    Layout { what: String },
+    #[error("finding the offsets in a child process: {reason}")]
+    Child { reason: String },
 }
 
 /// The `--export` file cannot be used.

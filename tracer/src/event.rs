@@ -104,9 +104,14 @@ pub enum Family {
 /// transition was made in process context (see the `owner` module).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Task {
+    /// Thread group id (the process id).
     pub pid: u32,
+    /// Thread id.
     pub tid: u32,
+    /// Name of the process: its thread-group leader's `comm`.
     pub comm: String,
+    /// Name of the running thread: its own `comm`.
+    pub thread: String,
 }
 
 /// One TCP state transition, decoded.
@@ -126,6 +131,9 @@ pub struct Transition {
     pub new: TcpState,
     pub task: Task,
     pub cpu: u32,
+    /// Inode number of the socket's network namespace (as `lsns -t net` shows it); 0 when
+    /// the kernel's BTF did not give its offsets.
+    pub netns: u64,
 }
 
 impl Transition {

@@ -47,6 +47,15 @@ pub struct KernelFeatures {
     /// `tcp/tcp_receive_reset`, `sock/inet_sk_error_report`): transitions to CLOSE carry
     /// `error` and `reset_by` from these only. Null in exports written before they were traced.
     pub cause_tracepoints: Option<Vec<String>>,
+    /// The program attached: `tp_btf/inet_sock_set_state` (the BTF-enabled raw tracepoint)
+    /// or `tracepoint/sock/inet_sock_set_state` (the classic one). Null until attached.
+    pub hook: Option<String>,
+    /// Why the classic tracepoint was attached when `--hook auto` tried `tp_btf` first (the
+    /// kernel's refusal, or the BTF offsets it lacks); null otherwise.
+    pub hook_fallback: Option<String>,
+    /// Groups of kernel struct offsets the kernel's BTF did not give, and what is lost
+    /// without each (the socket's fields for `tp_btf`, `netns`, the process name).
+    pub missing_offsets: Vec<String>,
 }
 
 impl KernelFeatures {
@@ -95,6 +104,19 @@ impl KernelFeatures {
             yes(self.bpf_link),
             yes(self.recursion_misses),
         );
+        if let Some(hook) = &self.hook {
+            let _ = write!(line, "; hook {hook}");
+        }
+        if let Some(why) = &self.hook_fallback {
+            let _ = write!(line, " (tp_btf refused: {why})");
+        }
+        if !self.missing_offsets.is_empty() {
+            let _ = write!(
+                line,
+                "; BTF offsets missing: {}",
+                self.missing_offsets.join("; ")
+            );
+        }
         if !self.missing_tracepoints.is_empty() {
             let _ = write!(
                 line,
@@ -155,6 +177,9 @@ mod tests {
             tracepoints: vec!["sock/inet_sock_set_state".into()],
             missing_tracepoints: vec!["sock/sock_recv_length".into()],
             cause_tracepoints: Some(vec!["tcp/tcp_send_reset".into()]),
+            hook: Some("tracepoint/sock/inet_sock_set_state".into()),
+            hook_fallback: Some("the verifier said no".into()),
+            missing_offsets: Vec::new(),
         };
         let line = f.describe();
         assert!(line.contains("bpf_link attach no"), "{line}");
@@ -163,5 +188,11 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("not available"), "{line}");
+        assert!(
+            line.contains(
+                "hook tracepoint/sock/inet_sock_set_state (tp_btf refused: the verifier said no)"
+            ),
+            "{line}"
+        );
     }
 }

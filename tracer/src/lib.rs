@@ -40,6 +40,7 @@ mod export;
 pub mod features;
 pub mod forecast;
 mod hash;
+mod kernel_offsets;
 pub mod metrics;
 mod netns;
 pub mod output;
@@ -47,6 +48,7 @@ mod owner;
 pub mod probe;
 pub mod record;
 pub mod sink;
+mod sock_diag;
 mod stdout;
 #[cfg(test)]
 mod testing;

@@ -3,8 +3,9 @@
 //! The task running when a transition fires owns the socket only when the transition was made
 //! in process context (a system call on the socket). Packet-driven transitions run in softirq,
 //! on top of whatever task was interrupted, so their task is never taken as the owner. For the
-//! rest, the kernel's socket tables are matched the way `ss -p` does: socket inode by 4-tuple,
-//! then the process holding `socket:[inode]` among `/proc/*/fd`.
+//! rest, the kernel's socket tables are matched the way `ss -p` does: the socket's inode by
+//! namespace and 4-tuple (from netlink `sock_diag`, only the states asked for), then the
+//! processes holding `socket:[inode]` among `/proc/*/fd`.
 
 use std::collections::{HashMap, HashSet};
 
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     event::{Endpoints, Task, TcpState},
-    netns,
+    netns, sock_diag,
 };
 
 /// The process that holds a socket.
@@ -229,56 +230,93 @@ struct Held {
     fd: i32,
 }
 
+/// What a scan looks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Wanted {
+    /// The states asked of the kernel (`sock_diag` returns only sockets in these).
+    pub states: Vec<TcpState>,
+    /// The namespaces the caller needs (those of the sockets it looks up, from the kernel's
+    /// events): a namespace only sockets keep is searched for through the holders' sockets
+    /// only while one of these is not found. `None` (start-up): search for every namespace.
+    pub netns: Option<Vec<u64>>,
+}
+
+impl Wanted {
+    /// Every state, every namespace (what a whole-table reader such as the diagnosis needs).
+    pub fn every_state() -> Wanted {
+        Wanted {
+            states: (1..=11).map(TcpState::from).collect(),
+            netns: None,
+        }
+    }
+
+    /// The states a lookup needs for sockets stuck in `stuck`: those, LISTEN (to name the
+    /// listener of a connection never accepted) and, for FIN_WAIT2, TIME_WAIT (a followed
+    /// timewait socket that got the peer's FIN).
+    pub fn for_states(stuck: impl IntoIterator<Item = TcpState>) -> Wanted {
+        let mut states: Vec<TcpState> = stuck.into_iter().collect();
+        if states.contains(&TcpState::FinWait2) {
+            states.push(TcpState::TimeWait);
+        }
+        states.push(TcpState::Listen);
+        states.sort();
+        states.dedup();
+        Wanted {
+            states,
+            netns: None,
+        }
+    }
+}
+
 /// Socket inodes already traced to their namespace through `SIOCGSKNS` (sockets that are not
 /// TCP, or live where nothing else leads): probed once, not at every scan.
 static PROBED: std::sync::Mutex<Option<HashMap<u64, u64>>> = std::sync::Mutex::new(None);
 /// Above this many, the probe cache starts afresh (it only saves work).
 const PROBED_MAX: usize = 65_536;
 
-/// Reads the socket tables of every network namespace and who holds each socket.
-/// Processes that vanish or cannot be read during the scan are skipped.
+/// Reads the TCP sockets in the wanted states from every network namespace (through netlink
+/// `sock_diag`, see [`crate::sock_diag`]: the kernel sends only those), and every process
+/// that holds each of them (`/proc/*/fd`: every holder is listed, so the walk reads every
+/// process). Processes that vanish or cannot be read during the scan are skipped; a namespace
+/// that cannot be read is logged and skipped.
 ///
 /// Namespaces are those of every thread, those held open or bind-mounted, and those reached
 /// only through a socket a process holds (see [`crate::netns`]); each table is read once.
-pub fn scan() -> Result<SocketTable, procfs::ProcError> {
-    let mut holders: HashMap<u64, Vec<Owner>> = HashMap::new();
+pub fn scan(wanted: &Wanted) -> Result<SocketTable, procfs::ProcError> {
+    let mut finder = netns::Finder::default();
+    finder.add_tasks();
+    finder.add_mounts();
+    let mut table = SocketTable::default();
+    let mut read = 0;
+    read_new(&mut finder, &mut read, &mut table, &wanted.states);
+
+    // Every socket descriptor, by inode (small records: the names are read only for the
+    // holders of the sockets found).
     let mut held: Vec<Held> = Vec::new();
     for process in procfs::process::all_processes()?.flatten() {
         let Ok(fds) = process.fd() else { continue };
         let Ok(pid) = u32::try_from(process.pid()) else {
             continue;
         };
-        let mut comm = None;
         for fd in fds.flatten() {
             if let procfs::process::FDTarget::Socket(inode) = fd.target {
-                let comm =
-                    comm.get_or_insert_with(|| process.stat().map(|s| s.comm).unwrap_or_default());
-                let list = holders.entry(inode).or_default();
-                if list.is_empty() {
-                    held.push(Held {
-                        inode,
-                        pid,
-                        fd: fd.fd,
-                    });
-                }
-                list.push(Owner {
+                held.push(Held {
+                    inode,
                     pid,
-                    comm: comm.clone(),
-                    fd: Some(fd.fd),
+                    fd: fd.fd,
                 });
             }
         }
     }
-    let mut finder = netns::Finder::default();
-    finder.add_tasks();
-    finder.add_mounts();
-    let mut table = SocketTable::default();
-    let mut read = 0;
-    read_new(&mut finder, &mut read, &mut table);
 
-    // Sockets in no table read so far may live in a namespace only sockets keep.
-    let in_tables: HashSet<u64> = table.entries.iter().map(|e| e.inode).collect();
-    {
+    // Sockets may live in a namespace only sockets keep: look through the holders' sockets
+    // while a namespace the caller needs is missing (at start-up, for every socket).
+    let missing = |finder: &netns::Finder| match &wanted.netns {
+        None => true,
+        Some(list) => list.iter().any(|&ns| ns != 0 && !finder.knows(ns)),
+    };
+    if missing(&finder) {
+        let in_tables: HashSet<u64> = table.entries.iter().map(|e| e.inode).collect();
         let mut probed = PROBED
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -286,7 +324,11 @@ pub fn scan() -> Result<SocketTable, procfs::ProcError> {
         if probed.len() > PROBED_MAX {
             probed.clear();
         }
-        for h in held.iter().filter(|h| !in_tables.contains(&h.inode)) {
+        let mut first: HashSet<u64> = HashSet::new();
+        for h in &held {
+            if in_tables.contains(&h.inode) || !first.insert(h.inode) {
+                continue;
+            }
             if let Some(ns) = probed.get(&h.inode) {
                 if finder.knows(*ns) {
                     continue;
@@ -294,11 +336,38 @@ pub fn scan() -> Result<SocketTable, procfs::ProcError> {
             }
             if let Ok(inode) = finder.add_socket(h.pid, h.fd) {
                 probed.insert(h.inode, inode);
+                if wanted.netns.is_some() && !missing(&finder) {
+                    break;
+                }
             }
         }
     }
-    read_new(&mut finder, &mut read, &mut table);
+    read_new(&mut finder, &mut read, &mut table, &wanted.states);
 
+    let wanted_inodes: HashSet<u64> = table
+        .entries
+        .iter()
+        .map(|e| e.inode)
+        .filter(|&i| i != 0)
+        .collect();
+    let mut holders: HashMap<u64, Vec<Owner>> = HashMap::new();
+    let mut names: HashMap<u32, String> = HashMap::new();
+    for h in held.iter().filter(|h| wanted_inodes.contains(&h.inode)) {
+        let comm = names
+            .entry(h.pid)
+            .or_insert_with(|| {
+                procfs::process::Process::new(i32::try_from(h.pid).unwrap_or(-1))
+                    .and_then(|p| p.stat())
+                    .map(|s| s.comm)
+                    .unwrap_or_default()
+            })
+            .clone();
+        holders.entry(h.inode).or_default().push(Owner {
+            pid: h.pid,
+            comm,
+            fd: Some(h.fd),
+        });
+    }
     for pid in holders.values().flatten().map(|o| o.pid) {
         table
             .placements
@@ -314,27 +383,23 @@ pub fn scan() -> Result<SocketTable, procfs::ProcError> {
     Ok(table)
 }
 
-/// Reads the tables of the namespaces found since the last call.
-fn read_new(finder: &mut netns::Finder, read: &mut usize, table: &mut SocketTable) {
-    let found = finder.found();
-    for ns in &found[*read..] {
-        match netns::in_netns(ns, read_tcp_tables) {
-            Ok(rows) => {
-                table.netns.push(ns.inode);
-                table
-                    .entries
-                    .extend(rows.iter().map(|row| entry(row, ns.inode)));
-            }
-            Err(e) => log::debug!("could not read the sockets of netns {}: {e}", ns.inode),
-        }
-    }
-    *read = found.len();
+/// The TCP sockets in `states` of the calling thread's namespace: through `sock_diag`, or,
+/// where the kernel does not offer it (`inet_diag`/`tcp_diag` are modules: a kernel that cannot
+/// load them), from `/proc/thread-self/net/tcp{,6}`, keeping the same states. Said once at `-v`.
+fn tcp_sockets(states: &[TcpState]) -> std::io::Result<Vec<sock_diag::DiagSocket>> {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    sock_diag::tcp_sockets(states).or_else(|e| {
+        SAID.call_once(|| {
+            log::info!("sock_diag unavailable ({e}): reading /proc/net/tcp and /proc/net/tcp6");
+        });
+        proc_tcp_sockets(states)
+    })
 }
 
-/// The TCP tables of the calling thread's namespace.
-fn read_tcp_tables() -> std::io::Result<Vec<procfs::net::TcpNetEntry>> {
+/// The `/proc/thread-self/net/tcp{,6}` rows in `states`.
+fn proc_tcp_sockets(states: &[TcpState]) -> std::io::Result<Vec<sock_diag::DiagSocket>> {
     use procfs::FromBufReadSI as _;
-    let mut rows = Vec::new();
+    let mut out = Vec::new();
     for name in ["tcp", "tcp6"] {
         let file = match std::fs::File::open(format!("/proc/thread-self/net/{name}")) {
             Ok(file) => file,
@@ -342,31 +407,64 @@ fn read_tcp_tables() -> std::io::Result<Vec<procfs::net::TcpNetEntry>> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        let procfs::net::TcpNetEntries(entries) = procfs::net::TcpNetEntries::from_buf_read(
+        let procfs::net::TcpNetEntries(rows) = procfs::net::TcpNetEntries::from_buf_read(
             std::io::BufReader::new(file),
             procfs::current_system_info(),
         )
         .map_err(std::io::Error::other)?;
-        rows.extend(entries);
+        out.extend(rows.iter().filter_map(|row| {
+            let state = TcpState::from(u32::from(row.state.to_u8()));
+            states.contains(&state).then(|| sock_diag::DiagSocket {
+                endpoints: Endpoints {
+                    laddr: row.local_address.ip(),
+                    lport: row.local_address.port(),
+                    raddr: row.remote_address.ip(),
+                    rport: row.remote_address.port(),
+                },
+                state,
+                rx_queue: row.rx_queue,
+                inode: row.inode,
+            })
+        }));
     }
-    Ok(rows)
+    Ok(out)
 }
 
-fn entry(row: &procfs::net::TcpNetEntry, netns: u64) -> SocketEntry {
-    let state = TcpState::from(u32::from(row.state.to_u8()));
-    SocketEntry {
-        endpoints: Endpoints {
-            laddr: row.local_address.ip(),
-            lport: row.local_address.port(),
-            raddr: row.remote_address.ip(),
-            rport: row.remote_address.port(),
-        },
-        state,
-        recv_q: unread_bytes(state, row.rx_queue),
-        inode: row.inode,
-        netns,
-        holders: Vec::new(),
+/// Reads the tables of the namespaces found since the last call.
+fn read_new(
+    finder: &mut netns::Finder,
+    read: &mut usize,
+    table: &mut SocketTable,
+    states: &[TcpState],
+) {
+    let found = finder.found();
+    let own = netns::inode_of(std::path::Path::new("/proc/thread-self/ns/net"));
+    for ns in &found[*read..] {
+        // Our own namespace is read from here: no thread, and no setns (which needs
+        // CAP_SYS_ADMIN, and a hardened unit's RestrictNamespaces forbids).
+        let sockets = if Some(ns.inode) == own {
+            tcp_sockets(states)
+        } else {
+            netns::in_netns(ns, || tcp_sockets(states))
+        };
+        match sockets {
+            Ok(sockets) => {
+                table.netns.push(ns.inode);
+                table
+                    .entries
+                    .extend(sockets.into_iter().map(|s| SocketEntry {
+                        endpoints: s.endpoints,
+                        state: s.state,
+                        recv_q: unread_bytes(s.state, s.rx_queue),
+                        inode: s.inode,
+                        netns: ns.inode,
+                        holders: Vec::new(),
+                    }));
+            }
+            Err(e) => log::debug!("could not read the sockets of netns {}: {e}", ns.inode),
+        }
     }
+    *read = found.len();
 }
 
 #[cfg(test)]
@@ -402,7 +500,7 @@ mod tests {
     fn scan_finds_our_own_socket() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let table = scan().unwrap();
+        let table = scan(&Wanted::for_states([Listen])).unwrap();
         let me = std::process::id();
         let entry = table
             .in_state(Listen)
@@ -422,7 +520,11 @@ mod tests {
         client.write_all(&[7u8; 26]).unwrap();
         drop(client);
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let table = scan().unwrap();
+        let table = scan(&Wanted::for_states([CloseWait])).unwrap();
+        assert!(table
+            .entries
+            .iter()
+            .all(|e| matches!(e.state, CloseWait | Listen)));
         let entry = table
             .in_state(CloseWait)
             .find(|e| e.endpoints.rport == peer.port())
@@ -430,6 +532,23 @@ mod tests {
         assert_eq!(entry.recv_q, 26);
         assert_eq!(entry.owner().map(|o| o.pid), Some(std::process::id()));
         drop(server);
+    }
+
+    /// The fallback for kernels without `sock_diag` gives what `sock_diag` gives.
+    #[test]
+    fn proc_tables_agree_with_sock_diag() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mine = |sockets: Vec<sock_diag::DiagSocket>| {
+            sockets
+                .into_iter()
+                .filter(|s| s.endpoints.lport == port)
+                .collect::<Vec<_>>()
+        };
+        let from_proc = mine(proc_tcp_sockets(&[Listen]).unwrap());
+        assert_eq!(from_proc.len(), 1);
+        assert_eq!(from_proc, mine(sock_diag::tcp_sockets(&[Listen]).unwrap()));
+        assert!(mine(proc_tcp_sockets(&[CloseWait]).unwrap()).is_empty());
     }
 
     #[test]

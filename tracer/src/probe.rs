@@ -1,6 +1,7 @@
 //! The only module that talks to the kernel through aya: load the eBPF object, set its
-//! filters, attach it to `sock:inet_sock_set_state`, and hand out the ring buffer and the loss
-//! counters.
+//! filters and the struct offsets from the kernel's BTF, attach one of its programs to
+//! `sock:inet_sock_set_state` (the BTF-enabled raw tracepoint, or the classic tracepoint where
+//! that is refused), and hand out the ring buffer and the loss counters.
 
 use std::{
     fs, io,
@@ -10,17 +11,41 @@ use std::{
 
 use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint},
-    Ebpf, EbpfError, EbpfLoader,
+    programs::{BtfTracePoint, ProgramError, TracePoint},
+    Btf, Ebpf, EbpfError, EbpfLoader,
 };
 use tracer_common::{
-    EVENTS_MAP, FILTER_FAMILY_GLOBAL, FILTER_PORTS_GLOBAL, FILTER_PROTOCOL_GLOBAL, PORTS_MAP,
-    PROGRAM, STATS_MAP, STAT_RINGBUF_FULL,
+    KernelOffsets, EVENTS_MAP, FILTER_FAMILY_GLOBAL, FILTER_NETNS_GLOBAL, FILTER_PORTS_GLOBAL,
+    FILTER_PROTOCOL_GLOBAL, OFFSETS_GLOBAL, OFFSETS_NETNS, OFFSETS_SOCK, PORTS_MAP, PROGRAM,
+    PROGRAM_BTF, STATS_MAP, STAT_RINGBUF_FULL,
 };
 
 use crate::cause::probe::CauseProbes;
 use crate::features::{lockdown_mode, KernelFeatures, LOCKDOWN_FILE};
-use crate::{config::KernelFilter, error::ProbeError};
+use crate::{
+    config::{HookChoice, KernelFilter},
+    error::ProbeError,
+    kernel_offsets,
+};
+
+/// The program that was attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// `tp_btf/inet_sock_set_state`: the kernel hands the program the `struct sock`.
+    TpBtf,
+    /// `tracepoint/sock/inet_sock_set_state`: the kernel first builds the tracepoint's record.
+    Tracepoint,
+}
+
+impl Hook {
+    /// The program's section name, as `bpftool` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::TpBtf => "tp_btf/inet_sock_set_state",
+            Hook::Tracepoint => "tracepoint/sock/inet_sock_set_state",
+        }
+    }
+}
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time (empty when
 /// it was not built: loading then fails with [`ProbeError::MissingObject`]).
@@ -40,6 +65,7 @@ pub struct Probe {
     features: KernelFeatures,
     /// The programs that learn why connections end.
     causes: CauseProbes,
+    hook: Hook,
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -73,11 +99,27 @@ impl Probe {
         }
         raise_memlock();
 
+        let (offsets, missing) =
+            match kernel_offsets::from_file_in_child(Path::new(kernel_offsets::VMLINUX_BTF)) {
+                Ok(resolved) => (resolved.offsets, resolved.missing),
+                Err(e) => (KernelOffsets::default(), vec![e.to_string()]),
+            };
+        features.missing_offsets.clone_from(&missing);
+        let missing = missing.join("; ");
+        if filter.netns.is_some() && offsets.flags & OFFSETS_NETNS == 0 {
+            return Err(ProbeError::NoNetnsOffsets { reason: missing });
+        }
         let ports_on = u8::from(!filter.ports.is_empty());
+        let netns = filter.netns.unwrap_or(0);
+        // Parsed once, for the loader's relocations and for the tp_btf program's target.
+        let btf = Btf::from_sys_fs();
         let mut ebpf = EbpfLoader::new()
+            .btf(btf.as_ref().ok())
             .override_global(FILTER_FAMILY_GLOBAL, &filter.family, true)
             .override_global(FILTER_PROTOCOL_GLOBAL, &filter.protocol, true)
             .override_global(FILTER_PORTS_GLOBAL, &ports_on, true)
+            .override_global(FILTER_NETNS_GLOBAL, &netns, true)
+            .override_global(OFFSETS_GLOBAL, &offsets, true)
             .map_max_entries(EVENTS_MAP, filter.ring_buffer_bytes)
             .load(OBJECT)
             .map_err(ebpf_error)?;
@@ -87,33 +129,9 @@ impl Probe {
             Err(e) => log::debug!("eBPF logs unavailable: {e}"),
         }
 
-        let program: &mut TracePoint = ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| {
-                aya_error(
-                    "finding the program in the eBPF object",
-                    io::Error::other(PROGRAM),
-                )
-            })?
-            .try_into()
-            .map_err(|e| aya_error("reading the program", e))?;
-        program.load().map_err(program_error)?;
-        program
-            .attach("sock", "inet_sock_set_state")
-            .map_err(|e| match e {
-                ProgramError::SyscallError(ref s) if is_permission(&s.io_error) => {
-                    ProbeError::Permission {
-                        action: "attaching to the tracepoint",
-                        source: Box::new(e),
-                    }
-                }
-                other => aya_error("attaching to sock/inet_sock_set_state", other),
-            })?;
-        let prog_fd = program
-            .fd()
-            .map_err(|e| aya_error("reading the program fd", e))?
-            .as_fd()
-            .as_raw_fd();
+        let (hook, prog_fd, fallback) = attach(&mut ebpf, filter.hook, &offsets, &missing, btf)?;
+        features.hook = Some(hook.name().to_owned());
+        features.hook_fallback = fallback;
         // Why connections end: optional, each where the kernel has its tracepoint.
         let causes = CauseProbes::attach(&mut ebpf, &tracefs);
         features.cause_tracepoints = Some(causes.attached.clone());
@@ -152,6 +170,7 @@ impl Probe {
                 prog_fd,
                 features,
                 causes,
+                hook,
             },
             ring,
         ))
@@ -183,6 +202,114 @@ impl Probe {
     pub fn features(&self) -> &KernelFeatures {
         &self.features
     }
+
+    /// The program that was attached.
+    pub fn hook(&self) -> Hook {
+        self.hook
+    }
+}
+
+/// Loads and attaches the program `choice` asks for; returns it, its fd, and why `tp_btf`
+/// was not used when [`HookChoice::Auto`] fell back to the classic tracepoint (a refused
+/// `tp_btf` program, or a kernel BTF without the socket offsets).
+fn attach(
+    ebpf: &mut Ebpf,
+    choice: HookChoice,
+    offsets: &KernelOffsets,
+    missing: &str,
+    btf: Result<Btf, aya::BtfError>,
+) -> Result<(Hook, i32, Option<String>), ProbeError> {
+    let mut fallback = None;
+    if choice != HookChoice::Tracepoint {
+        let result = if offsets.flags & OFFSETS_SOCK == 0 {
+            Err(ProbeError::NoSocketOffsets {
+                reason: missing.to_owned(),
+            })
+        } else {
+            btf.map_err(|e| aya_error("reading the kernel's BTF", e))
+                .and_then(|btf| attach_btf(ebpf, &btf))
+        };
+        match result {
+            Ok(fd) => return Ok((Hook::TpBtf, fd, None)),
+            Err(e) if choice == HookChoice::TpBtf => return Err(e),
+            Err(e) => {
+                let why = error_chain(&e);
+                log::info!(
+                    "tp_btf/inet_sock_set_state unavailable ({why}); using the classic tracepoint"
+                );
+                fallback = Some(why);
+            }
+        }
+    }
+    attach_classic(ebpf).map(|fd| (Hook::Tracepoint, fd, fallback))
+}
+
+fn attach_btf(ebpf: &mut Ebpf, btf: &Btf) -> Result<i32, ProbeError> {
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(PROGRAM_BTF)
+        .ok_or_else(|| {
+            aya_error(
+                "finding the program in the eBPF object",
+                io::Error::other(PROGRAM_BTF),
+            )
+        })?
+        .try_into()
+        .map_err(|e| aya_error("reading the program", e))?;
+    program
+        .load("inet_sock_set_state", btf)
+        .map_err(|e| program_error(e, PROGRAM_BTF))?;
+    program
+        .attach()
+        .map_err(|e| attach_error(e, "attaching to tp_btf/inet_sock_set_state"))?;
+    Ok(program
+        .fd()
+        .map_err(|e| aya_error("reading the program fd", e))?
+        .as_fd()
+        .as_raw_fd())
+}
+
+fn attach_classic(ebpf: &mut Ebpf) -> Result<i32, ProbeError> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(PROGRAM)
+        .ok_or_else(|| {
+            aya_error(
+                "finding the program in the eBPF object",
+                io::Error::other(PROGRAM),
+            )
+        })?
+        .try_into()
+        .map_err(|e| aya_error("reading the program", e))?;
+    program.load().map_err(|e| program_error(e, PROGRAM))?;
+    program
+        .attach("sock", "inet_sock_set_state")
+        .map_err(|e| attach_error(e, "attaching to sock/inet_sock_set_state"))?;
+    Ok(program
+        .fd()
+        .map_err(|e| aya_error("reading the program fd", e))?
+        .as_fd()
+        .as_raw_fd())
+}
+
+fn attach_error(e: ProgramError, action: &'static str) -> ProbeError {
+    match e {
+        ProgramError::SyscallError(ref s) if is_permission(&s.io_error) => ProbeError::Permission {
+            action,
+            source: Box::new(e),
+        },
+        other => aya_error(action, other),
+    }
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 /// The non-zero words of the kernel's port bitmap: bit `port % 64` of word `port / 64`.
@@ -325,7 +452,7 @@ fn ebpf_error(e: EbpfError) -> ProbeError {
     }
 }
 
-fn program_error(e: ProgramError) -> ProbeError {
+fn program_error(e: ProgramError, program: &str) -> ProbeError {
     match e {
         ProgramError::LoadError {
             io_error,
@@ -338,7 +465,7 @@ fn program_error(e: ProgramError) -> ProbeError {
                 }
             } else {
                 ProbeError::Verifier {
-                    program: PROGRAM.to_owned(),
+                    program: program.to_owned(),
                     log: format!("{io_error}\n{verifier_log}"),
                     hint: "this kernel's verifier rejected the program; please report it with the log above and `uname -r`",
                 }

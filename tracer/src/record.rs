@@ -75,6 +75,8 @@ pub struct RunOptions {
     pub family: Option<Family>,
     /// Other protocols than TCP that use the tracepoint were traced too.
     pub all_protocols: bool,
+    /// `--netns`: the one network namespace traced (its inode); null traces every one.
+    pub netns: Option<u64>,
     /// `--pid`: stdout shows only sockets of these processes; empty shows all.
     pub pids: Vec<u32>,
     /// stdout shows transitions (not `--no-transitions`).
@@ -98,6 +100,7 @@ impl Default for RunOptions {
             ports: Vec::new(),
             family: None,
             all_protocols: false,
+            netns: None,
             pids: Vec::new(),
             transitions: true,
             timelines: false,
@@ -136,17 +139,19 @@ pub struct TransitionRecord {
     pub new_state: TcpState,
     /// Time spent in `old_state`; null when the tracer did not see it enter that state.
     pub duration_ns: Option<u64>,
-    /// The socket's owner; null until a system call of the owner was seen.
+    /// The socket's owner; null until a system call of the owner was seen. `comm` is the
+    /// process's name (its thread-group leader's `comm`, as `ps` and `ss -p` show it).
     pub pid: Option<u32>,
     pub comm: Option<String>,
-    /// The task running when the transition fired (not the owner in softirq).
+    /// The process running when the transition fired (not the owner in softirq), and its
+    /// name (the thread-group leader's `comm`).
     pub ctx_pid: u32,
     pub ctx_comm: String,
     /// Thread id of the running task (equal to `ctx_pid` in exports older than this field).
     #[serde(default)]
     pub ctx_tid: u32,
-    /// Name of the running thread (`prctl(PR_SET_NAME)`, `pthread_setname_np`); null when the
-    /// kernel side does not report it apart from the process name.
+    /// Name of the running thread (its own `comm`: `prctl(PR_SET_NAME)`,
+    /// `pthread_setname_np`); null in exports older than this field.
     #[serde(default)]
     pub ctx_thread: Option<String>,
     pub cpu: u32,
@@ -159,6 +164,10 @@ pub struct TransitionRecord {
     /// (`tcp:tcp_send_reset`, `tcp:tcp_receive_reset`); null otherwise.
     #[serde(default)]
     pub reset_by: Option<ResetBy>,
+    /// Inode of the socket's network namespace (as `lsns -t net` shows it); null when the
+    /// kernel's BTF does not give its offsets, and in exports older than this field.
+    #[serde(default)]
+    pub netns: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +183,9 @@ pub struct TimelineRecord {
     pub rport: u16,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// Inode of the socket's network namespace; null when not known.
+    #[serde(default)]
+    pub netns: Option<u64>,
     /// The tracer saw the socket's first transition.
     pub from_birth: bool,
     pub outcome: Outcome,

@@ -35,8 +35,10 @@ pub fn transition(
             pid: 100,
             tid: 100,
             comm: "test".into(),
+            thread: "test".into(),
         },
         cpu: 0,
+        netns: 0,
     }
 }
 
@@ -46,6 +48,7 @@ pub fn by(mut t: Transition, pid: u32, comm: &str) -> Transition {
         pid,
         tid: pid,
         comm: comm.into(),
+        thread: comm.into(),
     };
     t
 }

@@ -123,6 +123,8 @@ pub struct Timeline {
     pub skaddr: u64,
     /// Its addresses and ports, as of its last transition.
     pub endpoints: Endpoints,
+    /// Inode of its network namespace; 0 when not known.
+    pub netns: u64,
     /// The first transition seen was the socket's birth (CLOSE -> x, or LISTEN -> SYN_RECV).
     pub from_birth: bool,
     /// The process that owns the socket, when known.
@@ -147,6 +149,7 @@ pub struct Applied {
 struct Conn {
     seq: u64,
     endpoints: Endpoints,
+    netns: u64,
     from_birth: bool,
     owner: Option<Owner>,
     steps: Vec<Step>,
@@ -162,6 +165,7 @@ impl Conn {
         Timeline {
             skaddr,
             endpoints: self.endpoints,
+            netns: self.netns,
             from_birth: self.from_birth,
             owner: self.owner,
             steps: self.steps,
@@ -251,6 +255,7 @@ impl Tracker {
         }
         let conn = self.conns.get_mut(&t.skaddr).expect("inserted above");
         conn.endpoints = t.endpoints();
+        conn.netns = t.netns;
         if conn.owner.is_none() {
             conn.owner = known.cloned();
         }
@@ -331,6 +336,7 @@ impl Tracker {
             Conn {
                 seq,
                 endpoints: t.endpoints(),
+                netns: t.netns,
                 from_birth: born,
                 owner: None,
                 steps,

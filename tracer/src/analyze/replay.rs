@@ -43,8 +43,11 @@ impl TryFrom<&TransitionRecord> for Transition {
                 // Exports older than `ctx_tid` read it as 0: the process's main thread.
                 tid: if r.ctx_tid == 0 { r.ctx_pid } else { r.ctx_tid },
                 comm: r.ctx_comm.clone(),
+                // Exports older than `ctx_thread` name the thread as its process.
+                thread: r.ctx_thread.clone().unwrap_or_else(|| r.ctx_comm.clone()),
             },
             cpu: r.cpu,
+            netns: r.netns.unwrap_or(0),
         })
     }
 }

@@ -288,6 +288,7 @@ mod tests {
             rport: 5000,
             pid: Some(1),
             comm: Some("srv".into()),
+            netns: None,
             from_birth: true,
             outcome,
             error: None,

@@ -200,7 +200,7 @@ impl Diagnoser {
     ) -> HashMap<u32, Diagnosis> {
         let started = Instant::now();
         let scanned = if table.is_none() {
-            crate::owner::scan().ok()
+            crate::owner::scan(&crate::owner::Wanted::every_state()).ok()
         } else {
             None
         };

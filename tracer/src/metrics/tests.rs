@@ -323,6 +323,7 @@ fn unknown_states_share_one_label() {
         cpu: 0,
         error: None,
         reset_by: None,
+        netns: None,
     };
     metrics.observe(&[Record::Transition(t.clone())]);
     t.old_state = TcpState::Unknown(7777);

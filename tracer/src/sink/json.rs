@@ -107,10 +107,13 @@ fn transition(out: &mut Vec<u8>, r: &TransitionRecord) -> io::Result<()> {
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(match r.reset_by {
-        None => br#","reset_by":null}"#.as_slice(),
-        Some(ResetBy::Local) => br#","reset_by":"local"}"#,
-        Some(ResetBy::Peer) => br#","reset_by":"peer"}"#,
+        None => br#","reset_by":null"#.as_slice(),
+        Some(ResetBy::Local) => br#","reset_by":"local""#,
+        Some(ResetBy::Peer) => br#","reset_by":"peer""#,
     });
+    out.extend_from_slice(br#","netns":"#);
+    optional(out, r.netns);
+    out.push(b'}');
     Ok(())
 }
 
@@ -224,6 +227,7 @@ mod tests {
                 .is_multiple_of(6)
                 .then(|| ["ECONNRESET", "ETIMEDOUT", "errno 200"][n % 3].to_owned()),
             reset_by: [None, Some(ResetBy::Local), Some(ResetBy::Peer)][n % 3],
+            netns: (!i.is_multiple_of(6)).then_some(4_026_531_840 + i),
         }
     }
 

@@ -65,6 +65,28 @@ fn header_and_summary_state_what_the_kernel_offers() {
         let present = Path::new("/sys/kernel/tracing/events").join(tp).is_dir();
         assert_eq!(features.tracepoints.contains(tp), present, "{tp}");
     }
+    // The hook: tp_btf wherever the kernel has BTF (every supported kernel), with every group
+    // of struct offsets found; otherwise the classic tracepoint, saying why.
+    if features.btf {
+        assert_eq!(
+            features.hook.as_deref(),
+            Some("tp_btf/inet_sock_set_state"),
+            "{features:?}"
+        );
+        assert!(features.missing_offsets.is_empty(), "{features:?}");
+        assert_eq!(features.hook_fallback, None);
+    } else {
+        assert_eq!(
+            features.hook.as_deref(),
+            Some("tracepoint/sock/inet_sock_set_state")
+        );
+        assert!(features.hook_fallback.is_some(), "{features:?}");
+    }
+    assert!(
+        stderr.contains("; hook "),
+        "-v names the hook:
+{stderr}"
+    );
     // The degradation: no count on a kernel that keeps none, never a made-up 0.
     if fdinfo_counts_misses {
         assert_eq!(summary.recursion_misses, Some(0), "{summary:?}");

@@ -16,6 +16,8 @@ pub struct Tracer {
     child: Child,
     records: Arc<Mutex<Vec<Record>>>,
     stderr: Arc<Mutex<String>>,
+    /// Says when the stdout reader has parsed the last line.
+    stdout_done: mpsc::Receiver<()>,
 }
 
 impl Tracer {
@@ -35,6 +37,7 @@ impl Tracer {
         let stderr = Arc::new(Mutex::new(String::new()));
         let out = child.stdout.take().expect("piped stdout");
         let sink = Arc::clone(&records);
+        let (done_tx, stdout_done) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
@@ -43,6 +46,7 @@ impl Tracer {
                 });
                 sink.lock().unwrap().push(record);
             }
+            let _ = done_tx.send(());
         });
         let mut err = BufReader::new(child.stderr.take().expect("piped stderr"));
         let log = Arc::clone(&stderr);
@@ -61,6 +65,7 @@ impl Tracer {
             child,
             records,
             stderr,
+            stdout_done,
         };
         if attached_rx.recv_timeout(WAIT).is_err() {
             let status = tracer.child.try_wait().ok().flatten();
@@ -109,7 +114,8 @@ impl Tracer {
     /// Stops the tracer with SIGINT, waits for it, and returns its records and summary.
     pub fn stop(mut self) -> (Vec<Record>, Summary) {
         let status = interrupt(&mut self.child);
-        // Let the reader threads see the end of the pipes.
+        // Every line parsed (a slow guest takes a while over thousands), then stderr's end.
+        let _ = self.stdout_done.recv_timeout(WAIT);
         thread::sleep(Duration::from_millis(100));
         assert!(
             status.success(),

@@ -29,7 +29,9 @@ use report::{Outcome, Report};
 
 /// The privileged tests run on every kernel when `--suite auto` runs the core set: client and
 /// server transitions on IPv4 and IPv6, the CLOSE_WAIT report with its owner, a socket stuck
-/// before start, reset, refused connect, overload accounting, `kill -9` leaving nothing behind.
+/// before start, reset, refused connect, overload accounting, `kill -9` leaving nothing behind,
+/// both kernel hooks (tp_btf and the classic tracepoint) agreeing, the forced classic
+/// tracepoint end to end, namespaces and thread names read by the kernel side.
 const CORE_TESTS: &[&str] = &[
     "ipv4_client_and_server_sequences",
     "ipv6_client_and_server_sequences",
@@ -42,6 +44,10 @@ const CORE_TESTS: &[&str] = &[
     "header_and_summary_state_what_the_kernel_offers",
     // Why connections end: what each kernel reports differs (5.10 has no error reports).
     "suite::causes::",
+    "ipv4_tp_btf_and_tracepoint_report_the_same_transitions",
+    "the_binary_names_its_hook_and_obeys_the_choice",
+    "same_four_tuple_in_two_namespaces_live",
+    "process_name_and_thread_name_are_kept_apart",
 ];
 
 /// Tests that cannot hold inside an emulated guest, with the reason the table shows. They run
@@ -384,6 +390,8 @@ struct Row {
     seconds: f64,
     /// Kernel features the guest found missing (`fact NAME no`).
     lacks: Vec<String>,
+    /// Why the tracer fell back to the classic tracepoint, when it did.
+    fallback: Option<String>,
     pass: bool,
     problems: Vec<String>,
 }
@@ -422,9 +430,10 @@ fn judge(
     }
     let attached = match report.smoke_rc {
         None => "-".to_owned(),
-        Some(_) if report.attached() => "yes".to_owned(),
+        Some(_) if report.attached() => report.hook().map_or("yes".to_owned(), |(hook, _)| hook),
         Some(rc) => format!("no (exit {rc})"),
     };
+    let fallback = report.hook().and_then(|(_, why)| why);
     match scenario.check {
         Check::Tests => {
             if !report.attached() || report.smoke_rc != Some(0) {
@@ -496,6 +505,7 @@ fn judge(
             )
             .collect(),
         seconds: took.as_secs_f64(),
+        fallback,
         lacks: report
             .facts
             .iter()
@@ -539,12 +549,12 @@ fn explain(report: &Report, out: &Path) -> String {
 
 fn table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "KERNEL  SCENARIO    RELEASE                      ATTACHED  SUITE     PASSED  FAILED  SKIPPED  TIME    RESULT\n",
+        "KERNEL  SCENARIO    RELEASE                      ATTACHED    SUITE     PASSED  FAILED  SKIPPED  TIME    RESULT\n",
     );
     for r in rows {
         let _ = writeln!(
             t,
-            "{:<7} {:<11} {:<28} {:<9} {:<9} {:>6}  {:>6}  {:>7}  {:>5.0}s  {}",
+            "{:<7} {:<11} {:<28} {:<11} {:<9} {:>6}  {:>6}  {:>7}  {:>5.0}s  {}",
             r.kernel,
             r.scenario,
             r.release,
@@ -562,6 +572,12 @@ fn table(rows: &[Row]) -> String {
         );
         if !r.lacks.is_empty() {
             let _ = writeln!(t, "        lacks: {}", r.lacks.join(", "));
+        }
+        if let Some(why) = &r.fallback {
+            let _ = writeln!(
+                t,
+                "        tp_btf refused, classic tracepoint attached: {why}"
+            );
         }
         for skip in &r.skipped {
             let _ = writeln!(t, "        skipped {skip}");

@@ -121,6 +121,22 @@ impl Report {
         self.smoke_stderr.iter().any(|l| l.contains("attached to"))
     }
 
+    /// The hook the tracer attached during the smoke start (`tp_btf` or `tracepoint`, from
+    /// "attached to ... via tp_btf/..." on its stderr), and why it fell back, if it did.
+    pub fn hook(&self) -> Option<(String, Option<String>)> {
+        let line = self
+            .smoke_stderr
+            .iter()
+            .find(|l| l.contains("attached to"))?;
+        let via = line.split_once(" via ")?.1;
+        let name = via.split('/').next()?.to_owned();
+        let why = via
+            .split_once("(tp_btf refused: ")
+            .and_then(|(_, rest)| rest.rsplit_once(')'))
+            .map(|(why, _)| why.to_owned());
+        Some((name, why))
+    }
+
     pub fn count(&self, want: fn(&Outcome) -> bool) -> usize {
         self.tests.iter().filter(|(_, o)| want(o)).count()
     }
@@ -160,6 +176,14 @@ mod tests {
         assert_eq!(r.fact("lockdown"), Some("[none] integrity confidentiality"));
         assert_eq!(r.smoke_rc, Some(0));
         assert!(r.attached());
+        assert_eq!(r.hook(), None, "an older tracer's line names no hook");
+        let fell_back = Report::parse(
+            "@@BEGIN\n@@SMOKE-BEGIN\nstderr: tracer: attached to sock:inet_sock_set_state via tracepoint/sock/inet_sock_set_state (tp_btf refused: no BTF (really)); Ctrl-C to stop\n@@SMOKE-END 0\n@@END\n",
+        );
+        assert_eq!(
+            fell_back.hook(),
+            Some(("tracepoint".into(), Some("no BTF (really)".into())))
+        );
         assert_eq!(
             r.tests,
             vec![

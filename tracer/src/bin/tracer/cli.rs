@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand};
 use tracer::{
     analyze,
-    config::{Config, ExportTarget, KernelFilter, MetricsTarget},
+    config::{Config, ExportTarget, HookChoice, KernelFilter, MetricsTarget},
     defaults::{self, nanos},
     engine,
     error::ConfigError,
@@ -24,6 +24,7 @@ Examples:
   tracer -p 8080 -p 443               # only connections on these ports (local or remote)
   tracer --pid 1234                   # only sockets owned by process 1234
   tracer -6 -w                        # IPv6 only, wide columns
+  tracer --netns 4026532290           # only one network namespace (inode, as lsns -t net shows)
   tracer --timelines --no-transitions # one line per finished connection
   tracer --close-wait-threshold 2s    # report sockets stuck in CLOSE_WAIT for 2 s
   tracer --stuck FIN_WAIT2=60s        # also a peer that never closes its end
@@ -97,6 +98,11 @@ pub struct TraceArgs {
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
 
+    /// Keep only sockets of this network namespace: its inode number, as `lsns -t net` or
+    /// `stat -L -c %i /proc/PID/ns/net` show it (filtered in the kernel)
+    #[arg(long, value_name = "INODE")]
+    pub netns: Option<u32>,
+
     /// Also trace other protocols that use the tracepoint (SCTP, MPTCP)
     #[arg(long)]
     pub all_protocols: bool,
@@ -123,10 +129,22 @@ pub struct TraceArgs {
     #[arg(long, value_name = "BYTES", default_value_t = u64::from(defaults::RING_BUFFER_BYTES))]
     pub ring_buffer_size: u64,
 
+    /// Which kernel hook to attach: the BTF-enabled raw tracepoint (cheaper: no trace record
+    /// is built), the classic tracepoint, or auto (tp-btf where the kernel accepts it, else
+    /// tracepoint; the header and -v say which and why)
+    #[arg(
+        long,
+        value_enum,
+        value_name = "HOOK",
+        env = "TRACER_HOOK",
+        default_value = "auto"
+    )]
+    pub hook: HookChoice,
+
     /// Formatted output that may wait for a slow reader, per destination (e.g. 64MiB; K, M
     /// and G are powers of 1024). Past it stdout drops records (counted by type) and the
     /// export holds the tracer until its disk catches up. Default: room for as many records
-    /// as the ring buffer holds events (30 MiB with the default ring buffer)
+    /// as the ring buffer holds events (26 MiB with the default ring buffer)
     #[arg(long, value_name = "SIZE")]
     pub output_buffer: Option<String>,
 
@@ -340,6 +358,9 @@ impl TryFrom<&TraceArgs> for Config {
         let mut pids = args.pids.clone();
         pids.sort_unstable();
         pids.dedup();
+        if args.netns == Some(0) {
+            return Err(ConfigError::Zero { flag: "--netns" });
+        }
         Ok(Config {
             metrics: None,
             detail: args.verbose > 0,
@@ -349,6 +370,8 @@ impl TryFrom<&TraceArgs> for Config {
                 protocol: if args.all_protocols { 0 } else { IPPROTO_TCP },
                 ports,
                 ring_buffer_bytes,
+                netns: args.netns,
+                hook: args.hook,
             },
             engine: engine::Options {
                 transitions: true,
@@ -697,7 +720,7 @@ mod tests {
     #[test]
     fn output_buffer_sizes() {
         let size = |argv: &[&str]| config(argv).map(|c| c.output_buffer.bytes);
-        assert_eq!(size(&[]).unwrap(), 30 << 20);
+        assert_eq!(size(&[]).unwrap(), 26 << 20);
         assert_eq!(
             size(&["--ring-buffer-size", "4096"]).unwrap(),
             Buffer::default_for(4096).bytes
