@@ -198,10 +198,11 @@ pub fn fill(d: &mut Diagnosis, table: Option<&SocketTable>, target: &Target, dea
         std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
             .is_ok_and(|t| t.to_string_lossy().starts_with("socket:["))
     };
+    let mut own_tables = None;
     for s in listed(&samples, &target.stuck_fds, &is_socket) {
         let fd = blocking_fd(s);
         let (fd_socket, fd_target) = match fd {
-            Some(fd) => resolve_fd(pid, fd, table),
+            Some(fd) => resolve_fd(pid, fd, table, &mut own_tables),
             None => (None, None),
         };
         let syscall = match s.syscall {
@@ -314,22 +315,26 @@ fn resolve_fd(
     pid: u32,
     fd: i32,
     table: Option<&SocketTable>,
+    own_tables: &mut Option<Vec<FdSocketEntry>>,
 ) -> (Option<FdSocket>, Option<String>) {
     let Ok(target) = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) else {
         return (None, None);
     };
     let target = target.to_string_lossy().into_owned();
-    let inode = target
+    let Some(inode) = target
         .strip_prefix("socket:[")
         .and_then(|s| s.strip_suffix(']'))
-        .and_then(|s| s.parse::<u64>().ok());
-    let entry = inode.and_then(|inode| {
-        table?.entries.iter().find(|e| {
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
+        return (None, Some(target));
+    };
+    let in_table = table.and_then(|table| {
+        table.entries.iter().find(|e| {
             e.inode == inode && e.holders.iter().any(|h| h.pid == pid && h.fd == Some(fd))
         })
     });
-    match entry {
-        Some(e) => (
+    if let Some(e) = in_table {
+        return (
             Some(FdSocket {
                 laddr: e.endpoints.laddr,
                 lport: e.endpoints.lport,
@@ -338,9 +343,42 @@ fn resolve_fd(
                 state: e.state,
             }),
             None,
-        ),
+        );
+    }
+    // The lookup's table holds only the states it asked for (CLOSE_WAIT, LISTEN, ...): a
+    // thread blocked on, say, an ESTABLISHED connection is found in the process's own
+    // namespace's tables, read once per diagnosis.
+    let own = own_tables.get_or_insert_with(|| own_sockets(pid));
+    match own.iter().find(|(i, _)| *i == inode) {
+        Some((_, socket)) => (Some(socket.clone()), None),
         None => (None, Some(target)),
     }
+}
+
+/// A socket of a process's namespace, by inode.
+type FdSocketEntry = (u64, FdSocket);
+
+/// Every TCP socket in `pid`'s network namespace (`/proc/PID/net/tcp` and `tcp6`, which need
+/// no `setns`); empty when they cannot be read.
+fn own_sockets(pid: u32) -> Vec<FdSocketEntry> {
+    let Ok(process) = procfs::process::Process::new(i32::try_from(pid).unwrap_or(-1)) else {
+        return Vec::new();
+    };
+    let v4 = process.tcp().unwrap_or_default();
+    let v6 = process.tcp6().unwrap_or_default();
+    v4.into_iter()
+        .chain(v6)
+        .map(|e| {
+            let socket = FdSocket {
+                laddr: e.local_address.ip(),
+                lport: e.local_address.port(),
+                raddr: e.remote_address.ip(),
+                rport: e.remote_address.port(),
+                state: crate::event::TcpState::from(u32::from(e.state.to_u8())),
+            };
+            (e.inode, socket)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -283,8 +283,10 @@ fn the_binary_names_its_hook_and_obeys_the_choice() {
             .spawn()
             .unwrap();
         let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        // Warnings (a kernel without one of the cause tracepoints) may come first; the
+        // "attached" line says the program is in.
         let mut stderr = String::new();
-        err.read_line(&mut stderr).unwrap();
+        while !stderr.contains("attached to") && err.read_line(&mut stderr).unwrap() > 0 {}
         // One connection while it runs: both sockets through to CLOSE.
         let mut client = TcpStream::connect(addr).unwrap();
         let (mut server, _) = listener.accept().unwrap();
