@@ -16,6 +16,7 @@ pub mod process;
 pub mod server;
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     sync::{atomic::AtomicU64, Arc},
 };
@@ -27,6 +28,7 @@ use prometheus_client::{
 };
 
 use crate::{
+    cause::ResetBy,
     delivery::ByType,
     event::TcpState,
     record::{DigestProcess, DigestRecord, Record, SCHEMA},
@@ -38,8 +40,11 @@ pub use server::{Exposition, Listener, MetricsError};
 
 /// Label value for stuck sockets whose holder is not known.
 pub const UNKNOWN: &str = "unknown";
-/// Label value of the series that aggregates the processes beyond the cap.
+/// Label value of the series that aggregates the processes beyond the cap, and of an
+/// `error` that `errno.h` does not name.
 pub const OTHER: &str = "other";
+/// Label value of an `error` or `reset_by` the connection's end did not have.
+pub const NONE: &str = "none";
 
 /// Upper bounds of `tracer_close_wait_duration_seconds`: 1 ms to 1 day.
 const CLOSE_WAIT_BUCKETS: [f64; 14] = [
@@ -59,6 +64,33 @@ struct TransitionLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
+    /// The errno name the application saw, [`NONE`] when it got none, [`OTHER`] for a
+    /// number `errno.h` does not name (so that a bad record cannot mint new series).
+    error: Cow<'static, str>,
+    /// `local`, `peer`, or [`NONE`] when no RST was sent or received.
+    reset_by: &'static str,
+}
+
+impl OutcomeLabels {
+    /// The series a timeline with `outcome`, `error` and `reset_by` counts in.
+    fn of(outcome: Outcome, error: Option<&str>, reset_by: Option<ResetBy>) -> Self {
+        let error = match error {
+            None => Cow::Borrowed(NONE),
+            Some(name) if name.starts_with('E') && !name.contains(' ') => {
+                Cow::Owned(name.to_owned())
+            }
+            Some(_) => Cow::Borrowed(OTHER),
+        };
+        OutcomeLabels {
+            outcome: outcome.name(),
+            error,
+            reset_by: match reset_by {
+                None => NONE,
+                Some(ResetBy::Local) => "local",
+                Some(ResetBy::Peer) => "peer",
+            },
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -129,7 +161,7 @@ pub struct Metrics {
     max_processes: usize,
     // Counted by `observe`, lock-free, until the next `publish`.
     pending_transitions: [[u64; STATES]; STATES],
-    pending_outcomes: [u64; Outcome::ALL.len()],
+    pending_outcomes: HashMap<OutcomeLabels, u64>,
     pending_reports: [u64; STATES],
     published: Totals,
     m: Handles,
@@ -183,7 +215,7 @@ impl Metrics {
         );
         registry.register(
             "tracer_connections_ended",
-            "Connections whose timeline ended, by outcome",
+            "Connections whose timeline ended, by outcome, the errno the application saw and who sent the RST",
             m.ended.clone(),
         );
         registry.register(
@@ -267,9 +299,8 @@ impl Metrics {
         );
         // Series that exist from the start, at zero, so rates and alerts see them.
         for outcome in Outcome::ALL {
-            m.ended.get_or_create_owned(&OutcomeLabels {
-                outcome: outcome.name(),
-            });
+            m.ended
+                .get_or_create_owned(&OutcomeLabels::of(outcome, None, None));
         }
         for reason in LOSS_REASONS {
             m.lost.get_or_create_owned(&ReasonLabels { reason });
@@ -297,7 +328,7 @@ impl Metrics {
             exposition: Arc::new(Exposition::new(registry, Box::new(refresh))),
             max_processes,
             pending_transitions: [[0; STATES]; STATES],
-            pending_outcomes: [0; Outcome::ALL.len()],
+            pending_outcomes: HashMap::new(),
             pending_reports: [0; STATES],
             published: Totals::default(),
             m,
@@ -328,9 +359,8 @@ impl Metrics {
                     }
                 }
                 Record::Timeline(t) => {
-                    if let Some(i) = Outcome::ALL.iter().position(|o| *o == t.outcome) {
-                        self.pending_outcomes[i] += 1;
-                    }
+                    let labels = OutcomeLabels::of(t.outcome, t.error.as_deref(), t.reset_by);
+                    *self.pending_outcomes.entry(labels).or_default() += 1;
                 }
                 Record::CloseWait(r) | Record::Stuck(r) => {
                     self.pending_reports[state_index(r.state)] += 1;
@@ -355,15 +385,8 @@ impl Metrics {
                 }
             }
         }
-        for (outcome, count) in Outcome::ALL.iter().zip(&mut self.pending_outcomes) {
-            if *count > 0 {
-                self.m
-                    .ended
-                    .get_or_create(&OutcomeLabels {
-                        outcome: outcome.name(),
-                    })
-                    .inc_by(std::mem::take(count));
-            }
+        for (labels, count) in self.pending_outcomes.drain() {
+            self.m.ended.get_or_create(&labels).inc_by(count);
         }
         for (state, count) in self.pending_reports.iter_mut().enumerate() {
             if *count > 0 {

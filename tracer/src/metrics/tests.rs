@@ -81,15 +81,27 @@ fn counters_agree_with_a_recorded_stream() {
     assert_eq!(exported, pairs);
     assert_eq!(pairs.values().sum::<f64>(), 52.0);
 
-    for outcome in Outcome::ALL {
-        let want = of("timeline")
-            .filter(|t| t["outcome"] == outcome.name())
-            .count();
+    let mut ended: HashMap<String, f64> = HashMap::new();
+    for t in of("timeline") {
+        let label = |v: &Value| v.as_str().unwrap_or(NONE).to_owned();
         let key = format!(
-            "tracer_connections_ended_total{{outcome=\"{}\"}}",
-            outcome.name()
+            "tracer_connections_ended_total{{outcome=\"{}\",error=\"{}\",reset_by=\"{}\"}}",
+            t["outcome"].as_str().unwrap(),
+            label(&t["error"]),
+            label(&t["reset_by"]),
         );
-        assert_eq!(got[&key], want as f64, "{key}");
+        *ended.entry(key).or_default() += 1.0;
+    }
+    assert!(!ended.is_empty());
+    for (key, want) in &ended {
+        assert_eq!(got[key], *want, "{key}");
+    }
+    // Every series is a timeline's, or a zero one made at start.
+    for (key, value) in got
+        .iter()
+        .filter(|(k, _)| k.starts_with("tracer_connections_ended_total"))
+    {
+        assert!(ended.contains_key(key) || *value == 0.0, "{key} {value}");
     }
     let left: Vec<f64> = of("transition")
         .filter(|t| t["old_state"] == "CLOSE_WAIT")
@@ -431,4 +443,36 @@ fn every_stuck_state_has_its_series() {
     assert_eq!(got["tracer_stuck_processes_aggregated"], 1.0);
     assert_eq!(got["tracer_stuck_reports_total{state=\"FIN_WAIT2\"}"], 1.0);
     assert_eq!(got["tracer_stuck_reports_total{state=\"CLOSE_WAIT\"}"], 0.0);
+}
+
+/// A connection's end is counted with the errno its application saw and the side that sent
+/// the RST; an errno `errno.h` does not name shares one series.
+#[test]
+fn ended_connections_are_counted_by_cause() {
+    let timeline = |outcome: &str, error: &str, reset_by: &str| {
+        serde_json::from_str::<Record>(&format!(
+            r#"{{"type":"timeline","ts_ns":1,"time":"t","skaddr":"0x1","family":"ipv4","laddr":"127.0.0.1","lport":1,"raddr":"127.0.0.1","rport":2,"pid":null,"comm":null,"from_birth":true,"outcome":"{outcome}","error":{error},"reset_by":{reset_by},"duration_ns":null,"states":[]}}"#
+        ))
+        .unwrap()
+    };
+    let mut metrics = Metrics::new("k", 1);
+    metrics.observe(&[
+        timeline("connect_failed", r#""ECONNREFUSED""#, r#""peer""#),
+        timeline("connect_failed", r#""ECONNREFUSED""#, r#""peer""#),
+        timeline("timeout", r#""ETIMEDOUT""#, "null"),
+        timeline("reset", r#""errno 4095""#, r#""local""#),
+        timeline("active_close", "null", "null"),
+    ]);
+    metrics.publish(&Totals::default());
+    let got = samples(&metrics);
+    let series = |outcome: &str, error: &str, reset_by: &str| {
+        got[&format!(
+            "tracer_connections_ended_total{{outcome=\"{outcome}\",error=\"{error}\",reset_by=\"{reset_by}\"}}"
+        )]
+    };
+    assert_eq!(series("connect_failed", "ECONNREFUSED", "peer"), 2.0);
+    assert_eq!(series("timeout", "ETIMEDOUT", "none"), 1.0);
+    assert_eq!(series("reset", "other", "local"), 1.0);
+    assert_eq!(series("active_close", "none", "none"), 1.0);
+    assert_eq!(series("passive_close", "none", "none"), 0.0);
 }

@@ -212,6 +212,8 @@ fn prometheus_sees_a_close_wait_leak_and_its_alert() {
     let port: u16 = helper.recv().parse().unwrap();
     let pid = helper.pid().to_string();
     let tracer_metrics = free_addr();
+    // A port nothing listens on, for one refused connect.
+    let closed: SocketAddr = free_addr().parse().unwrap();
     let tracer = Tracer::start(&[
         "--metrics",
         &tracer_metrics,
@@ -219,7 +221,7 @@ fn prometheus_sees_a_close_wait_leak_and_its_alert() {
         "1s",
         "--timelines",
         "-p",
-        &port.to_string(),
+        &format!("{port},{}", closed.port()),
     ]);
     let rules_dir = tempfile::tempdir().unwrap();
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/alerts.yml");
@@ -286,15 +288,25 @@ fn prometheus_sees_a_close_wait_leak_and_its_alert() {
         (prometheus.value(&stuck) == Some(0.0)).then_some(())
     });
 
+    // A refused connect is counted with its errno and the side that sent the RST.
+    let refused = TcpStream::connect(closed).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+
     // The tracer's own numbers agree with its JSON stream.
-    tracer.wait_for("3 resolutions", |records| {
-        (records
-            .iter()
-            .filter(|r| matches!(r, Record::CloseWaitResolved(_)))
-            .count()
-            == 3)
-            .then_some(())
-    });
+    tracer.wait_for(
+        "3 resolutions and the refused connect's timeline",
+        |records| {
+            records.iter().any(
+            |r| matches!(r, Record::Timeline(t) if t.rport == closed.port() && t.error.is_some()),
+        ).then_some(())?;
+            (records
+                .iter()
+                .filter(|r| matches!(r, Record::CloseWaitResolved(_)))
+                .count()
+                == 3)
+                .then_some(())
+        },
+    );
     thread::sleep(Duration::from_millis(500));
     let (_, text) = http_get(&tracer_metrics, "/metrics", "").unwrap();
     let records = tracer.records();
@@ -317,6 +329,13 @@ fn prometheus_sees_a_close_wait_leak_and_its_alert() {
     assert_eq!(
         sample("tracer_connections_ended_total{"),
         count(&|r| matches!(r, Record::Timeline(_)))
+    );
+    assert_eq!(
+        sample(
+            "tracer_connections_ended_total{outcome=\"connect_failed\",error=\"ECONNREFUSED\",reset_by=\"peer\"}"
+        ),
+        1.0,
+        "{text}"
     );
     let left = count(&|r| {
         matches!(r, Record::Transition(t)
