@@ -160,8 +160,10 @@ fn top_shows_a_real_leak_and_gives_the_terminal_back() {
     let (port, pid, comm) = (server.port, server.pid(), server.comm());
     let dir = tempfile::tempdir().unwrap();
     let export = dir.path().join("top.ndjson");
+    // The stream's filters apply, --netns too: this test's namespace only.
+    let netns = support::field::current_netns();
     let tmux = Tmux::start(&format!(
-        "-p {port} --close-wait-threshold 300ms --interval 300ms --export {}",
+        "-p {port} --netns {netns} --close-wait-threshold 300ms --interval 300ms --export {}",
         export.display()
     ));
     tmux.wait_for("empty tracer top", |s| s.contains("no stuck sockets"));
@@ -234,7 +236,15 @@ fn top_shows_a_real_leak_and_gives_the_terminal_back() {
 
     // The export kept everything meanwhile.
     let records = support::records(&std::fs::read_to_string(Path::new(&export)).unwrap());
-    assert!(matches!(records.first(), Some(Record::Header(h)) if h.complete));
+    assert!(
+        matches!(records.first(), Some(Record::Header(h)) if h.complete && h.options.netns == Some(netns))
+    );
+    let transitions = support::transitions_on(&records, port);
+    assert!(!transitions.is_empty());
+    assert!(
+        transitions.iter().all(|t| t.netns == Some(netns)),
+        "{transitions:#?}"
+    );
     assert!(records
         .iter()
         .any(|r| matches!(r, Record::CloseWait(c) if c.lport == port && c.pid == Some(pid))));

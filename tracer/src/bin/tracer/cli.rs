@@ -689,6 +689,8 @@ mod tests {
             "FIN_WAIT2=60s",
             "--close-wait-threshold",
             "2s",
+            "--netns",
+            "4026531840",
         ])
         .unwrap();
         let Some(Command::Top(top)) = &args.command else {
@@ -701,6 +703,7 @@ mod tests {
         assert_eq!(c.export.unwrap().path, PathBuf::from("x.ndjson"));
         assert_eq!(c.engine.close_wait_threshold_ns, 2_000_000_000);
         assert_eq!(c.engine.stuck, [(TcpState::FinWait2, 60_000_000_000)]);
+        assert_eq!(c.kernel.netns, Some(4_026_531_840));
         let (_, options) = <(Config, top::Options)>::try_from(&TopArgs {
             interval: "1s".into(),
             ..top.clone()
