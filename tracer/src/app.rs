@@ -25,7 +25,7 @@ use crate::{
     diagnosis::{self, Diagnoser},
     engine::{self, Engine},
     export::{self, ExportFile},
-    metrics::{self, process::fd_usage, Metrics, Totals},
+    metrics::{self, process::fd_usages, Metrics, Totals},
     output::{is_broken_pipe, Output, WhenFull},
     owner::{self, SocketTable},
     probe::Probe,
@@ -921,18 +921,7 @@ async fn refresh_processes(metrics: &Metrics, engine: &Engine, now: u64) {
     let Record::Digest(digest) = engine.digest(now) else {
         return;
     };
-    let pids = metrics.tracked_pids(&digest);
-    let fds = if pids.is_empty() {
-        HashMap::new()
-    } else {
-        tokio::task::spawn_blocking(move || {
-            pids.into_iter()
-                .filter_map(|pid| fd_usage(pid).map(|u| (pid, u)))
-                .collect()
-        })
-        .await
-        .unwrap_or_default()
-    };
+    let fds = fd_usages(metrics.tracked_pids(&digest)).await;
     metrics.processes(&digest, &fds);
 }
 

@@ -12,6 +12,21 @@ pub struct FdUsage {
     pub limit: Option<u64>,
 }
 
+/// The descriptors of each of `pids` that is still there, read on tokio's blocking pool so
+/// that the event loop's thread never waits for `/proc`.
+pub async fn fd_usages(pids: Vec<u32>) -> std::collections::HashMap<u32, FdUsage> {
+    if pids.is_empty() {
+        return std::collections::HashMap::new();
+    }
+    tokio::task::spawn_blocking(move || {
+        pids.into_iter()
+            .filter_map(|pid| fd_usage(pid).map(|u| (pid, u)))
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
 /// The descriptors of `pid`, or `None` when it is gone or unreadable (the tracer then exports
 /// no fd series for it).
 pub fn fd_usage(pid: u32) -> Option<FdUsage> {

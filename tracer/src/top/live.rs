@@ -2,7 +2,7 @@
 //! go to the [`Top`] (through the stream's `--pid` filter), every interval the model is sampled
 //! and drawn, and the terminal's keys act on it.
 
-use std::{collections::HashMap, io, time::Duration};
+use std::{io, time::Duration};
 
 use super::{
     model::Health,
@@ -11,7 +11,7 @@ use super::{
     Options, Top,
 };
 use crate::{
-    metrics::process::fd_usage,
+    metrics::process::fd_usages,
     record::{Header, Record},
     sink::Filter,
 };
@@ -87,18 +87,7 @@ impl Live {
     /// # Errors
     /// When drawing fails.
     pub async fn refresh(&mut self, now_ns: u64, health: Health) -> io::Result<()> {
-        let pids = self.top.pids();
-        let fds = if pids.is_empty() {
-            HashMap::new()
-        } else {
-            tokio::task::spawn_blocking(move || {
-                pids.into_iter()
-                    .filter_map(|pid| fd_usage(pid).map(|u| (pid, u)))
-                    .collect()
-            })
-            .await
-            .unwrap_or_default()
-        };
+        let fds = fd_usages(self.top.pids()).await;
         self.top.sample(now_ns, health, &fds);
         self.sampled_ns = Some(now_ns);
         self.screen.draw(&self.top)

@@ -34,18 +34,12 @@ pub const STATES: [TcpState; 11] = [
     TcpState::Closing,
 ];
 
-/// Outcomes of ended connections, in the order the panel lists them (`open` is not an end).
-pub const ENDINGS: [Outcome; 9] = [
-    Outcome::ActiveClose,
-    Outcome::PassiveClose,
-    Outcome::SimultaneousClose,
-    Outcome::Reset,
-    Outcome::Timeout,
-    Outcome::Aborted,
-    Outcome::ConnectFailed,
-    Outcome::HandshakeFailed,
-    Outcome::ListenerClosed,
-];
+/// Outcomes of ended connections, in the order the panel lists them: every outcome but
+/// `open` (not an end), which [`Outcome::ALL`] lists last.
+pub const ENDINGS: &[Outcome] = match Outcome::ALL.split_last() {
+    Some((Outcome::Open, ended)) => ended,
+    _ => panic!("Outcome::ALL lists `open` last"),
+};
 
 /// How far back "recently ended" and the growth rates look.
 pub const RECENT: Duration = Duration::from_secs(60);
@@ -183,9 +177,9 @@ pub struct Model {
     stuck: HashMap<StuckKey, (Holder, StuckSocket)>,
     growth: HashMap<Holder, Series>,
     /// Endings since the last sample, then per sample over [`RECENT`], and in total.
-    ending: [u64; ENDINGS.len()],
-    recent: VecDeque<(u64, [u64; ENDINGS.len()])>,
-    ended: [u64; ENDINGS.len()],
+    ending: [u64; Outcome::ALL.len() - 1],
+    recent: VecDeque<(u64, [u64; Outcome::ALL.len() - 1])>,
+    ended: [u64; Outcome::ALL.len() - 1],
     last: Option<(u64, Health)>,
 }
 
@@ -205,9 +199,9 @@ impl Model {
             kinds: HashMap::new(),
             stuck: HashMap::new(),
             growth: HashMap::new(),
-            ending: [0; ENDINGS.len()],
+            ending: [0; Outcome::ALL.len() - 1],
             recent: VecDeque::new(),
-            ended: [0; ENDINGS.len()],
+            ended: [0; Outcome::ALL.len() - 1],
             last: None,
         }
     }

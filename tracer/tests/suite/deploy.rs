@@ -529,23 +529,6 @@ fn container_image_builds_with_podman() {
     assert!(config["ExposedPorts"].get("9464/tcp").is_some(), "{config}");
 }
 
-/// Helper role "nobody-holder" (run as nobody): accepts one connection on `TRACER_TEST_PORT` and
-/// keeps it after the peer closes (CLOSE_WAIT) until stdin closes.
-#[test]
-#[ignore = "helper process for the tests above"]
-fn helper_nobody_holder() {
-    if std::env::var(support::field::HELPER_ENV).as_deref() != Ok("nobody-holder") {
-        return;
-    }
-    let port: u16 = std::env::var("TRACER_TEST_PORT").unwrap().parse().unwrap();
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    support::field::tell("listening");
-    let (conn, _) = listener.accept().unwrap();
-    support::field::tell("accepted");
-    support::field::hear();
-    drop(conn);
-}
-
 /// The owner the tracer names for a CLOSE_WAIT socket held by a `nobody` process, when the
 /// tracer runs as root with only `caps` (`+bpf,+perfmon,...`).
 fn owner_seen_with(caps: &str) -> (u32, Option<u32>) {
@@ -555,21 +538,14 @@ fn owner_seen_with(caps: &str) -> (u32, Option<u32>) {
         sync::mpsc,
         time::{Duration, Instant},
     };
-    let test_binary = support::public_copy(&std::env::current_exe().unwrap(), 0o755);
+    let holder_binary = support::public_copy(Path::new(env!("CARGO_BIN_EXE_holder")), 0o755);
     // Free now: fixed ports can meet other tests' ephemeral ports on a shared machine.
     let holder_port = support::dead_port("127.0.0.1:0").port();
     let mut holder = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(test_binary)
-        .args([
-            "--exact",
-            "suite::deploy::helper_nobody_holder",
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(support::field::HELPER_ENV, "nobody-holder")
-        .env("TRACER_TEST_PORT", holder_port.to_string())
+        .arg(holder_binary)
+        .arg("accept-one")
+        .env("HOLDER_PORT", holder_port.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -578,9 +554,7 @@ fn owner_seen_with(caps: &str) -> (u32, Option<u32>) {
     let out = holder.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some((_, msg)) = line.split_once("HELPER ") {
-                let _ = tx.send(msg.to_owned());
-            }
+            let _ = tx.send(line);
         }
     });
     assert_eq!(rx.recv_timeout(support::WAIT).unwrap(), "listening");

@@ -6,18 +6,12 @@
 
 use std::{
     io::Write as _,
-    net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::{AsRawFd as _, FromRawFd as _},
+    net::{SocketAddr, TcpStream},
+    os::fd::AsRawFd as _,
 };
 
-use crate::support::{
-    self,
-    field::{hear, tell, Helper, Netns, HELPER_ENV},
-    Tracer,
-};
+use crate::support::{self, field::Netns, HelperProcess as Helper, Tracer};
 use tracer::record::{CloseWaitRecord, Holder as Owner, Record, UnownedReason};
-
-const HELPER: &str = "suite::field::helper_field";
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -68,10 +62,9 @@ fn namespaces_keep_identical_connections_apart_at_start() {
         .enumerate()
     {
         let ns = Netns::new();
-        let mut helper = Helper::spawn_with(
-            HELPER,
+        let mut helper = Helper::holder(
             role,
-            &[("TR11_NETNS", &ns.path()), ("TR11_PORT", "45110")],
+            &[("HOLDER_NETNS", &ns.path()), ("HOLDER_PORT", "45110")],
         );
         assert_eq!(helper.recv(), "ready 45110");
         let unread = 11 * (i + 1);
@@ -126,7 +119,7 @@ fn namespaces_keep_identical_connections_apart_at_start() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn every_holder_of_a_forked_socket_is_listed() {
-    let mut master = Helper::spawn_with(HELPER, "forker", &[]);
+    let mut master = Helper::holder("forker", &[]);
     let port: u16 = master
         .recv()
         .strip_prefix("ready ")
@@ -184,7 +177,7 @@ fn every_holder_of_a_forked_socket_is_listed() {
 fn owner_is_a_process_that_holds_the_socket_now() {
     let (listener, server) = support::listen("127.0.0.1:0");
     // A listener whose process never accepts.
-    let lazy = Helper::spawn_with(HELPER, "lazy", &[]);
+    let lazy = Helper::holder("lazy", &[]);
     let lazy_port: u16 = lazy.recv().strip_prefix("ready ").unwrap().parse().unwrap();
     let tracer = Tracer::start(&[
         "-p",
@@ -196,14 +189,13 @@ fn owner_is_a_process_that_holds_the_socket_now() {
     ]);
     let unix = format!("/tmp/tr11-{}.sock", std::process::id());
     let _ = std::fs::remove_file(&unix);
-    let mut receiver = Helper::spawn_with(HELPER, "receiver", &[("TR11_UNIX", &unix)]);
+    let mut receiver = Helper::holder("receiver", &[("HOLDER_UNIX", &unix)]);
     assert_eq!(receiver.recv(), "ready");
-    let passer = Helper::spawn_with(
-        HELPER,
+    let passer = Helper::holder(
         "passer",
         &[
-            ("TR11_UNIX", &unix),
-            ("TR11_PORT", &server.port().to_string()),
+            ("HOLDER_UNIX", &unix),
+            ("HOLDER_PORT", &server.port().to_string()),
         ],
     );
     let (a, _) = listener.accept().unwrap();
@@ -305,7 +297,7 @@ fn owner_is_a_process_that_holds_the_socket_now() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn dual_stack_sockets_are_ipv4_on_the_wire() {
-    let mut server = Helper::spawn_with(HELPER, "dual", &[]);
+    let mut server = Helper::holder("dual", &[]);
     let port: u16 = server
         .recv()
         .strip_prefix("ready ")
@@ -565,156 +557,4 @@ fn stuck_syn_sent_names_the_connecting_process() {
     );
     drop((queued, listener));
     tracer.stop();
-}
-
-/// Helper roles, chosen by `TRACER_TEST_HELPER`:
-/// - `server`: (in `TR11_NETNS` if set) listens on 127.0.0.1:`TR11_PORT`, says `ready`; on
-///   `accept` accepts one connection and says `fd N`; holds it until `exit`.
-/// - `mover`: the same, but its thread goes back to its first namespace right after listening.
-/// - `forker`: a `server` that forks a worker after accepting (`fd N worker PID`).
-/// - `lazy`: listens and never accepts.
-/// - `dual`: listens on `[::]`; each `accept` accepts one more (`fd N`); `close` reads each
-///   to its end and closes it (`closed`).
-/// - `receiver`: listens on the unix socket `TR11_UNIX`; on `recv` takes one descriptor
-///   passed with SCM_RIGHTS and says `fd N`.
-/// - `passer`: connects twice to 127.0.0.1:`TR11_PORT`, sends both sockets to `TR11_UNIX`
-///   in two messages, closes its copies and says `sent PORT1 PORT2`.
-#[test]
-#[ignore = "helper process for the tests above"]
-fn helper_field() {
-    let Ok(role) = std::env::var(HELPER_ENV) else {
-        return;
-    };
-    let port = || -> u16 { std::env::var("TR11_PORT").map_or(0, |p| p.parse().unwrap()) };
-    let home = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
-    if let Ok(path) = std::env::var("TR11_NETNS") {
-        support::field::enter(&std::fs::File::open(path).unwrap());
-    }
-    let until_exit = || assert_eq!(hear(), "exit");
-    match role.as_str() {
-        "server" | "mover" | "forker" | "lazy" => {
-            let listener = TcpListener::bind(("127.0.0.1", port())).unwrap();
-            if role == "mover" {
-                support::field::enter(&home);
-            }
-            tell(&format!("ready {}", listener.local_addr().unwrap().port()));
-            if role == "lazy" {
-                until_exit();
-                return;
-            }
-            assert_eq!(hear(), "accept");
-            let (conn, _) = listener.accept().unwrap();
-            let fd = conn.as_raw_fd();
-            if role == "forker" {
-                // SAFETY: the child only calls pause(), which is async-signal-safe.
-                let worker = unsafe { libc::fork() };
-                assert!(worker >= 0);
-                if worker == 0 {
-                    // SAFETY: prctl and pause are async-signal-safe; the worker dies with its
-                    // master, however the test ends.
-                    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-                    loop {
-                        // SAFETY: see above.
-                        unsafe { libc::pause() };
-                    }
-                }
-                tell(&format!("fd {fd} worker {worker}"));
-                until_exit();
-                // Our own child, by its pid.
-                // SAFETY: plain system calls.
-                unsafe {
-                    libc::kill(worker, libc::SIGKILL);
-                    libc::waitpid(worker, std::ptr::null_mut(), 0);
-                }
-            } else {
-                tell(&format!("fd {fd}"));
-                until_exit();
-            }
-            drop(conn);
-        }
-        "dual" => {
-            let listener = TcpListener::bind("[::]:0").unwrap();
-            tell(&format!("ready {}", listener.local_addr().unwrap().port()));
-            let mut held = Vec::new();
-            loop {
-                match hear().as_str() {
-                    "accept" => {
-                        let (conn, _) = listener.accept().unwrap();
-                        tell(&format!("fd {}", conn.as_raw_fd()));
-                        held.push(conn);
-                    }
-                    "close" => {
-                        for mut conn in held.drain(..) {
-                            support::read_to_end(&mut conn);
-                        }
-                        tell("closed");
-                    }
-                    "exit" => return,
-                    other => panic!("unknown command {other:?}"),
-                }
-            }
-        }
-        "receiver" => {
-            let path = std::env::var("TR11_UNIX").unwrap();
-            let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-            tell("ready");
-            let (conn, _) = listener.accept().unwrap();
-            assert_eq!(hear(), "recv");
-            let fd = recv_fd(&conn);
-            tell(&format!("fd {fd}"));
-            until_exit();
-            // SAFETY: the descriptor was received for us and is closed once.
-            drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
-        }
-        "passer" => {
-            let path = std::env::var("TR11_UNIX").unwrap();
-            let unix = std::os::unix::net::UnixStream::connect(&path).unwrap();
-            let a = TcpStream::connect(("127.0.0.1", port())).unwrap();
-            let b = TcpStream::connect(("127.0.0.1", port())).unwrap();
-            let ports = (
-                a.local_addr().unwrap().port(),
-                b.local_addr().unwrap().port(),
-            );
-            send_fd(&unix, a.as_raw_fd());
-            send_fd(&unix, b.as_raw_fd());
-            drop((a, b));
-            tell(&format!("sent {} {}", ports.0, ports.1));
-            until_exit();
-        }
-        other => panic!("unknown role {other}"),
-    }
-}
-
-fn send_fd(unix: &std::os::unix::net::UnixStream, fd: i32) {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
-    let fds = [fd];
-    sendmsg::<UnixAddr>(
-        unix.as_raw_fd(),
-        &[std::io::IoSlice::new(b"f")],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )
-    .unwrap();
-}
-
-fn recv_fd(unix: &std::os::unix::net::UnixStream) -> i32 {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
-    let mut byte = [0u8; 1];
-    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([i32; 1]);
-    let msg = recvmsg::<UnixAddr>(
-        unix.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::empty(),
-    )
-    .unwrap();
-    msg.cmsgs()
-        .unwrap()
-        .find_map(|c| match c {
-            ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
-            _ => None,
-        })
-        .expect("a descriptor")
 }

@@ -3,20 +3,10 @@
 //! every record, `--netns` filtering in the kernel, and the process name kept apart from the
 //! running thread's. Fixed ports (41300-41301) only inside the namespaces the tests create.
 
-use std::{
-    io::Write as _,
-    net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd as _,
-};
+use std::{io::Write as _, net::SocketAddr};
 
-use crate::support::{
-    self,
-    field::{hear, tell, Helper, Netns},
-    Tracer,
-};
+use crate::support::{self, field::Netns, HelperProcess as Helper, Tracer};
 use tracer::record::{CloseWaitRecord, CloseWaitResolvedRecord, Holder, Record};
-
-const HELPER: &str = "suite::identity::helper_identity";
 
 /// Reports of `kind` on local port `port`, once `n` have arrived.
 fn reports<T: Clone>(
@@ -84,12 +74,11 @@ fn same_four_tuple_in_two_namespaces_live() {
 
     let mut helpers = Vec::new();
     for (ns, unread) in spaces.iter().zip([11usize, 22]) {
-        let mut helper = Helper::spawn_with(
-            HELPER,
+        let mut helper = Helper::holder(
             "server",
-            &[("TR11_NETNS", &ns.path()), ("TR11_PORT", "41300")],
+            &[("HOLDER_NETNS", &ns.path()), ("HOLDER_PORT", "41300")],
         );
-        assert_eq!(helper.recv(), "ready");
+        assert_eq!(helper.recv(), "ready 41300");
         let mut conn = ns.run(|| support::field::connect_from(client, server));
         helper.send("accept");
         let fd: i32 = helper.recv().strip_prefix("fd ").unwrap().parse().unwrap();
@@ -186,7 +175,7 @@ fn process_name_and_thread_name_are_kept_apart() {
     let (listener, addr) = support::listen("127.0.0.1:0");
     let port = addr.port();
     let tracer = Tracer::start(&["-p", &port.to_string(), "--timelines"]);
-    let mut helper = Helper::spawn_with(HELPER, "threaded", &[("TR11_PORT", &port.to_string())]);
+    let mut helper = Helper::holder("threaded", &[("HOLDER_PORT", &port.to_string())]);
     let told = helper.recv();
     let tid: u32 = told
         .strip_prefix("tid ")
@@ -251,51 +240,4 @@ fn process_name_and_thread_name_are_kept_apart() {
         "{timeline:#?}"
     );
     assert_eq!(timeline.netns, Some(support::field::current_netns()));
-}
-
-/// Helper roles, chosen by `TRACER_TEST_HELPER`:
-/// - `server`: (in `TR11_NETNS`) listens on 127.0.0.1:`TR11_PORT`, says `ready`; on `accept`
-///   accepts one connection and says `fd N`; holds it until `exit`.
-/// - `threaded`: renames its process `c04-java`, then a thread named `http-exec-0` connects
-///   to 127.0.0.1:`TR11_PORT` and says `tid N`; on `close` the thread closes it (`closed`).
-#[test]
-#[ignore = "helper process for the tests above"]
-fn helper_identity() {
-    let Ok(role) = std::env::var(support::field::HELPER_ENV) else {
-        return;
-    };
-    let port: u16 = std::env::var("TR11_PORT").unwrap().parse().unwrap();
-    match role.as_str() {
-        "server" => {
-            let path = std::env::var("TR11_NETNS").unwrap();
-            support::field::enter(&std::fs::File::open(path).unwrap());
-            let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-            tell("ready");
-            assert_eq!(hear(), "accept");
-            let (conn, _) = listener.accept().unwrap();
-            tell(&format!("fd {}", conn.as_raw_fd()));
-            assert_eq!(hear(), "exit");
-            drop(conn);
-        }
-        "threaded" => {
-            // The process's name is its thread-group leader's.
-            std::fs::write("/proc/self/comm", "c04-java").unwrap();
-            std::thread::Builder::new()
-                .name("http-exec-0".into())
-                .spawn(move || {
-                    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                    tell(&format!("tid {}", nix::unistd::gettid()));
-                    assert_eq!(hear(), "close");
-                    conn.shutdown(std::net::Shutdown::Write).unwrap();
-                    support::read_to_end(&mut conn);
-                    drop(conn);
-                    tell("closed");
-                })
-                .unwrap()
-                .join()
-                .unwrap();
-            assert_eq!(hear(), "exit");
-        }
-        other => panic!("unknown role {other}"),
-    }
 }

@@ -14,11 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::support::{
-    self,
-    field::{Helper, HELPER_ENV},
-    Tracer, WAIT,
-};
+use crate::support::{self, HelperProcess as Helper, Tracer, WAIT};
 use serde_json::Value;
 use tracer::record::Record;
 
@@ -187,29 +183,16 @@ fn short_close_wait_rule(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-/// Helper role "leak": accepts 3 connections and keeps them open after their peers close
-/// (3 sockets in CLOSE_WAIT) until told "close".
-#[test]
-#[ignore = "helper process for the tests above"]
-fn helper_leaky_server() {
-    if std::env::var(HELPER_ENV).as_deref() != Ok("leak") {
-        return;
-    }
-    let (listener, addr) = support::listen("127.0.0.1:0");
-    support::field::tell(&addr.port().to_string());
-    let held: Vec<TcpStream> = (0..3).map(|_| listener.accept().unwrap().0).collect();
-    support::field::tell("accepted");
-    assert_eq!(support::field::hear(), "close");
-    drop(held);
-    support::field::tell("closed");
-    support::field::hear();
-}
-
 #[test]
 #[ignore = "needs root and BPF"]
 fn prometheus_sees_a_close_wait_leak_and_its_alert() {
-    let mut helper = Helper::spawn_with("suite::metrics::helper_leaky_server", "leak", &[]);
-    let port: u16 = helper.recv().parse().unwrap();
+    let mut helper = Helper::holder("leak", &[]);
+    let port: u16 = helper
+        .recv()
+        .strip_prefix("ready ")
+        .unwrap()
+        .parse()
+        .unwrap();
     let pid = helper.pid().to_string();
     let tracer_metrics = free_addr();
     // A port nothing listens on, for one refused connect.

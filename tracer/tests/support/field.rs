@@ -3,17 +3,13 @@
 
 use std::{
     fs::File,
-    io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpStream},
     os::{
         fd::{AsFd as _, AsRawFd as _, FromRawFd as _, IntoRawFd as _},
         unix::fs::MetadataExt as _,
     },
     process::Command,
-    process::{Child, ChildStdin, Stdio},
     sync::atomic::{AtomicU32, Ordering},
-    thread,
-    time::{Duration, Instant},
 };
 
 /// A network namespace made with `ip netns add`, loopback up; deleted on drop.
@@ -121,107 +117,4 @@ pub fn connect_from(local: SocketAddr, remote: SocketAddr) -> TcpStream {
     connect(fd.as_raw_fd(), &SockaddrIn::from(remote)).unwrap();
     // SAFETY: the descriptor is ours and moves into the stream.
     unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) }
-}
-
-/// A helper process (this test binary re-run with a filter) that owns sockets, so the tracer
-/// has to name a process other than the test's.
-pub struct Helper {
-    child: Child,
-    stdin: ChildStdin,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-/// Name of the environment variable that turns a test into a helper.
-pub const HELPER_ENV: &str = "TRACER_TEST_HELPER";
-
-impl Helper {
-    /// Runs `test_name` of this test binary as a helper in role `role`, with more
-    /// environment variables.
-    pub fn spawn_with(test_name: &str, role: &str, env: &[(&str, &str)]) -> Helper {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                test_name,
-                "--include-ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(HELPER_ENV, role)
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the helper");
-        let stdin = child.stdin.take().unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                // libtest prints "test name ... " on the same line before the test's output.
-                if let Some((_, msg)) = line.split_once("HELPER ") {
-                    let _ = tx.send(msg.to_owned());
-                }
-            }
-        });
-        Helper {
-            child,
-            stdin,
-            lines: rx,
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The helper's comm, as the kernel has it.
-    pub fn comm(&self) -> String {
-        std::fs::read_to_string(format!("/proc/{}/comm", self.pid()))
-            .unwrap()
-            .trim()
-            .to_owned()
-    }
-
-    /// The next message the helper printed.
-    pub fn recv(&self) -> String {
-        self.lines
-            .recv_timeout(super::WAIT)
-            .expect("the helper did not answer in time")
-    }
-
-    pub fn send(&mut self, msg: &str) {
-        writeln!(self.stdin, "{msg}").unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    pub fn wait(mut self) {
-        let deadline = Instant::now() + super::WAIT;
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "helper did not exit");
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Helper side: prints a message for the parent.
-pub fn tell(msg: &str) {
-    println!("HELPER {msg}");
-    std::io::stdout().flush().unwrap();
-}
-
-/// Helper side: waits for a line from the parent.
-pub fn hear() -> String {
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line).unwrap();
-    line.trim().to_owned()
 }

@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use helper::StubbornServer;
+pub use helper::{HelperProcess, StubbornServer};
 pub use live::Tracer;
 pub use netns::NetNs;
 use tracer::record::{Record, TransitionRecord};
