@@ -41,6 +41,18 @@ pub const ENDINGS: &[Outcome] = match Outcome::ALL.split_last() {
     _ => panic!("Outcome::ALL lists `open` last"),
 };
 
+/// Why a connection ended, as the panel names it: the errno its application saw, else who
+/// sent the RST; `None` when the kernel said neither.
+pub fn cause(t: &crate::record::TimelineRecord) -> Option<String> {
+    use crate::cause::ResetBy;
+    match (&t.error, t.reset_by) {
+        (Some(error), _) => Some(error.clone()),
+        (None, Some(ResetBy::Peer)) => Some("RST from peer".to_owned()),
+        (None, Some(ResetBy::Local)) => Some("RST sent".to_owned()),
+        (None, None) => None,
+    }
+}
+
 /// How far back "recently ended" and the growth rates look.
 pub const RECENT: Duration = Duration::from_secs(60);
 
@@ -153,6 +165,9 @@ pub struct Snapshot {
     pub processes: Vec<ProcessRow>,
     /// Each of [`ENDINGS`]: connections that ended so in the last minute, and since start.
     pub ended: Vec<(Outcome, u64, u64)>,
+    /// Why they ended, where the kernel said ([`cause`]): outcome, cause, in the last minute,
+    /// and since start; in [`ENDINGS`] order, then the most frequent cause first.
+    pub causes: Vec<(Outcome, String, u64, u64)>,
     /// Sockets not counted in the states panel (more than `--max-sockets` at once).
     pub untracked: u64,
 }
@@ -180,6 +195,10 @@ pub struct Model {
     ending: [u64; Outcome::ALL.len() - 1],
     recent: VecDeque<(u64, [u64; Outcome::ALL.len() - 1])>,
     ended: [u64; Outcome::ALL.len() - 1],
+    /// The same for each (outcome index, cause).
+    cause_ending: HashMap<(usize, String), u64>,
+    cause_recent: VecDeque<(u64, HashMap<(usize, String), u64>)>,
+    cause_ended: HashMap<(usize, String), u64>,
     last: Option<(u64, Health)>,
 }
 
@@ -202,6 +221,9 @@ impl Model {
             ending: [0; Outcome::ALL.len() - 1],
             recent: VecDeque::new(),
             ended: [0; Outcome::ALL.len() - 1],
+            cause_ending: HashMap::new(),
+            cause_recent: VecDeque::new(),
+            cause_ended: HashMap::new(),
             last: None,
         }
     }
@@ -216,6 +238,10 @@ impl Model {
                     if let Some(i) = ENDINGS.iter().position(|o| *o == t.outcome) {
                         self.ending[i] += 1;
                         self.ended[i] += 1;
+                        if let Some(why) = cause(t) {
+                            *self.cause_ending.entry((i, why.clone())).or_default() += 1;
+                            *self.cause_ended.entry((i, why)).or_default() += 1;
+                        }
                     }
                 }
                 Record::CloseWait(r) | Record::Stuck(r) => self.stuck(r),
@@ -332,6 +358,33 @@ impl Model {
         while self.recent.front().is_some_and(|(at, _)| *at <= window) {
             self.recent.pop_front();
         }
+        self.cause_recent
+            .push_back((now_ns, std::mem::take(&mut self.cause_ending)));
+        while self
+            .cause_recent
+            .front()
+            .is_some_and(|(at, _)| *at <= window)
+        {
+            self.cause_recent.pop_front();
+        }
+        let mut causes: Vec<(usize, String, u64, u64)> = self
+            .cause_ended
+            .iter()
+            .map(|((i, why), &total)| {
+                let key = (*i, why.clone());
+                let recent = self
+                    .cause_recent
+                    .iter()
+                    .filter_map(|(_, c)| c.get(&key))
+                    .sum();
+                (*i, why.clone(), recent, total)
+            })
+            .collect();
+        causes.sort_by(|a, b| a.0.cmp(&b.0).then(b.3.cmp(&a.3)).then(a.1.cmp(&b.1)));
+        let causes = causes
+            .into_iter()
+            .map(|(i, why, recent, total)| (ENDINGS[i], why, recent, total))
+            .collect();
         let ended = ENDINGS
             .iter()
             .enumerate()
@@ -357,6 +410,7 @@ impl Model {
             transitions,
             processes,
             ended,
+            causes,
             untracked: self.untracked,
         }
     }

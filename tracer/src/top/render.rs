@@ -191,18 +191,28 @@ fn overview(frame: &mut Frame, area: Rect, s: &Snapshot, ui: &Ui, p: Palette) {
         .block(Block::bordered().title(Span::styled(" Transitions/s ", p.title())));
     frame.render_widget(table, transitions);
 
-    let rows = s.ended.iter().map(|(outcome, recent, total)| {
-        let style = if *recent > 0 && !matches!(outcome.name(), "active_close" | "passive_close") {
-            p.fg(Color::Yellow)
-        } else {
-            Style::new()
-        };
-        Row::new(vec![
-            Cell::from(ending(*outcome)),
+    let room = usize::from(ended.height.saturating_sub(3));
+    let rows = ended_rows(s, room).into_iter().map(|row| match row {
+        EndedRow::Outcome(outcome, recent, total) => {
+            let style = if recent > 0 && !matches!(outcome.name(), "active_close" | "passive_close")
+            {
+                p.fg(Color::Yellow)
+            } else {
+                Style::new()
+            };
+            Row::new(vec![
+                Cell::from(ending(outcome)),
+                Cell::from(Line::from(recent.to_string()).right_aligned()),
+                Cell::from(Line::from(total.to_string()).right_aligned()),
+            ])
+            .style(style)
+        }
+        EndedRow::Cause(why, recent, total) => Row::new(vec![
+            Cell::from(format!(" {why}")),
             Cell::from(Line::from(recent.to_string()).right_aligned()),
             Cell::from(Line::from(total.to_string()).right_aligned()),
         ])
-        .style(style)
+        .style(p.fg(Color::DarkGray)),
     });
     let table = Table::new(
         rows,
@@ -452,6 +462,44 @@ fn short(state: crate::event::TcpState) -> std::borrow::Cow<'static, str> {
         crate::event::TcpState::Established => "ESTAB".into(),
         other => other.name(),
     }
+}
+
+/// A line of the "Recently ended" panel: an outcome, or one of its causes under it.
+#[derive(Clone, Debug, PartialEq)]
+enum EndedRow<'a> {
+    Outcome(crate::timeline::Outcome, u64, u64),
+    Cause(&'a str, u64, u64),
+}
+
+/// The panel's lines in `room` rows: every outcome, each followed by its causes; when they do
+/// not fit, the outcomes that never happened (and have no cause) go first, from the bottom.
+fn ended_rows(s: &Snapshot, room: usize) -> Vec<EndedRow<'_>> {
+    let mut groups: Vec<Vec<EndedRow<'_>>> = s
+        .ended
+        .iter()
+        .map(|&(outcome, recent, total)| {
+            let mut group = vec![EndedRow::Outcome(outcome, recent, total)];
+            group.extend(
+                s.causes
+                    .iter()
+                    .filter(|c| c.0 == outcome)
+                    .map(|c| EndedRow::Cause(&c.1, c.2, c.3)),
+            );
+            group
+        })
+        .collect();
+    let mut lines: usize = groups.iter().map(Vec::len).sum();
+    while lines > room {
+        let Some(i) = groups
+            .iter()
+            .rposition(|g| matches!(g[..], [EndedRow::Outcome(_, _, 0)]))
+        else {
+            break;
+        };
+        groups.remove(i);
+        lines -= 1;
+    }
+    groups.into_iter().flatten().take(room).collect()
 }
 
 /// How a connection ended, in at most 14 columns.

@@ -712,3 +712,76 @@ fn the_detail_shows_the_diagnosis_when_a_report_has_one() {
     }
     assert!(with.contains("127.0.0.1:40000"), "{with}");
 }
+
+/// A timeline as the engine writes it, ended by `outcome` with `error` and `reset_by` (JSON
+/// values).
+fn ended(outcome: &str, error: &str, reset_by: &str) -> Record {
+    serde_json::from_str(&format!(
+        r#"{{"type":"timeline","ts_ns":1,"time":"t","skaddr":"0x1","family":"ipv4","laddr":"127.0.0.1","lport":1,"raddr":"127.0.0.1","rport":2,"pid":null,"comm":null,"from_birth":true,"outcome":"{outcome}","error":{error},"reset_by":{reset_by},"duration_ns":null,"states":[]}}"#
+    ))
+    .unwrap()
+}
+
+/// Why connections ended: each cause under its outcome, the most frequent first, in the last
+/// minute and in total; the outcomes that never happened make room for them.
+#[test]
+fn endings_show_their_causes() {
+    let mut model = Model::new(100);
+    model.observe(&[
+        ended("connect_failed", r#""ECONNREFUSED""#, r#""peer""#),
+        ended("timeout", r#""ETIMEDOUT""#, "null"),
+        ended("reset", "null", r#""peer""#),
+        ended("active_close", "null", "null"),
+    ]);
+    model.sample(S, Health::default(), &HashMap::new());
+    model.observe(&[
+        ended("connect_failed", r#""ECONNREFUSED""#, r#""peer""#),
+        ended("connect_failed", r#""ETIMEDOUT""#, "null"),
+        ended("reset", "null", r#""local""#),
+    ]);
+    let s = model.sample(70 * S, Health::default(), &HashMap::new());
+    let causes: Vec<(&str, &str, u64, u64)> = s
+        .causes
+        .iter()
+        .map(|c| (c.0.name(), c.1.as_str(), c.2, c.3))
+        .collect();
+    assert_eq!(
+        causes,
+        [
+            ("reset", "RST from peer", 0, 1),
+            ("reset", "RST sent", 1, 1),
+            ("timeout", "ETIMEDOUT", 0, 1),
+            ("connect_failed", "ECONNREFUSED", 1, 2),
+            ("connect_failed", "ETIMEDOUT", 1, 1),
+        ]
+    );
+    check(
+        &s,
+        &Ui::default(),
+        &expect![[r#"
+            tracer top  host   kernel   up 1m10s
+            0 events/s  lost: ring 0  missed 0  dropped 0  cpu -  rss -
+            ┌ Sockets by state ────┐┌ Transitions/s ───────────┐┌ Recently ended ──────────┐
+            │ESTABLISHED     0     ││                          ││ended          1min  total│
+            │SYN_SENT        0     ││                          ││active close      0      1│
+            │SYN_RECV        0     ││                          ││passive close     0      0│
+            │FIN_WAIT1       0     ││                          ││reset             1      2│
+            │FIN_WAIT2       0     ││                          ││ RST from peer    0      1│
+            │TIME_WAIT       0     ││                          ││ RST sent         1      1│
+            │CLOSE           0     ││                          ││timeout           0      1│
+            │CLOSE_WAIT      0     ││                          ││ ETIMEDOUT        0      1│
+            │LAST_ACK        0     ││                          ││connect failed    2      3│
+            │LISTEN          0     ││                          ││ ECONNREFUSED     1      2│
+            │CLOSING         0     ││                          ││ ETIMEDOUT        1      1│
+            └──────────────────────┘└──────────────────────────┘└──────────────────────────┘
+            ┌ Stuck sockets by process · sort: urgency ────────────────────────────────────┐
+            │no stuck sockets                                                              │
+            │                                                                              │
+            │                                                                              │
+            │                                                                              │
+            │                                                                              │
+            │                                                                              │
+            └──────────────────────────────────────────────────────────────────────────────┘
+            q quit  p pause  s sort  / filter  ↑↓ select  Enter details  ? help"#]],
+    );
+}

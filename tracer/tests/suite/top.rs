@@ -226,6 +226,13 @@ fn top_shows_a_real_leak_and_gives_the_terminal_back() {
         !s.contains("PAUSED") && s.contains("Stuck sockets")
     });
 
+    // The server closes with the client's bytes unread: the kernel sends an RST, and the
+    // ended panel says why the server's connection ended (the client's had already ended in
+    // a timewait socket, which the RST finds with no state change).
+    server.send("close");
+    server.wait();
+    tmux.wait_for("the reset and its cause", |s| s.contains(" RST sent "));
+
     // q: the terminal is given back (main screen, cooked mode) and the summary printed.
     tmux.keys(&["q"]);
     let screen = tmux.ended();
@@ -249,8 +256,6 @@ fn top_shows_a_real_leak_and_gives_the_terminal_back() {
         .iter()
         .any(|r| matches!(r, Record::CloseWait(c) if c.lport == port && c.pid == Some(pid))));
     assert!(matches!(records.last(), Some(Record::Summary(s)) if s.close_wait_alerts == 1));
-    server.send("close");
-    server.wait();
 }
 
 /// Ctrl-C (a key in raw mode) and SIGTERM leave as `q` does: terminal back, summary printed.
