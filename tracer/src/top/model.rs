@@ -175,6 +175,9 @@ pub struct Snapshot {
 /// Identity of a stuck socket: its state and 4-tuple within its namespace.
 type StuckKey = (TcpState, Option<u64>, SocketAddr, SocketAddr);
 
+/// Endings by (index in [`ENDINGS`], cause).
+type CauseCounts = HashMap<(usize, String), u64>;
+
 /// The state of everything `tracer top` watches, fed with records.
 #[derive(Debug)]
 pub struct Model {
@@ -196,9 +199,9 @@ pub struct Model {
     recent: VecDeque<(u64, [u64; Outcome::ALL.len() - 1])>,
     ended: [u64; Outcome::ALL.len() - 1],
     /// The same for each (outcome index, cause).
-    cause_ending: HashMap<(usize, String), u64>,
-    cause_recent: VecDeque<(u64, HashMap<(usize, String), u64>)>,
-    cause_ended: HashMap<(usize, String), u64>,
+    cause_ending: CauseCounts,
+    cause_recent: VecDeque<(u64, CauseCounts)>,
+    cause_ended: CauseCounts,
     last: Option<(u64, Health)>,
 }
 

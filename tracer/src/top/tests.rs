@@ -758,7 +758,7 @@ fn endings_show_their_causes() {
     check(
         &s,
         &Ui::default(),
-        &expect![[r#"
+        &expect![[r"
             tracer top  host   kernel   up 1m10s
             0 events/s  lost: ring 0  missed 0  dropped 0  cpu -  rss -
             ┌ Sockets by state ────┐┌ Transitions/s ───────────┐┌ Recently ended ──────────┐
@@ -782,6 +782,6 @@ fn endings_show_their_causes() {
             │                                                                              │
             │                                                                              │
             └──────────────────────────────────────────────────────────────────────────────┘
-            q quit  p pause  s sort  / filter  ↑↓ select  Enter details  ? help"#]],
+            q quit  p pause  s sort  / filter  ↑↓ select  Enter details  ? help"]],
     );
 }
