@@ -341,3 +341,32 @@ fn real_capture_of_the_classic_leak() {
     let shot = browser::check(&html, &dir.join("leak.png"));
     eprintln!("screenshot: {}", shot.display());
 }
+
+/// A holder that runs in a container is named with it in the findings.
+#[test]
+fn findings_name_the_holders_container() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = "4f9a0c2b7d1e";
+    let body: String = fs::read_to_string(fixture())
+        .unwrap()
+        .lines()
+        .map(|line| {
+            if line.starts_with("{\"type\":\"close_wait\",") {
+                format!("{},\"container\":\"{id}\"}}\n", &line[..line.len() - 1])
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    let input = dir.path().join("in-a-container.ndjson");
+    fs::write(&input, body).unwrap();
+    let (html, _) = report(dir.path(), &input, &[]);
+    let start = html.find("<section id=\"findings\"").unwrap();
+    let findings = &html[start..start + html[start..].find("</section>").unwrap()];
+    assert!(
+        findings.contains(&format!(
+            "<strong>python3 (pid 9871)</strong> in container <code>{id}</code> held"
+        )),
+        "{findings}"
+    );
+}

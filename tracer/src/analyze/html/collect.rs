@@ -126,6 +126,9 @@ pub struct Collector<S> {
     pub causes: BTreeMap<(&'static str, String), u64>,
     /// The latest diagnosis of each holding process, from the export's reports and digests.
     pub diagnoses: BTreeMap<u32, crate::diagnosis::Diagnosis>,
+    /// The container of each holding process that runs in one (the reports' and digests'
+    /// `container`: a runtime's container id or a pod UID).
+    pub containers: BTreeMap<u32, String>,
     rng: u64,
 }
 
@@ -154,6 +157,7 @@ impl<S: Sink> Collector<S> {
             gantt: BTreeMap::new(),
             causes: BTreeMap::new(),
             diagnoses: BTreeMap::new(),
+            containers: BTreeMap::new(),
             rng: 0x9e37_79b9_7f4a_7c15,
         }
     }
@@ -327,6 +331,9 @@ impl<S: Sink> Collector<S> {
                     if let (Some(pid), Some(diagnosis)) = (p.pid, &p.diagnosis) {
                         self.diagnoses.insert(pid, diagnosis.clone());
                     }
+                    if let (Some(pid), Some(container)) = (p.pid, &p.container) {
+                        self.containers.insert(pid, container.clone());
+                    }
                 }
                 if self.peak_digest.as_ref().is_none_or(|p| d.stuck > p.stuck) {
                     self.peak_digest = Some(d.clone());
@@ -342,6 +349,11 @@ impl<S: Sink> Collector<S> {
             Record::CloseWait(r) | Record::Stuck(r) => {
                 if let (Some(pid), Some(diagnosis)) = (r.pid, &r.diagnosis) {
                     self.diagnoses.insert(pid, diagnosis.clone());
+                }
+                if let (Some(pid), Some(container)) =
+                    (r.pid, r.container.as_ref().or(r.pod_uid.as_ref()))
+                {
+                    self.containers.insert(pid, container.clone());
                 }
                 r.ts_ns
             }

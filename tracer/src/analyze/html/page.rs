@@ -229,9 +229,14 @@ fn findings<S: Sink>(c: &Collector<S>, a: &AnalysisRecord) -> String {
             if reset > 0 {
                 parts.push(format!("{reset} reset while waiting (→ CLOSE)"));
             }
+            let container = p
+                .pid
+                .and_then(|pid| c.containers.get(&pid))
+                .map(|id| format!(" in container <code>{}</code>", words::escape(id)))
+                .unwrap_or_default();
             let _ = write!(
                 out,
-                "<li><strong>{}</strong> held {} in CLOSE_WAIT, the oldest for {}{}: {}.</li>",
+                "<li><strong>{}</strong>{container} held {} in CLOSE_WAIT, the oldest for {}{}: {}.</li>",
                 words::escape(&words::owner(p.pid, p.comm.as_deref())),
                 words::plural(p.sockets, "socket", "sockets"),
                 if mine
@@ -313,8 +318,12 @@ fn digests<S: Sink>(c: &Collector<S>) -> String {
             .take(5)
             .map(|p| {
                 format!(
-                    "{} {} (oldest {})",
+                    "{}{} {} (oldest {})",
                     words::owner(p.pid, p.comm.as_deref()),
+                    p.container
+                        .as_ref()
+                        .map(|id| format!(" in container {id}"))
+                        .unwrap_or_default(),
                     p.count,
                     words::millis(p.oldest_age_ms)
                 )
