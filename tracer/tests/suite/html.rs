@@ -20,6 +20,7 @@ use crate::support::{
     self, analyze, browser, edited, fixture, text, tracer_command as tracer, NetNs,
 };
 use serde_json::Value;
+use tracer::{event::TcpState, record::Record};
 
 /// Builds the report of `input` in `dir` and returns its text (panics on failure).
 fn report(dir: &Path, input: &Path, extra: &[&str]) -> (String, Output) {
@@ -368,5 +369,64 @@ fn findings_name_the_holders_container() {
             "<strong>python3 (pid 9871)</strong> in container <code>{id}</code> held"
         )),
         "{findings}"
+    );
+}
+
+/// A state watched with `--stuck` gets its own pile-up chart: a client that shut down its
+/// side waits in FIN_WAIT2 while the server keeps its end open, past the threshold.
+#[test]
+#[ignore = "needs root and BPF"]
+fn a_watched_state_gets_its_own_pile_up() {
+    support::require_root();
+    let _netns = NetNs::enter();
+    let (listener, server) = support::listen("127.0.0.1:0");
+    let tracer = support::Tracer::start(&[
+        "-p",
+        &server.port().to_string(),
+        "--stuck",
+        "FIN_WAIT2=300ms",
+        "--timelines",
+    ]);
+    let mut client = std::net::TcpStream::connect(server).unwrap();
+    let (mut held, _) = listener.accept().unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    support::read_to_end(&mut held);
+    tracer.wait_for("a FIN_WAIT2 report", |rs| {
+        rs.iter()
+            .any(|r| matches!(r, Record::Stuck(s) if s.state == TcpState::FinWait2))
+            .then_some(())
+    });
+    drop(held);
+    support::read_to_end(&mut client);
+    drop(client);
+    tracer.wait_for("the client's timeline", |rs| {
+        rs.iter()
+            .any(|r| {
+                matches!(r, Record::Timeline(t) if t.rport == server.port()
+                    && t.states.iter().any(|s| s.state == TcpState::FinWait2))
+            })
+            .then_some(())
+    });
+    let (records, _) = tracer.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("fin-wait2.ndjson");
+    let lines: String = records
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect();
+    fs::write(&input, lines).unwrap();
+    let (html, _) = report(dir.path(), &input, &[]);
+    assert!(
+        sections(&html).contains(&"pileup-fin_wait2"),
+        "{:?}",
+        sections(&html)
+    );
+    let start = html.find("<section id=\"pileup-fin_wait2\"").unwrap();
+    let pile = &html[start..start + html[start..].find("</section>").unwrap()];
+    assert!(pile.contains("FIN_WAIT2 pile-up by process"), "{pile}");
+    assert!(
+        pile.contains("1 socket in FIN_WAIT2, at most 1 at once")
+            && pile.contains("1 crossed the 300ms threshold"),
+        "{pile}"
     );
 }

@@ -117,16 +117,72 @@ fn peaks(intervals: &[&Interval], t0: u64, width: u64, end: u64) -> Vec<u32> {
 /// Sockets in CLOSE_WAIT over the capture, per holding process, with the instants sockets
 /// crossed the threshold. `None` when no socket entered CLOSE_WAIT.
 pub fn pileup<S: Sink>(c: &Collector<S>, a: &AnalysisRecord) -> Option<Figure> {
-    if c.intervals.is_empty() {
+    let t0 = c.start_ns();
+    let crossed = |members: &[usize]| -> Vec<u64> {
+        a.close_wait
+            .iter()
+            .filter(|f| {
+                let key = (f.pid, f.comm.clone());
+                members.iter().any(|&p| c.processes[p] == key)
+            })
+            .map(|f| {
+                f.since_ns
+                    .map_or(t0, |s| s.saturating_add(a.close_wait_threshold_ns))
+            })
+            .collect()
+    };
+    let watched = Watched {
+        state: TcpState::CloseWait,
+        threshold_ns: a.close_wait_threshold_ns,
+    };
+    pile_figure(c, a, &c.intervals, &watched, &crossed)
+}
+
+/// The same for a state watched with `--stuck` (its `pile`), the crossings being its `stuck`
+/// reports. `None` when no socket entered the state.
+pub fn stuck_pileup<S: Sink>(
+    c: &Collector<S>,
+    a: &AnalysisRecord,
+    state: TcpState,
+    pile: &super::collect::Pile,
+) -> Option<Figure> {
+    let crossed = |members: &[usize]| -> Vec<u64> {
+        pile.reports
+            .iter()
+            .filter(|(_, p)| members.contains(&(*p as usize)))
+            .map(|(ts, _)| *ts)
+            .collect()
+    };
+    let watched = Watched {
+        state,
+        threshold_ns: pile.threshold_ns,
+    };
+    pile_figure(c, a, &pile.intervals, &watched, &crossed)
+}
+
+/// The state a pile-up chart is about, and its threshold.
+struct Watched {
+    state: TcpState,
+    threshold_ns: u64,
+}
+
+fn pile_figure<S: Sink>(
+    c: &Collector<S>,
+    a: &AnalysisRecord,
+    intervals: &[Interval],
+    watched: &Watched,
+    crossed: &dyn Fn(&[usize]) -> Vec<u64>,
+) -> Option<Figure> {
+    if intervals.is_empty() {
         return None;
     }
     let t0 = c.start_ns();
     let end = a.end_ts_ns.max(c.last_ns).max(t0 + 1);
     let width = (end - t0).div_ceil(BINS as u64).max(1);
-    // Processes by time spent in CLOSE_WAIT, most first.
+    // Processes by time spent in the state, most first.
     let mut weight = vec![0u128; c.processes.len()];
     let mut sockets = vec![0u64; c.processes.len()];
-    for i in &c.intervals {
+    for i in intervals {
         let p = i.process as usize;
         weight[p] += u128::from(i.end.unwrap_or(end).saturating_sub(i.start));
         sockets[p] += 1;
@@ -151,20 +207,13 @@ pub fn pileup<S: Sink>(c: &Collector<S>, a: &AnalysisRecord) -> Option<Figure> {
     }
     for (name, members) in groups {
         let set: HashSet<u32> = members.iter().map(|&p| p as u32).collect();
-        let mine: Vec<&Interval> = c
-            .intervals
+        let mine: Vec<&Interval> = intervals
             .iter()
             .filter(|i| set.contains(&i.process))
             .collect();
         let mut crossings = vec![0u32; BINS];
-        for f in &a.close_wait {
-            let key = (f.pid, f.comm.clone());
-            if members.iter().any(|&p| c.processes[p] == key) {
-                let at = f
-                    .since_ns
-                    .map_or(t0, |s| s.saturating_add(a.close_wait_threshold_ns));
-                crossings[bin_of(at)] += 1;
-            }
+        for at in crossed(&members) {
+            crossings[bin_of(at)] += 1;
         }
         series.push(Series {
             name,
@@ -173,13 +222,13 @@ pub fn pileup<S: Sink>(c: &Collector<S>, a: &AnalysisRecord) -> Option<Figure> {
             crossings,
         });
     }
-    let all: Vec<&Interval> = c.intervals.iter().collect();
+    let all: Vec<&Interval> = intervals.iter().collect();
     let total = peaks(&all, t0, width, end);
     let mut svg = String::new();
-    draw_pileup(&mut svg, &series, &total, t0, width).ok()?;
+    draw_pileup(&mut svg, &series, &total, watched, width).ok()?;
     Some(Figure {
-        alt: pileup_alt(&series, &total, width, a),
-        table: pileup_table(&series, width),
+        alt: pileup_alt(&series, &total, width, watched),
+        table: pileup_table(&series, width, watched),
         svg,
     })
 }
@@ -188,9 +237,10 @@ fn draw_pileup(
     svg: &mut String,
     series: &[Series],
     total: &[u32],
-    _t0: u64,
+    watched: &Watched,
     width: u64,
 ) -> DrawResult {
+    let state = watched.state.name();
     let root = SVGBackend::with_string(svg, (960, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let x_max = secs(width * BINS as u64);
@@ -207,7 +257,7 @@ fn draw_pileup(
     chart
         .configure_mesh()
         .x_desc("seconds since the capture started")
-        .y_desc("sockets in CLOSE_WAIT (peak per bin)")
+        .y_desc(format!("sockets in {state} (peak per bin)"))
         .y_label_formatter(&|v| {
             if v.fract() == 0.0 {
                 format!("{v:.0}")
@@ -283,7 +333,9 @@ fn draw_pileup(
     }
     chart
         .draw_series(std::iter::empty::<TriangleMarker<(f64, f64), i32>>())?
-        .label("▲ a socket crossed the CLOSE_WAIT threshold (number: several in that bin)")
+        .label(format!(
+            "▲ a socket crossed the {state} threshold (number: several in that bin)"
+        ))
         .legend(|(x, y)| TriangleMarker::new((x + 12, y), 6, BLACK.filled()));
     chart
         .configure_series_labels()
@@ -302,10 +354,11 @@ fn peak_of(v: &[u32]) -> (u32, usize) {
     )
 }
 
-fn pileup_alt(series: &[Series], total: &[u32], width: u64, a: &AnalysisRecord) -> String {
+fn pileup_alt(series: &[Series], total: &[u32], width: u64, watched: &Watched) -> String {
+    let state = watched.state.name();
     let (peak, at) = peak_of(total);
     let mut text = format!(
-        "Line chart of the sockets in CLOSE_WAIT over the capture, the peak in each of {BINS} bins of {}. At most {peak} at once, about {} after the start. ",
+        "Line chart of the sockets in {state} over the capture, the peak in each of {BINS} bins of {}. At most {peak} at once, about {} after the start. ",
         words::duration(width),
         words::duration(width * at as u64),
     );
@@ -313,19 +366,20 @@ fn pileup_alt(series: &[Series], total: &[u32], width: u64, a: &AnalysisRecord) 
         let (p, b) = peak_of(&s.peaks);
         let crossed: u32 = s.crossings.iter().sum();
         text.push_str(&format!(
-            "{}: {} in CLOSE_WAIT, at most {p} at once (at {}), {crossed} crossed the {} threshold. ",
+            "{}: {} in {state}, at most {p} at once (at {}), {crossed} crossed the {} threshold. ",
             s.name,
             words::plural(s.sockets, "socket", "sockets"),
             words::duration(width * b as u64),
-            words::duration(a.close_wait_threshold_ns),
+            words::duration(watched.threshold_ns),
         ));
     }
     text.trim_end().to_owned()
 }
 
-fn pileup_table(series: &[Series], width: u64) -> String {
-    let mut t = String::from(
-        "<table><thead><tr><th>process</th><th>sockets that entered CLOSE_WAIT</th><th>most at once</th><th>when (since start)</th><th>threshold crossings</th></tr></thead><tbody>",
+fn pileup_table(series: &[Series], width: u64, watched: &Watched) -> String {
+    let mut t = format!(
+        "<table><thead><tr><th>process</th><th>sockets that entered {}</th><th>most at once</th><th>when (since start)</th><th>threshold crossings</th></tr></thead><tbody>",
+        watched.state.name()
     );
     for s in series {
         let (p, b) = peak_of(&s.peaks);

@@ -50,6 +50,18 @@ pub struct Interval {
     pub process: u32,
 }
 
+/// A watched state other than CLOSE_WAIT: its stays and when sockets were reported stuck in it.
+#[derive(Debug, Default)]
+pub struct Pile {
+    /// The `--stuck` threshold, ns.
+    pub threshold_ns: u64,
+    pub intervals: Vec<Interval>,
+    /// Stays left out past [`MAX_INTERVALS`].
+    pub dropped: u64,
+    /// Each `stuck` report of the state: when, and its holder (index in `processes`).
+    pub reports: Vec<(u64, u32)>,
+}
+
 /// Why a connection is in the Gantt chart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Reason {
@@ -120,6 +132,8 @@ pub struct Collector<S> {
     process_index: HashMap<(Option<u32>, Option<String>), u32>,
     pub intervals: Vec<Interval>,
     pub intervals_dropped: u64,
+    /// Stays in the other states the run watched (`--stuck`), for their own pile-up charts.
+    pub piles: BTreeMap<TcpState, Pile>,
     pub gantt: BTreeMap<Reason, Top>,
     /// Ended connections whose end has a known cause, by outcome name and cause
     /// (`ECONNRESET, RST from the peer`): from the timelines' `error` and `reset_by`.
@@ -154,6 +168,7 @@ impl<S: Sink> Collector<S> {
             process_index: HashMap::new(),
             intervals: Vec::new(),
             intervals_dropped: 0,
+            piles: BTreeMap::new(),
             gantt: BTreeMap::new(),
             causes: BTreeMap::new(),
             diagnoses: BTreeMap::new(),
@@ -239,10 +254,49 @@ impl<S: Sink> Collector<S> {
     }
 
     fn close_wait(&mut self, t: &TimelineRecord) {
+        let stays = self.stays(t, TcpState::CloseWait);
+        if !stays.is_empty() {
+            let process = self.process(t.pid, t.comm.as_deref());
+            for (start, end) in stays {
+                if self.intervals.len() < MAX_INTERVALS {
+                    self.intervals.push(Interval {
+                        start,
+                        end,
+                        process,
+                    });
+                } else {
+                    self.intervals_dropped += 1;
+                }
+            }
+        }
+        let watched: Vec<TcpState> = self.piles.keys().copied().collect();
+        for state in watched {
+            let stays = self.stays(t, state);
+            if stays.is_empty() {
+                continue;
+            }
+            let process = self.process(t.pid, t.comm.as_deref());
+            let pile = self.piles.entry(state).or_default();
+            for (start, end) in stays {
+                if pile.intervals.len() < MAX_INTERVALS {
+                    pile.intervals.push(Interval {
+                        start,
+                        end,
+                        process,
+                    });
+                } else {
+                    pile.dropped += 1;
+                }
+            }
+        }
+    }
+
+    /// The stays of `t` in `state`: entered (or the capture's start), left (null: still there).
+    fn stays(&self, t: &TimelineRecord, state: TcpState) -> Vec<(u64, Option<u64>)> {
         let start_ns = self.start_ns();
         let mut stays = Vec::new();
         for (i, step) in t.states.iter().enumerate() {
-            if step.state != TcpState::CloseWait {
+            if step.state != state {
                 continue;
             }
             let next = t.states.get(i + 1).and_then(|s| s.enter_ns);
@@ -253,21 +307,7 @@ impl<S: Sink> Collector<S> {
             };
             stays.push((start, end));
         }
-        if stays.is_empty() {
-            return;
-        }
-        let process = self.process(t.pid, t.comm.as_deref());
-        for (start, end) in stays {
-            if self.intervals.len() < MAX_INTERVALS {
-                self.intervals.push(Interval {
-                    start,
-                    end,
-                    process,
-                });
-            } else {
-                self.intervals_dropped += 1;
-            }
-        }
+        stays
     }
 
     fn offer_gantt(&mut self, t: &TimelineRecord) {
@@ -311,6 +351,11 @@ impl<S: Sink> Collector<S> {
     fn read(&mut self, record: &Record) {
         let ts = match record {
             Record::Header(h) => {
+                for o in &h.options.stuck {
+                    if o.state != TcpState::CloseWait {
+                        self.piles.entry(o.state).or_default().threshold_ns = o.threshold_ns;
+                    }
+                }
                 self.header = Some(h.clone());
                 return;
             }
@@ -354,6 +399,12 @@ impl<S: Sink> Collector<S> {
                     (r.pid, r.container.as_ref().or(r.pod_uid.as_ref()))
                 {
                     self.containers.insert(pid, container.clone());
+                }
+                if self.piles.contains_key(&r.state) {
+                    let process = self.process(r.pid, r.comm.as_deref());
+                    if let Some(pile) = self.piles.get_mut(&r.state) {
+                        pile.reports.push((r.ts_ns, process));
+                    }
                 }
                 r.ts_ns
             }

@@ -65,6 +65,29 @@ pub fn render<S: Sink>(c: &Collector<S>, a: &AnalysisRecord) -> String {
             c.intervals.len()
         ));
     }
+    // The other states the run watched (`--stuck`), each with its own chart when present.
+    for (state, pile) in &c.piles {
+        let Some(figure) = charts::stuck_pileup(c, a, *state, pile) else {
+            continue;
+        };
+        let name = state.name();
+        section(
+            &mut out,
+            &format!("pileup-{}", name.to_lowercase()),
+            &format!("{name} pile-up by process"),
+            Some(&figure),
+            "",
+            &mut figures,
+            "",
+        );
+        if pile.dropped > 0 {
+            notes.push(format!(
+                "The {name} pile-up chart leaves out {} stays past the first {}.",
+                pile.dropped,
+                pile.intervals.len()
+            ));
+        }
+    }
     let gantt = charts::gantt(c, a);
     let used: Vec<TcpState> = {
         let mut s: Vec<TcpState> = charts::gantt_rows(c)
