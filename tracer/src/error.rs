@@ -67,6 +67,17 @@ pub enum ProbeError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "this kernel ({kernel}, before 5.11) charges eBPF maps and programs to the locked-memory limit (RLIMIT_MEMLOCK), which is {limit} here, and the tracer could not lift it (that needs CAP_SYS_RESOURCE): start it with the limit lifted: `LimitMEMLOCK=infinity` in its systemd unit (deploy/systemd/tracer.service has it), `ulimit -l unlimited` in the root shell that starts it, `--ulimit memlock=-1` with docker or podman, or grant it CAP_SYS_RESOURCE (the Kubernetes DaemonSet does)"
+    )]
+    Memlock {
+        /// `uname -r`.
+        kernel: String,
+        /// The limit left in place, as `ulimit -l` would read it (`64 KiB`).
+        limit: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("the kernel refused the eBPF program {program}:\n{log}\nhint: {hint}")]
     Verifier {
         program: String,
