@@ -60,7 +60,7 @@ pub enum ProbeError {
     )]
     MissingObject,
     #[error(
-        "permission denied {action}: run as root (or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN), e.g. `sudo tracer` or `cargo xtask run`"
+        "permission denied {action}: run as root (or with CAP_BPF and CAP_PERFMON, plus CAP_DAC_READ_SEARCH for a user other than root, and CAP_SYS_ADMIN where tracefs is not mounted), e.g. `sudo tracer` or `cargo xtask run`"
     )]
     Permission {
         action: &'static str,
@@ -83,6 +83,14 @@ pub enum ProbeError {
         program: String,
         log: String,
         hint: &'static str,
+    },
+    #[error(
+        "permission denied reading tracefs at {dir}: it is mounted but only root may read it; run as root, or grant CAP_DAC_READ_SEARCH (with CAP_BPF and CAP_PERFMON) to a user other than root"
+    )]
+    TracefsUnreadable {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
     },
     #[error(
         "tracepoint sock/inet_sock_set_state not found in {tracefs}: this kernel is older than 4.16 or lacks tracepoints (CONFIG_TRACEPOINTS)"

@@ -357,8 +357,17 @@ fn has_tracing_caps(caps: u64) -> bool {
 
 fn ensure_tracefs() -> Result<std::path::PathBuf, ProbeError> {
     for dir in [TRACEFS, DEBUGFS_TRACING] {
-        if Path::new(dir).join("events").is_dir() {
-            return Ok(dir.into());
+        match fs::metadata(Path::new(dir).join("events")) {
+            Ok(meta) if meta.is_dir() => return Ok(dir.into()),
+            // Mounted, but only root may enter it (tracefs is mode 0700): mounting it again
+            // would not help.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(ProbeError::TracefsUnreadable {
+                    dir: dir.into(),
+                    source: e,
+                });
+            }
+            _ => {}
         }
     }
     log::info!("tracefs is not mounted: mounting it at {TRACEFS}");

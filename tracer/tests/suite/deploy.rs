@@ -583,7 +583,10 @@ struct Refused {
 /// tracer runs as root with only `caps` (`+bpf,+perfmon,...`) and a locked-memory limit of
 /// `memlock` bytes (soft and hard; `None`: unlimited, as the systemd unit's
 /// `LimitMEMLOCK=infinity` sets it before dropping the capabilities).
-fn owner_seen_with(caps: &str, memlock: Option<u64>) -> Result<Seen, Refused> {
+///
+/// With `as_user` the tracer runs as `nobody` with `caps` as ambient capabilities instead of as
+/// root.
+fn owner_seen_with(caps: &str, memlock: Option<u64>, as_user: bool) -> Result<Seen, Refused> {
     use std::{
         io::{BufRead, BufReader, Read as _},
         os::unix::process::CommandExt as _,
@@ -635,8 +638,19 @@ fn owner_seen_with(caps: &str, memlock: Option<u64>) -> Result<Seen, Refused> {
             }
         });
     }
+    if as_user {
+        tracer.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            &format!("--inh-caps=-all,{caps}"),
+            &format!("--ambient-caps=-all,{caps}"),
+        ]);
+    } else {
+        tracer.arg("--inh-caps=-all");
+    }
     let mut tracer = tracer
-        .args(["--inh-caps=-all", &format!("--bounding-set=-all,{caps}")])
+        .arg(format!("--bounding-set=-all,{caps}"))
         .arg(support::public_tracer())
         .args([
             "--json",
@@ -714,8 +728,9 @@ fn owner_seen_with(caps: &str, memlock: Option<u64>) -> Result<Seen, Refused> {
 
 /// The capabilities the deploy files grant are enough to load, attach and report a CLOSE_WAIT
 /// socket held by a `nobody` process with its owner (pid, comm and fd of the holder): the
-/// systemd unit's four with its `LimitMEMLOCK=infinity`, and the DaemonSet's five (it adds
-/// SYS_RESOURCE, as Kubernetes cannot lift the limit) under a 64 KiB limit. With the four and
+/// systemd unit's four with its `LimitMEMLOCK=infinity`, as root and as a user other than root
+/// (ambient capabilities), and the DaemonSet's five (it adds SYS_RESOURCE, as Kubernetes cannot
+/// lift the limit) under a 64 KiB limit. With the four and
 /// that limit, kernels before 5.11 (which charge eBPF memory to it) refuse with an error naming
 /// the fix and exit code 77; later kernels attach.
 #[test]
@@ -731,10 +746,16 @@ fn the_deployed_capabilities_suffice() {
     let unit = plus(&CAPABILITIES);
     let daemonset = plus(&DAEMONSET_CAPABILITIES);
     let small = Some(64 << 10);
-    for (caps, memlock) in [(&unit, None), (&daemonset, small)] {
-        let seen = owner_seen_with(caps, memlock).unwrap_or_else(|refused| {
+    // The unit, the DaemonSet, and a user other than root with the unit's capabilities (as
+    // the README says it works).
+    for (caps, memlock, as_user) in [
+        (&unit, None, false),
+        (&daemonset, small, false),
+        (&unit, None, true),
+    ] {
+        let seen = owner_seen_with(caps, memlock, as_user).unwrap_or_else(|refused| {
             panic!(
-                "the tracer did not attach with {caps} and memlock {memlock:?} (exit {:?}):\n{}",
+                "the tracer did not attach with {caps}, memlock {memlock:?}, as a user: {as_user} (exit {:?}):\n{}",
                 refused.code, refused.stderr
             )
         });
@@ -757,7 +778,7 @@ fn the_deployed_capabilities_suffice() {
         .split(|c: char| !c.is_ascii_digit())
         .map(|n| n.parse::<u32>().unwrap_or(0));
     let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-    match owner_seen_with(&unit, small) {
+    match owner_seen_with(&unit, small, false) {
         Ok(_) => assert!(
             version >= (5, 11),
             "{release}: charges memlock, yet the tracer attached under 64 KiB without SYS_RESOURCE"

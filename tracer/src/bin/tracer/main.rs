@@ -105,7 +105,11 @@ fn exit_code(e: &anyhow::Error) -> ExitCode {
         ExitCode::from(2)
     } else if matches!(
         e.downcast_ref::<ProbeError>(),
-        Some(ProbeError::Permission { .. } | ProbeError::Memlock { .. })
+        Some(
+            ProbeError::Permission { .. }
+                | ProbeError::Memlock { .. }
+                | ProbeError::TracefsUnreadable { .. }
+        )
     ) {
         ExitCode::from(77)
     } else {
