@@ -664,7 +664,12 @@ fn owner_seen_with(caps: &str, memlock: Option<u64>, as_user: bool) -> Result<Se
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start the tracer with the deployed capabilities");
+        .unwrap_or_else(|e| {
+            // Ours, by PID: the holder waits in accept() and would outlive the test.
+            let _ = holder.kill();
+            let _ = holder.wait();
+            panic!("start the tracer with {caps}: {e}")
+        });
     let (records_tx, records) = mpsc::channel();
     let stdout = tracer.stdout.take().unwrap();
     std::thread::spawn(move || {
