@@ -60,10 +60,21 @@ pub enum ProbeError {
     )]
     MissingObject,
     #[error(
-        "permission denied {action}: run as root (or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN), e.g. `sudo tracer` or `cargo xtask run`"
+        "permission denied {action}: run as root (or with CAP_BPF and CAP_PERFMON, plus CAP_DAC_READ_SEARCH for a user other than root, and CAP_SYS_ADMIN where tracefs is not mounted), e.g. `sudo tracer` or `cargo xtask run`"
     )]
     Permission {
         action: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(
+        "this kernel ({kernel}, before 5.11) charges eBPF maps and programs to the locked-memory limit (RLIMIT_MEMLOCK), which is {limit} here, and the tracer could not lift it (that needs CAP_SYS_RESOURCE): start it with the limit lifted: `LimitMEMLOCK=infinity` in its systemd unit (deploy/systemd/tracer.service has it), `ulimit -l unlimited` in the root shell that starts it, `--ulimit memlock=-1` with docker or podman, or grant it CAP_SYS_RESOURCE (the Kubernetes DaemonSet does)"
+    )]
+    Memlock {
+        /// `uname -r`.
+        kernel: String,
+        /// The limit left in place, as `ulimit -l` would read it (`64 KiB`).
+        limit: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -72,6 +83,14 @@ pub enum ProbeError {
         program: String,
         log: String,
         hint: &'static str,
+    },
+    #[error(
+        "permission denied reading tracefs at {dir}: it is mounted but only root may read it; run as root, or grant CAP_DAC_READ_SEARCH (with CAP_BPF and CAP_PERFMON) to a user other than root"
+    )]
+    TracefsUnreadable {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
     },
     #[error(
         "tracepoint sock/inet_sock_set_state not found in {tracefs}: this kernel is older than 4.16 or lacks tracepoints (CONFIG_TRACEPOINTS)"

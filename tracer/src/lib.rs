@@ -41,6 +41,7 @@ pub mod features;
 pub mod forecast;
 mod hash;
 mod kernel_offsets;
+mod memlock;
 pub mod metrics;
 mod netns;
 pub mod output;

@@ -25,7 +25,7 @@ use crate::features::{lockdown_mode, KernelFeatures, LOCKDOWN_FILE};
 use crate::{
     config::{HookChoice, KernelFilter},
     error::ProbeError,
-    kernel_offsets,
+    kernel_offsets, memlock,
 };
 
 /// The program that was attached.
@@ -97,7 +97,7 @@ impl Probe {
         if features.ring_buffer == Some(false) {
             return Err(ProbeError::NoRingBuffer);
         }
-        raise_memlock();
+        memlock::raise();
 
         let (offsets, missing) =
             match kernel_offsets::from_file_in_child(Path::new(kernel_offsets::VMLINUX_BTF)) {
@@ -357,8 +357,17 @@ fn has_tracing_caps(caps: u64) -> bool {
 
 fn ensure_tracefs() -> Result<std::path::PathBuf, ProbeError> {
     for dir in [TRACEFS, DEBUGFS_TRACING] {
-        if Path::new(dir).join("events").is_dir() {
-            return Ok(dir.into());
+        match fs::metadata(Path::new(dir).join("events")) {
+            Ok(meta) if meta.is_dir() => return Ok(dir.into()),
+            // Mounted, but only root may enter it (tracefs is mode 0700): mounting it again
+            // would not help.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(ProbeError::TracefsUnreadable {
+                    dir: dir.into(),
+                    source: e,
+                });
+            }
+            _ => {}
         }
     }
     log::info!("tracefs is not mounted: mounting it at {TRACEFS}");
@@ -379,22 +388,6 @@ fn ensure_tracefs() -> Result<std::path::PathBuf, ProbeError> {
         },
     })?;
     Ok(TRACEFS.into())
-}
-
-fn raise_memlock() {
-    let rlim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: setrlimit reads a valid, initialised struct.
-    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
-    if ret != 0 {
-        // Kernels >= 5.11 account BPF memory to the cgroup and ignore this limit.
-        log::debug!(
-            "setrlimit(RLIMIT_MEMLOCK) failed: {}",
-            io::Error::last_os_error()
-        );
-    }
 }
 
 fn spawn_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
@@ -443,10 +436,7 @@ fn ebpf_error(e: EbpfError) -> ProbeError {
             .is_some_and(is_permission),
     };
     if permission {
-        ProbeError::Permission {
-            action: "creating the eBPF maps",
-            source: Box::new(e),
-        }
+        memlock::denied("creating the eBPF maps", Box::new(e))
     } else {
         aya_error("loading the eBPF object", e)
     }
@@ -459,10 +449,7 @@ fn program_error(e: ProgramError, program: &str) -> ProbeError {
             verifier_log,
         } => {
             if is_permission(&io_error) && verifier_log.to_string().trim().is_empty() {
-                ProbeError::Permission {
-                    action: "loading the eBPF program",
-                    source: Box::new(io_error),
-                }
+                memlock::denied("loading the eBPF program", Box::new(io_error))
             } else {
                 ProbeError::Verifier {
                     program: program.to_owned(),

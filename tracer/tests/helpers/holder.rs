@@ -22,7 +22,7 @@
 //!   in two messages, closes its copies and says `sent PORT1 PORT2`.
 //! - `threaded`: renames its process `c04-java`, then a thread named `http-exec-0` connects to
 //!   127.0.0.1:`HOLDER_PORT` and says `tid N`; on `close` the thread closes it (`closed`).
-//! - `accept-one`: listens on 127.0.0.1 (`listening`), accepts one connection (`accepted`)
+//! - `accept-one`: listens on 127.0.0.1 (`listening`), accepts one connection (`accepted FD`)
 //!   and keeps it until `exit` (run as `nobody` by the capability tests).
 
 use std::{
@@ -152,7 +152,7 @@ fn main() {
             let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
             tell("listening");
             let (conn, _) = listener.accept().unwrap();
-            tell("accepted");
+            tell(&format!("accepted {}", conn.as_raw_fd()));
             until_exit();
             drop(conn);
         }

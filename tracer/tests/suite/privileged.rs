@@ -250,10 +250,18 @@ fn require_exit_after(flag: &str, value: &str) {
 #[ignore = "needs root and BPF"]
 fn unprivileged_run_fails_clearly() {
     let _netns = NetNs::enter();
-    // As nobody; and as root with the BPF, perfmon and admin capabilities dropped.
-    let drops: [&[&str]; 2] = [
+    // As nobody; as root with the BPF, perfmon and admin capabilities dropped; and as nobody
+    // with BPF and perfmon but not DAC_READ_SEARCH, so tracefs (mode 0700) stays closed.
+    let drops: [&[&str]; 3] = [
         &["--reuid=65534", "--regid=65534", "--clear-groups"],
         &["--inh-caps=-all", "--bounding-set=-bpf,-perfmon,-sys_admin"],
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all,+bpf,+perfmon",
+            "--ambient-caps=-all,+bpf,+perfmon",
+        ],
     ];
     for drop in drops {
         let out = support::output(

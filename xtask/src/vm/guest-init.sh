@@ -6,7 +6,7 @@
 # bounds the whole boot.
 #
 # Kernel command line: tracer_vm.mode=tests|smoke (default tests), tracer_vm.filter=A,B (libtest
-# name filters), tracer_vm.skip=A,B (libtest --skip), tracer_vm.limit=SECONDS (per test binary).
+# name filters), tracer_vm.skip=A,B (libtest --skip), tracer_vm.limit=SECONDS (per test).
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -62,9 +62,19 @@ if [ "$MODE" = tests ]; then
   cd /tmp
   for bin in $(cat /vm/tests); do
     say "@@BINARY $bin"
+    # One test per run: a failed test's own output reaches the report as soon as it ends, even
+    # when a later test hangs and the host kills the boot. @@TIME gives each one's seconds.
     # shellcheck disable=SC2086
-    RUST_BACKTRACE=1 timeout "$LIMIT" "$bin" --ignored --test-threads=1 $SKIPS $FILTERS >&3 2>&1
-    say "@@EXIT $bin $?"
+    "$bin" --ignored --list $SKIPS $FILTERS 2>/dev/null | sed -n 's/: test$//p' > /tmp/tests.list
+    worst=0
+    while read -r name; do
+      start=$(date +%s)
+      RUST_BACKTRACE=1 timeout "$LIMIT" "$bin" --ignored --exact --test-threads=1 "$name" < /dev/null >&3 2>&1
+      rc=$?
+      say "@@TIME $name $(( $(date +%s) - start ))"
+      [ "$rc" -ne 0 ] && worst=$rc
+    done < /tmp/tests.list
+    say "@@EXIT $bin $worst"
   done
 fi
 say "@@END"

@@ -150,8 +150,10 @@ impl AptState {
                  longer has: pin another ABI in xtask/src/vm/kernels.rs)"
             )
         })?;
-        let prefix = format!("{}_", package.replace('+', "%2b"));
-        let plain = format!("{package}_");
+        // `NAME/SUITE` names the suite; the file is `NAME_VERSION_ARCH.deb`.
+        let name = package.split('/').next().unwrap_or(package);
+        let prefix = format!("{}_", name.replace('+', "%2b"));
+        let plain = format!("{name}_");
         fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| {

@@ -98,13 +98,18 @@ impl Held {
     }
 }
 
-/// 2 for bad arguments, 77 when privileges are missing, 1 for anything else.
+/// 2 for bad arguments, 77 when privileges (or, before Linux 5.11, locked memory) are missing,
+/// 1 for anything else.
 fn exit_code(e: &anyhow::Error) -> ExitCode {
     if e.downcast_ref::<ConfigError>().is_some() {
         ExitCode::from(2)
     } else if matches!(
         e.downcast_ref::<ProbeError>(),
-        Some(ProbeError::Permission { .. })
+        Some(
+            ProbeError::Permission { .. }
+                | ProbeError::Memlock { .. }
+                | ProbeError::TracefsUnreadable { .. }
+        )
     ) {
         ExitCode::from(77)
     } else {
