@@ -78,7 +78,11 @@ mod tests {
                 assert_eq!((owned(b), peer_fin(b)), (o, f));
             }
         }
-        assert_eq!(owned(SOCK_OWNED), None, "a set bit without its read bit is unknown");
+        assert_eq!(
+            owned(SOCK_OWNED),
+            None,
+            "a set bit without its read bit is unknown"
+        );
     }
 
     #[test]
