@@ -101,7 +101,7 @@ pub enum Family {
 }
 
 /// The task that was running when a transition fired. It owns the socket only when the
-/// transition was made in process context (see the `owner` module).
+/// transition was made in its process context (see the `sock_state` module).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Task {
     /// Thread group id (the process id).
