@@ -330,8 +330,12 @@ mod tests {
         assert_eq!(o.sk_v6_daddr % 4, 0);
         assert_eq!(o.task_comm % 8, 0);
         // The lock and the flag word come after sock_common, aligned for an int and a long.
-        assert!(o.sk_lock_owned > o.sk_family && o.sk_lock_owned % 4 == 0);
-        assert!(o.sk_flags > o.sk_family && o.sk_flags < o.sk_lock_owned && o.sk_flags % 8 == 0);
+        assert!(o.sk_lock_owned > o.sk_family && o.sk_lock_owned.is_multiple_of(4));
+        assert!(
+            o.sk_flags > o.sk_family
+                && o.sk_flags < o.sk_lock_owned
+                && o.sk_flags.is_multiple_of(8)
+        );
     }
 
     /// `SOCK_DONE`, the bit the program tests in `sk_flags`, is where the constant says in this

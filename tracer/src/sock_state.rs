@@ -45,7 +45,7 @@ pub fn bits(owned: Option<bool>, peer_fin: Option<bool>) -> u16 {
 
 /// Did the transition run in the context of a process holding the socket, so that the running
 /// task is the socket's owner? The kernel's answer (the socket lock was owned) where it was
-/// read; else the state pair's ([`owner::is_process_context`]: only the transitions that no
+/// read; else the state pair's (`owner::is_process_context`: only the transitions that no
 /// packet can drive).
 pub fn in_owner_context(t: &Transition) -> bool {
     t.sock_owned
