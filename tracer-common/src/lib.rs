@@ -93,13 +93,37 @@ pub const OFFSETS_NETNS: u32 = 2;
 /// [`KernelOffsets::task_comm`] are valid, so events carry the process name.
 pub const OFFSETS_LEADER: u32 = 4;
 
+/// [`KernelOffsets::flags`] bit: [`KernelOffsets::sk_lock_owned`] and
+/// [`KernelOffsets::sk_flags`] are valid, so events carry [`TcpStateEvent::sock`].
+pub const OFFSETS_SOCK_STATE: u32 = 8;
+
+/// Bit of `struct sock`'s `sk_flags` the kernel sets when the peer's FIN arrives (`SOCK_DONE`
+/// of `enum sock_flags`, `include/net/sock.h`: `SOCK_DEAD` is 0, `SOCK_DONE` 1, unchanged since
+/// Linux 2.6; TCP sets it only in `tcp_fin()` and clears it in `tcp_disconnect()`).
+pub const SOCK_DONE_BIT: u32 = 1;
+
+/// [`TcpStateEvent::sock`] bit: the socket lock's `owned` flag was read (the next bit is valid).
+pub const SOCK_OWNED_READ: u16 = 1;
+/// [`TcpStateEvent::sock`] bit: a process held the socket lock (`sock_owned_by_user()`): the
+/// transition ran in the context of a process calling into the socket (or releasing its lock
+/// and running the packets queued meanwhile), never in softirq or a timer.
+pub const SOCK_OWNED: u16 = 2;
+/// [`TcpStateEvent::sock`] bit, on FIN_WAIT2 -> CLOSE only: `sk_flags` was read (the next bit
+/// is valid).
+pub const SOCK_PEER_FIN_READ: u16 = 4;
+/// [`TcpStateEvent::sock`] bit, on FIN_WAIT2 -> CLOSE only: the peer's FIN had arrived
+/// ([`SOCK_DONE_BIT`]), so the connection moved to TIME_WAIT; clear, the orphaned socket
+/// moved to a timewait socket in the FIN_WAIT2 sub-state, the peer's end still open.
+pub const SOCK_PEER_FIN: u16 = 8;
+
 /// Byte offsets of the kernel struct members the programs read, computed in userspace from
 /// the running kernel's BTF (`/sys/kernel/btf/vmlinux`) and set as a read-only global before
 /// load. A field is used only when its group's bit is set in `flags`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
-    /// Which groups of offsets are valid: [`OFFSETS_SOCK`] | [`OFFSETS_NETNS`] | [`OFFSETS_LEADER`].
+    /// Which groups of offsets are valid: [`OFFSETS_SOCK`] | [`OFFSETS_NETNS`] |
+    /// [`OFFSETS_LEADER`] | [`OFFSETS_SOCK_STATE`].
     pub flags: u32,
     /// `struct sock`: `__sk_common.skc_family` (`unsigned short`).
     pub sk_family: u32,
@@ -125,6 +149,11 @@ pub struct KernelOffsets {
     pub task_group_leader: u32,
     /// `struct task_struct`: `comm` (`char[16]`).
     pub task_comm: u32,
+    /// `struct sock`: `sk_lock.owned` (`int`), what `sock_owned_by_user()` reads.
+    pub sk_lock_owned: u32,
+    /// `struct sock`: `__sk_common.skc_flags` (`unsigned long`, bits of `enum sock_flags`),
+    /// which the kernel names `sk_flags`.
+    pub sk_flags: u32,
 }
 
 /// One `sock:inet_sock_set_state` firing, as the eBPF program hands it to userspace.
@@ -155,8 +184,12 @@ pub struct TcpStateEvent {
     pub family: u16,
     /// `IPPROTO_*` of the socket.
     pub protocol: u16,
-    /// CPU the program ran on.
-    pub cpu: u32,
+    /// CPU the program ran on (Linux numbers at most 8,192 CPUs).
+    pub cpu: u16,
+    /// What the socket said of itself: [`SOCK_OWNED_READ`] | [`SOCK_OWNED`] |
+    /// [`SOCK_PEER_FIN_READ`] | [`SOCK_PEER_FIN`]; 0 when the kernel's BTF did not give the
+    /// offsets ([`OFFSETS_SOCK_STATE`]).
+    pub sock: u16,
     /// Inode number of the socket's network namespace (as in `/proc/PID/ns/net`); 0 when
     /// the kernel's BTF did not give the offsets.
     pub netns: u32,
@@ -171,7 +204,7 @@ pub struct TcpStateEvent {
 pub const EVENT_SIZE: usize = core::mem::size_of::<TcpStateEvent>();
 
 const _: () = assert!(EVENT_SIZE == 112);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 52);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 60);
 const _: () = assert!(core::mem::align_of::<TcpStateEvent>() == 8);
 
 #[cfg(feature = "user")]

@@ -30,9 +30,14 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use tracer_common::{
     ipv4_on_wire, tracepoint as tp, KernelOffsets, TcpStateEvent, AF_INET, COMM_LEN,
-    DEFAULT_RING_BUFFER_BYTES, OFFSETS_LEADER, OFFSETS_NETNS, PORT_BITMAP_WORDS, STAT_RINGBUF_FULL,
-    STAT_SLOTS,
+    DEFAULT_RING_BUFFER_BYTES, OFFSETS_LEADER, OFFSETS_NETNS, OFFSETS_SOCK_STATE,
+    PORT_BITMAP_WORDS, SOCK_DONE_BIT, SOCK_OWNED, SOCK_OWNED_READ, SOCK_PEER_FIN,
+    SOCK_PEER_FIN_READ, STAT_RINGBUF_FULL, STAT_SLOTS,
 };
+
+/// `TCP_FIN_WAIT2` and `TCP_CLOSE` (`include/net/tcp_states.h`).
+const TCP_FIN_WAIT2: i32 = 5;
+const TCP_CLOSE: i32 = 7;
 
 // Where each field sits in the tracepoint record (`tp::SKADDR.offset`, ...): one definition,
 // shared with the test that checks it against the running kernel's format file. Each read below
@@ -71,6 +76,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     net_inum: 0,
     task_group_leader: 0,
     task_comm: 0,
+    sk_lock_owned: 0,
+    sk_flags: 0,
 };
 
 #[map(name = "EVENTS")]
@@ -123,17 +130,23 @@ fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
 /// Reads a `T` of kernel memory at `base + offset`; zero when the read faults.
 #[inline(always)]
 fn kernel<T: Copy + Default>(base: u64, offset: u32) -> T {
+    try_kernel(base, offset).unwrap_or_default()
+}
+
+/// Reads a `T` of kernel memory at `base + offset`; `None` when the read faults.
+#[inline(always)]
+fn try_kernel<T: Copy + Default>(base: u64, offset: u32) -> Option<T> {
     let mut value = T::default();
     // SAFETY: the helper checks the source address and writes at most `size_of::<T>()` bytes
     // into `value`.
-    unsafe {
+    let status = unsafe {
         bpf_probe_read_kernel(
             core::ptr::addr_of_mut!(value).cast(),
             core::mem::size_of::<T>() as u32,
             (base + u64::from(offset)) as *const c_void,
         )
     };
-    value
+    (status == 0).then_some(value)
 }
 
 #[inline(always)]
@@ -251,6 +264,32 @@ fn netns_of(skaddr: u64, flags: u32) -> u32 {
     }
 }
 
+/// What the socket says of itself ([`TcpStateEvent::sock`]): whether a process holds its lock
+/// (one read on every transition) and, on FIN_WAIT2 -> CLOSE only, whether the peer's FIN
+/// arrived (one more read). 0 when the offsets are unknown.
+#[inline(always)]
+fn sock_state_of(head: &Head, flags: u32) -> u16 {
+    if flags & OFFSETS_SOCK_STATE == 0 {
+        return 0;
+    }
+    let mut bits = 0;
+    if let Some(owned) = try_kernel::<i32>(head.skaddr, read_global(&OFFSETS.sk_lock_owned)) {
+        bits |= SOCK_OWNED_READ;
+        if owned != 0 {
+            bits |= SOCK_OWNED;
+        }
+    }
+    if head.oldstate == TCP_FIN_WAIT2 && head.newstate == TCP_CLOSE {
+        if let Some(sk_flags) = try_kernel::<u64>(head.skaddr, read_global(&OFFSETS.sk_flags)) {
+            bits |= SOCK_PEER_FIN_READ;
+            if sk_flags & (1 << SOCK_DONE_BIT) != 0 {
+                bits |= SOCK_PEER_FIN;
+            }
+        }
+    }
+    bits
+}
+
 /// Applies the filters, then reserves, fills and submits one record.
 #[inline(always)]
 fn emit<C: EbpfContext>(ctx: &C, head: &Head, addrs: &impl Addrs) -> Result<u32, i64> {
@@ -294,7 +333,9 @@ fn emit<C: EbpfContext>(ctx: &C, head: &Head, addrs: &impl Addrs) -> Result<u32,
         (*event).dport = head.dport;
         (*event).family = head.family;
         (*event).protocol = head.protocol;
-        (*event).cpu = bpf_get_smp_processor_id();
+        // Linux numbers at most 8,192 CPUs: the id fits.
+        (*event).cpu = bpf_get_smp_processor_id() as u16;
+        (*event).sock = sock_state_of(head, flags);
         (*event).netns = netns;
         // The helper writes the NUL-padded name straight into the record; on failure it
         // zeroes the buffer.

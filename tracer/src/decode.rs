@@ -87,8 +87,10 @@ pub fn from_raw(raw: &TcpStateEvent) -> Result<Transition, DecodeError> {
             comm: comm(&raw.comm),
             thread: comm(&raw.thread),
         },
-        cpu: raw.cpu,
+        cpu: u32::from(raw.cpu),
         netns: u64::from(raw.netns),
+        sock_owned: crate::sock_state::owned(raw.sock),
+        peer_fin: crate::sock_state::peer_fin(raw.sock),
     })
 }
 
@@ -149,7 +151,8 @@ fn to_raw(t: &Transition) -> TcpStateEvent {
             Family::Ipv6 => AF_INET6,
         },
         protocol: t.protocol,
-        cpu: t.cpu,
+        cpu: u16::try_from(t.cpu).unwrap_or(u16::MAX),
+        sock: crate::sock_state::bits(t.sock_owned, t.peer_fin),
         netns: u32::try_from(t.netns).unwrap_or(0),
         comm: name(&t.task.comm),
         thread: name(&t.task.thread),
@@ -171,6 +174,7 @@ fn raw_bytes(raw: &TcpStateEvent) -> Vec<u8> {
         out.extend_from_slice(&v.to_ne_bytes());
     }
     out.extend_from_slice(&raw.cpu.to_ne_bytes());
+    out.extend_from_slice(&raw.sock.to_ne_bytes());
     out.extend_from_slice(&raw.netns.to_ne_bytes());
     out.extend_from_slice(&raw.comm);
     out.extend_from_slice(&raw.thread);
@@ -212,6 +216,32 @@ mod tests {
         assert_eq!(&raw.thread[..9], b"worker-3\0");
         assert_eq!(raw.netns, 4_026_531_840);
         assert_eq!(decode(&raw_bytes(&raw)).unwrap(), t);
+    }
+
+    #[test]
+    fn socket_lock_and_peer_fin_bits_round_trip() {
+        let mut t = transition(1, 1, "127.0.0.1:1", "127.0.0.1:2", 5, 7);
+        t.cpu = 3;
+        for owned in [None, Some(false), Some(true)] {
+            for fin in [None, Some(false), Some(true)] {
+                t.sock_owned = owned;
+                t.peer_fin = fin;
+                let raw = to_raw(&t);
+                assert_eq!(raw.cpu, 3);
+                assert_eq!(decode(&raw_bytes(&raw)).unwrap(), t);
+            }
+        }
+        // The bits as the eBPF program sets them.
+        let mut raw = to_raw(&t);
+        raw.sock = tracer_common::SOCK_OWNED_READ | tracer_common::SOCK_OWNED;
+        let d = decode(&raw_bytes(&raw)).unwrap();
+        assert_eq!((d.sock_owned, d.peer_fin), (Some(true), None));
+        raw.sock = tracer_common::SOCK_OWNED_READ | tracer_common::SOCK_PEER_FIN_READ;
+        let d = decode(&raw_bytes(&raw)).unwrap();
+        assert_eq!((d.sock_owned, d.peer_fin), (Some(false), Some(false)));
+        raw.sock = 0;
+        let d = decode(&raw_bytes(&raw)).unwrap();
+        assert_eq!((d.sock_owned, d.peer_fin), (None, None));
     }
 
     #[test]

@@ -238,6 +238,8 @@ impl Engine {
                 error: None,
                 reset_by: None,
                 netns: netns(t.netns),
+                sock_owned: t.sock_owned,
+                peer_fin: t.peer_fin,
             }));
         }
         if let Some(resolved) = resolved {
@@ -531,6 +533,15 @@ fn complete_close(records: &mut [Record], cause: &Cause, old: TcpState, legacy: 
                 t.error.clone_from(&cause.error);
                 t.reset_by = cause.reset_by;
                 t.outcome = crate::timeline::Outcome::of_close(old, cause, legacy);
+                // An RST at the end of a close (a peer's, data after close(), the orphan's
+                // FIN_WAIT2 timer): the kernel made no timewait socket, the inferred
+                // TIME_WAIT or FIN_WAIT2 is CLOSE.
+                if let (Some(_), Some(last)) = (cause.reset_by, t.states.last_mut()) {
+                    if last.inferred {
+                        last.state = TcpState::Close;
+                        last.inferred = false;
+                    }
+                }
             }
             _ => {}
         }
@@ -619,6 +630,97 @@ mod tests {
             }],
             ..SocketTable::default()
         }
+    }
+
+    /// Issue 11 item 6: the kernel says whether the running task held the socket. An RST from
+    /// `close()` (lock owned) names the closing process; a received RST (not owned) names
+    /// nobody, though another process was running.
+    #[test]
+    fn the_socket_lock_decides_the_owner_of_an_abrupt_close() {
+        let opts = Options {
+            transitions: true,
+            timelines: true,
+            ..Options::default()
+        };
+        let owned = |t: Transition, owned: bool| Transition {
+            sock_owned: Some(owned),
+            ..t
+        };
+        let mut e = engine(opts.clone());
+        let out = feed(
+            &mut e,
+            &[
+                owned(by(transition(MS, 1, S, C, 3, 1), 111, "client"), false),
+                owned(by(transition(2 * MS, 1, S, C, 1, 7), 222, "server"), true),
+                owned(by(transition(3 * MS, 2, C, S, 1, 7), 222, "server"), false),
+            ],
+        );
+        let owners: Vec<_> = out
+            .iter()
+            .map(|r| match r {
+                Record::Transition(t) => ("t", t.skaddr.clone(), t.pid, t.sock_owned),
+                Record::Timeline(t) => ("tl", t.skaddr.clone(), t.pid, None),
+                _ => panic!("{r:?}"),
+            })
+            .collect();
+        assert_eq!(
+            owners,
+            [
+                ("t", "0x1".into(), None, Some(false)),
+                ("t", "0x1".into(), Some(222), Some(true)),
+                ("tl", "0x1".into(), Some(222), None),
+                ("t", "0x2".into(), None, Some(false)),
+                ("tl", "0x2".into(), None, None),
+            ]
+        );
+    }
+
+    /// Issue 11 item 8: FIN_WAIT2 -> CLOSE rests in TIME_WAIT only after the peer's FIN, in
+    /// FIN_WAIT2 (a timewait socket waiting for it) without; with an RST, in neither.
+    #[test]
+    fn an_active_close_rests_where_the_kernel_says() {
+        let opts = Options {
+            timelines: true,
+            ..Options::default()
+        };
+        let path = |sk: u64, fin: Option<bool>| {
+            let mut ts: Vec<Transition> = [(7, 2), (2, 1), (1, 4), (4, 5), (5, 7)]
+                .iter()
+                .enumerate()
+                .map(|(i, &(o, n))| transition(i as u64 * MS, sk, C, S, o, n))
+                .collect();
+            ts[4].peer_fin = fin;
+            ts
+        };
+        let last = |out: &[Record]| match out.last() {
+            Some(Record::Timeline(t)) => {
+                let s = t.states.last().unwrap();
+                (s.state.name().into_owned(), s.inferred, t.outcome)
+            }
+            other => panic!("{other:?}"),
+        };
+        let active = crate::timeline::Outcome::ActiveClose;
+        for (fin, state) in [
+            (Some(true), "TIME_WAIT"),
+            (Some(false), "FIN_WAIT2"),
+            (None, "TIME_WAIT"),
+        ] {
+            let out = feed(&mut engine(opts.clone()), &path(1, fin));
+            assert_eq!(last(&out), (state.into(), true, active), "{fin:?}");
+        }
+        let mut e = engine(opts);
+        let mut out = Vec::new();
+        let mut ts = path(1, Some(false));
+        let close = ts.pop().unwrap();
+        for t in ts {
+            e.transition(t, &mut out);
+        }
+        let rst = Cause {
+            error: None,
+            reset_by: Some(crate::cause::ResetBy::Local),
+        };
+        e.transition_with_cause(close, Some(rst), &mut out);
+        assert_eq!(last(&out), ("CLOSE".into(), false, active));
     }
 
     #[test]

@@ -101,7 +101,7 @@ pub enum Family {
 }
 
 /// The task that was running when a transition fired. It owns the socket only when the
-/// transition was made in process context (see the `owner` module).
+/// transition was made in its process context (see the `sock_state` module).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Task {
     /// Thread group id (the process id).
@@ -134,6 +134,15 @@ pub struct Transition {
     /// Inode number of the socket's network namespace (as `lsns -t net` shows it); 0 when
     /// the kernel's BTF did not give its offsets.
     pub netns: u64,
+    /// A process held the socket lock when the transition fired (`sock_owned_by_user()`):
+    /// it ran in that process's context, so the running task holds the socket. `None` when
+    /// the kernel's BTF did not give the offset (then the state pair decides, see
+    /// [`crate::sock_state::in_owner_context`]).
+    pub sock_owned: Option<bool>,
+    /// On FIN_WAIT2 -> CLOSE: the peer's FIN had arrived (the connection moved to TIME_WAIT);
+    /// `Some(false)`: it waits for that FIN in a timewait socket (FIN_WAIT2 sub-state).
+    /// `None` on other transitions and where it could not be read.
+    pub peer_fin: Option<bool>,
 }
 
 impl Transition {

@@ -10,7 +10,9 @@
 use std::path::Path;
 
 use btfparse::{Offset, TypeInformation, TypeVariant};
-use tracer_common::{KernelOffsets, OFFSETS_LEADER, OFFSETS_NETNS, OFFSETS_SOCK};
+use tracer_common::{
+    KernelOffsets, OFFSETS_LEADER, OFFSETS_NETNS, OFFSETS_SOCK, OFFSETS_SOCK_STATE,
+};
 
 use crate::error::OffsetsError;
 
@@ -69,7 +71,7 @@ pub fn from_file_in_child(path: &Path) -> Result<Resolved, OffsetsError> {
     }
 }
 
-/// `O` + the offsets as 13 little-endian `u32`s + the missing groups, one a line; or `E` +
+/// `O` + the offsets as 15 little-endian `u32`s + the missing groups, one a line; or `E` +
 /// the error's message.
 fn encode(result: &Result<Resolved, OffsetsError>) -> Vec<u8> {
     match result {
@@ -114,12 +116,14 @@ fn decode(message: &[u8]) -> Option<Result<Resolved, OffsetsError>> {
             net_inum: w[10],
             task_group_leader: w[11],
             task_comm: w[12],
+            sk_lock_owned: w[13],
+            sk_flags: w[14],
         },
         missing: missing.lines().map(str::to_owned).collect(),
     }))
 }
 
-const WORDS: usize = 13;
+const WORDS: usize = 15;
 
 fn words(o: &KernelOffsets) -> [u32; WORDS] {
     [
@@ -136,6 +140,8 @@ fn words(o: &KernelOffsets) -> [u32; WORDS] {
         o.net_inum,
         o.task_group_leader,
         o.task_comm,
+        o.sk_lock_owned,
+        o.sk_flags,
     ]
 }
 
@@ -154,6 +160,8 @@ pub fn resolve(btf: &TypeInformation) -> Resolved {
     group(OFFSETS_NETNS, netns_offsets(&structs, &mut netns));
     let mut leader = KernelOffsets::default();
     group(OFFSETS_LEADER, leader_offsets(&structs, &mut leader));
+    let mut state = KernelOffsets::default();
+    group(OFFSETS_SOCK_STATE, sock_state_offsets(&structs, &mut state));
     if offsets.flags & OFFSETS_SOCK != 0 {
         offsets.sk_family = sock.sk_family;
         offsets.sk_protocol = sock.sk_protocol;
@@ -171,6 +179,10 @@ pub fn resolve(btf: &TypeInformation) -> Resolved {
     if offsets.flags & OFFSETS_LEADER != 0 {
         offsets.task_group_leader = leader.task_group_leader;
         offsets.task_comm = leader.task_comm;
+    }
+    if offsets.flags & OFFSETS_SOCK_STATE != 0 {
+        offsets.sk_lock_owned = state.sk_lock_owned;
+        offsets.sk_flags = state.sk_flags;
     }
     Resolved { offsets, missing }
 }
@@ -204,6 +216,16 @@ fn netns_offsets(s: &Structs<'_>, o: &mut KernelOffsets) -> Result<(), OffsetsEr
 fn leader_offsets(s: &Structs<'_>, o: &mut KernelOffsets) -> Result<(), OffsetsError> {
     o.task_group_leader = s.member("task_struct", "group_leader", 8)?;
     o.task_comm = s.member("task_struct", "comm", tracer_common::COMM_LEN)?;
+    Ok(())
+}
+
+/// The socket lock's `owned` flag (`socket_lock_t`, an `int` after the spinlock in every
+/// kernel) and the socket's flag word (`unsigned long`, in `struct sock_common`): what `sock_owned_by_user()` and
+/// `sock_flag(sk, SOCK_DONE)` read. See [`crate::sock_state`].
+fn sock_state_offsets(s: &Structs<'_>, o: &mut KernelOffsets) -> Result<(), OffsetsError> {
+    o.sk_lock_owned = s.member("sock", "sk_lock.owned", 4)?;
+    // `sk_flags` is `#define`d to `__sk_common.skc_flags` (in a union with `skc_listener`).
+    o.sk_flags = s.member("sock", "__sk_common.skc_flags", 8)?;
     Ok(())
 }
 
@@ -293,7 +315,10 @@ mod tests {
         let resolved = from_file(Path::new(VMLINUX_BTF)).unwrap();
         assert!(resolved.missing.is_empty(), "{:?}", resolved.missing);
         let o = resolved.offsets;
-        assert_eq!(o.flags, OFFSETS_SOCK | OFFSETS_NETNS | OFFSETS_LEADER);
+        assert_eq!(
+            o.flags,
+            OFFSETS_SOCK | OFFSETS_NETNS | OFFSETS_LEADER | OFFSETS_SOCK_STATE
+        );
         // struct sock_common starts with the addresses, then the ports: a layout unchanged
         // since Linux 2.6 (skc_daddr, skc_rcv_saddr, skc_hash, skc_dport, skc_num).
         assert_eq!(o.sk_daddr, 0);
@@ -304,6 +329,38 @@ mod tests {
         assert!(o.sk_protocol > o.sk_family && o.sk_net > o.sk_family);
         assert_eq!(o.sk_v6_daddr % 4, 0);
         assert_eq!(o.task_comm % 8, 0);
+        // The lock and the flag word come after sock_common, aligned for an int and a long.
+        assert!(o.sk_lock_owned > o.sk_family && o.sk_lock_owned.is_multiple_of(4));
+        assert!(
+            o.sk_flags > o.sk_family
+                && o.sk_flags < o.sk_lock_owned
+                && o.sk_flags.is_multiple_of(8)
+        );
+    }
+
+    /// `SOCK_DONE`, the bit the program tests in `sk_flags`, is where the constant says in this
+    /// kernel's `enum sock_flags`.
+    #[test]
+    fn sock_done_is_the_bit_the_program_tests() {
+        use btfparse::Integer32Value;
+        let data = std::fs::read(VMLINUX_BTF).unwrap();
+        let btf = TypeInformation::new(&Bytes(&data)).unwrap();
+        let value = btf
+            .get()
+            .values()
+            .find_map(|ty| match ty {
+                TypeVariant::Enum(e) if e.name().as_deref() == Some("sock_flags") => e
+                    .named_value_list()
+                    .iter()
+                    .find(|v| v.name == "SOCK_DONE")
+                    .map(|v| match v.value {
+                        Integer32Value::Signed(n) => i64::from(n),
+                        Integer32Value::Unsigned(n) => i64::from(n),
+                    }),
+                _ => None,
+            })
+            .expect("enum sock_flags has SOCK_DONE");
+        assert_eq!(value, i64::from(tracer_common::SOCK_DONE_BIT));
     }
 
     #[test]
@@ -321,6 +378,7 @@ mod tests {
                 flags: 5,
                 sk_family: 16,
                 task_comm: 3000,
+                sk_flags: 760,
                 ..KernelOffsets::default()
             },
             missing: vec!["the kernel's BTF has no struct net member ns.inum".into()],

@@ -50,6 +50,7 @@ pub mod probe;
 pub mod record;
 pub mod sink;
 mod sock_diag;
+pub mod sock_state;
 mod stdout;
 #[cfg(test)]
 mod testing;

@@ -41,6 +41,9 @@ impl Owner {
 /// connection (ESTABLISHED -> FIN_WAIT1, CLOSE_WAIT -> LAST_ACK) and close() of a listener
 /// (LISTEN -> CLOSE). Transitions that can also be driven by an incoming packet
 /// (SYN_SENT -> CLOSE on a RST, ESTABLISHED -> CLOSE, ...) are left out on purpose.
+///
+/// The fallback where the kernel's own answer (the socket lock's `owned` flag) is unknown:
+/// see [`crate::sock_state::in_owner_context`].
 pub fn is_process_context(old: TcpState, new: TcpState) -> bool {
     use TcpState::{Close, CloseWait, Established, FinWait1, LastAck, Listen, SynSent};
     matches!(

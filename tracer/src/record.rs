@@ -168,6 +168,17 @@ pub struct TransitionRecord {
     /// kernel's BTF does not give its offsets, and in exports older than this field.
     #[serde(default)]
     pub netns: Option<u64>,
+    /// A process held the socket lock when the transition fired (the kernel's
+    /// `sock_owned_by_user()`): it ran in that process's context (`ctx_pid`), which then owns
+    /// the socket; `false` in softirq and timers. Null when the kernel's BTF does not give its
+    /// offset (the owner then comes from the state pair), and in exports older than this field.
+    #[serde(default)]
+    pub sock_owned: Option<bool>,
+    /// On FIN_WAIT2 -> CLOSE: the peer's FIN had arrived (`true`: the connection went on to
+    /// TIME_WAIT) or not (`false`: it waits for it in a timewait socket in the FIN_WAIT2
+    /// sub-state). Null on other transitions, without the offset, and in older exports.
+    #[serde(default)]
+    pub peer_fin: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

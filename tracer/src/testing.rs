@@ -39,6 +39,8 @@ pub fn transition(
         },
         cpu: 0,
         netns: 0,
+        sock_owned: None,
+        peer_fin: None,
     }
 }
 

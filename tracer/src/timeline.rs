@@ -12,7 +12,7 @@ use crate::{
     cause::{Cause, ResetBy},
     event::{Endpoints, TcpState, Transition},
     hash::AddrMap,
-    owner::{self, Owner},
+    owner::Owner,
 };
 
 /// One state a connection was in.
@@ -24,7 +24,9 @@ pub struct Step {
     pub enter_ns: Option<u64>,
     /// How long it stayed; `None` if unknown (first seen mid-state, or the last state).
     pub duration_ns: Option<u64>,
-    /// The tracepoint never reports this state; it is inferred (TIME_WAIT).
+    /// The tracepoint never reports this state; it is inferred: the TIME_WAIT, or the FIN_WAIT2
+    /// of a timewait socket still waiting for the peer's FIN, that a connection rests in
+    /// after it left its full socket.
     pub inferred: bool,
 }
 
@@ -259,7 +261,7 @@ impl Tracker {
         if conn.owner.is_none() {
             conn.owner = known.cloned();
         }
-        if owner::is_process_context(t.old, t.new) {
+        if crate::sock_state::in_owner_context(t) {
             conn.owner = Some(Owner::from_task(&t.task));
         }
         applied.owner.clone_from(&conn.owner);
@@ -275,7 +277,9 @@ impl Tracker {
             // Without its cause yet: the engine completes the outcome when it knows it.
             let outcome = Outcome::of_close(t.old, &Cause::default(), false);
             let state = match outcome {
-                Outcome::ActiveClose | Outcome::SimultaneousClose => TcpState::TimeWait,
+                Outcome::ActiveClose | Outcome::SimultaneousClose => {
+                    crate::sock_state::resting_state(t.old, t.peer_fin)
+                }
                 _ => TcpState::Close,
             };
             let mut conn = self.remove(t.skaddr).expect("present");
@@ -283,7 +287,7 @@ impl Tracker {
                 state,
                 enter_ns: Some(t.ts_ns),
                 duration_ns: None,
-                inferred: state == TcpState::TimeWait,
+                inferred: state != TcpState::Close,
             });
             applied.finished.push(conn.into_timeline(t.skaddr, outcome));
         } else {

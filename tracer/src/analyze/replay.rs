@@ -48,6 +48,10 @@ impl TryFrom<&TransitionRecord> for Transition {
             },
             cpu: r.cpu,
             netns: r.netns.unwrap_or(0),
+            // Exports older than these fields read them as null: the state pair decides the
+            // owner and an active close rests in TIME_WAIT, as those exports said.
+            sock_owned: r.sock_owned,
+            peer_fin: r.peer_fin,
         })
     }
 }
@@ -440,6 +444,10 @@ mod tests {
             42,
             "srv",
         );
+        let t = Transition {
+            sock_owned: Some(false),
+            ..t
+        };
         let mut out = Vec::new();
         Engine::new(Options::default(), WallClock::fixed(0)).transition(t.clone(), &mut out);
         let Some(Record::Transition(r)) = out.first() else {

@@ -336,6 +336,8 @@ fn unknown_states_share_one_label() {
         error: None,
         reset_by: None,
         netns: None,
+        sock_owned: None,
+        peer_fin: None,
     };
     metrics.observe(&[Record::Transition(t.clone())]);
     t.old_state = TcpState::Unknown(7777);

@@ -113,8 +113,20 @@ fn transition(out: &mut Vec<u8>, r: &TransitionRecord) -> io::Result<()> {
     });
     out.extend_from_slice(br#","netns":"#);
     optional(out, r.netns);
+    out.extend_from_slice(br#","sock_owned":"#);
+    boolean(out, r.sock_owned);
+    out.extend_from_slice(br#","peer_fin":"#);
+    boolean(out, r.peer_fin);
     out.push(b'}');
     Ok(())
+}
+
+fn boolean(out: &mut Vec<u8>, b: Option<bool>) {
+    out.extend_from_slice(match b {
+        None => b"null".as_slice(),
+        Some(false) => b"false",
+        Some(true) => b"true",
+    });
 }
 
 fn number(out: &mut Vec<u8>, n: impl itoa::Integer) {
@@ -228,6 +240,8 @@ mod tests {
                 .then(|| ["ECONNRESET", "ETIMEDOUT", "errno 200"][n % 3].to_owned()),
             reset_by: [None, Some(ResetBy::Local), Some(ResetBy::Peer)][n % 3],
             netns: (!i.is_multiple_of(6)).then_some(4_026_531_840 + i),
+            sock_owned: [None, Some(false), Some(true)][(n / 2) % 3],
+            peer_fin: [None, Some(false), Some(true)][(n / 5) % 3],
         }
     }
 

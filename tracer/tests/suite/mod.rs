@@ -3,6 +3,7 @@ mod analyze;
 mod analyze_fuzz;
 mod causes;
 mod cli;
+mod context;
 mod deploy;
 mod diagnosis;
 mod field;

@@ -242,6 +242,10 @@ impl<S: Sink> Collector<S> {
             }
         }
         for pair in t.states.windows(2) {
+            // An orphan's FIN_WAIT2 continued in a timewait socket (inferred): no edge taken.
+            if pair[1].inferred && pair[0].state == pair[1].state {
+                continue;
+            }
             self.edge(pair[0].state, pair[1].state, pair[0].duration_ns);
         }
         for step in &t.states {

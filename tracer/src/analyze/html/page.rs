@@ -548,7 +548,7 @@ fn state_diagram<S: Sink>(c: &Collector<S>, a: &AnalysisRecord, notes: &mut Vec<
         drawn.then_some(&figure),
         "The diagram could not be drawn.",
         &mut n,
-        "<p class=\"legend\"><span><b class=\"solid\"></b>active close</span> <span><b class=\"dashed\"></b>simultaneous close</span> <span><b class=\"dotted\"></b>passive close</span> <span><b class=\"faint\"></b>never taken</span> Line width grows with the count. The kernel never reports TIME_WAIT: it is inferred from FIN_WAIT2 → CLOSE and CLOSING → CLOSE.</p>",
+        "<p class=\"legend\"><span><b class=\"solid\"></b>active close</span> <span><b class=\"dashed\"></b>simultaneous close</span> <span><b class=\"dotted\"></b>passive close</span> <span><b class=\"faint\"></b>never taken</span> Line width grows with the count. The kernel never reports TIME_WAIT: it is inferred from CLOSING → CLOSE, and from FIN_WAIT2 → CLOSE when the peer's FIN had arrived (else the connection still waits in FIN_WAIT2, in a timewait socket).</p>",
     );
     out
 }

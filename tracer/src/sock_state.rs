@@ -1,0 +1,110 @@
+//! What the socket itself told the eBPF program at a transition ([`tracer_common::TcpStateEvent::sock`]),
+//! and the two decisions made from it: whether the running task holds the socket (the
+//! transition ran in its process context), and whether an active close ended in TIME_WAIT or
+//! still waits in FIN_WAIT2 for the peer's FIN.
+//!
+//! Both come from the kernel, not from the state pair:
+//! - `sk_lock.owned` (`sock_owned_by_user()`) is set while a process holds the socket lock:
+//!   `connect()`, `listen()`, `shutdown()` and `close()` (`tcp_close()` keeps it through the
+//!   RST of `SO_LINGER {1, 0}` or of unread bytes, and through the orphan's move to a timewait
+//!   socket), and `release_sock()` keeps it while it runs the packets queued on the backlog
+//!   meanwhile, in the lock holder's context. Softirq and the TCP timers change a socket's
+//!   state only while no process owns it (they queue the packet or defer the timer otherwise).
+//! - `SOCK_DONE` in `sk_flags` is set by `tcp_fin()` only, when the peer's FIN arrives; its
+//!   FIN_WAIT2 case moves the connection to TIME_WAIT. An orphan whose FIN was acknowledged
+//!   before the peer's FIN moves to a timewait socket in the FIN_WAIT2 sub-state
+//!   (`tcp_time_wait(sk, TCP_FIN_WAIT2, ..)`) with `SOCK_DONE` clear. `sk_shutdown` cannot
+//!   tell them apart: `__tcp_close()` sets `RCV_SHUTDOWN` on every closed socket.
+
+use tracer_common::{SOCK_OWNED, SOCK_OWNED_READ, SOCK_PEER_FIN, SOCK_PEER_FIN_READ};
+
+use crate::{
+    event::{TcpState, Transition},
+    owner,
+};
+
+/// The socket lock's `owned` flag from the event's bits; `None` when it was not read.
+pub fn owned(bits: u16) -> Option<bool> {
+    (bits & SOCK_OWNED_READ != 0).then_some(bits & SOCK_OWNED != 0)
+}
+
+/// The peer's FIN seen (FIN_WAIT2 -> CLOSE only); `None` when it was not read.
+pub fn peer_fin(bits: u16) -> Option<bool> {
+    (bits & SOCK_PEER_FIN_READ != 0).then_some(bits & SOCK_PEER_FIN != 0)
+}
+
+/// The event's bits for the two facts (the inverse of [`owned`] and [`peer_fin`]).
+pub fn bits(owned: Option<bool>, peer_fin: Option<bool>) -> u16 {
+    let one = |value: Option<bool>, read: u16, set: u16| match value {
+        None => 0,
+        Some(false) => read,
+        Some(true) => read | set,
+    };
+    one(owned, SOCK_OWNED_READ, SOCK_OWNED) | one(peer_fin, SOCK_PEER_FIN_READ, SOCK_PEER_FIN)
+}
+
+/// Did the transition run in the context of a process holding the socket, so that the running
+/// task is the socket's owner? The kernel's answer (the socket lock was owned) where it was
+/// read; else the state pair's (`owner::is_process_context`: only the transitions that no
+/// packet can drive).
+pub fn in_owner_context(t: &Transition) -> bool {
+    t.sock_owned
+        .unwrap_or_else(|| owner::is_process_context(t.old, t.new))
+}
+
+/// The inferred state a connection rests in after an active or simultaneous close reported
+/// as `old -> CLOSE`: TIME_WAIT, except after FIN_WAIT2 when the peer's FIN had not arrived
+/// (the timewait socket waits in FIN_WAIT2 for it, up to `net.ipv4.tcp_fin_timeout`).
+/// Where the peer's FIN could not be read (no BTF offset, an export older than the field)
+/// TIME_WAIT, as before.
+pub fn resting_state(old: TcpState, peer_fin: Option<bool>) -> TcpState {
+    if old == TcpState::FinWait2 && peer_fin == Some(false) {
+        TcpState::FinWait2
+    } else {
+        TcpState::TimeWait
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::transition;
+
+    #[test]
+    fn bits_round_trip() {
+        for o in [None, Some(false), Some(true)] {
+            for f in [None, Some(false), Some(true)] {
+                let b = bits(o, f);
+                assert_eq!((owned(b), peer_fin(b)), (o, f));
+            }
+        }
+        assert_eq!(
+            owned(SOCK_OWNED),
+            None,
+            "a set bit without its read bit is unknown"
+        );
+    }
+
+    #[test]
+    fn the_kernel_decides_the_context_and_the_state_pair_only_without_it() {
+        // ESTABLISHED -> CLOSE: close() with an RST, or a received RST.
+        let mut t = transition(1, 1, "127.0.0.1:1", "127.0.0.1:2", 1, 7);
+        assert!(!in_owner_context(&t), "unknown: the state pair cannot tell");
+        t.sock_owned = Some(true);
+        assert!(in_owner_context(&t));
+        // CLOSE -> SYN_SENT with the lock not owned (never seen, but the kernel wins).
+        let mut t = transition(1, 1, "127.0.0.1:1", "127.0.0.1:2", 7, 2);
+        assert!(in_owner_context(&t));
+        t.sock_owned = Some(false);
+        assert!(!in_owner_context(&t));
+    }
+
+    #[test]
+    fn fin_wait2_rests_in_time_wait_only_after_the_peer_fin() {
+        use TcpState::{Closing, FinWait2, TimeWait};
+        assert_eq!(resting_state(FinWait2, Some(true)), TimeWait);
+        assert_eq!(resting_state(FinWait2, Some(false)), FinWait2);
+        assert_eq!(resting_state(FinWait2, None), TimeWait);
+        assert_eq!(resting_state(Closing, Some(false)), TimeWait);
+    }
+}
