@@ -22,6 +22,12 @@
 //!   in two messages, closes its copies and says `sent PORT1 PORT2`.
 //! - `threaded`: renames its process `c04-java`, then a thread named `http-exec-0` connects to
 //!   127.0.0.1:`HOLDER_PORT` and says `tid N`; on `close` the thread closes it (`closed`).
+//! - `linger-client`: renames its process `c06-client`, connects to 127.0.0.1:`HOLDER_PORT`
+//!   and says `port N` (its local port); on `close` sets `SO_LINGER {1, 0}` and closes
+//!   (`closed`).
+//! - `unread-server`: renames its process `c06-server`, listens on 127.0.0.1 (`port N`),
+//!   accepts one connection and says `queued N` once N >= 11 bytes wait unread; on `close`
+//!   closes it with them unread (`closed`).
 //! - `accept-one`: listens on 127.0.0.1 (`listening`), accepts one connection (`accepted FD`)
 //!   and keeps it until `exit` (run as `nobody` by the capability tests).
 
@@ -146,6 +152,46 @@ fn main() {
                 .unwrap()
                 .join()
                 .unwrap();
+            until_exit();
+        }
+        "linger-client" => {
+            std::fs::write("/proc/self/comm", "c06-client").unwrap();
+            let conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            tell(&format!("port {}", conn.local_addr().unwrap().port()));
+            expect("close");
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            nix::sys::socket::setsockopt(&conn, nix::sys::socket::sockopt::Linger, &linger)
+                .unwrap();
+            drop(conn);
+            tell("closed");
+            until_exit();
+        }
+        "unread-server" => {
+            std::fs::write("/proc/self/comm", "c06-server").unwrap();
+            let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+            tell(&format!("port {}", listener.local_addr().unwrap().port()));
+            let (conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 64];
+            let queued = loop {
+                // Blocks until data is there; loops until all 11 bytes are.
+                let n = nix::sys::socket::recv(
+                    conn.as_raw_fd(),
+                    &mut buf,
+                    nix::sys::socket::MsgFlags::MSG_PEEK,
+                )
+                .unwrap();
+                if n >= 11 || n == 0 {
+                    break n;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            };
+            tell(&format!("queued {queued}"));
+            expect("close");
+            drop(conn);
+            tell("closed");
             until_exit();
         }
         "accept-one" => {

@@ -12,26 +12,19 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Shutdown, SocketAddr, TcpStream},
     process::Command,
     thread,
     time::Duration,
 };
 
-use nix::sys::socket::{recv, setsockopt, sockopt, MsgFlags};
 use tracer::{
     cause::ResetBy,
     record::{Record, TimelineRecord, TransitionRecord},
     timeline::Outcome,
 };
 
-use crate::support::{
-    self,
-    field::{hear, tell, Helper},
-    NetNs, Tracer,
-};
-
-const HELPER: &str = "suite::context::helper_context";
+use crate::support::{self, HelperProcess as Helper, NetNs, Tracer};
 
 /// The timeline of the socket from `local` to `remote`, once it ended.
 fn ended(tracer: &Tracer, local: SocketAddr, remote: SocketAddr) -> TimelineRecord {
@@ -87,10 +80,9 @@ fn an_rst_from_close_with_zero_linger_names_the_closing_client() {
     support::require_root();
     let _ns = NetNs::enter();
     let (listener, addr) = support::listen("127.0.0.1:0");
-    let mut client = Helper::spawn_with(
-        HELPER,
+    let mut client = Helper::holder(
         "linger-client",
-        &[("TR11_PORT", &addr.port().to_string())],
+        &[("HOLDER_PORT", &addr.port().to_string())],
     );
     let client_port = message_value(&client, "port ");
     let (accepted, _) = listener.accept().unwrap();
@@ -161,7 +153,7 @@ fn an_rst_from_close_with_zero_linger_names_the_closing_client() {
 fn an_rst_from_close_with_unread_bytes_names_the_closing_server() {
     support::require_root();
     let _ns = NetNs::enter();
-    let mut server = Helper::spawn_with(HELPER, "unread-server", &[("TR11_PORT", "0")]);
+    let mut server = Helper::holder("unread-server", &[("HOLDER_PORT", "0")]);
     let port = message_value(&server, "port ");
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let mut client = TcpStream::connect(addr).unwrap();
@@ -398,62 +390,4 @@ fn ip(args: &[&str]) {
         .status()
         .expect("run ip (iproute2)");
     assert!(status.success(), "ip {args:?} failed: {status}");
-}
-
-/// Helper roles, chosen by `TRACER_TEST_HELPER`:
-/// - `linger-client`: renames its process `c06-client`, connects to 127.0.0.1:`TR11_PORT` and
-///   says `port N` (its local port); on `close` sets `SO_LINGER {1, 0}` and closes (`closed`).
-/// - `unread-server`: renames its process `c06-server`, listens on an ephemeral port (`port N`),
-///   accepts one connection and says `queued N` once N bytes wait unread; on `close` closes it
-///   with them unread (`closed`).
-///
-/// Both then wait for `exit`.
-#[test]
-#[ignore = "helper process for the tests above"]
-fn helper_context() {
-    let Ok(role) = std::env::var(support::field::HELPER_ENV) else {
-        return;
-    };
-    let port: u16 = std::env::var("TR11_PORT").unwrap().parse().unwrap();
-    match role.as_str() {
-        "linger-client" => {
-            std::fs::write("/proc/self/comm", "c06-client").unwrap();
-            let conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            tell(&format!("port {}", conn.local_addr().unwrap().port()));
-            assert_eq!(hear(), "close");
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            setsockopt(&conn, sockopt::Linger, &linger).unwrap();
-            drop(conn);
-            tell("closed");
-        }
-        "unread-server" => {
-            std::fs::write("/proc/self/comm", "c06-server").unwrap();
-            let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-            tell(&format!("port {}", listener.local_addr().unwrap().port()));
-            let (conn, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 64];
-            let queued = loop {
-                // Blocks until data is there; loops until all 11 bytes are.
-                let n = recv(
-                    std::os::fd::AsRawFd::as_raw_fd(&conn),
-                    &mut buf,
-                    MsgFlags::MSG_PEEK,
-                )
-                .unwrap();
-                if n >= 11 || n == 0 {
-                    break n;
-                }
-                thread::sleep(Duration::from_millis(5));
-            };
-            tell(&format!("queued {queued}"));
-            assert_eq!(hear(), "close");
-            drop(conn);
-            tell("closed");
-        }
-        other => panic!("unknown role {other}"),
-    }
-    assert_eq!(hear(), "exit");
 }
