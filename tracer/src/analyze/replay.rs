@@ -187,6 +187,8 @@ impl Replay {
                 inode: 0,
                 netns: r.netns.unwrap_or(0),
                 holders: Vec::new(),
+                times: None,
+                fin_read: None,
             });
         }
         self.engine.recheck(&ids, &table, r.ts_ns, out);
@@ -257,6 +259,13 @@ impl Replay {
                 r.container.clone_from(&a.container);
                 r.pod_uid.clone_from(&a.pod_uid);
                 r.diagnosis.clone_from(&a.diagnosis);
+                // The kernel's times are not in the stream: kept as recorded, with the age of a
+                // socket found stuck at start, which the live run bounded with them.
+                r.tcp_info.clone_from(&a.tcp_info);
+                r.fin_read = a.fin_read;
+                if a.age_at_least && a.tcp_info.is_some() {
+                    r.age_ms = a.age_ms;
+                }
             }
         }
     }
@@ -308,6 +317,8 @@ impl Replay {
                         })
                         .into_iter()
                         .collect(),
+                    times: None,
+                    fin_read: None,
                 });
             }
             if let Some(owner) = holders.first() {
@@ -332,6 +343,8 @@ impl Replay {
                 inode,
                 netns,
                 holders,
+                times: None,
+                fin_read: None,
             });
         }
         table
@@ -481,6 +494,8 @@ mod tests {
                     comm: "leaky".into(),
                     fd: Some(7),
                 }],
+                times: None,
+                fin_read: None,
             }],
             ..SocketTable::default()
         };
@@ -506,6 +521,8 @@ mod tests {
             inode: 5,
             netns: 1,
             holders: Vec::new(),
+            times: None,
+            fin_read: None,
         };
         let table = SocketTable {
             entries: vec![entry],
