@@ -310,3 +310,54 @@ while True:
     );
     tracer.stop();
 }
+
+/// (d) A socket stuck in CLOSE_WAIT before the tracer started: its age comes from the kernel
+/// (`tcpi_last_ack_recv`, the ACK the peer's FIN carried) and is within a second of the truth,
+/// and never more than it; the time since the peer's last data (sent 2 s before its bare FIN) is
+/// reported, longer, beside it; 10 bytes and the FIN wait unread.
+#[test]
+#[ignore = "needs root and BPF"]
+fn a_socket_stuck_before_the_start_ages_from_the_kernel() {
+    use std::io::Write as _;
+    let _ns = NetNs::enter();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    client.write_all(&[7u8; 10]).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // A bare FIN: no data with it.
+    drop(client);
+    let fin_ns = tracer::units::monotonic_ns();
+    std::thread::sleep(Duration::from_secs(3));
+
+    let tracer = Tracer::start(&["-p", &port.to_string(), "--no-transitions"]);
+    let alert = tracer.wait_for("the report of the socket found at start", |records| {
+        records.iter().find_map(|r| match r {
+            Record::CloseWait(r) if r.lport == port => Some(r.clone()),
+            _ => None,
+        })
+    });
+    let (_, summary) = tracer.stop();
+    drop(server);
+    assert!(alert.age_at_least, "{alert:?}");
+    assert_eq!(alert.skaddr, None, "found in the tables, not seen arriving");
+    let truth_ms = (alert.ts_ns - fin_ns) / 1_000_000;
+    assert!(
+        alert.age_ms <= truth_ms && truth_ms - alert.age_ms < 1000,
+        "age {} ms, truly {truth_ms} ms",
+        alert.age_ms
+    );
+    let info = alert.tcp_info.clone().expect("tcp_info");
+    assert!(
+        info.last_ack_recv_ms.abs_diff(truth_ms) < 1000,
+        "{info:?}, truly {truth_ms} ms"
+    );
+    assert!(
+        info.last_data_recv_ms >= truth_ms + 1500,
+        "the data came 2 s before the FIN: {info:?}, FIN {truth_ms} ms ago"
+    );
+    assert_eq!((alert.recv_q, alert.fin_read), (Some(10), Some(false)));
+    assert_eq!(alert.pid, Some(std::process::id()));
+    assert_eq!(summary.close_wait_alerts, 1);
+}
