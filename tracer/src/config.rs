@@ -31,6 +31,8 @@ pub struct KernelFilter {
     pub netns: Option<u32>,
     /// Which program to attach.
     pub hook: HookChoice,
+    /// `--track-reads`: also attach the program on `sock:sock_recv_length`.
+    pub track_reads: bool,
 }
 
 /// Which kernel program `--hook` asks for.
