@@ -47,12 +47,12 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
         bytes: ret,
         flags: field(&ctx, FLAGS.offset),
     };
-    match LAST_READS.get_ptr_mut(&sk) {
+    match LAST_READS.get_ptr_mut(sk) {
         // SAFETY: the map hands out a pointer to the entry's value, valid while the program
         // runs; a concurrent reader may see a mix of two reads' fields, which is harmless.
         Some(entry) => unsafe { *entry = read },
         None => {
-            let _ = LAST_READS.insert(&sk, &read, 0);
+            let _ = LAST_READS.insert(sk, read, 0);
         }
     }
     0
