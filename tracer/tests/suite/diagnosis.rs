@@ -436,7 +436,7 @@ fn track_reads_names_the_thread_that_last_read_the_stuck_socket() {
     );
     let since_read_ms = (alert.ts_ns - read_ns) / 1_000_000;
     assert!(
-        last.age_ms >= 1000 && last.age_ms.abs_diff(since_read_ms) < 200,
+        last.age_ms >= 1000 && last.age_ms.abs_diff(since_read_ms) < 1000,
         "{last:?}: read {since_read_ms} ms before the report"
     );
     assert_eq!(last.now_blocked_in.as_deref(), Some("futex wait"), "{d:#?}");
