@@ -155,6 +155,7 @@ impl Config {
             duration_ns: self.duration.map(nanos),
             max_sockets: self.engine.max_sockets,
             ring_buffer_bytes: self.kernel.ring_buffer_bytes,
+            track_reads: self.kernel.track_reads,
         }
     }
 }

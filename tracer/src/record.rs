@@ -91,6 +91,9 @@ pub struct RunOptions {
     pub duration_ns: Option<u64>,
     pub max_sockets: usize,
     pub ring_buffer_bytes: u32,
+    /// `--track-reads`: the last read of each socket was asked for (reports' `last_read`).
+    #[serde(default)]
+    pub track_reads: bool,
 }
 
 impl Default for RunOptions {
@@ -111,6 +114,7 @@ impl Default for RunOptions {
             duration_ns: None,
             max_sockets: defaults::MAX_SOCKETS,
             ring_buffer_bytes: defaults::RING_BUFFER_BYTES,
+            track_reads: false,
         }
     }
 }
