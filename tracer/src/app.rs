@@ -318,8 +318,13 @@ impl Session {
             .map(|why| format!(" (tp_btf refused: {why})"))
             .unwrap_or_default();
         if let Some(why) = session.probe.reads_refused() {
+            let hint = if why.contains("does not have the tracepoint") {
+                " (it came in Linux 6.3)"
+            } else {
+                ""
+            };
             eprintln!(
-                "tracer: --track-reads: not tracking reads: sock:sock_recv_length: {why} (it needs Linux 6.3 or later); reports' last_read stays null"
+                "tracer: --track-reads: not tracking reads: sock:sock_recv_length: {why}{hint}; reports' last_read stays null"
             );
         }
         eprintln!(
