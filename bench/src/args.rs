@@ -20,13 +20,14 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
     /// Modes to run, in this order within a round: our tracer as users run it (to a file, the
-    /// same forced onto the classic tracepoint, with timelines, with an export, through a Python reader, scraped for metrics), the
+    /// same forced onto the classic tracepoint, with timelines, with an export, through a Python reader, scraped for metrics, with
+    /// --track-reads), the
     /// peers (installed from Debian when missing), and bpftrace count-only as the floor.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "none,tracer,tracer-tracepoint,tracer-timelines,tracer-export,tracer-python,tracer-scraped,tcpstates,bpftrace,bpftrace-count"
+        default_value = "none,tracer,tracer-tracepoint,tracer-timelines,tracer-export,tracer-python,tracer-scraped,tracer-track-reads,tcpstates,bpftrace,bpftrace-count"
     )]
     pub modes: Vec<Mode>,
     #[command(flatten)]

@@ -32,9 +32,11 @@ pub fn capture(
             capture.export_captured = Some(count_tracer(export, port)?.captured);
             Ok(capture)
         }
-        Mode::Tracer | Mode::TracerTracepoint | Mode::TracerTimelines | Mode::TracerScraped => {
-            count_tracer(output, port)
-        }
+        Mode::Tracer
+        | Mode::TracerTracepoint
+        | Mode::TracerTimelines
+        | Mode::TracerScraped
+        | Mode::TracerTrackReads => count_tracer(output, port),
         Mode::Tcpstates => count_tcpstates(output, &stderr, port),
         Mode::Bpftrace => count_bpftrace(output, &stderr, port),
         Mode::BpftraceCount => count_bpftrace_map(output, &stderr),

@@ -98,12 +98,16 @@ impl Observer {
             | Mode::TracerTimelines
             | Mode::TracerExport
             | Mode::TracerPython
-            | Mode::TracerScraped => {
+            | Mode::TracerScraped
+            | Mode::TracerTrackReads => {
                 let mut cmd = Command::new(&tools.tracer);
                 cmd.args(["--json", "-p", &port.to_string(), "--duration"])
                     .arg(format!("{}s", limit.as_secs()));
                 if mode == Mode::TracerTracepoint {
                     cmd.args(["--hook", "tracepoint"]);
+                }
+                if mode == Mode::TracerTrackReads {
+                    cmd.arg("--track-reads");
                 }
                 if matches!(mode, Mode::TracerTimelines | Mode::TracerPython) {
                     cmd.arg("--timelines");

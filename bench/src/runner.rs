@@ -53,6 +53,8 @@ pub enum Mode {
     TracerPython,
     /// Our tracer, `--json` to a file with `--metrics`, scraped every second.
     TracerScraped,
+    /// Our tracer, `--json` to a file with `--track-reads` (a probe on every socket read).
+    TracerTrackReads,
     /// libbpf-tools `tcpstates` (Debian's), to a file.
     Tcpstates,
     /// bpftrace, tcpstates-style script, to a file.
@@ -62,7 +64,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 10] = [
+    pub const ALL: [Mode; 11] = [
         Mode::None,
         Mode::Tracer,
         Mode::TracerTracepoint,
@@ -70,6 +72,7 @@ impl Mode {
         Mode::TracerExport,
         Mode::TracerPython,
         Mode::TracerScraped,
+        Mode::TracerTrackReads,
         Mode::Tcpstates,
         Mode::Bpftrace,
         Mode::BpftraceCount,
@@ -84,6 +87,7 @@ impl Mode {
             Mode::TracerExport => "tracer-export",
             Mode::TracerPython => "tracer-python",
             Mode::TracerScraped => "tracer-scraped",
+            Mode::TracerTrackReads => "tracer-track-reads",
             Mode::Tcpstates => "tcpstates",
             Mode::Bpftrace => "bpftrace",
             Mode::BpftraceCount => "bpftrace-count",
@@ -99,6 +103,7 @@ impl Mode {
             Mode::TracerExport => "our tracer, --json to a file and --export to another",
             Mode::TracerPython => "our tracer, --json --timelines | a Python line reader",
             Mode::TracerScraped => "our tracer, --json to a file, /metrics scraped every 1 s",
+            Mode::TracerTrackReads => "our tracer, --json --track-reads to a file",
             Mode::Tcpstates => {
                 "libbpf-tools tcpstates to a file (unfiltered: its -L/-D cannot select \
                  both ends of a connection)"
@@ -123,6 +128,7 @@ impl Mode {
                 | Mode::TracerExport
                 | Mode::TracerPython
                 | Mode::TracerScraped
+                | Mode::TracerTrackReads
         )
     }
 

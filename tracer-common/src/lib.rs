@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod cause;
+pub mod reads;
 pub mod tracepoint;
 
 /// Name of the ring buffer map that carries [`TcpStateEvent`]s.

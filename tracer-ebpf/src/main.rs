@@ -14,6 +14,8 @@
 
 // Why a connection ended: the programs on the reset and error-report tracepoints.
 mod cause;
+// `--track-reads`: the program on `sock:sock_recv_length`.
+mod reads;
 
 use core::ffi::c_void;
 

@@ -130,6 +130,8 @@ struct Session {
 /// Reports (or a digest) waiting for their holders' diagnosis.
 struct Diagnosing {
     pending: Vec<Record>,
+    /// `--track-reads`: the last read of each report's socket, by `skaddr`.
+    reads: HashMap<String, crate::reads::LastReadReport>,
     done: tokio::sync::oneshot::Receiver<Diagnoses>,
 }
 
@@ -315,6 +317,16 @@ impl Session {
             .as_deref()
             .map(|why| format!(" (tp_btf refused: {why})"))
             .unwrap_or_default();
+        if let Some(why) = session.probe.reads_refused() {
+            let hint = if why.contains("does not have the tracepoint") {
+                " (it came in Linux 6.3)"
+            } else {
+                ""
+            };
+            eprintln!(
+                "tracer: --track-reads: not tracking reads: sock:sock_recv_length: {why}{hint}; reports' last_read stays null"
+            );
+        }
         eprintln!(
             "tracer: attached to sock:inet_sock_set_state via {}{fallback}; Ctrl-C to stop",
             session.probe.hook().name()
@@ -516,9 +528,39 @@ impl Session {
             self.engine
                 .recheck(&lookup.followed, table, lookup.at_ns, &mut fresh);
         }
+        let reads = self.last_reads(&fresh, lookup.at_ns);
         if !self.diagnose(fresh, table, lookup.at_ns) {
             self.release_held();
+        } else if let Some(d) = &mut self.diagnosing {
+            d.reads = reads;
         }
+    }
+
+    /// With `--track-reads`: the last read of each report's socket (those seen through the
+    /// kernel: the map is keyed by the socket's address), as of `now_ns`.
+    fn last_reads(
+        &self,
+        records: &[Record],
+        now_ns: u64,
+    ) -> HashMap<String, crate::reads::LastReadReport> {
+        let Some(reads) = self.probe.reads() else {
+            return HashMap::new();
+        };
+        records
+            .iter()
+            .filter_map(|r| match r {
+                Record::CloseWait(r) | Record::Stuck(r) => r.skaddr.as_ref(),
+                _ => None,
+            })
+            .filter_map(|skaddr| {
+                let addr = u64::from_str_radix(skaddr.trim_start_matches("0x"), 16).ok()?;
+                let read = reads.get(addr)?;
+                Some((
+                    skaddr.clone(),
+                    crate::reads::LastReadReport::new(&read, now_ns),
+                ))
+            })
+            .collect()
     }
 
     /// Starts diagnosing the holders named by `records` (reports or a digest) with `table`
@@ -543,6 +585,7 @@ impl Session {
         }
         self.diagnosing = Some(Diagnosing {
             pending: records,
+            reads: HashMap::new(),
             done,
         });
         true
@@ -555,7 +598,7 @@ impl Session {
         };
         let mut records = diagnosing.pending;
         if let Ok(found) = result {
-            attach(&mut records, &found);
+            attach(&mut records, &found, &diagnosing.reads);
         } else {
             log::warn!("the diagnosis thread stopped: reports go without");
             self.diagnoser = None;
@@ -686,12 +729,27 @@ fn targets(records: &[Record]) -> Vec<diagnosis::Target> {
     targets
 }
 
-/// Puts each process's diagnosis on the records that name it.
-fn attach(records: &mut [Record], found: &HashMap<u32, diagnosis::Diagnosis>) {
+/// Puts each process's diagnosis on the records that name it, with each report's last read
+/// (and what the reading thread blocks in now, when the diagnosis lists it).
+fn attach(
+    records: &mut [Record],
+    found: &HashMap<u32, diagnosis::Diagnosis>,
+    reads: &HashMap<String, crate::reads::LastReadReport>,
+) {
     for record in records {
         match record {
             Record::CloseWait(r) | Record::Stuck(r) => {
                 r.diagnosis = r.pid.and_then(|pid| found.get(&pid)).cloned();
+                let read = r.skaddr.as_ref().and_then(|a| reads.get(a));
+                if let (Some(d), Some(read)) = (&mut r.diagnosis, read) {
+                    let mut read = read.clone();
+                    read.now_blocked_in = d
+                        .threads
+                        .iter()
+                        .find(|t| t.tid == read.tid)
+                        .map(|t| t.blocked_in.clone());
+                    d.last_read = Some(read);
+                }
             }
             Record::Digest(d) => {
                 for p in &mut d.processes {
@@ -978,7 +1036,7 @@ mod tests {
                 ..diagnosis::Diagnosis::default()
             },
         )]);
-        attach(&mut records, &found);
+        attach(&mut records, &found, &HashMap::new());
         for r in &records[..2] {
             let Record::CloseWait(r) = r else { panic!() };
             assert_eq!(r.diagnosis.as_ref().map(|d| d.fds_open), Some(Some(12)));

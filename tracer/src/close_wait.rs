@@ -16,6 +16,7 @@ use crate::{
     event::{Endpoints, TcpState, Transition},
     hash::AddrMap,
     owner::{NoOwner, Owner},
+    sock_diag::{TcpInfoTimes, MAX_JIFFY_NS},
 };
 
 /// Identifies a stuck socket.
@@ -58,6 +59,10 @@ pub struct Stuck {
     pub unowned: Option<NoOwner>,
     /// The owner's cgroup and container.
     pub placement: Placement,
+    /// Its `tcp_info` times when last looked up.
+    pub times: Option<TcpInfoTimes>,
+    /// The application has read up to and including the peer's FIN, when last looked up.
+    pub fin_read: Option<bool>,
 }
 
 /// What a socket table lookup found about a stuck socket.
@@ -68,6 +73,28 @@ pub struct Found {
     pub netns: u64,
     pub unowned: Option<NoOwner>,
     pub placement: Placement,
+    pub times: Option<TcpInfoTimes>,
+    pub fin_read: Option<bool>,
+}
+
+/// The latest a socket found in `state` when the tracer started can have entered it, from the
+/// kernel's `tcp_info` times: a lower bound of its age, as the time since the tracer started is.
+///
+/// For CLOSE_WAIT it is the time since the last ACK received (`tcpi_last_ack_recv`): the peer's
+/// FIN carries an ACK, which `tcp_ack()` takes (setting `rcv_tstamp`) before
+/// `tcp_data_queue()` sees the FIN and `tcp_fin()` moves the socket to CLOSE_WAIT, and any
+/// later ACK only moves `rcv_tstamp` forward; so the last ACK came at or after the FIN. The
+/// time since the last data (`tcpi_last_data_recv`) is no lower bound: a bare FIN carries no
+/// data and leaves `lrcvtime` at the data before it. The kernel counts in jiffies, which may
+/// overstate the time by one tick: [`MAX_JIFFY_NS`] (and 1 ms for the rounding to ms) is taken
+/// off. Other states: `None` (no segment the socket received marks their start).
+pub fn kernel_since(state: TcpState, times: &TcpInfoTimes) -> Option<u64> {
+    (state == TcpState::CloseWait).then(|| {
+        times
+            .read_ns
+            .saturating_sub(u64::from(times.last_ack_recv_ms) * 1_000_000)
+            .saturating_add(MAX_JIFFY_NS + 1_000_000)
+    })
 }
 
 impl Stuck {
@@ -90,6 +117,8 @@ impl Stuck {
             holders: Vec::new(),
             unowned: None,
             placement: Placement::default(),
+            times: None,
+            fin_read: None,
         }
     }
 
@@ -191,9 +220,11 @@ impl Detector {
         self.stuck.get(&id)?.owner.as_ref()
     }
 
-    /// Adds a socket found in a watched state at start-up. One without an inode (a timewait
-    /// socket, or one in an accept queue) is known by its namespace and 4-tuple; a timewait
-    /// socket is followed through the tables.
+    /// Adds a socket found in a watched state at start-up (`now_ns`). One without an inode (a
+    /// timewait socket, or one in an accept queue) is known by its namespace and 4-tuple; a
+    /// timewait socket is followed through the tables. Its age counts from `now_ns` or, when
+    /// the kernel's `times` say it was there earlier, from [`kernel_since`]: a lower bound
+    /// either way.
     #[expect(
         clippy::too_many_arguments,
         reason = "one socket table row, field by field"
@@ -207,13 +238,18 @@ impl Detector {
         now_ns: u64,
         owner: Option<Owner>,
         recv_q: u32,
+        times: Option<TcpInfoTimes>,
     ) {
         let id = if inode == 0 {
             SockId::Tuple { netns, endpoints }
         } else {
             SockId::Preexisting { inode, netns }
         };
-        let mut stuck = Stuck::new(id, state, endpoints, now_ns);
+        let since = times
+            .and_then(|t| kernel_since(state, &t))
+            .map_or(now_ns, |k| k.min(now_ns));
+        let mut stuck = Stuck::new(id, state, endpoints, since);
+        stuck.times = times;
         stuck.at_least = true;
         stuck.followed = inode == 0 && matches!(state, TcpState::FinWait2 | TcpState::TimeWait);
         stuck.owner = owner;
@@ -276,6 +312,8 @@ impl Detector {
             s.netns = (found.netns != 0).then_some(found.netns);
             s.unowned = found.unowned;
             s.placement = found.placement;
+            s.times = found.times;
+            s.fin_read = found.fin_read;
         }
     }
 
@@ -468,11 +506,78 @@ mod tests {
         assert!(d.is_empty());
     }
 
+    /// A socket found in CLOSE_WAIT ages from the kernel's last ACK (less a tick) when that is
+    /// earlier than the start; the time since the last data is no bound (a bare FIN).
+    #[test]
+    fn preexisting_close_wait_ages_from_the_last_ack() {
+        let times = TcpInfoTimes {
+            read_ns: 10_000 * MS,
+            last_data_recv_ms: 9_000,
+            last_ack_recv_ms: 3_000,
+        };
+        assert_eq!(
+            kernel_since(TcpState::CloseWait, &times),
+            Some(7_000 * MS + MAX_JIFFY_NS + MS)
+        );
+        assert_eq!(kernel_since(TcpState::LastAck, &times), None);
+        let mut d = Detector::new(500 * MS);
+        let ep = transition(0, 7, S, C, 1, 8).endpoints();
+        d.add_preexisting(
+            TcpState::CloseWait,
+            11,
+            1,
+            ep,
+            9_990 * MS,
+            None,
+            0,
+            Some(times),
+        );
+        let s = d
+            .get(SockId::Preexisting {
+                inode: 11,
+                netns: 1,
+            })
+            .unwrap();
+        assert_eq!(s.since_ns, 7_011 * MS);
+        assert!(s.at_least);
+        // Never later than the start: a socket the kernel says just got there.
+        let fresh = TcpInfoTimes {
+            last_ack_recv_ms: 0,
+            ..times
+        };
+        d.add_preexisting(
+            TcpState::CloseWait,
+            12,
+            1,
+            ep,
+            9_990 * MS,
+            None,
+            0,
+            Some(fresh),
+        );
+        let s = d
+            .get(SockId::Preexisting {
+                inode: 12,
+                netns: 1,
+            })
+            .unwrap();
+        assert_eq!(s.since_ns, 9_990 * MS);
+    }
+
     #[test]
     fn preexisting_sockets_alert_at_once_and_match_by_endpoints() {
         let mut d = Detector::new(500 * MS);
         let ep = transition(0, 0, S, C, 8, 9).endpoints();
-        d.add_preexisting(TcpState::CloseWait, 11, 1, ep, 100 * MS, Some(owner(5)), 3);
+        d.add_preexisting(
+            TcpState::CloseWait,
+            11,
+            1,
+            ep,
+            100 * MS,
+            Some(owner(5)),
+            3,
+            None,
+        );
         let due = d.poll(100 * MS);
         assert_eq!(
             due,
@@ -494,7 +599,16 @@ mod tests {
     fn a_socket_seen_entering_replaces_its_preexisting_twin() {
         let mut d = Detector::new(500 * MS);
         let t = transition(200 * MS, 7, S, C, 1, 8);
-        d.add_preexisting(TcpState::CloseWait, 11, 1, t.endpoints(), 100 * MS, None, 0);
+        d.add_preexisting(
+            TcpState::CloseWait,
+            11,
+            1,
+            t.endpoints(),
+            100 * MS,
+            None,
+            0,
+            None,
+        );
         d.observe(&t);
         assert_eq!(d.len(), 1);
         assert!(
@@ -560,7 +674,16 @@ mod tests {
         for order in insertion_orders {
             let mut d = Detector::new(1);
             for (inode, rport) in order {
-                d.add_preexisting(TcpState::CloseWait, inode, 1, endpoints(rport), 10, None, 0);
+                d.add_preexisting(
+                    TcpState::CloseWait,
+                    inode,
+                    1,
+                    endpoints(rport),
+                    10,
+                    None,
+                    0,
+                    None,
+                );
             }
             assert_eq!(
                 d.poll(10),

@@ -31,6 +31,8 @@ pub struct KernelFilter {
     pub netns: Option<u32>,
     /// Which program to attach.
     pub hook: HookChoice,
+    /// `--track-reads`: also attach the program on `sock:sock_recv_length`.
+    pub track_reads: bool,
 }
 
 /// Which kernel program `--hook` asks for.
@@ -153,6 +155,7 @@ impl Config {
             duration_ns: self.duration.map(nanos),
             max_sockets: self.engine.max_sockets,
             ring_buffer_bytes: self.kernel.ring_buffer_bytes,
+            track_reads: self.kernel.track_reads,
         }
     }
 }

@@ -264,6 +264,7 @@ impl Engine {
                 now_ns,
                 entry.owner().cloned(),
                 entry.recv_q,
+                entry.times,
             );
         }
     }
@@ -337,6 +338,8 @@ impl Engine {
                         .and_then(|o| table.placements.get(&o.pid))
                         .cloned()
                         .unwrap_or_default(),
+                    times: entry.times,
+                    fin_read: entry.fin_read,
                 };
                 if let (Some(owner), SockId::Kernel(skaddr)) = (found.holders.first(), id) {
                     self.tracker.set_owner(skaddr, owner.clone());
@@ -577,6 +580,11 @@ fn close_wait_record(s: &Stuck, now_ns: u64, clock: &WallClock) -> CloseWaitReco
         container: s.placement.container.clone(),
         pod_uid: s.placement.pod_uid.clone(),
         state: s.state,
+        tcp_info: s.times.map(|t| record::TcpInfo {
+            last_data_recv_ms: u64::from(t.last_data_recv_ms),
+            last_ack_recv_ms: u64::from(t.last_ack_recv_ms),
+        }),
+        fin_read: s.fin_read,
         diagnosis: None,
     }
 }
@@ -627,6 +635,8 @@ mod tests {
                     comm: "server".into(),
                     fd: Some(7),
                 }],
+                times: None,
+                fin_read: None,
             }],
             ..SocketTable::default()
         }

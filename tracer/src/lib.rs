@@ -47,6 +47,7 @@ mod netns;
 pub mod output;
 mod owner;
 pub mod probe;
+pub mod reads;
 pub mod record;
 pub mod sink;
 mod sock_diag;

@@ -71,6 +71,11 @@ pub struct SocketEntry {
     /// Every process holding the socket, by pid then fd (a forked worker and its master,
     /// a descriptor passed with `SCM_RIGHTS`).
     pub holders: Vec<Owner>,
+    /// Its `tcp_info` times, for the states [`Wanted::times`] names (from `sock_diag` only).
+    pub times: Option<sock_diag::TcpInfoTimes>,
+    /// For a socket that got the peer's FIN (`CLOSE_WAIT`, `LAST_ACK`, `CLOSING`): the
+    /// application has read up to and including the FIN (see [`fin_read`]).
+    pub fin_read: Option<bool>,
 }
 
 impl SocketEntry {
@@ -226,6 +231,19 @@ pub fn unread_bytes(state: TcpState, rx_queue: u32) -> u32 {
     }
 }
 
+/// For a socket that got the peer's FIN: has the application read up to and including it?
+/// A read that reaches the FIN moves `copied_seq` past it (`tcp_recvmsg_locked()`,
+/// `found_fin_ok: ++*seq`), so `rx_queue` is 0 once the application has read after the FIN
+/// arrived, everything before it included (that read returned the last bytes or end of file);
+/// 1 when every byte was read but not the FIN; more when bytes are left unread.
+pub fn fin_read(state: TcpState, rx_queue: u32) -> Option<bool> {
+    matches!(
+        state,
+        TcpState::CloseWait | TcpState::LastAck | TcpState::Closing
+    )
+    .then_some(rx_queue == 0)
+}
+
 /// A socket descriptor some process holds.
 struct Held {
     inode: u64,
@@ -242,6 +260,9 @@ pub struct Wanted {
     /// events): a namespace only sockets keep is searched for through the holders' sockets
     /// only while one of these is not found. `None` (start-up): search for every namespace.
     pub netns: Option<Vec<u64>>,
+    /// The states whose sockets also get their `tcp_info` times (asked of the kernel only for
+    /// these: the stuck states of the reports, not the listeners read alongside).
+    pub times: Vec<TcpState>,
 }
 
 impl Wanted {
@@ -250,14 +271,17 @@ impl Wanted {
         Wanted {
             states: (1..=11).map(TcpState::from).collect(),
             netns: None,
+            times: Vec::new(),
         }
     }
 
     /// The states a lookup needs for sockets stuck in `stuck`: those, LISTEN (to name the
     /// listener of a connection never accepted) and, for FIN_WAIT2, TIME_WAIT (a followed
-    /// timewait socket that got the peer's FIN).
+    /// timewait socket that got the peer's FIN). The stuck states' sockets get their
+    /// `tcp_info` times.
     pub fn for_states(stuck: impl IntoIterator<Item = TcpState>) -> Wanted {
         let mut states: Vec<TcpState> = stuck.into_iter().collect();
+        let times = states.clone();
         if states.contains(&TcpState::FinWait2) {
             states.push(TcpState::TimeWait);
         }
@@ -267,6 +291,7 @@ impl Wanted {
         Wanted {
             states,
             netns: None,
+            times,
         }
     }
 }
@@ -291,7 +316,7 @@ pub fn scan(wanted: &Wanted) -> Result<SocketTable, procfs::ProcError> {
     finder.add_mounts();
     let mut table = SocketTable::default();
     let mut read = 0;
-    read_new(&mut finder, &mut read, &mut table, &wanted.states);
+    read_new(&mut finder, &mut read, &mut table, wanted);
 
     // Every socket descriptor, by inode (small records: the names are read only for the
     // holders of the sockets found).
@@ -345,7 +370,7 @@ pub fn scan(wanted: &Wanted) -> Result<SocketTable, procfs::ProcError> {
             }
         }
     }
-    read_new(&mut finder, &mut read, &mut table, &wanted.states);
+    read_new(&mut finder, &mut read, &mut table, wanted);
 
     let wanted_inodes: HashSet<u64> = table
         .entries
@@ -386,12 +411,16 @@ pub fn scan(wanted: &Wanted) -> Result<SocketTable, procfs::ProcError> {
     Ok(table)
 }
 
-/// The TCP sockets in `states` of the calling thread's namespace: through `sock_diag`, or,
-/// where the kernel does not offer it (`inet_diag`/`tcp_diag` are modules: a kernel that cannot
-/// load them), from `/proc/thread-self/net/tcp{,6}`, keeping the same states. Said once at `-v`.
-fn tcp_sockets(states: &[TcpState]) -> std::io::Result<Vec<sock_diag::DiagSocket>> {
+/// The TCP sockets in `states` of the calling thread's namespace: through `sock_diag` (with the
+/// `tcp_info` times of those in `times`), or, where the kernel does not offer it
+/// (`inet_diag`/`tcp_diag` are modules: a kernel that cannot load them), from
+/// `/proc/thread-self/net/tcp{,6}`, keeping the same states, without times. Said once at `-v`.
+fn tcp_sockets(
+    states: &[TcpState],
+    times: &[TcpState],
+) -> std::io::Result<Vec<sock_diag::DiagSocket>> {
     static SAID: std::sync::Once = std::sync::Once::new();
-    sock_diag::tcp_sockets(states).or_else(|e| {
+    sock_diag::tcp_sockets(states, times).or_else(|e| {
         SAID.call_once(|| {
             log::info!("sock_diag unavailable ({e}): reading /proc/net/tcp and /proc/net/tcp6");
         });
@@ -427,6 +456,7 @@ fn proc_tcp_sockets(states: &[TcpState]) -> std::io::Result<Vec<sock_diag::DiagS
                 state,
                 rx_queue: row.rx_queue,
                 inode: row.inode,
+                times: None,
             })
         }));
     }
@@ -438,17 +468,18 @@ fn read_new(
     finder: &mut netns::Finder,
     read: &mut usize,
     table: &mut SocketTable,
-    states: &[TcpState],
+    wanted: &Wanted,
 ) {
     let found = finder.found();
     let own = netns::inode_of(std::path::Path::new("/proc/thread-self/ns/net"));
     for ns in &found[*read..] {
         // Our own namespace is read from here: no thread, and no setns (which needs
         // CAP_SYS_ADMIN, and a hardened unit's RestrictNamespaces forbids).
+        let (states, times) = (&wanted.states, &wanted.times);
         let sockets = if Some(ns.inode) == own {
-            tcp_sockets(states)
+            tcp_sockets(states, times)
         } else {
-            netns::in_netns(ns, || tcp_sockets(states))
+            netns::in_netns(ns, || tcp_sockets(states, times))
         };
         match sockets {
             Ok(sockets) => {
@@ -462,6 +493,8 @@ fn read_new(
                         inode: s.inode,
                         netns: ns.inode,
                         holders: Vec::new(),
+                        times: s.times,
+                        fin_read: fin_read(s.state, s.rx_queue),
                     }));
             }
             Err(e) => log::debug!("could not read the sockets of netns {}: {e}", ns.inode),
@@ -497,6 +530,9 @@ mod tests {
         assert_eq!(unread_bytes(CloseWait, 27), 26);
         assert_eq!(unread_bytes(CloseWait, 0), 0);
         assert_eq!(unread_bytes(Established, 27), 27);
+        assert_eq!(fin_read(CloseWait, 0), Some(true));
+        assert_eq!(fin_read(CloseWait, 1), Some(false));
+        assert_eq!(fin_read(Established, 0), None);
     }
 
     #[test]
@@ -533,8 +569,19 @@ mod tests {
             .find(|e| e.endpoints.rport == peer.port())
             .expect("the server socket is in CLOSE_WAIT");
         assert_eq!(entry.recv_q, 26);
+        assert_eq!(entry.fin_read, Some(false));
+        assert!(entry.times.is_some(), "tcp_info for the stuck state");
         assert_eq!(entry.owner().map(|o| o.pid), Some(std::process::id()));
-        drop(server);
+        let mut server = server;
+        let mut all = Vec::new();
+        std::io::Read::read_to_end(&mut server, &mut all).unwrap();
+        let table = scan(&Wanted::for_states([CloseWait])).unwrap();
+        let entry = table
+            .in_state(CloseWait)
+            .find(|e| e.endpoints.rport == peer.port())
+            .expect("still in CLOSE_WAIT");
+        assert_eq!((entry.recv_q, entry.fin_read), (0, Some(true)));
+        assert!(table.in_state(Listen).all(|e| e.times.is_none()));
     }
 
     /// The fallback for kernels without `sock_diag` gives what `sock_diag` gives.
@@ -550,7 +597,10 @@ mod tests {
         };
         let from_proc = mine(proc_tcp_sockets(&[Listen]).unwrap());
         assert_eq!(from_proc.len(), 1);
-        assert_eq!(from_proc, mine(sock_diag::tcp_sockets(&[Listen]).unwrap()));
+        assert_eq!(
+            from_proc,
+            mine(sock_diag::tcp_sockets(&[Listen], &[]).unwrap())
+        );
         assert!(mine(proc_tcp_sockets(&[CloseWait]).unwrap()).is_empty());
     }
 
@@ -574,6 +624,8 @@ mod tests {
                 inode: 9,
                 netns: 1,
                 holders: Vec::new(),
+                times: None,
+                fin_read: Some(false),
             }],
             ..SocketTable::default()
         };

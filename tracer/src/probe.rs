@@ -66,6 +66,8 @@ pub struct Probe {
     /// The programs that learn why connections end.
     causes: CauseProbes,
     hook: Hook,
+    /// `--track-reads`: the last read of each socket, or why it could not be attached.
+    reads: Option<Result<crate::reads::LastReads, String>>,
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -121,6 +123,15 @@ impl Probe {
             .override_global(FILTER_NETNS_GLOBAL, &netns, true)
             .override_global(OFFSETS_GLOBAL, &offsets, true)
             .map_max_entries(EVENTS_MAP, filter.ring_buffer_bytes)
+            // Without --track-reads its map is never used: one entry, not 16,384 preallocated.
+            .map_max_entries(
+                tracer_common::reads::LAST_READS_MAP,
+                if filter.track_reads {
+                    tracer_common::reads::LAST_READS_ENTRIES
+                } else {
+                    1
+                },
+            )
             .load(OBJECT)
             .map_err(ebpf_error)?;
 
@@ -135,6 +146,9 @@ impl Probe {
         // Why connections end: optional, each where the kernel has its tracepoint.
         let causes = CauseProbes::attach(&mut ebpf, &tracefs);
         features.cause_tracepoints = Some(causes.attached.clone());
+        let reads = filter
+            .track_reads
+            .then(|| crate::reads::LastReads::attach(&mut ebpf, &tracefs));
 
         if !filter.ports.is_empty() {
             let mut ports: Array<_, u64> =
@@ -171,6 +185,7 @@ impl Probe {
                 features,
                 causes,
                 hook,
+                reads,
             },
             ring,
         ))
@@ -196,6 +211,19 @@ impl Probe {
     /// The programs that learn why connections end, and their loss counter.
     pub fn causes(&self) -> &CauseProbes {
         &self.causes
+    }
+
+    /// `--track-reads`: the map of last reads, when it was asked for and attached.
+    pub fn reads(&self) -> Option<&crate::reads::LastReads> {
+        self.reads.as_ref().and_then(|r| r.as_ref().ok())
+    }
+
+    /// `--track-reads` was asked for and could not be attached: why.
+    pub fn reads_refused(&self) -> Option<&str> {
+        self.reads
+            .as_ref()
+            .and_then(|r| r.as_ref().err())
+            .map(String::as_str)
     }
 
     /// What the kernel offers, as detected while loading (see [`KernelFeatures`]).

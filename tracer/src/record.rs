@@ -91,6 +91,9 @@ pub struct RunOptions {
     pub duration_ns: Option<u64>,
     pub max_sockets: usize,
     pub ring_buffer_bytes: u32,
+    /// `--track-reads`: the last read of each socket was asked for (reports' `last_read`).
+    #[serde(default)]
+    pub track_reads: bool,
 }
 
 impl Default for RunOptions {
@@ -111,6 +114,7 @@ impl Default for RunOptions {
             duration_ns: None,
             max_sockets: defaults::MAX_SOCKETS,
             ring_buffer_bytes: defaults::RING_BUFFER_BYTES,
+            track_reads: false,
         }
     }
 }
@@ -253,10 +257,31 @@ pub struct CloseWaitRecord {
     /// The state it is stuck in (CLOSE_WAIT for a `close_wait` record).
     #[serde(default = "close_wait")]
     pub state: TcpState,
+    /// The socket's own history from the kernel (`tcp_info`, read with the tables for this
+    /// report); null when the tables were not read through `sock_diag`.
+    #[serde(default)]
+    pub tcp_info: Option<TcpInfo>,
+    /// For a socket that got the peer's FIN: the application has read up to and including it
+    /// (`false`: bytes or the FIN itself wait unread, so it stopped reading before the end).
+    #[serde(default)]
+    pub fin_read: Option<bool>,
     /// Why the owner is stuck and how long until it falls over (null when there is no owner,
     /// or in older exports).
     #[serde(default)]
     pub diagnosis: Option<crate::diagnosis::Diagnosis>,
+}
+
+/// A stuck socket's times from the kernel's `struct tcp_info` (milliseconds before the tables
+/// were read for the report; the kernel counts in jiffies, so up to one tick, 10 ms at most,
+/// more than the true time).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpInfo {
+    /// Since the peer last sent data (`tcpi_last_data_recv`; the handshake when it never did).
+    /// A bare FIN is no data: in CLOSE_WAIT this is at least the time since the FIN.
+    pub last_data_recv_ms: u64,
+    /// Since the last ACK arrived (`tcpi_last_ack_recv`). The FIN carries one: in CLOSE_WAIT this
+    /// is at most the time since the FIN.
+    pub last_ack_recv_ms: u64,
 }
 
 /// A process holding a socket: its pid, name (the thread-group leader's `comm`) and fd.

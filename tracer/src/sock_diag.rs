@@ -5,6 +5,11 @@
 //!
 //! A netlink socket queries the network namespace it was created in; [`crate::netns::in_netns`]
 //! runs a query in another one from a short-lived thread.
+//!
+//! For the states a caller names, the kernel is also asked for `INET_DIAG_INFO` (its
+//! `struct tcp_info`, parsed by the crate): the times since the peer last sent data and the
+//! last ACK (see [`TcpInfoTimes`]). Only there: the kernel then fills about 250 more bytes per
+//! socket.
 
 use std::io;
 
@@ -13,7 +18,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::{
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+    inet::{nlas::Nla, ExtensionFlags, InetRequest, SocketId, StateFlags},
     SockDiagMessage,
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
@@ -30,7 +35,30 @@ pub struct DiagSocket {
     pub rx_queue: u32,
     /// Inode of the socket (`socket:[inode]` in `/proc/PID/fd`); 0 for a timewait socket.
     pub inode: u64,
+    /// Its `tcp_info` times, when they were asked for (and the kernel gave them: never for a
+    /// timewait socket).
+    pub times: Option<TcpInfoTimes>,
 }
+
+/// A socket's own history from the kernel's `struct tcp_info` (`tcp_get_info()`,
+/// net/ipv4/tcp.c), which the kernel computes in jiffies and reports in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpInfoTimes {
+    /// `CLOCK_MONOTONIC` (ns, as `bpf_ktime_get_ns`) just after the answer arrived: the kernel
+    /// computed the times below before this instant.
+    pub read_ns: u64,
+    /// `tcpi_last_data_recv`: ms since the last segment carrying data arrived
+    /// (`icsk_ack.lrcvtime`; set at the handshake too). A bare FIN, with no data, does not
+    /// update it (`tcp_data_queue()` calls `tcp_event_data_recv()` only for `skb->len > 0`).
+    pub last_data_recv_ms: u32,
+    /// `tcpi_last_ack_recv`: ms since the last acceptable ACK arrived (`tp->rcv_tstamp`, set in
+    /// `tcp_ack()`; every segment after the handshake carries an ACK, the peer's FIN too).
+    pub last_ack_recv_ms: u32,
+}
+
+/// The kernel's clock tick is at most this long (`CONFIG_HZ` >= 100): a time the kernel
+/// computes in jiffies may exceed the true time by up to one tick.
+pub const MAX_JIFFY_NS: u64 = 10_000_000;
 
 /// The `sock_diag` state mask for `states` (bit `n` for the kernel's state number `n`).
 pub fn state_mask(states: &[TcpState]) -> StateFlags {
@@ -45,14 +73,24 @@ pub fn state_mask(states: &[TcpState]) -> StateFlags {
 }
 
 /// Every IPv4 and IPv6 TCP socket of the calling thread's network namespace in one of
-/// `states`.
-pub fn tcp_sockets(states: &[TcpState]) -> io::Result<Vec<DiagSocket>> {
+/// `states`; those in one of `with_times` also carry their [`TcpInfoTimes`].
+pub fn tcp_sockets(states: &[TcpState], with_times: &[TcpState]) -> io::Result<Vec<DiagSocket>> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
+    let all = state_mask(states);
+    let timed = all.clone() & state_mask(with_times);
+    let plain = all - timed.clone();
     let mut out = Vec::new();
     for family in [AF_INET, AF_INET6] {
-        dump(&mut socket, family, state_mask(states), &mut out)?;
+        for (mask, extensions) in [
+            (plain.clone(), ExtensionFlags::empty()),
+            (timed.clone(), ExtensionFlags::INFO),
+        ] {
+            if !mask.is_empty() {
+                dump(&mut socket, family, mask, extensions, &mut out)?;
+            }
+        }
     }
     Ok(out)
 }
@@ -61,6 +99,7 @@ fn dump(
     socket: &mut Socket,
     family: u8,
     states: StateFlags,
+    extensions: ExtensionFlags,
     out: &mut Vec<DiagSocket>,
 ) -> io::Result<()> {
     let mut header = NetlinkHeader::default();
@@ -70,7 +109,7 @@ fn dump(
         SockDiagMessage::InetRequest(InetRequest {
             family,
             protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::empty(),
+            extensions,
             states,
             socket_id: if family == AF_INET {
                 SocketId::new_v4()
@@ -88,6 +127,7 @@ fn dump(
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         let size = socket.recv(&mut &mut buffer[..], 0)?;
+        let read_ns = crate::units::monotonic_ns();
         let mut offset = 0;
         while offset < size {
             let message = <NetlinkMessage<SockDiagMessage>>::deserialize(&buffer[offset..size])
@@ -106,6 +146,14 @@ fn dump(
                         state: TcpState::from(u32::from(h.state)),
                         rx_queue: h.recv_queue,
                         inode: u64::from(h.inode),
+                        times: response.nlas.iter().find_map(|nla| match nla {
+                            Nla::TcpInfo(info) => Some(TcpInfoTimes {
+                                read_ns,
+                                last_data_recv_ms: info.last_data_recv,
+                                last_ack_recv_ms: info.last_ack_recv,
+                            }),
+                            _ => None,
+                        }),
                     });
                 }
                 NetlinkPayload::Done(_) => return Ok(()),
@@ -152,7 +200,7 @@ mod tests {
         drop(client);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let found = loop {
-            let sockets = tcp_sockets(&[TcpState::CloseWait]).unwrap();
+            let sockets = tcp_sockets(&[TcpState::CloseWait], &[TcpState::CloseWait]).unwrap();
             assert!(sockets.iter().all(|s| s.state == TcpState::CloseWait));
             if let Some(s) = sockets
                 .into_iter()
@@ -166,15 +214,20 @@ mod tests {
         assert_eq!(found.endpoints.laddr, listener.local_addr().unwrap().ip());
         assert_eq!(found.endpoints.lport, listener.local_addr().unwrap().port());
         assert_eq!(found.rx_queue, 11, "ten bytes and the FIN");
+        let times = found.times.expect("tcp_info was asked for CLOSE_WAIT");
+        assert!(times.last_ack_recv_ms < 10_000, "{times:?}");
+        assert!(times.last_data_recv_ms < 10_000, "{times:?}");
         let inode = std::fs::read_link(format!(
             "/proc/self/fd/{}",
             std::os::fd::AsRawFd::as_raw_fd(&server)
         ))
         .unwrap();
         assert_eq!(inode.to_string_lossy(), format!("socket:[{}]", found.inode));
-        let listening = tcp_sockets(&[TcpState::Listen]).unwrap();
-        assert!(listening
+        let listening = tcp_sockets(&[TcpState::Listen], &[]).unwrap();
+        let ours = listening
             .iter()
-            .any(|s| s.endpoints.lport == listener.local_addr().unwrap().port()));
+            .find(|s| s.endpoints.lport == listener.local_addr().unwrap().port())
+            .expect("our listener");
+        assert_eq!(ours.times, None, "tcp_info only where asked");
     }
 }

@@ -191,6 +191,8 @@ impl Replay {
                 inode: 0,
                 netns: r.netns.unwrap_or(0),
                 holders: Vec::new(),
+                times: None,
+                fin_read: None,
             });
         }
         self.engine.recheck(&ids, &table, r.ts_ns, out);
@@ -261,6 +263,13 @@ impl Replay {
                 r.container.clone_from(&a.container);
                 r.pod_uid.clone_from(&a.pod_uid);
                 r.diagnosis.clone_from(&a.diagnosis);
+                // The kernel's times are not in the stream: kept as recorded, with the age of a
+                // socket found stuck at start, which the live run bounded with them.
+                r.tcp_info.clone_from(&a.tcp_info);
+                r.fin_read = a.fin_read;
+                if a.age_at_least && a.tcp_info.is_some() {
+                    r.age_ms = a.age_ms;
+                }
             }
         }
     }
@@ -312,6 +321,8 @@ impl Replay {
                         })
                         .into_iter()
                         .collect(),
+                    times: None,
+                    fin_read: None,
                 });
             }
             if let Some(owner) = holders.first() {
@@ -336,6 +347,8 @@ impl Replay {
                 inode,
                 netns,
                 holders,
+                times: None,
+                fin_read: None,
             });
         }
         table
@@ -489,6 +502,8 @@ mod tests {
                     comm: "leaky".into(),
                     fd: Some(7),
                 }],
+                times: None,
+                fin_read: None,
             }],
             ..SocketTable::default()
         };
@@ -514,6 +529,8 @@ mod tests {
             inode: 5,
             netns: 1,
             holders: Vec::new(),
+            times: None,
+            fin_read: None,
         };
         let table = SocketTable {
             entries: vec![entry],

@@ -116,14 +116,26 @@ impl CauseProbes {
 }
 
 fn attach_one(ebpf: &mut Ebpf, tracefs: &Path, tp: &CauseTracepoint) -> Result<(), String> {
+    attach_checked(ebpf, tracefs, (tp.category, tp.name), tp.program, tp.fields)
+}
+
+/// Loads `program` and attaches it to the classic tracepoint `category/name`, only where the
+/// kernel has it with the record layout `fields` describe. The error says why not, as a phrase.
+pub(crate) fn attach_checked(
+    ebpf: &mut Ebpf,
+    tracefs: &Path,
+    (category, name): (&str, &str),
+    program: &str,
+    fields: &[Field],
+) -> Result<(), String> {
     let format_path = tracefs
         .join("events")
-        .join(tp.category)
-        .join(tp.name)
+        .join(category)
+        .join(name)
         .join("format");
     let format = fs::read_to_string(&format_path)
         .map_err(|_| "this kernel does not have the tracepoint".to_owned())?;
-    let wrong = super::format::mismatches(tp.fields, &format);
+    let wrong = super::format::mismatches(fields, &format);
     if !wrong.is_empty() {
         return Err(format!(
             "its record differs from the one the program reads ({})",
@@ -131,15 +143,15 @@ fn attach_one(ebpf: &mut Ebpf, tracefs: &Path, tp: &CauseTracepoint) -> Result<(
         ));
     }
     let program: &mut TracePoint = ebpf
-        .program_mut(tp.program)
-        .ok_or_else(|| format!("the eBPF object has no program {}", tp.program))?
+        .program_mut(program)
+        .ok_or_else(|| format!("the eBPF object has no program {program}"))?
         .try_into()
         .map_err(|e| format!("reading the program: {e}"))?;
     program
         .load()
         .map_err(|e| format!("loading the program failed: {e}"))?;
     program
-        .attach(tp.category, tp.name)
+        .attach(category, name)
         .map_err(|e| format!("attaching failed: {e}"))?;
     Ok(())
 }

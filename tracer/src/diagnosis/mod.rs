@@ -62,6 +62,12 @@ pub struct Diagnosis {
     pub runtime: Option<String>,
     /// What could not be read, and why.
     pub unavailable: Vec<Unavailable>,
+    /// With `--track-reads`: the report's socket's last read (by any process), and what the
+    /// reading thread blocks in now; null without the flag, on a kernel without
+    /// `sock:sock_recv_length`, for a socket found at start-up (its kernel address is not
+    /// known) and when no read was seen. Per report: digests leave it null.
+    #[serde(default)]
+    pub last_read: Option<crate::reads::LastReadReport>,
 }
 
 /// Local ports towards one destination, against the local port range.

@@ -269,6 +269,8 @@ mod tests {
                 })
                 .into_iter()
                 .collect(),
+            times: None,
+            fin_read: None,
         }
     }
 

@@ -28,6 +28,9 @@ pub fn lines(d: &Diagnosis, detail: bool) -> Vec<String> {
         }
         out.push(s);
     }
+    if let Some(read) = &d.last_read {
+        out.push(last_read(read));
+    }
     let shown = if detail { d.threads.len() } else { 1 };
     for t in d.threads.iter().take(shown) {
         let frames: Vec<&Frame> = t.frames.iter().collect();
@@ -77,6 +80,27 @@ pub fn thread(t: &ThreadDiagnosis) -> String {
             }
             (None, None) => {}
         }
+    }
+    s
+}
+
+/// `last read 41.2 s ago (5 bytes) by thread 4242 (worker-3), which is now blocked in futex
+/// wait`.
+pub fn last_read(r: &crate::reads::LastReadReport) -> String {
+    let mut s = format!(
+        "last read {}.{} s ago ({}) by thread {} ({})",
+        r.age_ms / 1000,
+        r.age_ms % 1000 / 100,
+        if r.bytes == 0 {
+            "end of file".to_owned()
+        } else {
+            format!("{} bytes", r.bytes)
+        },
+        r.tid,
+        r.thread
+    );
+    if let Some(now) = &r.now_blocked_in {
+        let _ = write!(s, ", which is now blocked in {now}");
     }
     s
 }
@@ -217,7 +241,36 @@ mod tests {
                 reason: "1 thread(s) unreadable".into(),
             }],
             ports: None,
+            last_read: None,
         }
+    }
+
+    #[test]
+    fn last_read_names_the_thread_and_what_it_does_now() {
+        let mut d = diagnosis();
+        d.last_read = Some(crate::reads::LastReadReport {
+            age_ms: 41_200,
+            pid: 1234,
+            tid: 4242,
+            thread: "worker-3".into(),
+            bytes: 5,
+            now_blocked_in: Some("futex wait".into()),
+        });
+        let text = lines(&d, false);
+        assert_eq!(
+            text[2],
+            "last read 41.2 s ago (5 bytes) by thread 4242 (worker-3), which is now blocked in futex wait"
+        );
+        assert_eq!(text.len(), 4);
+        let gone = crate::reads::LastReadReport {
+            now_blocked_in: None,
+            bytes: 0,
+            ..d.last_read.clone().unwrap()
+        };
+        assert_eq!(
+            last_read(&gone),
+            "last read 41.2 s ago (end of file) by thread 4242 (worker-3)"
+        );
     }
 
     #[test]

@@ -424,6 +424,8 @@ fn every_stuck_state_has_its_series() {
         container: None,
         pod_uid: None,
         state: TcpState::FinWait2,
+        tcp_info: None,
+        fin_read: None,
         diagnosis: None,
     });
     metrics.observe(&[stuck]);

@@ -174,8 +174,26 @@ fn json_lines_have_the_documented_fields_and_parse_back() {
 
 #[test]
 fn close_wait_reports_are_highlighted_only_with_color() {
-    use crate::record::CloseWaitRecord;
-    let alert = Record::CloseWait(CloseWaitRecord {
+    let alert = Record::CloseWait(leaky_alert());
+    let render = |color| {
+        let mut sink = TextSink::new(Vec::new(), false).with_color(color);
+        sink.write(&alert).unwrap();
+        String::from_utf8(sink.into_inner()).unwrap()
+    };
+    let plain = render(false);
+    assert_eq!(
+        plain,
+        "08:00:05.000 *** CLOSE_WAIT for >=5000ms: pid=7 comm=leaky fd=9 holders=2 127.0.0.1:8080 <- 127.0.0.1:40000 recv-q=3 netns=4026531840 container=abababababab (the process has not closed a socket its peer closed)\n"
+    );
+    assert_eq!(
+        render(true),
+        format!("\x1b[1;31m{}\x1b[0m\n", plain.trim_end())
+    );
+}
+
+/// A CLOSE_WAIT report of a leaky process found at start.
+fn leaky_alert() -> crate::record::CloseWaitRecord {
+    crate::record::CloseWaitRecord {
         ts_ns: 0,
         time: "2026-11-23T08:00:05.000000Z".into(),
         skaddr: None,
@@ -208,22 +226,38 @@ fn close_wait_reports_are_highlighted_only_with_color() {
         container: Some("ab".repeat(32)),
         pod_uid: None,
         state: crate::event::TcpState::CloseWait,
+        tcp_info: None,
+        fin_read: None,
         diagnosis: None,
-    });
-    let render = |color| {
-        let mut sink = TextSink::new(Vec::new(), false).with_color(color);
-        sink.write(&alert).unwrap();
+    }
+}
+
+/// The kernel's history of the socket is one short line under the report.
+#[test]
+fn close_wait_reports_show_the_sockets_history() {
+    let record = |tcp_info, fin_read| crate::record::CloseWaitRecord {
+        tcp_info,
+        fin_read,
+        ..leaky_alert()
+    };
+    let render = |r: crate::record::CloseWaitRecord| {
+        let mut sink = TextSink::new(Vec::new(), false);
+        sink.write(&Record::CloseWait(r)).unwrap();
         String::from_utf8(sink.into_inner()).unwrap()
     };
-    let plain = render(false);
+    let text = render(record(
+        Some(crate::record::TcpInfo {
+            last_data_recv_ms: 41_250,
+            last_ack_recv_ms: 3_004,
+        }),
+        Some(false),
+    ));
+    let second = text.lines().nth(1).expect("a second line");
     assert_eq!(
-        plain,
-        "08:00:05.000 *** CLOSE_WAIT for >=5000ms: pid=7 comm=leaky fd=9 holders=2 127.0.0.1:8080 <- 127.0.0.1:40000 recv-q=3 netns=4026531840 container=abababababab (the process has not closed a socket its peer closed)\n"
+        second.trim(),
+        "socket: last data from the peer 41.2 s ago, last ACK 3.0 s ago; FIN not read"
     );
-    assert_eq!(
-        render(true),
-        format!("\x1b[1;31m{}\x1b[0m\n", plain.trim_end())
-    );
+    assert_eq!(render(record(None, None)).lines().count(), 1);
 }
 
 /// A dual-stack socket serving an IPv4 peer: in the narrow layout its v4-mapped addresses

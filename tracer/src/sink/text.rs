@@ -68,6 +68,30 @@ fn clock(time: &str) -> &str {
     time.get(11..23).unwrap_or(time)
 }
 
+/// The socket's own history under a report, e.g. `socket: last data from the peer 3.0 s ago,
+/// last ACK 3.0 s ago; FIN not read` (none when nothing is known).
+fn socket_line(r: &CloseWaitRecord) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(t) = &r.tcp_info {
+        parts.push(format!(
+            "last data from the peer {} ago, last ACK {} ago",
+            seconds(t.last_data_recv_ms),
+            seconds(t.last_ack_recv_ms)
+        ));
+    }
+    match r.fin_read {
+        Some(true) => parts.push("read up to the FIN".to_owned()),
+        Some(false) => parts.push("FIN not read".to_owned()),
+        None => {}
+    }
+    (!parts.is_empty()).then(|| format!("socket: {}", parts.join("; ")))
+}
+
+/// Milliseconds as seconds with one decimal: `3.0 s`.
+fn seconds(ms: u64) -> String {
+    format!("{}.{} s", ms / 1000, ms % 1000 / 100)
+}
+
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
@@ -181,6 +205,9 @@ impl<W: Write> TextSink<W> {
             Some(_) => write!(self.line, " (no process holds it)"),
             None => write!(self.line, " ({})", stuck_hint(r.state)),
         }?;
+        if let Some(line) = socket_line(r) {
+            write!(self.line, "\n{:<12}   {line}", "")?;
+        }
         self.diagnosis(r.diagnosis.as_ref())
     }
 

@@ -33,6 +33,7 @@ fn load(choice: HookChoice, port: u16, netns: Option<u32>) -> (Probe, RingBuf<Ma
         ring_buffer_bytes: 1 << 20,
         netns,
         hook: choice,
+        track_reads: false,
     };
     Probe::load(&filter).unwrap_or_else(|e| panic!("loading {choice:?}: {e:#}"))
 }

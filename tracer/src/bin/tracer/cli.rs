@@ -141,6 +141,12 @@ pub struct TraceArgs {
     )]
     pub hook: HookChoice,
 
+    /// Record the last read of every TCP socket (time, thread) so a report can say who last
+    /// read the stuck socket and what that thread does now. Off by default: it adds a probe to
+    /// every socket read on the host (the kernel's sock:sock_recv_length, Linux 6.3+)
+    #[arg(long)]
+    pub track_reads: bool,
+
     /// Formatted output that may wait for a slow reader, per destination (e.g. 64MiB; K, M
     /// and G are powers of 1024). Past it stdout drops records (counted by type) and the
     /// export holds the tracer until its disk catches up. Default: room for as many records
@@ -372,6 +378,7 @@ impl TryFrom<&TraceArgs> for Config {
                 ring_buffer_bytes,
                 netns: args.netns,
                 hook: args.hook,
+                track_reads: args.track_reads,
             },
             engine: engine::Options {
                 transitions: true,
