@@ -17,7 +17,7 @@ use tracer::{
 
 use crate::support::{
     self,
-    load::{churn, serve, PER_CONNECTION},
+    load::{churn, serve, Oracle},
     NetNs, Tracer, WAIT,
 };
 
@@ -89,12 +89,14 @@ fn an_overloaded_ring_buffer_is_counted_by_type_in_both_destinations() {
         "--export",
         export_path.to_str().unwrap(),
     ]);
+    let oracle = Oracle::start(addr.port());
     let connections = 2_000;
     let server = serve(listener, connections);
     churn(addr, connections, 4);
     server.join().unwrap();
     thread::sleep(Duration::from_millis(300));
     let (stdout, summary) = tracer.stop();
+    let made = oracle.stop();
     let export = read_export(&export_path);
     assert_eq!(summary_of(&export), summary);
 
@@ -104,16 +106,10 @@ fn an_overloaded_ring_buffer_is_counted_by_type_in_both_destinations() {
     );
     assert_eq!(summary.decode_errors, 0);
     // Kernel side: what was received plus what the kernel counted is what happened.
-    let happened = (connections * PER_CONNECTION) as u64 + 1;
-    let received = summary.events;
-    // A kernel that does not count skipped runs (no `recursion_misses` before 5.12) bounds
-    // the count from one side only.
-    assert!(
-        received + summary.lost_ringbuf <= happened
-            && summary
-                .recursion_misses
-                .is_none_or(|skipped| { happened <= received + summary.lost_ringbuf + skipped }),
-        "{summary:?}"
+    made.assert_accounts_for(
+        summary.events + summary.lost_ringbuf,
+        summary.recursion_misses,
+        &format!("{summary:?}"),
     );
     // The `lost` records add up to the kernel's counts.
     let ringbuf: u64 = export
@@ -156,6 +152,7 @@ fn a_stalled_reader_loses_only_counted_stdout_records_and_never_export_ones() {
         export_path.as_os_str(),
     ];
     let (mut child, mut err) = support::spawn_piped::<&std::ffi::OsStr>(&args);
+    let oracle = Oracle::start(addr.port());
 
     // Nobody reads stdout while 30,000 transitions and 6,000 timelines (about 12 MB of JSON)
     // are made: far more than 64 KiB of buffer and the pipe.
@@ -163,10 +160,12 @@ fn a_stalled_reader_loses_only_counted_stdout_records_and_never_export_ones() {
     let server = serve(listener, connections);
     churn(addr, connections, 2);
     server.join().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let made = oracle.stop();
     // Still stalled: the export accounts for them all (delivered, or lost in the kernel and
     // counted by the live `lost` records), so the event loop was never held by stdout. On a
     // loaded machine the kernel side may lose some; those are counted, never missing.
-    let expected = (connections * PER_CONNECTION) as u64 + 1;
+    let expected = made.transitions;
     let deadline = Instant::now() + WAIT;
     loop {
         let text = std::fs::read_to_string(&export_path).unwrap();
@@ -200,9 +199,10 @@ fn a_stalled_reader_loses_only_counted_stdout_records_and_never_export_ones() {
         summary.lost_ringbuf < expected / 10,
         "the kernel side was held up: {summary:?}"
     );
-    assert!(
-        summary.transitions + summary.lost_ringbuf + summary.recursion_misses.unwrap_or(0)
-            >= expected
+    made.assert_accounts_for(
+        summary.transitions + summary.lost_ringbuf,
+        summary.recursion_misses,
+        &format!("{summary:?}"),
     );
     let dropped = summary.stdout.dropped;
     assert!(

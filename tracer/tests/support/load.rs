@@ -7,10 +7,73 @@ use std::{
     thread,
 };
 
-/// Transitions of one connection of this shape: client connects and closes; server reads to
-/// EOF and closes. Client: CLOSE->SYN_SENT->ESTABLISHED->FIN_WAIT1->FIN_WAIT2->CLOSE; server:
-/// LISTEN->SYN_RECV->ESTABLISHED->CLOSE_WAIT->LAST_ACK->CLOSE.
+use super::Tracer;
+
+/// Transitions of one connection of this shape when nothing races: client connects and
+/// closes; server reads to EOF and closes. Client:
+/// CLOSE->SYN_SENT->ESTABLISHED->FIN_WAIT1->FIN_WAIT2->CLOSE; server:
+/// LISTEN->SYN_RECV->ESTABLISHED->CLOSE_WAIT->LAST_ACK->CLOSE. Under churn a burst may make
+/// more or fewer (two CPUs handling the handshake's last ACK make a second child that dies in
+/// SYN_RECV); what a burst really made is [`Oracle`]'s to count.
 pub const PER_CONNECTION: usize = 10;
+
+/// A second tracer with room for every event of a test's burst: the count of transitions
+/// the kernel made on the port, to hold a tracer under test to.
+pub struct Oracle {
+    tracer: Tracer,
+    port: u16,
+}
+
+/// What [`Oracle`] saw: the transitions on its port and the runs the kernel skipped for it
+/// (`None` before Linux 5.12, which does not count them).
+#[derive(Debug, Clone, Copy)]
+pub struct Made {
+    pub transitions: u64,
+    pub skipped: Option<u64>,
+}
+
+impl Oracle {
+    /// Starts counting transitions on `port` (64 MiB of ring buffer: 500,000 events).
+    pub fn start(port: u16) -> Oracle {
+        let tracer = Tracer::start(&["-p", &port.to_string(), "--ring-buffer-size", "64MiB"]);
+        Oracle { tracer, port }
+    }
+
+    /// Stops and counts; panics if the oracle itself lost events to its ring buffer.
+    pub fn stop(self) -> Made {
+        let (records, summary) = self.tracer.stop();
+        assert_eq!(
+            summary.lost_ringbuf, 0,
+            "the oracle lost events: {summary:?}"
+        );
+        Made {
+            transitions: super::transitions_on(&records, self.port).len() as u64,
+            skipped: summary.recursion_misses,
+        }
+    }
+}
+
+impl Made {
+    /// Asserts that a tracer which accounted for `reported` transitions (captured plus lost)
+    /// and skipped `skipped` runs saw the same burst: the true count lies in
+    /// `[made, made + oracle's skipped]` and in `[reported, reported + skipped]`, so equal
+    /// when neither skipped any. A side whose kernel does not count skips bounds nothing.
+    pub fn assert_accounts_for(&self, reported: u64, skipped: Option<u64>, context: &str) {
+        if let Some(oracle_skipped) = self.skipped {
+            assert!(
+                reported <= self.transitions + oracle_skipped,
+                "more accounted for than the kernel made: {reported} vs {self:?}\n{context}"
+            );
+        }
+        if let Some(skipped) = skipped {
+            assert!(
+                self.transitions <= reported + skipped,
+                "transitions missing without a count: {reported} + {skipped} skipped vs \
+                 {self:?}\n{context}"
+            );
+        }
+    }
+}
 
 /// Serves `count` connections on `listener`: read to EOF, close.
 pub fn serve(listener: TcpListener, count: usize) -> thread::JoinHandle<()> {

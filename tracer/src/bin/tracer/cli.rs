@@ -125,9 +125,10 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N", default_value_t = defaults::MAX_SOCKETS)]
     pub max_sockets: usize,
 
-    /// Size of the kernel ring buffer in bytes (a power of two, multiple of the page size)
-    #[arg(long, value_name = "BYTES", default_value_t = u64::from(defaults::RING_BUFFER_BYTES))]
-    pub ring_buffer_size: u64,
+    /// Size of the kernel ring buffer (a power of two and a multiple of the page size; e.g.
+    /// 8MiB, 64MiB, 4096; K, M and G are powers of 1024)
+    #[arg(long, value_name = "SIZE", default_value_t = defaults::RING_BUFFER_BYTES.to_string())]
+    pub ring_buffer_size: String,
 
     /// Which kernel hook to attach: the BTF-enabled raw tracepoint (cheaper: no trace record
     /// is built), the classic tracepoint, or auto (tp-btf where the kernel accepts it, else
@@ -356,7 +357,7 @@ impl TryFrom<&TraceArgs> for Config {
                 flag: "--max-sockets",
             });
         }
-        let ring_buffer_bytes = ring_buffer_size(args.ring_buffer_size)?;
+        let ring_buffer_bytes = ring_buffer_size(&args.ring_buffer_size)?;
         let output_buffer = match &args.output_buffer {
             Some(token) => output_buffer(token)?,
             None => Buffer::default_for(ring_buffer_bytes),
@@ -461,27 +462,37 @@ fn duration(flag: &'static str, token: &str) -> Result<Duration, ConfigError> {
     Ok(d)
 }
 
-/// `--output-buffer`: bytes, or with a binary suffix (`64MiB`, `64M`, `512k`).
-fn output_buffer(token: &str) -> Result<Buffer, ConfigError> {
+/// A size flag's value: bytes, or with a binary suffix (`64MiB`, `64M`, `512k`).
+fn size(flag: &'static str, token: &str, min: usize) -> Result<u64, ConfigError> {
     let error = |reason: String| ConfigError::Size {
-        flag: "--output-buffer",
+        flag,
         token: token.to_owned(),
         reason,
-        min: Buffer::MIN_BYTES,
+        min,
     };
     let bytes = parse_size::Config::new()
         .with_binary()
         .parse_size(token.trim())
         .map_err(|e| error(e.to_string()))?;
     match usize::try_from(bytes) {
-        Ok(bytes) if bytes >= Buffer::MIN_BYTES => Ok(Buffer { bytes }),
+        Ok(at_least) if at_least >= min => Ok(bytes),
         _ => Err(error("out of range".to_owned())),
     }
 }
 
-fn ring_buffer_size(size: u64) -> Result<u32, ConfigError> {
+/// `--output-buffer`: at least [`Buffer::MIN_BYTES`].
+fn output_buffer(token: &str) -> Result<Buffer, ConfigError> {
+    let bytes = size("--output-buffer", token, Buffer::MIN_BYTES)?;
+    Ok(Buffer {
+        bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
+    })
+}
+
+/// `--ring-buffer-size`: a power of two and a multiple of the page size, below 4 GiB.
+fn ring_buffer_size(token: &str) -> Result<u32, ConfigError> {
     // SAFETY: sysconf has no preconditions.
     let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let size = size("--ring-buffer-size", token, 1)?;
     match u32::try_from(size) {
         Ok(bytes) if size.is_power_of_two() && size.is_multiple_of(page) => Ok(bytes),
         _ => Err(ConfigError::RingBufferSize { size, page }),
@@ -750,8 +761,15 @@ mod tests {
 
     #[test]
     fn ring_buffer_sizes() {
-        assert!(config(&["--ring-buffer-size", "65536"]).is_ok());
-        for bad in ["1000", "3", "8589934592", "0"] {
+        let bytes = |token: &str| {
+            config(&["--ring-buffer-size", token]).map(|c| c.kernel.ring_buffer_bytes)
+        };
+        assert_eq!(bytes("65536").unwrap(), 65536);
+        assert_eq!(bytes("64MiB").unwrap(), 64 << 20);
+        assert_eq!(bytes("4k").unwrap(), 4096);
+        assert!(matches!(bytes("lots"), Err(ConfigError::Size { .. })));
+        assert!(matches!(bytes("0"), Err(ConfigError::Size { .. })));
+        for bad in ["1000", "3", "8589934592", "4GiB", "3MiB"] {
             assert!(matches!(
                 config(&["--ring-buffer-size", bad]),
                 Err(ConfigError::RingBufferSize { .. })
