@@ -23,7 +23,7 @@ use std::{
 use nix::sys::socket::{setsockopt, sockopt};
 use tracer::{
     cause::ResetBy,
-    record::{Record, TimelineRecord, TransitionRecord},
+    record::{Record, TimelineRecord},
     timeline::Outcome,
 };
 use tracer_common::{
@@ -61,36 +61,6 @@ fn expected(reports: bool, name: &str) -> Option<String> {
     reports.then(|| name.to_owned())
 }
 
-/// The timeline of the connection from `local` to `remote`, once it ended.
-fn ended(tracer: &Tracer, local: SocketAddr, remote: SocketAddr) -> TimelineRecord {
-    tracer.wait_for(&format!("the timeline of {local} -> {remote}"), |rs| {
-        rs.iter().find_map(|r| match r {
-            Record::Timeline(t)
-                if (t.laddr, t.lport, t.raddr, t.rport)
-                    == (local.ip(), local.port(), remote.ip(), remote.port())
-                    && t.outcome != Outcome::Open =>
-            {
-                Some(t.clone())
-            }
-            _ => None,
-        })
-    })
-}
-
-/// The transition to CLOSE of the socket of `timeline`.
-fn close_of(tracer: &Tracer, timeline: &TimelineRecord) -> TransitionRecord {
-    tracer.wait_for("its transition to CLOSE", |rs| {
-        rs.iter().find_map(|r| match r {
-            Record::Transition(t)
-                if t.skaddr == timeline.skaddr && t.new_state.name() == "CLOSE" =>
-            {
-                Some(t.clone())
-            }
-            _ => None,
-        })
-    })
-}
-
 /// `(outcome, error, reset_by)` of a timeline, after checking its transition to CLOSE says the
 /// same.
 fn cause(
@@ -98,8 +68,8 @@ fn cause(
     local: SocketAddr,
     remote: SocketAddr,
 ) -> (Outcome, Option<String>, Option<ResetBy>) {
-    let timeline = ended(tracer, local, remote);
-    let close = close_of(tracer, &timeline);
+    let timeline = tracer.ended(local, remote);
+    let close = tracer.close_of(&timeline);
     assert_eq!(
         (&close.error, close.reset_by),
         (&timeline.error, timeline.reset_by),
@@ -287,7 +257,7 @@ fn a_refused_connect_is_connect_failed_with_econnrefused() {
             _ => None,
         })
     });
-    let close = close_of(&tracer, &timeline);
+    let close = tracer.close_of(&timeline);
     assert_eq!(
         (timeline.outcome, timeline.error.clone(), timeline.reset_by),
         (
@@ -454,7 +424,7 @@ fn a_connect_to_a_blackhole_is_connect_failed_with_etimedout() {
             _ => None,
         })
     });
-    let close = close_of(&tracer, &timeline);
+    let close = tracer.close_of(&timeline);
     assert_eq!(
         (timeline.outcome, timeline.error.clone(), timeline.reset_by),
         (Outcome::ConnectFailed, expected(reports, "ETIMEDOUT"), None)

@@ -18,43 +18,9 @@ use std::{
     time::Duration,
 };
 
-use tracer::{
-    cause::ResetBy,
-    record::{Record, TimelineRecord, TransitionRecord},
-    timeline::Outcome,
-};
+use tracer::{cause::ResetBy, record::TimelineRecord, timeline::Outcome};
 
 use crate::support::{self, HelperProcess as Helper, NetNs, Tracer};
-
-/// The timeline of the socket from `local` to `remote`, once it ended.
-fn ended(tracer: &Tracer, local: SocketAddr, remote: SocketAddr) -> TimelineRecord {
-    tracer.wait_for(&format!("the timeline of {local} -> {remote}"), |rs| {
-        rs.iter().find_map(|r| match r {
-            Record::Timeline(t)
-                if (t.laddr, t.lport, t.raddr, t.rport)
-                    == (local.ip(), local.port(), remote.ip(), remote.port())
-                    && t.outcome != Outcome::Open =>
-            {
-                Some(t.clone())
-            }
-            _ => None,
-        })
-    })
-}
-
-/// The transition to CLOSE of the socket of `timeline`.
-fn close_of(tracer: &Tracer, timeline: &TimelineRecord) -> TransitionRecord {
-    tracer.wait_for("its transition to CLOSE", |rs| {
-        rs.iter().find_map(|r| match r {
-            Record::Transition(t)
-                if t.skaddr == timeline.skaddr && t.new_state.name() == "CLOSE" =>
-            {
-                Some(t.clone())
-            }
-            _ => None,
-        })
-    })
-}
 
 /// The states of a timeline as the text output writes them (`*` marks an inferred state).
 fn states(t: &TimelineRecord) -> Vec<String> {
@@ -92,8 +58,8 @@ fn an_rst_from_close_with_zero_linger_names_the_closing_client() {
     assert_eq!(client.recv(), "closed");
     let client_addr: SocketAddr = ([127, 0, 0, 1], client_port).into();
 
-    let timeline = ended(&tracer, client_addr, addr);
-    let close = close_of(&tracer, &timeline);
+    let timeline = tracer.ended(client_addr, addr);
+    let close = tracer.close_of(&timeline);
     let pid = client.pid();
     assert_eq!(
         (
@@ -121,8 +87,8 @@ fn an_rst_from_close_with_zero_linger_names_the_closing_client() {
     );
     assert_eq!(states(&timeline), ["ESTABLISHED", "CLOSE"]);
 
-    let server_side = ended(&tracer, addr, client_addr);
-    let reset = close_of(&tracer, &server_side);
+    let server_side = tracer.ended(addr, client_addr);
+    let reset = tracer.close_of(&server_side);
     assert_eq!(
         (
             reset.sock_owned,
@@ -171,8 +137,8 @@ fn an_rst_from_close_with_unread_bytes_names_the_closing_server() {
     assert_eq!(server.recv(), "closed");
     let client_addr = client.local_addr().unwrap();
 
-    let timeline = ended(&tracer, addr, client_addr);
-    let close = close_of(&tracer, &timeline);
+    let timeline = tracer.ended(addr, client_addr);
+    let close = tracer.close_of(&timeline);
     let pid = server.pid();
     assert_eq!(
         (
@@ -199,8 +165,8 @@ fn an_rst_from_close_with_unread_bytes_names_the_closing_server() {
         "{timeline:#?}"
     );
 
-    let client_side = ended(&tracer, client_addr, addr);
-    let reset = close_of(&tracer, &client_side);
+    let client_side = tracer.ended(client_addr, addr);
+    let reset = tracer.close_of(&client_side);
     assert_eq!(
         (
             reset.sock_owned,
@@ -247,7 +213,7 @@ fn a_close_the_peer_answers_rests_in_time_wait() {
     let local = client.local_addr().unwrap();
     drop(client);
 
-    let timeline = ended(&tracer, local, addr);
+    let timeline = tracer.ended(local, addr);
     assert_eq!(
         states(&timeline),
         [
@@ -260,7 +226,7 @@ fn a_close_the_peer_answers_rests_in_time_wait() {
         "{timeline:#?}"
     );
     assert_eq!(timeline.outcome, Outcome::ActiveClose);
-    let close = close_of(&tracer, &timeline);
+    let close = tracer.close_of(&timeline);
     assert_eq!(
         (
             close.old_state.name().as_ref(),
@@ -289,7 +255,7 @@ fn a_close_the_peer_never_answers_rests_in_fin_wait2() {
     let local = client.local_addr().unwrap();
     drop(client);
 
-    let timeline = ended(&tracer, local, addr);
+    let timeline = tracer.ended(local, addr);
     assert_eq!(
         states(&timeline),
         [
@@ -302,7 +268,7 @@ fn a_close_the_peer_never_answers_rests_in_fin_wait2() {
         "{timeline:#?}"
     );
     assert_eq!(timeline.outcome, Outcome::ActiveClose);
-    let close = close_of(&tracer, &timeline);
+    let close = tracer.close_of(&timeline);
     assert_eq!(
         (
             close.old_state.name().as_ref(),
@@ -359,7 +325,7 @@ fn a_simultaneous_close_goes_through_closing_to_time_wait() {
     support::read_to_end(&mut client);
     support::read_to_end(&mut accepted);
 
-    let ends = [ended(&tracer, local, addr), ended(&tracer, addr, local)];
+    let ends = [tracer.ended(local, addr), tracer.ended(addr, local)];
     let tails: Vec<Vec<String>> = ends
         .iter()
         .map(|t| states(t).split_off(states(t).len() - 3))
@@ -373,7 +339,7 @@ fn a_simultaneous_close_goes_through_closing_to_time_wait() {
     assert!(tails.contains(&closing), "{ends:#?}");
     for (t, tail) in ends.iter().zip(&tails) {
         assert!(*tail == closing || *tail == fin_wait2, "{t:#?}");
-        let close = close_of(&tracer, t);
+        let close = tracer.close_of(t);
         let expected = if *tail == closing {
             (Outcome::SimultaneousClose, None)
         } else {

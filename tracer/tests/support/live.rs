@@ -112,6 +112,43 @@ impl Tracer {
     }
 
     /// Stops the tracer with SIGINT, waits for it, and returns its records and summary.
+    /// The timeline of the connection from `local` to `remote`, once it ended.
+    pub fn ended(
+        &self,
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+    ) -> tracer::record::TimelineRecord {
+        self.wait_for(&format!("the timeline of {local} -> {remote}"), |rs| {
+            rs.iter().find_map(|r| match r {
+                Record::Timeline(t)
+                    if (t.laddr, t.lport, t.raddr, t.rport)
+                        == (local.ip(), local.port(), remote.ip(), remote.port())
+                        && t.outcome != tracer::timeline::Outcome::Open =>
+                {
+                    Some(t.clone())
+                }
+                _ => None,
+            })
+        })
+    }
+
+    /// The transition to CLOSE of the socket of `timeline`.
+    pub fn close_of(
+        &self,
+        timeline: &tracer::record::TimelineRecord,
+    ) -> tracer::record::TransitionRecord {
+        self.wait_for("its transition to CLOSE", |rs| {
+            rs.iter().find_map(|r| match r {
+                Record::Transition(t)
+                    if t.skaddr == timeline.skaddr && t.new_state.name() == "CLOSE" =>
+                {
+                    Some(t.clone())
+                }
+                _ => None,
+            })
+        })
+    }
+
     pub fn stop(mut self) -> (Vec<Record>, Summary) {
         let status = interrupt(&mut self.child);
         // Every line parsed (a slow guest takes a while over thousands), then stderr's end.
