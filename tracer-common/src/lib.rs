@@ -11,7 +11,8 @@ pub mod tracepoint;
 
 /// Name of the ring buffer map that carries [`TcpStateEvent`]s.
 pub const EVENTS_MAP: &str = "EVENTS";
-/// Name of the per-CPU array whose slot [`STAT_RINGBUF_FULL`] counts failed reservations.
+/// Name of the per-CPU array whose slots count failed reservations ([`STAT_RINGBUF_FULL`]) and
+/// runs ([`STAT_RUNS`]).
 pub const STATS_MAP: &str = "STATS";
 /// Name of the array of ports to keep when [`FILTER_PORTS_GLOBAL`] is non-zero: a bitmap of
 /// [`PORT_BITMAP_WORDS`] `u64` words, bit `port % 64` of word `port / 64`.
@@ -37,8 +38,12 @@ pub const FILTER_NETNS_GLOBAL: &str = "FILTER_NETNS";
 
 /// Slot of [`STATS_MAP`]: events lost because the ring buffer was full.
 pub const STAT_RINGBUF_FULL: u32 = 0;
+/// Slot of [`STATS_MAP`]: runs of the `inet_sock_set_state` program, before any filter (`-v`
+/// prints the total at the end, to tell transitions the kernel never handed the program from
+/// those it dropped).
+pub const STAT_RUNS: u32 = 1;
 /// Number of slots in [`STATS_MAP`].
-pub const STAT_SLOTS: u32 = 1;
+pub const STAT_SLOTS: u32 = 2;
 /// Words of the port bitmap in [`PORTS_MAP`]: one bit for each of the 65,536 ports.
 pub const PORT_BITMAP_WORDS: u32 = 1024;
 /// Default size of the ring buffer in bytes (must be a power of two multiple of the page size).

@@ -34,7 +34,7 @@ use tracer_common::{
     ipv4_on_wire, tracepoint as tp, KernelOffsets, TcpStateEvent, AF_INET, COMM_LEN,
     DEFAULT_RING_BUFFER_BYTES, OFFSETS_LEADER, OFFSETS_NETNS, OFFSETS_SOCK_STATE,
     PORT_BITMAP_WORDS, SOCK_DONE_BIT, SOCK_OWNED, SOCK_OWNED_READ, SOCK_PEER_FIN,
-    SOCK_PEER_FIN_READ, STAT_RINGBUF_FULL, STAT_SLOTS,
+    SOCK_PEER_FIN_READ, STAT_RINGBUF_FULL, STAT_RUNS, STAT_SLOTS,
 };
 
 /// `TCP_FIN_WAIT2` and `TCP_CLOSE` (`include/net/tcp_states.h`).
@@ -295,6 +295,10 @@ fn sock_state_of(head: &Head, flags: u32) -> u16 {
 /// Applies the filters, then reserves, fills and submits one record.
 #[inline(always)]
 fn emit<C: EbpfContext>(ctx: &C, head: &Head, addrs: &impl Addrs) -> Result<u32, i64> {
+    if let Some(runs) = STATS.get_ptr_mut(STAT_RUNS) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *runs += 1 };
+    }
     let want_protocol = read_global(&FILTER_PROTOCOL);
     if want_protocol != 0 && head.protocol != want_protocol {
         return Ok(0);

@@ -464,6 +464,7 @@ impl Session {
             ..
         } = self;
         outputs.format(&mut batch);
+        log::info!("the kernel ran the program {} times", probe.runs());
         let mut summary = engine.finish(now, probe.lost(), probe.recursion_misses(), &mut batch);
         summary.lost_causes = probe.causes().lost();
         // The open timelines are counted before the summary that counts them.

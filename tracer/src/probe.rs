@@ -17,7 +17,7 @@ use aya::{
 use tracer_common::{
     KernelOffsets, EVENTS_MAP, FILTER_FAMILY_GLOBAL, FILTER_NETNS_GLOBAL, FILTER_PORTS_GLOBAL,
     FILTER_PROTOCOL_GLOBAL, OFFSETS_GLOBAL, OFFSETS_NETNS, OFFSETS_SOCK, PORTS_MAP, PROGRAM,
-    PROGRAM_BTF, STATS_MAP, STAT_RINGBUF_FULL,
+    PROGRAM_BTF, STATS_MAP, STAT_RINGBUF_FULL, STAT_RUNS,
 };
 
 use crate::cause::probe::CauseProbes;
@@ -195,6 +195,15 @@ impl Probe {
     pub fn lost(&self) -> u64 {
         self.stats
             .get(&STAT_RINGBUF_FULL, 0)
+            .map_or(0, |per_cpu| per_cpu.iter().sum())
+    }
+
+    /// Runs of the transition program so far, summed over CPUs, whatever its filters kept
+    /// (`-v` prints it at the end: set beside a count of the host's transitions made by other
+    /// means, it tells a transition the kernel never handed the program from one it dropped).
+    pub fn runs(&self) -> u64 {
+        self.stats
+            .get(&STAT_RUNS, 0)
             .map_or(0, |per_cpu| per_cpu.iter().sum())
     }
 
