@@ -21,6 +21,12 @@ use tracer::{
     error::{ConfigError, ProbeError},
 };
 
+/// mimalloc instead of glibc's malloc: a transition record makes and frees several small
+/// strings, and the allocator was 17% of the event loop's CPU at full churn (`perf`, issue 12);
+/// `cargo xtask bench` measures the difference.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
