@@ -24,17 +24,25 @@ pub const SCHEMA: u32 = 1;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
+    /// The first line of every stream from the tracer.
     Header(Header),
+    /// One TCP state change, as the kernel reported it.
     Transition(TransitionRecord),
+    /// One connection's life, written when it ends or when the tracer stops.
     Timeline(TimelineRecord),
+    /// A socket in CLOSE_WAIT longer than the threshold, reported once.
     CloseWait(CloseWaitRecord),
+    /// A reported `close_wait` socket left CLOSE_WAIT.
     CloseWaitResolved(CloseWaitResolvedRecord),
     /// A socket stuck in a state given with `--stuck` (same fields as `close_wait`).
     Stuck(CloseWaitRecord),
     /// A reported `stuck` socket left its state.
     StuckResolved(CloseWaitResolvedRecord),
+    /// Every `--report-interval`, the reported sockets still stuck, by process.
     Digest(DigestRecord),
+    /// Something was lost since the previous `lost` record.
     Lost(LostRecord),
+    /// Totals, written last on a clean stop.
     Summary(Summary),
     /// Written by `tracer analyze` only, as its last record.
     Analysis(AnalysisRecord),
@@ -43,9 +51,11 @@ pub enum Record {
 /// First line of an export (and of `--json` output): where and how the records were made.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Header {
+    /// Version of this schema, [`SCHEMA`].
     pub schema: u32,
     /// Version of the tracer that wrote the stream.
     pub version: String,
+    /// Host name from `/proc/sys/kernel/hostname`; empty if unreadable.
     pub hostname: String,
     /// Kernel release (`uname -r`).
     pub kernel: String,
@@ -59,6 +69,7 @@ pub struct Header {
     /// Every record the tracer produced is in this stream (an `--export` file). False for
     /// stdout, where `--no-transitions`, `--timelines` and `--pid` choose what is printed.
     pub complete: bool,
+    /// The options of the run.
     pub options: RunOptions,
     /// What the kernel offered the tracer (absent in exports written before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,13 +94,19 @@ pub struct RunOptions {
     pub transitions: bool,
     /// stdout shows timelines (`--timelines`).
     pub timelines: bool,
+    /// stdout was JSON (`--json`).
     pub json: bool,
+    /// `--close-wait-threshold`, in nanoseconds.
     pub close_wait_threshold_ns: u64,
     /// `--stuck STATE=DURATION`: other states watched, with thresholds.
     pub stuck: Vec<StuckOption>,
+    /// `--report-interval` (digests), in nanoseconds.
     pub report_interval_ns: u64,
+    /// `--duration`, in nanoseconds; null: until stopped.
     pub duration_ns: Option<u64>,
+    /// `--max-sockets`: the most sockets tracked at once.
     pub max_sockets: usize,
+    /// Size of the kernel ring buffer, in bytes.
     pub ring_buffer_bytes: u32,
     /// `--track-reads`: the last read of each socket was asked for (reports' `last_read`).
     #[serde(default)]
@@ -122,34 +139,49 @@ impl Default for RunOptions {
 /// One `--stuck STATE=DURATION`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StuckOption {
+    /// The state watched.
     pub state: TcpState,
+    /// How long a socket may stay in it before it is reported, in nanoseconds.
     pub threshold_ns: u64,
 }
 
+/// One TCP state change, as the tracepoint `sock:inet_sock_set_state` reported it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransitionRecord {
+    /// When it happened: nanoseconds of kernel CLOCK_MONOTONIC (`bpf_ktime_get_ns`).
     pub ts_ns: u64,
+    /// `ts_ns` as wall-clock time: RFC 3339, UTC, microseconds.
     pub time: String,
+    /// Kernel address of the socket: 0x-prefixed lowercase hex, as [`skaddr()`] makes it.
     pub skaddr: String,
+    /// Address family: `ipv4` or `ipv6`.
     pub family: Family,
+    /// Local IP address.
     pub laddr: IpAddr,
+    /// Local port (can be 0 before `connect()` completes).
     pub lport: u16,
+    /// Remote IP address.
     pub raddr: IpAddr,
+    /// Remote port (0 for a listener).
     pub rport: u16,
     /// IP protocol number: 6 (TCP), or 132 (SCTP) / 262 (MPTCP) with `--all-protocols`.
     #[serde(default = "tcp")]
     pub protocol: u16,
+    /// State before the change.
     pub old_state: TcpState,
+    /// State after the change.
     pub new_state: TcpState,
     /// Time spent in `old_state`; null when the tracer did not see it enter that state.
     pub duration_ns: Option<u64>,
     /// The socket's owner; null until a system call of the owner was seen. `comm` is the
     /// process's name (its thread-group leader's `comm`, as `ps` and `ss -p` show it).
     pub pid: Option<u32>,
+    /// The owner's process name; null with `pid`.
     pub comm: Option<String>,
     /// The process running when the transition fired (not the owner in softirq), and its
     /// name (the thread-group leader's `comm`).
     pub ctx_pid: u32,
+    /// Name of the running process (its thread-group leader's `comm`).
     pub ctx_comm: String,
     /// Thread id of the running task (equal to `ctx_pid` in exports older than this field).
     #[serde(default)]
@@ -158,6 +190,7 @@ pub struct TransitionRecord {
     /// `pthread_setname_np`); null in exports older than this field.
     #[serde(default)]
     pub ctx_thread: Option<String>,
+    /// CPU that ran the transition.
     pub cpu: u32,
     /// On a transition to CLOSE: the errno name the application saw (`ECONNRESET`,
     /// `ETIMEDOUT`, `ECONNREFUSED`, ...), from `sock:inet_sk_error_report`; null when it got
@@ -185,24 +218,35 @@ pub struct TransitionRecord {
     pub peer_fin: Option<bool>,
 }
 
+/// One connection's life, from its first transition seen to CLOSE or the tracer's stop.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimelineRecord {
     /// When the timeline ended (CLOSE, or the tracer's stop for `open`).
     pub ts_ns: u64,
+    /// `ts_ns` as wall-clock time: RFC 3339, UTC, microseconds.
     pub time: String,
+    /// Kernel address of the socket, 0x-prefixed hex.
     pub skaddr: String,
+    /// Address family: `ipv4` or `ipv6`.
     pub family: Family,
+    /// Local IP address (the last 4-tuple seen).
     pub laddr: IpAddr,
+    /// Local port.
     pub lport: u16,
+    /// Remote IP address.
     pub raddr: IpAddr,
+    /// Remote port.
     pub rport: u16,
+    /// The owner's process id; null if never learnt.
     pub pid: Option<u32>,
+    /// The owner's process name; null if never learnt.
     pub comm: Option<String>,
     /// Inode of the socket's network namespace; null when not known.
     #[serde(default)]
     pub netns: Option<u64>,
     /// The tracer saw the socket's first transition.
     pub from_birth: bool,
+    /// How the connection ended (`active_close`, `reset`, `open`, ...).
     pub outcome: Outcome,
     /// Why it ended, as on its transition to CLOSE ([`TransitionRecord::error`]).
     #[serde(default)]
@@ -212,22 +256,34 @@ pub struct TimelineRecord {
     pub reset_by: Option<ResetBy>,
     /// Sum of the known durations.
     pub duration_ns: Option<u64>,
+    /// The steps, in the order the states were entered.
     pub states: Vec<Step>,
 }
 
+/// A socket stuck in a state longer than its threshold (`close_wait` and `stuck` records).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CloseWaitRecord {
+    /// When it was reported: nanoseconds of kernel CLOCK_MONOTONIC.
     pub ts_ns: u64,
+    /// `ts_ns` as wall-clock time: RFC 3339, UTC, microseconds.
     pub time: String,
     /// Null for a socket found in CLOSE_WAIT at start-up.
     pub skaddr: Option<String>,
+    /// Its owner: the first process (lowest pid) holding it now, from the socket tables and `/proc/*/fd`; null when none does (see `unowned`) or none is known.
     pub pid: Option<u32>,
+    /// The owner's process name (the thread-group leader's `comm`); null with `pid`.
     pub comm: Option<String>,
+    /// The owner's file descriptor; null when not known.
     pub fd: Option<i32>,
+    /// Address family: `ipv4` or `ipv6`.
     pub family: Family,
+    /// Local IP address.
     pub laddr: IpAddr,
+    /// Local port.
     pub lport: u16,
+    /// Remote IP address.
     pub raddr: IpAddr,
+    /// Remote port.
     pub rport: u16,
     /// How long it has been in CLOSE_WAIT.
     pub age_ms: u64,
@@ -287,8 +343,11 @@ pub struct TcpInfo {
 /// A process holding a socket: its pid, name (the thread-group leader's `comm`) and fd.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
+    /// Process id (thread-group id).
     pub pid: u32,
+    /// Process name (the thread-group leader's `comm`, at most 15 characters).
     pub comm: String,
+    /// The file descriptor that holds the socket; null when not known.
     pub fd: Option<i32>,
 }
 
@@ -315,6 +374,7 @@ impl From<&Holder> for Owner {
 /// Why a stuck socket has no owner.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unowned {
+    /// Why: never accepted, or held by no process.
     pub reason: UnownedReason,
     /// `accept_queue`: the listener's local address and port.
     #[serde(default)]
@@ -323,6 +383,7 @@ pub struct Unowned {
     #[serde(default)]
     pub listener_pid: Option<u32>,
     #[serde(default)]
+    /// `accept_queue`: the name of the process holding the listener, if any.
     pub listener_comm: Option<String>,
 }
 
@@ -355,21 +416,34 @@ impl From<&NoOwner> for Unowned {
     }
 }
 
+/// A reported stuck socket left its state (`close_wait_resolved` and `stuck_resolved` records).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CloseWaitResolvedRecord {
+    /// When it left: nanoseconds of kernel CLOCK_MONOTONIC.
     pub ts_ns: u64,
+    /// `ts_ns` as wall-clock time: RFC 3339, UTC, microseconds.
     pub time: String,
+    /// Kernel address of the socket, 0x-prefixed hex; null for a socket found at start-up.
     pub skaddr: Option<String>,
+    /// Its owner's process id, as in the report; null when not known.
     pub pid: Option<u32>,
+    /// Its owner's process name; null with `pid`.
     pub comm: Option<String>,
+    /// The owner's file descriptor; null when not known.
     pub fd: Option<i32>,
+    /// Address family: `ipv4` or `ipv6`.
     pub family: Family,
+    /// Local IP address.
     pub laddr: IpAddr,
+    /// Local port.
     pub lport: u16,
+    /// Remote IP address.
     pub raddr: IpAddr,
+    /// Remote port.
     pub rport: u16,
     /// Total time in CLOSE_WAIT.
     pub stuck_ms: u64,
+    /// It was already stuck when the tracer started: `stuck_ms` is a lower bound.
     pub stuck_at_least: bool,
     /// Where it went: LAST_ACK (closed by the application) or CLOSE (reset).
     pub new_state: TcpState,
@@ -381,27 +455,36 @@ pub struct CloseWaitResolvedRecord {
     pub state: TcpState,
 }
 
+/// Every `--report-interval`, the reported sockets still stuck, grouped by state and process.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DigestRecord {
+    /// When it was made: nanoseconds of kernel CLOCK_MONOTONIC.
     pub ts_ns: u64,
+    /// `ts_ns` as wall-clock time: RFC 3339, UTC, microseconds.
     pub time: String,
     /// Reported sockets still in CLOSE_WAIT.
     pub stuck: usize,
+    /// One entry per state and process, most sockets first.
     pub processes: Vec<DigestProcess>,
 }
 
+/// One state and process of a [`DigestRecord`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DigestProcess {
     /// The state these sockets are stuck in.
     #[serde(default = "close_wait")]
     pub state: TcpState,
+    /// The owner's process id; null for sockets whose owner is unknown.
     pub pid: Option<u32>,
+    /// The owner's process name; null with `pid`.
     pub comm: Option<String>,
     /// The owner's container id (as in `close_wait`); null outside a container, when the owner
     /// is unknown, and in exports written before it existed.
     #[serde(default)]
     pub container: Option<String>,
+    /// Reported sockets of this process still in `state`.
     pub count: usize,
+    /// Age of its oldest such socket, in whole milliseconds.
     pub oldest_age_ms: u64,
     /// The process's diagnosis at the digest (null without a pid, or in older exports).
     #[serde(default)]
@@ -412,7 +495,9 @@ pub struct DigestProcess {
 /// destination has lost so far.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LostRecord {
+    /// When the loss was noticed: nanoseconds of kernel CLOCK_MONOTONIC.
     pub ts_ns: u64,
+    /// `ts_ns` as wall-clock time: RFC 3339, UTC, microseconds.
     pub time: String,
     /// Ring buffer full: new since the last `lost` record.
     pub ringbuf: u64,
@@ -430,7 +515,9 @@ pub struct LostRecord {
 /// Totals, printed at exit.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
+    /// When the tracer stopped: nanoseconds of kernel CLOCK_MONOTONIC.
     pub ts_ns: u64,
+    /// `ts_ns` as wall-clock time: RFC 3339, UTC, microseconds.
     pub time: String,
     /// Records received from the kernel.
     pub events: u64,
@@ -450,13 +537,17 @@ pub struct Summary {
     pub lost_causes: u64,
     /// Sockets dropped from tracking at the `--max-sockets` cap.
     pub evicted: u64,
+    /// `timeline` records produced.
     pub timelines: u64,
+    /// `close_wait` records produced.
     pub close_wait_alerts: u64,
+    /// `close_wait_resolved` records produced.
     pub close_wait_resolved: u64,
     /// `stuck` reports (states given with `--stuck`).
     #[serde(default)]
     pub stuck_alerts: u64,
     #[serde(default)]
+    /// `stuck_resolved` records produced.
     pub stuck_resolved: u64,
     /// Records offered to stdout, the summary aside.
     #[serde(default)]
@@ -486,6 +577,7 @@ impl Summary {
 }
 
 impl Record {
+    /// The record's `type` in JSON, such as `"close_wait"`.
     pub fn type_name(&self) -> &'static str {
         match self {
             Record::Header(_) => "header",
@@ -508,9 +600,11 @@ impl Record {
 pub struct AnalysisRecord {
     /// From the stream's header; null without one.
     pub hostname: Option<String>,
+    /// Wall-clock start from the stream's header, RFC 3339; null without one.
     pub start_time: Option<String>,
     /// The last record's time.
     pub end_ts_ns: u64,
+    /// `end_ts_ns` as wall-clock time, RFC 3339.
     pub end_time: String,
     /// The stream ends with a summary: the tracer stopped cleanly.
     pub clean_end: bool,
@@ -524,6 +618,7 @@ pub struct AnalysisRecord {
     pub outcomes: Vec<OutcomeCount>,
     /// Time spent per state, over every step whose duration is known.
     pub dwell: Vec<StateDwell>,
+    /// Threshold of the findings, in nanoseconds: the run's, or `analyze --close-wait-threshold`.
     pub close_wait_threshold_ns: u64,
     /// Sockets that stayed in CLOSE_WAIT at least the threshold, oldest first.
     pub close_wait: Vec<CloseWaitFinding>,
@@ -531,33 +626,50 @@ pub struct AnalysisRecord {
     pub top_processes: Vec<ProcessCloseWait>,
 }
 
+/// How many connections ended one way.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutcomeCount {
+    /// How they ended.
     pub outcome: Outcome,
+    /// How many did.
     pub count: u64,
 }
 
 /// Nearest-rank percentiles of the time spent in a state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateDwell {
+    /// The state.
     pub state: TcpState,
+    /// Steps in this state whose duration is known.
     pub count: u64,
+    /// 50th percentile (nearest rank) of the time in the state, in nanoseconds.
     pub p50_ns: u64,
+    /// 90th percentile (nearest rank), in nanoseconds.
     pub p90_ns: u64,
+    /// 99th percentile (nearest rank), in nanoseconds.
     pub p99_ns: u64,
+    /// Longest time in the state, in nanoseconds.
     pub max_ns: u64,
 }
 
+/// A socket that stayed in CLOSE_WAIT at least the threshold, found by `tracer analyze`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CloseWaitFinding {
     /// Null for a socket found in CLOSE_WAIT when the run started.
     pub skaddr: Option<String>,
+    /// Its owner's process id; null when not known.
     pub pid: Option<u32>,
+    /// Its owner's process name; null with `pid`.
     pub comm: Option<String>,
+    /// Address family: `ipv4` or `ipv6`.
     pub family: Family,
+    /// Local IP address.
     pub laddr: IpAddr,
+    /// Local port.
     pub lport: u16,
+    /// Remote IP address.
     pub raddr: IpAddr,
+    /// Remote port.
     pub rport: u16,
     /// When it entered CLOSE_WAIT; null when that was before the run started.
     pub since_ns: Option<u64>,
@@ -571,11 +683,16 @@ pub struct CloseWaitFinding {
     pub reported_live: bool,
 }
 
+/// CLOSE_WAIT findings of one process.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessCloseWait {
+    /// The process id; null for sockets whose owner is unknown.
     pub pid: Option<u32>,
+    /// The process name; null with `pid`.
     pub comm: Option<String>,
+    /// Its sockets found in CLOSE_WAIT.
     pub sockets: u64,
+    /// Age of its oldest such socket, in whole milliseconds.
     pub oldest_ms: u64,
 }
 
