@@ -17,7 +17,9 @@ use crate::{
 /// A ring buffer record: a transition, or a cause of a connection's end (told apart by size).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decoded {
+    /// A TCP state transition (a `TcpStateEvent` record).
     Transition(Transition),
+    /// A cause of a connection's end: a reset sent or received, or a socket error (a `CauseEvent` record).
     Cause(Signal),
 }
 

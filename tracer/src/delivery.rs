@@ -13,13 +13,21 @@ use crate::record::Record;
 /// for room), so they are not counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// `transition` records.
     Transition,
+    /// `timeline` records.
     Timeline,
+    /// `close_wait` records.
     CloseWait,
+    /// `close_wait_resolved` records.
     CloseWaitResolved,
+    /// `stuck` records.
     Stuck,
+    /// `stuck_resolved` records.
     StuckResolved,
+    /// `digest` records.
     Digest,
+    /// `lost` records.
     Lost,
 }
 
@@ -58,13 +66,21 @@ impl Kind {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ByType {
+    /// `transition` records.
     pub transition: u64,
+    /// `timeline` records.
     pub timeline: u64,
+    /// `close_wait` records.
     pub close_wait: u64,
+    /// `close_wait_resolved` records.
     pub close_wait_resolved: u64,
+    /// `stuck` records.
     pub stuck: u64,
+    /// `stuck_resolved` records.
     pub stuck_resolved: u64,
+    /// `digest` records.
     pub digest: u64,
+    /// `lost` records.
     pub lost: u64,
 }
 

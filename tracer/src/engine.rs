@@ -47,7 +47,10 @@ pub enum CauseSource {
     /// From the kernel ([`Engine::cause`]): transitions to CLOSE are held back until their
     /// cause is known (see [`crate::cause`]). `error_reports`: `inet_sk_error_report` is
     /// attached, so a transition's error may still come.
-    Live { error_reports: bool },
+    Live {
+        /// `inet_sk_error_report` is attached: a transition's error may still come.
+        error_reports: bool,
+    },
 }
 
 impl Default for Options {

@@ -7,17 +7,29 @@ use serde::{Deserialize, Serialize};
 /// A TCP state, numbered as the kernel numbers them (`include/net/tcp_states.h`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TcpState {
+    /// `TCP_ESTABLISHED` (1): the connection is open.
     Established,
+    /// `TCP_SYN_SENT` (2): `connect()` sent a SYN and waits for the answer.
     SynSent,
+    /// `TCP_SYN_RECV` (3): a SYN arrived and a SYN-ACK was sent.
     SynRecv,
+    /// `TCP_FIN_WAIT1` (4): this side closed and sent a FIN.
     FinWait1,
+    /// `TCP_FIN_WAIT2` (5): this side's FIN was acknowledged; waiting for the peer's.
     FinWait2,
+    /// `TCP_TIME_WAIT` (6): both sides closed; waiting for stray segments.
     TimeWait,
+    /// `TCP_CLOSE` (7): closed (also the state of a new socket).
     Close,
+    /// `TCP_CLOSE_WAIT` (8): the peer closed; this side's process has not.
     CloseWait,
+    /// `TCP_LAST_ACK` (9): both closed, the peer closing first; waiting for the last ACK.
     LastAck,
+    /// `TCP_LISTEN` (10): a listening socket.
     Listen,
+    /// `TCP_CLOSING` (11): both sides sent a FIN at once.
     Closing,
+    /// `TCP_NEW_SYN_RECV` (12): a request socket for a connection being accepted.
     NewSynRecv,
     /// A number this tool does not know (a newer kernel, or a bad record).
     Unknown(u32),
@@ -96,7 +108,9 @@ impl<'de> Deserialize<'de> for TcpState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
+    /// `AF_INET`, shown as `ipv4`.
     Ipv4,
+    /// `AF_INET6`, shown as `ipv6` (also for IPv4 peers of a dual-stack socket).
     Ipv6,
 }
 
@@ -121,15 +135,25 @@ pub struct Transition {
     pub ts_ns: u64,
     /// Kernel address of the socket.
     pub skaddr: u64,
+    /// Address family of the socket.
     pub family: Family,
+    /// IP protocol number: 6 (TCP), 132 (SCTP), 262 (MPTCP).
     pub protocol: u16,
+    /// Local IP address.
     pub laddr: IpAddr,
+    /// Local port (can be 0 before `connect()` completes).
     pub lport: u16,
+    /// Remote IP address.
     pub raddr: IpAddr,
+    /// Remote port (0 for a listener).
     pub rport: u16,
+    /// State before the transition.
     pub old: TcpState,
+    /// State after the transition.
     pub new: TcpState,
+    /// The task that was running when it fired (not the owner in softirq).
     pub task: Task,
+    /// CPU that ran the transition.
     pub cpu: u32,
     /// Inode number of the socket's network namespace (as `lsns -t net` shows it); 0 when
     /// the kernel's BTF did not give its offsets.
@@ -160,9 +184,13 @@ impl Transition {
 /// Local and remote address and port of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Endpoints {
+    /// Local IP address.
     pub laddr: IpAddr,
+    /// Local port.
     pub lport: u16,
+    /// Remote IP address.
     pub raddr: IpAddr,
+    /// Remote port.
     pub rport: u16,
 }
 
@@ -184,6 +212,7 @@ impl Endpoints {
         }
     }
 
+    /// IPv4 when the local address is IPv4, else IPv6 (v4-mapped addresses included).
     pub fn family(&self) -> Family {
         if self.laddr.is_ipv4() {
             Family::Ipv4

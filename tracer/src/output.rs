@@ -37,6 +37,7 @@ use crate::{
 /// Formatted bytes that may wait for a destination's writer: `--output-buffer`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Buffer {
+    /// The most formatted bytes that may wait, in bytes.
     pub bytes: usize,
 }
 

@@ -60,7 +60,9 @@ pub struct LastReadReport {
     pub age_ms: u64,
     /// The reading process and thread, and the thread's name then.
     pub pid: u32,
+    /// The reading thread's id.
     pub tid: u32,
+    /// The reading thread's name (its `comm`) at the read.
     pub thread: String,
     /// What the read returned: bytes, 0 for end of file.
     pub bytes: i32,

@@ -91,6 +91,7 @@ pub struct Signal {
     /// CPU and thread it fired on: an error report is matched to the transition that fired in
     /// the same call chain.
     pub cpu: u32,
+    /// Thread id it fired on.
     pub tid: u32,
     what: What,
 }
@@ -168,9 +169,11 @@ impl From<Held> for Released {
 
 /// Records of a transition to CLOSE released with their cause.
 pub struct Released {
+    /// Why the connection ended: the errno and who sent the RST, each when known.
     pub cause: Cause,
     /// The state the socket left for CLOSE.
     pub old: TcpState,
+    /// The records made from that transition, held back until now.
     pub records: Vec<Record>,
 }
 

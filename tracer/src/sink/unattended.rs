@@ -13,6 +13,7 @@ pub struct Reports<S> {
 }
 
 impl<S: Sink> Reports<S> {
+    /// Wraps `sink`, which receives the records let through.
     pub fn new(sink: S) -> Self {
         Self { sink }
     }

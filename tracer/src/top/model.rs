@@ -148,6 +148,7 @@ pub struct ProcessRow {
 pub struct Snapshot {
     /// Host name and kernel release.
     pub host: String,
+    /// Kernel release (`uname -r`), from the header.
     pub kernel: String,
     /// Time since the trace started.
     pub uptime: Duration,

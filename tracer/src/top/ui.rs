@@ -68,11 +68,17 @@ impl Sort {
 /// A key the screen acts on (the terminal driver maps the terminal's keys to these).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Key {
+    /// A printable character.
     Char(char),
+    /// Enter (Return).
     Enter,
+    /// Escape.
     Esc,
+    /// Up arrow.
     Up,
+    /// Down arrow.
     Down,
+    /// Backspace.
     Backspace,
     /// Ctrl-C: quits, whatever view is open.
     Interrupt,

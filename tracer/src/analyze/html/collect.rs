@@ -1,6 +1,6 @@
 //! What the report needs beyond the [`AnalysisRecord`]: gathered as `tracer analyze` reads its
 //! input and rebuilds timelines, in memory bounded by the number of distinct edges, processes
-//! and CLOSE_WAIT visits (24 bytes each, at most [`MAX_INTERVALS`]), never by the transitions.
+//! and CLOSE_WAIT visits (24 bytes each, at most `MAX_INTERVALS` (2,000,000)), never by the transitions.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -56,7 +56,7 @@ pub struct Pile {
     /// The `--stuck` threshold, ns.
     pub threshold_ns: u64,
     pub intervals: Vec<Interval>,
-    /// Stays left out past [`MAX_INTERVALS`].
+    /// Stays left out past `MAX_INTERVALS` (2,000,000).
     pub dropped: u64,
     /// Each `stuck` report of the state: when, and its holder (index in `processes`).
     pub reports: Vec<(u64, u32)>,
@@ -112,28 +112,42 @@ pub struct Collector<S> {
     inner: S,
     /// Print the rebuilt timelines on stdout (`--timelines`).
     print_timelines: bool,
+    /// The input's header; `None` without one.
     pub header: Option<Header>,
+    /// The input's summary; `None` when it does not end with one.
     pub summary: Option<Summary>,
     /// Kernel time of the first and last record read.
     pub first_ns: Option<u64>,
+    /// Kernel monotonic ns of the last record read (0 before any).
     pub last_ns: u64,
     /// `transition` records read.
     pub transitions: u64,
+    /// Timelines rebuilt by the analysis (each seen by this sink).
     pub timelines: u64,
+    /// The input's `lost` records, the first `MAX_LOST` (1,000) of them.
     pub lost: Vec<LostRecord>,
+    /// Every `lost` record read, kept or not.
     pub lost_records: u64,
+    /// `digest` records read.
     pub digests: u64,
+    /// The last `digest` record read.
     pub last_digest: Option<DigestRecord>,
+    /// The `digest` record with the most stuck sockets (the first of equals).
     pub peak_digest: Option<DigestRecord>,
+    /// State changes by (from, to) edge, from the rebuilt timelines.
     pub edges: BTreeMap<(TcpState, TcpState), Edge>,
+    /// Steps of known duration per state, counted in `DWELL_BUCKETS` (10) decade buckets of their duration.
     pub dwell: BTreeMap<TcpState, [u64; DWELL_BUCKETS]>,
     /// Owners, in order of first appearance; `Interval::process` indexes it.
     pub processes: Vec<(Option<u32>, Option<String>)>,
     process_index: HashMap<(Option<u32>, Option<String>), u32>,
+    /// Stays in CLOSE_WAIT from the rebuilt timelines, the first `MAX_INTERVALS` (2,000,000) of them.
     pub intervals: Vec<Interval>,
+    /// Stays in CLOSE_WAIT left out past `MAX_INTERVALS` (2,000,000).
     pub intervals_dropped: u64,
     /// Stays in the other states the run watched (`--stuck`), for their own pile-up charts.
     pub piles: BTreeMap<TcpState, Pile>,
+    /// Connections kept for the Gantt chart, at most `GANTT_PER_REASON` (8) per reason.
     pub gantt: BTreeMap<Reason, Top>,
     /// Ended connections whose end has a known cause, by outcome name and cause
     /// (`ECONNRESET, RST from the peer`): from the timelines' `error` and `reset_by`.
@@ -147,6 +161,7 @@ pub struct Collector<S> {
 }
 
 impl<S: Sink> Collector<S> {
+    /// Wraps `inner`, which receives what `tracer analyze` prints; `print_timelines` passes the rebuilt timelines on too (`--timelines`).
     pub fn new(inner: S, print_timelines: bool) -> Self {
         Self {
             inner,
@@ -177,6 +192,7 @@ impl<S: Sink> Collector<S> {
         }
     }
 
+    /// The wrapped sink.
     pub fn into_inner(self) -> S {
         self.inner
     }

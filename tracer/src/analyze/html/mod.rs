@@ -30,8 +30,10 @@ use crate::{record::AnalysisRecord, sink::Sink};
 #[derive(Debug, thiserror::Error)]
 #[error("cannot write the report to {}", path.display())]
 pub struct WriteError {
+    /// The report's path, as given to `--html`.
     pub path: PathBuf,
     #[source]
+    /// The I/O error from creating, writing, syncing or renaming the file.
     pub source: io::Error,
 }
 
@@ -81,8 +83,10 @@ pub fn write<S: Sink>(
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     #[error(transparent)]
+    /// The analysis failed (bad input, or writing to the sink).
     Analyze(#[from] crate::error::AnalyzeError),
     #[error(transparent)]
+    /// Writing the report file failed.
     Write(#[from] WriteError),
 }
 
