@@ -1,6 +1,6 @@
 //! What the report needs beyond the [`AnalysisRecord`]: gathered as `tracer analyze` reads its
 //! input and rebuilds timelines, in memory bounded by the number of distinct edges, processes
-//! and CLOSE_WAIT visits (24 bytes each, at most `MAX_INTERVALS` (2,000,000)), never by the transitions.
+//! and CLOSE_WAIT visits (24 bytes each, at most [`MAX_INTERVALS`]), never by the transitions.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -56,7 +56,7 @@ pub struct Pile {
     /// The `--stuck` threshold, ns.
     pub threshold_ns: u64,
     pub intervals: Vec<Interval>,
-    /// Stays left out past `MAX_INTERVALS` (2,000,000).
+    /// Stays left out past [`MAX_INTERVALS`].
     pub dropped: u64,
     /// Each `stuck` report of the state: when, and its holder (index in `processes`).
     pub reports: Vec<(u64, u32)>,
