@@ -75,6 +75,7 @@ pub struct Diagnosis {
 pub struct PortPressure {
     /// The destination.
     pub raddr: std::net::IpAddr,
+    /// The destination's port.
     pub rport: u16,
     /// Sockets in the same network namespace with that destination and a local port in the
     /// range (any state: each one's port is taken).
@@ -93,12 +94,14 @@ pub struct ThreadGroup {
     /// What they block in: a system call (`futex wait`, `read()`, `epoll_wait()`, ...),
     /// `running`, or the kernel function from `wchan` when the system call is unknown.
     pub blocked_in: String,
+    /// How many of the process's threads block in it.
     pub count: u64,
 }
 
 /// One blocked thread.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ThreadDiagnosis {
+    /// Thread id.
     pub tid: u32,
     /// Its name (`/proc/PID/task/TID/comm`, set with `prctl`/`pthread_setname_np`).
     pub name: String,
@@ -134,10 +137,15 @@ pub struct ThreadDiagnosis {
 /// A TCP socket an fd leads to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FdSocket {
+    /// Local IP address.
     pub laddr: std::net::IpAddr,
+    /// Local port.
     pub lport: u16,
+    /// Remote IP address.
     pub raddr: std::net::IpAddr,
+    /// Remote port.
     pub rport: u16,
+    /// Its TCP state, from the socket tables.
     pub state: crate::event::TcpState,
 }
 
@@ -150,6 +158,7 @@ pub struct Frame {
     pub function: Option<String>,
     /// Source file and line, where debug information exists.
     pub file: Option<String>,
+    /// Source line number (from 1), where debug information exists.
     pub line: Option<u32>,
     /// The file mapped at the address (the program or a library); null for anonymous memory
     /// (JIT-compiled code).
@@ -161,12 +170,14 @@ pub struct Frame {
 pub struct Unavailable {
     /// The field (`fds_open`, `threads`, `frames`, ...).
     pub field: String,
+    /// Why, in words (the process exited, ptrace access refused, the time budget ran out, ...).
     pub reason: String,
 }
 
 /// A process to diagnose, with what the reports know about its stuck sockets.
 #[derive(Clone, Debug, Default)]
 pub struct Target {
+    /// Its process id.
     pub pid: u32,
     /// The fds of its stuck sockets (a thread blocked on one is named first).
     pub stuck_fds: Vec<i32>,
@@ -188,6 +199,7 @@ impl Default for Diagnoser {
 }
 
 impl Diagnoser {
+    /// A diagnoser with no history yet.
     pub fn new() -> Self {
         Self {
             history: pressure::History::default(),

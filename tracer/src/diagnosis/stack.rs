@@ -49,6 +49,7 @@ pub struct Stacks {
 }
 
 impl Stacks {
+    /// No parsed files and a fresh symbolizer.
     pub fn new() -> Self {
         Self {
             sections: HashMap::new(),

@@ -14,13 +14,18 @@ const KERNEL_FRAMES: usize = 16;
 /// One thread as `/proc` shows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TaskSample {
+    /// Thread id.
     pub tid: u32,
+    /// Its name (`/proc/PID/task/TID/comm`).
     pub name: String,
     /// `stat`'s state letter.
     pub state: char,
     /// `/proc/PID/task/TID/syscall`, parsed; `None` when it could not be read.
     pub syscall: Option<SyscallSample>,
+    /// The kernel function it sleeps in (`/proc/PID/task/TID/wchan`); `None` when unreadable,
+    /// empty or `0` (running).
     pub wchan: Option<String>,
+    /// Function names of its kernel stack (`/proc/PID/task/TID/stack`, root only), innermost first, at most 16.
     pub kernel_stack: Vec<String>,
 }
 
@@ -30,12 +35,21 @@ pub enum SyscallSample {
     /// `running`: on a CPU, no registers to show.
     Running,
     /// Blocked outside a system call (`-1 sp pc`: a page fault, a signal stop).
-    NotInSyscall { sp: u64, pc: u64 },
+    NotInSyscall {
+        /// User stack pointer.
+        sp: u64,
+        /// User program counter.
+        pc: u64,
+    },
     /// In system call `nr` with its six arguments, stack pointer and program counter.
     In {
+        /// The system call number, in the machine's own numbering.
         nr: u64,
+        /// Its six arguments, as the kernel shows them.
         args: [u64; 6],
+        /// User stack pointer.
         sp: u64,
+        /// User program counter.
         pc: u64,
     },
 }

@@ -114,8 +114,11 @@ struct StateLabels {
 /// empty label is an absent one to Prometheus).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProcessLabels {
+    /// Process id in decimal, `unknown` or `other`.
     pub pid: String,
+    /// Process name, `unknown` or `other`.
     pub comm: String,
+    /// Container id; empty outside a container.
     pub container: String,
 }
 
@@ -124,8 +127,11 @@ pub struct ProcessLabels {
 pub struct StuckLabels {
     /// The kernel's state name: `CLOSE_WAIT`, or another state `--stuck` watches.
     pub state: String,
+    /// Process id in decimal, `unknown` or `other`.
     pub pid: String,
+    /// Process name, `unknown` or `other`.
     pub comm: String,
+    /// Container id; empty outside a container.
     pub container: String,
 }
 

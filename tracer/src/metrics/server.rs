@@ -57,20 +57,35 @@ pub enum MetricsError {
         "--metrics {addr}: the address is already in use (another tracer or exporter?); \
          pick a free port"
     )]
-    InUse { addr: SocketAddr },
+    /// Another socket already listens on the address (`EADDRINUSE`).
+    InUse {
+        /// The `--metrics` address.
+        addr: SocketAddr,
+    },
     #[error(
         "--metrics {addr}: not permitted to bind (ports below 1024 need root or \
          CAP_NET_BIND_SERVICE); pick a port above 1023"
     )]
-    Permission { addr: SocketAddr },
+    /// Binding was refused (`EACCES`: a port below 1024 without `CAP_NET_BIND_SERVICE`).
+    Permission {
+        /// The `--metrics` address.
+        addr: SocketAddr,
+    },
     #[error(
         "--metrics {addr}: the address is not on this machine; use a local address such as \
          127.0.0.1:9464"
     )]
-    NotLocal { addr: SocketAddr },
+    /// The IP address is not one of this machine's (`EADDRNOTAVAIL`).
+    NotLocal {
+        /// The `--metrics` address.
+        addr: SocketAddr,
+    },
+    /// Any other failure to bind or set up the listening socket.
     #[error("--metrics {addr}: cannot listen")]
     Bind {
+        /// The `--metrics` address.
         addr: SocketAddr,
+        /// The I/O error.
         #[source]
         source: io::Error,
     },
@@ -166,6 +181,7 @@ pub enum Format {
 }
 
 impl Format {
+    /// The `Content-Type` header value of a response in this format.
     pub fn content_type(self) -> &'static str {
         match self {
             Format::Text => prometheus_text::CONTENT_TYPE,
