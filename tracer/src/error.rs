@@ -41,14 +41,14 @@ pub enum ConfigError {
     /// A duration that does not parse.
     #[error("invalid duration {token:?} for {flag}: {reason} (examples: 500ms, 30s, 5m)")]
     Duration {
-        /// The flag it was given to, such as `--close-wait`.
+        /// The flag it was given to, such as `--report-interval`.
         flag: &'static str,
         /// The command-line token, as given.
         token: String,
         /// Why it does not parse (the parser's message).
         reason: String,
     },
-    /// A count or duration of zero where zero means nothing.
+    /// Zero given to a flag that needs a positive value (a count, a duration, a namespace inode).
     #[error("{flag} must be greater than zero")]
     Zero {
         /// The flag given zero.
@@ -129,7 +129,7 @@ pub enum ProbeError {
         kernel: String,
         /// The limit left in place, as `ulimit -l` would read it (`64 KiB`).
         limit: String,
-        /// The refusal from the kernel (through aya).
+        /// The kernel's refusal, as aya reported it.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -187,7 +187,8 @@ pub enum ProbeError {
     #[error(
         "tp_btf/inet_sock_set_state needs socket offsets the kernel's BTF does not give ({reason}): use --hook tracepoint"
     )]
-    /// `--hook tp_btf` needs socket offsets the kernel's BTF does not give.
+    /// The `tp_btf` hook needs socket offsets the kernel's BTF does not give. Fatal with
+    /// `--hook tp_btf`; `--hook auto` falls back to the classic tracepoint and says why.
     NoSocketOffsets {
         /// What is missing, the [`OffsetsError`] messages joined with `"; "`.
         reason: String,

@@ -425,7 +425,7 @@ pub struct CloseWaitResolvedRecord {
     pub time: String,
     /// Kernel address of the socket, 0x-prefixed hex; null for a socket found at start-up.
     pub skaddr: Option<String>,
-    /// Its owner's process id, as in the report; null when not known.
+    /// Its owner's process id as known when it left; null when not known.
     pub pid: Option<u32>,
     /// Its owner's process name; null with `pid`.
     pub comm: Option<String>,
