@@ -68,7 +68,7 @@ impl Sort {
 /// A key the screen acts on (the terminal driver maps the terminal's keys to these).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Key {
-    /// A printable character.
+    /// A character key (Ctrl-C aside, which is `Interrupt`).
     Char(char),
     /// Enter (Return).
     Enter,
