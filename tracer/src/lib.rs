@@ -22,6 +22,7 @@
 //!
 //! The `tracer` binary (`src/bin/tracer`) parses the command line into a [`config::Config`]
 //! and calls [`app::run`], [`app::run_top`] or [`analyze::analyze`].
+#![warn(missing_docs)]
 
 pub mod analyze;
 pub mod app;

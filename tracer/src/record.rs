@@ -441,7 +441,7 @@ pub struct CloseWaitResolvedRecord {
     pub raddr: IpAddr,
     /// Remote port.
     pub rport: u16,
-    /// Total time in CLOSE_WAIT.
+    /// Total time in the stuck state (CLOSE_WAIT for `close_wait_resolved`), in milliseconds.
     pub stuck_ms: u64,
     /// It was already stuck when the tracer started: `stuck_ms` is a lower bound.
     pub stuck_at_least: bool,
@@ -462,7 +462,7 @@ pub struct DigestRecord {
     pub ts_ns: u64,
     /// `ts_ns` as wall-clock time: RFC 3339, UTC, microseconds.
     pub time: String,
-    /// Reported sockets still in CLOSE_WAIT.
+    /// Reported sockets still stuck, in every watched state (`processes` says which).
     pub stuck: usize,
     /// One entry per state and process, most sockets first.
     pub processes: Vec<DigestProcess>,
@@ -512,7 +512,7 @@ pub struct LostRecord {
     pub export: Option<Destination>,
 }
 
-/// Totals, printed at exit.
+/// Totals: the last record of a clean stop (stdout and the export), also printed on stderr.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     /// When the tracer stopped: nanoseconds of kernel CLOCK_MONOTONIC.
