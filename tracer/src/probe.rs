@@ -193,17 +193,20 @@ impl Probe {
 
     /// Events dropped in the kernel because the ring buffer was full, summed over CPUs.
     pub fn lost(&self) -> u64 {
-        self.stats
-            .get(&STAT_RINGBUF_FULL, 0)
-            .map_or(0, |per_cpu| per_cpu.iter().sum())
+        self.stat(STAT_RINGBUF_FULL)
     }
 
     /// Runs of the transition program so far, summed over CPUs, whatever its filters kept
     /// (`-v` prints it at the end: set beside a count of the host's transitions made by other
     /// means, it tells a transition the kernel never handed the program from one it dropped).
     pub fn runs(&self) -> u64 {
+        self.stat(STAT_RUNS)
+    }
+
+    /// Slot `slot` of the `STATS` map, summed over CPUs (0 if unreadable).
+    fn stat(&self, slot: u32) -> u64 {
         self.stats
-            .get(&STAT_RUNS, 0)
+            .get(&slot, 0)
             .map_or(0, |per_cpu| per_cpu.iter().sum())
     }
 

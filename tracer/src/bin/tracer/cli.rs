@@ -462,8 +462,9 @@ fn duration(flag: &'static str, token: &str) -> Result<Duration, ConfigError> {
     Ok(d)
 }
 
-/// A size flag's value: bytes, or with a binary suffix (`64MiB`, `64M`, `512k`).
-fn size(flag: &'static str, token: &str, min: usize) -> Result<u64, ConfigError> {
+/// A size flag's value in bytes, at least `min`: bytes, or with a binary suffix (`64MiB`,
+/// `64M`, `512k`).
+fn size(flag: &'static str, token: &str, min: usize) -> Result<usize, ConfigError> {
     let error = |reason: String| ConfigError::Size {
         flag,
         token: token.to_owned(),
@@ -475,24 +476,21 @@ fn size(flag: &'static str, token: &str, min: usize) -> Result<u64, ConfigError>
         .parse_size(token.trim())
         .map_err(|e| error(e.to_string()))?;
     match usize::try_from(bytes) {
-        Ok(at_least) if at_least >= min => Ok(bytes),
+        Ok(bytes) if bytes >= min => Ok(bytes),
         _ => Err(error("out of range".to_owned())),
     }
 }
 
 /// `--output-buffer`: at least [`Buffer::MIN_BYTES`].
 fn output_buffer(token: &str) -> Result<Buffer, ConfigError> {
-    let bytes = size("--output-buffer", token, Buffer::MIN_BYTES)?;
-    Ok(Buffer {
-        bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
-    })
+    size("--output-buffer", token, Buffer::MIN_BYTES).map(|bytes| Buffer { bytes })
 }
 
 /// `--ring-buffer-size`: a power of two and a multiple of the page size, below 4 GiB.
 fn ring_buffer_size(token: &str) -> Result<u32, ConfigError> {
     // SAFETY: sysconf has no preconditions.
     let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    let size = size("--ring-buffer-size", token, 1)?;
+    let size = size("--ring-buffer-size", token, 1)? as u64;
     match u32::try_from(size) {
         Ok(bytes) if size.is_power_of_two() && size.is_multiple_of(page) => Ok(bytes),
         _ => Err(ConfigError::RingBufferSize { size, page }),
