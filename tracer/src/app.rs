@@ -287,7 +287,7 @@ impl Session {
         };
         outputs
             .stdout
-            .send(&[Record::Header(header(display.is_everything()))]);
+            .send(&[Record::Header(Box::new(header(display.is_everything())))]);
         // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
         // `AsyncFd` (and the ring buffer inside it) is dropped.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -383,14 +383,14 @@ impl Session {
                     );
                     if lost != reported_lost {
                         let (stdout, export) = self.outputs.delivery();
-                        self.batch.push(Record::Lost(LostRecord {
+                        self.batch.push(Record::Lost(Box::new(LostRecord {
                             ts_ns: now,
                             time: self.clock.rfc3339(now),
                             ringbuf: lost.0.saturating_sub(reported_lost.0),
                             recursion_misses: lost.1.saturating_sub(reported_lost.1),
                             stdout,
                             export,
-                        }));
+                        })));
                         reported_lost = lost;
                     }
                     ticks += 1;
@@ -471,7 +471,7 @@ impl Session {
         outputs.format(&mut batch);
         let (stdout, export) = outputs.delivery();
         summary.set_delivery(stdout, export);
-        let last = [Record::Summary(summary.clone())];
+        let last = [Record::Summary(Box::new(summary.clone()))];
         let Outputs { stdout, export, .. } = outputs;
         let exported = export.map(|(export, path)| (export.finish(&last), path));
         let (written, stdout) = stdout.finish(&last);
@@ -873,7 +873,7 @@ fn spawn_export(
         WhenFull::Wait,
     )
     .context("starting the export thread")?;
-    if !output.send(&[Record::Header(header)]) {
+    if !output.send(&[Record::Header(Box::new(header))]) {
         anyhow::bail!("{}: the export writer stopped", context());
     }
     Ok((output, path))

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use crate::{
     container::Placement,
-    event::{Endpoints, TcpState, Transition},
+    event::{Endpoints, Name, TcpState, Transition},
     hash::AddrMap,
     owner::{NoOwner, Owner},
     sock_diag::{TcpInfoTimes, MAX_JIFFY_NS},
@@ -390,7 +390,7 @@ impl Detector {
 pub struct Group {
     pub state: TcpState,
     pub pid: Option<u32>,
-    pub comm: Option<String>,
+    pub comm: Option<Name>,
     /// The owner's container id, where it runs in one.
     pub container: Option<String>,
     pub count: usize,
@@ -436,7 +436,7 @@ mod tests {
     fn owner(pid: u32) -> Owner {
         Owner {
             pid,
-            comm: format!("p{pid}"),
+            comm: compact_str::format_compact!("p{pid}"),
             fd: Some(3),
         }
     }

@@ -11,7 +11,7 @@ use tracer_common::{
 use crate::{
     cause::Signal,
     error::DecodeError,
-    event::{Family, Task, TcpState, Transition},
+    event::{Family, Name, Task, TcpState, Transition},
 };
 
 /// A ring buffer record: a transition, or a cause of a connection's end (told apart by size).
@@ -105,15 +105,9 @@ fn v6(bytes: &[u8; 16]) -> IpAddr {
 }
 
 /// A task name: up to the first NUL, lossy UTF-8.
-pub fn comm(bytes: &[u8]) -> String {
+pub fn comm(bytes: &[u8]) -> Name {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    let name = &bytes[..end];
-    if name.is_ascii() {
-        // The usual case, without the UTF-8 validation machinery.
-        name.iter().map(|&b| char::from(b)).collect()
-    } else {
-        String::from_utf8_lossy(name).into_owned()
-    }
+    Name::from_utf8_lossy(&bytes[..end])
 }
 
 /// Encodes a transition back into the shared layout (for tests).

@@ -365,10 +365,10 @@ impl Engine {
             let record = close_wait_record(stuck, now_ns, &self.clock);
             if stuck.state == TcpState::CloseWait {
                 self.summary.close_wait_alerts += 1;
-                out.push(Record::CloseWait(record));
+                out.push(Record::CloseWait(Box::new(record)));
             } else {
                 self.summary.stuck_alerts += 1;
-                out.push(Record::Stuck(record));
+                out.push(Record::Stuck(Box::new(record)));
             }
         }
     }

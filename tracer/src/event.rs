@@ -114,6 +114,10 @@ pub enum Family {
     Ipv6,
 }
 
+/// A task name (`comm`: at most 15 bytes in the kernel, lossy UTF-8), stored inline: making
+/// one for every event allocates nothing. Compares with `&str` and serializes as a string.
+pub type Name = compact_str::CompactString;
+
 /// The task that was running when a transition fired. It owns the socket only when the
 /// transition was made in its process context (see the `sock_state` module).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,9 +127,9 @@ pub struct Task {
     /// Thread id.
     pub tid: u32,
     /// Name of the process: its thread-group leader's `comm`.
-    pub comm: String,
+    pub comm: Name,
     /// Name of the running thread: its own `comm`.
-    pub thread: String,
+    pub thread: Name,
 }
 
 /// One TCP state transition, decoded.

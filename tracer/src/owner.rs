@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    event::{Endpoints, Task, TcpState},
+    event::{Endpoints, Name, Task, TcpState},
     netns, sock_diag,
 };
 
@@ -20,7 +20,7 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Owner {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Name,
     /// The file descriptor, when found by a /proc scan.
     pub fd: Option<i32>,
 }
@@ -392,7 +392,7 @@ pub fn scan(wanted: &Wanted) -> Result<SocketTable, procfs::ProcError> {
             .clone();
         holders.entry(h.inode).or_default().push(Owner {
             pid: h.pid,
-            comm,
+            comm: comm.into(),
             fd: Some(h.fd),
         });
     }

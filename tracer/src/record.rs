@@ -9,7 +9,7 @@ use crate::{
     cause::ResetBy,
     defaults,
     delivery::Destination,
-    event::{Family, TcpState},
+    event::{Family, Name, TcpState},
     owner::{NoOwner, Owner},
     timeline::{Outcome, Step},
 };
@@ -20,30 +20,31 @@ pub const SCHEMA: u32 = 1;
 /// One output record: one line of text or one NDJSON object, its `type` the variant's name in
 /// snake case. Times are kernel monotonic ns (`ts_ns`) with their wall-clock `time` (RFC 3339,
 /// UTC, microseconds); durations are ns (`_ns`) or whole ms (`_ms`). Every field is described
-/// in `docs/schema.md`, the contract for readers.
+/// in `docs/schema.md`, the contract for readers. The large, rare variants are boxed (serde
+/// writes them the same), so that moving a record costs what moving a transition does.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
     /// The first line of every stream from the tracer.
-    Header(Header),
+    Header(Box<Header>),
     /// One TCP state change, as the kernel reported it.
     Transition(TransitionRecord),
     /// One connection's life, written when it ends or when the tracer stops.
     Timeline(TimelineRecord),
     /// A socket in CLOSE_WAIT longer than the threshold, reported once.
-    CloseWait(CloseWaitRecord),
+    CloseWait(Box<CloseWaitRecord>),
     /// A reported `close_wait` socket left CLOSE_WAIT.
     CloseWaitResolved(CloseWaitResolvedRecord),
     /// A socket stuck in a state given with `--stuck` (same fields as `close_wait`).
-    Stuck(CloseWaitRecord),
+    Stuck(Box<CloseWaitRecord>),
     /// A reported `stuck` socket left its state.
     StuckResolved(CloseWaitResolvedRecord),
     /// Every `--report-interval`, the reported sockets still stuck, by process.
     Digest(DigestRecord),
     /// Something was lost since the previous `lost` record.
-    Lost(LostRecord),
+    Lost(Box<LostRecord>),
     /// Totals, written last on a clean stop.
-    Summary(Summary),
+    Summary(Box<Summary>),
     /// Written by `tracer analyze` only, as its last record.
     Analysis(AnalysisRecord),
 }
@@ -177,19 +178,19 @@ pub struct TransitionRecord {
     /// process's name (its thread-group leader's `comm`, as `ps` and `ss -p` show it).
     pub pid: Option<u32>,
     /// The owner's process name; null with `pid`.
-    pub comm: Option<String>,
+    pub comm: Option<Name>,
     /// The process running when the transition fired (not the owner in softirq), and its
     /// name (the thread-group leader's `comm`).
     pub ctx_pid: u32,
     /// Name of the running process (its thread-group leader's `comm`).
-    pub ctx_comm: String,
+    pub ctx_comm: Name,
     /// Thread id of the running task (equal to `ctx_pid` in exports older than this field).
     #[serde(default)]
     pub ctx_tid: u32,
     /// Name of the running thread (its own `comm`: `prctl(PR_SET_NAME)`,
     /// `pthread_setname_np`); null in exports older than this field.
     #[serde(default)]
-    pub ctx_thread: Option<String>,
+    pub ctx_thread: Option<Name>,
     /// CPU that ran the transition.
     pub cpu: u32,
     /// On a transition to CLOSE: the errno name the application saw (`ECONNRESET`,
@@ -240,7 +241,7 @@ pub struct TimelineRecord {
     /// The owner's process id; null if never learnt.
     pub pid: Option<u32>,
     /// The owner's process name; null if never learnt.
-    pub comm: Option<String>,
+    pub comm: Option<Name>,
     /// Inode of the socket's network namespace; null when not known.
     #[serde(default)]
     pub netns: Option<u64>,
@@ -272,7 +273,7 @@ pub struct CloseWaitRecord {
     /// Its owner: the first process (lowest pid) holding it now, from the socket tables and `/proc/*/fd`; null when none does (see `unowned`) or none is known.
     pub pid: Option<u32>,
     /// The owner's process name (the thread-group leader's `comm`); null with `pid`.
-    pub comm: Option<String>,
+    pub comm: Option<Name>,
     /// The owner's file descriptor; null when not known.
     pub fd: Option<i32>,
     /// Address family: `ipv4` or `ipv6`.
@@ -346,7 +347,7 @@ pub struct Holder {
     /// Process id (thread-group id).
     pub pid: u32,
     /// Process name (the thread-group leader's `comm`, at most 15 characters).
-    pub comm: String,
+    pub comm: Name,
     /// The file descriptor that holds the socket; null when not known.
     pub fd: Option<i32>,
 }
@@ -384,7 +385,7 @@ pub struct Unowned {
     pub listener_pid: Option<u32>,
     #[serde(default)]
     /// `accept_queue`: the name of the process holding the listener, if any.
-    pub listener_comm: Option<String>,
+    pub listener_comm: Option<Name>,
 }
 
 /// See [`Unowned`].
@@ -428,7 +429,7 @@ pub struct CloseWaitResolvedRecord {
     /// Its owner's process id as known when it left; null when not known.
     pub pid: Option<u32>,
     /// Its owner's process name; null with `pid`.
-    pub comm: Option<String>,
+    pub comm: Option<Name>,
     /// The owner's file descriptor; null when not known.
     pub fd: Option<i32>,
     /// Address family: `ipv4` or `ipv6`.
@@ -477,7 +478,7 @@ pub struct DigestProcess {
     /// The owner's process id; null for sockets whose owner is unknown.
     pub pid: Option<u32>,
     /// The owner's process name; null with `pid`.
-    pub comm: Option<String>,
+    pub comm: Option<Name>,
     /// The owner's container id (as in `close_wait`); null outside a container, when the owner
     /// is unknown, and in exports written before it existed.
     #[serde(default)]
@@ -660,7 +661,7 @@ pub struct CloseWaitFinding {
     /// Its owner's process id; null when not known.
     pub pid: Option<u32>,
     /// Its owner's process name; null with `pid`.
-    pub comm: Option<String>,
+    pub comm: Option<Name>,
     /// Address family: `ipv4` or `ipv6`.
     pub family: Family,
     /// Local IP address.
@@ -689,7 +690,7 @@ pub struct ProcessCloseWait {
     /// The process id; null for sockets whose owner is unknown.
     pub pid: Option<u32>,
     /// The process name; null with `pid`.
-    pub comm: Option<String>,
+    pub comm: Option<Name>,
     /// Its sockets found in CLOSE_WAIT.
     pub sockets: u64,
     /// Age of its oldest such socket, in whole milliseconds.
@@ -742,5 +743,18 @@ mod tests {
         ] {
             assert_eq!(super::skaddr(addr), format!("{addr:#x}"));
         }
+    }
+}
+#[cfg(test)]
+mod size {
+    /// Every transition moves a `Record` (into the batch, through the outputs): the rare, large
+    /// variants are boxed so that it stays the size of a transition.
+    #[test]
+    fn a_record_is_no_larger_than_a_transition() {
+        use std::mem::size_of;
+        assert_eq!(
+            size_of::<super::Record>(),
+            size_of::<super::TransitionRecord>()
+        );
     }
 }

@@ -76,7 +76,7 @@ pub fn analyze<R: BufRead>(
     if let Some(h) = &header {
         sink.input(&Record::Header(h.clone()));
     }
-    let mut run = Run::new(header.as_ref(), clock, opts);
+    let mut run = Run::new(header.as_deref(), clock, opts);
     if opts.transitions {
         sink.begin().map_err(output)?;
     }
@@ -87,7 +87,7 @@ pub fn analyze<R: BufRead>(
         run.read(line, record, sink)?;
     }
     run.finish(sink, &mut counted)?;
-    let mut analysis = run.analysis(header.as_ref(), clock);
+    let mut analysis = run.analysis(header.as_deref(), clock);
     analysis.warnings = warnings;
     sink.write(&Record::Analysis(analysis.clone()))
         .and_then(|()| sink.flush())
@@ -215,7 +215,7 @@ impl Run {
             replay.feed(&record, &mut self.out).map_err(bad)?;
         }
         if let Record::Summary(s) = record {
-            self.summary = Some(s);
+            self.summary = Some(*s);
         }
         self.emit(sink)
     }

@@ -99,7 +99,7 @@ fn parse_value<T: for<'de> Deserialize<'de>>(
 }
 
 macro_rules! kind {
-    ($name:literal, $ty:ty, $variant:path) => {
+    ($name:literal, $ty:ty, $variant:expr) => {
         Kind {
             name: $name,
             from_str: |text, unknown| parse_str::<$ty>(text, unknown, $variant),
@@ -112,24 +112,26 @@ fn kinds() -> &'static [Kind] {
     static KINDS: OnceLock<Vec<Kind>> = OnceLock::new();
     KINDS.get_or_init(|| {
         vec![
-            kind!("header", Header, Record::Header),
+            kind!("header", Header, |r| Record::Header(Box::new(r))),
             kind!("transition", TransitionRecord, Record::Transition),
             kind!("timeline", TimelineRecord, Record::Timeline),
-            kind!("close_wait", CloseWaitRecord, Record::CloseWait),
+            kind!("close_wait", CloseWaitRecord, |r| Record::CloseWait(
+                Box::new(r)
+            )),
             kind!(
                 "close_wait_resolved",
                 CloseWaitResolvedRecord,
                 Record::CloseWaitResolved
             ),
-            kind!("stuck", CloseWaitRecord, Record::Stuck),
+            kind!("stuck", CloseWaitRecord, |r| Record::Stuck(Box::new(r))),
             kind!(
                 "stuck_resolved",
                 CloseWaitResolvedRecord,
                 Record::StuckResolved
             ),
             kind!("digest", DigestRecord, Record::Digest),
-            kind!("lost", LostRecord, Record::Lost),
-            kind!("summary", Summary, Record::Summary),
+            kind!("lost", LostRecord, |r| Record::Lost(Box::new(r))),
+            kind!("summary", Summary, |r| Record::Summary(Box::new(r))),
             kind!("analysis", AnalysisRecord, Record::Analysis),
         ]
     })

@@ -142,7 +142,7 @@ impl Replay {
             if self.alerts.first().is_some_and(|a| a.ts_ns != alert.ts_ns) {
                 self.replay_alerts(out);
             }
-            self.alerts.push(alert.clone());
+            self.alerts.push(alert.as_ref().clone());
             return Ok(());
         }
         self.replay_alerts(out);
@@ -437,7 +437,7 @@ mod tests {
         }
         let end = transitions.last().map_or(0, |t| t.ts_ns) + 1;
         let summary = live.finish(end, 0, Some(0), &mut recorded);
-        recorded.push(Record::Summary(summary.clone()));
+        recorded.push(Record::Summary(Box::new(summary.clone())));
 
         let mut replay = Replay::new(Some(&h), WallClock::fixed(i128::from(h.wall_offset_ns)));
         let mut rebuilt = Vec::new();

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::{
-    event::{Endpoints, TcpState},
+    event::{Endpoints, Name, TcpState},
     record::{
         CloseWaitFinding, CloseWaitRecord, CloseWaitResolvedRecord, OutcomeCount, ProcessCloseWait,
         StateDwell, TimelineRecord,
@@ -186,7 +186,7 @@ impl Stats {
                 .then_with(|| a.since_ns.cmp(&b.since_ns))
                 .then_with(|| (a.lport, a.rport).cmp(&(b.lport, b.rport)))
         });
-        let mut groups: HashMap<(Option<u32>, Option<String>), ProcessCloseWait> = HashMap::new();
+        let mut groups: HashMap<(Option<u32>, Option<Name>), ProcessCloseWait> = HashMap::new();
         for f in &findings {
             let g = groups
                 .entry((f.pid, f.comm.clone()))

@@ -501,7 +501,10 @@ impl Metrics {
                 pid: p
                     .pid
                     .map_or_else(|| UNKNOWN.to_owned(), |pid| pid.to_string()),
-                comm: p.comm.clone().unwrap_or_else(|| UNKNOWN.to_owned()),
+                comm: p
+                    .comm
+                    .as_ref()
+                    .map_or_else(|| UNKNOWN.to_owned(), |c| c.to_string()),
                 container: p.container.clone().unwrap_or_default(),
             };
             self.set_stuck(p.state, &holder, p.count, p.oldest_age_ms);

@@ -152,7 +152,7 @@ fn holder(pid: Option<u32>, count: usize, oldest_age_ms: u64) -> DigestProcess {
     DigestProcess {
         state: TcpState::CloseWait,
         pid,
-        comm: pid.map(|p| format!("srv{p}")),
+        comm: pid.map(|p| compact_str::format_compact!("srv{p}")),
         container: None,
         count,
         oldest_age_ms,
@@ -329,7 +329,7 @@ fn unknown_states_share_one_label() {
         pid: None,
         comm: None,
         ctx_pid: 0,
-        ctx_comm: String::new(),
+        ctx_comm: Default::default(),
         ctx_tid: 0,
         ctx_thread: None,
         cpu: 0,
@@ -384,7 +384,7 @@ fn every_stuck_state_has_its_series() {
     let entry = |state, pid: u32, count, oldest_age_ms| DigestProcess {
         state,
         pid: Some(pid),
-        comm: Some(format!("srv{pid}")),
+        comm: Some(compact_str::format_compact!("srv{pid}")),
         container: None,
         count,
         oldest_age_ms,
@@ -402,7 +402,7 @@ fn every_stuck_state_has_its_series() {
     };
     // Process 7 holds 5, process 8 holds 4: with room for one, 7 keeps both its states.
     let mut metrics = Metrics::new("k", 1);
-    let stuck = Record::Stuck(crate::record::CloseWaitRecord {
+    let stuck = Record::Stuck(Box::new(crate::record::CloseWaitRecord {
         ts_ns: 0,
         time: String::new(),
         skaddr: None,
@@ -427,7 +427,7 @@ fn every_stuck_state_has_its_series() {
         tcp_info: None,
         fin_read: None,
         diagnosis: None,
-    });
+    }));
     metrics.observe(&[stuck]);
     metrics.publish(&Totals::default());
     metrics.processes(&digest, &HashMap::new());

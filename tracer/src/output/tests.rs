@@ -34,20 +34,20 @@ impl Write for Shared {
 const BIG: Buffer = Buffer { bytes: 8 << 20 };
 
 fn summary(events: u64) -> Record {
-    Record::Summary(Summary {
+    Record::Summary(Box::new(Summary {
         events,
         ..Summary::default()
-    })
+    }))
 }
 
 fn lost(n: u64) -> Record {
-    Record::Lost(LostRecord {
+    Record::Lost(Box::new(LostRecord {
         ts_ns: n,
         time: "t".into(),
         ringbuf: n,
         recursion_misses: 0,
         ..LostRecord::default()
-    })
+    }))
 }
 
 fn timeline(n: u64) -> Record {

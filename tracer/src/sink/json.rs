@@ -229,11 +229,11 @@ mod tests {
             new_state: TcpState::from(((i + 5) % 15) as u32),
             duration_ns: (!i.is_multiple_of(3)).then_some(i * 1_000 + u64::MAX / (i + 1)),
             pid: (!i.is_multiple_of(4)).then_some((i * 31) as u32),
-            comm: (!i.is_multiple_of(4)).then(|| comms[n % comms.len()].to_owned()),
+            comm: (!i.is_multiple_of(4)).then(|| comms[n % comms.len()].into()),
             ctx_pid: (i * 17) as u32,
-            ctx_comm: comms[(n / 2) % comms.len()].to_owned(),
+            ctx_comm: comms[(n / 2) % comms.len()].into(),
             ctx_tid: (i * 19) as u32,
-            ctx_thread: (!i.is_multiple_of(5)).then(|| comms[(n / 3) % comms.len()].to_owned()),
+            ctx_thread: (!i.is_multiple_of(5)).then(|| comms[(n / 3) % comms.len()].into()),
             cpu: (i % 2) as u32,
             error: i
                 .is_multiple_of(6)

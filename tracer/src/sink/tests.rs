@@ -174,7 +174,7 @@ fn json_lines_have_the_documented_fields_and_parse_back() {
 
 #[test]
 fn close_wait_reports_are_highlighted_only_with_color() {
-    let alert = Record::CloseWait(leaky_alert());
+    let alert = Record::CloseWait(Box::new(leaky_alert()));
     let render = |color| {
         let mut sink = TextSink::new(Vec::new(), false).with_color(color);
         sink.write(&alert).unwrap();
@@ -242,7 +242,7 @@ fn close_wait_reports_show_the_sockets_history() {
     };
     let render = |r: crate::record::CloseWaitRecord| {
         let mut sink = TextSink::new(Vec::new(), false);
-        sink.write(&Record::CloseWait(r)).unwrap();
+        sink.write(&Record::CloseWait(Box::new(r))).unwrap();
         String::from_utf8(sink.into_inner()).unwrap()
     };
     let text = render(record(

@@ -47,15 +47,16 @@ mod tests {
         let mut out = Vec::new();
         let mut sink = Reports::new(JsonSink::new(&mut out));
         sink.begin().unwrap();
-        sink.write(&Record::Summary(Summary::default())).unwrap();
-        sink.write(&Record::Lost(LostRecord {
+        sink.write(&Record::Summary(Box::new(Summary::default())))
+            .unwrap();
+        sink.write(&Record::Lost(Box::new(LostRecord {
             ts_ns: 1,
             time: "t".into(),
             ringbuf: 2,
             recursion_misses: 0,
             stdout: crate::delivery::Destination::default(),
             export: None,
-        }))
+        })))
         .unwrap();
         sink.flush().unwrap();
         drop(sink);

@@ -47,7 +47,7 @@ impl Live {
         options: &Options,
     ) -> io::Result<Self> {
         let mut top = Top::new(max_sockets);
-        top.observe([&Record::Header(header.clone())]);
+        top.observe([&Record::Header(Box::new(header.clone()))]);
         let mut live = Self {
             top,
             screen: Screen::enter()?,

@@ -11,7 +11,7 @@ use std::{
 };
 
 use crate::{
-    event::TcpState,
+    event::{Name, TcpState},
     forecast::{time_to_limit, Series},
     metrics::FdUsage,
     record::{self, CloseWaitRecord, CloseWaitResolvedRecord, Header, Record, TransitionRecord},
@@ -82,7 +82,7 @@ pub struct Holder {
     /// The owning process, when known.
     pub pid: Option<u32>,
     /// Its name, when known.
-    pub comm: Option<String>,
+    pub comm: Option<Name>,
     /// The state its sockets are stuck in.
     pub state: TcpState,
 }

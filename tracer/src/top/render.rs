@@ -259,7 +259,7 @@ fn processes(frame: &mut Frame, area: Rect, s: &Snapshot, ui: &Ui, p: Palette) {
                     .pid
                     .map_or_else(|| "?".to_owned(), |p| p.to_string()),
             ),
-            Cell::from(r.holder.comm.clone().unwrap_or_else(|| "?".to_owned())),
+            Cell::from(r.holder.comm.as_deref().unwrap_or("?").to_owned()),
         ];
         if containers {
             cells.push(Cell::from(r.container.as_deref().unwrap_or("-").to_owned()));

@@ -40,7 +40,7 @@ impl Stream {
             },
             WallClock::fixed(0),
         );
-        let header = Record::Header(Header {
+        let header = Record::Header(Box::new(Header {
             hostname: "box".into(),
             kernel: "6.1.0-test".into(),
             monotonic_start_ns: 0,
@@ -50,7 +50,7 @@ impl Stream {
                 0,
                 true,
             )
-        });
+        }));
         Self {
             engine,
             records: vec![header],

@@ -61,12 +61,12 @@ fn assert_export_complete(export: &[Record], summary: &Summary) {
     assert_eq!(d.shown.timeline, summary.timelines);
     assert_eq!(d.shown.close_wait, summary.close_wait_alerts);
     assert_eq!(d.shown.close_wait_resolved, summary.close_wait_resolved);
-    assert!(matches!(export.last(), Some(Record::Summary(s)) if s == summary));
+    assert!(matches!(export.last(), Some(Record::Summary(s)) if **s == *summary));
 }
 
 fn summary_of(records: &[Record]) -> Summary {
     match records.last() {
-        Some(Record::Summary(s)) => s.clone(),
+        Some(Record::Summary(s)) => s.as_ref().clone(),
         other => panic!("no summary last: {other:?}"),
     }
 }

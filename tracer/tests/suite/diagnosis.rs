@@ -28,7 +28,7 @@ fn report(
         records.iter().find_map(|r| match r {
             Record::CloseWait(r) if r.lport == port => {
                 let d = r.diagnosis.as_ref()?;
-                pick(r, d).then(|| (r.clone(), d.clone()))
+                pick(r, d).then(|| (r.as_ref().clone(), d.clone()))
             }
             _ => None,
         })

@@ -23,7 +23,7 @@ fn close_waits(tracer: &Tracer, port: u16, n: usize) -> Vec<CloseWaitRecord> {
         let found: Vec<CloseWaitRecord> = rs
             .iter()
             .filter_map(|r| match r {
-                Record::CloseWait(c) if c.lport == port => Some(c.clone()),
+                Record::CloseWait(c) if c.lport == port => Some(c.as_ref().clone()),
                 _ => None,
             })
             .collect();
@@ -147,7 +147,7 @@ fn every_holder_of_a_forked_socket_is_listed() {
             comm: std::fs::read_to_string(format!("/proc/{worker}/comm"))
                 .unwrap()
                 .trim()
-                .to_owned(),
+                .into(),
             fd: Some(fd),
         },
     ];

@@ -33,7 +33,7 @@ fn close_waits(tracer: &Tracer, port: u16, n: usize) -> Vec<CloseWaitRecord> {
         port,
         n,
         |r| match r {
-            Record::CloseWait(c) => Some(c),
+            Record::CloseWait(c) => Some(c.as_ref()),
             _ => None,
         },
         |c| c.lport,

@@ -58,11 +58,11 @@ impl HelperProcess {
     }
 
     /// The helper's comm, as the kernel has it.
-    pub fn comm(&self) -> String {
+    pub fn comm(&self) -> tracer::event::Name {
         std::fs::read_to_string(format!("/proc/{}/comm", self.pid()))
             .unwrap()
             .trim()
-            .to_owned()
+            .into()
     }
 
     /// The next line the helper printed; fails after [`WAIT`].
@@ -142,7 +142,7 @@ impl StubbornServer {
         self.process.pid()
     }
 
-    pub fn comm(&self) -> String {
+    pub fn comm(&self) -> tracer::event::Name {
         self.process.comm()
     }
 

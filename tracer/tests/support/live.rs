@@ -164,7 +164,7 @@ impl Tracer {
             .iter()
             .rev()
             .find_map(|r| match r {
-                Record::Summary(s) => Some(s.clone()),
+                Record::Summary(s) => Some(s.as_ref().clone()),
                 _ => None,
             })
             .unwrap_or_else(|| panic!("no summary record; stderr:\n{}", self.stderr()));

@@ -8,7 +8,7 @@ use std::{
 };
 
 use crate::{
-    event::TcpState,
+    event::{Name, TcpState},
     record::{DigestRecord, Header, LostRecord, Record, Summary, TimelineRecord},
     sink::Sink,
     timeline::Outcome,
@@ -139,8 +139,8 @@ pub struct Collector<S> {
     /// Steps of known duration per state, counted in `DWELL_BUCKETS` (10) decade buckets of their duration.
     pub dwell: BTreeMap<TcpState, [u64; DWELL_BUCKETS]>,
     /// Owners, in order of first appearance; `Interval::process` indexes it.
-    pub processes: Vec<(Option<u32>, Option<String>)>,
-    process_index: HashMap<(Option<u32>, Option<String>), u32>,
+    pub processes: Vec<(Option<u32>, Option<Name>)>,
+    process_index: HashMap<(Option<u32>, Option<Name>), u32>,
     /// Stays in CLOSE_WAIT from the rebuilt timelines, the first `MAX_INTERVALS` (2,000,000) of them.
     pub intervals: Vec<Interval>,
     /// Stays in CLOSE_WAIT left out past `MAX_INTERVALS` (2,000,000).
@@ -199,7 +199,7 @@ impl<S: Sink> Collector<S> {
 
     /// Index of an owner in [`Self::processes`].
     pub fn process(&mut self, pid: Option<u32>, comm: Option<&str>) -> u32 {
-        let key = (pid, comm.map(str::to_owned));
+        let key = (pid, comm.map(Name::from));
         if let Some(&i) = self.process_index.get(&key) {
             return i;
         }
@@ -376,7 +376,7 @@ impl<S: Sink> Collector<S> {
                         self.piles.entry(o.state).or_default().threshold_ns = o.threshold_ns;
                     }
                 }
-                self.header = Some(h.clone());
+                self.header = Some(h.as_ref().clone());
                 return;
             }
             Record::Transition(r) => {
@@ -386,7 +386,7 @@ impl<S: Sink> Collector<S> {
             Record::Lost(r) => {
                 self.lost_records += 1;
                 if self.lost.len() < MAX_LOST {
-                    self.lost.push(r.clone());
+                    self.lost.push(r.as_ref().clone());
                 }
                 r.ts_ns
             }
@@ -407,7 +407,7 @@ impl<S: Sink> Collector<S> {
                 d.ts_ns
             }
             Record::Summary(s) => {
-                self.summary = Some(s.clone());
+                self.summary = Some(s.as_ref().clone());
                 s.ts_ns
             }
             Record::Timeline(r) => r.ts_ns,
