@@ -29,7 +29,7 @@ use crate::{
     output::{is_broken_pipe, Output, WhenFull},
     owner::{self, SocketTable},
     probe::Probe,
-    record::{LostRecord, Record},
+    record::{LostRecord, Record, SkAddr},
     sink::{self, unattended::Reports, Filter, JsonSink, Sink, TextSink},
     top,
     units::{monotonic_ns, WallClock},
@@ -131,7 +131,7 @@ struct Session {
 struct Diagnosing {
     pending: Vec<Record>,
     /// `--track-reads`: the last read of each report's socket, by `skaddr`.
-    reads: HashMap<String, crate::reads::LastReadReport>,
+    reads: HashMap<SkAddr, crate::reads::LastReadReport>,
     done: tokio::sync::oneshot::Receiver<Diagnoses>,
 }
 
@@ -385,7 +385,7 @@ impl Session {
                         let (stdout, export) = self.outputs.delivery();
                         self.batch.push(Record::Lost(Box::new(LostRecord {
                             ts_ns: now,
-                            time: self.clock.rfc3339(now),
+                            time: self.clock.wall(now),
                             ringbuf: lost.0.saturating_sub(reported_lost.0),
                             recursion_misses: lost.1.saturating_sub(reported_lost.1),
                             stdout,
@@ -543,7 +543,7 @@ impl Session {
         &self,
         records: &[Record],
         now_ns: u64,
-    ) -> HashMap<String, crate::reads::LastReadReport> {
+    ) -> HashMap<SkAddr, crate::reads::LastReadReport> {
         let Some(reads) = self.probe.reads() else {
             return HashMap::new();
         };
@@ -554,12 +554,8 @@ impl Session {
                 _ => None,
             })
             .filter_map(|skaddr| {
-                let addr = u64::from_str_radix(skaddr.trim_start_matches("0x"), 16).ok()?;
-                let read = reads.get(addr)?;
-                Some((
-                    skaddr.clone(),
-                    crate::reads::LastReadReport::new(&read, now_ns),
-                ))
+                let read = reads.get(skaddr.0)?;
+                Some((*skaddr, crate::reads::LastReadReport::new(&read, now_ns)))
             })
             .collect()
     }
@@ -735,7 +731,7 @@ fn targets(records: &[Record]) -> Vec<diagnosis::Target> {
 fn attach(
     records: &mut [Record],
     found: &HashMap<u32, diagnosis::Diagnosis>,
-    reads: &HashMap<String, crate::reads::LastReadReport>,
+    reads: &HashMap<SkAddr, crate::reads::LastReadReport>,
 ) {
     for record in records {
         match record {
@@ -1015,11 +1011,11 @@ mod tests {
     fn reports_and_digests_get_their_owners_diagnosis() {
         let alert = |rport: u16, fd: i32| {
             record(&format!(
-                r#"{{"type":"close_wait","ts_ns":1,"time":"t","skaddr":null,"pid":7,"comm":"srv","fd":{fd},"family":"ipv4","laddr":"127.0.0.1","lport":80,"raddr":"127.0.0.1","rport":{rport},"age_ms":1,"age_at_least":false,"recv_q":0,"netns":5,"holders":[{{"pid":7,"comm":"srv","fd":{fd}}},{{"pid":8,"comm":"srv","fd":9}}]}}"#
+                r#"{{"type":"close_wait","ts_ns":1,"time":"1970-01-01T00:00:00.000000Z","skaddr":null,"pid":7,"comm":"srv","fd":{fd},"family":"ipv4","laddr":"127.0.0.1","lport":80,"raddr":"127.0.0.1","rport":{rport},"age_ms":1,"age_at_least":false,"recv_q":0,"netns":5,"holders":[{{"pid":7,"comm":"srv","fd":{fd}}},{{"pid":8,"comm":"srv","fd":9}}]}}"#
             ))
         };
         let digest = record(
-            r#"{"type":"digest","ts_ns":1,"time":"t","stuck":3,"processes":[{"pid":7,"comm":"srv","count":2,"oldest_age_ms":5},{"pid":null,"comm":null,"count":1,"oldest_age_ms":5}]}"#,
+            r#"{"type":"digest","ts_ns":1,"time":"1970-01-01T00:00:00.000000Z","stuck":3,"processes":[{"pid":7,"comm":"srv","count":2,"oldest_age_ms":5},{"pid":null,"comm":null,"count":1,"oldest_age_ms":5}]}"#,
         );
         let mut records = vec![alert(5000, 4), alert(5001, 6), digest];
         let targets = targets(&records);

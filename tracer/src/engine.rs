@@ -10,7 +10,7 @@ use crate::{
     owner::SocketTable,
     record::{
         self, CloseWaitRecord, CloseWaitResolvedRecord, DigestProcess, DigestRecord, Record,
-        Summary, TimelineRecord, TransitionRecord,
+        SkAddr, Summary, TimelineRecord, TransitionRecord,
     },
     timeline::{Timeline, Tracker},
     units::{whole_ms, WallClock},
@@ -220,8 +220,8 @@ impl Engine {
             };
             out.push(Record::Transition(TransitionRecord {
                 ts_ns: t.ts_ns,
-                time: self.clock.rfc3339(t.ts_ns),
-                skaddr: record::skaddr(t.skaddr),
+                time: self.clock.wall(t.ts_ns),
+                skaddr: SkAddr(t.skaddr),
                 family: t.family,
                 laddr: t.laddr,
                 lport: t.lport,
@@ -429,7 +429,7 @@ impl Engine {
             .collect();
         Record::Digest(DigestRecord {
             ts_ns: now_ns,
-            time: self.clock.rfc3339(now_ns),
+            time: self.clock.wall(now_ns),
             stuck: reported.len(),
             processes,
         })
@@ -449,7 +449,7 @@ impl Engine {
             self.push_timeline(timeline, now_ns, out);
         }
         self.summary.ts_ns = now_ns;
-        self.summary.time = self.clock.rfc3339(now_ns);
+        self.summary.time = self.clock.wall(now_ns);
         self.summary.lost_ringbuf = lost_ringbuf;
         self.summary.recursion_misses = recursion_misses;
         self.summary.evicted = self.tracker.evicted();
@@ -471,8 +471,8 @@ impl Engine {
         let e = &tl.endpoints;
         out.push(Record::Timeline(TimelineRecord {
             ts_ns,
-            time: self.clock.rfc3339(ts_ns),
-            skaddr: record::skaddr(tl.skaddr),
+            time: self.clock.wall(ts_ns),
+            skaddr: SkAddr(tl.skaddr),
             family: e.family(),
             laddr: e.laddr,
             lport: e.lport,
@@ -500,8 +500,8 @@ impl Engine {
         let e = &r.stuck.endpoints;
         let record = CloseWaitResolvedRecord {
             ts_ns: r.left_ns,
-            time: self.clock.rfc3339(r.left_ns),
-            skaddr: r.stuck.skaddr.map(record::skaddr),
+            time: self.clock.wall(r.left_ns),
+            skaddr: r.stuck.skaddr.map(SkAddr),
             pid: owner.map(|o| o.pid),
             comm: owner.map(|o| o.comm.clone()),
             fd: owner.and_then(|o| o.fd),
@@ -563,8 +563,8 @@ fn close_wait_record(s: &Stuck, now_ns: u64, clock: &WallClock) -> CloseWaitReco
     let e = &s.endpoints;
     CloseWaitRecord {
         ts_ns: now_ns,
-        time: clock.rfc3339(now_ns),
-        skaddr: s.skaddr.map(record::skaddr),
+        time: clock.wall(now_ns),
+        skaddr: s.skaddr.map(SkAddr),
         pid: s.owner.as_ref().map(|o| o.pid),
         comm: s.owner.as_ref().map(|o| o.comm.clone()),
         fd: s.owner.as_ref().and_then(|o| o.fd),
@@ -671,8 +671,8 @@ mod tests {
         let owners: Vec<_> = out
             .iter()
             .map(|r| match r {
-                Record::Transition(t) => ("t", t.skaddr.clone(), t.pid, t.sock_owned),
-                Record::Timeline(t) => ("tl", t.skaddr.clone(), t.pid, None),
+                Record::Transition(t) => ("t", t.skaddr.to_string(), t.pid, t.sock_owned),
+                Record::Timeline(t) => ("tl", t.skaddr.to_string(), t.pid, None),
                 _ => panic!("{r:?}"),
             })
             .collect();

@@ -349,12 +349,6 @@ pub enum LineProblem {
         /// serde's message: the field and what is wrong with it.
         message: String,
     },
-    #[error("bad skaddr {value:?}: expected a hex address such as \"0xffff888012345678\"")]
-    /// A `skaddr` that is not a 0x-prefixed hex kernel address.
-    Skaddr {
-        /// The value found.
-        value: String,
-    },
     /// A header after the first line.
     #[error("a second header: concatenated exports are not supported, analyse them one by one")]
     SecondHeader,

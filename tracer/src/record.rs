@@ -12,6 +12,7 @@ use crate::{
     event::{Family, Name, TcpState},
     owner::{NoOwner, Owner},
     timeline::{Outcome, Step},
+    units::WallTime,
 };
 
 /// Version of the JSON schema; bumped on incompatible changes.
@@ -152,9 +153,9 @@ pub struct TransitionRecord {
     /// When it happened: nanoseconds of kernel CLOCK_MONOTONIC (`bpf_ktime_get_ns`).
     pub ts_ns: u64,
     /// `ts_ns` as wall-clock time: RFC 3339, UTC, microseconds.
-    pub time: String,
+    pub time: WallTime,
     /// Kernel address of the socket: 0x-prefixed lowercase hex, as [`skaddr()`] makes it.
-    pub skaddr: String,
+    pub skaddr: SkAddr,
     /// Address family: `ipv4` or `ipv6`.
     pub family: Family,
     /// Local IP address.
@@ -225,9 +226,9 @@ pub struct TimelineRecord {
     /// When the timeline ended (CLOSE, or the tracer's stop for `open`).
     pub ts_ns: u64,
     /// `ts_ns` as wall-clock time: RFC 3339, UTC, microseconds.
-    pub time: String,
+    pub time: WallTime,
     /// Kernel address of the socket, 0x-prefixed hex.
-    pub skaddr: String,
+    pub skaddr: SkAddr,
     /// Address family: `ipv4` or `ipv6`.
     pub family: Family,
     /// Local IP address (the last 4-tuple seen).
@@ -267,9 +268,9 @@ pub struct CloseWaitRecord {
     /// When it was reported: nanoseconds of kernel CLOCK_MONOTONIC.
     pub ts_ns: u64,
     /// `ts_ns` as wall-clock time: RFC 3339, UTC, microseconds.
-    pub time: String,
+    pub time: WallTime,
     /// Null for a socket found in CLOSE_WAIT at start-up.
-    pub skaddr: Option<String>,
+    pub skaddr: Option<SkAddr>,
     /// Its owner: the first process (lowest pid) holding it now, from the socket tables and `/proc/*/fd`; null when none does (see `unowned`) or none is known.
     pub pid: Option<u32>,
     /// The owner's process name (the thread-group leader's `comm`); null with `pid`.
@@ -423,9 +424,9 @@ pub struct CloseWaitResolvedRecord {
     /// When it left: nanoseconds of kernel CLOCK_MONOTONIC.
     pub ts_ns: u64,
     /// `ts_ns` as wall-clock time: RFC 3339, UTC, microseconds.
-    pub time: String,
+    pub time: WallTime,
     /// Kernel address of the socket, 0x-prefixed hex; null for a socket found at start-up.
-    pub skaddr: Option<String>,
+    pub skaddr: Option<SkAddr>,
     /// Its owner's process id as known when it left; null when not known.
     pub pid: Option<u32>,
     /// Its owner's process name; null with `pid`.
@@ -462,7 +463,7 @@ pub struct DigestRecord {
     /// When it was made: nanoseconds of kernel CLOCK_MONOTONIC.
     pub ts_ns: u64,
     /// `ts_ns` as wall-clock time: RFC 3339, UTC, microseconds.
-    pub time: String,
+    pub time: WallTime,
     /// Reported sockets still stuck, in every watched state (`processes` says which).
     pub stuck: usize,
     /// One entry per state and process, most sockets first.
@@ -499,7 +500,7 @@ pub struct LostRecord {
     /// When the loss was noticed: nanoseconds of kernel CLOCK_MONOTONIC.
     pub ts_ns: u64,
     /// `ts_ns` as wall-clock time: RFC 3339, UTC, microseconds.
-    pub time: String,
+    pub time: WallTime,
     /// Ring buffer full: new since the last `lost` record.
     pub ringbuf: u64,
     /// Program runs the kernel skipped (already running on that CPU): new since the last one.
@@ -519,7 +520,7 @@ pub struct Summary {
     /// When the tracer stopped: nanoseconds of kernel CLOCK_MONOTONIC.
     pub ts_ns: u64,
     /// `ts_ns` as wall-clock time: RFC 3339, UTC, microseconds.
-    pub time: String,
+    pub time: WallTime,
     /// Records received from the kernel.
     pub events: u64,
     /// `transition` records produced: every transition with `--export`, none with
@@ -657,7 +658,7 @@ pub struct StateDwell {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CloseWaitFinding {
     /// Null for a socket found in CLOSE_WAIT when the run started.
-    pub skaddr: Option<String>,
+    pub skaddr: Option<SkAddr>,
     /// Its owner's process id; null when not known.
     pub pid: Option<u32>,
     /// Its owner's process name; null with `pid`.
@@ -705,26 +706,80 @@ fn close_wait() -> TcpState {
     TcpState::CloseWait
 }
 
-/// `0xffff888012345678` (as `format!("{addr:#x}")`, without the formatting machinery: it
-/// is made for every event).
-pub fn skaddr(addr: u64) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits = (16 - addr.leading_zeros() as usize / 4).max(1);
-    let mut out = String::with_capacity(2 + digits);
-    out.push_str("0x");
-    for i in (0..digits).rev() {
-        out.push(char::from(HEX[(addr >> (i * 4)) as usize & 0xf]));
+/// A socket's kernel address (`struct sock *`): the key that ties a socket's records together.
+/// Written (Display, serde) as 0x-prefixed lowercase hex, `0xffff888012345678`, exactly as
+/// `format!("{addr:#x}")` does, without allocating: it is written for every event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SkAddr(pub u64);
+
+impl SkAddr {
+    /// The hex text, on the stack.
+    pub fn text(self) -> SkAddrText {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let digits = (16 - self.0.leading_zeros() as usize / 4).max(1);
+        let mut bytes = [0u8; 18];
+        bytes[0] = b'0';
+        bytes[1] = b'x';
+        for i in 0..digits {
+            bytes[1 + digits - i] = HEX[(self.0 >> (i * 4)) as usize & 0xf];
+        }
+        SkAddrText {
+            bytes,
+            len: 2 + digits as u8,
+        }
     }
-    out
+
+    /// Parses an address as [`SkAddr::text`] writes it (`0x` and 1 to 16 hex digits).
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex = text.strip_prefix("0x")?;
+        if hex.is_empty() || hex.len() > 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u64::from_str_radix(hex, 16).ok().map(Self)
+    }
 }
 
-/// Parses an address written by [`skaddr`].
-pub fn parse_skaddr(text: &str) -> Option<u64> {
-    let hex = text.strip_prefix("0x")?;
-    if hex.is_empty() || hex.len() > 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
+/// A [`SkAddr`] written out.
+#[derive(Clone, Copy)]
+pub struct SkAddrText {
+    bytes: [u8; 18],
+    len: u8,
+}
+
+impl SkAddrText {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Only `0x` and hex digits are ever stored.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
     }
-    u64::from_str_radix(hex, 16).ok()
+}
+
+impl std::fmt::Display for SkAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.text().as_str())
+    }
+}
+
+impl PartialEq<&str> for SkAddr {
+    fn eq(&self, other: &&str) -> bool {
+        self.text().as_str() == *other
+    }
+}
+
+impl Serialize for SkAddr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.text().as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for SkAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, Unexpected};
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).ok_or_else(|| {
+            Error::invalid_value(Unexpected::Str(&text), &"a socket address, 0x and hex")
+        })
+    }
 }
 
 #[cfg(test)]
@@ -741,10 +796,17 @@ mod tests {
             1 << 63,
             0xabc,
         ] {
-            assert_eq!(super::skaddr(addr), format!("{addr:#x}"));
+            let text = super::SkAddr(addr).to_string();
+            assert_eq!(text, format!("{addr:#x}"));
+            assert_eq!(super::SkAddr::parse(&text), Some(super::SkAddr(addr)));
+        }
+        for bad in ["ffff", "0x", "0xg", "0x12345678901234567"] {
+            let e = serde_json::from_value::<super::SkAddr>(serde_json::json!(bad)).unwrap_err();
+            assert!(e.to_string().contains("a socket address"), "{bad}: {e}");
         }
     }
 }
+
 #[cfg(test)]
 mod size {
     /// Every transition moves a `Record` (into the batch, through the outputs): the rare, large

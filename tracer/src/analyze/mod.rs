@@ -9,13 +9,13 @@ mod replay;
 mod report;
 pub mod synthetic;
 
-use std::{collections::HashSet, io::BufRead, time::UNIX_EPOCH};
+use std::{collections::HashSet, io::BufRead};
 
 use crate::{
     error::{AnalyzeError, InputError, LineProblem, Warning},
     record::{AnalysisRecord, Header, Record, Summary, SCHEMA},
     sink::{Filter, Sink},
-    units::WallClock,
+    units::{WallClock, WallTime},
 };
 use reader::Reader;
 use replay::Replay;
@@ -126,21 +126,21 @@ fn check_header(
 /// Without a header, the wall clock follows from a record's own `time` and `ts_ns`.
 fn estimated_clock(r: &Record) -> Option<WallClock> {
     let (ts_ns, time) = stamp(r)?;
-    let wall = humantime::parse_rfc3339(time).ok()?;
-    let wall_ns = i128::try_from(wall.duration_since(UNIX_EPOCH).ok()?.as_nanos()).ok()?;
-    Some(WallClock::fixed(wall_ns - i128::from(ts_ns)))
+    Some(WallClock::fixed(
+        i128::from(time.unix_ns()) - i128::from(ts_ns),
+    ))
 }
 
 /// A record's kernel time and wall-clock time.
-fn stamp(r: &Record) -> Option<(u64, &str)> {
+fn stamp(r: &Record) -> Option<(u64, WallTime)> {
     Some(match r {
-        Record::Transition(r) => (r.ts_ns, &r.time),
-        Record::Timeline(r) => (r.ts_ns, &r.time),
-        Record::CloseWait(r) | Record::Stuck(r) => (r.ts_ns, &r.time),
-        Record::CloseWaitResolved(r) | Record::StuckResolved(r) => (r.ts_ns, &r.time),
-        Record::Digest(r) => (r.ts_ns, &r.time),
-        Record::Lost(r) => (r.ts_ns, &r.time),
-        Record::Summary(r) => (r.ts_ns, &r.time),
+        Record::Transition(r) => (r.ts_ns, r.time),
+        Record::Timeline(r) => (r.ts_ns, r.time),
+        Record::CloseWait(r) | Record::Stuck(r) => (r.ts_ns, r.time),
+        Record::CloseWaitResolved(r) | Record::StuckResolved(r) => (r.ts_ns, r.time),
+        Record::Digest(r) => (r.ts_ns, r.time),
+        Record::Lost(r) => (r.ts_ns, r.time),
+        Record::Summary(r) => (r.ts_ns, r.time),
         Record::Header(_) | Record::Analysis(_) => return None,
     })
 }

@@ -14,22 +14,17 @@ use crate::{
     event::{Task, TcpState, Transition},
     owner::{Owner, SocketEntry, SocketTable},
     record::{
-        self, CloseWaitRecord, Header, Record, Summary, TimelineRecord, TransitionRecord, Unowned,
-        UnownedReason,
+        self, CloseWaitRecord, Header, Record, SkAddr, Summary, TimelineRecord, TransitionRecord,
+        Unowned, UnownedReason,
     },
     units::WallClock,
 };
 
-impl TryFrom<&TransitionRecord> for Transition {
-    type Error = LineProblem;
-
-    fn try_from(r: &TransitionRecord) -> Result<Self, LineProblem> {
-        let skaddr = record::parse_skaddr(&r.skaddr).ok_or_else(|| LineProblem::Skaddr {
-            value: r.skaddr.clone(),
-        })?;
-        Ok(Transition {
+impl From<&TransitionRecord> for Transition {
+    fn from(r: &TransitionRecord) -> Self {
+        Transition {
             ts_ns: r.ts_ns,
-            skaddr,
+            skaddr: r.skaddr.0,
             family: r.family,
             protocol: r.protocol,
             laddr: r.laddr,
@@ -52,7 +47,7 @@ impl TryFrom<&TransitionRecord> for Transition {
             // owner and an active close rests in TIME_WAIT, as those exports said.
             sock_owned: r.sock_owned,
             peer_fin: r.peer_fin,
-        })
+        }
     }
 }
 
@@ -102,8 +97,8 @@ pub struct Replay {
     next_inode: u64,
     /// Check the rebuilt timelines against the recorded ones (a complete export has them all).
     check: bool,
-    recorded: HashMap<(String, u64), TimelineRecord>,
-    rebuilt: HashMap<(String, u64), TimelineRecord>,
+    recorded: HashMap<(SkAddr, u64), TimelineRecord>,
+    rebuilt: HashMap<(SkAddr, u64), TimelineRecord>,
     mismatches: u64,
     /// The check gave up (more than [`CHECK_WINDOW`] timelines without a twin).
     gave_up: bool,
@@ -148,7 +143,7 @@ impl Replay {
         self.replay_alerts(out);
         match record {
             Record::Transition(r) => {
-                let t = Transition::try_from(r)?;
+                let t = Transition::from(r);
                 let cause = Cause {
                     error: r.error.clone(),
                     reset_by: r.reset_by,
@@ -371,7 +366,7 @@ impl Replay {
         }
         for r in records {
             if let Record::Timeline(t) = r {
-                let key = (t.skaddr.clone(), t.ts_ns);
+                let key = (t.skaddr, t.ts_ns);
                 match self.recorded.remove(&key) {
                     Some(recorded) => self.mismatches += u64::from(recorded != *t),
                     None => {
@@ -384,7 +379,7 @@ impl Replay {
     }
 
     fn check_recorded(&mut self, t: &TimelineRecord) {
-        let key = (t.skaddr.clone(), t.ts_ns);
+        let key = (t.skaddr, t.ts_ns);
         match self.rebuilt.remove(&key) {
             Some(rebuilt) => self.mismatches += u64::from(rebuilt != *t),
             None => {
@@ -466,17 +461,9 @@ mod tests {
         let Some(Record::Transition(r)) = out.first() else {
             panic!("a transition record")
         };
-        let mut back = Transition::try_from(r).unwrap();
+        let mut back = Transition::from(r);
         back.task.tid = t.task.tid;
         assert_eq!(back, t);
-        let bad = TransitionRecord {
-            skaddr: "ffff".into(),
-            ..r.clone()
-        };
-        assert!(matches!(
-            Transition::try_from(&bad),
-            Err(LineProblem::Skaddr { .. })
-        ));
     }
 
     /// A server socket in CLOSE_WAIT whose owner only the /proc scan knows, then reset: its

@@ -8,7 +8,7 @@ use crate::{
     event::{Endpoints, Name, TcpState},
     record::{
         CloseWaitFinding, CloseWaitRecord, CloseWaitResolvedRecord, OutcomeCount, ProcessCloseWait,
-        StateDwell, TimelineRecord,
+        SkAddr, StateDwell, TimelineRecord,
     },
     timeline::Outcome,
     units::whole_ms,
@@ -23,7 +23,7 @@ struct Live {
 
 /// Identifies a CLOSE_WAIT socket across records: its address (none for one found at start)
 /// and its 4-tuple.
-type Key = (Option<String>, Endpoints);
+type Key = (Option<SkAddr>, Endpoints);
 
 fn endpoints(
     laddr: std::net::IpAddr,
@@ -279,8 +279,8 @@ mod tests {
     fn timeline(skaddr: &str, end: u64, outcome: Outcome, states: Vec<Step>) -> TimelineRecord {
         TimelineRecord {
             ts_ns: end,
-            time: String::new(),
-            skaddr: skaddr.into(),
+            time: Default::default(),
+            skaddr: SkAddr::parse(skaddr).unwrap(),
             family: Family::Ipv4,
             laddr: "127.0.0.1".parse().unwrap(),
             lport: 80,
@@ -331,13 +331,13 @@ mod tests {
         let (findings, top) = stats.close_wait(6_000_000_000);
         let seen: Vec<_> = findings
             .iter()
-            .map(|f| (f.skaddr.as_deref(), f.age_ms, f.left_to))
+            .map(|f| (f.skaddr.map(|a| a.to_string()), f.age_ms, f.left_to))
             .collect();
         assert_eq!(
             seen,
             vec![
-                (Some("0x2"), 5_000, None),
-                (Some("0x1"), 2_000, Some(LastAck))
+                (Some("0x2".to_owned()), 5_000, None),
+                (Some("0x1".to_owned()), 2_000, Some(LastAck))
             ]
         );
         assert_eq!((top[0].sockets, top[0].oldest_ms), (2, 5_000));

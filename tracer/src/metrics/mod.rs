@@ -578,7 +578,7 @@ pub fn exported_names() -> Vec<String> {
     };
     let digest = DigestRecord {
         ts_ns: 0,
-        time: String::new(),
+        time: Default::default(),
         stuck: 1,
         processes: vec![holder],
     };

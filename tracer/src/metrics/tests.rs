@@ -166,7 +166,7 @@ fn holder(pid: Option<u32>, count: usize, oldest_age_ms: u64) -> DigestProcess {
 fn process_series_follow_the_digest_and_the_cap() {
     let digest = DigestRecord {
         ts_ns: 0,
-        time: String::new(),
+        time: Default::default(),
         stuck: 6,
         processes: vec![
             holder(Some(8), 1, 900),
@@ -246,7 +246,7 @@ fn process_series_follow_the_digest_and_the_cap() {
 fn fd_series_only_for_known_holders() {
     let digest = DigestRecord {
         ts_ns: 0,
-        time: String::new(),
+        time: Default::default(),
         stuck: 3,
         processes: vec![
             DigestProcess {
@@ -315,8 +315,8 @@ fn unknown_states_share_one_label() {
     let mut metrics = Metrics::new("k", 1);
     let mut t = crate::record::TransitionRecord {
         ts_ns: 0,
-        time: String::new(),
-        skaddr: "0x1".into(),
+        time: Default::default(),
+        skaddr: crate::record::SkAddr(1),
         family: crate::event::Family::Ipv4,
         laddr: [127, 0, 0, 1].into(),
         lport: 1,
@@ -392,7 +392,7 @@ fn every_stuck_state_has_its_series() {
     };
     let digest = DigestRecord {
         ts_ns: 0,
-        time: String::new(),
+        time: Default::default(),
         stuck: 9,
         processes: vec![
             entry(TcpState::CloseWait, 7, 3, 2000),
@@ -404,7 +404,7 @@ fn every_stuck_state_has_its_series() {
     let mut metrics = Metrics::new("k", 1);
     let stuck = Record::Stuck(Box::new(crate::record::CloseWaitRecord {
         ts_ns: 0,
-        time: String::new(),
+        time: Default::default(),
         skaddr: None,
         pid: Some(8),
         comm: Some("srv8".into()),
@@ -455,7 +455,7 @@ fn every_stuck_state_has_its_series() {
 fn ended_connections_are_counted_by_cause() {
     let timeline = |outcome: &str, error: &str, reset_by: &str| {
         serde_json::from_str::<Record>(&format!(
-            r#"{{"type":"timeline","ts_ns":1,"time":"t","skaddr":"0x1","family":"ipv4","laddr":"127.0.0.1","lport":1,"raddr":"127.0.0.1","rport":2,"pid":null,"comm":null,"from_birth":true,"outcome":"{outcome}","error":{error},"reset_by":{reset_by},"duration_ns":null,"states":[]}}"#
+            r#"{{"type":"timeline","ts_ns":1,"time":"1970-01-01T00:00:00.000000Z","skaddr":"0x1","family":"ipv4","laddr":"127.0.0.1","lport":1,"raddr":"127.0.0.1","rport":2,"pid":null,"comm":null,"from_birth":true,"outcome":"{outcome}","error":{error},"reset_by":{reset_by},"duration_ns":null,"states":[]}}"#
         ))
         .unwrap()
     };

@@ -43,7 +43,7 @@ fn summary(events: u64) -> Record {
 fn lost(n: u64) -> Record {
     Record::Lost(Box::new(LostRecord {
         ts_ns: n,
-        time: "t".into(),
+        time: Default::default(),
         ringbuf: n,
         recursion_misses: 0,
         ..LostRecord::default()
@@ -52,7 +52,7 @@ fn lost(n: u64) -> Record {
 
 fn timeline(n: u64) -> Record {
     let mut r: Record = serde_json::from_str(
-            r#"{"type":"timeline","ts_ns":1,"time":"t","skaddr":"0x1","family":"ipv4","laddr":"127.0.0.1","lport":1,"raddr":"127.0.0.1","rport":2,"pid":null,"comm":null,"from_birth":true,"outcome":"open","duration_ns":null,"states":[]}"#,
+            r#"{"type":"timeline","ts_ns":1,"time":"1970-01-01T00:00:00.000000Z","skaddr":"0x1","family":"ipv4","laddr":"127.0.0.1","lport":1,"raddr":"127.0.0.1","rport":2,"pid":null,"comm":null,"from_birth":true,"outcome":"open","duration_ns":null,"states":[]}"#,
         )
         .unwrap();
     if let Record::Timeline(t) = &mut r {

@@ -195,7 +195,7 @@ fn close_wait_reports_are_highlighted_only_with_color() {
 fn leaky_alert() -> crate::record::CloseWaitRecord {
     crate::record::CloseWaitRecord {
         ts_ns: 0,
-        time: "2026-11-23T08:00:05.000000Z".into(),
+        time: crate::units::WallTime::parse("2026-11-23T08:00:05.000000Z").unwrap(),
         skaddr: None,
         pid: Some(7),
         comm: Some("leaky".into()),

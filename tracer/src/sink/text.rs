@@ -16,7 +16,7 @@ use crate::{
         TransitionRecord, UnownedReason,
     },
     timeline::Step,
-    units::ms,
+    units::{ms, Rfc3339, WallTime},
 };
 
 /// Aligned columns for a terminal, one line per record (see the README for each line kind).
@@ -63,9 +63,20 @@ impl<W: Write> TextSink<W> {
     }
 }
 
-/// `HH:MM:SS.mmm` out of an RFC 3339 time.
-fn clock(time: &str) -> &str {
-    time.get(11..23).unwrap_or(time)
+/// `HH:MM:SS.mmm` of a wall-clock time.
+fn clock(time: &WallTime) -> Clock {
+    Clock(time.text())
+}
+
+/// The time of day of a [`WallTime`], `HH:MM:SS.mmm`, written without allocating.
+struct Clock(Rfc3339);
+
+impl std::fmt::Display for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let time = self.0.as_str();
+        // `{:<12}` in the callers: pad as a string would be.
+        f.pad(time.get(11..23).unwrap_or(time))
+    }
 }
 
 /// The socket's own history under a report, e.g. `socket: last data from the peer 3.0 s ago,

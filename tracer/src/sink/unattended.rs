@@ -51,7 +51,7 @@ mod tests {
             .unwrap();
         sink.write(&Record::Lost(Box::new(LostRecord {
             ts_ns: 1,
-            time: "t".into(),
+            time: Default::default(),
             ringbuf: 2,
             recursion_misses: 0,
             stdout: crate::delivery::Destination::default(),

@@ -14,7 +14,7 @@ use crate::{
     event::{Name, TcpState},
     forecast::{time_to_limit, Series},
     metrics::FdUsage,
-    record::{self, CloseWaitRecord, CloseWaitResolvedRecord, Header, Record, TransitionRecord},
+    record::{CloseWaitRecord, CloseWaitResolvedRecord, Header, Record, TransitionRecord},
     timeline::Outcome,
 };
 
@@ -263,9 +263,7 @@ impl Model {
 
     fn transition(&mut self, t: &TransitionRecord) {
         *self.kinds.entry((t.old_state, t.new_state)).or_default() += 1;
-        let Some(skaddr) = record::parse_skaddr(&t.skaddr) else {
-            return;
-        };
+        let skaddr = t.skaddr.0;
         let was = if t.new_state == TcpState::Close {
             self.sockets.remove(&skaddr)
         } else if self.sockets.len() >= self.max_sockets && !self.sockets.contains_key(&skaddr) {
