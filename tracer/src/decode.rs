@@ -107,7 +107,11 @@ fn v6(bytes: &[u8; 16]) -> IpAddr {
 /// A task name: up to the first NUL, lossy UTF-8.
 pub fn comm(bytes: &[u8]) -> Name {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    Name::from_utf8_lossy(&bytes[..end])
+    // Valid UTF-8 (the usual case) is copied inline; compact_str's lossy path is far slower.
+    match std::str::from_utf8(&bytes[..end]) {
+        Ok(name) => Name::new(name),
+        Err(_) => Name::from(String::from_utf8_lossy(&bytes[..end])),
+    }
 }
 
 /// Encodes a transition back into the shared layout (for tests).
