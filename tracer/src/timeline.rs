@@ -324,16 +324,17 @@ impl Tracker {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let steps = if born {
-            Vec::new()
-        } else {
-            vec![Step {
+        // Room for a connection's whole life (five states from birth to its end, six for a
+        // simultaneous close): the history never reallocates on the event loop.
+        let mut steps = Vec::with_capacity(6);
+        if !born {
+            steps.push(Step {
                 state: t.old,
                 enter_ns: None,
                 duration_ns: None,
                 inferred: false,
-            }]
-        };
+            });
+        }
         self.order.insert(seq, t.skaddr);
         self.conns.insert(
             t.skaddr,
