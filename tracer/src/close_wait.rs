@@ -98,6 +98,12 @@ pub fn kernel_since(state: TcpState, times: &TcpInfoTimes) -> Option<u64> {
 }
 
 impl Stuck {
+    /// Found at start-up and not yet seen by its kernel address, nor followed: a transition
+    /// of its 4-tuple is its first.
+    fn is_untied(&self) -> bool {
+        !matches!(self.id, SockId::Kernel(_)) && !self.followed
+    }
+
     fn new(id: SockId, state: TcpState, endpoints: Endpoints, since_ns: u64) -> Self {
         Self {
             id,
@@ -140,6 +146,9 @@ pub struct Detector {
     /// Watched states and their thresholds (a handful: a list beats a map).
     thresholds: Vec<(TcpState, u64)>,
     stuck: AddrMap<SockId, Stuck>,
+    /// The sockets found at start-up and not yet seen by their kernel address (nor followed),
+    /// by 4-tuple: a transition finds its own among them without a scan of every socket.
+    untied: AddrMap<Endpoints, Vec<SockId>>,
 }
 
 impl Detector {
@@ -154,6 +163,7 @@ impl Detector {
         Self {
             thresholds: thresholds.to_vec(),
             stuck: AddrMap::default(),
+            untied: AddrMap::default(),
         }
     }
 
@@ -177,7 +187,7 @@ impl Detector {
             None
         };
         if let Some(id) = leaving {
-            let mut stuck = self.stuck.remove(&id).expect("present");
+            let mut stuck = self.take(id).expect("present");
             if stuck.state == TcpState::FinWait2
                 && t.old == TcpState::FinWait2
                 && t.new == TcpState::Close
@@ -189,7 +199,7 @@ impl Detector {
                 };
                 stuck.id = id;
                 stuck.followed = true;
-                self.stuck.insert(id, stuck);
+                self.put(stuck);
             } else if stuck.alerted {
                 resolved = Some(Resolved {
                     stuck,
@@ -201,11 +211,11 @@ impl Detector {
         if self.threshold(t.new).is_some() {
             // Seen entering the state after all: it was not there before the tracer started.
             if let Some(dup) = self.preexisting_with(t.netns, &t.endpoints(), t.new) {
-                self.stuck.remove(&dup);
+                self.take(dup);
             }
             let mut stuck = Stuck::new(kernel, t.new, t.endpoints(), t.ts_ns);
             stuck.netns = (t.netns != 0).then_some(t.netns);
-            self.stuck.insert(kernel, stuck);
+            self.put(stuck);
         }
         resolved
     }
@@ -255,7 +265,7 @@ impl Detector {
         stuck.owner = owner;
         stuck.recv_q = Some(recv_q);
         stuck.netns = (netns != 0).then_some(netns);
-        self.stuck.insert(id, stuck);
+        self.put(stuck);
     }
 
     /// Sockets that have crossed their threshold by `now_ns` and were not reported yet. They
@@ -319,8 +329,9 @@ impl Detector {
 
     /// Corrects a socket's 4-tuple (its local port, learnt from the tables).
     pub fn set_endpoints(&mut self, id: SockId, endpoints: Endpoints) {
-        if let Some(s) = self.stuck.get_mut(&id) {
+        if let Some(mut s) = self.take(id) {
             s.endpoints = endpoints;
+            self.put(s);
         }
     }
 
@@ -331,7 +342,31 @@ impl Detector {
     /// Drops a socket without a report or resolution (a followed socket the tables no longer
     /// show in its state before it was due).
     pub fn remove(&mut self, id: SockId) -> Option<Stuck> {
-        self.stuck.remove(&id)
+        self.take(id)
+    }
+
+    /// Adds (or replaces) a socket under its id, indexing it when it is untied.
+    fn put(&mut self, stuck: Stuck) {
+        let id = stuck.id;
+        self.take(id);
+        if stuck.is_untied() {
+            self.untied.entry(stuck.endpoints).or_default().push(id);
+        }
+        self.stuck.insert(id, stuck);
+    }
+
+    /// Removes a socket and its index entry.
+    fn take(&mut self, id: SockId) -> Option<Stuck> {
+        let stuck = self.stuck.remove(&id)?;
+        if stuck.is_untied() {
+            if let Some(ids) = self.untied.get_mut(&stuck.endpoints) {
+                ids.retain(|i| *i != id);
+                if ids.is_empty() {
+                    self.untied.remove(&stuck.endpoints);
+                }
+            }
+        }
+        Some(stuck)
     }
 
     /// Reported sockets still stuck.
@@ -371,15 +406,11 @@ impl Detector {
         endpoints: &Endpoints,
         state: TcpState,
     ) -> Option<SockId> {
-        self.stuck
-            .values()
-            .find(|s| {
-                !matches!(s.id, SockId::Kernel(_))
-                    && !s.followed
-                    && s.state == state
-                    && s.endpoints == *endpoints
-                    && (netns == 0 || s.netns.is_none_or(|n| n == netns))
-            })
+        self.untied
+            .get(endpoints)?
+            .iter()
+            .filter_map(|id| self.stuck.get(id))
+            .find(|s| s.state == state && (netns == 0 || s.netns.is_none_or(|n| n == netns)))
             .map(|s| s.id)
     }
 }
@@ -593,6 +624,42 @@ mod tests {
             .unwrap();
         assert_eq!(resolved.stuck.age_ns(resolved.left_ns), 600 * MS);
         assert_eq!(resolved.new_state, TcpState::Close);
+    }
+
+    /// Thousands of sockets found in CLOSE_WAIT at start: each is found by its own 4-tuple when
+    /// it leaves, and after its port is corrected only under the new one.
+    #[test]
+    fn many_preexisting_sockets_are_found_by_their_own_tuple() {
+        let mut d = Detector::new(500 * MS);
+        let client = |port: u32| format!("127.0.0.1:{port}");
+        for i in 0..5_000u32 {
+            let ep = transition(0, 0, S, &client(10_000 + i), 8, 9).endpoints();
+            d.add_preexisting(
+                TcpState::CloseWait,
+                u64::from(i) + 1,
+                1,
+                ep,
+                100 * MS,
+                Some(owner(i)),
+                0,
+                None,
+            );
+        }
+        let leaving = transition(700 * MS, 0xbeef, S, &client(14_321), 8, 9);
+        assert_eq!(d.preexisting_owner(&leaving).map(|o| o.pid), Some(4_321));
+        let id = SockId::Preexisting {
+            inode: 4_322,
+            netns: 1,
+        };
+        let moved = transition(0, 0, S, &client(60_000), 8, 9).endpoints();
+        d.set_endpoints(id, moved);
+        assert_eq!(d.preexisting_owner(&leaving), None);
+        let leaving = transition(700 * MS, 0xbeef, S, &client(60_000), 8, 9);
+        assert_eq!(d.preexisting_owner(&leaving).map(|o| o.pid), Some(4_321));
+        let resolved = d.observe(&leaving);
+        assert_eq!(resolved, None, "not reported yet: nothing to resolve");
+        assert_eq!(d.len(), 4_999);
+        assert_eq!(d.untied.values().map(Vec::len).sum::<usize>(), 4_999);
     }
 
     #[test]
