@@ -154,7 +154,7 @@ pub struct TransitionRecord {
     pub ts_ns: u64,
     /// `ts_ns` as wall-clock time: RFC 3339, UTC, microseconds.
     pub time: WallTime,
-    /// Kernel address of the socket: 0x-prefixed lowercase hex, as [`skaddr()`] makes it.
+    /// Kernel address of the socket, written as 0x-prefixed lowercase hex ([`SkAddr`]).
     pub skaddr: SkAddr,
     /// Address family: `ipv4` or `ipv6`.
     pub family: Family,

@@ -91,24 +91,22 @@ impl WallTime {
 
     /// The RFC 3339 text, on the stack.
     pub fn text(self) -> Rfc3339 {
-        match rfc3339_micros(self.unix_ns) {
-            Some(bytes) => Rfc3339 {
+        if let Some(bytes) = rfc3339_micros(self.unix_ns) {
+            Rfc3339 {
                 bytes: pad(bytes),
                 len: 27,
-            },
-            None => {
-                // Past year 9999: humantime's general formatter (never on a live clock).
-                let text = humantime::format_rfc3339_micros(
-                    UNIX_EPOCH + Duration::from_nanos(self.unix_ns),
-                )
-                .to_string();
-                let mut bytes = [0u8; RFC3339_MAX];
-                let len = text.len().min(RFC3339_MAX);
-                bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
-                Rfc3339 {
-                    bytes,
-                    len: len as u8,
-                }
+            }
+        } else {
+            // Past year 9999: humantime's general formatter (never on a live clock).
+            let text =
+                humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_nanos(self.unix_ns))
+                    .to_string();
+            let mut bytes = [0u8; RFC3339_MAX];
+            let len = text.len().min(RFC3339_MAX);
+            bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
+            Rfc3339 {
+                bytes,
+                len: len as u8,
             }
         }
     }

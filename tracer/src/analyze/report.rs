@@ -74,7 +74,7 @@ impl Stats {
                 continue;
             };
             let key = (
-                Some(t.skaddr.clone()),
+                Some(t.skaddr),
                 endpoints(t.laddr, t.lport, t.raddr, t.rport),
             );
             self.in_timelines.insert(key);
@@ -86,7 +86,7 @@ impl Stats {
                 continue;
             };
             self.findings.push(CloseWaitFinding {
-                skaddr: Some(t.skaddr.clone()),
+                skaddr: Some(t.skaddr),
                 pid: t.pid,
                 comm: t.comm.clone(),
                 family: t.family,
@@ -105,10 +105,7 @@ impl Stats {
 
     /// A live CLOSE_WAIT alert.
     pub fn alert(&mut self, r: &CloseWaitRecord) {
-        let key = (
-            r.skaddr.clone(),
-            endpoints(r.laddr, r.lport, r.raddr, r.rport),
-        );
+        let key = (r.skaddr, endpoints(r.laddr, r.lport, r.raddr, r.rport));
         self.live.entry(key).or_insert_with(|| Live {
             alert: r.clone(),
             resolved: None,
@@ -117,10 +114,7 @@ impl Stats {
 
     /// A live report that an alerted socket left CLOSE_WAIT.
     pub fn resolved(&mut self, r: &CloseWaitResolvedRecord) {
-        let key = (
-            r.skaddr.clone(),
-            endpoints(r.laddr, r.lport, r.raddr, r.rport),
-        );
+        let key = (r.skaddr, endpoints(r.laddr, r.lport, r.raddr, r.rport));
         if let Some(live) = self.live.get_mut(&key) {
             live.resolved = Some(r.clone());
         }
@@ -168,10 +162,7 @@ impl Stats {
     pub fn close_wait(&self, end_ns: u64) -> (Vec<CloseWaitFinding>, Vec<ProcessCloseWait>) {
         let mut findings = self.findings.clone();
         for f in &mut findings {
-            let key = (
-                f.skaddr.clone(),
-                endpoints(f.laddr, f.lport, f.raddr, f.rport),
-            );
+            let key = (f.skaddr, endpoints(f.laddr, f.lport, f.raddr, f.rport));
             f.reported_live = self.live.contains_key(&key);
         }
         for (key, live) in &self.live {
@@ -222,7 +213,7 @@ fn live_finding(live: &Live, end_ns: u64) -> CloseWaitFinding {
         ),
     };
     CloseWaitFinding {
-        skaddr: a.skaddr.clone(),
+        skaddr: a.skaddr,
         pid: a.pid,
         comm: a.comm.clone(),
         family: a.family,
@@ -279,7 +270,7 @@ mod tests {
     fn timeline(skaddr: &str, end: u64, outcome: Outcome, states: Vec<Step>) -> TimelineRecord {
         TimelineRecord {
             ts_ns: end,
-            time: Default::default(),
+            time: crate::units::WallTime::default(),
             skaddr: SkAddr::parse(skaddr).unwrap(),
             family: Family::Ipv4,
             laddr: "127.0.0.1".parse().unwrap(),

@@ -504,7 +504,7 @@ impl Metrics {
                 comm: p
                     .comm
                     .as_ref()
-                    .map_or_else(|| UNKNOWN.to_owned(), |c| c.to_string()),
+                    .map_or_else(|| UNKNOWN.to_owned(), std::string::ToString::to_string),
                 container: p.container.clone().unwrap_or_default(),
             };
             self.set_stuck(p.state, &holder, p.count, p.oldest_age_ms);
@@ -578,7 +578,7 @@ pub fn exported_names() -> Vec<String> {
     };
     let digest = DigestRecord {
         ts_ns: 0,
-        time: Default::default(),
+        time: crate::units::WallTime::default(),
         stuck: 1,
         processes: vec![holder],
     };

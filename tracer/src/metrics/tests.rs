@@ -166,7 +166,7 @@ fn holder(pid: Option<u32>, count: usize, oldest_age_ms: u64) -> DigestProcess {
 fn process_series_follow_the_digest_and_the_cap() {
     let digest = DigestRecord {
         ts_ns: 0,
-        time: Default::default(),
+        time: crate::units::WallTime::default(),
         stuck: 6,
         processes: vec![
             holder(Some(8), 1, 900),
@@ -246,7 +246,7 @@ fn process_series_follow_the_digest_and_the_cap() {
 fn fd_series_only_for_known_holders() {
     let digest = DigestRecord {
         ts_ns: 0,
-        time: Default::default(),
+        time: crate::units::WallTime::default(),
         stuck: 3,
         processes: vec![
             DigestProcess {
@@ -315,7 +315,7 @@ fn unknown_states_share_one_label() {
     let mut metrics = Metrics::new("k", 1);
     let mut t = crate::record::TransitionRecord {
         ts_ns: 0,
-        time: Default::default(),
+        time: crate::units::WallTime::default(),
         skaddr: crate::record::SkAddr(1),
         family: crate::event::Family::Ipv4,
         laddr: [127, 0, 0, 1].into(),
@@ -329,7 +329,7 @@ fn unknown_states_share_one_label() {
         pid: None,
         comm: None,
         ctx_pid: 0,
-        ctx_comm: Default::default(),
+        ctx_comm: crate::event::Name::default(),
         ctx_tid: 0,
         ctx_thread: None,
         cpu: 0,
@@ -392,7 +392,7 @@ fn every_stuck_state_has_its_series() {
     };
     let digest = DigestRecord {
         ts_ns: 0,
-        time: Default::default(),
+        time: crate::units::WallTime::default(),
         stuck: 9,
         processes: vec![
             entry(TcpState::CloseWait, 7, 3, 2000),
@@ -404,7 +404,7 @@ fn every_stuck_state_has_its_series() {
     let mut metrics = Metrics::new("k", 1);
     let stuck = Record::Stuck(Box::new(crate::record::CloseWaitRecord {
         ts_ns: 0,
-        time: Default::default(),
+        time: crate::units::WallTime::default(),
         skaddr: None,
         pid: Some(8),
         comm: Some("srv8".into()),

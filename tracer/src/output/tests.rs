@@ -43,7 +43,7 @@ fn summary(events: u64) -> Record {
 fn lost(n: u64) -> Record {
     Record::Lost(Box::new(LostRecord {
         ts_ns: n,
-        time: Default::default(),
+        time: crate::units::WallTime::default(),
         ringbuf: n,
         recursion_misses: 0,
         ..LostRecord::default()

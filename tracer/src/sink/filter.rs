@@ -137,7 +137,7 @@ mod tests {
     fn digest_keeps_wanted_processes() {
         let digest = Record::Digest(DigestRecord {
             ts_ns: 1,
-            time: Default::default(),
+            time: crate::units::WallTime::default(),
             stuck: 3,
             processes: vec![
                 DigestProcess {

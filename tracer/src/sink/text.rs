@@ -64,7 +64,7 @@ impl<W: Write> TextSink<W> {
 }
 
 /// `HH:MM:SS.mmm` of a wall-clock time.
-fn clock(time: &WallTime) -> Clock {
+fn clock(time: WallTime) -> Clock {
     Clock(time.text())
 }
 
@@ -131,7 +131,7 @@ impl<W: Write> TextSink<W> {
         write!(
             self.line,
             "{:<12} {:<7} {:<16} {:<w$} {:<5} {:<w$} {:<5} {:<12} -> {:<12} {}",
-            clock(&r.time),
+            clock(r.time),
             opt(r.pid),
             r.comm.as_deref().unwrap_or("-"),
             self.column(r.laddr),
@@ -148,7 +148,7 @@ impl<W: Write> TextSink<W> {
         write!(
             self.line,
             "{:<12} TIMELINE pid={} comm={} {} -> {} outcome={}{}{}{}{} {}",
-            clock(&r.time),
+            clock(r.time),
             opt(r.pid),
             r.comm.as_deref().unwrap_or("-"),
             endpoint(r.laddr, r.lport),
@@ -174,7 +174,7 @@ impl<W: Write> TextSink<W> {
         write!(
             self.line,
             "{:<12} *** {} for {}{}ms: pid={} comm={} fd={}",
-            clock(&r.time),
+            clock(r.time),
             r.state,
             if r.age_at_least { ">=" } else { "" },
             r.age_ms,
@@ -237,7 +237,7 @@ impl<W: Write> TextSink<W> {
         write!(
             self.line,
             "{:<12} *** {} resolved after {}{}ms -> {}: pid={} comm={} {} <- {}",
-            clock(&r.time),
+            clock(r.time),
             r.state,
             if r.stuck_at_least { ">=" } else { "" },
             r.stuck_ms,
@@ -253,7 +253,7 @@ impl<W: Write> TextSink<W> {
         write!(
             self.line,
             "{:<12} DIGEST {} socket(s) stuck in {}",
-            clock(&r.time),
+            clock(r.time),
             r.stuck,
             if r.processes.iter().all(|p| p.state == TcpState::CloseWait) {
                 "CLOSE_WAIT".to_owned()
@@ -409,7 +409,7 @@ impl<W: Write> Sink for TextSink<W> {
             Record::Lost(r) => write!(
                 self.line,
                 "{:<12} LOST {} events (ring buffer full) and {} program runs skipped by the kernel; output records dropped so far: stdout {}{}",
-                clock(&r.time),
+                clock(r.time),
                 r.ringbuf,
                 r.recursion_misses,
                 by_type(&r.stdout.dropped),

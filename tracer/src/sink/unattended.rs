@@ -37,21 +37,17 @@ impl<S: Sink> Sink for Reports<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        record::{LostRecord, Summary},
-        sink::JsonSink,
-    };
+    use crate::{record::LostRecord, sink::JsonSink};
 
     #[test]
     fn only_reports_pass() {
         let mut out = Vec::new();
         let mut sink = Reports::new(JsonSink::new(&mut out));
         sink.begin().unwrap();
-        sink.write(&Record::Summary(Box::new(Summary::default())))
-            .unwrap();
+        sink.write(&Record::Summary(Box::default())).unwrap();
         sink.write(&Record::Lost(Box::new(LostRecord {
             ts_ns: 1,
-            time: Default::default(),
+            time: crate::units::WallTime::default(),
             ringbuf: 2,
             recursion_misses: 0,
             stdout: crate::delivery::Destination::default(),

@@ -56,14 +56,10 @@ fn full_connection(listen_addr: &str) {
     };
     let all = tracer.wait_for("both sockets to reach CLOSE", wanted);
 
-    let client_sk = find(&all, |t| t.lport == client_port && t.rport == port)
-        .skaddr
-        .clone();
-    let server_sk = find(&all, |t| t.lport == port && t.rport == client_port)
-        .skaddr
-        .clone();
-    let client_ts = of_socket(&all, &client_sk);
-    let server_ts = of_socket(&all, &server_sk);
+    let client_sk = find(&all, |t| t.lport == client_port && t.rport == port).skaddr;
+    let server_sk = find(&all, |t| t.lport == port && t.rport == client_port).skaddr;
+    let client_ts = of_socket(&all, client_sk);
+    let server_ts = of_socket(&all, server_sk);
     assert_eq!(
         path(&client_ts),
         CLIENT_PATH,

@@ -121,11 +121,11 @@ pub fn transitions_on(records: &[Record], port: u16) -> Vec<TransitionRecord> {
 /// The transitions of one socket, in order.
 pub fn of_socket(
     transitions: &[TransitionRecord],
-    skaddr: &tracer::record::SkAddr,
+    skaddr: tracer::record::SkAddr,
 ) -> Vec<TransitionRecord> {
     transitions
         .iter()
-        .filter(|t| t.skaddr == *skaddr)
+        .filter(|t| t.skaddr == skaddr)
         .cloned()
         .collect()
 }
