@@ -3,7 +3,7 @@
 //!
 //! The engine produces every record kind; stdout shows what the flags ask for, the `--export`
 //! file, on its own output thread, gets everything, and `--metrics` counts everything
-//! (`crate::metrics`, served on this runtime). `tracer top` ([`run_top`]) is one more
+//! (`crate::metrics`, served from a thread of its own). `tracer top` ([`run_top`]) is one more
 //! destination of the same records, on the same loop: the screen replaces stdout.
 
 use std::{collections::HashMap, io, path::PathBuf, time::Duration};
@@ -937,16 +937,17 @@ fn health(engine: &Engine, lost: (u64, u64), outputs: &Outputs) -> top::model::H
     }
 }
 
-/// Registers the metrics and serves them on the listener bound at start.
+/// Registers the metrics and serves them on the listener bound at start, from the metrics
+/// thread (so scrapes do not wait for this loop).
 fn serve_metrics(
     listener: metrics::Listener,
     target: &crate::config::MetricsTarget,
     header: &crate::record::Header,
 ) -> anyhow::Result<Metrics> {
-    let metrics = Metrics::new(&header.kernel, target.max_processes);
+    let mut metrics = Metrics::new(&header.kernel, target.max_processes);
     let addr = listener.local_addr();
-    listener
-        .serve(metrics.exposition())
+    metrics
+        .serve(listener)
         .with_context(|| format!("serving --metrics on {addr}"))?;
     eprintln!("tracer: metrics on http://{addr}/metrics, health on http://{addr}/healthz");
     Ok(metrics)

@@ -164,6 +164,8 @@ pub struct Totals {
 /// The tracer's metrics and the registry that serves them.
 pub struct Metrics {
     exposition: Arc<Exposition>,
+    /// The endpoint's thread, once [`Metrics::serve`] started it; stopped when this is dropped.
+    server: Option<server::Serving>,
     max_processes: usize,
     // Counted by `observe`, lock-free, until the next `publish`.
     pending_transitions: [[u64; STATES]; STATES],
@@ -332,6 +334,7 @@ impl Metrics {
         };
         Self {
             exposition: Arc::new(Exposition::new(registry, Box::new(refresh))),
+            server: None,
             max_processes,
             pending_transitions: [[0; STATES]; STATES],
             pending_outcomes: HashMap::new(),
@@ -344,6 +347,15 @@ impl Metrics {
     /// What the HTTP server serves (the registry) and the loop's heartbeat.
     pub fn exposition(&self) -> Arc<Exposition> {
         Arc::clone(&self.exposition)
+    }
+
+    /// Serves these metrics on `listener`, from a thread of its own, until `self` is dropped.
+    ///
+    /// # Errors
+    /// As [`Listener::serve`].
+    pub fn serve(&mut self, listener: Listener) -> std::io::Result<()> {
+        self.server = Some(listener.serve(self.exposition())?);
+        Ok(())
     }
 
     /// Counts what a batch of records tells. Called with every record the engine made, before

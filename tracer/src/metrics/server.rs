@@ -1,6 +1,8 @@
 //! The `--metrics` HTTP endpoint: `/metrics` in the Prometheus text (0.0.4) or OpenMetrics
 //! format, chosen from the `Accept` header as Prometheus servers negotiate it, and `/healthz`
-//! for liveness probes. hyper's HTTP/1 server on the tracer's own tokio runtime.
+//! for liveness probes. hyper's HTTP/1 server on a thread of its own ("tracer-metrics", with
+//! its own small tokio runtime), so scrapes and health checks are answered while the event loop
+//! is busy draining the ring buffer; it reads the registry the event loop publishes into.
 //!
 //! Bounded against hostile clients: at most [`MAX_CONNECTIONS`] at once (more are closed at
 //! once), request heads larger than [`MAX_HEAD_BYTES`] refused, headers read within
@@ -13,8 +15,9 @@ use std::{
     net::{SocketAddr, TcpListener as StdListener},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        mpsc, Arc,
     },
+    thread::JoinHandle,
     time::Duration,
 };
 
@@ -31,7 +34,10 @@ use prometheus_client::{
     encoding::{prometheus_text, text},
     registry::Registry,
 };
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::TcpListener,
+    sync::{oneshot, Semaphore},
+};
 
 use crate::units::monotonic_ns;
 
@@ -118,11 +124,81 @@ impl Listener {
         self.addr
     }
 
-    /// Serves `exposition` on a task of the current tokio runtime until the runtime ends.
-    pub fn serve(self, exposition: Arc<Exposition>) -> io::Result<()> {
-        let listener = TcpListener::from_std(self.socket)?;
-        tokio::spawn(accept_loop(listener, exposition));
-        Ok(())
+    /// Serves `exposition` on a thread of its own, with its own tokio runtime, until the
+    /// returned [`Serving`] is dropped. The caller's thread (the event loop) is not needed to
+    /// answer: a busy or blocked caller does not hold up scrapes or `/healthz`.
+    ///
+    /// # Errors
+    /// The thread or its runtime could not be started, or the socket could not be registered
+    /// with it; reported here, before anything is served.
+    pub fn serve(self, exposition: Arc<Exposition>) -> io::Result<Serving> {
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let Self { socket, .. } = self;
+        let thread = std::thread::Builder::new()
+            .name("tracer-metrics".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .enable_time()
+                    .build();
+                let runtime = match runtime {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(socket) {
+                        Ok(listener) => listener,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    tokio::select! {
+                        () = accept_loop(listener, exposition) => {}
+                        _ = stop_rx => {}
+                    }
+                });
+                // Dropping the runtime here ends the connections still open.
+            })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Serving {
+                stop: Some(stop_tx),
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(mpsc::RecvError) => {
+                let _ = thread.join();
+                Err(io::Error::other("the metrics thread ended before serving"))
+            }
+        }
+    }
+}
+
+/// The endpoint being served on its thread. Dropping it stops the server: the listening
+/// socket and every connection are closed and the thread ends (joined).
+pub struct Serving {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                log::warn!("the metrics thread panicked");
+            }
+        }
     }
 }
 
@@ -423,6 +499,58 @@ mod tests {
         e.heartbeat(now);
         assert_eq!(e.stalled(now + 1_000_000_000), None);
         assert!(e.stalled(now + 11_000_000_000).is_some());
+    }
+
+    /// A plain HTTP/1.1 GET over a std socket, with a generous bound on the wait.
+    fn scrape(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(20)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    }
+
+    #[test]
+    fn serves_while_the_caller_is_blocked() {
+        // The event loop's kind of runtime: one thread, which the test then blocks.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = Listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr();
+        let (tx, rx) = std::sync::mpsc::channel();
+        runtime.block_on(async move {
+            let serving = listener.serve(Arc::new(exposition())).unwrap();
+            std::thread::spawn(move || {
+                let _ = tx.send((scrape(addr, "/metrics"), scrape(addr, "/healthz")));
+            });
+            // Blocks the runtime's only thread until both answers are in: the server must not
+            // need it.
+            let (metrics, health) = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the scrapes were answered");
+            let metrics = metrics.expect("the /metrics scrape");
+            assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
+            assert!(
+                metrics.contains("\r\n\r\n# HELP demo_total A demo counter.\n"),
+                "{metrics}"
+            );
+            assert!(metrics.contains("\ndemo_total 1\n"), "{metrics}");
+            let health = health.expect("the /healthz check");
+            assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+            assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
+            // Stopping closes the listening socket and ends the thread.
+            drop(serving);
+        });
+        let refused = std::net::TcpStream::connect(addr).expect_err("nothing listens any more");
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
     }
 
     #[test]
