@@ -283,7 +283,7 @@ fn free_loopback_addr() -> Result<SocketAddr> {
 /// Scrapes `/metrics` once a second, as Prometheus does, until stopped.
 struct Scraper {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<(u64, u64, Duration)>,
+    thread: JoinHandle<(Vec<Duration>, u64)>,
 }
 
 impl Scraper {
@@ -291,30 +291,36 @@ impl Scraper {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
-            let (mut ok, mut failed, mut slowest) = (0, 0, Duration::ZERO);
+            let (mut answered, mut failed) = (Vec::new(), 0);
             while !flag.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 if scrape(addr).is_ok() {
-                    ok += 1;
-                    slowest = slowest.max(started.elapsed());
+                    answered.push(started.elapsed());
                 } else {
                     failed += 1;
                 }
                 std::thread::sleep(Duration::from_secs(1).saturating_sub(started.elapsed()));
             }
-            (ok, failed, slowest)
+            (answered, failed)
         });
         Self { stop, thread }
     }
 
-    /// Stops it and says how the scrapes went.
+    /// Stops it and says how the scrapes went: how many, and how long they took to answer
+    /// (median and slowest).
     fn stop(self) -> String {
         self.stop.store(true, Ordering::Relaxed);
         match self.thread.join() {
-            Ok((ok, failed, slowest)) => format!(
-                "scraped /metrics {ok} times ({failed} failed), slowest {:.1} ms",
-                slowest.as_secs_f64() * 1e3
-            ),
+            Ok((mut answered, failed)) => {
+                answered.sort_unstable();
+                let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e3);
+                format!(
+                    "scraped /metrics {} times ({failed} failed), median {:.1} ms, slowest {:.1} ms",
+                    answered.len(),
+                    ms(answered.get(answered.len() / 2)),
+                    ms(answered.last()),
+                )
+            }
             Err(_) => "the scraper panicked".into(),
         }
     }
