@@ -12,7 +12,6 @@ use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{signal, Signal, SignalKind},
     task::JoinHandle,
     time::{interval, sleep, MissedTickBehavior},
 };
@@ -31,6 +30,7 @@ use crate::{
     probe::Probe,
     record::{LostRecord, Record, SkAddr},
     sink::{self, unattended::Reports, Filter, JsonSink, Sink, TextSink},
+    stopping::{self, Signals},
     top,
     units::{monotonic_ns, WallClock},
 };
@@ -72,7 +72,8 @@ pub enum Stop {
 pub async fn run(config: Config) -> anyhow::Result<Stop> {
     let mut session = Session::start(&config, false).await?;
     let stop = session.event_loop(&config).await?;
-    session.finish(stop).await
+    // Boxed: the end of a run (the wait for the writers included) is a large future.
+    Box::pin(session.finish(stop)).await
 }
 
 /// Runs `tracer top` on the same loop until a stop condition: the screen takes the place of
@@ -97,7 +98,7 @@ pub async fn run_top(config: Config, options: top::Options) -> anyhow::Result<St
     if let Some(live) = session.outputs.top.take() {
         live.leave().context("restoring the terminal")?;
     }
-    session.finish(stop?).await
+    Box::pin(session.finish(stop?)).await
 }
 
 /// A running trace: the attached probe, its ring buffer, the engine and the destinations.
@@ -171,13 +172,6 @@ impl DiagnosisThread {
     }
 }
 
-/// The signals that end a run.
-struct Signals {
-    sigint: Signal,
-    sigterm: Signal,
-    sighup: Signal,
-}
-
 /// Due CLOSE_WAIT alerts waiting for the socket tables, read on a blocking thread.
 struct Lookup {
     due: Vec<SockId>,
@@ -194,11 +188,7 @@ impl Session {
     async fn start(config: &Config, top: bool) -> anyhow::Result<Self> {
         // Signals are handled from the start, so one sent as soon as we report being attached
         // still ends the run cleanly.
-        let signals = Signals {
-            sigint: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
-            sigterm: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-            sighup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
-        };
+        let signals = Signals::install()?;
         // Before anything else, so a bad address or a port in use fails at once, without root.
         let listener = match &config.metrics {
             Some(target) => Some(metrics::Listener::bind(target.addr)?),
@@ -423,9 +413,7 @@ impl Session {
                         return Ok(Stop::Quit);
                     }
                 }
-                _ = self.signals.sigint.recv() => return Ok(Stop::Signal("SIGINT")),
-                _ = self.signals.sigterm.recv() => return Ok(Stop::Signal("SIGTERM")),
-                _ = self.signals.sighup.recv() => return Ok(Stop::Signal("SIGHUP")),
+                name = self.signals.next() => return Ok(Stop::Signal(name)),
                 () = &mut deadline => return Ok(Stop::Duration),
             }
             // A digest that came due during a lookup or a diagnosis waits for it.
@@ -461,6 +449,7 @@ impl Session {
             mut engine,
             mut outputs,
             mut batch,
+            mut signals,
             ..
         } = self;
         outputs.format(&mut batch);
@@ -472,11 +461,25 @@ impl Session {
         let (stdout, export) = outputs.delivery();
         summary.set_delivery(stdout, export);
         let last = [Record::Summary(Box::new(summary.clone()))];
-        let Outputs { stdout, export, .. } = outputs;
-        let exported = export.map(|(export, path)| (export.finish(&last), path));
-        let (written, stdout) = stdout.finish(&last);
+        let Outputs {
+            mut stdout,
+            mut export,
+            metrics,
+            ..
+        } = outputs;
+        // The endpoint stops now: what it would serve no longer changes.
+        drop(metrics);
+        if let Some((export, _)) = &mut export {
+            export.close(&last);
+        }
+        stdout.close(&last);
+        // A slow reader of stdout may hold this for long: a second stop signal cuts it short.
+        let exporting = export.as_ref().map(|(e, path)| (e, path.as_path()));
+        stopping::wait_for_writers(&stdout, exporting, &mut signals, stop).await;
+        let exported = export.map(|(export, path)| (export.finish(&[]), path));
+        let (written, stdout) = stdout.finish(&[]);
         // On stderr, the final count: it includes records the writers failed to write after
-        // the summary was made.
+        // the summary was made, and stdout's queue dropped on a second stop signal.
         let (exported, export) = match exported {
             Some(((result, delivery), path)) => (Some((result, path)), Some(delivery)),
             None => (None, None),

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::record::Record;
 
 /// The record types that flow through an output and can be lost there. The `header` and the
-/// `summary` are never dropped (the header goes first into an empty buffer; the summary waits
-/// for room), so they are not counted.
+/// `summary` are not counted: they are never dropped for lack of room (the header goes first
+/// into an empty buffer; the summary waits for room), only with the rest of stdout's queue on
+/// a second stop signal at exit, when the summary on stderr has the final count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// `transition` records.
@@ -161,8 +162,8 @@ impl ByType {
 pub struct Destination {
     /// Records this destination was to show (after its filter), by type.
     pub shown: ByType,
-    /// Of those, records it dropped (a stalled reader of stdout past `--output-buffer`, or a
-    /// destination whose writes failed), by type.
+    /// Of those, records it dropped (a stalled reader of stdout past `--output-buffer`, stdout's
+    /// queue on a second stop signal at exit, or a destination whose writes failed), by type.
     pub dropped: ByType,
 }
 

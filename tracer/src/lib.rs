@@ -54,6 +54,7 @@ pub mod sink;
 mod sock_diag;
 pub mod sock_state;
 mod stdout;
+mod stopping;
 #[cfg(test)]
 mod testing;
 pub mod timeline;

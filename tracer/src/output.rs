@@ -14,18 +14,26 @@
 //!
 //! Every record is counted by type as shown, and as dropped when it is not delivered: dropped
 //! here, or lost because the writer failed (a closed pipe, a failed disk) with the record
-//! still unwritten. So `delivered + dropped = shown` for each type, exactly.
+//! still unwritten, or dropped on request at the end of a run ([`Output::drop_queued`]: a second
+//! Ctrl-C while stdout's reader is slow). So `delivered + dropped = shown` for each type,
+//! exactly.
 
 use std::{
     cell::RefCell,
     io::{self, Write},
+    os::unix::thread::JoinHandleExt as _,
     rc::Rc,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{self, Receiver, Sender, SyncSender},
-        Arc, Condvar, Mutex, MutexGuard, PoisonError,
+        Arc, Condvar, Mutex, MutexGuard, Once, PoisonError,
     },
     thread::JoinHandle,
+};
+
+use nix::sys::{
+    pthread::pthread_kill,
+    signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal},
 };
 
 use crate::{
@@ -103,7 +111,16 @@ struct Shared {
     failed: AtomicBool,
     /// Records the writer could not write, by type.
     unwritten: Mutex<ByType>,
+    /// Records (every line, counted types or not) handed to the writer and not yet written
+    /// or dropped by it.
+    pending: AtomicU64,
+    /// The writer is to drop what it holds instead of writing it ([`Output::drop_queued`]).
+    abandoned: AtomicBool,
 }
+
+/// The signal that interrupts a write blocked on a stalled reader: ignored by default, and
+/// not otherwise used by the tracer.
+const WAKE_SIGNAL: Signal = Signal::SIGURG;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -243,18 +260,48 @@ impl Output {
         }
     }
 
-    /// Formats and writes the final records, waits for the writer and returns its result
-    /// with the final accounting.
-    pub fn finish(mut self, last: &[Record]) -> (io::Result<()>, Destination) {
+    /// Formats the final records and hands everything left to the writer (the last chunk
+    /// waits for room instead of being dropped); nothing can be sent after this.
+    pub fn close(&mut self, last: &[Record]) {
         self.format(last);
         if let Some(tx) = self.tx.take() {
-            // The last chunk waits for room instead of being dropped.
             let chunk = self.take_chunk(None);
             self.charge(chunk.charge);
+            self.shared
+                .pending
+                .fetch_add(chunk.marks.len() as u64, Ordering::AcqRel);
             if let Err(mpsc::SendError(chunk)) = tx.send(chunk) {
                 self.uncharge_lost(&chunk);
             }
         }
+    }
+
+    /// Records (lines) handed to the writer and not yet written or dropped by it.
+    pub fn queued(&self) -> u64 {
+        self.shared.pending.load(Ordering::Acquire)
+    }
+
+    /// The writer has ended: after [`Output::close`], everything was written or dropped.
+    pub fn is_done(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Makes the writer drop what it still holds, counting each record by type as dropped,
+    /// and interrupts a write blocked on a stalled reader (records whose last byte was not
+    /// written are dropped: the last line out may be cut). Call it again until
+    /// [`Output::is_done`]: a write that started as the first call came is interrupted by a
+    /// later one.
+    pub fn drop_queued(&self) {
+        self.shared.abandoned.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.as_ref().filter(|t| !t.is_finished()) {
+            interrupt(thread);
+        }
+    }
+
+    /// Formats and writes the final records, waits for the writer and returns its result
+    /// with the final accounting.
+    pub fn finish(mut self, last: &[Record]) -> (io::Result<()>, Destination) {
+        self.close(last);
         let result = match self.thread.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(io::Error::other("output thread panicked")),
@@ -319,6 +366,9 @@ impl Output {
     /// A chunk that could not be handed over: its records are lost.
     fn uncharge_lost(&mut self, chunk: &Chunk) {
         *lock(&self.shared.queued) -= chunk.charge;
+        self.shared
+            .pending
+            .fetch_sub(chunk.marks.len() as u64, Ordering::AcqRel);
         for &(_, kind) in &chunk.marks {
             if let Some(kind) = kind {
                 self.dropped.add(kind, 1);
@@ -362,6 +412,9 @@ impl Output {
         // What was reserved is what the writer gives back.
         chunk.charge = charge;
         let Some(tx) = &self.tx else { return false };
+        self.shared
+            .pending
+            .fetch_add(chunk.marks.len() as u64, Ordering::AcqRel);
         if let Err(mpsc::SendError(chunk)) = tx.send(chunk) {
             self.uncharge_lost(&chunk);
             return false;
@@ -370,18 +423,54 @@ impl Output {
     }
 }
 
-/// Writes `bytes` and returns how many were written before an error, if one came.
-fn write_counted(out: &mut impl Write, bytes: &[u8]) -> (usize, io::Result<()>) {
+/// How writing a chunk ended.
+enum Written {
+    /// Every byte is out.
+    All,
+    /// The writer was told to drop what it holds ([`Output::drop_queued`]).
+    Abandoned,
+    /// The destination failed.
+    Failed(io::Error),
+}
+
+/// Writes `bytes` and returns how many were written before an error or the request to drop
+/// them, if one came.
+fn write_counted(out: &mut impl Write, bytes: &[u8], abandoned: &AtomicBool) -> (usize, Written) {
     let mut written = 0;
     while written < bytes.len() {
+        if abandoned.load(Ordering::Acquire) {
+            return (written, Written::Abandoned);
+        }
         match out.write(&bytes[written..]) {
-            Ok(0) => return (written, Err(io::ErrorKind::WriteZero.into())),
+            Ok(0) => return (written, Written::Failed(io::ErrorKind::WriteZero.into())),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (written, Err(e)),
+            Err(e) => return (written, Written::Failed(e)),
         }
     }
-    (written, out.flush())
+    match out.flush() {
+        Ok(()) => (written, Written::All),
+        Err(e) => (written, Written::Failed(e)),
+    }
+}
+
+/// Interrupts a `write` the thread is blocked in (it returns what it wrote so far, or
+/// `EINTR`), with [`WAKE_SIGNAL`] and a handler that does nothing, installed without
+/// `SA_RESTART` on first use.
+fn interrupt(thread: &JoinHandle<io::Result<()>>) {
+    static HANDLER: Once = Once::new();
+    extern "C" fn wake(_: libc::c_int) {}
+    HANDLER.call_once(|| {
+        let action = SigAction::new(SigHandler::Handler(wake), SaFlags::empty(), SigSet::empty());
+        // SAFETY: the handler does nothing, so it is async-signal-safe; the signal is one the
+        // tracer does not otherwise use.
+        if let Err(e) = unsafe { sigaction(WAKE_SIGNAL, &action) } {
+            log::debug!("could not handle {WAKE_SIGNAL}: {e}");
+        }
+    });
+    if let Err(e) = pthread_kill(thread.as_pthread_t(), WAKE_SIGNAL) {
+        log::debug!("could not interrupt the output thread: {e}");
+    }
 }
 
 fn write_chunks(
@@ -391,12 +480,17 @@ fn write_chunks(
     shared: &Shared,
 ) -> io::Result<()> {
     let mut result = Ok(());
+    let mut abandoned = false;
     while let Ok(mut chunk) = rx.recv() {
-        let written = if result.is_ok() {
-            let (written, outcome) = write_counted(&mut out, &chunk.bytes);
-            if let Err(e) = outcome {
-                shared.failed.store(true, Ordering::Release);
-                result = Err(e);
+        let written = if result.is_ok() && !abandoned {
+            let (written, outcome) = write_counted(&mut out, &chunk.bytes, &shared.abandoned);
+            match outcome {
+                Written::All => {}
+                Written::Abandoned => abandoned = true,
+                Written::Failed(e) => {
+                    shared.failed.store(true, Ordering::Release);
+                    result = Err(e);
+                }
             }
             written
         } else {
@@ -414,6 +508,9 @@ fn write_chunks(
             lock(&shared.unwritten).add_all(&unwritten);
         }
         *lock(&shared.queued) -= chunk.charge;
+        shared
+            .pending
+            .fetch_sub(chunk.marks.len() as u64, Ordering::AcqRel);
         shared.room.notify_all();
         if chunk.bytes.capacity() >= MAX_CHUNK_BYTES / 4 {
             chunk.bytes.clear();

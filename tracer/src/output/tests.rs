@@ -303,3 +303,45 @@ fn the_default_buffer_holds_a_full_ring_buffer_of_records() {
         26 << 20
     );
 }
+
+#[test]
+fn dropping_the_queue_interrupts_a_write_blocked_on_a_stalled_pipe() {
+    use std::io::Read as _;
+    // A real pipe nobody reads: the writer blocks in write(2), in the kernel.
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    let mut output = json(
+        std::fs::File::from(writer),
+        Buffer { bytes: 64 << 10 },
+        WhenFull::Drop,
+    );
+    for _ in 0..20 {
+        assert!(output.send(&mixed(999)));
+    }
+    output.close(&[summary(1)]);
+    assert!(output.queued() > 0, "the stalled pipe left nothing queued");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !output.is_done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer is still blocked"
+        );
+        output.drop_queued();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(output.queued(), 0);
+    let (result, delivery) = output.finish(&[]);
+    result.expect("dropping on request is not a write error");
+    // What reached the pipe, the writer's end closed: whole lines only (the last may be cut).
+    let mut text = String::new();
+    std::fs::File::from(reader)
+        .read_to_string(&mut text)
+        .unwrap();
+    let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    let delivered: Vec<Record> = whole
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(delivery.shown.total(), 20 * 999);
+    assert!(delivery.dropped.total() > 0);
+    assert_balanced(&ByType::count(&delivered), &delivery);
+}

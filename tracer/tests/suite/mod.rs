@@ -16,5 +16,6 @@ mod privileged;
 mod privileged_export;
 mod reliability;
 mod schema;
+mod stopping;
 mod top;
 mod tracepoint;

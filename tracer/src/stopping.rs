@@ -1,0 +1,94 @@
+//! Stopping a run: the signals that end it, and the wait for the writers at its end, which a
+//! second stop signal cuts short for stdout (a slow reader of stdout otherwise holds the exit
+//! for as long as it takes to read what is queued).
+
+use std::{path::Path, time::Duration};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{signal, Signal, SignalKind},
+    time::sleep,
+};
+
+use crate::{app::Stop, output::Output};
+
+/// How often the wait for the writers checks whether they are done.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The signals that end a run: SIGINT (Ctrl-C), SIGTERM and SIGHUP.
+pub(crate) struct Signals {
+    sigint: Signal,
+    sigterm: Signal,
+    sighup: Signal,
+}
+
+impl Signals {
+    /// Installs the handlers. From then on these signals no longer kill the process.
+    pub(crate) fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            sigint: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            sigterm: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            sighup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+
+    /// Waits for the next stop signal and returns its name. A signal that came while nobody
+    /// waited is returned at once.
+    pub(crate) async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.sigint.recv() => "SIGINT",
+            _ = self.sigterm.recv() => "SIGTERM",
+            _ = self.sighup.recv() => "SIGHUP",
+        }
+    }
+}
+
+/// Waits until the writers of stdout and of the export (with its path) are done, after both
+/// were closed. When a signal stopped the run and records are still queued for stdout, says so
+/// once on stderr. A stop signal during the wait drops what stdout still holds (each record
+/// counted as dropped by type); the export is always written to its end.
+pub(crate) async fn wait_for_writers(
+    stdout: &Output,
+    export: Option<(&Output, &Path)>,
+    signals: &mut Signals,
+    stop: Stop,
+) {
+    let exporting = |export: Option<(&Output, &Path)>| match export {
+        Some((export, path)) if !export.is_done() => {
+            format!(" (the export {} is written to its end)", path.display())
+        }
+        _ => String::new(),
+    };
+    let queued = stdout.queued();
+    if matches!(stop, Stop::Signal(_)) && queued > 0 && !stdout.is_done() {
+        eprintln!(
+            "tracer: writing {queued} queued records to stdout; Ctrl-C again to drop them{}",
+            exporting(export)
+        );
+    }
+    let mut dropping = false;
+    loop {
+        if stdout.is_done() && export.is_none_or(|(export, _)| export.is_done()) {
+            return;
+        }
+        if dropping {
+            // Again: a write that had just started when the first request came is
+            // interrupted now.
+            stdout.drop_queued();
+        }
+        tokio::select! {
+            () = sleep(POLL) => {}
+            name = signals.next(), if !dropping => {
+                dropping = true;
+                let queued = stdout.queued();
+                stdout.drop_queued();
+                if queued > 0 {
+                    eprintln!(
+                        "tracer: {name}: dropping the {queued} records still queued for stdout{}",
+                        exporting(export)
+                    );
+                }
+            }
+        }
+    }
+}
