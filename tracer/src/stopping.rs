@@ -2,7 +2,10 @@
 //! second stop signal cuts short for stdout (a slow reader of stdout otherwise holds the exit
 //! for as long as it takes to read what is queued).
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use tokio::{
@@ -14,6 +17,10 @@ use crate::{app::Stop, output::Output};
 
 /// How often the wait for the writers checks whether they are done.
 const POLL: Duration = Duration::from_millis(50);
+
+/// How long stdout may take to write what is queued at a stop before the tracer says it is
+/// waiting for a slow reader (a normal stop writes its last records well within it).
+const GRACE: Duration = Duration::from_millis(500);
 
 /// The signals that end a run: SIGINT (Ctrl-C), SIGTERM and SIGHUP.
 pub(crate) struct Signals {
@@ -44,9 +51,10 @@ impl Signals {
 }
 
 /// Waits until the writers of stdout and of the export (with its path) are done, after both
-/// were closed. When a signal stopped the run and records are still queued for stdout, says so
-/// once on stderr. A stop signal during the wait drops what stdout still holds (each record
-/// counted as dropped by type); the export is always written to its end.
+/// were closed. When a signal stopped the run and stdout is still writing queued records after
+/// [`GRACE`] (a slow reader: a normal stop drains them at once), says so once on stderr. A stop
+/// signal during the wait drops what stdout still holds (each record counted as dropped by
+/// type); the export is always written to its end.
 pub(crate) async fn wait_for_writers(
     stdout: &Output,
     export: Option<(&Output, &Path)>,
@@ -59,17 +67,22 @@ pub(crate) async fn wait_for_writers(
         }
         _ => String::new(),
     };
-    let queued = stdout.queued();
-    if matches!(stop, Stop::Signal(_)) && queued > 0 && !stdout.is_done() {
-        eprintln!(
-            "tracer: writing {queued} queued records to stdout; Ctrl-C again to drop them{}",
-            exporting(export)
-        );
-    }
+    let started = Instant::now();
+    let mut told = !matches!(stop, Stop::Signal(_));
     let mut dropping = false;
     loop {
         if stdout.is_done() && export.is_none_or(|(export, _)| export.is_done()) {
             return;
+        }
+        if !told && started.elapsed() >= GRACE {
+            told = true;
+            let queued = stdout.queued();
+            if queued > 0 && !stdout.is_done() {
+                eprintln!(
+                    "tracer: writing {queued} queued records to stdout; Ctrl-C again to drop them{}",
+                    exporting(export)
+                );
+            }
         }
         if dropping {
             // Again: a write that had just started when the first request came is
