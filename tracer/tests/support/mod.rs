@@ -273,7 +273,8 @@ pub fn tool_from_debian(tool: &str, package: &str) -> std::path::PathBuf {
 }
 
 /// Starts the tracer with stdout and stderr piped (for the tests that control how stdout is
-/// read) and waits for it to report being attached; returns the rest of its stderr.
+/// read) and waits for it to report being attached (skipping the warnings before it); returns
+/// the rest of its stderr.
 pub fn spawn_piped<S: AsRef<std::ffi::OsStr>>(
     args: &[S],
 ) -> (Child, std::io::BufReader<std::process::ChildStderr>) {
@@ -286,9 +287,17 @@ pub fn spawn_piped<S: AsRef<std::ffi::OsStr>>(
         .spawn()
         .expect("start the tracer binary");
     let mut err = std::io::BufReader::new(child.stderr.take().expect("piped stderr"));
-    let mut line = String::new();
-    err.read_line(&mut line).expect("read the tracer's stderr");
-    assert!(line.contains("attached"), "{line}");
+    // Warnings about what the kernel lacks (5.10 has no error reports) can come first.
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = err.read_line(&mut line).expect("read the tracer's stderr");
+        assert!(n > 0, "the tracer ended before attaching:\n{seen}");
+        seen.push_str(&line);
+        if line.contains("attached") {
+            break;
+        }
+    }
     (child, err)
 }
 
