@@ -91,23 +91,8 @@ impl WallTime {
 
     /// The RFC 3339 text, on the stack.
     pub fn text(self) -> Rfc3339 {
-        if let Some(bytes) = rfc3339_micros(self.unix_ns) {
-            Rfc3339 {
-                bytes: pad(bytes),
-                len: 27,
-            }
-        } else {
-            // Past year 9999: humantime's general formatter (never on a live clock).
-            let text =
-                humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_nanos(self.unix_ns))
-                    .to_string();
-            let mut bytes = [0u8; RFC3339_MAX];
-            let len = text.len().min(RFC3339_MAX);
-            bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
-            Rfc3339 {
-                bytes,
-                len: len as u8,
-            }
+        Rfc3339 {
+            bytes: rfc3339_micros(self.unix_ns),
         }
     }
 
@@ -119,26 +104,17 @@ impl WallTime {
     }
 }
 
-const RFC3339_MAX: usize = 32;
-
-fn pad(bytes: [u8; 27]) -> [u8; RFC3339_MAX] {
-    let mut out = [0u8; RFC3339_MAX];
-    out[..27].copy_from_slice(&bytes);
-    out
-}
-
 /// A [`WallTime`] written out: RFC 3339 text held on the stack.
 #[derive(Clone, Copy)]
 pub struct Rfc3339 {
-    bytes: [u8; RFC3339_MAX],
-    len: u8,
+    bytes: [u8; 27],
 }
 
 impl Rfc3339 {
     /// The text.
     pub fn as_str(&self) -> &str {
-        // Only ASCII digits, separators and humantime's ASCII output are ever stored.
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+        // Only ASCII digits and separators are ever stored.
+        std::str::from_utf8(&self.bytes).unwrap_or_default()
     }
 }
 
@@ -169,10 +145,10 @@ impl<'de> Deserialize<'de> for WallTime {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.uuuuuuZ` for nanoseconds since the epoch; `None` past year 9999.
-/// Events come many to a second: the date and time of day are kept per thread for the last
+/// `YYYY-MM-DDTHH:MM:SS.uuuuuuZ` for nanoseconds since the epoch (a `u64` of them ends in
+/// 2554, so the year always has four digits). Events come many to a second: the date and time of day are kept per thread for the last
 /// second seen, and only the microseconds are written for each event.
-fn rfc3339_micros(wall_ns: u64) -> Option<[u8; 27]> {
+fn rfc3339_micros(wall_ns: u64) -> [u8; 27] {
     thread_local! {
         static LAST: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
     }
@@ -181,7 +157,7 @@ fn rfc3339_micros(wall_ns: u64) -> Option<[u8; 27]> {
     let prefix = match LAST.get() {
         (cached, prefix) if cached == secs => prefix,
         _ => {
-            let prefix = date_time(secs)?;
+            let prefix = date_time(secs);
             LAST.set((secs, prefix));
             prefix
         }
@@ -190,11 +166,12 @@ fn rfc3339_micros(wall_ns: u64) -> Option<[u8; 27]> {
     out[..20].copy_from_slice(&prefix);
     digits(&mut out[20..26], micros);
     out[26] = b'Z';
-    Some(out)
+    out
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.` for seconds since the epoch; `None` past year 9999.
-fn date_time(secs: u64) -> Option<[u8; 20]> {
+/// `YYYY-MM-DDTHH:MM:SS.` for seconds since the epoch, up to year 9999 (the callers' seconds
+/// come from a `u64` of nanoseconds: 2554 at most).
+fn date_time(secs: u64) -> [u8; 20] {
     let days = secs / 86_400;
     let in_day = secs % 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's `civil_from_days`).
@@ -207,9 +184,6 @@ fn date_time(secs: u64) -> Option<[u8; 20]> {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + u64::from(month <= 2);
-    if year > 9999 {
-        return None;
-    }
     let mut out = *b"0000-00-00T00:00:00.";
     digits(&mut out[0..4], year);
     digits(&mut out[5..7], month);
@@ -217,7 +191,7 @@ fn date_time(secs: u64) -> Option<[u8; 20]> {
     digits(&mut out[11..13], in_day / 3_600);
     digits(&mut out[14..16], in_day / 60 % 60);
     digits(&mut out[17..19], in_day % 60);
-    Some(out)
+    out
 }
 
 /// Writes `value` as decimal digits filling `out`, zero-padded.
