@@ -338,7 +338,7 @@ fn deployed_flags_run_the_real_binary() {
             })
             .collect();
         let out = support::output(
-            Command::new(env!("CARGO_BIN_EXE_tracer"))
+            Command::new(support::tracer_binary())
                 .args(&flags)
                 .args(["--duration", "2s"]),
         );
@@ -385,7 +385,10 @@ fn systemd_unit_verifies_and_grants_what_the_binary_needs() {
     let copy = dir.path().join("tracer.service");
     std::fs::write(
         &copy,
-        unit.replace("/usr/local/bin/tracer", env!("CARGO_BIN_EXE_tracer")),
+        unit.replace(
+            "/usr/local/bin/tracer",
+            &support::tracer_binary().display().to_string(),
+        ),
     )
     .unwrap();
     let out = support::output(
@@ -488,7 +491,7 @@ fn container_image_builds_with_podman() {
     let dir = tempfile::tempdir().unwrap();
     let out = support::output(
         Command::new(deploy("container/context.sh"))
-            .arg(env!("CARGO_BIN_EXE_tracer"))
+            .arg(support::tracer_binary())
             .arg(dir.path()),
     );
     assert!(

@@ -40,7 +40,7 @@ impl Tmux {
         let script = format!(
             "{} top {args}; echo \"top exited $?\"; stty -a | grep -w -e icanon -e -icanon; \
              sleep 600",
-            env!("CARGO_BIN_EXE_tracer"),
+            support::tracer_binary().display(),
         );
         tmux.run(&[
             "-f",

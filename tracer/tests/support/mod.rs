@@ -45,9 +45,22 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Names a tracer binary the tests run instead of the one `cargo test` built: `cargo xtask
+/// vm-test` sets it to the release build, because under software emulation the unoptimized
+/// binary's start-up (parsing the kernel's BTF) takes about ten seconds, in every test.
+pub const BINARY_VAR: &str = "TRACER_TEST_BINARY";
+
+/// The tracer binary under test: `$TRACER_TEST_BINARY` when set, else the one cargo built.
+pub fn tracer_binary() -> PathBuf {
+    std::env::var_os(BINARY_VAR).map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_tracer")),
+        PathBuf::from,
+    )
+}
+
 /// The tracer binary, with no logging configuration from the caller's environment.
 pub fn tracer_command() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tracer"));
+    let mut cmd = Command::new(tracer_binary());
     cmd.env_remove("TRACER_LOG").env_remove("RUST_LOG");
     cmd
 }
@@ -203,7 +216,7 @@ pub fn public_copy(path: &Path, mode: u32) -> PathBuf {
 
 /// The tracer binary, runnable by `nobody`.
 pub fn public_tracer() -> PathBuf {
-    public_copy(Path::new(env!("CARGO_BIN_EXE_tracer")), 0o755)
+    public_copy(&tracer_binary(), 0o755)
 }
 
 /// Runs `cmd` to completion. A binary copied moments ago can be briefly "busy" (ETXTBSY)

@@ -44,12 +44,22 @@ for tp in sock/inet_sock_set_state tcp/tcp_send_reset tcp/tcp_receive_reset sock
   fact "tracepoint:$tp" "$([ -d /sys/kernel/tracing/events/$tp ] && echo yes || echo no)"
 done
 fact cmdline "$(cat /proc/cmdline)"
+# Netlink sock_diag for TCP (the tracer's owner lookups), from this kernel's own package.
+for m in /vm/modules/*; do
+  [ -e "$m" ] || continue
+  case "$m" in *.xz) unxz -c "$m" > /tmp/module.ko; ko=/tmp/module.ko ;; *) ko=$m ;; esac
+  err=$(insmod "$ko" 2>&1) || fact "insmod:$(basename "$m")" "failed: $err"
+done
+rm -f /tmp/module.ko
+fact tcp_diag "$(grep -qw tcp_diag /proc/modules && echo yes || echo no)"
 
 # With tracer_vm.harden=1 the JIT hardens every program (constant blinding): it must still load.
 [ "$(arg harden)" = 1 ] && echo 2 > /proc/sys/net/core/bpf_jit_harden
 fact bpf_jit_harden "$(cat /proc/sys/net/core/bpf_jit_harden 2>/dev/null)"
 fact tracefs_mounted "$(grep -q ' /sys/kernel/tracing tracefs' /proc/mounts && echo yes || echo no)"
 TRACER=$(cat /vm/tracer)
+# The tests run this (release) tracer, not their unoptimized one: see tests/support.
+export TRACER_TEST_BINARY="$TRACER"
 say "@@SMOKE-BEGIN"
 timeout 60 "$TRACER" --json --duration 2s -v -p 47001 > /tmp/smoke.out 2> /tmp/smoke.err
 rc=$?

@@ -2,7 +2,8 @@
 //! busybox, the guest's `/init`, and the project's freshly built binaries (the tracer, the test
 //! binaries and their helpers) at the same absolute paths as on the host, so the tests' compiled-in
 //! paths (`CARGO_BIN_EXE_*`, `CARGO_MANIFEST_DIR`) hold inside the guest too. The Debian cloud
-//! kernels need no module: serial console, loopback, veth, tmpfs, BPF and tracefs are built in.
+//! kernels build in the serial console, loopback, tmpfs, BPF and tracefs; each boot appends the
+//! one kernel's netlink `sock_diag` modules ([`with_modules`]), which the guest loads.
 
 use std::{
     fs,
@@ -106,6 +107,32 @@ pub fn build(contents: &Contents<'_>, out: &Path) -> Result<()> {
 
     archive(contents.busybox, &stage, out)?;
     fs::remove_dir_all(&stage)?;
+    Ok(())
+}
+
+/// Writes `out`: the kernel-independent image `base` followed by a second archive holding one
+/// kernel's `modules` as `/vm/modules/N-FILE` (N keeps the load order); the kernel unpacks
+/// concatenated archives in turn.
+pub fn with_modules(busybox: &Path, base: &Path, modules: &[PathBuf], out: &Path) -> Result<()> {
+    let stage = out.with_extension("stage");
+    let _ = fs::remove_dir_all(&stage);
+    fs::create_dir_all(stage.join("vm/modules"))?;
+    for (i, module) in modules.iter().enumerate() {
+        let name = module.file_name().context("a module file")?;
+        fs::copy(
+            module,
+            stage.join(format!("vm/modules/{i}-{}", name.to_string_lossy())),
+        )?;
+    }
+    let extra = out.with_extension("modules.cpio");
+    archive(busybox, &stage, &extra)?;
+    fs::remove_dir_all(&stage)?;
+    let mut image = fs::File::create(out)?;
+    for part in [base, &extra] {
+        std::io::copy(&mut fs::File::open(part)?, &mut image)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    fs::remove_file(extra)?;
     Ok(())
 }
 

@@ -47,13 +47,15 @@ pub const PINS: &[Pin] = &[
         suite: "trixie-backports",
         packages: &["linux-image-6.18.15+deb13-cloud-amd64"],
     },
-    // 7.x is split: the kernel is in linux-binary-*, its config in linux-base-*.
+    // 7.x is split: the kernel is in linux-binary-*, its config in linux-base-*, its modules
+    // in linux-modules-*.
     Pin {
         name: "7.3",
         suite: "trixie-backports",
         packages: &[
             "linux-binary-7.3.4+deb13-cloud-amd64",
             "linux-base-7.3.4+deb13-cloud-amd64",
+            "linux-modules-7.3.4+deb13-cloud-amd64",
         ],
     },
 ];
@@ -61,10 +63,17 @@ pub const PINS: &[Pin] = &[
 const BUSYBOX_SUITE: &str = "bookworm";
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
+/// The modules the guest loads, in load order: netlink `sock_diag` for TCP (the tracer's owner
+/// lookups and `tcp_info`), modules in every Debian cloud kernel. `sock_diag` itself is built in
+/// where it is not a module.
+pub const MODULES: &[&str] = &["sock_diag", "inet_diag", "tcp_diag"];
+
 /// A kernel ready to boot.
 pub struct Kernel {
     pub name: &'static str,
     pub vmlinuz: PathBuf,
+    /// The [`MODULES`] this kernel has as modules (`.ko` or `.ko.xz`), in load order.
+    pub modules: Vec<PathBuf>,
     /// `package version suite` lines.
     pub source: String,
 }
@@ -248,15 +257,70 @@ fn cached(pin: &'static Pin, cache: &Path) -> Option<Kernel> {
     let vmlinuz = dir.join("vmlinuz");
     let packages: Vec<&str> = source
         .lines()
-        .filter(|l| !l.starts_with("sha256 "))
+        .filter(|l| !l.starts_with("sha256 ") && !l.starts_with("module "))
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     let hash = source.lines().find_map(|l| l.strip_prefix("sha256 "))?;
-    (packages == pin.packages && sha256(&vmlinuz).ok()? == hash).then_some(Kernel {
+    // Each kept module is recorded as `module FILE SHA256`; a cache from before modules were
+    // kept has none and is fetched again.
+    let mut modules = Vec::new();
+    for line in source.lines().filter_map(|l| l.strip_prefix("module ")) {
+        let (file, hash) = line.split_once(' ')?;
+        let path = dir.join("modules").join(file);
+        if sha256(&path).ok()? != hash {
+            return None;
+        }
+        modules.push(path);
+    }
+    let has_diag = modules
+        .iter()
+        .any(|m| m.to_string_lossy().contains("/tcp_diag.ko"));
+    (packages == pin.packages && has_diag && sha256(&vmlinuz).ok()? == hash).then_some(Kernel {
         name: pin.name,
         vmlinuz,
+        modules,
         source,
     })
+}
+
+/// Copies the [`MODULES`] found in the unpacked packages at `tmp` into `dir/modules` as they are
+/// (`.ko`, or `.ko.xz` from 6.12 on, which the guest's busybox decompresses), and records each
+/// one's hash.
+fn keep_modules(tmp: &Path, dir: &Path, source: &mut String) -> Result<()> {
+    let mut found: Vec<PathBuf> = Vec::new();
+    for root in ["lib/modules", "usr/lib/modules"] {
+        let Ok(versions) = fs::read_dir(tmp.join(root)) else {
+            continue;
+        };
+        for version in versions.filter_map(Result::ok) {
+            for sub in ["kernel/net/core", "kernel/net/ipv4"] {
+                let Ok(files) = fs::read_dir(version.path().join(sub)) else {
+                    continue;
+                };
+                found.extend(files.filter_map(Result::ok).map(|f| f.path()));
+            }
+        }
+    }
+    fs::create_dir_all(dir.join("modules"))?;
+    for name in MODULES {
+        let Some(path) = found.iter().find(|p| {
+            p.file_name().is_some_and(|f| {
+                let f = f.to_string_lossy();
+                f == format!("{name}.ko") || f == format!("{name}.ko.xz")
+            })
+        }) else {
+            continue;
+        };
+        let file = path.file_name().context("a module file")?;
+        let to = dir.join("modules").join(file);
+        fs::copy(path, &to)?;
+        source.push_str(&format!(
+            "module {} {}\n",
+            file.to_string_lossy(),
+            sha256(&to)?
+        ));
+    }
+    Ok(())
 }
 
 fn sha256(path: &Path) -> Result<String> {
@@ -313,8 +377,9 @@ fn unpack(pin: &Pin, apt: &AptState, debs: &Path, cache: &Path) -> Result<()> {
     };
     fs::copy(find("vmlinuz")?, dir.join("vmlinuz"))?;
     fs::copy(find("config")?, dir.join("config"))?;
-    fs::remove_dir_all(&tmp)?;
     source.push_str(&format!("sha256 {}\n", sha256(&dir.join("vmlinuz"))?));
+    keep_modules(&tmp, &dir, &mut source)?;
+    fs::remove_dir_all(&tmp)?;
     fs::write(dir.join("source"), source)?;
     eprintln!("kernel {}: cached in {}", pin.name, dir.display());
     Ok(())
