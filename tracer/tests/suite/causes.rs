@@ -15,7 +15,6 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
     path::Path,
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -273,18 +272,10 @@ fn a_refused_connect_is_connect_failed_with_econnrefused() {
     drop(tracer.stop());
 }
 
-fn ip(args: &[&str]) {
-    let status = Command::new("ip")
-        .args(args)
-        .status()
-        .expect("run ip (iproute2)");
-    assert!(status.success(), "ip {args:?} failed: {status}");
-}
-
 /// Takes the namespace's loopback down: its routes go, so what the sockets on it send is
 /// dropped, with no RST and no ICMP error.
 fn cut_the_link() {
-    ip(&["link", "set", "lo", "down"]);
+    support::field::ip(&["link", "set", "lo", "down"]);
 }
 
 /// A connection on loopback with `setup` applied to the client socket before it connects:
@@ -394,7 +385,7 @@ fn keepalive_with_the_link_down_is_a_timeout() {
 fn a_connect_to_a_blackhole_is_connect_failed_with_etimedout() {
     let _netns = NetNs::enter();
     let hole = "10.211.0.9";
-    ip(&["route", "add", "10.211.0.0/24", "dev", "lo"]);
+    support::field::ip(&["route", "add", "10.211.0.0/24", "dev", "lo"]);
     let port = 9;
     let tracer = tracer_on(port);
     let reports = error_reports(&tracer);

@@ -13,7 +13,6 @@
 use std::{
     io::{Read as _, Write as _},
     net::{Shutdown, SocketAddr, TcpStream},
-    process::Command,
     thread,
     time::Duration,
 };
@@ -316,11 +315,11 @@ fn a_simultaneous_close_goes_through_closing_to_time_wait() {
     let mut client = TcpStream::connect(addr).unwrap();
     let (mut accepted, _) = listener.accept().unwrap();
     let local = client.local_addr().unwrap();
-    ip(&["link", "set", "lo", "down"]);
+    support::field::ip(&["link", "set", "lo", "down"]);
     client.shutdown(Shutdown::Write).unwrap();
     accepted.shutdown(Shutdown::Write).unwrap();
     thread::sleep(Duration::from_millis(50));
-    ip(&["link", "set", "lo", "up"]);
+    support::field::ip(&["link", "set", "lo", "up"]);
     // Both read the other's FIN once the retransmission timers resend them.
     support::read_to_end(&mut client);
     support::read_to_end(&mut accepted);
@@ -348,12 +347,4 @@ fn a_simultaneous_close_goes_through_closing_to_time_wait() {
         assert_eq!((t.outcome, close.peer_fin), expected, "{close:#?}");
     }
     drop(tracer.stop());
-}
-
-fn ip(args: &[&str]) {
-    let status = Command::new("ip")
-        .args(args)
-        .status()
-        .expect("run ip (iproute2)");
-    assert!(status.success(), "ip {args:?} failed: {status}");
 }

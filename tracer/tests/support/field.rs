@@ -86,7 +86,8 @@ pub fn current_netns() -> u64 {
     std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino()
 }
 
-fn ip(args: &[&str]) {
+/// Runs `ip ARGS` (Debian's iproute2) and fails the test unless it succeeds.
+pub fn ip(args: &[&str]) {
     let status = Command::new("ip")
         .args(args)
         .status()
