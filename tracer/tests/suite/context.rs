@@ -12,7 +12,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Shutdown, SocketAddr, TcpStream},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     thread,
     time::Duration,
 };
@@ -36,6 +36,101 @@ fn message_value(helper: &Helper, prefix: &str) -> u16 {
         .unwrap_or_else(|| panic!("expected {prefix:?}N, got {told:?}"))
 }
 
+/// The two ends of a connection one process reset from `close()`: the closing end (`closer`,
+/// as (local, remote)) went ESTABLISHED -> CLOSE in the context of process `pid` (`comm`)
+/// holding the socket's lock and sent the RST, and its transition and timeline name that
+/// process; the other end, reset by that RST in softirq, names nobody. Returns the closing
+/// end's timeline.
+fn reset_from_close(
+    tracer: &Tracer,
+    closer: (SocketAddr, SocketAddr),
+    pid: u32,
+    comm: &str,
+) -> TimelineRecord {
+    let (local, remote) = closer;
+    let timeline = tracer.ended(local, remote);
+    let close = tracer.close_of(&timeline);
+    assert_eq!(
+        (
+            close.old_state.name().as_ref(),
+            close.sock_owned,
+            close.reset_by
+        ),
+        ("ESTABLISHED", Some(true), Some(ResetBy::Local)),
+        "{close:#?}"
+    );
+    assert_eq!(
+        (
+            close.pid,
+            close.comm.as_deref(),
+            close.ctx_pid,
+            close.ctx_comm.as_str()
+        ),
+        (Some(pid), Some(comm), pid, comm),
+        "{close:#?}"
+    );
+    assert_eq!(
+        (timeline.pid, timeline.comm.as_deref(), timeline.outcome),
+        (Some(pid), Some(comm), Outcome::Reset),
+        "{timeline:#?}"
+    );
+
+    let other_side = tracer.ended(remote, local);
+    let reset = tracer.close_of(&other_side);
+    assert_eq!(
+        (
+            reset.sock_owned,
+            reset.reset_by,
+            reset.pid,
+            reset.comm.as_deref()
+        ),
+        (Some(false), Some(ResetBy::Peer), None, None),
+        "{reset:#?}"
+    );
+    assert_eq!(
+        (other_side.pid, other_side.comm.as_deref()),
+        (None, None),
+        "{other_side:#?}"
+    );
+    timeline
+}
+
+/// A listener on loopback and a tracer of its port with `--timelines`.
+fn traced_listener() -> (TcpListener, SocketAddr, Tracer) {
+    let (listener, addr) = support::listen("127.0.0.1:0");
+    let tracer = Tracer::start(&["-p", &addr.port().to_string(), "--timelines"]);
+    (listener, addr, tracer)
+}
+
+/// Checks the timeline of an active close from `local` to `remote`: the connection's states,
+/// ending in the inferred one it rests in (`rest`, such as `TIME_WAIT*`), an active close, and
+/// whether its last transition saw the peer's FIN (`peer_fin`).
+fn active_close(
+    tracer: &Tracer,
+    local: SocketAddr,
+    remote: SocketAddr,
+    rest: &str,
+    peer_fin: bool,
+) {
+    let timeline = tracer.ended(local, remote);
+    assert_eq!(
+        states(&timeline),
+        ["SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", rest],
+        "{timeline:#?}"
+    );
+    assert_eq!(timeline.outcome, Outcome::ActiveClose);
+    let close = tracer.close_of(&timeline);
+    assert_eq!(
+        (
+            close.old_state.name().as_ref(),
+            close.peer_fin,
+            close.reset_by
+        ),
+        ("FIN_WAIT2", Some(peer_fin), None),
+        "{close:#?}"
+    );
+}
+
 /// A client process closing with `SO_LINGER {1, 0}` resets the connection from `close()`, in its
 /// own context: its ESTABLISHED -> CLOSE and its timeline name it, though the tracer started
 /// after its `connect()`. The server's side, reset by the RST in softirq, names nobody.
@@ -57,52 +152,8 @@ fn an_rst_from_close_with_zero_linger_names_the_closing_client() {
     assert_eq!(client.recv(), "closed");
     let client_addr: SocketAddr = ([127, 0, 0, 1], client_port).into();
 
-    let timeline = tracer.ended(client_addr, addr);
-    let close = tracer.close_of(&timeline);
-    let pid = client.pid();
-    assert_eq!(
-        (
-            close.old_state.name().as_ref(),
-            close.sock_owned,
-            close.reset_by
-        ),
-        ("ESTABLISHED", Some(true), Some(ResetBy::Local)),
-        "{close:#?}"
-    );
-    assert_eq!(
-        (
-            close.pid,
-            close.comm.as_deref(),
-            close.ctx_pid,
-            close.ctx_comm.as_str()
-        ),
-        (Some(pid), Some("c06-client"), pid, "c06-client"),
-        "{close:#?}"
-    );
-    assert_eq!(
-        (timeline.pid, timeline.comm.as_deref(), timeline.outcome),
-        (Some(pid), Some("c06-client"), Outcome::Reset),
-        "{timeline:#?}"
-    );
+    let timeline = reset_from_close(&tracer, (client_addr, addr), client.pid(), "c06-client");
     assert_eq!(states(&timeline), ["ESTABLISHED", "CLOSE"]);
-
-    let server_side = tracer.ended(addr, client_addr);
-    let reset = tracer.close_of(&server_side);
-    assert_eq!(
-        (
-            reset.sock_owned,
-            reset.reset_by,
-            reset.pid,
-            reset.comm.as_deref()
-        ),
-        (Some(false), Some(ResetBy::Peer), None, None),
-        "{reset:#?}"
-    );
-    assert_eq!(
-        (server_side.pid, server_side.comm.as_deref()),
-        (None, None),
-        "{server_side:#?}"
-    );
     drop(accepted);
     client.send("exit");
     client.wait();
@@ -136,51 +187,7 @@ fn an_rst_from_close_with_unread_bytes_names_the_closing_server() {
     assert_eq!(server.recv(), "closed");
     let client_addr = client.local_addr().unwrap();
 
-    let timeline = tracer.ended(addr, client_addr);
-    let close = tracer.close_of(&timeline);
-    let pid = server.pid();
-    assert_eq!(
-        (
-            close.old_state.name().as_ref(),
-            close.sock_owned,
-            close.reset_by
-        ),
-        ("ESTABLISHED", Some(true), Some(ResetBy::Local)),
-        "{close:#?}"
-    );
-    assert_eq!(
-        (
-            close.pid,
-            close.comm.as_deref(),
-            close.ctx_pid,
-            close.ctx_comm.as_str()
-        ),
-        (Some(pid), Some("c06-server"), pid, "c06-server"),
-        "{close:#?}"
-    );
-    assert_eq!(
-        (timeline.pid, timeline.comm.as_deref(), timeline.outcome),
-        (Some(pid), Some("c06-server"), Outcome::Reset),
-        "{timeline:#?}"
-    );
-
-    let client_side = tracer.ended(client_addr, addr);
-    let reset = tracer.close_of(&client_side);
-    assert_eq!(
-        (
-            reset.sock_owned,
-            reset.reset_by,
-            reset.pid,
-            reset.comm.as_deref()
-        ),
-        (Some(false), Some(ResetBy::Peer), None, None),
-        "{reset:#?}"
-    );
-    assert_eq!(
-        (client_side.pid, client_side.comm.as_deref()),
-        (None, None),
-        "{client_side:#?}"
-    );
+    reset_from_close(&tracer, (addr, client_addr), server.pid(), "c06-server");
     let mut rest = Vec::new();
     assert!(
         client.read_to_end(&mut rest).is_err(),
@@ -198,8 +205,7 @@ fn an_rst_from_close_with_unread_bytes_names_the_closing_server() {
 fn a_close_the_peer_answers_rests_in_time_wait() {
     support::require_root();
     let _ns = NetNs::enter();
-    let (listener, addr) = support::listen("127.0.0.1:0");
-    let tracer = Tracer::start(&["-p", &addr.port().to_string(), "--timelines"]);
+    let (listener, addr, tracer) = traced_listener();
     let mut client = TcpStream::connect(addr).unwrap();
     let (mut accepted, _) = listener.accept().unwrap();
     let server = thread::spawn(move || {
@@ -212,29 +218,7 @@ fn a_close_the_peer_answers_rests_in_time_wait() {
     let local = client.local_addr().unwrap();
     drop(client);
 
-    let timeline = tracer.ended(local, addr);
-    assert_eq!(
-        states(&timeline),
-        [
-            "SYN_SENT",
-            "ESTABLISHED",
-            "FIN_WAIT1",
-            "FIN_WAIT2",
-            "TIME_WAIT*"
-        ],
-        "{timeline:#?}"
-    );
-    assert_eq!(timeline.outcome, Outcome::ActiveClose);
-    let close = tracer.close_of(&timeline);
-    assert_eq!(
-        (
-            close.old_state.name().as_ref(),
-            close.peer_fin,
-            close.reset_by
-        ),
-        ("FIN_WAIT2", Some(true), None),
-        "{close:#?}"
-    );
+    active_close(&tracer, local, addr, "TIME_WAIT*", true);
     drop(tracer.stop());
 }
 
@@ -247,36 +231,13 @@ fn a_close_the_peer_answers_rests_in_time_wait() {
 fn a_close_the_peer_never_answers_rests_in_fin_wait2() {
     support::require_root();
     let _ns = NetNs::enter();
-    let (listener, addr) = support::listen("127.0.0.1:0");
-    let tracer = Tracer::start(&["-p", &addr.port().to_string(), "--timelines"]);
+    let (listener, addr, tracer) = traced_listener();
     let client = TcpStream::connect(addr).unwrap();
     let (accepted, _) = listener.accept().unwrap();
     let local = client.local_addr().unwrap();
     drop(client);
 
-    let timeline = tracer.ended(local, addr);
-    assert_eq!(
-        states(&timeline),
-        [
-            "SYN_SENT",
-            "ESTABLISHED",
-            "FIN_WAIT1",
-            "FIN_WAIT2",
-            "FIN_WAIT2*"
-        ],
-        "{timeline:#?}"
-    );
-    assert_eq!(timeline.outcome, Outcome::ActiveClose);
-    let close = tracer.close_of(&timeline);
-    assert_eq!(
-        (
-            close.old_state.name().as_ref(),
-            close.peer_fin,
-            close.reset_by
-        ),
-        ("FIN_WAIT2", Some(false), None),
-        "{close:#?}"
-    );
+    active_close(&tracer, local, addr, "FIN_WAIT2*", false);
     // The kernel's table agrees: the timewait socket of the client's port is in FIN_WAIT2
     // (state 05 of /proc/net/tcp), the server's end in CLOSE_WAIT (08).
     let table = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap();
@@ -310,8 +271,7 @@ fn a_close_the_peer_never_answers_rests_in_fin_wait2() {
 fn a_simultaneous_close_goes_through_closing_to_time_wait() {
     support::require_root();
     let _ns = NetNs::enter();
-    let (listener, addr) = support::listen("127.0.0.1:0");
-    let tracer = Tracer::start(&["-p", &addr.port().to_string(), "--timelines"]);
+    let (listener, addr, tracer) = traced_listener();
     let mut client = TcpStream::connect(addr).unwrap();
     let (mut accepted, _) = listener.accept().unwrap();
     let local = client.local_addr().unwrap();
