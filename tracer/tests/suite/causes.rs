@@ -60,14 +60,16 @@ fn expected(reports: bool, name: &str) -> Option<String> {
     reports.then(|| name.to_owned())
 }
 
-/// `(outcome, error, reset_by)` of a timeline, after checking its transition to CLOSE says the
-/// same.
-fn cause(
-    tracer: &Tracer,
-    local: SocketAddr,
-    remote: SocketAddr,
-) -> (Outcome, Option<String>, Option<ResetBy>) {
-    let timeline = tracer.ended(local, remote);
+/// Why a connection ended: `(outcome, error, reset_by)`.
+type Cause = (Outcome, Option<String>, Option<ResetBy>);
+
+/// The cause of the connection from `local` to `remote`, as [`cause_of`] its timeline.
+fn cause(tracer: &Tracer, local: SocketAddr, remote: SocketAddr) -> Cause {
+    cause_of(tracer, tracer.ended(local, remote))
+}
+
+/// The cause a timeline reports, after checking its transition to CLOSE says the same.
+fn cause_of(tracer: &Tracer, timeline: TimelineRecord) -> Cause {
     let close = tracer.close_of(&timeline);
     assert_eq!(
         (&close.error, close.reset_by),
@@ -75,6 +77,60 @@ fn cause(
         "{close:#?}\n{timeline:#?}"
     );
     (timeline.outcome, timeline.error, timeline.reset_by)
+}
+
+/// The timeline of a failed connect to `remote`.
+fn failed_connect(tracer: &Tracer, remote: SocketAddr) -> TimelineRecord {
+    tracer.wait_for(&format!("the timeline of the connect to {remote}"), |rs| {
+        rs.iter().find_map(|r| match r {
+            Record::Timeline(t) if (t.raddr, t.rport) == (remote.ip(), remote.port()) => {
+                Some(t.clone())
+            }
+            _ => None,
+        })
+    })
+}
+
+/// The server side of a connection closes with an RST: the client's next read fails with
+/// ECONNRESET; the server's end reports a local reset and no error (its application closed it),
+/// the client's a reset by the peer and ECONNRESET (where error reports are traced).
+fn server_reset(
+    tracer: &Tracer,
+    reports: bool,
+    client: &mut TcpStream,
+    server: TcpStream,
+    addr: SocketAddr,
+) {
+    let client_addr = client.local_addr().unwrap();
+    drop(server);
+    let mut buf = [0u8; 1];
+    let err = client.read(&mut buf).expect_err("the read sees the reset");
+    assert_eq!(err.raw_os_error(), Some(libc::ECONNRESET), "{err}");
+    assert_eq!(
+        cause(tracer, addr, client_addr),
+        (Outcome::Reset, None, Some(ResetBy::Local)),
+        "the side that reset"
+    );
+    assert_eq!(
+        cause(tracer, client_addr, addr),
+        (
+            Outcome::Reset,
+            expected(reports, "ECONNRESET"),
+            Some(ResetBy::Peer)
+        ),
+        "the side that was reset"
+    );
+}
+
+/// A TCP socket, not yet connected.
+fn tcp_socket() -> std::os::fd::OwnedFd {
+    nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Stream,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap()
 }
 
 fn tracer_on(port: u16) -> Tracer {
@@ -137,27 +193,8 @@ fn a_linger_reset_is_local_on_one_side_and_peer_on_the_other() {
     ]);
     let reports = error_reports(&tracer);
     let (mut client, server) = pair(&listener);
-    let client_addr = client.local_addr().unwrap();
     set_linger_zero(&server);
-    drop(server);
-    let mut buf = [0u8; 1];
-    let err = client.read(&mut buf).expect_err("the read sees the reset");
-    assert_eq!(err.raw_os_error(), Some(libc::ECONNRESET), "{err}");
-
-    assert_eq!(
-        cause(&tracer, addr, client_addr),
-        (Outcome::Reset, None, Some(ResetBy::Local)),
-        "the side that reset"
-    );
-    assert_eq!(
-        cause(&tracer, client_addr, addr),
-        (
-            Outcome::Reset,
-            expected(reports, "ECONNRESET"),
-            Some(ResetBy::Peer)
-        ),
-        "the side that was reset"
-    );
+    server_reset(&tracer, reports, &mut client, server, addr);
     let (live, _) = tracer.stop();
     let out = support::output(
         support::tracer_command()
@@ -203,7 +240,6 @@ fn a_close_with_unread_bytes_is_a_local_reset() {
     let tracer = tracer_on(addr.port());
     let reports = error_reports(&tracer);
     let (mut client, server) = pair(&listener);
-    let client_addr = client.local_addr().unwrap();
     client.write_all(b"unread").unwrap();
     // Until the bytes are in the server's receive queue.
     let deadline = Instant::now() + support::WAIT;
@@ -211,22 +247,7 @@ fn a_close_with_unread_bytes_is_a_local_reset() {
         assert!(Instant::now() < deadline, "the bytes never arrived");
         thread::sleep(Duration::from_millis(5));
     }
-    drop(server);
-    let mut buf = [0u8; 1];
-    let err = client.read(&mut buf).expect_err("the read sees the reset");
-    assert_eq!(err.raw_os_error(), Some(libc::ECONNRESET), "{err}");
-    assert_eq!(
-        cause(&tracer, addr, client_addr),
-        (Outcome::Reset, None, Some(ResetBy::Local))
-    );
-    assert_eq!(
-        cause(&tracer, client_addr, addr),
-        (
-            Outcome::Reset,
-            expected(reports, "ECONNRESET"),
-            Some(ResetBy::Peer)
-        )
-    );
+    server_reset(&tracer, reports, &mut client, server, addr);
     drop(tracer.stop());
 }
 
@@ -250,24 +271,13 @@ fn a_refused_connect_is_connect_failed_with_econnrefused() {
     let reports = error_reports(&tracer);
     let err = TcpStream::connect(dead).expect_err("nobody listens");
     assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED), "{err}");
-    let timeline = tracer.wait_for("the failed connect's timeline", |rs| {
-        rs.iter().find_map(|r| match r {
-            Record::Timeline(t) if t.rport == dead.port() => Some(t.clone()),
-            _ => None,
-        })
-    });
-    let close = tracer.close_of(&timeline);
     assert_eq!(
-        (timeline.outcome, timeline.error.clone(), timeline.reset_by),
+        cause_of(&tracer, failed_connect(&tracer, dead)),
         (
             Outcome::ConnectFailed,
             expected(reports, "ECONNREFUSED"),
             Some(ResetBy::Peer)
         )
-    );
-    assert_eq!(
-        (close.error, close.reset_by),
-        (timeline.error, timeline.reset_by)
     );
     drop(tracer.stop());
 }
@@ -282,13 +292,7 @@ fn cut_the_link() {
 /// (client, accepted server side).
 fn connection(setup: impl Fn(&TcpStream)) -> (TcpStream, TcpStream) {
     let (listener, addr) = support::listen("127.0.0.1:0");
-    let socket = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Stream,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .unwrap();
+    let socket = tcp_socket();
     let client = TcpStream::from(socket);
     setup(&client);
     let SocketAddr::V4(v4) = addr else {
@@ -313,32 +317,39 @@ fn read_error(stream: &mut TcpStream) -> std::io::Error {
     }
 }
 
+/// A connection made with `setup` applied to its client socket, traced, then its link cut; the
+/// client writes `unacked` (nothing for an idle connection), and its next read must fail with
+/// ETIMEDOUT. Whether error reports are traced, and the cause the client's end reports.
+fn timeout_with_the_link_down(setup: impl Fn(&TcpStream), unacked: &[u8]) -> (bool, Cause) {
+    let (mut client, _server) = connection(setup);
+    let (local, remote) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+    let tracer = tracer_on(remote.port());
+    let reports = error_reports(&tracer);
+    cut_the_link();
+    client.write_all(unacked).unwrap();
+    let err = read_error(&mut client);
+    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+    let cause = cause(&tracer, local, remote);
+    drop(tracer.stop());
+    (reports, cause)
+}
+
 /// Data left unacknowledged with the link down, `TCP_USER_TIMEOUT` of 1 s: the kernel gives up
 /// at its next retransmission timeout (`tcp_write_err`), no RST, ETIMEDOUT.
 #[test]
 #[ignore = "needs root and BPF"]
 fn a_user_timeout_with_the_link_down_is_a_timeout() {
     let _netns = NetNs::enter();
-    let (mut client, _server) = connection(|s| {
-        setsockopt(s, sockopt::TcpUserTimeout, &1000).expect("TCP_USER_TIMEOUT");
-    });
-    let (local, remote) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
-    let tracer = tracer_on(remote.port());
-    let reports = error_reports(&tracer);
-    cut_the_link();
-    client.write_all(b"never acknowledged").unwrap();
-    let err = read_error(&mut client);
-    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+    let (reports, cause) = timeout_with_the_link_down(
+        |s| setsockopt(s, sockopt::TcpUserTimeout, &1000).expect("TCP_USER_TIMEOUT"),
+        b"never acknowledged",
+    );
     let outcome = if reports {
         Outcome::Timeout
     } else {
         Outcome::Aborted
     };
-    assert_eq!(
-        cause(&tracer, local, remote),
-        (outcome, expected(reports, "ETIMEDOUT"), None)
-    );
-    drop(tracer.stop());
+    assert_eq!(cause, (outcome, expected(reports, "ETIMEDOUT"), None));
 }
 
 /// An idle connection with the link down and keepalive probes every second, one allowed to go
@@ -349,32 +360,28 @@ fn a_user_timeout_with_the_link_down_is_a_timeout() {
 #[ignore = "needs root and BPF"]
 fn keepalive_with_the_link_down_is_a_timeout() {
     let _netns = NetNs::enter();
-    let (mut client, _server) = connection(|s| {
-        setsockopt(s, sockopt::KeepAlive, &true).unwrap();
-        setsockopt(s, sockopt::TcpKeepIdle, &1).unwrap();
-        setsockopt(s, sockopt::TcpKeepInterval, &1).unwrap();
-        setsockopt(s, sockopt::TcpKeepCount, &1).unwrap();
-    });
-    let (local, remote) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
-    let tracer = tracer_on(remote.port());
-    let reports = error_reports(&tracer);
-    cut_the_link();
-    let err = read_error(&mut client);
-    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+    let (reports, cause) = timeout_with_the_link_down(
+        |s| {
+            setsockopt(s, sockopt::KeepAlive, &true).unwrap();
+            setsockopt(s, sockopt::TcpKeepIdle, &1).unwrap();
+            setsockopt(s, sockopt::TcpKeepInterval, &1).unwrap();
+            setsockopt(s, sockopt::TcpKeepCount, &1).unwrap();
+        },
+        b"",
+    );
     let outcome = if reports {
         Outcome::Timeout
     } else {
         Outcome::Reset
     };
     assert_eq!(
-        cause(&tracer, local, remote),
+        cause,
         (
             outcome,
             expected(reports, "ETIMEDOUT"),
             Some(ResetBy::Local)
         )
     );
-    drop(tracer.stop());
 }
 
 /// A connect to an address routed out of loopback that nothing answers (the namespace does not
@@ -384,22 +391,16 @@ fn keepalive_with_the_link_down_is_a_timeout() {
 #[ignore = "needs root and BPF"]
 fn a_connect_to_a_blackhole_is_connect_failed_with_etimedout() {
     let _netns = NetNs::enter();
-    let hole = "10.211.0.9";
+    let hole = [10, 211, 0, 9];
     support::field::ip(&["route", "add", "10.211.0.0/24", "dev", "lo"]);
     let port = 9;
     let tracer = tracer_on(port);
     let reports = error_reports(&tracer);
     let started = Instant::now();
-    let socket = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Stream,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .unwrap();
+    let socket = tcp_socket();
     set_int(&socket, libc::IPPROTO_TCP, libc::TCP_SYNCNT, 1);
     setsockopt(&socket, sockopt::TcpUserTimeout, &1000).unwrap();
-    let to = nix::sys::socket::SockaddrIn::new(10, 211, 0, 9, port);
+    let to = nix::sys::socket::SockaddrIn::new(hole[0], hole[1], hole[2], hole[3], port);
     let err = nix::sys::socket::connect(socket.as_raw_fd(), &to).expect_err("nobody answers");
     assert_eq!(err, nix::errno::Errno::ETIMEDOUT);
     assert!(
@@ -407,22 +408,9 @@ fn a_connect_to_a_blackhole_is_connect_failed_with_etimedout() {
         "{:?}",
         started.elapsed()
     );
-    let timeline = tracer.wait_for("the connect's timeline", |rs| {
-        rs.iter().find_map(|r| match r {
-            Record::Timeline(t) if t.rport == port && t.raddr.to_string() == hole => {
-                Some(t.clone())
-            }
-            _ => None,
-        })
-    });
-    let close = tracer.close_of(&timeline);
     assert_eq!(
-        (timeline.outcome, timeline.error.clone(), timeline.reset_by),
+        cause_of(&tracer, failed_connect(&tracer, (hole, port).into())),
         (Outcome::ConnectFailed, expected(reports, "ETIMEDOUT"), None)
-    );
-    assert_eq!(
-        (close.error, close.reset_by),
-        (timeline.error, timeline.reset_by)
     );
     drop(tracer.stop());
 }
