@@ -5,7 +5,7 @@
 //! interpreter's threads.
 
 use std::{
-    io::Read as _,
+    io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
     time::{Duration, Instant},
 };
@@ -35,6 +35,21 @@ fn report(
     })
 }
 
+/// A tracer of the CLOSE_WAIT reports on `port` and their diagnoses (no transitions), with
+/// `--close-wait-threshold THRESHOLD` and the `extra` arguments.
+fn reporting(port: u16, threshold: &str, extra: &[&str]) -> Tracer {
+    let port = port.to_string();
+    let mut args = vec![
+        "-p",
+        &port,
+        "--no-transitions",
+        "--close-wait-threshold",
+        threshold,
+    ];
+    args.extend_from_slice(extra);
+    Tracer::start(&args)
+}
+
 /// Whether an ELF file carries DWARF debug information.
 fn has_debug_info(path: &str) -> bool {
     use object::Object as _;
@@ -60,18 +75,13 @@ fn thread<'a>(d: &'a Diagnosis, name: &str) -> &'a ThreadDiagnosis {
 fn diagnosis_names_the_function_a_deadlocked_thread_waits_in() {
     let _ns = NetNs::enter();
     let server = WhyServer::start(&["deadlock"]);
-    let port = server.port.to_string();
     let dir = tempfile::tempdir().unwrap();
     let export = dir.path().join("export.ndjson");
-    let tracer = Tracer::start(&[
-        "-p",
-        &port,
-        "--no-transitions",
-        "--close-wait-threshold",
+    let tracer = reporting(
+        server.port,
         "300ms",
-        "--export",
-        export.to_str().unwrap(),
-    ]);
+        &["--export", export.to_str().unwrap()],
+    );
     let mut client = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     let mut hello = [0u8; 5];
     client.read_exact(&mut hello).unwrap();
@@ -131,14 +141,7 @@ fn diagnosis_resolves_the_fd_a_thread_reads_to_its_socket() {
     let database = TcpListener::bind("127.0.0.1:0").unwrap();
     let db_port = database.local_addr().unwrap().port();
     let server = WhyServer::start(&["db-read", &db_port.to_string()]);
-    let port = server.port.to_string();
-    let tracer = Tracer::start(&[
-        "-p",
-        &port,
-        "--no-transitions",
-        "--close-wait-threshold",
-        "300ms",
-    ]);
+    let tracer = reporting(server.port, "300ms", &[]);
     let client = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     // The worker has connected to the database (and reads from it) once it is accepted.
     let (_db_conn, worker_end) = database.accept().unwrap();
@@ -199,14 +202,7 @@ fn diagnosis_resolves_the_fd_a_thread_reads_to_its_socket() {
 fn diagnosis_forecasts_fd_exhaustion() {
     let _ns = NetNs::enter();
     let server = WhyServer::start(&["leak", "128"]);
-    let port = server.port.to_string();
-    let tracer = Tracer::start(&[
-        "-p",
-        &port,
-        "--no-transitions",
-        "--close-wait-threshold",
-        "200ms",
-    ]);
+    let tracer = reporting(server.port, "200ms", &[]);
     let deadline = Instant::now() + WAIT;
     let emfile_ns = loop {
         assert!(Instant::now() < deadline, "the helper never ran out of fds");
@@ -277,13 +273,7 @@ while True:
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     let port: u16 = line.trim().parse().unwrap();
     let pid = child.id();
-    let tracer = Tracer::start(&[
-        "-p",
-        &port.to_string(),
-        "--no-transitions",
-        "--close-wait-threshold",
-        "300ms",
-    ]);
+    let tracer = reporting(port, "300ms", &[]);
     for _ in 0..3 {
         drop(TcpStream::connect(("127.0.0.1", port)).unwrap());
     }
@@ -318,10 +308,9 @@ while True:
 #[test]
 #[ignore = "needs root and BPF"]
 fn a_socket_stuck_before_the_start_ages_from_the_kernel() {
-    use std::io::Write as _;
     let _ns = NetNs::enter();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let (listener, addr) = support::listen("127.0.0.1:0");
+    let port = addr.port();
     let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let (server, _) = listener.accept().unwrap();
     client.write_all(&[7u8; 10]).unwrap();
@@ -370,18 +359,10 @@ fn a_socket_stuck_before_the_start_ages_from_the_kernel() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn track_reads_names_the_thread_that_last_read_the_stuck_socket() {
-    use std::io::Write as _;
     let _ns = NetNs::enter();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let tracer = Tracer::start(&[
-        "-p",
-        &port.to_string(),
-        "--no-transitions",
-        "--close-wait-threshold",
-        "1s",
-        "--track-reads",
-    ]);
+    let (listener, addr) = support::listen("127.0.0.1:0");
+    let port = addr.port();
+    let tracer = reporting(port, "1s", &["--track-reads"]);
     let has_tracepoint = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
         .iter()
         .any(|t| {
