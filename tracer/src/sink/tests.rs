@@ -5,11 +5,10 @@ use crate::{
     cause::{Cause, ResetBy},
     engine::{Engine, Options},
     record::Record,
-    testing::{by, transition},
+    testing::{by, transition, MS},
     units::WallClock,
 };
 
-const MS: u64 = 1_000_000;
 /// 2026-11-23T08:00:00Z at monotonic zero.
 const EPOCH: i128 = 1_795_420_800_000_000_000;
 
@@ -22,6 +21,21 @@ fn records() -> Vec<Record> {
         WallClock::fixed(EPOCH),
     );
     let mut out = Vec::new();
+    // The connection's later transitions, run in the context of another task (pid 1, nginx).
+    let nginx = |ts_ns, old, new| {
+        by(
+            transition(
+                ts_ns,
+                0xffff_8880_0000_1000,
+                "127.0.0.1:40000",
+                "127.0.0.1:8080",
+                old,
+                new,
+            ),
+            1,
+            "nginx",
+        )
+    };
     for t in [
         by(
             transition(
@@ -35,30 +49,8 @@ fn records() -> Vec<Record> {
             4242,
             "curl",
         ),
-        by(
-            transition(
-                2 * MS + 250_000,
-                0xffff_8880_0000_1000,
-                "127.0.0.1:40000",
-                "127.0.0.1:8080",
-                2,
-                1,
-            ),
-            1,
-            "nginx",
-        ),
-        by(
-            transition(
-                3 * MS,
-                0xffff_8880_0000_1000,
-                "127.0.0.1:40000",
-                "127.0.0.1:8080",
-                1,
-                7,
-            ),
-            1,
-            "nginx",
-        ),
+        nginx(2 * MS + 250_000, 2, 1),
+        nginx(3 * MS, 1, 7),
         by(
             transition(
                 4 * MS,
