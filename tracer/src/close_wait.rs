@@ -458,11 +458,7 @@ pub fn digest<'a>(stuck: impl Iterator<Item = &'a Stuck>, now_ns: u64) -> Vec<Gr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::transition;
-
-    const S: &str = "127.0.0.1:8080";
-    const C: &str = "127.0.0.1:40000";
-    const MS: u64 = 1_000_000;
+    use crate::testing::{transition, C, MS, S};
 
     fn owner(pid: u32) -> Owner {
         Owner {

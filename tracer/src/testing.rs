@@ -4,6 +4,27 @@ use std::net::SocketAddr;
 
 use crate::event::{Family, Task, TcpState, Transition};
 
+/// The client end of the tests' connections.
+pub const C: &str = "127.0.0.1:40000";
+/// The server end of the tests' connections.
+pub const S: &str = "127.0.0.1:8080";
+/// A millisecond, in nanoseconds.
+pub const MS: u64 = 1_000_000;
+
+/// The kernel's state numbers (`TCP_*` of `include/net/tcp_states.h`) the tests use.
+pub mod state {
+    pub const ESTABLISHED: u32 = 1;
+    pub const SYN_SENT: u32 = 2;
+    pub const SYN_RECV: u32 = 3;
+    pub const FIN_WAIT1: u32 = 4;
+    pub const FIN_WAIT2: u32 = 5;
+    pub const CLOSE: u32 = 7;
+    pub const CLOSE_WAIT: u32 = 8;
+    pub const LAST_ACK: u32 = 9;
+    pub const LISTEN: u32 = 10;
+    pub const CLOSING: u32 = 11;
+}
+
 /// A transition at `ts_ns` of socket `skaddr` from state number `old` to `new`, run by a task
 /// with pid 100 and comm "test".
 pub fn transition(

@@ -364,23 +364,16 @@ fn is_birth(t: &Transition) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{by, transition};
+    use crate::testing::{
+        by,
+        state::{
+            CLOSE, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN,
+            SYN_RECV, SYN_SENT,
+        },
+        transition, C, S,
+    };
 
-    const C: &str = "127.0.0.1:40000";
-    const S: &str = "127.0.0.1:8080";
     const ANY: &str = "0.0.0.0:0";
-
-    // Kernel state numbers.
-    const ESTABLISHED: u32 = 1;
-    const SYN_SENT: u32 = 2;
-    const SYN_RECV: u32 = 3;
-    const FIN_WAIT1: u32 = 4;
-    const FIN_WAIT2: u32 = 5;
-    const CLOSE: u32 = 7;
-    const CLOSE_WAIT: u32 = 8;
-    const LAST_ACK: u32 = 9;
-    const LISTEN: u32 = 10;
-    const CLOSING: u32 = 11;
 
     /// Feeds `(old, new)` pairs at 1 ms steps to one socket; returns what finished.
     fn run(

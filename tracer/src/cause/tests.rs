@@ -12,20 +12,15 @@ use super::{errno_name, ResetBy, Signal, WINDOW_NS};
 use crate::{
     engine::{CauseSource, Engine, Options},
     record::Record,
-    testing::transition,
+    testing::{
+        state::{CLOSE, ESTABLISHED, SYN_SENT},
+        transition, C, MS, S,
+    },
     timeline::Outcome,
     units::WallClock,
 };
 
-const C: &str = "127.0.0.1:40000";
-const S: &str = "127.0.0.1:8080";
 const US: u64 = 1_000;
-const MS: u64 = 1_000_000;
-
-// Kernel state numbers.
-const ESTABLISHED: u32 = 1;
-const SYN_SENT: u32 = 2;
-const CLOSE: u32 = 7;
 
 fn raw(ts_ns: u64, kind: u16) -> CauseEvent {
     CauseEvent {
