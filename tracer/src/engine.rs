@@ -597,12 +597,8 @@ mod tests {
     use super::*;
     use crate::{
         owner::{Owner, SocketEntry},
-        testing::{by, transition},
+        testing::{by, transition, C, MS, S},
     };
-
-    const S: &str = "127.0.0.1:8080";
-    const C: &str = "127.0.0.1:40000";
-    const MS: u64 = 1_000_000;
 
     fn engine(opts: Options) -> Engine {
         Engine::new(opts, WallClock::fixed(0))
@@ -623,6 +619,25 @@ mod tests {
             by(transition(2 * MS, 9, S, C, 3, 1), 111, "client"),
             by(transition(3 * MS, 9, S, C, 1, 8), 111, "client"),
         ]
+    }
+
+    /// An engine reporting CLOSE_WAIT after 1 ms, fed [`stuck_server`].
+    fn stuck_engine() -> Engine {
+        let mut e = engine(Options {
+            close_wait_threshold_ns: MS,
+            ..Options::default()
+        });
+        feed(&mut e, &stuck_server());
+        e
+    }
+
+    /// The records of a report pass at `now_ns`: the sockets due then, reported with the
+    /// socket table `table` when there is one.
+    fn report_due(e: &mut Engine, now_ns: u64, table: Option<&SocketTable>) -> Vec<Record> {
+        let mut out = Vec::new();
+        let due = e.due(now_ns);
+        e.alert(&due, table, now_ns, &mut out);
+        out
     }
 
     fn table(pid: u32) -> SocketTable {
@@ -793,9 +808,7 @@ mod tests {
                 pod_uid: None,
             },
         );
-        let mut out = Vec::new();
-        let due = e.due(10 * MS);
-        e.alert(&due, Some(&t), 10 * MS, &mut out);
+        let out = report_due(&mut e, 10 * MS, Some(&t));
         let [Record::CloseWait(a)] = &out[..] else {
             panic!("{out:?}")
         };
@@ -811,9 +824,7 @@ mod tests {
         let mut t = table(222);
         t.entries[0].endpoints = client[0].endpoints();
         t.entries[0].holders.clear();
-        let mut out = Vec::new();
-        let due = e.due(10 * MS);
-        e.alert(&due, Some(&t), 10 * MS, &mut out);
+        let out = report_due(&mut e, 10 * MS, Some(&t));
         let [Record::CloseWait(a)] = &out[..] else {
             panic!("{out:?}")
         };
@@ -833,9 +844,7 @@ mod tests {
             ..Options::default()
         });
         e.preexisting(&table(222), MS);
-        let mut out = Vec::new();
-        let due = e.due(MS);
-        e.alert(&due, Some(&table(222)), MS, &mut out);
+        report_due(&mut e, MS, Some(&table(222)));
         let out = feed(
             &mut e,
             &[by(transition(5 * MS, 9, S, C, 8, 7), 0, "swapper/0")],
@@ -858,11 +867,9 @@ mod tests {
             close_wait_threshold_ns: 100 * MS,
             ..Options::default()
         });
-        let mut out = feed(&mut e, &stuck_server());
-        out.clear();
+        feed(&mut e, &stuck_server());
         assert!(e.due(50 * MS).is_empty());
-        let due = e.due(103 * MS);
-        e.alert(&due, Some(&table(222)), 103 * MS, &mut out);
+        let mut out = report_due(&mut e, 103 * MS, Some(&table(222)));
         let [Record::CloseWait(alert)] = &out[..] else {
             panic!("{out:?}")
         };
@@ -892,14 +899,8 @@ mod tests {
 
     #[test]
     fn alert_without_a_table_is_still_emitted() {
-        let mut e = engine(Options {
-            close_wait_threshold_ns: MS,
-            ..Options::default()
-        });
-        feed(&mut e, &stuck_server());
-        let mut out = Vec::new();
-        let due = e.due(10 * MS);
-        e.alert(&due, None, 10 * MS, &mut out);
+        let mut e = stuck_engine();
+        let out = report_due(&mut e, 10 * MS, None);
         let [Record::CloseWait(alert)] = &out[..] else {
             panic!("{out:?}")
         };
@@ -974,14 +975,8 @@ mod tests {
 
     #[test]
     fn digest_counts_reported_sockets_per_process() {
-        let mut e = engine(Options {
-            close_wait_threshold_ns: MS,
-            ..Options::default()
-        });
-        feed(&mut e, &stuck_server());
-        let mut out = Vec::new();
-        let due = e.due(10 * MS);
-        e.alert(&due, Some(&table(222)), 10 * MS, &mut out);
+        let mut e = stuck_engine();
+        report_due(&mut e, 10 * MS, Some(&table(222)));
         let Record::Digest(d) = e.digest(1000 * MS) else {
             panic!()
         };
