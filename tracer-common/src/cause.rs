@@ -79,11 +79,7 @@ pub mod send_reset {
     use super::Field;
 
     /// `const void *skaddr` (null when the RST answers a packet no socket owns).
-    pub const SKADDR: Field = Field {
-        name: "skaddr",
-        offset: 16,
-        size: 8,
-    };
+    pub const SKADDR: Field = Field::new("skaddr", 16, 8);
     /// Every field the program reads.
     pub const FIELDS: [Field; 1] = [SKADDR];
 }
@@ -93,11 +89,7 @@ pub mod receive_reset {
     use super::Field;
 
     /// `const void *skaddr`.
-    pub const SKADDR: Field = Field {
-        name: "skaddr",
-        offset: 8,
-        size: 8,
-    };
+    pub const SKADDR: Field = Field::new("skaddr", 8, 8);
     /// Every field the program reads.
     pub const FIELDS: [Field; 1] = [SKADDR];
 }
@@ -108,59 +100,23 @@ pub mod error_report {
     use super::Field;
 
     /// `int error`: `sk->sk_err`.
-    pub const ERROR: Field = Field {
-        name: "error",
-        offset: 8,
-        size: 4,
-    };
+    pub const ERROR: Field = Field::new("error", 8, 4);
     /// `__u16 sport`, host byte order.
-    pub const SPORT: Field = Field {
-        name: "sport",
-        offset: 12,
-        size: 2,
-    };
+    pub const SPORT: Field = Field::new("sport", 12, 2);
     /// `__u16 dport`, host byte order.
-    pub const DPORT: Field = Field {
-        name: "dport",
-        offset: 14,
-        size: 2,
-    };
+    pub const DPORT: Field = Field::new("dport", 14, 2);
     /// `__u16 family`.
-    pub const FAMILY: Field = Field {
-        name: "family",
-        offset: 16,
-        size: 2,
-    };
+    pub const FAMILY: Field = Field::new("family", 16, 2);
     /// `__u16 protocol`.
-    pub const PROTOCOL: Field = Field {
-        name: "protocol",
-        offset: 18,
-        size: 2,
-    };
+    pub const PROTOCOL: Field = Field::new("protocol", 18, 2);
     /// `__u8 saddr[4]`.
-    pub const SADDR: Field = Field {
-        name: "saddr",
-        offset: 20,
-        size: 4,
-    };
+    pub const SADDR: Field = Field::new("saddr", 20, 4);
     /// `__u8 daddr[4]`.
-    pub const DADDR: Field = Field {
-        name: "daddr",
-        offset: 24,
-        size: 4,
-    };
+    pub const DADDR: Field = Field::new("daddr", 24, 4);
     /// `__u8 saddr_v6[16]` (4-byte aligned only: read as four `u32` words).
-    pub const SADDR_V6: Field = Field {
-        name: "saddr_v6",
-        offset: 28,
-        size: 16,
-    };
+    pub const SADDR_V6: Field = Field::new("saddr_v6", 28, 16);
     /// `__u8 daddr_v6[16]`.
-    pub const DADDR_V6: Field = Field {
-        name: "daddr_v6",
-        offset: 44,
-        size: 16,
-    };
+    pub const DADDR_V6: Field = Field::new("daddr_v6", 44, 16);
     /// Every field the program reads.
     pub const FIELDS: [Field; 9] = [
         ERROR, SPORT, DPORT, FAMILY, PROTOCOL, SADDR, DADDR, SADDR_V6, DADDR_V6,

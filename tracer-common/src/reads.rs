@@ -42,28 +42,12 @@ const _: () = assert!(core::mem::size_of::<LastRead>() == 40);
 unsafe impl aya::Pod for LastRead {}
 
 /// `const void *sk`: the socket's kernel address.
-pub const SK: Field = Field {
-    name: "sk",
-    offset: 8,
-    size: 8,
-};
+pub const SK: Field = Field::new("sk", 8, 8);
 /// `__u16 protocol`: `sk->sk_protocol`.
-pub const PROTOCOL: Field = Field {
-    name: "protocol",
-    offset: 18,
-    size: 2,
-};
+pub const PROTOCOL: Field = Field::new("protocol", 18, 2);
 /// `int ret`: what `recvmsg` returned.
-pub const RET: Field = Field {
-    name: "ret",
-    offset: 20,
-    size: 4,
-};
+pub const RET: Field = Field::new("ret", 20, 4);
 /// `int flags`: the `recvmsg` flags.
-pub const FLAGS: Field = Field {
-    name: "flags",
-    offset: 24,
-    size: 4,
-};
+pub const FLAGS: Field = Field::new("flags", 24, 4);
 /// The fields the program reads.
 pub const FIELDS: [Field; 4] = [SK, PROTOCOL, RET, FLAGS];

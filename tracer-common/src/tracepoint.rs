@@ -15,72 +15,35 @@ pub struct Field {
     pub size: usize,
 }
 
+impl Field {
+    /// The field `name`, `size` bytes at byte `offset` of the record.
+    pub const fn new(name: &'static str, offset: usize, size: usize) -> Field {
+        Field { name, offset, size }
+    }
+}
+
 /// `const void *skaddr`: the kernel address of the `struct sock`.
-pub const SKADDR: Field = Field {
-    name: "skaddr",
-    offset: 8,
-    size: 8,
-};
+pub const SKADDR: Field = Field::new("skaddr", 8, 8);
 /// `int oldstate`: the `TCP_*` state left.
-pub const OLDSTATE: Field = Field {
-    name: "oldstate",
-    offset: 16,
-    size: 4,
-};
+pub const OLDSTATE: Field = Field::new("oldstate", 16, 4);
 /// `int newstate`: the `TCP_*` state entered.
-pub const NEWSTATE: Field = Field {
-    name: "newstate",
-    offset: 20,
-    size: 4,
-};
+pub const NEWSTATE: Field = Field::new("newstate", 20, 4);
 /// `__u16 sport`: local port, host byte order.
-pub const SPORT: Field = Field {
-    name: "sport",
-    offset: 24,
-    size: 2,
-};
+pub const SPORT: Field = Field::new("sport", 24, 2);
 /// `__u16 dport`: remote port, host byte order.
-pub const DPORT: Field = Field {
-    name: "dport",
-    offset: 26,
-    size: 2,
-};
+pub const DPORT: Field = Field::new("dport", 26, 2);
 /// `__u16 family`: `AF_INET` or `AF_INET6`.
-pub const FAMILY: Field = Field {
-    name: "family",
-    offset: 28,
-    size: 2,
-};
+pub const FAMILY: Field = Field::new("family", 28, 2);
 /// `__u16 protocol`: `IPPROTO_*`.
-pub const PROTOCOL: Field = Field {
-    name: "protocol",
-    offset: 30,
-    size: 2,
-};
+pub const PROTOCOL: Field = Field::new("protocol", 30, 2);
 /// `__u8 saddr[4]`: local IPv4 address, network byte order.
-pub const SADDR: Field = Field {
-    name: "saddr",
-    offset: 32,
-    size: 4,
-};
+pub const SADDR: Field = Field::new("saddr", 32, 4);
 /// `__u8 daddr[4]`: remote IPv4 address, network byte order.
-pub const DADDR: Field = Field {
-    name: "daddr",
-    offset: 36,
-    size: 4,
-};
+pub const DADDR: Field = Field::new("daddr", 36, 4);
 /// `__u8 saddr_v6[16]`: local IPv6 address (or IPv4-mapped), network byte order.
-pub const SADDR_V6: Field = Field {
-    name: "saddr_v6",
-    offset: 40,
-    size: 16,
-};
+pub const SADDR_V6: Field = Field::new("saddr_v6", 40, 16);
 /// `__u8 daddr_v6[16]`: remote IPv6 address, network byte order.
-pub const DADDR_V6: Field = Field {
-    name: "daddr_v6",
-    offset: 56,
-    size: 16,
-};
+pub const DADDR_V6: Field = Field::new("daddr_v6", 56, 16);
 
 /// Every field the program reads.
 pub const FIELDS: [Field; 11] = [
