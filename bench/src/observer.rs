@@ -93,13 +93,7 @@ impl Observer {
             .transpose()?;
         let (name, mut cmd) = match mode {
             Mode::None => return Ok(None),
-            Mode::Tracer
-            | Mode::TracerTracepoint
-            | Mode::TracerTimelines
-            | Mode::TracerExport
-            | Mode::TracerPython
-            | Mode::TracerScraped
-            | Mode::TracerTrackReads => {
+            _ if mode.is_tracer() => {
                 let mut cmd = Command::new(&tools.tracer);
                 cmd.args(["--json", "-p", &port.to_string(), "--duration"])
                     .arg(format!("{}s", limit.as_secs()));
@@ -135,6 +129,7 @@ impl Observer {
                 cmd.arg(script).arg(port.to_string());
                 ("bpftrace", cmd)
             }
+            _ => unreachable!("{mode:?}: every other mode is our tracer (Mode::is_tracer)"),
         };
         let out =
             fs::File::create(&output).with_context(|| format!("creating {}", output.display()))?;
