@@ -313,35 +313,26 @@ fn fd_series_only_for_known_holders() {
 #[test]
 fn unknown_states_share_one_label() {
     let mut metrics = Metrics::new("k", 1);
-    let mut t = crate::record::TransitionRecord {
-        ts_ns: 0,
-        time: crate::units::WallTime::default(),
-        skaddr: crate::record::SkAddr(1),
-        family: crate::event::Family::Ipv4,
-        laddr: [127, 0, 0, 1].into(),
-        lport: 1,
-        raddr: [127, 0, 0, 1].into(),
-        rport: 2,
-        protocol: 6,
-        old_state: TcpState::Unknown(99),
-        new_state: TcpState::Unknown(1234),
-        duration_ns: None,
-        pid: None,
-        comm: None,
-        ctx_pid: 0,
-        ctx_comm: crate::event::Name::default(),
-        ctx_tid: 0,
-        ctx_thread: None,
-        cpu: 0,
-        error: None,
-        reset_by: None,
-        netns: None,
-        sock_owned: None,
-        peer_fin: None,
+    // The engine's record of a transition between two states the kernel does not have.
+    let mut out = Vec::new();
+    crate::engine::Engine::new(
+        crate::engine::Options::default(),
+        crate::units::WallClock::fixed(0),
+    )
+    .transition(
+        crate::testing::transition(0, 1, "127.0.0.1:1", "127.0.0.1:2", 99, 1234),
+        &mut out,
+    );
+    let [Record::Transition(t)] = &mut out[..] else {
+        panic!("{out:?}")
     };
+    assert_eq!(
+        (t.old_state, t.new_state),
+        (TcpState::Unknown(99), TcpState::Unknown(1234))
+    );
     metrics.observe(&[Record::Transition(t.clone())]);
     t.old_state = TcpState::Unknown(7777);
-    metrics.observe(&[Record::Transition(t)]);
+    metrics.observe(&[Record::Transition(t.clone())]);
     metrics.publish(&Totals::default());
     let got = samples(&metrics);
     assert_eq!(
