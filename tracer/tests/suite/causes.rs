@@ -292,8 +292,7 @@ fn cut_the_link() {
 /// (client, accepted server side).
 fn connection(setup: impl Fn(&TcpStream)) -> (TcpStream, TcpStream) {
     let (listener, addr) = support::listen("127.0.0.1:0");
-    let socket = tcp_socket();
-    let client = TcpStream::from(socket);
+    let client = TcpStream::from(tcp_socket());
     setup(&client);
     let SocketAddr::V4(v4) = addr else {
         unreachable!("an IPv4 listener")
