@@ -74,4 +74,20 @@ pub struct BenchArgs {
     /// Connections of the HTML report's synthetic export (200,000: a million transitions).
     #[arg(long, default_value_t = 200_000)]
     pub html_connections: u64,
+    /// Also bench the tracer's owner lookups at scale: --scan-connections established
+    /// loopback connections held by one process in a private namespace, --scan-close-wait of
+    /// them then left in CLOSE_WAIT; the alerts' lateness past a 1 s threshold, ring buffer
+    /// losses and each socket table scan's wall and CPU time. With --rounds 0, only that.
+    #[arg(long)]
+    pub owner_scan: bool,
+    /// Established connections the owner-scan bench holds (two sockets and fds each).
+    #[arg(long, default_value_t = 50_000)]
+    pub scan_connections: u64,
+    /// Of those, the ones left in CLOSE_WAIT (their client end closed).
+    #[arg(long, default_value_t = 100)]
+    pub scan_close_wait: u64,
+    /// Short connections per second in the same namespace while the owner-scan alerts are due
+    /// (keeps transitions flowing, so a drain stalled by a scan would lose events).
+    #[arg(long, default_value_t = 1000)]
+    pub scan_churn_rate: u64,
 }

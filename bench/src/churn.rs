@@ -378,7 +378,7 @@ fn say(message: &Message) -> Result<()> {
 
 /// Moves this (still single-threaded) process into a new network namespace, brings `lo` up
 /// and widens the namespace's ephemeral port range.
-fn enter_private_netns() -> Result<()> {
+pub fn enter_private_netns() -> Result<()> {
     // SAFETY: unshare has no memory preconditions; it moves only the calling thread, and no
     // other thread exists yet.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {

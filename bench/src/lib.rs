@@ -11,6 +11,8 @@
 //! - [`peer`]: bpftrace and its scripts.
 //! - [`report`]: medians, the table, the targets.
 //! - [`html`]: `tracer analyze --html` on a synthetic export of a million transitions.
+//! - [`owner_scan`]: the owner lookups with many sockets held, by the [`holder`] (the
+//!   `holder` binary).
 //! - [`soak`]: the time-bounded soak, one tracer for minutes of churn, output counted from a
 //!   pipe.
 //! - [`sys`]: /proc (procfs), fdinfo, child processes, BPF run-time statistics.
@@ -22,8 +24,10 @@ mod args;
 pub mod churn;
 mod count;
 mod generator;
+pub mod holder;
 mod html;
 mod observer;
+mod owner_scan;
 mod peer;
 mod plan;
 mod report;
@@ -81,7 +85,24 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     } else {
         None
     };
-    results::report(&plan, runs, soak, html)
+    let owner_scan = if args.owner_scan {
+        runner::wait_quiet_machine(plan.quiet_wait());
+        eprintln!(
+            "bench: owner scan: {} held connections, {} left in CLOSE_WAIT",
+            args.scan_connections, args.scan_close_wait
+        );
+        let scan = owner_scan::run(
+            &plan.tools,
+            args.scan_connections,
+            args.scan_close_wait,
+            args.scan_churn_rate,
+        )?;
+        eprint!("bench: {}", scan.table());
+        Some(scan)
+    } else {
+        None
+    };
+    results::report(&plan, runs, soak, html, owner_scan)
 }
 
 /// Checks the shape of a connection on a small, slow run first: the expected counts rest

@@ -148,8 +148,18 @@ fn check(args: &BenchArgs) -> Result<()> {
         bail!("the bench loads eBPF programs and creates network namespaces: run it as root");
     }
     let soaking = args.soak || args.soak_minutes.is_some();
-    if (args.rounds == 0 && !soaking && !args.html_report) || args.connections == 0 {
-        bail!("--rounds (unless soaking or timing the HTML report) and --connections must be positive");
+    if (args.rounds == 0 && !soaking && !args.html_report && !args.owner_scan)
+        || args.connections == 0
+    {
+        bail!(
+            "--rounds (unless soaking, timing the HTML report or the owner scan) and \
+             --connections must be positive"
+        );
+    }
+    if args.owner_scan
+        && (args.scan_connections == 0 || args.scan_close_wait > args.scan_connections)
+    {
+        bail!("--scan-connections must be positive and --scan-close-wait at most --scan-connections");
     }
     if args.html_report && args.html_connections == 0 {
         bail!("--html-connections must be positive");

@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::{
     churn,
     html::HtmlRun,
+    owner_scan::OwnerScan,
     plan::Plan,
     report::{self, ModeSummary, Soak, Target},
     runner::RunResult,
@@ -25,6 +26,7 @@ struct Results {
     runs: Vec<RunResult>,
     soak: Option<Soak>,
     html: Option<HtmlRun>,
+    owner_scan: Option<OwnerScan>,
     table: String,
 }
 
@@ -53,6 +55,7 @@ pub fn report(
     runs: Vec<RunResult>,
     soak: Option<Soak>,
     html: Option<HtmlRun>,
+    owner_scan: Option<OwnerScan>,
 ) -> Result<()> {
     let modes = if plan.args.rounds == 0 {
         &[][..]
@@ -62,6 +65,9 @@ pub fn report(
     let summary = report::summarize(&runs, modes);
     let mut targets = report::targets(&summary, &runs, soak.as_ref());
     targets.push(report::html_target(html.as_ref()));
+    if let Some(scan) = &owner_scan {
+        targets.extend(scan.targets());
+    }
     let table = report::table(&summary);
     let command = std::iter::once("cargo xtask bench".to_owned())
         .chain(std::env::args().skip(1))
@@ -76,6 +82,9 @@ pub fn report(
     if let Some(soak) = &soak {
         print_soak(soak);
     }
+    if let Some(scan) = &owner_scan {
+        println!("{}", scan.table());
+    }
     println!("command: {command}");
 
     let results = Results {
@@ -85,6 +94,7 @@ pub fn report(
         runs,
         soak,
         html,
+        owner_scan,
         table,
     };
     fs::write(&plan.output, serde_json::to_string_pretty(&results)?)
