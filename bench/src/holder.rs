@@ -2,7 +2,10 @@
 //! network namespace (as the churn's), it opens many established loopback connections and
 //! holds both ends, then closes the client end of some of them, so that their server ends sit
 //! in CLOSE_WAIT, held by this process, until it ends. Meanwhile a modest churn of short
-//! connections on a second listener keeps transitions flowing.
+//! connections on a second listener keeps transitions flowing. The connections beyond what one
+//! process's RLIMIT_NOFILE can hold (its hard limit, when raising it is not allowed: that needs
+//! CAP_SYS_RESOURCE) are held by worker processes it starts in the same namespace; the
+//! CLOSE_WAIT sockets are always the holder's own.
 //!
 //! Protocol with the bench: one JSON object per line on stdout ([`Message`]), one command per
 //! line on stdin: `open` (make the connections), `close` (close the client end of the first
@@ -13,6 +16,8 @@
 use std::{
     io::{self, BufRead as _, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    os::unix::process::CommandExt as _,
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -47,6 +52,11 @@ pub struct HolderArgs {
     /// Short connections per second on the side listener, from `close` to `end`.
     #[arg(long, default_value_t = 1000)]
     pub churn_rate: u64,
+    /// Started by the holder: hold --connections connections on a listener of its own, in the
+    /// holder's namespace, until stdin ends (for the share one process's RLIMIT_NOFILE cannot
+    /// hold).
+    #[arg(long, hide = true)]
+    pub worker: bool,
 }
 
 /// A line the holder prints.
@@ -55,12 +65,19 @@ pub struct HolderArgs {
 pub enum Message {
     /// Listening; `port` is the held connections' listener.
     Ready { port: u16, churn_port: u16 },
-    /// Every connection is established and held.
-    Opened { opened: u64, elapsed_ns: u64 },
+    /// Every connection is established and held, by the holder and `workers` more processes
+    /// (the connections one process's RLIMIT_NOFILE leaves over).
+    Opened {
+        opened: u64,
+        workers: u64,
+        elapsed_ns: u64,
+    },
     /// The client ends are closed, the side churn runs.
     Closed { closed: u64 },
     /// The side churn stopped after this many connections.
     Done { churned: u64 },
+    /// A worker holds its connections.
+    Held { held: u64 },
 }
 
 /// Entry point of the `holder` binary.
@@ -68,7 +85,17 @@ pub fn holder(args: &HolderArgs) -> Result<()> {
     if args.connections == 0 || args.close_wait > args.connections {
         bail!("--connections must be positive and --close-wait at most --connections");
     }
-    raise_nofile(2 * args.connections + SPARE_FDS)?;
+    let capacity = raise_nofile(2 * args.connections + SPARE_FDS)?;
+    if args.worker {
+        return worker(args.connections);
+    }
+    if capacity < args.close_wait {
+        bail!(
+            "this process can hold only {capacity} connections (RLIMIT_NOFILE), fewer than \
+             --close-wait {}",
+            args.close_wait
+        );
+    }
     crate::churn::enter_private_netns()?;
     let listener = listen()?;
     let churn_listener = listen()?;
@@ -87,9 +114,22 @@ pub fn holder(args: &HolderArgs) -> Result<()> {
     };
     expect(&next()?, "open")?;
     let start = Instant::now();
-    let (mut clients, _servers) = open(&listener, args.connections)?;
+    // What this process cannot hold, its workers do (in this namespace, on their own ports).
+    let own = args.connections.min(capacity);
+    let mut workers = Vec::new();
+    let mut rest = args.connections - own;
+    while rest > 0 {
+        let share = rest.min(capacity);
+        workers.push(Worker::start(share)?);
+        rest -= share;
+    }
+    for w in &mut workers {
+        w.wait_opened()?;
+    }
+    let (mut clients, _servers) = open(&listener, own)?;
     say(&Message::Opened {
         opened: args.connections,
+        workers: workers.len() as u64,
         elapsed_ns: u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX),
     })?;
 
@@ -103,11 +143,70 @@ pub fn holder(args: &HolderArgs) -> Result<()> {
     // `end`, or the end of stdin.
     let _ = next();
     let churned = churn.stop();
+    for w in workers {
+        w.end()?;
+    }
     say(&Message::Done { churned })
 }
 
-/// Raises this process's open file limit (soft and hard) to at least `fds`.
-fn raise_nofile(fds: u64) -> Result<()> {
+/// A worker: holds `n` connections on a listener of its own until its stdin ends.
+fn worker(n: u64) -> Result<()> {
+    let listener = listen()?;
+    let (_clients, _servers) = open(&listener, n)?;
+    say(&Message::Held { held: n })?;
+    let mut line = String::new();
+    let _ = io::stdin().lock().read_line(&mut line);
+    Ok(())
+}
+
+/// A worker process of the holder, started from the holder's own binary: it inherits the
+/// namespace, and dies with the holder (`PR_SET_PDEATHSIG`).
+struct Worker {
+    child: std::process::Child,
+    out: io::BufReader<std::process::ChildStdout>,
+}
+
+impl Worker {
+    fn start(n: u64) -> Result<Self> {
+        let mut cmd = Command::new(std::env::current_exe().context("locating the holder")?);
+        cmd.args(["--worker", "--connections", &n.to_string(), "--close-wait", "0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe; the child only sets its parent-death signal.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().context("starting a holder worker")?;
+        let out = io::BufReader::new(child.stdout.take().context("a worker's stdout")?);
+        Ok(Self { child, out })
+    }
+
+    /// Waits for its `held` line.
+    fn wait_opened(&mut self) -> Result<()> {
+        let mut line = String::new();
+        self.out.read_line(&mut line).context("reading a worker")?;
+        match serde_json::from_str(&line) {
+            Ok(Message::Held { .. }) => Ok(()),
+            _ => bail!("holder worker {} failed (its error is above)", self.child.id()),
+        }
+    }
+
+    /// Closes its stdin (it then exits) and reaps it.
+    fn end(mut self) -> Result<()> {
+        drop(self.child.stdin.take());
+        self.child.wait().context("reaping a holder worker")?;
+        Ok(())
+    }
+}
+
+/// Raises this process's open file limit to `fds`, or as far as the hard limit lets it
+/// (raising the hard limit needs CAP_SYS_RESOURCE); the connections it can then hold.
+fn raise_nofile(fds: u64) -> Result<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -116,25 +215,30 @@ fn raise_nofile(fds: u64) -> Result<()> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
     }
-    if limit.rlim_cur >= fds {
-        return Ok(());
+    if limit.rlim_cur < fds {
+        let raised = libc::rlimit {
+            rlim_cur: fds,
+            rlim_max: limit.rlim_max.max(fds),
+        };
+        // SAFETY: a valid pointer to a local rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        } else {
+            limit.rlim_cur = limit.rlim_max;
+            // SAFETY: as above; the soft limit up to the hard one is always allowed.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+                return Err(io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
+            }
+        }
     }
-    let raised = libc::rlimit {
-        rlim_cur: fds,
-        rlim_max: limit.rlim_max.max(fds),
-    };
-    // SAFETY: a valid pointer to a local rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").unwrap_or_default();
-        return Err(io::Error::last_os_error()).with_context(|| {
-            format!(
-                "raising RLIMIT_NOFILE to {fds} (2 per connection + {SPARE_FDS}; \
-                 fs.nr_open is {}): use fewer connections or raise fs.nr_open",
-                nr_open.trim()
-            )
-        });
+    let capacity = limit.rlim_cur.saturating_sub(SPARE_FDS) / 2;
+    if capacity == 0 {
+        bail!(
+            "RLIMIT_NOFILE is {}: too low to hold connections",
+            limit.rlim_cur
+        );
     }
-    Ok(())
+    Ok(capacity)
 }
 
 /// A listener on the wildcard address (the namespace has only `lo`) and a port the kernel
@@ -270,10 +374,12 @@ mod tests {
             },
             Message::Opened {
                 opened: 3,
+                workers: 1,
                 elapsed_ns: 4,
             },
             Message::Closed { closed: 5 },
             Message::Done { churned: 6 },
+            Message::Held { held: 7 },
         ] {
             let line = serde_json::to_string(&m).unwrap();
             assert_eq!(serde_json::from_str::<Message>(&line).unwrap(), m);

@@ -40,6 +40,8 @@ pub struct OwnerScan {
     pub connections: u64,
     /// Seconds the holder took to open them.
     pub open_s: f64,
+    /// Worker processes holding the connections the holder's RLIMIT_NOFILE left over.
+    pub workers: u64,
     /// Client ends closed: server ends left in CLOSE_WAIT.
     pub close_wait: u64,
     pub holder_pid: u32,
@@ -47,8 +49,13 @@ pub struct OwnerScan {
     pub alerts: u64,
     /// Of those, the ones naming the holder as owner.
     pub alerts_owned: u64,
-    /// Lateness of each alert: `age_ms` minus the threshold, ms, sorted.
+    /// Lateness of each alert as the tracer dates it: `age_ms` minus the threshold, ms,
+    /// sorted. The report's time is when it became due (a 100 ms tick), before the socket
+    /// tables were read.
     pub late_ms: Vec<i64>,
+    /// Arrival of each alert: when its line reached the output file (seen by polling every
+    /// 10 ms) less when its socket crossed the threshold, ms, sorted.
+    pub arrival_ms: Vec<i64>,
     /// The summary's `lost_ringbuf` (`None`: no summary).
     pub lost_ringbuf: Option<u64>,
     /// Each scan's wall and CPU time, ms, and sockets read, in order.
@@ -115,11 +122,19 @@ pub fn run(tools: &Tools, connections: u64, close_wait: u64, churn_rate: u64) ->
 
     eprintln!("bench: owner scan: opening {connections} connections in the holder");
     send(&mut to_holder, "open")?;
-    let Message::Opened { elapsed_ns, .. } = next("opened", Duration::from_secs(600))? else {
+    let Message::Opened {
+        elapsed_ns,
+        workers,
+        ..
+    } = next("opened", Duration::from_secs(600))?
+    else {
         bail!("the holder did not open its connections");
     };
     let open_s = elapsed_ns as f64 / 1e9;
-    eprintln!("bench: owner scan: {connections} connections open in {open_s:.1} s");
+    eprintln!(
+        "bench: owner scan: {connections} connections open in {open_s:.1} s \
+         (held by the holder and {workers} workers)"
+    );
 
     let stem = format!("owner-scan-{port}");
     let (output, errors) = (
@@ -148,20 +163,28 @@ pub fn run(tools: &Tools, connections: u64, close_wait: u64, churn_rate: u64) ->
     let Message::Closed { .. } = next("closed", Duration::from_secs(30))? else {
         bail!("the holder did not close its clients");
     };
-    // The alerts are due a threshold later; wait for them, at most a minute past that.
+    // The alerts are due a threshold later: watch them arrive in the file (the time each line
+    // is first seen is its arrival), at most a minute past the threshold.
+    let mut watch = Tail::new(&output, port);
     let deadline = Instant::now() + THRESHOLD + Duration::from_secs(60);
-    while alerts(&output, port).len() < close_wait as usize && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
+    while watch.alerts.len() < close_wait as usize && Instant::now() < deadline {
+        watch.poll();
+        std::thread::sleep(POLL);
     }
     // A little longer, so a late straggler or a duplicate would show.
-    std::thread::sleep(Duration::from_secs(2));
+    let linger = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < linger {
+        watch.poll();
+        std::thread::sleep(POLL);
+    }
+    // The tracer stops before the holder ends, so closing the held sockets is not measured.
+    let stopped = Stopped::stop(&mut tracer)?;
+    let tracer_wall_s = started.elapsed().as_secs_f64();
     send(&mut to_holder, "end")?;
     let churned = match next("done", Duration::from_secs(30))? {
         Message::Done { churned } => churned,
         _ => bail!("the holder did not stop its churn"),
     };
-    let stopped = Stopped::stop(&mut tracer)?;
-    let tracer_wall_s = started.elapsed().as_secs_f64();
     let holder_pid = holder.pid;
     if holder.reap_within(Duration::from_secs(60))?.is_none() {
         bail!("the holder did not exit within a minute of `end`");
@@ -174,16 +197,27 @@ pub fn run(tools: &Tools, connections: u64, close_wait: u64, churn_rate: u64) ->
         );
     }
 
-    let found = alerts(&output, port);
+    watch.poll();
+    let found = watch.alerts;
+    let threshold_ms = THRESHOLD.as_millis() as i64;
     let mut late_ms: Vec<i64> = found
         .iter()
-        .filter_map(|a| a["age_ms"].as_i64())
-        .map(|age| age - THRESHOLD.as_millis() as i64)
+        .filter_map(|(a, _)| a["age_ms"].as_i64())
+        .map(|age| age - threshold_ms)
         .collect();
     late_ms.sort_unstable();
+    // Crossing: the report's time less its age past the threshold.
+    let mut arrival_ms: Vec<i64> = found
+        .iter()
+        .filter_map(|(a, seen_ns)| {
+            let crossed_ns = a["ts_ns"].as_i64()? - (a["age_ms"].as_i64()? - threshold_ms) * 1_000_000;
+            Some((*seen_ns as i64 - crossed_ns) / 1_000_000)
+        })
+        .collect();
+    arrival_ms.sort_unstable();
     let alerts_owned = found
         .iter()
-        .filter(|a| a["pid"].as_u64() == Some(u64::from(holder_pid)))
+        .filter(|(a, _)| a["pid"].as_u64() == Some(u64::from(holder_pid)))
         .count() as u64;
     let text = fs::read_to_string(&output).unwrap_or_default();
     let lost_ringbuf = text
@@ -199,11 +233,13 @@ pub fn run(tools: &Tools, connections: u64, close_wait: u64, churn_rate: u64) ->
     Ok(OwnerScan {
         connections,
         open_s,
+        workers,
         close_wait,
         holder_pid,
         alerts: found.len() as u64,
         alerts_owned,
         late_ms,
+        arrival_ms,
         lost_ringbuf,
         scans,
         tracer_cpu_s: stopped.exit.cpu_s,
@@ -212,15 +248,69 @@ pub fn run(tools: &Tools, connections: u64, close_wait: u64, churn_rate: u64) ->
     })
 }
 
-/// The `close_wait` records the tracer wrote so far for sockets on local port `port`.
-fn alerts(output: &std::path::Path, port: u16) -> Vec<serde_json::Value> {
-    fs::read_to_string(output)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("\"close_wait\""))
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["type"] == "close_wait" && v["lport"].as_u64() == Some(u64::from(port)))
-        .collect()
+/// How often the output is read for new alerts (the arrival times' resolution).
+const POLL: Duration = Duration::from_millis(10);
+
+/// The tracer's output file, read as it grows: the `close_wait` records for local port
+/// `port`, each with the `CLOCK_MONOTONIC` time its line was first seen.
+struct Tail {
+    file: Option<fs::File>,
+    path: std::path::PathBuf,
+    port: u16,
+    partial: Vec<u8>,
+    alerts: Vec<(serde_json::Value, u64)>,
+}
+
+impl Tail {
+    fn new(path: &std::path::Path, port: u16) -> Self {
+        Self {
+            file: None,
+            path: path.to_owned(),
+            port,
+            partial: Vec::new(),
+            alerts: Vec::new(),
+        }
+    }
+
+    fn poll(&mut self) {
+        use std::io::Read as _;
+        if self.file.is_none() {
+            self.file = fs::File::open(&self.path).ok();
+        }
+        let Some(file) = &mut self.file else { return };
+        let mut chunk = Vec::new();
+        if file.read_to_end(&mut chunk).is_err() || chunk.is_empty() {
+            return;
+        }
+        let seen = monotonic_ns();
+        self.partial.extend_from_slice(&chunk);
+        let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') else {
+            return;
+        };
+        let complete: Vec<u8> = self.partial.drain(..=end).collect();
+        for line in complete.split(|&b| b == b'\n') {
+            if !line.windows(12).any(|w| w == b"\"close_wait\"") {
+                continue;
+            }
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+                continue;
+            };
+            if v["type"] == "close_wait" && v["lport"].as_u64() == Some(u64::from(self.port)) {
+                self.alerts.push((v, seen));
+            }
+        }
+    }
+}
+
+/// `CLOCK_MONOTONIC` now, ns: the clock of the tracer's `ts_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid pointer to a local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The lines a child writes, through a channel (so reading them can time out).
@@ -241,10 +331,10 @@ fn send(stdin: &mut ChildStdin, command: &str) -> Result<()> {
 }
 
 impl OwnerScan {
-    /// The `q` quantile of the alerts' lateness (nearest rank), ms.
-    fn late_quantile(&self, q: f64) -> Option<i64> {
-        let n = self.late_ms.len();
-        (n > 0).then(|| self.late_ms[((n as f64 * q).ceil() as usize).clamp(1, n) - 1])
+    /// The `q` quantile of sorted `values` (nearest rank).
+    fn quantile(values: &[i64], q: f64) -> Option<i64> {
+        let n = values.len();
+        (n > 0).then(|| values[((n as f64 * q).ceil() as usize).clamp(1, n) - 1])
     }
 
     /// The table printed and kept in the results.
@@ -256,8 +346,11 @@ impl OwnerScan {
         let sum = |v: &[f64]| v.iter().sum::<f64>();
         let rows = [
             (
-                "held connections (both ends in one process)",
-                format!("{} (opened in {:.1} s)", self.connections, self.open_s),
+                "held connections (both ends in the same process)",
+                format!(
+                    "{} in the holder and {} workers (opened in {:.1} s)",
+                    self.connections, self.workers, self.open_s
+                ),
             ),
             (
                 "close_wait alerts (owner = holder pid)",
@@ -267,10 +360,18 @@ impl OwnerScan {
                 ),
             ),
             (
-                "alert lateness past the 1 s threshold: p50 / max",
+                "alert arrival after crossing the 1 s threshold: p50 / max",
                 format!(
                     "{} / {}",
-                    ms(self.late_quantile(0.5)),
+                    ms(Self::quantile(&self.arrival_ms, 0.5)),
+                    ms(self.arrival_ms.last().copied())
+                ),
+            ),
+            (
+                "alert age_ms past the threshold (its due tick): p50 / max",
+                format!(
+                    "{} / {}",
+                    ms(Self::quantile(&self.late_ms, 0.5)),
                     ms(self.late_ms.last().copied())
                 ),
             ),
@@ -317,7 +418,7 @@ impl OwnerScan {
 
     /// The issue's targets, judged.
     pub fn targets(&self) -> Vec<Target> {
-        let worst = self.late_ms.last().copied();
+        let worst = self.arrival_ms.last().copied();
         vec![
             Target {
                 target: format!(
@@ -328,8 +429,12 @@ impl OwnerScan {
                 met: Some(self.alerts == self.close_wait && self.alerts_owned == self.close_wait),
             },
             Target {
-                target: "owner scan: every alert within 1 s of crossing its threshold".into(),
-                measured: worst.map_or_else(|| "no alerts".into(), |w| format!("latest {w} ms")),
+                target: "owner scan: every alert written within 1 s of crossing its threshold"
+                    .into(),
+                measured: worst.map_or_else(
+                    || "no alerts".into(),
+                    |w| format!("latest arrived {w} ms after crossing"),
+                ),
                 met: worst.map(|w| w <= ON_TIME.as_millis() as i64),
             },
             Target {
@@ -368,18 +473,20 @@ mod tests {
         let scan = OwnerScan {
             connections: 1,
             open_s: 0.0,
+            workers: 0,
             close_wait: 3,
             holder_pid: 1,
             alerts: 3,
             alerts_owned: 3,
-            late_ms: vec![10, 20, 900],
+            late_ms: vec![10, 20, 90],
+            arrival_ms: vec![10, 20, 900],
             lost_ringbuf: Some(0),
             scans: Vec::new(),
             tracer_cpu_s: 0.0,
             tracer_wall_s: 0.0,
             churned: 0,
         };
-        assert_eq!(scan.late_quantile(0.5), Some(20));
+        assert_eq!(OwnerScan::quantile(&scan.arrival_ms, 0.5), Some(20));
         assert!(scan.targets().iter().all(|t| t.met == Some(true)));
     }
 }
