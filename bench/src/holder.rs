@@ -169,9 +169,15 @@ struct Worker {
 impl Worker {
     fn start(n: u64) -> Result<Self> {
         let mut cmd = Command::new(std::env::current_exe().context("locating the holder")?);
-        cmd.args(["--worker", "--connections", &n.to_string(), "--close-wait", "0"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
+        cmd.args([
+            "--worker",
+            "--connections",
+            &n.to_string(),
+            "--close-wait",
+            "0",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
         // SAFETY: prctl is async-signal-safe; the child only sets its parent-death signal.
         unsafe {
             cmd.pre_exec(|| {
@@ -192,7 +198,10 @@ impl Worker {
         self.out.read_line(&mut line).context("reading a worker")?;
         match serde_json::from_str(&line) {
             Ok(Message::Held { .. }) => Ok(()),
-            _ => bail!("holder worker {} failed (its error is above)", self.child.id()),
+            _ => bail!(
+                "holder worker {} failed (its error is above)",
+                self.child.id()
+            ),
         }
     }
 
@@ -281,10 +290,7 @@ fn open(listener: &TcpListener, n: u64) -> Result<(Vec<TcpStream>, Vec<TcpStream
                 // Wake the accepting thread so the error, not a hang, is what the bench sees.
                 // SAFETY: shutdown on a valid listening socket; it only wakes a blocked accept.
                 unsafe {
-                    libc::shutdown(
-                        std::os::fd::AsRawFd::as_raw_fd(listener),
-                        libc::SHUT_RDWR,
-                    );
+                    libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(listener), libc::SHUT_RDWR);
                 }
                 return Err(e).with_context(|| {
                     format!("connection {i} of {n}: connect to {addr} ({i} were open)")

@@ -151,8 +151,12 @@ pub fn run(tools: &Tools, connections: u64, close_wait: u64, churn_rate: u64) ->
         .arg(format!("{}ms", THRESHOLD.as_millis()))
         .args(["--duration", "600s"])
         .stdin(Stdio::null())
-        .stdout(fs::File::create(&output).with_context(|| format!("creating {}", output.display()))?)
-        .stderr(fs::File::create(&errors).with_context(|| format!("creating {}", errors.display()))?);
+        .stdout(
+            fs::File::create(&output).with_context(|| format!("creating {}", output.display()))?,
+        )
+        .stderr(
+            fs::File::create(&errors).with_context(|| format!("creating {}", errors.display()))?,
+        );
     let started = Instant::now();
     let (mut tracer, _tracer_child) = Proc::spawn("tracer", &mut tracer_cmd, libc::SIGTERM)?;
     observer::wait_attached(&mut tracer, &errors, observer::tracer_attached)?;
@@ -181,9 +185,8 @@ pub fn run(tools: &Tools, connections: u64, close_wait: u64, churn_rate: u64) ->
     let stopped = Stopped::stop(&mut tracer)?;
     let tracer_wall_s = started.elapsed().as_secs_f64();
     send(&mut to_holder, "end")?;
-    let churned = match next("done", Duration::from_secs(30))? {
-        Message::Done { churned } => churned,
-        _ => bail!("the holder did not stop its churn"),
+    let Message::Done { churned } = next("done", Duration::from_secs(30))? else {
+        bail!("the holder did not stop its churn");
     };
     let holder_pid = holder.pid;
     if holder.reap_within(Duration::from_secs(60))?.is_none() {
@@ -210,7 +213,8 @@ pub fn run(tools: &Tools, connections: u64, close_wait: u64, churn_rate: u64) ->
     let mut arrival_ms: Vec<i64> = found
         .iter()
         .filter_map(|(a, seen_ns)| {
-            let crossed_ns = a["ts_ns"].as_i64()? - (a["age_ms"].as_i64()? - threshold_ms) * 1_000_000;
+            let crossed_ns =
+                a["ts_ns"].as_i64()? - (a["age_ms"].as_i64()? - threshold_ms) * 1_000_000;
             Some((*seen_ns as i64 - crossed_ns) / 1_000_000)
         })
         .collect();
@@ -380,10 +384,7 @@ impl OwnerScan {
                 self.lost_ringbuf
                     .map_or_else(|| "no summary".into(), |l| l.to_string()),
             ),
-            (
-                "socket table scans: count",
-                self.scans.len().to_string(),
-            ),
+            ("socket table scans: count", self.scans.len().to_string()),
             (
                 "scan wall time: max / total",
                 format!("{:.1} ms / {:.1} ms", max(&wall), sum(&wall)),
@@ -394,7 +395,10 @@ impl OwnerScan {
             ),
             (
                 "tracer CPU (start to exit)",
-                format!("{:.2} s over {:.1} s", self.tracer_cpu_s, self.tracer_wall_s),
+                format!(
+                    "{:.2} s over {:.1} s",
+                    self.tracer_cpu_s, self.tracer_wall_s
+                ),
             ),
             (
                 "side churn while the alerts were due",

@@ -159,7 +159,9 @@ fn check(args: &BenchArgs) -> Result<()> {
     if args.owner_scan
         && (args.scan_connections == 0 || args.scan_close_wait > args.scan_connections)
     {
-        bail!("--scan-connections must be positive and --scan-close-wait at most --scan-connections");
+        bail!(
+            "--scan-connections must be positive and --scan-close-wait at most --scan-connections"
+        );
     }
     if args.html_report && args.html_connections == 0 {
         bail!("--html-connections must be positive");
