@@ -75,9 +75,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 200_000)]
     pub html_connections: u64,
     /// Also bench the tracer's owner lookups at scale: --scan-connections established
-    /// loopback connections held by one process in a private namespace, --scan-close-wait of
-    /// them then left in CLOSE_WAIT; the alerts' lateness past a 1 s threshold, ring buffer
-    /// losses and each socket table scan's wall and CPU time. With --rounds 0, only that.
+    /// loopback connections held in a private namespace (by one process, and workers for what
+    /// its RLIMIT_NOFILE cannot hold), --scan-close-wait of them then left in CLOSE_WAIT; the
+    /// alerts' arrival after crossing a 1 s threshold, ring buffer losses and each socket
+    /// table scan's wall and CPU time. With --rounds 0, only that.
     #[arg(long)]
     pub owner_scan: bool,
     /// Established connections the owner-scan bench holds (two sockets and fds each).

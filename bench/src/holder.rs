@@ -1,4 +1,4 @@
-//! The holder of the owner-scan bench (the `holder` binary of this crate): in a private
+//! The holder of the owner-scan bench (the `scan-holder` binary of this crate): in a private
 //! network namespace (as the churn's), it opens many established loopback connections and
 //! holds both ends, then closes the client end of some of them, so that their server ends sit
 //! in CLOSE_WAIT, held by this process, until it ends. Meanwhile a modest churn of short
@@ -39,7 +39,7 @@ const CHURN_LIMIT: Duration = Duration::from_secs(300);
 /// The holder's flags, as the bench passes them.
 #[derive(Clone, Debug, clap::Parser)]
 #[command(
-    name = "holder",
+    name = "scan-holder",
     about = "The owner-scan bench's load: many held loopback connections, some left in CLOSE_WAIT"
 )]
 pub struct HolderArgs {
@@ -80,7 +80,7 @@ pub enum Message {
     Held { held: u64 },
 }
 
-/// Entry point of the `holder` binary.
+/// Entry point of the `scan-holder` binary.
 pub fn holder(args: &HolderArgs) -> Result<()> {
     if args.connections == 0 || args.close_wait > args.connections {
         bail!("--connections must be positive and --close-wait at most --connections");

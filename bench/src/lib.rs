@@ -12,7 +12,7 @@
 //! - [`report`]: medians, the table, the targets.
 //! - [`html`]: `tracer analyze --html` on a synthetic export of a million transitions.
 //! - [`owner_scan`]: the owner lookups with many sockets held, by the [`holder`] (the
-//!   `holder` binary).
+//!   `scan-holder` binary).
 //! - [`soak`]: the time-bounded soak, one tracer for minutes of churn, output counted from a
 //!   pipe.
 //! - [`sys`]: /proc (procfs), fdinfo, child processes, BPF run-time statistics.

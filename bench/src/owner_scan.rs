@@ -1,5 +1,5 @@
 //! The owner-scan bench (`--owner-scan`): the tracer's socket table scans with many sockets
-//! held. The `holder` (see [`crate::holder`]) opens `--scan-connections` established loopback
+//! held. The `scan-holder` program (see [`crate::holder`]) opens `--scan-connections` established loopback
 //! connections in a private namespace and holds both ends; the tracer starts as users run it
 //! (`--json -v --close-wait-threshold 1s`, to a file); then the holder's clients close
 //! `--scan-close-wait` of them, leaving the server ends in CLOSE_WAIT, while a side churn keeps
@@ -99,7 +99,7 @@ impl Scan {
 
 /// Runs the owner-scan bench.
 pub fn run(tools: &Tools, connections: u64, close_wait: u64, churn_rate: u64) -> Result<OwnerScan> {
-    let mut holder_cmd = Command::new(sibling_program("holder")?);
+    let mut holder_cmd = Command::new(sibling_program("scan-holder")?);
     holder_cmd
         .args(["--connections", &connections.to_string()])
         .args(["--close-wait", &close_wait.to_string()])

@@ -1,4 +1,4 @@
-//! `holder`: the owner-scan bench's load (see `bench::holder`), started by `bench --owner-scan`.
+//! `scan-holder`: the owner-scan bench's load (see `bench::holder`), started by `bench --owner-scan`.
 
 use std::process::ExitCode;
 
@@ -8,7 +8,7 @@ fn main() -> ExitCode {
     match bench::holder::holder(&bench::holder::HolderArgs::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("holder: error: {err:#}");
+            eprintln!("scan-holder: error: {err:#}");
             ExitCode::FAILURE
         }
     }
