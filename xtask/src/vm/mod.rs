@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     ebpf,
-    run::OBJECT_VAR,
+    run::{self, OBJECT_VAR},
     util::{host_cargo, workspace_root},
 };
 use report::{Outcome, Report};
@@ -341,7 +341,7 @@ pub fn vm_test(args: &VmArgs) -> Result<()> {
 /// The tracer and its test binaries, built as `cargo test` builds them, with the eBPF object.
 #[derive(Serialize, Deserialize)]
 struct Built {
-    /// The release tracer (see `release_tracer`).
+    /// The release tracer (see `build`).
     tracer: PathBuf,
     tests: Vec<PathBuf>,
     helpers: Vec<PathBuf>,
@@ -401,44 +401,21 @@ fn build() -> Result<Built> {
         }
         if target.kind.iter().any(|k| k == "test") {
             built.tests.push(exe);
-        } else if target.kind.iter().any(|k| k == "bin") {
-            if target.name == "tracer" {
-                built.tracer = exe;
-            } else {
-                built.helpers.push(exe);
-            }
+        } else if target.kind.iter().any(|k| k == "bin") && target.name != "tracer" {
+            // The tracer itself is the release build (below).
+            built.helpers.push(exe);
         }
     }
-    if built.tracer.as_os_str().is_empty() || built.tests.is_empty() {
-        bail!("cargo test --no-run built no tracer binary or no integration test binary");
+    if built.tests.is_empty() {
+        bail!("cargo test --no-run built no integration test binary");
     }
     built.tests.sort();
     built.tests.dedup();
-    built.tracer = release_tracer(&object)?;
+    // The guest's tests run the release tracer (`TRACER_TEST_BINARY`): under software emulation
+    // the unoptimized one spends about ten seconds of every start parsing the kernel's BTF.
+    run::build_package("tracer", &object, run::Profile::Release)?;
+    built.tracer = run::binary_path("tracer", run::Profile::Release)?;
     Ok(built)
-}
-
-/// The release tracer, which the guest's tests run (`TRACER_TEST_BINARY`) in place of the test
-/// profile's: under software emulation the unoptimized binary spends about ten seconds of every
-/// start parsing the kernel's BTF, and most tests start it once or more.
-fn release_tracer(object: &std::path::Path) -> Result<PathBuf> {
-    let out = host_cargo()
-        .env(OBJECT_VAR, object)
-        .args(["build", "--release", "-p", "tracer", "--bin", "tracer"])
-        .arg("--message-format=json")
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("running cargo build --release -p tracer")?;
-    if !out.status.success() {
-        bail!("building the release tracer failed");
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Artifact>(line).ok())
-        .filter(|a| a.reason == "compiler-artifact")
-        .filter(|a| a.target.as_ref().is_some_and(|t| t.name == "tracer"))
-        .find_map(|a| a.executable)
-        .context("cargo build --release -p tracer built no tracer binary")
 }
 
 struct Row {
