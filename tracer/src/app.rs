@@ -126,7 +126,14 @@ struct Session {
     diagnosing: Option<Diagnosing>,
     /// The run's header, as the export has it.
     header: crate::record::Header,
+    /// The loss counters (ring buffer, recursion misses, output drops) as of the last `lost`
+    /// record: the next one carries the difference.
+    reported_lost: Losses,
 }
+
+/// Loss counters at one instant: ring buffer drops, recursion misses (0 where the kernel does
+/// not count them) and output records dropped, each a running total since the start.
+type Losses = (u64, u64, u64);
 
 /// Reports (or a digest) waiting for their holders' diagnosis.
 struct Diagnosing {
@@ -297,6 +304,7 @@ impl Session {
             diagnoser: DiagnosisThread::start(),
             diagnosing: None,
             header: run_header,
+            reported_lost: (0, 0, 0),
         };
         // Sockets that entered CLOSE_WAIT while the tables were read are in the ring buffer:
         // replay them now so they are not mistaken for older ones.
@@ -335,7 +343,6 @@ impl Session {
         let deadline = sleep(config.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
         tokio::pin!(deadline);
 
-        let mut reported_lost = (0u64, 0u64, 0u64);
         let mut ticks = 0u64;
         // A digest that came due during a lookup waits for its owners.
         let mut digest_due = false;
@@ -366,23 +373,7 @@ impl Session {
                             self.rechecked_ns = now;
                         }
                     }
-                    let lost = (
-                        self.probe.lost(),
-                        self.probe.recursion_misses().unwrap_or(0),
-                        self.outputs.dropped(),
-                    );
-                    if lost != reported_lost {
-                        let (stdout, export) = self.outputs.delivery();
-                        self.batch.push(Record::Lost(Box::new(LostRecord {
-                            ts_ns: now,
-                            time: self.clock.wall(now),
-                            ringbuf: lost.0.saturating_sub(reported_lost.0),
-                            recursion_misses: lost.1.saturating_sub(reported_lost.1),
-                            stdout,
-                            export,
-                        })));
-                        reported_lost = lost;
-                    }
+                    let lost = self.push_lost(now);
                     ticks += 1;
                     if self.outputs.top.as_ref().is_some_and(|t| t.due(now)) {
                         self.outputs.format(&mut self.batch);
@@ -444,6 +435,9 @@ impl Session {
             self.alert(settle(scanned));
             self.settle_diagnosis().await;
         }
+        // Losses since the last tick get their `lost` record too, so that the records add up
+        // to the summary's totals (which are read from the same counters below).
+        let (ringbuf, misses, _) = self.push_lost(now);
         let Self {
             probe,
             mut engine,
@@ -454,7 +448,8 @@ impl Session {
         } = self;
         outputs.format(&mut batch);
         log::info!("the kernel ran the program {} times", probe.runs());
-        let mut summary = engine.finish(now, probe.lost(), probe.recursion_misses(), &mut batch);
+        let misses = probe.recursion_misses().map(|_| misses);
+        let mut summary = engine.finish(now, ringbuf, misses, &mut batch);
         summary.lost_causes = probe.causes().lost();
         // The open timelines are counted before the summary that counts them.
         outputs.format(&mut batch);
@@ -494,6 +489,30 @@ impl Session {
             Err(e) => Err(e).context("writing the output"),
             Ok(()) => Ok(stop),
         }
+    }
+
+    /// Reads the loss counters and, if any moved since the last `lost` record, queues a new one
+    /// with the differences. Returns the counters read.
+    fn push_lost(&mut self, now: u64) -> Losses {
+        let lost = (
+            self.probe.lost(),
+            self.probe.recursion_misses().unwrap_or(0),
+            self.outputs.dropped(),
+        );
+        let reported = self.reported_lost;
+        if lost != reported {
+            let (stdout, export) = self.outputs.delivery();
+            self.batch.push(Record::Lost(Box::new(LostRecord {
+                ts_ns: now,
+                time: self.clock.wall(now),
+                ringbuf: lost.0.saturating_sub(reported.0),
+                recursion_misses: lost.1.saturating_sub(reported.1),
+                stdout,
+                export,
+            })));
+            self.reported_lost = lost;
+        }
+        lost
     }
 
     /// Empties the ring buffer into the engine, or, while a lookup is under way, into `held`.
