@@ -847,10 +847,11 @@ impl Outputs {
         if let Some(top) = &mut self.top {
             top.observe(batch);
         }
-        if let Some((export, _)) = &mut self.export {
-            export.format(batch);
+        match &mut self.export {
+            // Formatted once for both when both are JSON lines.
+            Some((export, _)) => export.format_with(batch, &mut self.stdout),
+            None => self.stdout.format(batch),
         }
-        self.stdout.format(batch);
         batch.clear();
     }
 
@@ -862,12 +863,16 @@ impl Outputs {
         if let Some(top) = &mut self.top {
             top.observe(batch);
         }
+        let mut left: &[Record] = batch;
         if let Some((export, _)) = &mut self.export {
-            if !export.send(batch) {
+            // Formatted once for both when both are JSON lines.
+            export.format_with(left, &mut self.stdout);
+            left = &[];
+            if !export.send(left) {
                 return Some(Stop::ExportFailed);
             }
         }
-        let open = self.stdout.send(batch);
+        let open = self.stdout.send(left);
         batch.clear();
         (!open).then_some(Stop::OutputClosed)
     }

@@ -19,8 +19,10 @@
 //! exactly.
 
 use std::{
+    borrow::Cow,
     cell::RefCell,
     io::{self, Write},
+    ops::Range,
     os::unix::thread::JoinHandleExt as _,
     rc::Rc,
     sync::{
@@ -227,25 +229,81 @@ impl Output {
     /// chunks; [`Output::send`] ships the rest.
     pub fn format(&mut self, batch: &[Record]) {
         for record in batch {
-            let Some(shown) = self.filter.apply(record) else {
-                continue;
-            };
-            let kind = Kind::of(record);
-            if let Some(kind) = kind {
-                self.shown.add(kind, 1);
-            }
-            match self.sink.write(&shown) {
-                Ok(()) => self.mark(kind),
-                Err(e) => {
-                    log::debug!("could not format a {} record: {e}", record.type_name());
-                    if let Some(kind) = kind {
-                        self.dropped.add(kind, 1);
-                    }
+            self.format_record(record);
+            self.ship_if_full();
+        }
+    }
+
+    /// Formats the batch for this output and for `other` at once. Where both write JSON lines
+    /// ([`Sink::json_lines`]) and both show a record unchanged, `other` gets a copy of the line
+    /// formatted here instead of formatting it again (with `--json --export`, every record is
+    /// formatted once, not twice). Each output's bytes and counts are what [`Output::format`]
+    /// would have made.
+    pub fn format_with(&mut self, batch: &[Record], other: &mut Output) {
+        let shared = self.sink.json_lines() && other.sink.json_lines();
+        for record in batch {
+            match self.format_record(record) {
+                Some(line) if shared => {
+                    let chunk = self.chunk.0.borrow();
+                    other.copy_record(record, &chunk[line]);
+                }
+                _ => {
+                    other.format_record(record);
                 }
             }
-            if self.chunk.0.borrow().len() >= self.chunk_bytes {
-                self.ship();
+            self.ship_if_full();
+            other.ship_if_full();
+        }
+    }
+
+    /// Formats `record` into the chunk if this output shows it. Returns where its line is in
+    /// the chunk when the record was written as it is (not one the filter changed).
+    fn format_record(&mut self, record: &Record) -> Option<Range<usize>> {
+        let shown = self.filter.apply(record)?;
+        let kind = Kind::of(record);
+        if let Some(kind) = kind {
+            self.shown.add(kind, 1);
+        }
+        let start = self.chunk.0.borrow().len();
+        match self.sink.write(&shown) {
+            Ok(()) => {
+                self.mark(kind);
+                let end = self.chunk.0.borrow().len();
+                matches!(shown, Cow::Borrowed(_)).then_some(start..end)
             }
+            Err(e) => {
+                log::debug!("could not format a {} record: {e}", record.type_name());
+                if let Some(kind) = kind {
+                    self.dropped.add(kind, 1);
+                }
+                None
+            }
+        }
+    }
+
+    /// Shows `record` as `line`, the JSON line another output wrote for it, if this output
+    /// shows it unchanged; formats it if the filter changes it.
+    fn copy_record(&mut self, record: &Record, line: &[u8]) {
+        match self.filter.apply(record) {
+            None => {}
+            Some(Cow::Borrowed(_)) => {
+                let kind = Kind::of(record);
+                if let Some(kind) = kind {
+                    self.shown.add(kind, 1);
+                }
+                self.chunk.0.borrow_mut().extend_from_slice(line);
+                self.mark(kind);
+            }
+            Some(Cow::Owned(_)) => {
+                self.format_record(record);
+            }
+        }
+    }
+
+    /// Ships the chunk once it is full.
+    fn ship_if_full(&mut self) {
+        if self.chunk.0.borrow().len() >= self.chunk_bytes {
+            self.ship();
         }
     }
 

@@ -345,3 +345,106 @@ fn dropping_the_queue_interrupts_a_write_blocked_on_a_stalled_pipe() {
     assert!(delivery.dropped.total() > 0);
     assert_balanced(&ByType::count(&delivered), &delivery);
 }
+
+/// Transitions, timelines and a digest from the engine, then `lost` and `summary` records:
+/// every kind a run writes, with owners 7 and 8 for the pid filter to split.
+fn a_run() -> Vec<Record> {
+    use crate::{
+        engine::{Engine, Options},
+        testing::{by, transition},
+        units::WallClock,
+    };
+    let mut engine = Engine::new(
+        Options {
+            timelines: true,
+            ..Options::default()
+        },
+        WallClock::fixed(0),
+    );
+    let mut out = Vec::new();
+    for (ts, old, new) in [(1, 7, 2), (2, 2, 1), (3, 1, 4), (4, 4, 5), (5, 5, 7)] {
+        let t = transition(ts, 0xa, "127.0.0.1:5000", "127.0.0.1:80", old, new);
+        engine.transition(by(t, 7, "c"), &mut out);
+    }
+    let t = transition(6, 0xb, "127.0.0.1:80", "127.0.0.1:5001", 3, 1);
+    engine.transition(by(t, 8, "s"), &mut out);
+    out.push(
+        serde_json::from_str(
+            r#"{"type":"digest","ts_ns":7,"time":"1970-01-01T00:00:00.000007Z","stuck":3,"processes":[{"pid":7,"comm":"c","count":1,"oldest_age_ms":5},{"pid":8,"comm":"s","count":2,"oldest_age_ms":6}]}"#,
+        )
+        .unwrap(),
+    );
+    out.extend(mixed(5));
+    out.push(summary(9));
+    out
+}
+
+/// Writes `batch` through an export-like output (everything, JSON) and a stdout-like one
+/// (`sink`, `filter`), either each formatting on its own or the second copying the first's
+/// lines; returns both outputs' bytes and accounting.
+fn both(
+    batch: &[Record],
+    sink: fn(ChunkWriter) -> Box<dyn Sink>,
+    filter: &Filter,
+    shared: bool,
+) -> [(Vec<u8>, Destination); 2] {
+    let (export_out, stdout_out) = (Shared::default(), Shared::default());
+    // Small chunks, so that both ship in the middle of the batch.
+    let small = Buffer { bytes: 4 << 10 };
+    let mut export = json(export_out.clone(), BIG, WhenFull::Wait);
+    let mut stdout = Output::spawn(
+        sink,
+        stdout_out.clone(),
+        filter.clone(),
+        small,
+        WhenFull::Wait,
+    )
+    .unwrap();
+    for part in batch.chunks(3) {
+        if shared {
+            export.format_with(part, &mut stdout);
+        } else {
+            export.format(part);
+            stdout.format(part);
+        }
+        assert!(export.send(&[]) && stdout.send(&[]));
+    }
+    let (result, export) = export.finish(&[]);
+    result.unwrap();
+    let (result, stdout) = stdout.finish(&[]);
+    result.unwrap();
+    let bytes = |s: &Shared| s.0.lock().unwrap().clone();
+    [(bytes(&export_out), export), (bytes(&stdout_out), stdout)]
+}
+
+#[test]
+fn formatting_once_for_two_outputs_gives_each_the_bytes_and_counts_of_its_own() {
+    let mut batch = a_run();
+    // Enough records that the small chunks fill and ship between them.
+    for _ in 0..6 {
+        batch.extend(a_run());
+    }
+    let json: fn(ChunkWriter) -> Box<dyn Sink> = |w| Box::new(JsonSink::new(w));
+    let text: fn(ChunkWriter) -> Box<dyn Sink> = |w| Box::new(crate::sink::TextSink::new(w, true));
+    let mut no_timelines = Filter::everything();
+    no_timelines.timelines = false;
+    let mut owner_7 = Filter::everything();
+    // Changes the digest (Cow::Owned): that one must be formatted, not copied.
+    owner_7.pids = [7].into();
+    for (sink, filter, what) in [
+        (json, Filter::everything(), "json, everything"),
+        (json, no_timelines, "json, no timelines"),
+        (json, owner_7.clone(), "json, pid 7"),
+        (text, owner_7, "text, pid 7"),
+    ] {
+        let separate = both(&batch, sink, &filter, false);
+        let shared = both(&batch, sink, &filter, true);
+        assert!(!separate[1].0.is_empty(), "{what}: nothing shown");
+        assert_eq!(
+            String::from_utf8_lossy(&shared[1].0),
+            String::from_utf8_lossy(&separate[1].0),
+            "{what}"
+        );
+        assert_eq!(shared, separate, "{what}");
+    }
+}

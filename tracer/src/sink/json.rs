@@ -52,6 +52,10 @@ impl<W: Write> Sink for JsonSink<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+
+    fn json_lines(&self) -> bool {
+        true
+    }
 }
 
 /// A transition record, field for field as serde_json writes `Record::Transition`.

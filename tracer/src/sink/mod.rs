@@ -25,6 +25,11 @@ pub trait Sink {
     fn write(&mut self, record: &Record) -> io::Result<()>;
     /// Flushes the writer.
     fn flush(&mut self) -> io::Result<()>;
+    /// Whether [`Sink::write`] writes exactly [`JsonSink`]'s line for every record, so that an
+    /// output may copy another JSON-lines output's line instead of formatting the record again.
+    fn json_lines(&self) -> bool {
+        false
+    }
     /// `tracer analyze` hands each record it reads from its input here, before replaying it
     /// (the header too), so a report can show what was captured as well as what was rebuilt.
     fn input(&mut self, _record: &Record) {}
@@ -39,6 +44,9 @@ impl<S: Sink + ?Sized> Sink for Box<S> {
     }
     fn flush(&mut self) -> io::Result<()> {
         (**self).flush()
+    }
+    fn json_lines(&self) -> bool {
+        (**self).json_lines()
     }
     fn input(&mut self, record: &Record) {
         (**self).input(record);
