@@ -32,8 +32,8 @@ pub fn lint() -> Result<()> {
         return stages.finish();
     };
 
-    // Every member and target: the tracer's tests and helper binary, the bench, and the fuzz
-    // targets of tracer/fuzz (type-checked here on stable; `cargo xtask fuzz` runs them).
+    // Every member and target: the tracer's tests and helper binary, the bench, the kernel
+    // matrix (vmtest/, with its unit tests), and the fuzz targets of tracer/fuzz (type-checked here on stable; `cargo xtask fuzz` runs them).
     // `--locked`: a Cargo.lock that no longer matches the manifests fails here, not in a user's
     // build.
     stages.run("clippy", || {
@@ -47,12 +47,14 @@ pub fn lint() -> Result<()> {
             "warnings",
         ]))
     });
-    // The library's docs build without warnings (broken or private links).
+    // The library's docs build without warnings (broken or private links), and those of the
+    // kernel matrix (vmtest/, outside the default members) and of what it shares with xtask.
     stages.run("doc", || {
         run(host_cargo()
             .env(OBJECT_VAR, &built.object)
             .env("RUSTDOCFLAGS", "-D warnings")
-            .args(["doc", "--package", "tracer", "--no-deps"]))
+            .args(["doc", "--no-deps", "--package", "tracer"])
+            .args(["--package", "vmtest", "--package", "xtask-common"]))
     });
     match ebpf::clippy_command(&built.toolchain) {
         Ok(Some(mut cmd)) => {

@@ -78,7 +78,15 @@ enum Chore {
     },
     /// Boot Debian's 5.10 to 7.3 kernels under qemu and run the privileged tests inside each;
     /// prints a table and fails if any kernel fails. Kernels are cached under target/vm.
-    VmTest(vm::VmArgs),
+    ///
+    /// Builds the kernel matrix (vmtest/) and what the guest runs, then runs the matrix with
+    /// these flags; `cargo xtask vm-test --help` lists them.
+    #[command(disable_help_flag = true)]
+    VmTest {
+        /// The matrix's flags (see `cargo xtask vm-test --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -122,6 +130,6 @@ fn dispatch(chore: Chore) -> Result<()> {
         Chore::Lint => lint::lint(),
         Chore::Fuzz { target, seconds } => fuzz::fuzz(&target, seconds),
         Chore::Bench { args } => bench::bench(&args),
-        Chore::VmTest(args) => vm::vm_test(&args),
+        Chore::VmTest { args } => vm::vm_test(&args),
     }
 }

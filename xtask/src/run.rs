@@ -88,7 +88,7 @@ struct Metadata {
 }
 
 /// Cargo's target directory for the workspace (honours `CARGO_TARGET_DIR` and config).
-fn target_dir() -> Result<PathBuf> {
+pub fn target_dir() -> Result<PathBuf> {
     let output = host_cargo()
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .output()

@@ -50,7 +50,7 @@ pub fn test(unprivileged: bool, vm: bool) -> Result<()> {
     });
     // The same privileged tests on every supported kernel, booted under qemu.
     if vm {
-        stages.run("vm", || crate::vm::vm_test(&crate::vm::VmArgs::default()));
+        stages.run("vm", crate::vm::stage);
     } else {
         stages.skip("vm", "--no-vm");
     }

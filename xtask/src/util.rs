@@ -1,76 +1,18 @@
-//! Command helpers shared by the subcommands: echoing, status checks, environment
-//! cleaning for nested cargo runs, and small probes of the machine (root, PATH).
+//! Command helpers of the subcommands: environment cleaning for nested cargo runs, `PATH`,
+//! stages. Those `vm-test` uses too (echoing, status checks, probes of the machine) are in
+//! `xtask-common`, re-exported here.
 
 use std::{
     env,
     ffi::OsString,
-    fs,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
 };
 
 use anyhow::{bail, Context as _, Result};
-
-/// The repository root: the parent of this crate's manifest directory.
-pub fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
-}
-
-/// Prints a command the way a shell would show it, on stderr (stdout stays free for
-/// the tracer's own output and for paths a script may capture).
-pub fn echo(cmd: &Command) {
-    let mut line = String::from("$");
-    if let Some(dir) = cmd.get_current_dir() {
-        line.push_str(&format!(" (cd {} &&", dir.display()));
-    }
-    for (key, value) in cmd.get_envs() {
-        if let Some(value) = value {
-            line.push_str(&format!(
-                " {}={}",
-                key.to_string_lossy(),
-                value.to_string_lossy()
-            ));
-        }
-    }
-    line.push(' ');
-    line.push_str(&cmd.get_program().to_string_lossy());
-    for arg in cmd.get_args() {
-        line.push(' ');
-        line.push_str(&arg.to_string_lossy());
-    }
-    if cmd.get_current_dir().is_some() {
-        line.push(')');
-    }
-    eprintln!("{line}");
-}
-
-/// Echoes and runs a command with inherited stdio; fails unless it exits 0.
-pub fn run(cmd: &mut Command) -> Result<()> {
-    echo(cmd);
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let status = cmd
-        .status()
-        .with_context(|| format!("failed to start `{program}`"))?;
-    if !status.success() {
-        bail!("`{program}` failed ({status})");
-    }
-    Ok(())
-}
-
-/// Runs a command quietly and returns its stdout, or `None` if it could not start
-/// or did not exit 0. For probes such as `bpf-linker --version`.
-pub fn probe_output(cmd: &mut Command) -> Option<String> {
-    let output = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
-}
+pub use xtask_common::{
+    as_root, echo, is_executable, is_root, probe_output, run, which, workspace_root,
+};
 
 /// Variables set by rustup and by the `cargo run` that started xtask. They must not leak
 /// into a nested build driven by another toolchain (aya-build strips the same set).
@@ -127,27 +69,6 @@ pub fn host_cargo() -> Command {
     cmd
 }
 
-/// True when the effective uid is 0.
-pub fn is_root() -> Result<bool> {
-    let status = procfs::process::Process::myself()
-        .and_then(|me| me.status())
-        .context("reading /proc/self/status")?;
-    Ok(status.euid == 0)
-}
-
-/// Finds an executable by name on `PATH`.
-pub fn which(name: &str) -> Option<PathBuf> {
-    let path = env::var_os("PATH")?;
-    env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
-}
-
-pub fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt as _;
-    fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-}
-
 /// `PATH` with `dir` in front, unless it is already there.
 pub fn path_with(dir: &Path) -> Result<OsString> {
     let current = env::var_os("PATH").unwrap_or_default();
@@ -156,19 +77,6 @@ pub fn path_with(dir: &Path) -> Result<OsString> {
         dirs.insert(0, dir.to_path_buf());
     }
     env::join_paths(dirs).context("joining PATH")
-}
-
-/// A command that needs root: as is when root, under `sudo` otherwise.
-pub fn as_root(program: &str) -> Result<Command> {
-    if is_root()? {
-        return Ok(Command::new(program));
-    }
-    if which("sudo").is_none() {
-        bail!("`{program}` needs root and sudo is not installed: run this as root");
-    }
-    let mut cmd = Command::new("sudo");
-    cmd.arg(program);
-    Ok(cmd)
 }
 
 /// Outcome of one stage of a multi-stage chore (`test`, `lint`).

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::util::{probe_output, which};
+use xtask_common::{probe_output, which};
 
 /// The guest's PID 1 (a busybox shell script).
 const INIT: &str = include_str!("guest-init.sh");

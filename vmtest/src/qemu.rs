@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::util::{as_root, is_root, probe_output, run, which};
+use xtask_common::{as_root, is_root, probe_output, run, which};
 
 const QEMU: &str = "qemu-system-x86_64";
 
@@ -71,7 +71,7 @@ pub fn ensure_installed() -> Result<()> {
     let mut cmd = as_root("apt-get")?;
     cmd.env("DEBIAN_FRONTEND", "noninteractive");
     if removes {
-        let dir = crate::util::workspace_root().join("target/vm/apt-qemu");
+        let dir = xtask_common::workspace_root().join("target/vm/apt-qemu");
         fs::create_dir_all(dir.join("lists/partial"))?;
         let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
         let mut sources = String::new();

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::util::{probe_output, run, which};
+use xtask_common::{probe_output, run, which};
 
 /// One pinned kernel: a short name, the archive suite, and the packages that hold it.
 pub struct Pin {
@@ -156,7 +156,7 @@ impl AptState {
         .with_context(|| {
             format!(
                 "downloading {package} (a 404 means the index lists a .deb the mirror no \
-                 longer has: pin another ABI in xtask/src/vm/kernels.rs)"
+                 longer has: pin another ABI in vmtest/src/kernels.rs)"
             )
         })?;
         // `NAME/SUITE` names the suite; the file is `NAME_VERSION_ARCH.deb`.
