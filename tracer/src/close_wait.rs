@@ -17,6 +17,7 @@ use crate::{
     hash::AddrMap,
     owner::{NoOwner, Owner},
     sock_diag::{TcpInfoTimes, MAX_JIFFY_NS},
+    timeline::Tracker,
 };
 
 /// Identifies a stuck socket.
@@ -48,12 +49,14 @@ pub struct Stuck {
     pub alerted: bool,
     /// It lives on as a timewait socket: only the socket tables say whether it still waits.
     pub followed: bool,
-    pub owner: Option<Owner>,
+    /// Where its owner is known: read it with [`Stuck::owner`].
+    pub owner_from: OwnerFrom,
     /// Unread bytes when last looked up.
     pub recv_q: Option<u32>,
     /// Its network namespace's inode, when known.
     pub netns: Option<u64>,
-    /// Every process holding it when last looked up (the owner is the first).
+    /// Every process holding it when last looked up in the socket tables at its report (the
+    /// first is its owner then).
     pub holders: Vec<Owner>,
     /// Why no process holds it, when the lookup found none.
     pub unowned: Option<NoOwner>,
@@ -63,6 +66,20 @@ pub struct Stuck {
     pub times: Option<TcpInfoTimes>,
     /// The application has read up to and including the peer's FIN, when last looked up.
     pub fin_read: Option<bool>,
+}
+
+/// Where a stuck socket's owner is known: one place at a time, never a copy to keep in step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnerFrom {
+    /// The timeline tracker, under the socket's kernel address: what system calls on it told
+    /// (a socket seen entering its state, not looked up in the tables since).
+    Timeline,
+    /// The first of [`Stuck::holders`]: the socket tables' lookup at its report.
+    Holders,
+    /// Kept here, where nothing else keeps it: named by the start-up scan (no kernel address
+    /// known yet), or by its timeline as it left its full socket for a timewait socket (its
+    /// timeline ended there).
+    Kept(Option<Owner>),
 }
 
 /// What a socket table lookup found about a stuck socket.
@@ -104,6 +121,36 @@ impl Stuck {
         !matches!(self.id, SockId::Kernel(_)) && !self.followed
     }
 
+    /// Its owner, the one lookup reports, resolutions and digests go through: the tracker's
+    /// (for a socket it keeps by kernel address), the holder the tables named at its report,
+    /// or the one kept here.
+    pub fn owner<'a>(&'a self, tracker: &'a Tracker) -> Option<&'a Owner> {
+        match &self.owner_from {
+            OwnerFrom::Timeline => self.skaddr.and_then(|skaddr| tracker.owner(skaddr)),
+            OwnerFrom::Holders => self.holders.first(),
+            OwnerFrom::Kept(owner) => owner.as_ref(),
+        }
+    }
+
+    /// Its owner as a transition takes it out of its state: `known` is what
+    /// [`Stuck::owner`] said before the transition, `named` the owner the tracker knows after
+    /// it. For a socket seen by its kernel address, the transition's owner is the latest word,
+    /// and a system call that names the process the tables named keeps the fd they found
+    /// (a system call names no fd). A socket found at start-up keeps the owner its report named.
+    pub fn owner_leaving(&self, known: Option<&Owner>, named: Option<&Owner>) -> Option<Owner> {
+        if !matches!(self.id, SockId::Kernel(_)) {
+            return known.or(named).cloned();
+        }
+        let Some(named) = named else {
+            return known.cloned();
+        };
+        let mut owner = named.clone();
+        if let Some(known) = known.filter(|k| k.pid == owner.pid) {
+            owner.fd = owner.fd.or(known.fd);
+        }
+        Some(owner)
+    }
+
     fn new(id: SockId, state: TcpState, endpoints: Endpoints, since_ns: u64) -> Self {
         Self {
             id,
@@ -117,7 +164,7 @@ impl Stuck {
             at_least: false,
             alerted: false,
             followed: false,
-            owner: None,
+            owner_from: OwnerFrom::Timeline,
             recv_q: None,
             netns: None,
             holders: Vec::new(),
@@ -139,6 +186,8 @@ pub struct Resolved {
     pub stuck: Stuck,
     pub left_ns: u64,
     pub new_state: TcpState,
+    /// Its owner as it left (see [`Stuck::owner_leaving`]).
+    pub owner: Option<Owner>,
 }
 
 /// Tracks sockets in the watched states.
@@ -175,36 +224,64 @@ impl Detector {
             .map(|(_, t)| *t)
     }
 
-    /// Feeds one transition. Returns the socket it resolves, if it had been reported.
+    /// Feeds one transition whose socket's owner the tracker does not know: [`Detector::leave`]
+    /// then [`Detector::enter`]. Returns the socket it resolves, if it had been reported.
+    #[cfg(test)]
     pub fn observe(&mut self, t: &Transition) -> Option<Resolved> {
-        let mut resolved = None;
+        let left = self.leave(t);
+        let owner = left
+            .as_ref()
+            .and_then(|s| s.owner(&Tracker::new(1)).cloned());
+        self.enter(t, left, owner)
+    }
+
+    /// The first half of a transition: takes out the socket `t` moves out of its watched
+    /// state, if one is tracked (seen by its kernel address, or found at start-up with its
+    /// 4-tuple). Its owner, read before the tracker applies `t`, is
+    /// [`Stuck::owner_leaving`]'s `known`.
+    pub fn leave(&mut self, t: &Transition) -> Option<Stuck> {
         let kernel = SockId::Kernel(t.skaddr);
-        let leaving = if self.stuck.contains_key(&kernel) {
-            Some(kernel)
+        let id = if self.stuck.contains_key(&kernel) {
+            kernel
         } else if self.threshold(t.old).is_some() {
-            self.preexisting_with(t.netns, &t.endpoints(), t.old)
+            self.preexisting_with(t.netns, &t.endpoints(), t.old)?
         } else {
-            None
+            return None;
         };
-        if let Some(id) = leaving {
-            let mut stuck = self.take(id).expect("present");
+        self.take(id)
+    }
+
+    /// The second half of a transition: the socket `left` (from [`Detector::leave`]), with
+    /// `owner` as it left, is followed into a timewait socket, or resolved if it had been
+    /// reported; a socket entering a watched state is tracked. Returns the socket it resolves.
+    pub fn enter(
+        &mut self,
+        t: &Transition,
+        left: Option<Stuck>,
+        owner: Option<Owner>,
+    ) -> Option<Resolved> {
+        let mut resolved = None;
+        if let Some(mut stuck) = left {
             if stuck.state == TcpState::FinWait2
                 && t.old == TcpState::FinWait2
                 && t.new == TcpState::Close
             {
-                // Into a timewait socket: it may wait there for the peer's FIN.
+                // Into a timewait socket: it may wait there for the peer's FIN. Its timeline
+                // ends here: its owner is kept with it.
                 let id = SockId::Tuple {
                     netns: stuck.netns.unwrap_or(0),
                     endpoints: t.endpoints(),
                 };
                 stuck.id = id;
                 stuck.followed = true;
+                stuck.owner_from = OwnerFrom::Kept(owner);
                 self.put(stuck);
             } else if stuck.alerted {
                 resolved = Some(Resolved {
                     stuck,
                     left_ns: t.ts_ns,
                     new_state: t.new,
+                    owner,
                 });
             }
         }
@@ -213,21 +290,11 @@ impl Detector {
             if let Some(dup) = self.preexisting_with(t.netns, &t.endpoints(), t.new) {
                 self.take(dup);
             }
-            let mut stuck = Stuck::new(kernel, t.new, t.endpoints(), t.ts_ns);
+            let mut stuck = Stuck::new(SockId::Kernel(t.skaddr), t.new, t.endpoints(), t.ts_ns);
             stuck.netns = (t.netns != 0).then_some(t.netns);
             self.put(stuck);
         }
         resolved
-    }
-
-    /// The owner named for a socket found stuck at start-up, when `t` is that socket leaving
-    /// its state (its first transition the tracer sees).
-    pub fn preexisting_owner(&self, t: &Transition) -> Option<&Owner> {
-        if self.threshold(t.old).is_none() || self.stuck.contains_key(&SockId::Kernel(t.skaddr)) {
-            return None;
-        }
-        let id = self.preexisting_with(t.netns, &t.endpoints(), t.old)?;
-        self.stuck.get(&id)?.owner.as_ref()
     }
 
     /// Adds a socket found in a watched state at start-up (`now_ns`). One without an inode (a
@@ -262,7 +329,7 @@ impl Detector {
         stuck.times = times;
         stuck.at_least = true;
         stuck.followed = inode == 0 && matches!(state, TcpState::FinWait2 | TcpState::TimeWait);
-        stuck.owner = owner;
+        stuck.owner_from = OwnerFrom::Kept(owner);
         stuck.recv_q = Some(recv_q);
         stuck.netns = (netns != 0).then_some(netns);
         self.put(stuck);
@@ -295,27 +362,11 @@ impl Detector {
             .collect()
     }
 
-    /// Records what a system call told about the owner (no table entry was found).
-    pub fn update(&mut self, id: SockId, owner: Option<Owner>, recv_q: Option<u32>) {
-        if let Some(s) = self.stuck.get_mut(&id) {
-            if let Some(mut owner) = owner {
-                // A system call names the process but not the fd a table lookup found.
-                if let Some(known) = s.owner.as_ref().filter(|k| k.pid == owner.pid) {
-                    owner.fd = owner.fd.or(known.fd);
-                }
-                s.owner = Some(owner);
-            }
-            if recv_q.is_some() {
-                s.recv_q = recv_q;
-            }
-        }
-    }
-
     /// Records what a socket table lookup found: the holders now are the owners (a process
     /// that held the socket once and gave it away or exited is no owner any more).
     pub fn found(&mut self, id: SockId, found: Found) {
         if let Some(s) = self.stuck.get_mut(&id) {
-            s.owner = found.holders.first().cloned();
+            s.owner_from = OwnerFrom::Holders;
             s.holders = found.holders;
             s.recv_q = Some(found.recv_q);
             // 0 is no namespace's inode: a replayed table that did not record it.
@@ -428,15 +479,20 @@ pub struct Group {
     pub oldest_ns: u64,
 }
 
-/// Groups reported sockets by owner, most sockets first.
-pub fn digest<'a>(stuck: impl Iterator<Item = &'a Stuck>, now_ns: u64) -> Vec<Group> {
+/// Groups reported sockets by owner ([`Stuck::owner`]), most sockets first.
+pub fn digest<'a>(
+    stuck: impl Iterator<Item = &'a Stuck>,
+    tracker: &Tracker,
+    now_ns: u64,
+) -> Vec<Group> {
     let mut groups: HashMap<(TcpState, Option<u32>), Group> = HashMap::new();
     for s in stuck {
-        let pid = s.owner.as_ref().map(|o| o.pid);
+        let owner = s.owner(tracker);
+        let pid = owner.map(|o| o.pid);
         let group = groups.entry((s.state, pid)).or_insert_with(|| Group {
             state: s.state,
             pid,
-            comm: s.owner.as_ref().map(|o| o.comm.clone()),
+            comm: owner.map(|o| o.comm.clone()),
             container: s.placement.container.clone(),
             count: 0,
             oldest_ns: 0,
@@ -514,14 +570,73 @@ mod tests {
         let due = d.poll(1500 * MS);
         assert_eq!(due, [SockId::Kernel(7)]);
         assert!(d.poll(9000 * MS).is_empty(), "only once");
-        d.update(due[0], Some(owner(42)), Some(10));
+        d.found(
+            due[0],
+            Found {
+                holders: vec![owner(42)],
+                recv_q: 10,
+                ..Found::default()
+            },
+        );
         let resolved = d
             .observe(&transition(3000 * MS, 7, S, C, 8, 9))
             .expect("resolved");
         assert_eq!(resolved.stuck.age_ns(resolved.left_ns), 2000 * MS);
         assert_eq!(resolved.new_state, TcpState::LastAck);
-        assert_eq!(resolved.stuck.owner, Some(owner(42)));
+        assert_eq!(resolved.owner, Some(owner(42)));
         assert!(d.is_empty());
+    }
+
+    /// Where a stuck socket's owner is read, and what a transition that takes it out of its
+    /// state makes of it: a system call naming the process the tables named keeps their fd
+    /// (it names none), naming another process does not; a socket found at start-up keeps
+    /// the owner its report named.
+    #[test]
+    fn owner_is_read_from_one_place_and_a_system_call_keeps_the_tables_fd() {
+        let mut tracker = Tracker::new(4);
+        let mut d = Detector::new(MS);
+        d.observe(&transition(0, 7, S, C, 1, 8));
+        let id = SockId::Kernel(7);
+        let stuck = |d: &Detector| d.get(id).cloned().unwrap();
+        assert_eq!(stuck(&d).owner(&tracker), None);
+        // Seen by its kernel address: the tracker's owner, until the tables name one.
+        tracker.apply(&crate::testing::by(transition(0, 7, S, C, 1, 8), 5, "p5"));
+        tracker.set_owner(7, owner(5));
+        assert_eq!(stuck(&d).owner(&tracker), Some(&owner(5)));
+        d.found(
+            id,
+            Found {
+                holders: vec![owner(42), owner(43)],
+                ..Found::default()
+            },
+        );
+        let s = stuck(&d);
+        let known = s.owner(&tracker);
+        assert_eq!(known, Some(&owner(42)), "the first holder, not the tracker's");
+        let from_task = |pid: u32, comm: &str| Owner {
+            pid,
+            comm: comm.into(),
+            fd: None,
+        };
+        let leaving = s.owner_leaving(known, Some(&from_task(42, "worker")));
+        assert_eq!(
+            leaving.map(|o| (o.pid, o.comm.to_string(), o.fd)),
+            Some((42, "worker".into(), Some(3)))
+        );
+        let leaving = s.owner_leaving(known, Some(&from_task(43, "other")));
+        assert_eq!(leaving.and_then(|o| o.fd), None, "another process");
+        assert_eq!(s.owner_leaving(known, None).as_ref(), known);
+        // Found at start-up: the owner its report named, whoever makes the transition.
+        let mut d = Detector::new(MS);
+        let ep = transition(0, 0, S, C, 8, 9).endpoints();
+        d.add_preexisting(TcpState::CloseWait, 11, 1, ep, 0, Some(owner(5)), 0, None);
+        let s = d.leave(&transition(MS, 9, S, C, 8, 9)).expect("found by 4-tuple");
+        let known = s.owner(&tracker);
+        assert_eq!(known, Some(&owner(5)));
+        assert_eq!(
+            s.owner_leaving(known, Some(&from_task(6, "p6"))).as_ref(),
+            known
+        );
     }
 
     #[test]
@@ -641,17 +756,23 @@ mod tests {
                 None,
             );
         }
+        let tracker = Tracker::new(1);
+        let owner_of = |d: &Detector, t: &Transition| {
+            d.preexisting_with(t.netns, &t.endpoints(), t.old)
+                .and_then(|id| d.get(id)?.owner(&tracker))
+                .map(|o| o.pid)
+        };
         let leaving = transition(700 * MS, 0xbeef, S, &client(14_321), 8, 9);
-        assert_eq!(d.preexisting_owner(&leaving).map(|o| o.pid), Some(4_321));
+        assert_eq!(owner_of(&d, &leaving), Some(4_321));
         let id = SockId::Preexisting {
             inode: 4_322,
             netns: 1,
         };
         let moved = transition(0, 0, S, &client(60_000), 8, 9).endpoints();
         d.set_endpoints(id, moved);
-        assert_eq!(d.preexisting_owner(&leaving), None);
+        assert_eq!(owner_of(&d, &leaving), None);
         let leaving = transition(700 * MS, 0xbeef, S, &client(60_000), 8, 9);
-        assert_eq!(d.preexisting_owner(&leaving).map(|o| o.pid), Some(4_321));
+        assert_eq!(owner_of(&d, &leaving), Some(4_321));
         let resolved = d.observe(&leaving);
         assert_eq!(resolved, None, "not reported yet: nothing to resolve");
         assert_eq!(d.len(), 4_999);
@@ -693,10 +814,14 @@ mod tests {
                 1,
                 8,
             ));
-            d.update(SockId::Kernel(sk), pid.map(owner), None);
+            let found = Found {
+                holders: pid.map(owner).into_iter().collect(),
+                ..Found::default()
+            };
+            d.found(SockId::Kernel(sk), found);
         }
         d.poll(10 * MS);
-        let groups = digest(d.reported(), 10 * MS);
+        let groups = digest(d.reported(), &Tracker::new(1), 10 * MS);
         let summary: Vec<(Option<u32>, usize, u64)> = groups
             .iter()
             .map(|g| (g.pid, g.count, g.oldest_ns))

@@ -195,21 +195,27 @@ impl Engine {
     fn apply(&mut self, t: Transition, out: &mut Vec<Record>) {
         self.summary.events += 1;
         let evicted_before = self.tracker.evicted();
-        // A socket found in CLOSE_WAIT at start keeps the owner its report named.
-        let known = self.detector.preexisting_owner(&t).cloned();
-        let mut applied = self.tracker.apply_known(&t, known.as_ref());
+        // The stuck socket this transition moves out of its state, with its owner before it.
+        let left = self.detector.leave(&t);
+        let known = left
+            .as_ref()
+            .and_then(|s| s.owner(&self.tracker))
+            .cloned();
+        // A socket found stuck at start has no timeline yet: it starts with the owner its
+        // report named.
+        let untied = left
+            .as_ref()
+            .is_some_and(|s| !matches!(s.id, SockId::Kernel(_)));
+        let mut applied = self
+            .tracker
+            .apply_known(&t, known.as_ref().filter(|_| untied));
         if self.tracker.evicted() != evicted_before {
             self.summary.evicted = self.tracker.evicted();
         }
-        if let Some(owner) = &applied.owner {
-            // Owners learnt from system calls also name CLOSE_WAIT sockets (looked up first:
-            // most sockets are not in CLOSE_WAIT, and the owner is not cloned for those).
-            let id = SockId::Kernel(t.skaddr);
-            if self.detector.get(id).is_some() {
-                self.detector.update(id, Some(owner.clone()), None);
-            }
-        }
-        let resolved = self.detector.observe(&t);
+        let owner = left
+            .as_ref()
+            .and_then(|s| s.owner_leaving(known.as_ref(), applied.owner.as_ref()));
+        let resolved = self.detector.enter(&t, left, owner);
         if self.opts.transitions {
             self.summary.transitions += 1;
             // The owner is needed again below only when a CLOSE_WAIT report is resolved.
@@ -246,7 +252,7 @@ impl Engine {
             }));
         }
         if let Some(resolved) = resolved {
-            self.push_resolved(&resolved, applied.owner.as_ref(), out);
+            self.push_resolved(&resolved, out);
         }
         for timeline in applied.finished {
             self.push_timeline(timeline, t.ts_ns, out);
@@ -351,18 +357,13 @@ impl Engine {
                     self.detector.set_endpoints(id, endpoints);
                 }
                 self.detector.found(id, found);
-            } else {
-                // Not in the tables read: the owner is what system calls told, if anything.
-                let owner = match id {
-                    SockId::Kernel(skaddr) => self.tracker.owner(skaddr).cloned(),
-                    SockId::Preexisting { .. } | SockId::Tuple { .. } => None,
-                };
-                self.detector.update(id, owner, None);
             }
+            // Not in the tables read: the owner is what system calls told (a socket seen by
+            // its kernel address), or what the start-up scan found, if anything.
             let Some(stuck) = self.detector.get(id) else {
                 continue;
             };
-            let record = close_wait_record(stuck, now_ns, &self.clock);
+            let record = close_wait_record(stuck, stuck.owner(&self.tracker), now_ns, &self.clock);
             if stuck.state == TcpState::CloseWait {
                 self.summary.close_wait_alerts += 1;
                 out.push(Record::CloseWait(Box::new(record)));
@@ -399,13 +400,14 @@ impl Engine {
                 None => TcpState::Close,
             };
             if let Some(stuck) = self.detector.remove(id) {
+                let owner = stuck.owner(&self.tracker).cloned();
                 self.push_resolved(
                     &Resolved {
                         stuck,
                         left_ns: now_ns,
                         new_state,
+                        owner,
                     },
-                    None,
                     out,
                 );
             }
@@ -415,7 +417,7 @@ impl Engine {
     /// The CLOSE_WAIT digest, grouped by process.
     pub fn digest(&self, now_ns: u64) -> Record {
         let reported: Vec<&Stuck> = self.detector.reported().collect();
-        let processes = close_wait::digest(reported.iter().copied(), now_ns)
+        let processes = close_wait::digest(reported.iter().copied(), &self.tracker, now_ns)
             .into_iter()
             .map(|g| DigestProcess {
                 state: g.state,
@@ -490,13 +492,8 @@ impl Engine {
         }));
     }
 
-    fn push_resolved(
-        &mut self,
-        r: &Resolved,
-        owner: Option<&crate::owner::Owner>,
-        out: &mut Vec<Record>,
-    ) {
-        let owner = r.stuck.owner.as_ref().or(owner);
+    fn push_resolved(&mut self, r: &Resolved, out: &mut Vec<Record>) {
+        let owner = r.owner.as_ref();
         let e = &r.stuck.endpoints;
         let record = CloseWaitResolvedRecord {
             ts_ns: r.left_ns,
@@ -559,15 +556,21 @@ fn netns(inode: u64) -> Option<u64> {
     (inode != 0).then_some(inode)
 }
 
-fn close_wait_record(s: &Stuck, now_ns: u64, clock: &WallClock) -> CloseWaitRecord {
+/// The report of a stuck socket, naming `owner` ([`Stuck::owner`]).
+fn close_wait_record(
+    s: &Stuck,
+    owner: Option<&crate::owner::Owner>,
+    now_ns: u64,
+    clock: &WallClock,
+) -> CloseWaitRecord {
     let e = &s.endpoints;
     CloseWaitRecord {
         ts_ns: now_ns,
         time: clock.wall(now_ns),
         skaddr: s.skaddr.map(SkAddr),
-        pid: s.owner.as_ref().map(|o| o.pid),
-        comm: s.owner.as_ref().map(|o| o.comm.clone()),
-        fd: s.owner.as_ref().and_then(|o| o.fd),
+        pid: owner.map(|o| o.pid),
+        comm: owner.map(|o| o.comm.clone()),
+        fd: owner.and_then(|o| o.fd),
         family: e.family(),
         laddr: e.laddr,
         lport: e.lport,
