@@ -864,6 +864,84 @@ mod tests {
         assert_eq!(owners, [Some(222), Some(222), Some(222)], "{out:?}");
     }
 
+    /// A socket found in CLOSE_WAIT at start and reported without a fresh table (the scan
+    /// failed): its report names the start-up scan's owner, and so do its first transition
+    /// (a close() by another thread of the process) and its resolution.
+    #[test]
+    fn owner_found_at_start_survives_its_first_transition() {
+        let mut e = engine(Options {
+            timelines: true,
+            ..Options::default()
+        });
+        e.preexisting(&table(222), MS);
+        let out = report_due(&mut e, MS, None);
+        let [Record::CloseWait(a)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!((a.pid, a.fd, a.holders.len()), (Some(222), Some(7), 0));
+        let out = feed(&mut e, &[by(transition(5 * MS, 9, S, C, 8, 9), 222, "worker")]);
+        let owners: Vec<_> = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Transition(t) => Some(("t", t.pid, t.comm.clone(), None)),
+                Record::CloseWaitResolved(r) => Some(("r", r.pid, r.comm.clone(), r.fd)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            owners,
+            [
+                ("t", Some(222), Some("worker".into()), None),
+                ("r", Some(222), Some("server".into()), Some(7)),
+            ]
+        );
+    }
+
+    /// `--stuck FIN_WAIT2`: an orphan (no holder at its report) that the kernel moves into a
+    /// timewait socket keeps the owner its timeline named (the close() caller), and its
+    /// resolution names it after the timeline ended.
+    #[test]
+    fn a_followed_socket_keeps_its_timelines_owner() {
+        let mut e = engine(Options {
+            stuck: vec![(TcpState::FinWait2, MS)],
+            ..Options::default()
+        });
+        feed(
+            &mut e,
+            &[
+                by(transition(MS, 9, C, S, 7, 2), 111, "client"),
+                by(transition(2 * MS, 9, C, S, 2, 1), 0, "swapper/0"),
+                by(transition(3 * MS, 9, C, S, 1, 4), 111, "client"),
+                by(transition(4 * MS, 9, C, S, 4, 5), 0, "swapper/0"),
+            ],
+        );
+        let mut t = table(222);
+        t.entries[0].endpoints = transition(0, 0, C, S, 1, 8).endpoints();
+        t.entries[0].state = TcpState::FinWait2;
+        t.entries[0].holders.clear();
+        let out = report_due(&mut e, 10 * MS, Some(&t));
+        let [Record::Stuck(a)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(a.pid, None, "an orphan");
+        let Record::Digest(d) = e.digest(10 * MS) else {
+            panic!()
+        };
+        assert_eq!(d.processes[0].pid, None);
+        feed(&mut e, &[by(transition(20 * MS, 9, C, S, 5, 7), 0, "swapper/0")]);
+        let Record::Digest(d) = e.digest(20 * MS) else {
+            panic!()
+        };
+        assert_eq!(d.processes[0].pid, Some(111), "the timeline's last word");
+        let followed = e.followed();
+        let mut out = Vec::new();
+        e.recheck(&followed, &SocketTable::default(), 30 * MS, &mut out);
+        let [Record::StuckResolved(r)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!((r.pid, r.new_state), (Some(111), TcpState::Close));
+    }
+
     #[test]
     fn close_wait_alert_names_the_holder_from_the_socket_table() {
         let mut e = engine(Options {
@@ -895,7 +973,11 @@ mod tests {
             _ => None,
         });
         let resolved = resolved.expect("resolved record");
-        assert_eq!((resolved.pid, resolved.stuck_ms), (Some(222), 497));
+        // close() names the process, not the fd: the report's fd is kept.
+        assert_eq!(
+            (resolved.pid, resolved.fd, resolved.stuck_ms),
+            (Some(222), Some(7), 497)
+        );
         assert_eq!(e.summary().close_wait_alerts, 1);
         assert_eq!(e.summary().close_wait_resolved, 1);
     }
