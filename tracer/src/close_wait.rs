@@ -612,7 +612,11 @@ mod tests {
         );
         let s = stuck(&d);
         let known = s.owner(&tracker);
-        assert_eq!(known, Some(&owner(42)), "the first holder, not the tracker's");
+        assert_eq!(
+            known,
+            Some(&owner(42)),
+            "the first holder, not the tracker's"
+        );
         let from_task = |pid: u32, comm: &str| Owner {
             pid,
             comm: comm.into(),
@@ -630,7 +634,9 @@ mod tests {
         let mut d = Detector::new(MS);
         let ep = transition(0, 0, S, C, 8, 9).endpoints();
         d.add_preexisting(TcpState::CloseWait, 11, 1, ep, 0, Some(owner(5)), 0, None);
-        let s = d.leave(&transition(MS, 9, S, C, 8, 9)).expect("found by 4-tuple");
+        let s = d
+            .leave(&transition(MS, 9, S, C, 8, 9))
+            .expect("found by 4-tuple");
         let known = s.owner(&tracker);
         assert_eq!(known, Some(&owner(5)));
         assert_eq!(

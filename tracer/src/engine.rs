@@ -197,10 +197,7 @@ impl Engine {
         let evicted_before = self.tracker.evicted();
         // The stuck socket this transition moves out of its state, with its owner before it.
         let left = self.detector.leave(&t);
-        let known = left
-            .as_ref()
-            .and_then(|s| s.owner(&self.tracker))
-            .cloned();
+        let known = left.as_ref().and_then(|s| s.owner(&self.tracker)).cloned();
         // A socket found stuck at start has no timeline yet: it starts with the owner its
         // report named.
         let untied = left
@@ -218,12 +215,7 @@ impl Engine {
         let resolved = self.detector.enter(&t, left, owner);
         if self.opts.transitions {
             self.summary.transitions += 1;
-            // The owner is needed again below only when a CLOSE_WAIT report is resolved.
-            let owner = if resolved.is_some() {
-                applied.owner.clone()
-            } else {
-                applied.owner.take()
-            };
+            let owner = applied.owner.take();
             out.push(Record::Transition(TransitionRecord {
                 ts_ns: t.ts_ns,
                 time: self.clock.wall(t.ts_ns),
@@ -358,8 +350,8 @@ impl Engine {
                 }
                 self.detector.found(id, found);
             }
-            // Not in the tables read: the owner is what system calls told (a socket seen by
-            // its kernel address), or what the start-up scan found, if anything.
+            // The owner: the first holder the tables named or, not in the tables read, what
+            // system calls told (a socket seen by its kernel address) or the start-up scan found.
             let Some(stuck) = self.detector.get(id) else {
                 continue;
             };
@@ -879,7 +871,10 @@ mod tests {
             panic!("{out:?}")
         };
         assert_eq!((a.pid, a.fd, a.holders.len()), (Some(222), Some(7), 0));
-        let out = feed(&mut e, &[by(transition(5 * MS, 9, S, C, 8, 9), 222, "worker")]);
+        let out = feed(
+            &mut e,
+            &[by(transition(5 * MS, 9, S, C, 8, 9), 222, "worker")],
+        );
         let owners: Vec<_> = out
             .iter()
             .filter_map(|r| match r {
@@ -915,31 +910,41 @@ mod tests {
                 by(transition(4 * MS, 9, C, S, 4, 5), 0, "swapper/0"),
             ],
         );
-        let mut t = table(222);
-        t.entries[0].endpoints = transition(0, 0, C, S, 1, 8).endpoints();
-        t.entries[0].state = TcpState::FinWait2;
-        t.entries[0].holders.clear();
-        let out = report_due(&mut e, 10 * MS, Some(&t));
-        let [Record::Stuck(a)] = &out[..] else {
+        let mut orphan = table(222);
+        orphan.entries[0].endpoints = transition(0, 0, C, S, 1, 8).endpoints();
+        orphan.entries[0].state = TcpState::FinWait2;
+        orphan.entries[0].holders.clear();
+        let out = report_due(&mut e, 10 * MS, Some(&orphan));
+        let [Record::Stuck(report)] = &out[..] else {
             panic!("{out:?}")
         };
-        assert_eq!(a.pid, None, "an orphan");
-        let Record::Digest(d) = e.digest(10 * MS) else {
+        assert_eq!(report.pid, None, "an orphan");
+        let Record::Digest(digest) = e.digest(10 * MS) else {
             panic!()
         };
-        assert_eq!(d.processes[0].pid, None);
-        feed(&mut e, &[by(transition(20 * MS, 9, C, S, 5, 7), 0, "swapper/0")]);
-        let Record::Digest(d) = e.digest(20 * MS) else {
+        assert_eq!(digest.processes[0].pid, None);
+        feed(
+            &mut e,
+            &[by(transition(20 * MS, 9, C, S, 5, 7), 0, "swapper/0")],
+        );
+        let Record::Digest(digest) = e.digest(20 * MS) else {
             panic!()
         };
-        assert_eq!(d.processes[0].pid, Some(111), "the timeline's last word");
+        assert_eq!(
+            digest.processes[0].pid,
+            Some(111),
+            "the timeline's last word"
+        );
         let followed = e.followed();
         let mut out = Vec::new();
         e.recheck(&followed, &SocketTable::default(), 30 * MS, &mut out);
-        let [Record::StuckResolved(r)] = &out[..] else {
+        let [Record::StuckResolved(resolved)] = &out[..] else {
             panic!("{out:?}")
         };
-        assert_eq!((r.pid, r.new_state), (Some(111), TcpState::Close));
+        assert_eq!(
+            (resolved.pid, resolved.new_state),
+            (Some(111), TcpState::Close)
+        );
     }
 
     #[test]

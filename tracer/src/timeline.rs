@@ -214,7 +214,8 @@ impl Tracker {
         self.evicted
     }
 
-    /// The owner known for a live socket.
+    /// The owner known for a live socket: the one place it is kept (the CLOSE_WAIT detector
+    /// reads it through `Stuck::owner`).
     pub fn owner(&self, skaddr: u64) -> Option<&Owner> {
         self.conns.get(&skaddr).and_then(|c| c.owner.as_ref())
     }
