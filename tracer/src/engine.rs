@@ -244,7 +244,7 @@ impl Engine {
             }));
         }
         if let Some(resolved) = resolved {
-            self.push_resolved(&resolved, out);
+            self.push_resolved(resolved, out);
         }
         for timeline in applied.finished {
             self.push_timeline(timeline, t.ts_ns, out);
@@ -394,7 +394,7 @@ impl Engine {
             if let Some(stuck) = self.detector.remove(id) {
                 let owner = stuck.owner(&self.tracker).cloned();
                 self.push_resolved(
-                    &Resolved {
+                    Resolved {
                         stuck,
                         left_ns: now_ns,
                         new_state,
@@ -484,28 +484,39 @@ impl Engine {
         }));
     }
 
-    fn push_resolved(&mut self, r: &Resolved, out: &mut Vec<Record>) {
-        let owner = r.owner.as_ref();
-        let e = &r.stuck.endpoints;
+    /// Makes the record of a reported socket that left its state; taken by value, its owner
+    /// moves into it.
+    fn push_resolved(&mut self, r: Resolved, out: &mut Vec<Record>) {
+        let Resolved {
+            stuck,
+            left_ns,
+            new_state,
+            owner,
+        } = r;
+        let (pid, fd) = (
+            owner.as_ref().map(|o| o.pid),
+            owner.as_ref().and_then(|o| o.fd),
+        );
+        let e = &stuck.endpoints;
         let record = CloseWaitResolvedRecord {
-            ts_ns: r.left_ns,
-            time: self.clock.wall(r.left_ns),
-            skaddr: r.stuck.skaddr.map(SkAddr),
-            pid: owner.map(|o| o.pid),
-            comm: owner.map(|o| o.comm.clone()),
-            fd: owner.and_then(|o| o.fd),
+            ts_ns: left_ns,
+            time: self.clock.wall(left_ns),
+            skaddr: stuck.skaddr.map(SkAddr),
+            pid,
+            comm: owner.map(|o| o.comm),
+            fd,
             family: e.family(),
             laddr: e.laddr,
             lport: e.lport,
             raddr: e.raddr,
             rport: e.rport,
-            stuck_ms: whole_ms(r.stuck.age_ns(r.left_ns)),
-            stuck_at_least: r.stuck.at_least,
-            new_state: r.new_state,
-            netns: r.stuck.netns,
-            state: r.stuck.state,
+            stuck_ms: whole_ms(stuck.age_ns(left_ns)),
+            stuck_at_least: stuck.at_least,
+            new_state,
+            netns: stuck.netns,
+            state: stuck.state,
         };
-        if r.stuck.state == TcpState::CloseWait {
+        if stuck.state == TcpState::CloseWait {
             self.summary.close_wait_resolved += 1;
             out.push(Record::CloseWaitResolved(record));
         } else {
@@ -653,6 +664,16 @@ mod tests {
             }],
             ..SocketTable::default()
         }
+    }
+
+    /// An engine making timelines that found [`table`]`(222)`'s socket in CLOSE_WAIT at start.
+    fn found_at_start() -> Engine {
+        let mut e = engine(Options {
+            timelines: true,
+            ..Options::default()
+        });
+        e.preexisting(&table(222), MS);
+        e
     }
 
     /// Issue 11 item 6: the kernel says whether the running task held the socket. An RST from
@@ -834,11 +855,7 @@ mod tests {
     /// transition and timeline name the owner its report named.
     #[test]
     fn owner_found_at_start_names_later_transitions() {
-        let mut e = engine(Options {
-            timelines: true,
-            ..Options::default()
-        });
-        e.preexisting(&table(222), MS);
+        let mut e = found_at_start();
         report_due(&mut e, MS, Some(&table(222)));
         let out = feed(
             &mut e,
@@ -861,11 +878,7 @@ mod tests {
     /// (a close() by another thread of the process) and its resolution.
     #[test]
     fn owner_found_at_start_survives_its_first_transition() {
-        let mut e = engine(Options {
-            timelines: true,
-            ..Options::default()
-        });
-        e.preexisting(&table(222), MS);
+        let mut e = found_at_start();
         let out = report_due(&mut e, MS, None);
         let [Record::CloseWait(a)] = &out[..] else {
             panic!("{out:?}")
