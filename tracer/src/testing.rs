@@ -75,3 +75,29 @@ pub fn by(mut t: Transition, pid: u32, comm: &str) -> Transition {
     };
     t
 }
+
+/// The records an engine with `--timelines` makes of a client's full life (owner 7, "c",
+/// learnt at connect: five transitions and its timeline) and of a server socket with no known
+/// owner reaching ESTABLISHED.
+pub fn a_client_and_a_server() -> Vec<crate::record::Record> {
+    let mut engine = crate::engine::Engine::new(
+        crate::engine::Options {
+            timelines: true,
+            ..crate::engine::Options::default()
+        },
+        crate::units::WallClock::fixed(0),
+    );
+    let mut out = Vec::new();
+    let c = ("127.0.0.1:5000", "127.0.0.1:80");
+    for (ts, old, new) in [(1, 7, 2), (2, 2, 1), (3, 1, 4), (4, 4, 5), (5, 5, 7)] {
+        engine.transition(
+            by(transition(ts, 0xa, c.0, c.1, old, new), 7, "c"),
+            &mut out,
+        );
+    }
+    engine.transition(
+        transition(6, 0xb, "127.0.0.1:80", "127.0.0.1:5001", 3, 1),
+        &mut out,
+    );
+    out
+}

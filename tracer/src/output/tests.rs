@@ -346,28 +346,10 @@ fn dropping_the_queue_interrupts_a_write_blocked_on_a_stalled_pipe() {
     assert_balanced(&ByType::count(&delivered), &delivery);
 }
 
-/// Transitions, timelines and a digest from the engine, then `lost` and `summary` records:
-/// every kind a run writes, with owners 7 and 8 for the pid filter to split.
+/// Transitions and a timeline from the engine, a digest naming owners 7 and 8 (for the pid
+/// filter to split), then `lost` and `summary` records: every kind a run writes.
 fn a_run() -> Vec<Record> {
-    use crate::{
-        engine::{Engine, Options},
-        testing::{by, transition},
-        units::WallClock,
-    };
-    let mut engine = Engine::new(
-        Options {
-            timelines: true,
-            ..Options::default()
-        },
-        WallClock::fixed(0),
-    );
-    let mut out = Vec::new();
-    for (ts, old, new) in [(1, 7, 2), (2, 2, 1), (3, 1, 4), (4, 4, 5), (5, 5, 7)] {
-        let t = transition(ts, 0xa, "127.0.0.1:5000", "127.0.0.1:80", old, new);
-        engine.transition(by(t, 7, "c"), &mut out);
-    }
-    let t = transition(6, 0xb, "127.0.0.1:80", "127.0.0.1:5001", 3, 1);
-    engine.transition(by(t, 8, "s"), &mut out);
+    let mut out = crate::testing::a_client_and_a_server();
     out.push(
         serde_json::from_str(
             r#"{"type":"digest","ts_ns":7,"time":"1970-01-01T00:00:00.000007Z","stuck":3,"processes":[{"pid":7,"comm":"c","count":1,"oldest_age_ms":5},{"pid":8,"comm":"s","count":2,"oldest_age_ms":6}]}"#,

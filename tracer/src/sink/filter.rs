@@ -60,35 +60,9 @@ impl Filter {
 mod tests {
     use super::*;
     use crate::{
-        engine::{Engine, Options},
         record::{DigestProcess, DigestRecord},
-        testing::{by, transition},
-        units::WallClock,
+        testing::a_client_and_a_server,
     };
-
-    /// A client's full life (owner 7, learnt at connect) and a server socket with no known owner.
-    fn records() -> Vec<Record> {
-        let mut engine = Engine::new(
-            Options {
-                timelines: true,
-                ..Options::default()
-            },
-            WallClock::fixed(0),
-        );
-        let mut out = Vec::new();
-        let c = ("127.0.0.1:5000", "127.0.0.1:80");
-        for (ts, old, new) in [(1, 7, 2), (2, 2, 1), (3, 1, 4), (4, 4, 5), (5, 5, 7)] {
-            engine.transition(
-                by(transition(ts, 0xa, c.0, c.1, old, new), 7, "c"),
-                &mut out,
-            );
-        }
-        engine.transition(
-            transition(6, 0xb, "127.0.0.1:80", "127.0.0.1:5001", 3, 1),
-            &mut out,
-        );
-        out
-    }
 
     fn kinds(filter: &Filter, records: &[Record]) -> Vec<(&'static str, Option<u32>)> {
         records
@@ -107,14 +81,14 @@ mod tests {
 
     #[test]
     fn everything_passes_everything() {
-        let records = records();
+        let records = a_client_and_a_server();
         assert_eq!(kinds(&Filter::everything(), &records).len(), records.len());
         assert!(Filter::everything().is_everything());
     }
 
     #[test]
     fn types_and_pids() {
-        let records = records();
+        let records = a_client_and_a_server();
         let no_transitions = Filter {
             transitions: false,
             ..Filter::everything()
