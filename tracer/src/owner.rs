@@ -404,28 +404,70 @@ pub fn scan(wanted: &Wanted) -> Result<SocketTable, procfs::ProcError> {
 }
 
 /// The TCP sockets in `states` of the calling thread's namespace: through `sock_diag` (with the
-/// `tcp_info` times of those in `times`), or, where the kernel does not offer it
-/// (`inet_diag`/`tcp_diag` are modules: a kernel that cannot load them), from
-/// `/proc/thread-self/net/tcp{,6}`, keeping the same states, without times. Said once at `-v`.
+/// `tcp_info` times of those in `times`), or, where the kernel does not offer it, from
+/// `/proc/thread-self/net/tcp{,6}`, keeping the same states, without times (see
+/// [`diag_or_proc`]).
 fn tcp_sockets(
     states: &[TcpState],
     times: &[TcpState],
 ) -> std::io::Result<Vec<sock_diag::DiagSocket>> {
-    static SAID: std::sync::Once = std::sync::Once::new();
-    sock_diag::tcp_sockets(states, times).or_else(|e| {
-        SAID.call_once(|| {
-            log::info!("sock_diag unavailable ({e}): reading /proc/net/tcp and /proc/net/tcp6");
-        });
-        proc_tcp_sockets(states)
+    diag_or_proc(
+        || sock_diag::tcp_sockets(states, times),
+        || proc_tcp_sockets("/proc/thread-self/net", &|s| states.contains(&s.state)),
+    )
+}
+
+/// The TCP sockets of process `pid`'s network namespace whose inode is one of `inodes` (the
+/// sockets some of its descriptors name), in any state, without times: through `sock_diag`
+/// in that namespace (from here when it is ours, else from a thread that enters it, which
+/// needs `CAP_SYS_ADMIN`), the dump stopping once all are found; else (no `sock_diag`, or
+/// the namespace cannot be entered) from `/proc/PID/net/tcp{,6}`, which needs no `setns`.
+/// Empty when neither can be read (the process is gone).
+pub fn sockets_by_inode(pid: u32, inodes: &HashSet<u64>) -> Vec<sock_diag::DiagSocket> {
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let ns_path = format!("/proc/{pid}/ns/net");
+    let own = netns::inode_of(std::path::Path::new("/proc/thread-self/ns/net"));
+    let diag = || {
+        if own.is_some() && netns::inode_of(std::path::Path::new(&ns_path)) == own {
+            return sock_diag::tcp_sockets_by_inode(inodes);
+        }
+        let ns = netns::Netns::open(std::path::Path::new(&ns_path))?;
+        netns::in_netns(&ns, || sock_diag::tcp_sockets_by_inode(inodes))
+    };
+    let proc = || proc_tcp_sockets(&format!("/proc/{pid}/net"), &|s| inodes.contains(&s.inode));
+    diag_or_proc(diag, proc).unwrap_or_else(|e| {
+        log::debug!("could not read the sockets of pid {pid}'s namespace: {e}");
+        Vec::new()
     })
 }
 
-/// The `/proc/thread-self/net/tcp{,6}` rows in `states`.
-fn proc_tcp_sockets(states: &[TcpState]) -> std::io::Result<Vec<sock_diag::DiagSocket>> {
+/// The one place that chooses how socket tables are read: `sock_diag`, or, when it fails
+/// (`inet_diag`/`tcp_diag` are modules: a kernel that cannot load them; a namespace that
+/// cannot be entered), the `/proc` text tables. Said once at `-v`.
+fn diag_or_proc(
+    diag: impl FnOnce() -> std::io::Result<Vec<sock_diag::DiagSocket>>,
+    proc: impl FnOnce() -> std::io::Result<Vec<sock_diag::DiagSocket>>,
+) -> std::io::Result<Vec<sock_diag::DiagSocket>> {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    diag().or_else(|e| {
+        SAID.call_once(|| {
+            log::info!("sock_diag not usable ({e}): reading /proc/.../net/tcp and tcp6");
+        });
+        proc()
+    })
+}
+
+/// The rows of `DIR/tcp` and `DIR/tcp6` (`DIR` is a `/proc/.../net`) that `keep` keeps.
+fn proc_tcp_sockets(
+    dir: &str,
+    keep: &dyn Fn(&sock_diag::DiagSocket) -> bool,
+) -> std::io::Result<Vec<sock_diag::DiagSocket>> {
     use procfs::FromBufReadSI as _;
     let mut out = Vec::new();
     for name in ["tcp", "tcp6"] {
-        let file = match std::fs::File::open(format!("/proc/thread-self/net/{name}")) {
+        let file = match std::fs::File::open(format!("{dir}/{name}")) {
             Ok(file) => file,
             // No IPv6 in this kernel or namespace.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -436,21 +478,22 @@ fn proc_tcp_sockets(states: &[TcpState]) -> std::io::Result<Vec<sock_diag::DiagS
             procfs::current_system_info(),
         )
         .map_err(std::io::Error::other)?;
-        out.extend(rows.iter().filter_map(|row| {
-            let state = TcpState::from(u32::from(row.state.to_u8()));
-            states.contains(&state).then(|| sock_diag::DiagSocket {
-                endpoints: Endpoints {
-                    laddr: row.local_address.ip(),
-                    lport: row.local_address.port(),
-                    raddr: row.remote_address.ip(),
-                    rport: row.remote_address.port(),
-                },
-                state,
-                rx_queue: row.rx_queue,
-                inode: row.inode,
-                times: None,
-            })
-        }));
+        out.extend(
+            rows.iter()
+                .map(|row| sock_diag::DiagSocket {
+                    endpoints: Endpoints {
+                        laddr: row.local_address.ip(),
+                        lport: row.local_address.port(),
+                        raddr: row.remote_address.ip(),
+                        rport: row.remote_address.port(),
+                    },
+                    state: TcpState::from(u32::from(row.state.to_u8())),
+                    rx_queue: row.rx_queue,
+                    inode: row.inode,
+                    times: None,
+                })
+                .filter(|s| keep(s)),
+        );
     }
     Ok(out)
 }
@@ -653,13 +696,51 @@ mod tests {
                 .filter(|s| s.endpoints.lport == port)
                 .collect::<Vec<_>>()
         };
-        let from_proc = mine(proc_tcp_sockets(&[Listen]).unwrap());
+        let from_proc =
+            mine(proc_tcp_sockets("/proc/thread-self/net", &|s| s.state == Listen).unwrap());
         assert_eq!(from_proc.len(), 1);
         assert_eq!(
             from_proc,
             mine(sock_diag::tcp_sockets(&[Listen], &[]).unwrap())
         );
-        assert!(mine(proc_tcp_sockets(&[CloseWait]).unwrap()).is_empty());
+        assert!(mine(
+            proc_tcp_sockets("/proc/thread-self/net", &|s| s.state == CloseWait).unwrap()
+        )
+        .is_empty());
+    }
+
+    /// A process's sockets by inode: through `sock_diag` in its namespace, and the same from
+    /// the `/proc/PID/net` fallback.
+    #[test]
+    fn sockets_by_inode_name_a_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&client);
+        let me = std::process::id();
+        let (_, inode) = socket_fds(me)
+            .unwrap()
+            .into_iter()
+            .find(|&(f, _)| f == fd)
+            .unwrap();
+        let wanted: HashSet<u64> = [inode].into();
+        let found = sockets_by_inode(me, &wanted);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            (
+                found[0].state,
+                found[0].endpoints.lport,
+                found[0].endpoints.rport
+            ),
+            (
+                Established,
+                client.local_addr().unwrap().port(),
+                listener.local_addr().unwrap().port()
+            )
+        );
+        let from_proc =
+            proc_tcp_sockets(&format!("/proc/{me}/net"), &|s| wanted.contains(&s.inode)).unwrap();
+        assert_eq!(from_proc, found);
+        assert!(sockets_by_inode(me, &HashSet::new()).is_empty());
     }
 
     #[test]

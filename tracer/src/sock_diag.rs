@@ -11,7 +11,7 @@
 //! last ACK (see [`TcpInfoTimes`]). Only there: the kernel then fills about 250 more bytes per
 //! socket.
 
-use std::io;
+use std::{collections::HashSet, io, ops::ControlFlow};
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
@@ -75,9 +75,7 @@ pub fn state_mask(states: &[TcpState]) -> StateFlags {
 /// Every IPv4 and IPv6 TCP socket of the calling thread's network namespace in one of
 /// `states`; those in one of `with_times` also carry their [`TcpInfoTimes`].
 pub fn tcp_sockets(states: &[TcpState], with_times: &[TcpState]) -> io::Result<Vec<DiagSocket>> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut socket = connect()?;
     let all = state_mask(states);
     let timed = all.clone() & state_mask(with_times);
     let plain = all - timed.clone();
@@ -88,20 +86,76 @@ pub fn tcp_sockets(states: &[TcpState], with_times: &[TcpState]) -> io::Result<V
             (timed.clone(), ExtensionFlags::INFO),
         ] {
             if !mask.is_empty() {
-                dump(&mut socket, family, mask, extensions, &mut out)?;
+                dump(&mut socket, family, mask, extensions, &mut |s| {
+                    out.push(s);
+                    ControlFlow::Continue(())
+                })?;
             }
         }
     }
     Ok(out)
 }
 
+/// The TCP sockets of the calling thread's network namespace whose inode is one of `inodes`
+/// (in any state a socket with a file can be in: timewait and request sockets have none),
+/// without `tcp_info`. The dump stops once every inode is found, so a socket found early
+/// spares the rest of a large table; an inode not found is not in the answer (a socket
+/// that is not TCP, or closed meanwhile).
+pub fn tcp_sockets_by_inode(inodes: &HashSet<u64>) -> io::Result<Vec<DiagSocket>> {
+    let mut out: Vec<DiagSocket> = Vec::new();
+    if inodes.is_empty() {
+        return Ok(out);
+    }
+    let states = state_mask(
+        &(1..=12u32)
+            .map(TcpState::from)
+            .filter(|&s| s != TcpState::TimeWait)
+            .collect::<Vec<_>>(),
+    );
+    for family in [AF_INET, AF_INET6] {
+        // A socket per dump: one left unread when the first stops early cannot be reused.
+        let mut socket = connect()?;
+        let mut left = inodes.len() - out.len();
+        let stopped = dump(
+            &mut socket,
+            family,
+            states.clone(),
+            ExtensionFlags::empty(),
+            &mut |s| {
+                if s.inode != 0 && inodes.contains(&s.inode) {
+                    out.push(s);
+                    left -= 1;
+                    if left == 0 {
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        if stopped {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// A netlink `sock_diag` socket of the calling thread's namespace.
+fn connect() -> io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    Ok(socket)
+}
+
+/// Dumps the sockets of `family` in `states` into `each`, until it says to stop; says whether
+/// it did.
 fn dump(
     socket: &mut Socket,
     family: u8,
     states: StateFlags,
     extensions: ExtensionFlags,
-    out: &mut Vec<DiagSocket>,
-) -> io::Result<()> {
+    each: &mut dyn FnMut(DiagSocket) -> ControlFlow<()>,
+) -> io::Result<bool> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let mut request = NetlinkMessage::new(
@@ -136,7 +190,7 @@ fn dump(
             match message.payload {
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
                     let h = &response.header;
-                    out.push(DiagSocket {
+                    let socket = DiagSocket {
                         endpoints: Endpoints {
                             laddr: h.socket_id.source_address,
                             lport: h.socket_id.source_port,
@@ -154,9 +208,12 @@ fn dump(
                             }),
                             _ => None,
                         }),
-                    });
+                    };
+                    if each(socket).is_break() {
+                        return Ok(true);
+                    }
                 }
-                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Done(_) => return Ok(false),
                 NetlinkPayload::Error(e) => {
                     let code = e.code.map_or(0, |c| -c.get());
                     return Err(io::Error::from_raw_os_error(code));
@@ -229,5 +286,47 @@ mod tests {
             .find(|s| s.endpoints.lport == listener.local_addr().unwrap().port())
             .expect("our listener");
         assert_eq!(ours.times, None, "tcp_info only where asked");
+    }
+
+    /// Sockets asked for by inode are found in whatever state they are, and only they.
+    #[test]
+    fn finds_sockets_by_inode() {
+        use std::os::fd::AsRawFd;
+        let inode = |fd: &dyn AsRawFd| {
+            let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+            link.to_string_lossy()
+                .trim_start_matches("socket:[")
+                .trim_end_matches(']')
+                .parse::<u64>()
+                .unwrap()
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let v6 = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let wanted: HashSet<u64> = [inode(&server), inode(&v6)].into();
+        let mut found = tcp_sockets_by_inode(&wanted).unwrap();
+        found.sort_by_key(|s| s.state);
+        let server_end = found.iter().find(|s| s.inode == inode(&server)).unwrap();
+        assert_eq!(
+            (
+                server_end.state,
+                server_end.endpoints.rport,
+                server_end.times
+            ),
+            (
+                TcpState::Established,
+                client.local_addr().unwrap().port(),
+                None
+            )
+        );
+        let v6_end = found.iter().find(|s| s.inode == inode(&v6)).unwrap();
+        assert_eq!(
+            (v6_end.state, v6_end.endpoints.lport),
+            (TcpState::Listen, v6.local_addr().unwrap().port())
+        );
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(tcp_sockets_by_inode(&[u64::MAX].into()).unwrap().is_empty());
+        assert!(tcp_sockets_by_inode(&HashSet::new()).unwrap().is_empty());
     }
 }

@@ -212,12 +212,38 @@ pub fn fill(d: &mut Diagnosis, table: Option<&SocketTable>, target: &Target, dea
         std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
             .is_ok_and(|t| t.to_string_lossy().starts_with("socket:["))
     };
-    let mut own_tables = None;
-    for s in listed(&samples, &target.stuck_fds, &is_socket) {
+    let listed = listed(&samples, &target.stuck_fds, &is_socket);
+    let fds: Vec<Option<FdTarget>> = listed
+        .iter()
+        .map(|s| blocking_fd(s).and_then(|fd| fd_target(pid, fd, table)))
+        .collect();
+    // The lookup's table holds only the states it asked for (CLOSE_WAIT, LISTEN, ...): the
+    // sockets of threads blocked on, say, an ESTABLISHED connection are asked of the kernel
+    // by inode, all in one dump of the process's namespace.
+    let wanted: std::collections::HashSet<u64> = fds
+        .iter()
+        .filter_map(|t| match t {
+            Some(FdTarget::Socket { inode, found: None }) => Some(*inode),
+            _ => None,
+        })
+        .collect();
+    let own: HashMap<u64, FdSocket> = crate::owner::sockets_by_inode(pid, &wanted)
+        .into_iter()
+        .map(|s| (s.inode, fd_socket(&s.endpoints, s.state)))
+        .collect();
+    for (s, resolved) in listed.into_iter().zip(fds) {
         let fd = blocking_fd(s);
-        let (fd_socket, fd_target) = match fd {
-            Some(fd) => resolve_fd(pid, fd, table, &mut own_tables),
+        let (fd_socket, fd_target) = match resolved {
             None => (None, None),
+            Some(FdTarget::Other(name)) => (None, Some(name)),
+            Some(FdTarget::Socket {
+                found: Some(socket),
+                ..
+            }) => (Some(socket), None),
+            Some(FdTarget::Socket { inode, found: None }) => match own.get(&inode) {
+                Some(socket) => (Some(socket.clone()), None),
+                None => (None, Some(format!("socket:[{inode}]"))),
+            },
         };
         let syscall = match s.syscall {
             Some(SyscallSample::In { nr, .. }) => syscall_name(nr).map(str::to_owned),
@@ -324,75 +350,45 @@ pub fn kernel_stack(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// What fd `fd` of `pid` is: its TCP socket (from the tables), or its target's name.
-fn resolve_fd(
-    pid: u32,
-    fd: i32,
-    table: Option<&SocketTable>,
-    own_tables: &mut Option<Vec<FdSocketEntry>>,
-) -> (Option<FdSocket>, Option<String>) {
-    let Ok(target) = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) else {
-        return (None, None);
-    };
+/// What a blocking fd names.
+enum FdTarget {
+    /// A socket, by inode, with what the lookup's table says of it (`None`: not there).
+    Socket { inode: u64, found: Option<FdSocket> },
+    /// Anything else: the link's text (`pipe:[…]`, a path).
+    Other(String),
+}
+
+/// What fd `fd` of `pid` is (`None`: closed, or unreadable): a socket, found in `table`
+/// when it holds it, or its target's name.
+fn fd_target(pid: u32, fd: i32, table: Option<&SocketTable>) -> Option<FdTarget> {
+    let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
     let target = target.to_string_lossy().into_owned();
     let Some(inode) = target
         .strip_prefix("socket:[")
         .and_then(|s| s.strip_suffix(']'))
         .and_then(|s| s.parse::<u64>().ok())
     else {
-        return (None, Some(target));
+        return Some(FdTarget::Other(target));
     };
-    let in_table = table.and_then(|table| {
-        table.entries.iter().find(|e| {
-            e.inode == inode && e.holders.iter().any(|h| h.pid == pid && h.fd == Some(fd))
+    let found = table
+        .and_then(|table| {
+            table.entries.iter().find(|e| {
+                e.inode == inode && e.holders.iter().any(|h| h.pid == pid && h.fd == Some(fd))
+            })
         })
-    });
-    if let Some(e) = in_table {
-        return (
-            Some(FdSocket {
-                laddr: e.endpoints.laddr,
-                lport: e.endpoints.lport,
-                raddr: e.endpoints.raddr,
-                rport: e.endpoints.rport,
-                state: e.state,
-            }),
-            None,
-        );
-    }
-    // The lookup's table holds only the states it asked for (CLOSE_WAIT, LISTEN, ...): a
-    // thread blocked on, say, an ESTABLISHED connection is found in the process's own
-    // namespace's tables, read once per diagnosis.
-    let own = own_tables.get_or_insert_with(|| own_sockets(pid));
-    match own.iter().find(|(i, _)| *i == inode) {
-        Some((_, socket)) => (Some(socket.clone()), None),
-        None => (None, Some(target)),
-    }
+        .map(|e| fd_socket(&e.endpoints, e.state));
+    Some(FdTarget::Socket { inode, found })
 }
 
-/// A socket of a process's namespace, by inode.
-type FdSocketEntry = (u64, FdSocket);
-
-/// Every TCP socket in `pid`'s network namespace (`/proc/PID/net/tcp` and `tcp6`, which need
-/// no `setns`); empty when they cannot be read.
-fn own_sockets(pid: u32) -> Vec<FdSocketEntry> {
-    let Ok(process) = procfs::process::Process::new(i32::try_from(pid).unwrap_or(-1)) else {
-        return Vec::new();
-    };
-    let v4 = process.tcp().unwrap_or_default();
-    let v6 = process.tcp6().unwrap_or_default();
-    v4.into_iter()
-        .chain(v6)
-        .map(|e| {
-            let socket = FdSocket {
-                laddr: e.local_address.ip(),
-                lport: e.local_address.port(),
-                raddr: e.remote_address.ip(),
-                rport: e.remote_address.port(),
-                state: crate::event::TcpState::from(u32::from(e.state.to_u8())),
-            };
-            (e.inode, socket)
-        })
-        .collect()
+/// A socket's ends and state as a diagnosis shows them.
+fn fd_socket(endpoints: &crate::event::Endpoints, state: crate::event::TcpState) -> FdSocket {
+    FdSocket {
+        laddr: endpoints.laddr,
+        lport: endpoints.lport,
+        raddr: endpoints.raddr,
+        rport: endpoints.rport,
+        state,
+    }
 }
 
 #[cfg(test)]

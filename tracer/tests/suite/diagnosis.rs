@@ -194,6 +194,55 @@ fn diagnosis_resolves_the_fd_a_thread_reads_to_its_socket() {
     tracer.stop();
 }
 
+/// (b') As (b), with the server, its database and its client in a namespace of their own,
+/// not the tracer's: the socket the worker reads is asked of the kernel (`sock_diag`) in the
+/// holder's namespace, and named with its 4-tuple and state.
+#[test]
+#[ignore = "needs root and BPF"]
+fn diagnosis_resolves_a_socket_in_the_holders_namespace() {
+    let _ns = NetNs::enter();
+    let inner = support::field::Netns::new();
+    let database = inner.run(|| TcpListener::bind("127.0.0.1:0").unwrap());
+    let db_port = database.local_addr().unwrap().port();
+    let server = inner.run(|| WhyServer::start(&["db-read", &db_port.to_string()]));
+    let tracer = reporting(server.port, "300ms", &[]);
+    let client = inner.run(|| TcpStream::connect(("127.0.0.1", server.port)).unwrap());
+    let (_db_conn, worker_end) = database.accept().unwrap();
+    drop(client);
+
+    let (alert, d) = report(&tracer, server.port, |_, d| {
+        d.threads
+            .iter()
+            .any(|t| t.name == "worker-1" && t.fd.is_some())
+    });
+    assert_eq!(alert.netns, Some(inner.inode()), "{alert:#?}");
+    let worker = thread(&d, "worker-1");
+    let socket = worker
+        .fd_socket
+        .as_ref()
+        .unwrap_or_else(|| panic!("the read socket is not named: {worker:#?}"));
+    assert_eq!(
+        (
+            socket.laddr,
+            socket.lport,
+            socket.raddr,
+            socket.rport,
+            socket.state
+        ),
+        (
+            worker_end.ip(),
+            worker_end.port(),
+            "127.0.0.1".parse().unwrap(),
+            db_port,
+            TcpState::Established
+        ),
+        "{worker:#?}"
+    );
+    assert_eq!(worker.fd_target, None, "{worker:#?}");
+    tracer.stop();
+    drop(server);
+}
+
 /// (c) A process with `RLIMIT_NOFILE` 128 that leaks one CLOSE_WAIT socket every 100 ms: the
 /// reports forecast when it runs out of fds, within 30% of when its `accept()` then really
 /// fails with EMFILE.
