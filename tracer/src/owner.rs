@@ -311,6 +311,14 @@ const PROBED_MAX: usize = 65_536;
 /// Namespaces are those of every thread, those held open or bind-mounted, and those reached
 /// only through a socket a process holds (see [`crate::netns`]); each table is read once.
 pub fn scan(wanted: &Wanted) -> Result<SocketTable, procfs::ProcError> {
+    scan_costed(wanted).map(|(table, _)| table)
+}
+
+/// [`scan`], with the CPU time its helper threads spent walking `/proc/*/fd` (the calling
+/// thread's own is the caller's to measure).
+pub fn scan_costed(
+    wanted: &Wanted,
+) -> Result<(SocketTable, std::time::Duration), procfs::ProcError> {
     let mut finder = netns::Finder::default();
     finder.add_tasks();
     finder.add_mounts();
@@ -320,14 +328,7 @@ pub fn scan(wanted: &Wanted) -> Result<SocketTable, procfs::ProcError> {
 
     // Every socket descriptor, by inode (small records: the names are read only for the
     // holders of the sockets found).
-    let mut held: Vec<Held> = Vec::new();
-    for process in procfs::process::all_processes()?.flatten() {
-        let Ok(pid) = u32::try_from(process.pid()) else {
-            continue;
-        };
-        let Ok(fds) = socket_fds(pid) else { continue };
-        held.extend(fds.into_iter().map(|(fd, inode)| Held { inode, pid, fd }));
-    }
+    let (held, helpers_cpu) = held_sockets()?;
 
     // Sockets may live in a namespace only sockets keep: look through the holders' sockets
     // while a namespace the caller needs is missing (at start-up, for every socket).
@@ -400,7 +401,64 @@ pub fn scan(wanted: &Wanted) -> Result<SocketTable, procfs::ProcError> {
             entry.holders.sort_by_key(|o| (o.pid, o.fd));
         }
     }
-    Ok(table)
+    Ok((table, helpers_cpu))
+}
+
+/// Threads that walk `/proc/*/fd` beside the scanning one, at most (none on one CPU). The
+/// walk is one `readlinkat` per descriptor, each costing the kernel a few microseconds: with
+/// 100,000 socket descriptors held it is most of a scan, and every process must be read
+/// (every holder is listed), so it is shared rather than cut short.
+const WALK_HELPERS: usize = 1;
+
+/// Every socket descriptor of every process (processes gone or unreadable meanwhile are
+/// skipped), read by the calling thread and up to [`WALK_HELPERS`] more, each taking the next
+/// process in turn; and the CPU time those helpers spent.
+fn held_sockets() -> Result<(Vec<Held>, std::time::Duration), procfs::ProcError> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pids: Vec<u32> = procfs::process::all_processes()?
+        .flatten()
+        .filter_map(|p| u32::try_from(p.pid()).ok())
+        .collect();
+    let next = AtomicUsize::new(0);
+    let walk = || {
+        let mut held = Vec::new();
+        while let Some(&pid) = pids.get(next.fetch_add(1, Ordering::Relaxed)) {
+            if let Ok(fds) = socket_fds(pid) {
+                held.extend(fds.into_iter().map(|(fd, inode)| Held { inode, pid, fd }));
+            }
+        }
+        held
+    };
+    let helpers = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .saturating_sub(1)
+        .min(WALK_HELPERS);
+    Ok(std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..helpers)
+            .filter_map(|_| {
+                std::thread::Builder::new()
+                    .name("fd-walk".into())
+                    .spawn_scoped(scope, || (walk(), thread_cpu()))
+                    .ok()
+            })
+            .collect();
+        let mut held = walk();
+        let mut cpu = std::time::Duration::ZERO;
+        for handle in handles {
+            let (more, spent) = handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            held.extend(more);
+            cpu += spent;
+        }
+        (held, cpu)
+    }))
+}
+
+/// The calling thread's CPU time so far (zero if the clock cannot be read).
+pub fn thread_cpu() -> std::time::Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_or(std::time::Duration::ZERO, std::time::Duration::from)
 }
 
 /// The TCP sockets in `states` of the calling thread's namespace: through `sock_diag` (with the
@@ -615,6 +673,24 @@ mod tests {
         let owner = entry.owner().expect("we hold it");
         assert_eq!(owner.pid, me);
         assert!(owner.fd.is_some());
+    }
+
+    /// The shared walk reads each process once: every descriptor once, ours all there.
+    #[test]
+    fn walk_reads_each_process_once() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        let (held, _) = held_sockets().unwrap();
+        let mut seen = HashSet::new();
+        for h in &held {
+            assert!(
+                seen.insert((h.pid, h.fd)),
+                "pid {} fd {} twice",
+                h.pid,
+                h.fd
+            );
+        }
+        assert!(seen.contains(&(std::process::id(), fd)));
     }
 
     #[test]
