@@ -6,7 +6,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     time::{Duration, Instant},
 };
 
@@ -153,24 +153,7 @@ fn diagnosis_resolves_the_fd_a_thread_reads_to_its_socket() {
             .any(|t| t.name == "worker-1" && t.fd_socket.is_some())
     });
     let worker = thread(&d, "worker-1");
-    let socket = worker.fd_socket.as_ref().unwrap();
-    assert_eq!(
-        (
-            socket.laddr,
-            socket.lport,
-            socket.raddr,
-            socket.rport,
-            socket.state
-        ),
-        (
-            worker_end.ip(),
-            worker_end.port(),
-            "127.0.0.1".parse().unwrap(),
-            db_port,
-            TcpState::Established
-        ),
-        "{worker:#?}"
-    );
+    assert_reads_the_database(worker, worker_end, db_port);
     // std's TcpStream::read is recv(2), which Linux implements as recvfrom.
     assert_eq!(worker.blocked_in, "recvfrom()", "{worker:#?}");
     assert!(
@@ -192,6 +175,32 @@ fn diagnosis_resolves_the_fd_a_thread_reads_to_its_socket() {
         "{main:#?}"
     );
     tracer.stop();
+}
+
+/// The socket `worker` is blocked on is named: its end (`worker_end`) of an ESTABLISHED
+/// connection to the database on loopback port `db_port`.
+fn assert_reads_the_database(worker: &ThreadDiagnosis, worker_end: SocketAddr, db_port: u16) {
+    let socket = worker
+        .fd_socket
+        .as_ref()
+        .unwrap_or_else(|| panic!("the read socket is not named: {worker:#?}"));
+    assert_eq!(
+        (
+            socket.laddr,
+            socket.lport,
+            socket.raddr,
+            socket.rport,
+            socket.state
+        ),
+        (
+            worker_end.ip(),
+            worker_end.port(),
+            "127.0.0.1".parse().unwrap(),
+            db_port,
+            TcpState::Established
+        ),
+        "{worker:#?}"
+    );
 }
 
 /// (b') As (b), with the server, its database and its client in a namespace of their own,
@@ -217,27 +226,7 @@ fn diagnosis_resolves_a_socket_in_the_holders_namespace() {
     });
     assert_eq!(alert.netns, Some(inner.inode()), "{alert:#?}");
     let worker = thread(&d, "worker-1");
-    let socket = worker
-        .fd_socket
-        .as_ref()
-        .unwrap_or_else(|| panic!("the read socket is not named: {worker:#?}"));
-    assert_eq!(
-        (
-            socket.laddr,
-            socket.lport,
-            socket.raddr,
-            socket.rport,
-            socket.state
-        ),
-        (
-            worker_end.ip(),
-            worker_end.port(),
-            "127.0.0.1".parse().unwrap(),
-            db_port,
-            TcpState::Established
-        ),
-        "{worker:#?}"
-    );
+    assert_reads_the_database(worker, worker_end, db_port);
     assert_eq!(worker.fd_target, None, "{worker:#?}");
     tracer.stop();
     drop(server);
