@@ -29,6 +29,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::{expect, say};
+
 /// The transitions of one connection, as (old, new) state names.
 pub const SHAPE: [(&str, &str); 10] = [
     // Client.
@@ -202,10 +204,7 @@ fn wait_for_go() -> Result<()> {
         .lock()
         .read_line(&mut line)
         .context("waiting for the go line")?;
-    if line.trim() != "go" {
-        bail!("expected `go` on stdin, got {line:?}");
-    }
-    Ok(())
+    expect(&line, "go")
 }
 
 /// Runs the server and client threads to the end; the first error of any of them.
@@ -368,14 +367,6 @@ impl State {
     }
 }
 
-fn say(message: &Message) -> Result<()> {
-    let mut out = io::stdout().lock();
-    serde_json::to_writer(&mut out, message)?;
-    out.write_all(b"\n")?;
-    out.flush()?;
-    Ok(())
-}
-
 /// Moves this (still single-threaded) process into a new network namespace, brings `lo` up
 /// and widens the namespace's ephemeral port range.
 pub fn enter_private_netns() -> Result<()> {
@@ -413,10 +404,11 @@ fn set_lo_up() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::assert_round_trips;
 
     #[test]
     fn messages_round_trip() {
-        for m in [
+        assert_round_trips(&[
             Message::Ready { port: 4242 },
             Message::Progress {
                 progress: 10,
@@ -426,10 +418,7 @@ mod tests {
                 done: 10,
                 elapsed_ns: 7,
             },
-        ] {
-            let line = serde_json::to_string(&m).unwrap();
-            assert_eq!(serde_json::from_str::<Message>(&line).unwrap(), m);
-        }
+        ]);
     }
 
     #[test]

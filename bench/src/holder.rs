@@ -29,6 +29,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::{expect, say};
+
 /// Listen backlog: the connections are made faster than one thread accepts them.
 const BACKLOG: i32 = 4096;
 /// File descriptors kept beyond the two per connection (listeners, the churn, std's own).
@@ -352,28 +354,14 @@ impl Churn {
     }
 }
 
-fn expect(line: &str, command: &str) -> Result<()> {
-    if line.trim() != command {
-        bail!("expected `{command}` on stdin, got {line:?}");
-    }
-    Ok(())
-}
-
-fn say(message: &Message) -> Result<()> {
-    let mut out = io::stdout().lock();
-    serde_json::to_writer(&mut out, message)?;
-    out.write_all(b"\n")?;
-    out.flush()?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::assert_round_trips;
 
     #[test]
     fn messages_round_trip() {
-        for m in [
+        assert_round_trips(&[
             Message::Ready {
                 port: 1,
                 churn_port: 2,
@@ -386,10 +374,7 @@ mod tests {
             Message::Closed { closed: 5 },
             Message::Done { churned: 6 },
             Message::Held { held: 7 },
-        ] {
-            let line = serde_json::to_string(&m).unwrap();
-            assert_eq!(serde_json::from_str::<Message>(&line).unwrap(), m);
-        }
+        ]);
     }
 
     #[test]

@@ -30,6 +30,7 @@ mod observer;
 mod owner_scan;
 mod peer;
 mod plan;
+mod protocol;
 mod report;
 mod results;
 mod runner;
