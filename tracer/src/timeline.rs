@@ -214,8 +214,9 @@ impl Tracker {
         self.evicted
     }
 
-    /// The owner known for a live socket: the one place it is kept (the CLOSE_WAIT detector
-    /// reads it through `Stuck::owner`).
+    /// The owner known for a live socket: kept here while the socket has a timeline (what
+    /// system calls told, and a report's first holder copied in); the CLOSE_WAIT detector reads
+    /// it through `Stuck::owner` when its `OwnerFrom` says so.
     pub fn owner(&self, skaddr: u64) -> Option<&Owner> {
         self.conns.get(&skaddr).and_then(|c| c.owner.as_ref())
     }

@@ -1,7 +1,7 @@
 //! The Debian kernels the matrix boots: pinned packages, downloaded (never installed) through an
 //! apt state of their own, unpacked to `vmlinuz` + `config`, cached and re-verified.
 //!
-//! The cache is `target/vm/` in the workspace: `kernels/<name>/{vmlinuz,config,source}` and
+//! The cache is `target/vm/` in the workspace by default (`--cache`): `kernels/<name>/{vmlinuz,config,source}` and
 //! `busybox`. `source` records the packages and the SHA-256 of the kept `vmlinuz`; a cached kernel
 //! is used again only while both still match. apt itself checks each download against the
 //! signed archive index.

@@ -1,4 +1,5 @@
-//! Chores for the tracer: toolchain setup, eBPF and userspace builds, run, test, lint.
+//! Chores for the tracer: toolchain setup, eBPF and userspace builds, run, test, lint, fuzz,
+//! bench (bench/) and vm-test (vmtest/).
 //!
 //! Progress goes to stderr; stdout carries only what a script may want (object and
 //! binary paths) and, for `run`, the tracer's own output.
