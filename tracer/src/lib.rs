@@ -43,6 +43,7 @@ pub mod forecast;
 mod hash;
 mod kernel_offsets;
 mod memlock;
+pub mod memory;
 pub mod metrics;
 mod netns;
 pub mod output;

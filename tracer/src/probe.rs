@@ -25,7 +25,7 @@ use crate::features::{lockdown_mode, KernelFeatures, LOCKDOWN_FILE};
 use crate::{
     config::{HookChoice, KernelFilter},
     error::ProbeError,
-    kernel_offsets, memlock,
+    kernel_offsets, memlock, memory,
 };
 
 /// The program that was attached.
@@ -113,10 +113,10 @@ impl Probe {
         }
         let ports_on = u8::from(!filter.ports.is_empty());
         let netns = filter.netns.unwrap_or(0);
-        // Parsed once, for the loader's relocations and for the tp_btf program's target.
-        let btf = Btf::from_sys_fs();
+        // The loader parses the kernel's BTF for its relocations (~22 MiB of heap, freed when
+        // the loader goes at the end of this statement); `attach` parses it again for the
+        // `tp_btf` target only after that, so the two never sit in memory together.
         let mut ebpf = EbpfLoader::new()
-            .btf(btf.as_ref().ok())
             .override_global(FILTER_FAMILY_GLOBAL, &filter.family, true)
             .override_global(FILTER_PROTOCOL_GLOBAL, &filter.protocol, true)
             .override_global(FILTER_PORTS_GLOBAL, &ports_on, true)
@@ -140,7 +140,11 @@ impl Probe {
             Err(e) => log::debug!("eBPF logs unavailable: {e}"),
         }
 
-        let (hook, prog_fd, fallback) = attach(&mut ebpf, filter.hook, &offsets, &missing, btf)?;
+        memory::release_freed();
+        let (hook, prog_fd, fallback) = attach(&mut ebpf, filter.hook, &offsets, &missing)?;
+        // Before the ring buffer is mapped (twice its size, all resident at once): the freed
+        // BTF pages and the ring never count together in the peak RSS.
+        memory::release_freed();
         features.hook = Some(hook.name().to_owned());
         features.hook_fallback = fallback;
         // Why connections end: optional, each where the kernel has its tracepoint.
@@ -257,7 +261,6 @@ fn attach(
     choice: HookChoice,
     offsets: &KernelOffsets,
     missing: &str,
-    btf: Result<Btf, aya::BtfError>,
 ) -> Result<(Hook, i32, Option<String>), ProbeError> {
     let mut fallback = None;
     if choice != HookChoice::Tracepoint {
@@ -266,7 +269,8 @@ fn attach(
                 reason: missing.to_owned(),
             })
         } else {
-            btf.map_err(|e| aya_error("reading the kernel's BTF", e))
+            Btf::from_sys_fs()
+                .map_err(|e| aya_error("reading the kernel's BTF", e))
                 .and_then(|btf| attach_btf(ebpf, &btf))
         };
         match result {

@@ -28,6 +28,7 @@ use tracer::{
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    tracer::memory::no_huge_pages();
     match run() {
         Ok(code) => code,
         Err(e) => {
