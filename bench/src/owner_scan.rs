@@ -5,7 +5,7 @@
 //! `--scan-close-wait` of them, leaving the server ends in CLOSE_WAIT, while a side churn keeps
 //! transitions flowing. Read back: the `close_wait` alerts (count, owner, lateness past the
 //! threshold), the summary's ring buffer losses, each scan's wall and CPU time from the `-v`
-//! lines (`socket table scan: N sockets in M namespaces in X ms (Y ms CPU)`) and the tracer's
+//! lines (`socket table scan: N sockets in M namespaces in X ms (Y ms CPU), fd walk: W`) and the tracer's
 //! CPU.
 
 use std::{
@@ -75,13 +75,17 @@ pub struct Scan {
     pub namespaces: u64,
     pub wall_ms: f64,
     pub cpu_ms: f64,
+    /// How the descriptors were found: `bpf iter/task_file` or `/proc/*/fd` (empty from a
+    /// tracer that did not say).
+    pub walk: String,
 }
 
 impl Scan {
-    /// Parses `... socket table scan: N sockets in M namespaces in X ms (Y ms CPU)`.
+    /// Parses `... socket table scan: N sockets in M namespaces in X ms (Y ms CPU), fd walk: W`.
     pub fn parse(line: &str) -> Option<Self> {
         let rest = line.split_once("socket table scan: ")?.1;
-        let words: Vec<&str> = rest
+        let (counts, walk) = rest.split_once(", fd walk: ").unwrap_or((rest, ""));
+        let words: Vec<&str> = counts
             .split_whitespace()
             .map(|w| w.trim_start_matches('('))
             .collect();
@@ -91,6 +95,7 @@ impl Scan {
                 namespaces: m.parse().ok()?,
                 wall_ms: x.parse().ok()?,
                 cpu_ms: y.parse().ok()?,
+                walk: walk.trim().to_owned(),
             }),
             _ => None,
         }
@@ -386,6 +391,12 @@ impl OwnerScan {
             ),
             ("socket table scans: count", self.scans.len().to_string()),
             (
+                "descriptor walk",
+                self.scans
+                    .last()
+                    .map_or_else(|| "no scan".into(), |s| s.walk.clone()),
+            ),
+            (
                 "scan wall time: max / total",
                 format!("{:.1} ms / {:.1} ms", max(&wall), sum(&wall)),
             ),
@@ -459,14 +470,15 @@ mod tests {
     #[test]
     fn parses_the_scan_line() {
         let line = "[2026-11-30T08:00:00Z INFO  tracer::app] socket table scan: 101 sockets in \
-                    3 namespaces in 412.5 ms (380.2 ms CPU)";
+                    3 namespaces in 412.5 ms (380.2 ms CPU), fd walk: bpf iter/task_file";
         assert_eq!(
             Scan::parse(line),
             Some(Scan {
                 sockets: 101,
                 namespaces: 3,
                 wall_ms: 412.5,
-                cpu_ms: 380.2
+                cpu_ms: 380.2,
+                walk: "bpf iter/task_file".into(),
             })
         );
         assert_eq!(Scan::parse("socket table scan failed: oops"), None);

@@ -103,6 +103,44 @@ pub const OFFSETS_LEADER: u32 = 4;
 /// [`KernelOffsets::sk_flags`] are valid, so events carry [`TcpStateEvent::sock`].
 pub const OFFSETS_SOCK_STATE: u32 = 8;
 
+/// [`KernelOffsets::flags`] bit: [`KernelOffsets::file_inode`], [`KernelOffsets::inode_mode`],
+/// [`KernelOffsets::inode_ino`], [`KernelOffsets::inode_sb`], [`KernelOffsets::sb_magic`] and
+/// [`KernelOffsets::task_tgid`] are valid, so the [`PROGRAM_HELD_FILES`] iterator can run.
+pub const OFFSETS_FILES: u32 = 16;
+
+/// The `iter/task_file` program: one [`HeldFile`] for every socket and every namespace file
+/// (nsfs) that a process holds open, written to the iterator's file: what the owner lookups
+/// found by reading the link of every descriptor in every `/proc/PID/fd`, listed by the kernel
+/// without a system call per descriptor.
+pub const PROGRAM_HELD_FILES: &str = "held_files";
+
+/// [`HeldFile::kind`]: a socket (`S_ISSOCK` inode).
+pub const HELD_SOCKET: u32 = 1;
+/// [`HeldFile::kind`]: a namespace file (an inode of nsfs, `NSFS_MAGIC`), of any namespace type.
+pub const HELD_NAMESPACE: u32 = 2;
+/// `NSFS_MAGIC` (`include/uapi/linux/magic.h`): `super_block.s_magic` of namespace files.
+pub const NSFS_MAGIC: u64 = 0x6e73_6673;
+
+/// One descriptor, as [`PROGRAM_HELD_FILES`] writes it (24 bytes, native endian).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeldFile {
+    /// The inode number: a socket's (`socket:[INODE]` in `/proc/PID/fd`), or the namespace's.
+    pub inode: u64,
+    /// The process (`task_struct.tgid`: its pid in the initial pid namespace).
+    pub tgid: u32,
+    /// The descriptor number in that process.
+    pub fd: u32,
+    /// [`HELD_SOCKET`] or [`HELD_NAMESPACE`].
+    pub kind: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+/// Size of a [`HeldFile`] record.
+pub const HELD_FILE_SIZE: usize = core::mem::size_of::<HeldFile>();
+const _: () = assert!(HELD_FILE_SIZE == 24);
+
 /// Bit of `struct sock`'s `sk_flags` the kernel sets when the peer's FIN arrives (`SOCK_DONE`
 /// of `enum sock_flags`, `include/net/sock.h`: `SOCK_DEAD` is 0, `SOCK_DONE` 1, unchanged since
 /// Linux 2.6; TCP sets it only in `tcp_fin()` and clears it in `tcp_disconnect()`).
@@ -129,7 +167,7 @@ pub const SOCK_PEER_FIN: u16 = 8;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
     /// Which groups of offsets are valid: [`OFFSETS_SOCK`] | [`OFFSETS_NETNS`] |
-    /// [`OFFSETS_LEADER`] | [`OFFSETS_SOCK_STATE`].
+    /// [`OFFSETS_LEADER`] | [`OFFSETS_SOCK_STATE`] | [`OFFSETS_FILES`].
     pub flags: u32,
     /// `struct sock`: `__sk_common.skc_family` (`unsigned short`).
     pub sk_family: u32,
@@ -160,6 +198,18 @@ pub struct KernelOffsets {
     /// `struct sock`: `__sk_common.skc_flags` (`unsigned long`, bits of `enum sock_flags`),
     /// which the kernel names `sk_flags`.
     pub sk_flags: u32,
+    /// `struct file`: `f_inode` (`struct inode *`).
+    pub file_inode: u32,
+    /// `struct inode`: `i_mode` (`umode_t`, 2 bytes).
+    pub inode_mode: u32,
+    /// `struct inode`: `i_ino` (`unsigned long`).
+    pub inode_ino: u32,
+    /// `struct task_struct`: `tgid` (`pid_t`).
+    pub task_tgid: u32,
+    /// `struct inode`: `i_sb` (`struct super_block *`).
+    pub inode_sb: u32,
+    /// `struct super_block`: `s_magic` (`unsigned long`).
+    pub sb_magic: u32,
 }
 
 /// One `sock:inet_sock_set_state` firing, as the eBPF program hands it to userspace.
@@ -210,7 +260,7 @@ pub struct TcpStateEvent {
 pub const EVENT_SIZE: usize = core::mem::size_of::<TcpStateEvent>();
 
 const _: () = assert!(EVENT_SIZE == 112);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 60);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 84);
 const _: () = assert!(core::mem::align_of::<TcpStateEvent>() == 8);
 
 #[cfg(feature = "user")]

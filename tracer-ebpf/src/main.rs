@@ -16,6 +16,8 @@
 mod cause;
 // `--track-reads`: the program on `sock:sock_recv_length`.
 mod reads;
+// The owner lookups' walk of every socket descriptor: the `iter/task_file` program.
+mod files;
 
 use core::ffi::c_void;
 
@@ -80,6 +82,12 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     task_comm: 0,
     sk_lock_owned: 0,
     sk_flags: 0,
+    file_inode: 0,
+    inode_mode: 0,
+    inode_ino: 0,
+    task_tgid: 0,
+    inode_sb: 0,
+    sb_magic: 0,
 };
 
 #[map(name = "EVENTS")]

@@ -206,7 +206,7 @@ impl Session {
             Some(target) => Some(ExportFile::open(&target.path, target.force)?),
             None => None,
         };
-        let (probe, ring) = match Probe::load(&config.kernel) {
+        let (mut probe, ring) = match Probe::load(&config.kernel) {
             Ok(loaded) => loaded,
             Err(e) => {
                 if let Some(file) = export {
@@ -236,8 +236,9 @@ impl Session {
 
         let start = monotonic_ns();
         let wanted = engine.wanted(&[]);
+        let files = probe.held_files();
         if let Some(mut table) =
-            settle(tokio::task::spawn_blocking(move || timed_scan(&wanted)).await)
+            settle(tokio::task::spawn_blocking(move || timed_scan(&wanted, files)).await)
         {
             table
                 .entries
@@ -368,7 +369,7 @@ impl Session {
                     let now = monotonic_ns();
                     if self.lookup.is_none() && self.diagnosing.is_none() {
                         let recheck = now.saturating_sub(self.rechecked_ns) >= RECHECK_NS;
-                        self.lookup = Lookup::start(&mut self.engine, now, recheck);
+                        self.lookup = Lookup::start(&mut self.engine, &mut self.probe, now, recheck);
                         if recheck && self.lookup.as_ref().is_some_and(|l| !l.followed.is_empty()) {
                             self.rechecked_ns = now;
                         }
@@ -429,7 +430,7 @@ impl Session {
         // What is still in the ring buffer was emitted before the stop: deliver it too.
         self.drain();
         let now = monotonic_ns();
-        if let Some(lookup) = Lookup::start(&mut self.engine, now, false) {
+        if let Some(lookup) = Lookup::start(&mut self.engine, &mut self.probe, now, false) {
             self.lookup = Some(lookup);
             let scanned = (&mut self.lookup.as_mut().expect("just set").scan).await;
             self.alert(settle(scanned));
@@ -664,7 +665,7 @@ const RECHECK_NS: u64 = 1_000_000_000;
 impl Lookup {
     /// Starts reading the socket tables when some alert is due at `now_ns`, or (with
     /// `recheck`) when reported sockets are followed through the tables.
-    fn start(engine: &mut Engine, now_ns: u64, recheck: bool) -> Option<Self> {
+    fn start(engine: &mut Engine, probe: &mut Probe, now_ns: u64, recheck: bool) -> Option<Self> {
         let due = engine.due(now_ns);
         let followed = if recheck {
             engine.followed()
@@ -675,11 +676,12 @@ impl Lookup {
             return None;
         }
         let wanted = engine.wanted(&[due.as_slice(), followed.as_slice()].concat());
+        let files = probe.held_files();
         Some(Self {
             due,
             followed,
             at_ns: now_ns,
-            scan: tokio::task::spawn_blocking(move || timed_scan(&wanted)),
+            scan: tokio::task::spawn_blocking(move || timed_scan(&wanted, files)),
         })
     }
 }
@@ -1008,19 +1010,24 @@ async fn refresh_processes(metrics: &Metrics, engine: &Engine, now: u64) {
     metrics.processes(&digest, &fds);
 }
 
-/// [`owner::scan`], its wall and CPU time (its helper threads' included) logged at `-v` (the
-/// bench reads them).
-fn timed_scan(wanted: &owner::Wanted) -> Result<SocketTable, procfs::ProcError> {
+/// [`owner::scan`] (the descriptors read from `files`, a run of the held-file iterator, when
+/// given), its wall and CPU time (its helper threads' included) and its walk logged at `-v`
+/// (the bench reads them).
+fn timed_scan(
+    wanted: &owner::Wanted,
+    files: Option<std::fs::File>,
+) -> Result<SocketTable, procfs::ProcError> {
     let (start, cpu_start) = (std::time::Instant::now(), owner::thread_cpu());
-    let scanned = owner::scan_costed(wanted);
-    if let Ok((table, helpers_cpu)) = &scanned {
+    let scanned = owner::scan_costed(wanted, files);
+    if let Ok((table, (helpers_cpu, walk))) = &scanned {
         let cpu_ms =
             (owner::thread_cpu().saturating_sub(cpu_start) + *helpers_cpu).as_secs_f64() * 1e3;
         log::info!(
-            "socket table scan: {} sockets in {} namespaces in {:.1} ms ({cpu_ms:.1} ms CPU)",
+            "socket table scan: {} sockets in {} namespaces in {:.1} ms ({cpu_ms:.1} ms CPU), fd walk: {}",
             table.entries.len(),
             table.netns.len(),
             start.elapsed().as_secs_f64() * 1e3,
+            walk.name(),
         );
     }
     scanned.map(|(table, _)| table)

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tracer_common::{
     cause::{CauseEvent, CAUSE_EVENT_SIZE},
-    TcpStateEvent, AF_INET, AF_INET6, EVENT_SIZE,
+    HeldFile, TcpStateEvent, AF_INET, AF_INET6, EVENT_SIZE, HELD_FILE_SIZE,
 };
 
 use crate::{
@@ -38,6 +38,31 @@ pub fn decode_any(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             kind: raw.kind,
             family: raw.family,
         })
+}
+
+/// The records of one run of the held-file iterator ([`crate::probe::Probe::held_files`]):
+/// [`HeldFile`]s of [`HELD_FILE_SIZE`] bytes, back to back. A length that is not a whole
+/// number of records is an error.
+pub fn held_files(bytes: &[u8]) -> Result<Vec<HeldFile>, DecodeError> {
+    if !bytes.len().is_multiple_of(HELD_FILE_SIZE) {
+        return Err(DecodeError::Size {
+            size: bytes.len(),
+            expected: HELD_FILE_SIZE,
+        });
+    }
+    let u32_at = |chunk: &[u8], at: usize| {
+        u32::from_ne_bytes(chunk[at..at + 4].try_into().unwrap_or_default())
+    };
+    Ok(bytes
+        .chunks_exact(HELD_FILE_SIZE)
+        .map(|chunk| HeldFile {
+            inode: u64::from_ne_bytes(chunk[..8].try_into().unwrap_or_default()),
+            tgid: u32_at(chunk, 8),
+            fd: u32_at(chunk, 12),
+            kind: u32_at(chunk, 16),
+            reserved: u32_at(chunk, 20),
+        })
+        .collect())
 }
 
 /// Local and remote address of a record of `family` (IPv4 in the first 4 bytes); `None` for a
@@ -292,5 +317,41 @@ mod tests {
         assert_eq!(comm(b"curl\0\0\0junk"), "curl");
         assert_eq!(comm(&[0xff, b'a', 0]), "\u{fffd}a");
         assert_eq!(comm(b"sixteen-bytes-xx"), "sixteen-bytes-xx");
+    }
+
+    /// The iterator's records decode field for field, in the layout the program writes
+    /// (`HeldFile` is `repr(C)`: inode, tgid, fd, kind, reserved); a torn last record is an
+    /// error, not a short list.
+    #[test]
+    fn held_files_decode_whole_records_only() {
+        let files = [
+            HeldFile {
+                inode: 0x1122_3344_5566_7788,
+                tgid: 4242,
+                fd: 7,
+                kind: tracer_common::HELD_SOCKET,
+                reserved: 0,
+            },
+            HeldFile {
+                inode: 4_026_531_840,
+                tgid: 1,
+                fd: 3,
+                kind: tracer_common::HELD_NAMESPACE,
+                reserved: 0,
+            },
+        ];
+        let mut bytes = Vec::new();
+        for f in &files {
+            bytes.extend_from_slice(&f.inode.to_ne_bytes());
+            for word in [f.tgid, f.fd, f.kind, f.reserved] {
+                bytes.extend_from_slice(&word.to_ne_bytes());
+            }
+        }
+        assert_eq!(held_files(&bytes).unwrap(), files);
+        assert_eq!(held_files(&[]).unwrap(), []);
+        assert!(matches!(
+            held_files(&bytes[..bytes.len() - 1]),
+            Err(DecodeError::Size { expected: 24, .. })
+        ));
     }
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use btfparse::{Offset, TypeInformation, TypeVariant};
 use tracer_common::{
-    KernelOffsets, OFFSETS_LEADER, OFFSETS_NETNS, OFFSETS_SOCK, OFFSETS_SOCK_STATE,
+    KernelOffsets, OFFSETS_FILES, OFFSETS_LEADER, OFFSETS_NETNS, OFFSETS_SOCK, OFFSETS_SOCK_STATE,
 };
 
 use crate::error::OffsetsError;
@@ -71,7 +71,7 @@ pub fn from_file_in_child(path: &Path) -> Result<Resolved, OffsetsError> {
     }
 }
 
-/// `O` + the offsets as 15 little-endian `u32`s + the missing groups, one a line; or `E` +
+/// `O` + the offsets as 21 little-endian `u32`s + the missing groups, one a line; or `E` +
 /// the error's message.
 fn encode(result: &Result<Resolved, OffsetsError>) -> Vec<u8> {
     match result {
@@ -118,12 +118,18 @@ fn decode(message: &[u8]) -> Option<Result<Resolved, OffsetsError>> {
             task_comm: w[12],
             sk_lock_owned: w[13],
             sk_flags: w[14],
+            file_inode: w[15],
+            inode_mode: w[16],
+            inode_ino: w[17],
+            task_tgid: w[18],
+            inode_sb: w[19],
+            sb_magic: w[20],
         },
         missing: missing.lines().map(str::to_owned).collect(),
     }))
 }
 
-const WORDS: usize = 15;
+const WORDS: usize = 21;
 
 fn words(o: &KernelOffsets) -> [u32; WORDS] {
     [
@@ -142,6 +148,12 @@ fn words(o: &KernelOffsets) -> [u32; WORDS] {
         o.task_comm,
         o.sk_lock_owned,
         o.sk_flags,
+        o.file_inode,
+        o.inode_mode,
+        o.inode_ino,
+        o.task_tgid,
+        o.inode_sb,
+        o.sb_magic,
     ]
 }
 
@@ -162,6 +174,8 @@ pub fn resolve(btf: &TypeInformation) -> Resolved {
     group(OFFSETS_LEADER, leader_offsets(&structs, &mut leader));
     let mut state = KernelOffsets::default();
     group(OFFSETS_SOCK_STATE, sock_state_offsets(&structs, &mut state));
+    let mut files = KernelOffsets::default();
+    group(OFFSETS_FILES, file_offsets(&structs, &mut files));
     if offsets.flags & OFFSETS_SOCK != 0 {
         offsets.sk_family = sock.sk_family;
         offsets.sk_protocol = sock.sk_protocol;
@@ -183,6 +197,14 @@ pub fn resolve(btf: &TypeInformation) -> Resolved {
     if offsets.flags & OFFSETS_SOCK_STATE != 0 {
         offsets.sk_lock_owned = state.sk_lock_owned;
         offsets.sk_flags = state.sk_flags;
+    }
+    if offsets.flags & OFFSETS_FILES != 0 {
+        offsets.file_inode = files.file_inode;
+        offsets.inode_mode = files.inode_mode;
+        offsets.inode_ino = files.inode_ino;
+        offsets.task_tgid = files.task_tgid;
+        offsets.inode_sb = files.inode_sb;
+        offsets.sb_magic = files.sb_magic;
     }
     Resolved { offsets, missing }
 }
@@ -226,6 +248,19 @@ fn sock_state_offsets(s: &Structs<'_>, o: &mut KernelOffsets) -> Result<(), Offs
     o.sk_lock_owned = s.member("sock", "sk_lock.owned", 4)?;
     // `sk_flags` is `#define`d to `__sk_common.skc_flags` (in a union with `skc_listener`).
     o.sk_flags = s.member("sock", "__sk_common.skc_flags", 8)?;
+    Ok(())
+}
+
+/// What the `iter/task_file` program reads of each descriptor: the file's inode, whether it
+/// is a socket (`S_ISSOCK(i_mode)`) or a namespace file (its superblock's magic), its number,
+/// and the process holding it.
+fn file_offsets(s: &Structs<'_>, o: &mut KernelOffsets) -> Result<(), OffsetsError> {
+    o.file_inode = s.member("file", "f_inode", 8)?;
+    o.inode_mode = s.member("inode", "i_mode", 2)?;
+    o.inode_ino = s.member("inode", "i_ino", 8)?;
+    o.task_tgid = s.member("task_struct", "tgid", 4)?;
+    o.inode_sb = s.member("inode", "i_sb", 8)?;
+    o.sb_magic = s.member("super_block", "s_magic", 8)?;
     Ok(())
 }
 
@@ -317,8 +352,11 @@ mod tests {
         let o = resolved.offsets;
         assert_eq!(
             o.flags,
-            OFFSETS_SOCK | OFFSETS_NETNS | OFFSETS_LEADER | OFFSETS_SOCK_STATE
+            OFFSETS_SOCK | OFFSETS_NETNS | OFFSETS_LEADER | OFFSETS_SOCK_STATE | OFFSETS_FILES
         );
+        // The mode is a 2-byte umode_t and the inode number an unsigned long, aligned.
+        assert!(o.inode_mode.is_multiple_of(2) && o.inode_ino.is_multiple_of(8));
+        assert!(o.file_inode.is_multiple_of(8) && o.task_tgid.is_multiple_of(4));
         // struct sock_common starts with the addresses, then the ports: a layout unchanged
         // since Linux 2.6 (skc_daddr, skc_rcv_saddr, skc_hash, skc_dport, skc_num).
         assert_eq!(o.sk_daddr, 0);

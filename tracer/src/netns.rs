@@ -100,8 +100,10 @@ impl Finder {
         self.seen.contains(&inode)
     }
 
-    /// Every task's namespace, and namespace files processes hold open.
-    pub fn add_tasks(&mut self) {
+    /// Every task's namespace, and (unless `threads_only`: the held-file iterator lists them
+    /// instead, see [`Finder::add_descriptor`]) the namespace files processes hold open, found
+    /// by reading the link of every descriptor in every `/proc/PID/fd`.
+    pub fn add_tasks(&mut self, threads_only: bool) {
         let Ok(procs) = std::fs::read_dir("/proc") else {
             return;
         };
@@ -116,15 +118,27 @@ impl Finder {
                     self.add_path(&task.path().join("ns/net"));
                 }
             }
-            if let Ok(fds) = std::fs::read_dir(dir.join("fd")) {
-                for fd in fds.flatten() {
-                    let is_netns = std::fs::read_link(fd.path())
-                        .is_ok_and(|target| target.to_string_lossy().starts_with("net:["));
-                    if is_netns {
-                        self.add_path(&fd.path());
+            if !threads_only {
+                if let Ok(fds) = std::fs::read_dir(dir.join("fd")) {
+                    for fd in fds.flatten() {
+                        self.add_if_net(&fd.path());
                     }
                 }
             }
+        }
+    }
+
+    /// A namespace file process `pid` holds open as descriptor `fd` (one the held-file
+    /// iterator listed), when it is a network namespace's.
+    pub fn add_descriptor(&mut self, pid: u32, fd: u32) {
+        self.add_if_net(Path::new(&format!("/proc/{pid}/fd/{fd}")));
+    }
+
+    fn add_if_net(&mut self, link: &Path) {
+        let is_netns = std::fs::read_link(link)
+            .is_ok_and(|target| target.to_string_lossy().starts_with("net:["));
+        if is_netns {
+            self.add_path(link);
         }
     }
 

@@ -311,24 +311,59 @@ const PROBED_MAX: usize = 65_536;
 /// Namespaces are those of every thread, those held open or bind-mounted, and those reached
 /// only through a socket a process holds (see [`crate::netns`]); each table is read once.
 pub fn scan(wanted: &Wanted) -> Result<SocketTable, procfs::ProcError> {
-    scan_costed(wanted).map(|(table, _)| table)
+    scan_costed(wanted, None).map(|(table, _)| table)
 }
 
-/// [`scan`], with the CPU time its helper threads spent walking `/proc/*/fd` (the calling
-/// thread's own is the caller's to measure).
+/// How a scan found every socket descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FdWalk {
+    /// The kernel's held-file iterator ([`crate::probe::Probe::held_files`]).
+    Iterator,
+    /// One `readlinkat` per entry of every `/proc/PID/fd`.
+    Proc,
+}
+
+impl FdWalk {
+    /// As `-v` says it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FdWalk::Iterator => "bpf iter/task_file",
+            FdWalk::Proc => "/proc/*/fd",
+        }
+    }
+}
+
+/// [`scan`], reading the socket and namespace descriptors from `files` (a run of the
+/// held-file iterator) when given and readable, else walking `/proc/*/fd`; with the CPU time
+/// its helper threads spent walking (the calling thread's own is the caller's to measure) and
+/// the walk used.
 pub fn scan_costed(
     wanted: &Wanted,
-) -> Result<(SocketTable, std::time::Duration), procfs::ProcError> {
+    files: Option<std::fs::File>,
+) -> Result<(SocketTable, (std::time::Duration, FdWalk)), procfs::ProcError> {
+    // Every descriptor wanted, sockets by inode (small records: the names are read only for
+    // the holders of the sockets found).
+    let iterated = files.map(iterated_files).and_then(|read| {
+        read.map_err(|e| log::warn!("reading the held-file iterator: {e}; walking /proc/*/fd"))
+            .ok()
+    });
     let mut finder = netns::Finder::default();
-    finder.add_tasks();
+    finder.add_tasks(iterated.is_some());
+    if let Some((_, namespaces)) = &iterated {
+        for &(pid, fd) in namespaces {
+            finder.add_descriptor(pid, fd);
+        }
+    }
     finder.add_mounts();
     let mut table = SocketTable::default();
     let mut read = 0;
     read_new(&mut finder, &mut read, &mut table, wanted);
-
-    // Every socket descriptor, by inode (small records: the names are read only for the
-    // holders of the sockets found).
-    let (held, helpers_cpu) = held_sockets()?;
+    let (held, cost) = if let Some((held, _)) = iterated {
+        (held, (std::time::Duration::ZERO, FdWalk::Iterator))
+    } else {
+        let (held, cpu) = held_sockets()?;
+        (held, (cpu, FdWalk::Proc))
+    };
 
     // Sockets may live in a namespace only sockets keep: look through the holders' sockets
     // while a namespace the caller needs is missing (at start-up, for every socket).
@@ -401,7 +436,38 @@ pub fn scan_costed(
             entry.holders.sort_by_key(|o| (o.pid, o.fd));
         }
     }
-    Ok((table, helpers_cpu))
+    Ok((table, cost))
+}
+
+/// Socket descriptors, and namespace-file descriptors as (pid, fd).
+type HeldFiles = (Vec<Held>, Vec<(u32, u32)>);
+
+/// Every socket descriptor and every namespace-file descriptor, as one run of the held-file
+/// iterator lists them (see [`crate::decode::held_files`]); a descriptor the kernel listed
+/// twice (a thread with a descriptor table of its own) is kept once.
+fn iterated_files(mut files: std::fs::File) -> std::io::Result<HeldFiles> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    files.read_to_end(&mut bytes)?;
+    let listed = crate::decode::held_files(&bytes).map_err(std::io::Error::other)?;
+    let mut held = Vec::with_capacity(listed.len());
+    let mut namespaces = Vec::new();
+    for f in listed {
+        match f.kind {
+            tracer_common::HELD_SOCKET => held.push(Held {
+                inode: f.inode,
+                pid: f.tgid,
+                fd: i32::try_from(f.fd).unwrap_or(i32::MAX),
+            }),
+            tracer_common::HELD_NAMESPACE => namespaces.push((f.tgid, f.fd)),
+            _ => {}
+        }
+    }
+    held.sort_unstable_by_key(|h| (h.pid, h.fd));
+    held.dedup_by_key(|h| (h.pid, h.fd));
+    namespaces.sort_unstable();
+    namespaces.dedup();
+    Ok((held, namespaces))
 }
 
 /// Threads that walk `/proc/*/fd` beside the scanning one, at most (none on one CPU). The

@@ -11,13 +11,13 @@ use std::{
 
 use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, ProgramError, TracePoint},
+    programs::{BtfTracePoint, Iter, ProgramError, TracePoint},
     Btf, Ebpf, EbpfError, EbpfLoader,
 };
 use tracer_common::{
     KernelOffsets, EVENTS_MAP, FILTER_FAMILY_GLOBAL, FILTER_NETNS_GLOBAL, FILTER_PORTS_GLOBAL,
-    FILTER_PROTOCOL_GLOBAL, OFFSETS_GLOBAL, OFFSETS_NETNS, OFFSETS_SOCK, PORTS_MAP, PROGRAM,
-    PROGRAM_BTF, STATS_MAP, STAT_RINGBUF_FULL, STAT_RUNS,
+    FILTER_PROTOCOL_GLOBAL, OFFSETS_FILES, OFFSETS_GLOBAL, OFFSETS_NETNS, OFFSETS_SOCK, PORTS_MAP,
+    PROGRAM, PROGRAM_BTF, PROGRAM_HELD_FILES, STATS_MAP, STAT_RINGBUF_FULL, STAT_RUNS,
 };
 
 use crate::cause::probe::CauseProbes;
@@ -56,10 +56,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tr
 /// Made by [`Probe::load`], which also hands out the ring buffer of events; the probe itself
 /// reads the loss counters ([`Probe::lost`], [`Probe::recursion_misses`]).
 pub struct Probe {
-    /// Owns the program and its maps: kept so they stay loaded and attached.
-    _ebpf: Ebpf,
+    /// Owns the programs and their maps: kept so they stay loaded and attached.
+    ebpf: Ebpf,
     stats: PerCpuArray<MapData, u64>,
-    /// The program's fd, owned by `_ebpf`, for its `/proc/self/fdinfo` entry.
+    /// The program's fd, owned by `ebpf`, for its `/proc/self/fdinfo` entry.
     prog_fd: i32,
     /// What the kernel offers, as detected while loading.
     features: KernelFeatures,
@@ -68,6 +68,8 @@ pub struct Probe {
     hook: Hook,
     /// `--track-reads`: the last read of each socket, or why it could not be attached.
     reads: Option<Result<crate::reads::LastReads, String>>,
+    /// The `iter/task_file` program loaded for [`Probe::held_files`], or why not.
+    held_files: Result<(), String>,
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -141,7 +143,21 @@ impl Probe {
         }
 
         memory::release_freed();
-        let (hook, prog_fd, fallback) = attach(&mut ebpf, filter.hook, &offsets, &missing)?;
+        // Parsed again (after the loader's copy is freed) for the programs that attach by BTF
+        // id: the `tp_btf` program and the held-file iterator.
+        let files = files_possible(&offsets);
+        let btf = (filter.hook != HookChoice::Tracepoint || files.is_ok()).then(Btf::from_sys_fs);
+        let (hook, prog_fd, fallback) =
+            attach(&mut ebpf, filter.hook, &offsets, &missing, btf.as_ref())?;
+        let held_files = files.and_then(|()| match &btf {
+            Some(Ok(btf)) => load_held_files(&mut ebpf, btf),
+            Some(Err(e)) => Err(format!("reading the kernel's BTF: {e}")),
+            None => Err("the kernel's BTF was not read".to_owned()),
+        });
+        if let Err(why) = &held_files {
+            log::info!("owner lookups walk /proc/*/fd: no held-file iterator ({why})");
+        }
+        drop(btf);
         // Before the ring buffer is mapped (twice its size, all resident at once): the freed
         // BTF pages and the ring never count together in the peak RSS.
         memory::release_freed();
@@ -183,16 +199,33 @@ impl Probe {
         log::info!("{}", features.describe());
         Ok((
             Probe {
-                _ebpf: ebpf,
+                ebpf,
                 stats,
                 prog_fd,
                 features,
                 causes,
                 hook,
                 reads,
+                held_files,
             },
             ring,
         ))
+    }
+
+    /// A fresh run of the held-file iterator: a file to read to its end, a
+    /// [`tracer_common::HeldFile`] record (24 bytes) for every socket and namespace file
+    /// descriptor of every process, as the kernel walks them. `None` where the iterator is not loaded (see
+    /// [`Probe::load`]'s `-v` line) or the kernel refuses a run: the caller walks `/proc`.
+    pub fn held_files(&mut self) -> Option<fs::File> {
+        self.held_files.as_ref().ok()?;
+        let program: &mut Iter = self.ebpf.program_mut(PROGRAM_HELD_FILES)?.try_into().ok()?;
+        let file = program
+            .attach()
+            .map_err(|e| error_chain(&e))
+            .and_then(|id| program.take_link(id).map_err(|e| error_chain(&e)))
+            .and_then(|link| link.into_file().map_err(|e| error_chain(&e)));
+        file.map_err(|e| log::warn!("held-file iterator: {e}; walking /proc/*/fd"))
+            .ok()
     }
 
     /// Events dropped in the kernel because the ring buffer was full, summed over CPUs.
@@ -261,6 +294,7 @@ fn attach(
     choice: HookChoice,
     offsets: &KernelOffsets,
     missing: &str,
+    btf: Option<&Result<Btf, aya::BtfError>>,
 ) -> Result<(Hook, i32, Option<String>), ProbeError> {
     let mut fallback = None;
     if choice != HookChoice::Tracepoint {
@@ -269,9 +303,17 @@ fn attach(
                 reason: missing.to_owned(),
             })
         } else {
-            Btf::from_sys_fs()
-                .map_err(|e| aya_error("reading the kernel's BTF", e))
-                .and_then(|btf| attach_btf(ebpf, &btf))
+            match btf {
+                Some(Ok(btf)) => attach_btf(ebpf, btf),
+                Some(Err(e)) => Err(aya_error(
+                    "reading the kernel's BTF",
+                    io::Error::other(e.to_string()),
+                )),
+                None => Err(aya_error(
+                    "reading the kernel's BTF",
+                    io::Error::other("not read"),
+                )),
+            }
         };
         match result {
             Ok(fd) => return Ok((Hook::TpBtf, fd, None)),
@@ -286,6 +328,37 @@ fn attach(
         }
     }
     attach_classic(ebpf).map(|fd| (Hook::Tracepoint, fd, fallback))
+}
+
+/// Whether the held-file iterator can stand in for the `/proc/*/fd` walk: it needs its
+/// struct offsets, and a tracer in the initial pid namespace (the kernel names processes by
+/// their pid there; `/proc` names them by the tracer's own namespace's).
+fn files_possible(offsets: &KernelOffsets) -> Result<(), String> {
+    if offsets.flags & OFFSETS_FILES == 0 {
+        return Err("no struct file/inode offsets in the kernel's BTF".to_owned());
+    }
+    let nspid = procfs::process::Process::myself()
+        .and_then(|me| me.status())
+        .map_err(|e| format!("reading /proc/self/status: {e}"))?
+        .nspid;
+    match nspid {
+        Some(pids) if pids.len() > 1 => {
+            Err("the tracer runs in a pid namespace of its own".to_owned())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Loads (without attaching) the `iter/task_file` program.
+fn load_held_files(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
+    let program: &mut Iter = ebpf
+        .program_mut(PROGRAM_HELD_FILES)
+        .ok_or_else(|| format!("no program {PROGRAM_HELD_FILES} in the eBPF object"))?
+        .try_into()
+        .map_err(|e| format!("reading the program: {e}"))?;
+    program
+        .load("task_file", btf)
+        .map_err(|e| format!("loading iter/task_file: {}", error_chain(&e)))
 }
 
 fn attach_btf(ebpf: &mut Ebpf, btf: &Btf) -> Result<i32, ProbeError> {

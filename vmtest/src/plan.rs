@@ -8,8 +8,8 @@ use clap::ValueEnum;
 /// IPv6, the CLOSE_WAIT report with its owner, a socket stuck before start, reset, refused
 /// connect, `kill -9` leaving nothing behind, both kernel hooks (tp_btf and the classic
 /// tracepoint) agreeing, the forced classic tracepoint end to end, namespaces and thread names
-/// read by the kernel side, and what the socket itself says (the lock's owner, the peer's FIN:
-/// `struct sock` layouts differ). The oldest and newest kernel run every test.
+/// read by the kernel side, what the socket itself says (the lock's owner, the peer's FIN:
+/// `struct sock` layouts differ), and the socket-file iterator of the owner lookups. The oldest and newest kernel run every test.
 pub const CORE_TESTS: &[&str] = &[
     "ipv4_client_and_server_sequences",
     "ipv6_client_and_server_sequences",
@@ -26,6 +26,8 @@ pub const CORE_TESTS: &[&str] = &[
     "same_four_tuple_in_two_namespaces_live",
     "process_name_and_thread_name_are_kept_apart",
     "suite::context::",
+    // The owner lookups' descriptor walk reads struct file and struct inode.
+    "the_iterator_lists_the_sockets_and_namespaces_procfs_lists",
 ];
 
 /// Seconds one boot may take by default: the full suite takes about 10 minutes under software

@@ -7,6 +7,7 @@ mod context;
 mod deploy;
 mod diagnosis;
 mod field;
+mod held_files;
 mod hooks;
 mod html;
 mod identity;
