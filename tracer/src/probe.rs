@@ -16,8 +16,9 @@ use aya::{
 };
 use tracer_common::{
     KernelOffsets, EVENTS_MAP, FILTER_FAMILY_GLOBAL, FILTER_NETNS_GLOBAL, FILTER_PORTS_GLOBAL,
-    FILTER_PROTOCOL_GLOBAL, OFFSETS_FILES, OFFSETS_GLOBAL, OFFSETS_NETNS, OFFSETS_SOCK, PORTS_MAP,
-    PROGRAM, PROGRAM_BTF, PROGRAM_HELD_FILES, STATS_MAP, STAT_RINGBUF_FULL, STAT_RUNS,
+    FILTER_PROTOCOL_GLOBAL, HELD_NAMESPACE, OFFSETS_FILES, OFFSETS_GLOBAL, OFFSETS_NETNS,
+    OFFSETS_SOCK, PORTS_MAP, PROGRAM, PROGRAM_BTF, PROGRAM_HELD_FILES, STATS_MAP,
+    STAT_RINGBUF_FULL, STAT_RUNS,
 };
 
 use crate::cause::probe::CauseProbes;
@@ -150,7 +151,7 @@ impl Probe {
         let (hook, prog_fd, fallback) =
             attach(&mut ebpf, filter.hook, &offsets, &missing, btf.as_ref())?;
         let held_files = files.and_then(|()| match &btf {
-            Some(Ok(btf)) => load_held_files(&mut ebpf, btf),
+            Some(Ok(btf)) => load_held_files(&mut ebpf, btf).and_then(|()| pids_agree(&mut ebpf)),
             Some(Err(e)) => Err(format!("reading the kernel's BTF: {e}")),
             None => Err("the kernel's BTF was not read".to_owned()),
         });
@@ -218,13 +219,8 @@ impl Probe {
     /// [`Probe::load`]'s `-v` line) or the kernel refuses a run: the caller walks `/proc`.
     pub fn held_files(&mut self) -> Option<fs::File> {
         self.held_files.as_ref().ok()?;
-        let program: &mut Iter = self.ebpf.program_mut(PROGRAM_HELD_FILES)?.try_into().ok()?;
-        let file = program
-            .attach()
-            .map_err(|e| error_chain(&e))
-            .and_then(|id| program.take_link(id).map_err(|e| error_chain(&e)))
-            .and_then(|link| link.into_file().map_err(|e| error_chain(&e)));
-        file.map_err(|e| log::warn!("held-file iterator: {e}; walking /proc/*/fd"))
+        run_held_files(&mut self.ebpf)
+            .map_err(|e| log::warn!("held-file iterator: {e}; walking /proc/*/fd"))
             .ok()
     }
 
@@ -330,22 +326,57 @@ fn attach(
     attach_classic(ebpf).map(|fd| (Hook::Tracepoint, fd, fallback))
 }
 
-/// Whether the held-file iterator can stand in for the `/proc/*/fd` walk: it needs its
-/// struct offsets, and a tracer in the initial pid namespace (the kernel names processes by
-/// their pid there; `/proc` names them by the tracer's own namespace's).
+/// Whether the held-file iterator can be loaded: it needs its struct offsets.
 fn files_possible(offsets: &KernelOffsets) -> Result<(), String> {
     if offsets.flags & OFFSETS_FILES == 0 {
         return Err("no struct file/inode offsets in the kernel's BTF".to_owned());
     }
-    let nspid = procfs::process::Process::myself()
-        .and_then(|me| me.status())
-        .map_err(|e| format!("reading /proc/self/status: {e}"))?
-        .nspid;
-    match nspid {
-        Some(pids) if pids.len() > 1 => {
-            Err("the tracer runs in a pid namespace of its own".to_owned())
-        }
-        _ => Ok(()),
+    Ok(())
+}
+
+/// One run of the loaded held-file iterator: its file, to read to the end.
+fn run_held_files(ebpf: &mut Ebpf) -> Result<fs::File, String> {
+    let program: &mut Iter = ebpf
+        .program_mut(PROGRAM_HELD_FILES)
+        .ok_or_else(|| format!("no program {PROGRAM_HELD_FILES} in the eBPF object"))?
+        .try_into()
+        .map_err(|e| format!("reading the program: {e}"))?;
+    let id = program.attach().map_err(|e| error_chain(&e))?;
+    let link = program.take_link(id).map_err(|e| error_chain(&e))?;
+    link.into_file().map_err(|e| error_chain(&e))
+}
+
+/// Whether the iterator names processes as this tracer's `/proc` does. The kernel gives each
+/// process's pid in the initial pid namespace; a tracer in a pid namespace of its own (a
+/// container without the host's pids, `unshare -p`) sees other numbers in `/proc`, and a
+/// lookup would name the wrong processes. Checked on a namespace file held open for it: the
+/// iterator must list it under this process's pid.
+fn pids_agree(ebpf: &mut Ebpf) -> Result<(), String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let marker = fs::File::open("/proc/self/ns/net")
+        .map_err(|e| format!("opening /proc/self/ns/net: {e}"))?;
+    let inode = marker
+        .metadata()
+        .map_err(|e| format!("reading /proc/self/ns/net: {e}"))?
+        .ino();
+    let mut bytes = Vec::new();
+    run_held_files(ebpf)?
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("reading a run: {e}"))?;
+    let listed = crate::decode::held_files(&bytes).map_err(|e| e.to_string())?;
+    let fd = u32::try_from(marker.as_raw_fd()).unwrap_or(u32::MAX);
+    let me = std::process::id();
+    let found = listed
+        .iter()
+        .any(|f| f.kind == HELD_NAMESPACE && f.fd == fd && f.inode == inode && f.tgid == me);
+    if found {
+        Ok(())
+    } else {
+        Err(
+            "the kernel's pids are not this /proc's: the tracer runs in a pid namespace of its own"
+                .to_owned(),
+        )
     }
 }
 

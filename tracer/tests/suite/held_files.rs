@@ -108,3 +108,39 @@ fn the_iterator_lists_the_sockets_and_namespaces_procfs_lists() {
     assert!(found, "{other:?} not among {} sockets listed", listed.len());
     drop((client, server, udp, unix_a, unix_b, netns));
 }
+
+/// A lookup says which walk it used (`-v`): the iterator on the host; `/proc/*/fd`, and why,
+/// for a tracer in a pid namespace of its own (`unshare -p --mount-proc`: the kernel's pids are
+/// not that `/proc`'s, so the iterator would name the wrong processes).
+#[test]
+#[ignore = "needs root and BPF"]
+fn the_walk_falls_back_to_proc_in_a_pid_namespace_of_its_own() {
+    let tracer = crate::support::tracer_binary();
+    let run = |prefix: &[&str]| {
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&tracer);
+                cmd
+            }
+            None => Command::new(&tracer),
+        };
+        let out = cmd
+            .env_remove("TRACER_LOG")
+            .args(["-v", "-p", "1", "--duration", "1s"])
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let host = run(&[]);
+    assert!(host.contains("fd walk: bpf iter/task_file"), "{host}");
+    let inner = run(&["unshare", "--pid", "--fork", "--mount-proc"]);
+    assert!(inner.contains("fd walk: /proc/*/fd"), "{inner}");
+    assert!(inner.contains("pid namespace of its own"), "{inner}");
+}
