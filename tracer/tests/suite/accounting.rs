@@ -17,7 +17,7 @@ use tracer::{
 
 use crate::support::{
     self,
-    load::{churn, serve, Oracle},
+    load::{churn, serve, wait_closed, Oracle},
     NetNs, Tracer, WAIT,
 };
 
@@ -108,6 +108,7 @@ fn overload_and_account(settle: Duration) {
     let server = serve(listener, connections);
     churn(addr, connections, 4);
     server.join().unwrap();
+    wait_closed(addr.port());
     thread::sleep(settle);
     let (stdout, summary) = tracer.stop();
     let made = oracle.stop();

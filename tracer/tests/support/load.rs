@@ -102,3 +102,38 @@ pub fn churn(addr: SocketAddr, count: usize, threads: usize) {
         h.join().unwrap();
     }
 }
+
+/// Waits (up to [`super::WAIT`]) until every connection on `port` in the calling thread's
+/// network namespace has finished closing: only the listener and TIME_WAIT sockets left. A
+/// burst's last transitions can run after its threads return (a FIN handled later by
+/// ksoftirqd); a tracer stopped before them would miss what an oracle stopped after sees.
+pub fn wait_closed(port: u16) {
+    use procfs::FromBufReadSI as _;
+    let deadline = std::time::Instant::now() + super::WAIT;
+    loop {
+        let file = std::fs::File::open("/proc/thread-self/net/tcp").unwrap();
+        let procfs::net::TcpNetEntries(rows) = procfs::net::TcpNetEntries::from_buf_read(
+            std::io::BufReader::new(file),
+            procfs::current_system_info(),
+        )
+        .unwrap();
+        let open = rows
+            .iter()
+            .filter(|r| r.local_address.port() == port || r.remote_address.port() == port)
+            .filter(|r| {
+                !matches!(
+                    r.state,
+                    procfs::net::TcpState::Listen | procfs::net::TcpState::TimeWait
+                )
+            })
+            .count();
+        if open == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} connections on port {port} still closing"
+        );
+        thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
