@@ -127,6 +127,11 @@ trait Addrs {
     fn v6(&self) -> ((u64, u64), (u64, u64));
     /// The local and remote addresses, 16 bytes each (IPv4 in the first four).
     fn both(&self, family: u16) -> ([u8; 16], [u8; 16]);
+    /// A field of the socket, or of a struct the socket points to (`base` read from the
+    /// socket by this same method), at a loader-set offset; `None` if it cannot be read.
+    fn field_of<T: Copy + Default>(&self, base: u64, offset: u32) -> Option<T>;
+    /// The socket's address.
+    fn sk(&self) -> u64;
 }
 
 /// Reads a field of the tracepoint record straight from the context (tracepoint contexts are
@@ -198,36 +203,58 @@ impl Addrs for Record<'_> {
             (addr(s.0, s.1), addr(d.0, d.1))
         }
     }
+
+    #[inline(always)]
+    fn field_of<T: Copy + Default>(&self, base: u64, offset: u32) -> Option<T> {
+        try_kernel(base, offset)
+    }
+
+    #[inline(always)]
+    fn sk(&self) -> u64 {
+        field(self.0, tp::SKADDR.offset)
+    }
 }
 
-/// The `struct sock` a `tp_btf` program is handed, read at the loader's offsets.
-struct Sock(u64);
+/// The `struct sock` a `tp_btf` program is handed, read at the loader's offsets, with the
+/// IPv4 addresses already read along with the ports.
+struct Sock {
+    sk: u64,
+    saddr: u32,
+    daddr: u32,
+}
 
 impl Addrs for Sock {
     #[inline(always)]
     fn v6(&self) -> ((u64, u64), (u64, u64)) {
-        let s: [u64; 2] = kernel(self.0, read_global(&OFFSETS.sk_v6_rcv_saddr));
-        let d: [u64; 2] = kernel(self.0, read_global(&OFFSETS.sk_v6_daddr));
-        ((s[0], s[1]), (d[0], d[1]))
+        let s = read_global(&OFFSETS.sk_v6_rcv_saddr);
+        let d = read_global(&OFFSETS.sk_v6_daddr);
+        (
+            (direct(self.sk, s), direct(self.sk, s + 8)),
+            (direct(self.sk, d), direct(self.sk, d + 8)),
+        )
     }
 
     #[inline(always)]
     fn both(&self, family: u16) -> ([u8; 16], [u8; 16]) {
         if family == AF_INET {
             (
-                addr(
-                    u64::from(kernel::<u32>(self.0, read_global(&OFFSETS.inet_saddr))),
-                    0,
-                ),
-                addr(
-                    u64::from(kernel::<u32>(self.0, read_global(&OFFSETS.sk_daddr))),
-                    0,
-                ),
+                addr(u64::from(self.saddr), 0),
+                addr(u64::from(self.daddr), 0),
             )
         } else {
             let (s, d) = self.v6();
             (addr(s.0, s.1), addr(d.0, d.1))
         }
+    }
+
+    #[inline(always)]
+    fn field_of<T: Copy + Default>(&self, base: u64, offset: u32) -> Option<T> {
+        Some(direct(base, offset))
+    }
+
+    #[inline(always)]
+    fn sk(&self) -> u64 {
+        self.sk
     }
 }
 
@@ -246,31 +273,77 @@ fn try_classic(ctx: &TracePointContext) -> Result<u32, i64> {
 
 /// Reads the same socket fields the kernel copies into the classic tracepoint's record
 /// (`include/trace/events/sock.h`), so both programs report identical transitions.
+///
+/// The socket's own fields are loaded straight through the BTF-typed pointer the kernel hands
+/// the program: the offsets are read-only globals the verifier knows as constants, so each
+/// load is checked against `struct sock`'s BTF and runs as one instruction, not a helper call
+/// (the source address and port, in `struct inet_sock`, take one helper read together).
 fn try_btf(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     let sk: u64 = ctx.arg::<*const c_void>(0) as u64;
+    let (saddr, sport) = inet_source(sk);
     let head = Head {
         skaddr: sk,
         oldstate: ctx.arg(1),
         newstate: ctx.arg(2),
-        sport: u16::from_be(kernel(sk, read_global(&OFFSETS.inet_sport))),
-        dport: u16::from_be(kernel(sk, read_global(&OFFSETS.sk_dport))),
-        family: kernel(sk, read_global(&OFFSETS.sk_family)),
-        protocol: kernel(sk, read_global(&OFFSETS.sk_protocol)),
+        sport,
+        dport: u16::from_be(direct(sk, read_global(&OFFSETS.sk_dport))),
+        family: direct(sk, read_global(&OFFSETS.sk_family)),
+        protocol: direct(sk, read_global(&OFFSETS.sk_protocol)),
     };
-    emit(ctx, &head, &Sock(sk))
+    let sock = Sock {
+        sk,
+        saddr,
+        daddr: direct(sk, read_global(&OFFSETS.sk_daddr)),
+    };
+    emit(ctx, &head, &sock)
+}
+
+/// `inet_saddr` and `inet_sport` (host order), members of `struct inet_sock`, beyond the
+/// `struct sock` the verifier lets the program load from directly: one 16-byte read where the
+/// port is within 14 bytes after the address (the TTL, and before 6.x the cmsg flags, sit
+/// between), else two.
+#[inline(always)]
+fn inet_source(sk: u64) -> (u32, u16) {
+    let saddr_at = read_global(&OFFSETS.inet_saddr);
+    let sport_at = read_global(&OFFSETS.inet_sport);
+    if sport_at > saddr_at && sport_at - saddr_at <= 14 {
+        let delta = sport_at - saddr_at;
+        let w: [u64; 2] = kernel(sk, saddr_at);
+        let port = if delta < 8 {
+            w[0] >> (8 * delta)
+        } else {
+            w[1] >> (8 * (delta - 8))
+        };
+        return (w[0] as u32, u16::from_be(port as u16));
+    }
+    (kernel(sk, saddr_at), u16::from_be(kernel(sk, sport_at)))
+}
+
+/// A load through a BTF-typed pointer of the `tp_btf` program (its `struct sock *`, or a
+/// pointer loaded from it) at a loader-set offset.
+#[inline(always)]
+fn direct<T: Copy>(base: u64, offset: u32) -> T {
+    // SAFETY: `base` is a verifier-typed kernel pointer; the verifier checks the load against
+    // the struct's BTF (the offset is a constant it knows) and the kernel turns a fault into
+    // a zero.
+    unsafe { core::ptr::read_volatile((base + u64::from(offset)) as *const T) }
 }
 
 /// The socket's network namespace inode, 0 when the offsets are unknown.
 #[inline(always)]
-fn netns_of(skaddr: u64, flags: u32) -> u32 {
+fn netns_of(addrs: &impl Addrs, flags: u32) -> u32 {
     if flags & OFFSETS_NETNS == 0 {
         return 0;
     }
-    let net: u64 = kernel(skaddr, read_global(&OFFSETS.sk_net));
+    let net: u64 = addrs
+        .field_of(addrs.sk(), read_global(&OFFSETS.sk_net))
+        .unwrap_or(0);
     if net == 0 {
         0
     } else {
-        kernel::<u32>(net, read_global(&OFFSETS.net_inum))
+        addrs
+            .field_of(net, read_global(&OFFSETS.net_inum))
+            .unwrap_or(0)
     }
 }
 
@@ -278,19 +351,19 @@ fn netns_of(skaddr: u64, flags: u32) -> u32 {
 /// (one read on every transition) and, on FIN_WAIT2 -> CLOSE only, whether the peer's FIN
 /// arrived (one more read). 0 when the offsets are unknown.
 #[inline(always)]
-fn sock_state_of(head: &Head, flags: u32) -> u16 {
+fn sock_state_of(head: &Head, addrs: &impl Addrs, flags: u32) -> u16 {
     if flags & OFFSETS_SOCK_STATE == 0 {
         return 0;
     }
     let mut bits = 0;
-    if let Some(owned) = try_kernel::<i32>(head.skaddr, read_global(&OFFSETS.sk_lock_owned)) {
+    if let Some(owned) = addrs.field_of::<i32>(addrs.sk(), read_global(&OFFSETS.sk_lock_owned)) {
         bits |= SOCK_OWNED_READ;
         if owned != 0 {
             bits |= SOCK_OWNED;
         }
     }
     if head.oldstate == TCP_FIN_WAIT2 && head.newstate == TCP_CLOSE {
-        if let Some(sk_flags) = try_kernel::<u64>(head.skaddr, read_global(&OFFSETS.sk_flags)) {
+        if let Some(sk_flags) = addrs.field_of::<u64>(addrs.sk(), read_global(&OFFSETS.sk_flags)) {
             bits |= SOCK_PEER_FIN_READ;
             if sk_flags & (1 << SOCK_DONE_BIT) != 0 {
                 bits |= SOCK_PEER_FIN;
@@ -319,7 +392,7 @@ fn emit<C: EbpfContext>(ctx: &C, head: &Head, addrs: &impl Addrs) -> Result<u32,
         return Ok(0);
     }
     let flags = read_global(&OFFSETS.flags);
-    let netns = netns_of(head.skaddr, flags);
+    let netns = netns_of(addrs, flags);
     let want_netns = read_global(&FILTER_NETNS);
     if want_netns != 0 && netns != want_netns {
         return Ok(0);
@@ -349,7 +422,7 @@ fn emit<C: EbpfContext>(ctx: &C, head: &Head, addrs: &impl Addrs) -> Result<u32,
         (*event).protocol = head.protocol;
         // Linux numbers at most 8,192 CPUs: the id fits.
         (*event).cpu = bpf_get_smp_processor_id() as u16;
-        (*event).sock = sock_state_of(head, flags);
+        (*event).sock = sock_state_of(head, addrs, flags);
         (*event).netns = netns;
         // The helper writes the NUL-padded name straight into the record; on failure it
         // zeroes the buffer.
