@@ -128,7 +128,9 @@ trait Addrs {
     /// The local and remote addresses, 16 bytes each (IPv4 in the first four).
     fn both(&self, family: u16) -> ([u8; 16], [u8; 16]);
     /// A field of the socket, or of a struct the socket points to (`base` read from the
-    /// socket by this same method), at a loader-set offset; `None` if it cannot be read.
+    /// socket by this same method), at a loader-set offset. The classic program reads it with
+    /// a helper (`None` if that fails); the `tp_btf` program loads it directly, which always
+    /// gives a value (a faulting load reads as zero, for a live socket it never faults).
     fn field_of<T: Copy + Default>(&self, base: u64, offset: u32) -> Option<T>;
     /// The socket's address.
     fn sk(&self) -> u64;

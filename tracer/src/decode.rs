@@ -45,8 +45,9 @@ pub fn decode_any(bytes: &[u8]) -> Result<Decoded, DecodeError> {
 /// number of records is an error.
 pub fn held_files(bytes: &[u8]) -> Result<Vec<HeldFile>, DecodeError> {
     if !bytes.len().is_multiple_of(HELD_FILE_SIZE) {
+        // The torn last record's length.
         return Err(DecodeError::Size {
-            size: bytes.len(),
+            size: bytes.len() % HELD_FILE_SIZE,
             expected: HELD_FILE_SIZE,
         });
     }

@@ -8,8 +8,8 @@
 ///
 /// At full churn, 20 of the 50 MiB peak RSS were huge pages the allocator had asked for and
 /// barely filled; without them the peak was 36 MiB for the same CPU per event (measured with
-/// `cargo xtask bench --modes none,tracer`, docs/bench.md). Best effort: on a kernel without
-/// THP the call fails and changes nothing, which is what it is for.
+/// `cargo xtask bench --modes none,tracer`, docs/bench.md). Best effort: a failure changes
+/// nothing but the peak.
 pub fn no_huge_pages() {
     // Before the logger exists: nothing to say either way.
     let _ = nix::sys::prctl::set_thp_disable(true);

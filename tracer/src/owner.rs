@@ -443,8 +443,10 @@ pub fn scan_costed(
 type HeldFiles = (Vec<Held>, Vec<(u32, u32)>);
 
 /// Every socket descriptor and every namespace-file descriptor, as one run of the held-file
-/// iterator lists them (see [`crate::decode::held_files`]); a descriptor the kernel listed
-/// twice (a thread with a descriptor table of its own) is kept once.
+/// iterator lists them (see [`crate::decode::held_files`]). The kernel lists a table once per
+/// task that does not share its leader's: a thread with a table of its own (its own
+/// descriptors, under the process's pid) or the threads of a process whose leader has exited
+/// (the same descriptors again); only exact repeats are dropped.
 fn iterated_files(mut files: std::fs::File) -> std::io::Result<HeldFiles> {
     use std::io::Read as _;
     let mut bytes = Vec::new();
@@ -463,8 +465,8 @@ fn iterated_files(mut files: std::fs::File) -> std::io::Result<HeldFiles> {
             _ => {}
         }
     }
-    held.sort_unstable_by_key(|h| (h.pid, h.fd));
-    held.dedup_by_key(|h| (h.pid, h.fd));
+    held.sort_unstable_by_key(|h| (h.pid, h.fd, h.inode));
+    held.dedup_by_key(|h| (h.pid, h.fd, h.inode));
     namespaces.sort_unstable();
     namespaces.dedup();
     Ok((held, namespaces))

@@ -152,7 +152,7 @@ impl Probe {
             attach(&mut ebpf, filter.hook, &offsets, &missing, btf.as_ref())?;
         let held_files = files.and_then(|()| match &btf {
             Some(Ok(btf)) => load_held_files(&mut ebpf, btf).and_then(|()| pids_agree(&mut ebpf)),
-            Some(Err(e)) => Err(format!("reading the kernel's BTF: {e}")),
+            Some(Err(e)) => Err(format!("reading the kernel's BTF: {}", error_chain(e))),
             None => Err("the kernel's BTF was not read".to_owned()),
         });
         if let Err(why) = &held_files {
@@ -216,12 +216,19 @@ impl Probe {
     /// A fresh run of the held-file iterator: a file to read to its end, a
     /// [`tracer_common::HeldFile`] record (24 bytes) for every socket and namespace file
     /// descriptor of every process, as the kernel walks them. `None` where the iterator is not loaded (see
-    /// [`Probe::load`]'s `-v` line) or the kernel refuses a run: the caller walks `/proc`.
+    /// [`Probe::load`]'s `-v` line) or the kernel refuses a run (said once; the iterator is
+    /// not tried again): the caller walks `/proc`.
     pub fn held_files(&mut self) -> Option<fs::File> {
         self.held_files.as_ref().ok()?;
-        run_held_files(&mut self.ebpf)
-            .map_err(|e| log::warn!("held-file iterator: {e}; walking /proc/*/fd"))
-            .ok()
+        match run_held_files(&mut self.ebpf) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                // Said once: later lookups walk /proc without asking the kernel again.
+                log::warn!("held-file iterator: {e}; owner lookups walk /proc/*/fd from now on");
+                self.held_files = Err(e);
+                None
+            }
+        }
     }
 
     /// Events dropped in the kernel because the ring buffer was full, summed over CPUs.
@@ -303,7 +310,7 @@ fn attach(
                 Some(Ok(btf)) => attach_btf(ebpf, btf),
                 Some(Err(e)) => Err(aya_error(
                     "reading the kernel's BTF",
-                    io::Error::other(e.to_string()),
+                    io::Error::other(error_chain(e)),
                 )),
                 None => Err(aya_error(
                     "reading the kernel's BTF",

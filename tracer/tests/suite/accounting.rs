@@ -77,8 +77,9 @@ fn an_overloaded_ring_buffer_is_counted_by_type_in_both_destinations() {
     overload_and_account(Duration::from_millis(300));
 }
 
-/// Stopped straight after the burst, the tracer reads the last losses after its last 100 ms
-/// tick: they still get a `lost` record, so the records add up to the summary.
+/// Stopped as soon as the burst's connections have closed, the tracer reads the last losses
+/// after its last 100 ms tick: they still get a `lost` record, so the records add up to the
+/// summary.
 #[test]
 #[ignore = "needs root and BPF"]
 fn losses_after_the_last_tick_get_a_lost_record_before_the_summary() {

@@ -103,8 +103,9 @@ pub fn churn(addr: SocketAddr, count: usize, threads: usize) {
     }
 }
 
-/// Waits (up to [`super::WAIT`]) until every connection on `port` in the calling thread's
-/// network namespace has finished closing: only the listener and TIME_WAIT sockets left. A
+/// Waits (up to [`super::WAIT`]) until every IPv4 connection on `port` in the calling thread's
+/// network namespace has finished closing (`/proc/thread-self/net/tcp`: the load of this
+/// module is IPv4): only the listener and TIME_WAIT sockets left. A
 /// burst's last transitions can run after its threads return (a FIN handled later by
 /// ksoftirqd); a tracer stopped before them would miss what an oracle stopped after sees.
 pub fn wait_closed(port: u16) {
