@@ -66,6 +66,14 @@ pub fn held_files(bytes: &[u8]) -> Result<Vec<HeldFile>, DecodeError> {
         .collect())
 }
 
+/// [`held_files`] of everything `run` gives (a run of the iterator, read to its end); a
+/// decoding error comes back as [`std::io::ErrorKind::Other`].
+pub fn read_held_files(mut run: impl std::io::Read) -> std::io::Result<Vec<HeldFile>> {
+    let mut bytes = Vec::new();
+    run.read_to_end(&mut bytes)?;
+    held_files(&bytes).map_err(std::io::Error::other)
+}
+
 /// Local and remote address of a record of `family` (IPv4 in the first 4 bytes); `None` for a
 /// family other than `AF_INET` and `AF_INET6`.
 pub fn addresses(family: u16, saddr: &[u8; 16], daddr: &[u8; 16]) -> Option<(IpAddr, IpAddr)> {

@@ -447,11 +447,8 @@ type HeldFiles = (Vec<Held>, Vec<(u32, u32)>);
 /// task that does not share its leader's: a thread with a table of its own (its own
 /// descriptors, under the process's pid) or the threads of a process whose leader has exited
 /// (the same descriptors again); only exact repeats are dropped.
-fn iterated_files(mut files: std::fs::File) -> std::io::Result<HeldFiles> {
-    use std::io::Read as _;
-    let mut bytes = Vec::new();
-    files.read_to_end(&mut bytes)?;
-    let listed = crate::decode::held_files(&bytes).map_err(std::io::Error::other)?;
+fn iterated_files(files: std::fs::File) -> std::io::Result<HeldFiles> {
+    let listed = crate::decode::read_held_files(files)?;
     let mut held = Vec::with_capacity(listed.len());
     let mut namespaces = Vec::new();
     for f in listed {

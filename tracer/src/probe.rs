@@ -341,13 +341,17 @@ fn files_possible(offsets: &KernelOffsets) -> Result<(), String> {
     Ok(())
 }
 
-/// One run of the loaded held-file iterator: its file, to read to the end.
-fn run_held_files(ebpf: &mut Ebpf) -> Result<fs::File, String> {
-    let program: &mut Iter = ebpf
-        .program_mut(PROGRAM_HELD_FILES)
+/// The `iter/task_file` program in the object.
+fn held_files_program(ebpf: &mut Ebpf) -> Result<&mut Iter, String> {
+    ebpf.program_mut(PROGRAM_HELD_FILES)
         .ok_or_else(|| format!("no program {PROGRAM_HELD_FILES} in the eBPF object"))?
         .try_into()
-        .map_err(|e| format!("reading the program: {e}"))?;
+        .map_err(|e| format!("reading the program: {e}"))
+}
+
+/// One run of the loaded held-file iterator: its file, to read to the end.
+fn run_held_files(ebpf: &mut Ebpf) -> Result<fs::File, String> {
+    let program = held_files_program(ebpf)?;
     let id = program.attach().map_err(|e| error_chain(&e))?;
     let link = program.take_link(id).map_err(|e| error_chain(&e))?;
     link.into_file().map_err(|e| error_chain(&e))
@@ -359,7 +363,6 @@ fn run_held_files(ebpf: &mut Ebpf) -> Result<fs::File, String> {
 /// lookup would name the wrong processes. Checked on a namespace file held open for it: the
 /// iterator must list it under this process's pid.
 fn pids_agree(ebpf: &mut Ebpf) -> Result<(), String> {
-    use std::io::Read as _;
     use std::os::unix::fs::MetadataExt as _;
     let marker = fs::File::open("/proc/self/ns/net")
         .map_err(|e| format!("opening /proc/self/ns/net: {e}"))?;
@@ -367,11 +370,8 @@ fn pids_agree(ebpf: &mut Ebpf) -> Result<(), String> {
         .metadata()
         .map_err(|e| format!("reading /proc/self/ns/net: {e}"))?
         .ino();
-    let mut bytes = Vec::new();
-    run_held_files(ebpf)?
-        .read_to_end(&mut bytes)
+    let listed = crate::decode::read_held_files(run_held_files(ebpf)?)
         .map_err(|e| format!("reading a run: {e}"))?;
-    let listed = crate::decode::held_files(&bytes).map_err(|e| e.to_string())?;
     let fd = u32::try_from(marker.as_raw_fd()).unwrap_or(u32::MAX);
     let me = std::process::id();
     let found = listed
@@ -389,12 +389,7 @@ fn pids_agree(ebpf: &mut Ebpf) -> Result<(), String> {
 
 /// Loads (without attaching) the `iter/task_file` program.
 fn load_held_files(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
-    let program: &mut Iter = ebpf
-        .program_mut(PROGRAM_HELD_FILES)
-        .ok_or_else(|| format!("no program {PROGRAM_HELD_FILES} in the eBPF object"))?
-        .try_into()
-        .map_err(|e| format!("reading the program: {e}"))?;
-    program
+    held_files_program(ebpf)?
         .load("task_file", btf)
         .map_err(|e| format!("loading iter/task_file: {}", error_chain(&e)))
 }

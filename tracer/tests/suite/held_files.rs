@@ -5,7 +5,6 @@
 
 use std::{
     collections::BTreeSet,
-    io::Read as _,
     net::{TcpListener, TcpStream, UdpSocket},
     os::{
         fd::{AsRawFd as _, OwnedFd},
@@ -62,12 +61,10 @@ fn the_iterator_lists_the_sockets_and_namespaces_procfs_lists() {
         .unwrap();
     let _guard = runtime.enter();
     let (mut probe, _ring) = Probe::load(&filter).unwrap_or_else(|e| panic!("loading: {e:#}"));
-    let mut file = probe
+    let file = probe
         .held_files()
         .expect("the socket-file iterator loads on every supported kernel (5.10+)");
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).unwrap();
-    let listed = decode::held_files(&bytes).unwrap();
+    let listed = decode::read_held_files(file).unwrap();
 
     let me = std::process::id();
     let from_iterator: BTreeSet<(u32, i32, u64)> = listed
