@@ -19,7 +19,6 @@
 //! exactly.
 
 use std::{
-    borrow::Cow,
     cell::RefCell,
     io::{self, Write},
     ops::Range,
@@ -41,7 +40,7 @@ use nix::sys::{
 use crate::{
     delivery::{ByType, Destination, Kind},
     record::Record,
-    sink::{Filter, Sink},
+    sink::{Filter, Shown, Sink},
 };
 
 /// Formatted bytes that may wait for a destination's writer: `--output-buffer`.
@@ -269,7 +268,7 @@ impl Output {
             Ok(()) => {
                 self.mark(kind);
                 let end = self.chunk.0.borrow().len();
-                matches!(shown, Cow::Borrowed(_)).then_some(start..end)
+                matches!(shown, Shown::Unchanged(_)).then_some(start..end)
             }
             Err(e) => {
                 log::debug!("could not format a {} record: {e}", record.type_name());
@@ -286,7 +285,7 @@ impl Output {
     fn copy_record(&mut self, record: &Record, line: &[u8]) {
         match self.filter.apply(record) {
             None => {}
-            Some(Cow::Borrowed(_)) => {
+            Some(Shown::Unchanged(_)) => {
                 let kind = Kind::of(record);
                 if let Some(kind) = kind {
                     self.shown.add(kind, 1);
@@ -294,7 +293,7 @@ impl Output {
                 self.chunk.0.borrow_mut().extend_from_slice(line);
                 self.mark(kind);
             }
-            Some(Cow::Owned(_)) => {
+            Some(Shown::Changed(_)) => {
                 self.format_record(record);
             }
         }

@@ -715,17 +715,29 @@ pub struct SkAddr(pub u64);
 impl SkAddr {
     /// The hex text, on the stack.
     pub fn text(self) -> SkAddrText {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let digits = (16 - self.0.leading_zeros() as usize / 4).max(1);
+        let len = Self::text_len(self.0);
         let mut bytes = [0u8; 18];
-        bytes[0] = b'0';
-        bytes[1] = b'x';
-        for i in 0..digits {
-            bytes[1 + digits - i] = HEX[(self.0 >> (i * 4)) as usize & 0xf];
-        }
+        Self::write(&mut bytes[..len], self.0);
         SkAddrText {
             bytes,
-            len: 2 + digits as u8,
+            len: len as u8,
+        }
+    }
+
+    /// How long the text of the address `addr` is: `0x` and 1 to 16 digits.
+    pub fn text_len(addr: u64) -> usize {
+        2 + (16 - addr.leading_zeros() as usize / 4).max(1)
+    }
+
+    /// Writes the text of `addr` into `text`, which is [`SkAddr::text_len`] long.
+    pub fn write(text: &mut [u8], addr: u64) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        text[0] = b'0';
+        text[1] = b'x';
+        let digits = &mut text[2..];
+        let n = digits.len();
+        for (i, digit) in digits.iter_mut().enumerate() {
+            *digit = HEX[(addr >> ((n - 1 - i) * 4)) as usize & 0xf];
         }
     }
 

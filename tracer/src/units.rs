@@ -111,6 +111,11 @@ pub struct Rfc3339 {
 }
 
 impl Rfc3339 {
+    /// The text's bytes (always ASCII).
+    pub fn as_bytes(&self) -> &[u8; 27] {
+        &self.bytes
+    }
+
     /// The text.
     pub fn as_str(&self) -> &str {
         // Only ASCII digits and separators are ever stored.

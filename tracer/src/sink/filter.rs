@@ -2,7 +2,7 @@
 //! shows what the flags ask for (`--no-transitions`, `--timelines`, `--pid`), while the export
 //! takes everything.
 
-use std::{borrow::Cow, collections::HashSet};
+use std::{collections::HashSet, ops::Deref};
 
 use crate::record::Record;
 
@@ -38,7 +38,7 @@ impl Filter {
 
     /// The record as this sink shows it, or `None`. A digest keeps only the wanted processes
     /// (and is dropped when none is left).
-    pub fn apply<'a>(&self, record: &'a Record) -> Option<Cow<'a, Record>> {
+    pub fn apply<'a>(&self, record: &'a Record) -> Option<Shown<'a>> {
         let keep = match record {
             Record::Transition(r) => self.transitions && self.wanted(r.pid),
             Record::Timeline(r) => self.timelines && self.wanted(r.pid),
@@ -48,11 +48,32 @@ impl Filter {
                 let mut d = d.clone();
                 d.processes.retain(|p| self.wanted(p.pid));
                 d.stuck = d.processes.iter().map(|p| p.count).sum();
-                return (d.stuck > 0).then_some(Cow::Owned(Record::Digest(d)));
+                return (d.stuck > 0).then(|| Shown::Changed(Box::new(Record::Digest(d))));
             }
             _ => true,
         };
-        keep.then_some(Cow::Borrowed(record))
+        keep.then_some(Shown::Unchanged(record))
+    }
+}
+
+/// A record as a [`Filter`] lets it through: a pointer, not a copy, so that the hot path does
+/// not move a whole [`Record`] for each one.
+#[derive(Debug)]
+pub enum Shown<'a> {
+    /// The record as the engine made it.
+    Unchanged(&'a Record),
+    /// A record the filter cut down (a digest of fewer processes).
+    Changed(Box<Record>),
+}
+
+impl Deref for Shown<'_> {
+    type Target = Record;
+
+    fn deref(&self) -> &Record {
+        match self {
+            Shown::Unchanged(r) => r,
+            Shown::Changed(r) => r,
+        }
     }
 }
 
@@ -69,7 +90,7 @@ mod tests {
             .iter()
             .filter_map(|r| filter.apply(r))
             .map(|r| {
-                let pid = match r.as_ref() {
+                let pid = match &*r {
                     Record::Transition(t) => t.pid,
                     Record::Timeline(t) => t.pid,
                     _ => None,
@@ -138,8 +159,11 @@ mod tests {
             pids: HashSet::from([pid]),
             ..Filter::everything()
         };
-        let Some(Record::Digest(d)) = only(1).apply(&digest).map(Cow::into_owned) else {
-            panic!("the digest of pid 1 is kept");
+        let Some(Shown::Changed(kept)) = only(1).apply(&digest) else {
+            panic!("the digest of pid 1 is kept, cut down");
+        };
+        let Record::Digest(d) = *kept else {
+            panic!("a digest stays a digest");
         };
         assert_eq!((d.stuck, d.processes.len()), (2, 1));
         assert!(only(2).apply(&digest).is_none());

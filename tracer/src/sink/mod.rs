@@ -8,7 +8,7 @@ pub mod unattended;
 
 use std::io;
 
-pub use filter::Filter;
+pub use filter::{Filter, Shown};
 pub use json::JsonSink;
 pub use text::TextSink;
 

@@ -69,7 +69,7 @@ impl Live {
         } else {
             for record in batch {
                 if let Some(kept) = self.filter.apply(record) {
-                    self.top.observe([kept.as_ref()]);
+                    self.top.observe([&*kept]);
                 }
             }
         }
