@@ -49,10 +49,11 @@ pub const PORT_BITMAP_WORDS: u32 = 1024;
 /// Default size of the ring buffer in bytes (must be a power of two multiple of the page size).
 ///
 /// Sized from the event rate: full connection churn on two cores makes about 300,000
-/// transitions a second, 120 bytes each in the ring (record and header), about 36 MB/s. 8 MiB
-/// holds about a quarter of a second of that: the longest the reader may be held off
-/// without a loss. The reader maps the ring, so its pages count in the tracer's RSS.
-pub const DEFAULT_RING_BUFFER_BYTES: u32 = 8 << 20;
+/// transitions a second, 120 bytes each in the ring (record and header), about 36 MB/s. 4 MiB
+/// holds about 115 ms of that: the longest the reader may be held off without a loss. At
+/// full churn, 18 runs with 4 MiB lost nothing, nor did runs with 1 and 2 MiB (docs/bench.md).
+/// The reader maps the ring's pages twice, so twice its size counts in the tracer's RSS.
+pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
 
 /// Bytes a [`TcpStateEvent`] takes in the ring buffer: the event and the ring's 8-byte record
 /// header, rounded up to 8 bytes as the kernel does.

@@ -61,7 +61,7 @@ impl Buffer {
 
     /// The default for a ring buffer of `ring_buffer_bytes`: room for as many records as the
     /// ring buffer holds events, so that a reader held off for as long as the ring buffer can
-    /// wait loses nothing either. 8 MiB of ring buffer (69,905 events of 120 bytes) gives 26 MiB.
+    /// wait loses nothing either. 4 MiB of ring buffer (34,952 events of 120 bytes) gives 13 MiB.
     pub fn default_for(ring_buffer_bytes: u32) -> Self {
         let events = tracer_common::ring_buffer_events(ring_buffer_bytes);
         let bytes = events.saturating_mul(Self::RECORD_BYTES);

@@ -465,7 +465,8 @@ fn daemonset_grants_what_the_binary_needs() {
             .any(|m| m["mountPath"] == "/sys/kernel/tracing"),
         "tracefs: mounting it in the pod would need CAP_SYS_ADMIN"
     );
-    // Resources from the bench: ~25 MiB peak RSS plus the 8 MiB ring buffer.
+    // Resources from the bench: peak RSS counts the ring buffer twice and, at most, the
+    // output buffer sized from it (13 MiB for the default 4 MiB ring).
     let mib = |v: &serde_norway::Value| {
         v.as_str()
             .and_then(|s| s.strip_suffix("Mi"))
