@@ -4,7 +4,7 @@
 //! reused address starts a new one. Memory is bounded by the number of live sockets, with a
 //! hard cap that evicts the oldest (and counts it).
 
-use std::collections::BTreeMap;
+use std::collections::{hash_map::Entry, BTreeMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -158,6 +158,29 @@ struct Conn {
 }
 
 impl Conn {
+    /// A socket first seen in `t`: from its birth, or from the state it was in.
+    fn new(seq: u64, t: &Transition, born: bool) -> Self {
+        // Room for a connection's whole life (five states from birth to its end, six for a
+        // simultaneous close): the history never reallocates on the event loop.
+        let mut steps = Vec::with_capacity(6);
+        if !born {
+            steps.push(Step {
+                state: t.old,
+                enter_ns: None,
+                duration_ns: None,
+                inferred: false,
+            });
+        }
+        Self {
+            seq,
+            endpoints: t.endpoints(),
+            netns: t.netns,
+            from_birth: born,
+            owner: None,
+            steps,
+        }
+    }
+
     fn into_timeline(mut self, skaddr: u64, outcome: Outcome) -> Timeline {
         if outcome == Outcome::Open {
             if let Some(last) = self.steps.last_mut() {
@@ -254,10 +277,19 @@ impl Tracker {
                     .push(stale.into_timeline(t.skaddr, Outcome::Open));
             }
         }
-        if !self.conns.contains_key(&t.skaddr) {
-            self.insert(t, born);
+        if self.conns.len() >= self.cap && !self.conns.contains_key(&t.skaddr) {
+            self.make_room();
         }
-        let conn = self.conns.get_mut(&t.skaddr).expect("inserted above");
+        // One lookup per event: the entry is found or made in place.
+        let conn = match self.conns.entry(t.skaddr) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.order.insert(seq, t.skaddr);
+                e.insert(Conn::new(seq, t, born))
+            }
+        };
         conn.endpoints = t.endpoints();
         conn.netns = t.netns;
         if conn.owner.is_none() {
@@ -316,7 +348,8 @@ impl Tracker {
             .collect()
     }
 
-    fn insert(&mut self, t: &Transition, born: bool) {
+    /// Evicts the oldest sockets until one more fits under the cap.
+    fn make_room(&mut self) {
         while self.conns.len() >= self.cap {
             let Some((_, oldest)) = self.order.pop_first() else {
                 break;
@@ -324,31 +357,6 @@ impl Tracker {
             self.conns.remove(&oldest);
             self.evicted += 1;
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        // Room for a connection's whole life (five states from birth to its end, six for a
-        // simultaneous close): the history never reallocates on the event loop.
-        let mut steps = Vec::with_capacity(6);
-        if !born {
-            steps.push(Step {
-                state: t.old,
-                enter_ns: None,
-                duration_ns: None,
-                inferred: false,
-            });
-        }
-        self.order.insert(seq, t.skaddr);
-        self.conns.insert(
-            t.skaddr,
-            Conn {
-                seq,
-                endpoints: t.endpoints(),
-                netns: t.netns,
-                from_birth: born,
-                owner: None,
-                steps,
-            },
-        );
     }
 
     fn remove(&mut self, skaddr: u64) -> Option<Conn> {
