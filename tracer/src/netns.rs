@@ -135,10 +135,18 @@ impl Finder {
     }
 
     fn add_if_net(&mut self, link: &Path) {
-        let is_netns = std::fs::read_link(link)
+        // The link's text sorts out the many descriptors that are no namespace at all.
+        let named_net = std::fs::read_link(link)
             .is_ok_and(|target| target.to_string_lossy().starts_with("net:["));
-        if is_netns {
-            self.add_path(link);
+        if !named_net || inode_of(link).is_some_and(|inode| self.seen.contains(&inode)) {
+            return;
+        }
+        // What is opened is checked again: the descriptor may have been closed and reused
+        // for another file since its link was read.
+        if let Ok(ns) = Netns::open(link) {
+            if is_net_namespace(&ns.file) {
+                self.add(ns);
+            }
         }
     }
 
@@ -200,6 +208,16 @@ fn unescape(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Is `file` a network namespace? `ioctl(NS_GET_NSTYPE)` (Linux 4.11) answers for an nsfs
+/// file and fails for any other.
+fn is_net_namespace(file: &File) -> bool {
+    // `_IO(0xb7, 0x3)` in <linux/nsfs.h>.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: an ioctl without an argument on a descriptor `file` keeps open.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    kind == libc::CLONE_NEWNET
+}
+
 /// Opens the network namespace of a socket another process holds: duplicate the descriptor
 /// with `pidfd_getfd`, then `ioctl(SIOCGSKNS)`.
 fn socket_netns(pid: u32, fd: i32) -> io::Result<Netns> {
@@ -246,6 +264,23 @@ mod tests {
         let me = Netns::current().unwrap();
         let inside = in_netns(&me, || Ok(inode_of(Path::new("/proc/thread-self/ns/net")))).unwrap();
         assert_eq!(inside, Some(me.inode));
+    }
+
+    /// A descriptor is added only when what it opens is a network namespace: another
+    /// namespace file, or a plain file, is not (the kind is checked on the opened file).
+    #[test]
+    fn only_network_namespaces_are_added_from_descriptors() {
+        let opened = |path: &str| File::open(path).unwrap();
+        assert!(is_net_namespace(&opened("/proc/self/ns/net")));
+        assert!(!is_net_namespace(&opened("/proc/self/ns/uts")));
+        assert!(!is_net_namespace(&opened("/proc/self/status")));
+        let uts = opened("/proc/self/ns/uts");
+        let net = opened("/proc/self/ns/net");
+        let mut f = Finder::default();
+        f.add_descriptor(std::process::id(), uts.as_raw_fd() as u32);
+        assert!(f.found().is_empty());
+        f.add_descriptor(std::process::id(), net.as_raw_fd() as u32);
+        assert_eq!(f.found().len(), 1);
     }
 
     #[test]
