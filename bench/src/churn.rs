@@ -84,7 +84,10 @@ pub struct Load {
 #[derive(Clone, Debug, clap::Parser)]
 #[command(
     name = "churn",
-    about = "The bench's load: short loopback connections of one shape"
+    about = "The bench's load: short loopback connections of one shape",
+    after_help = "It starts when a line `go` comes on stdin (the bench sends it once the \
+                  observer is attached), and prints one JSON object per line on stdout.\n\n\
+                  Example: echo go | ip netns exec NS churn --port 5555 --connections 100000"
 )]
 pub struct ChurnArgs {
     /// Connections to make.

@@ -48,6 +48,7 @@ pub mod metrics;
 mod netns;
 pub mod output;
 mod owner;
+pub mod printable;
 pub mod probe;
 pub mod reads;
 pub mod record;

@@ -1,8 +1,9 @@
 //! The diagnosis in text: two or three short lines under a report, everything with `-v`.
 
-use std::fmt::Write as _;
+use std::{borrow::Cow, fmt::Write as _};
 
 use super::{Diagnosis, FdSocket, Frame, ThreadDiagnosis};
+use crate::printable::printable;
 
 /// Lines to print under a report (without indentation): the pressure line, the thread groups
 /// with the first blocked thread, and where it is in the code. With `detail`, every listed
@@ -65,7 +66,12 @@ pub fn lines(d: &Diagnosis, detail: bool) -> Vec<String> {
 /// `thread 4242 (worker-3) blocked in read() on fd 9: TCP 10.0.0.2:51000 -> 10.0.0.5:5432
 /// ESTABLISHED`.
 pub fn thread(t: &ThreadDiagnosis) -> String {
-    let mut s = format!("thread {} ({}) blocked in {}", t.tid, t.name, t.blocked_in);
+    let mut s = format!(
+        "thread {} ({}) blocked in {}",
+        t.tid,
+        printable(&t.name),
+        t.blocked_in
+    );
     if let Some(fd) = t.fd {
         let _ = write!(s, " on fd {fd}");
         if t.on_stuck_socket {
@@ -76,7 +82,7 @@ pub fn thread(t: &ThreadDiagnosis) -> String {
                 let _ = write!(s, ": {}", socket(sock));
             }
             (None, Some(target)) => {
-                let _ = write!(s, ": {target}");
+                let _ = write!(s, ": {}", printable(target));
             }
             (None, None) => {}
         }
@@ -97,7 +103,7 @@ pub fn last_read(r: &crate::reads::LastReadReport) -> String {
             format!("{} bytes", r.bytes)
         },
         r.tid,
-        r.thread
+        printable(&r.thread)
     );
     if let Some(now) = &r.now_blocked_in {
         let _ = write!(s, ", which is now blocked in {now}");
@@ -123,10 +129,12 @@ pub fn frame(f: &Frame) -> String {
     let module = f
         .module
         .as_deref()
-        .map(|m| m.rsplit('/').next().unwrap_or(m));
-    match (&f.function, &f.file, f.line) {
+        .map(|m| printable(m.rsplit('/').next().unwrap_or(m)));
+    let function = f.function.as_deref().map(printable);
+    let file = f.file.as_deref().map(printable);
+    match (function, file, f.line) {
         (Some(func), Some(file), Some(line)) => format!("{func} ({file}:{line})"),
-        (Some(func), _, _) => format!("{func} in {}", module.unwrap_or("?")),
+        (Some(func), _, _) => format!("{func} in {}", module.unwrap_or(Cow::Borrowed("?"))),
         (None, _, _) => match module {
             Some(m) => format!("{:#x} in {m}", f.addr),
             None => format!("{:#x} (anonymous memory: JIT-compiled code?)", f.addr),

@@ -300,7 +300,7 @@ fn the_default_buffer_holds_a_full_ring_buffer_of_records() {
     }
     assert_eq!(
         Buffer::default_for(tracer_common::DEFAULT_RING_BUFFER_BYTES).bytes,
-        13 << 20
+        19 << 20
     );
 }
 

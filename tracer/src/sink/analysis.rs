@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{record::AnalysisRecord, units::ms};
+use crate::{printable::printable_or, record::AnalysisRecord, units::ms};
 
 /// Findings listed one by one in text; the JSON record has them all.
 const LISTED: usize = 20;
@@ -85,7 +85,7 @@ fn close_wait(out: &mut String, r: &AnalysisRecord) -> std::fmt::Result {
             out,
             "{:<8} {:<16} {:>8} {:>12}",
             p.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
-            p.comm.as_deref().unwrap_or("-"),
+            printable_or(p.comm.as_deref(), "-"),
             p.sockets,
             p.oldest_ms
         )?;
@@ -101,7 +101,7 @@ fn close_wait(out: &mut String, r: &AnalysisRecord) -> std::fmt::Result {
             if f.age_at_least { ">=" } else { "" },
             f.age_ms,
             f.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
-            f.comm.as_deref().unwrap_or("-"),
+            printable_or(f.comm.as_deref(), "-"),
             endpoint(f.laddr, f.lport),
             endpoint(f.raddr, f.rport),
             f.left_to

@@ -307,3 +307,46 @@ fn summary_says_not_available_where_the_kernel_counts_no_skipped_runs() {
         super::text::summary(&s)
     );
 }
+
+/// A process names itself (`prctl(PR_SET_NAME)`) with a newline, an escape sequence and a
+/// backslash: each of its records stays one line of text, its name escaped; JSON keeps it as
+/// it is, escaped by serde.
+#[test]
+fn a_process_name_cannot_break_a_text_line() {
+    let name = "a\nb\u{1b}[2J\\";
+    let mut e = Engine::new(
+        Options {
+            timelines: true,
+            ..Options::default()
+        },
+        WallClock::fixed(EPOCH),
+    );
+    let mut records = Vec::new();
+    for (ts, old, new) in [(MS, 7, 2), (2 * MS, 2, 1), (3 * MS, 1, 7)] {
+        let t = transition(
+            ts,
+            0xffff_8880_0000_3000,
+            "127.0.0.1:40000",
+            "127.0.0.1:8080",
+            old,
+            new,
+        );
+        e.transition_with_cause(by(t, 4242, name), None, &mut records);
+    }
+    let mut sink = TextSink::new(Vec::new(), false);
+    for r in &records {
+        sink.write(r).unwrap();
+    }
+    let text = String::from_utf8(sink.into_inner()).unwrap();
+    assert_eq!(text.lines().count(), records.len(), "{text}");
+    assert!(!text.contains('\u{1b}'), "{text}");
+    assert!(text.contains(r"a\nb\u{1b}[2J\\"), "{text}");
+    let mut json = JsonSink::new(Vec::new());
+    for r in &records {
+        json.write(r).unwrap();
+    }
+    let json = String::from_utf8(json.into_inner()).unwrap();
+    assert_eq!(json.lines().count(), records.len());
+    let first: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(first["comm"], name);
+}

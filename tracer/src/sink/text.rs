@@ -8,6 +8,7 @@ use std::{
 };
 
 use super::Sink;
+use crate::printable::printable_or;
 use crate::{
     delivery::ByType,
     event::TcpState,
@@ -133,7 +134,7 @@ impl<W: Write> TextSink<W> {
             "{:<12} {:<7} {:<16} {:<w$} {:<5} {:<w$} {:<5} {:<12} -> {:<12} {}",
             clock(r.time),
             opt(r.pid),
-            r.comm.as_deref().unwrap_or("-"),
+            printable_or(r.comm.as_deref(), "-"),
             self.column(r.laddr),
             r.lport,
             self.column(r.raddr),
@@ -150,7 +151,7 @@ impl<W: Write> TextSink<W> {
             "{:<12} TIMELINE pid={} comm={} {} -> {} outcome={}{}{}{}{} {}",
             clock(r.time),
             opt(r.pid),
-            r.comm.as_deref().unwrap_or("-"),
+            printable_or(r.comm.as_deref(), "-"),
             endpoint(r.laddr, r.lport),
             endpoint(r.raddr, r.rport),
             r.outcome.name(),
@@ -179,7 +180,7 @@ impl<W: Write> TextSink<W> {
             if r.age_at_least { ">=" } else { "" },
             r.age_ms,
             opt(r.pid),
-            r.comm.as_deref().unwrap_or("-"),
+            printable_or(r.comm.as_deref(), "-"),
             opt(r.fd),
         )?;
         if r.holders.len() > 1 {
@@ -211,7 +212,7 @@ impl<W: Write> TextSink<W> {
                 " (never accepted: waiting in the accept queue of {} held by pid={} comm={})",
                 u.listener.map_or_else(|| "-".to_owned(), |l| l.to_string()),
                 opt(u.listener_pid),
-                u.listener_comm.as_deref().unwrap_or("-"),
+                printable_or(u.listener_comm.as_deref(), "-"),
             ),
             Some(_) => write!(self.line, " (no process holds it)"),
             None => write!(self.line, " ({})", stuck_hint(r.state)),
@@ -243,7 +244,7 @@ impl<W: Write> TextSink<W> {
             r.stuck_ms,
             r.new_state,
             opt(r.pid),
-            r.comm.as_deref().unwrap_or("-"),
+            printable_or(r.comm.as_deref(), "-"),
             endpoint(r.laddr, r.lport),
             endpoint(r.raddr, r.rport),
         )
@@ -277,7 +278,7 @@ impl<W: Write> TextSink<W> {
                 "\n{:<12}   pid={} comm={} stuck={} oldest={}ms",
                 "",
                 opt(p.pid),
-                p.comm.as_deref().unwrap_or("-"),
+                printable_or(p.comm.as_deref(), "-"),
                 p.count,
                 p.oldest_age_ms
             )?;

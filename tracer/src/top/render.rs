@@ -14,7 +14,7 @@ use super::{
     ui::{Mode, Ui},
     MIN_SIZE,
 };
-use crate::forecast::approx;
+use crate::{forecast::approx, printable::printable_or};
 
 /// Colours, or none at all (`NO_COLOR`).
 #[derive(Clone, Copy, Debug)]
@@ -259,7 +259,7 @@ fn processes(frame: &mut Frame, area: Rect, s: &Snapshot, ui: &Ui, p: Palette) {
                     .pid
                     .map_or_else(|| "?".to_owned(), |p| p.to_string()),
             ),
-            Cell::from(r.holder.comm.as_deref().unwrap_or("?").to_owned()),
+            Cell::from(printable_or(r.holder.comm.as_deref(), "?").into_owned()),
         ];
         if containers {
             cells.push(Cell::from(r.container.as_deref().unwrap_or("-").to_owned()));
@@ -319,7 +319,7 @@ fn detail(frame: &mut Frame, area: Rect, s: &Snapshot, ui: &Ui, p: Palette) {
     let title = format!(
         " pid {} {} · {} ",
         h.pid.map_or_else(|| "?".to_owned(), |p| p.to_string()),
-        h.comm.as_deref().unwrap_or("?"),
+        printable_or(h.comm.as_deref(), "?"),
         h.state.name()
     );
     let block = Block::bordered().title(Span::styled(title, p.title()));

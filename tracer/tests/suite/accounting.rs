@@ -237,3 +237,47 @@ fn a_stalled_reader_loses_only_counted_stdout_records_and_never_export_ones() {
         .expect("a lost record reporting the stdout drops");
     assert!(live.dropped.transition > 0 && live.dropped.transition <= dropped.transition);
 }
+
+/// With the default `--output-buffer`, a reader held off while as many transitions as the
+/// default ring buffer holds are made loses none of them: the default holds a ring buffer's
+/// worth of records (issue 12). The burst is 34,000 transitions (the ring holds 34,952), of
+/// connections whose lines carry this test's 15-character names: 16 MB of JSON.
+#[test]
+#[ignore = "needs root and BPF"]
+fn the_default_output_buffer_holds_a_ring_buffer_of_records_for_a_stalled_reader() {
+    support::require_root();
+    let _netns = NetNs::enter();
+    let (listener, addr) = support::listen("127.0.0.1:0");
+    let port_arg = addr.port().to_string();
+    let (mut child, mut err) = support::spawn_piped(&["--json", "-p", &port_arg]);
+    let oracle = Oracle::start(addr.port());
+    let connections = 3_400;
+    let ring = tracer_common::DEFAULT_RING_BUFFER_BYTES;
+    assert!(connections * 10 <= tracer_common::ring_buffer_events(ring));
+    // Nobody reads stdout until the burst is over and the tracer is told to stop.
+    let server = serve(listener, connections);
+    churn(addr, connections, 2);
+    server.join().unwrap();
+    wait_closed(addr.port());
+    thread::sleep(Duration::from_millis(300));
+    let made = oracle.stop();
+    let (status, out) = support::stop_piped(&mut child);
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "{status}: {rest}");
+    let stdout = support::records(&out);
+    let summary = summary_of(&stdout);
+    assert_eq!(
+        summary.stdout.dropped,
+        ByType::default(),
+        "the stalled reader lost records: {summary:?}"
+    );
+    assert_balanced("stdout", &stdout, &summary.stdout);
+    // The loop drains the ring buffer all along; a loaded machine may still lose a few
+    // events there, counted.
+    made.assert_accounts_for(
+        summary.transitions + summary.lost_ringbuf,
+        summary.recursion_misses,
+        &format!("{summary:?}"),
+    );
+}

@@ -151,7 +151,7 @@ pub struct TraceArgs {
     /// Formatted output that may wait for a slow reader, per destination (e.g. 64MiB; K, M
     /// and G are powers of 1024). Past it stdout drops records (counted by type) and the
     /// export holds the tracer until its disk catches up. Default: room for as many records
-    /// as the ring buffer holds events (13 MiB with the default ring buffer)
+    /// as the ring buffer holds events (19 MiB with the default ring buffer)
     #[arg(long, value_name = "SIZE")]
     pub output_buffer: Option<String>,
 
@@ -739,7 +739,7 @@ mod tests {
     #[test]
     fn output_buffer_sizes() {
         let size = |argv: &[&str]| config(argv).map(|c| c.output_buffer.bytes);
-        assert_eq!(size(&[]).unwrap(), 13 << 20);
+        assert_eq!(size(&[]).unwrap(), 19 << 20);
         assert_eq!(
             size(&["--ring-buffer-size", "4096"]).unwrap(),
             Buffer::default_for(4096).bytes
