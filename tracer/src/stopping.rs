@@ -97,7 +97,8 @@ pub(crate) async fn wait_for_writers(
                 stdout.drop_queued();
                 if queued > 0 {
                     eprintln!(
-                        "tracer: {name}: dropping the {queued} records still queued for stdout{}",
+                        "tracer: {name}: dropping up to {queued} records still queued for stdout\
+                         ; the summary counts those dropped{}",
                         exporting(export)
                     );
                 }
