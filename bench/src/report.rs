@@ -356,10 +356,13 @@ pub fn targets_table(targets: &[Target]) -> String {
     out
 }
 
-/// The tracer's bound on formatted output waiting for its writer
-/// (`tracer::output::MAX_QUEUED_BYTES`): memory a slow disk can make it hold, whatever the
+/// The tracer's default bound on formatted output waiting for its writer (`--output-buffer`,
+/// sized from the default ring buffer): memory a slow disk can make it hold, whatever the
 /// number of connections.
-pub const OUTPUT_QUEUE_KIB: u64 = 8 << 10;
+pub fn output_queue_kib() -> u64 {
+    let buffer = tracer::output::Buffer::default_for(tracer::defaults::RING_BUFFER_BYTES);
+    buffer.bytes as u64 >> 10
+}
 /// Growth allowed besides the output queue (allocator slack, a map's capacity step).
 pub const SLACK_KIB: u64 = 2 << 10;
 
@@ -392,7 +395,7 @@ impl Soak {
         let at_end = run.rss_samples.last().map_or(0, |s| s.rss_kib);
         Self {
             timed: None,
-            flat: at_end <= at_tenth + OUTPUT_QUEUE_KIB + SLACK_KIB,
+            flat: at_end <= at_tenth + output_queue_kib() + SLACK_KIB,
             rss_at_tenth_kib: at_tenth,
             rss_at_half_kib: at_half,
             rss_at_end_kib: at_end,
@@ -450,7 +453,7 @@ impl Soak {
         format!(
             "{} connections at {:.0} conn/s, {} events captured, {} lost: RSS {:.1} MiB at 10% \
              of them, {:.1} MiB at 50%, {:.1} MiB at the end (peak {:.1} MiB); allowed growth \
-             {:.0} MiB (the 8 MiB output queue bound + 2 MiB)",
+             {:.0} MiB (the output queue's default bound + 2 MiB)",
             self.run.connections,
             self.run.conn_per_s,
             self.run.captured.unwrap_or(0),
@@ -459,7 +462,7 @@ impl Soak {
             self.rss_at_half_kib as f64 / 1024.0,
             self.rss_at_end_kib as f64 / 1024.0,
             self.run.peak_rss_kib.unwrap_or(0) as f64 / 1024.0,
-            (OUTPUT_QUEUE_KIB + SLACK_KIB) as f64 / 1024.0,
+            (output_queue_kib() + SLACK_KIB) as f64 / 1024.0,
         )
     }
 }

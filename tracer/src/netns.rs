@@ -18,9 +18,6 @@ use std::{
     path::Path,
 };
 
-/// `ioctl` on a socket that opens its network namespace (`include/uapi/linux/sockios.h`).
-const SIOCGSKNS: libc::c_ulong = 0x894C;
-
 /// An open network namespace.
 #[derive(Debug)]
 pub struct Netns {
@@ -118,10 +115,13 @@ impl Finder {
                     self.add_path(&task.path().join("ns/net"));
                 }
             }
-            if !threads_only {
-                if let Ok(fds) = std::fs::read_dir(dir.join("fd")) {
-                    for fd in fds.flatten() {
-                        self.add_if_net(&fd.path());
+            let pid = name.to_string_lossy().parse::<u32>().ok();
+            if let (false, Some(pid), Ok(fds)) =
+                (threads_only, pid, std::fs::read_dir(dir.join("fd")))
+            {
+                for fd in fds.flatten() {
+                    if let Ok(fd) = fd.file_name().to_string_lossy().parse::<u32>() {
+                        self.add_descriptor(pid, fd);
                     }
                 }
             }
@@ -129,23 +129,29 @@ impl Finder {
     }
 
     /// A namespace file process `pid` holds open as descriptor `fd` (one the held-file
-    /// iterator listed), when it is a network namespace's.
+    /// iterator listed, or one of a `/proc/PID/fd` walk), when it is a network namespace's.
+    /// The descriptor itself is duplicated (`pidfd_getfd`) and its kind checked on the copy:
+    /// opening `/proc/PID/fd/N` again could open another file if the number was reused since
+    /// (a FIFO would block the scan), and a check of the link before opening could be stale.
     pub fn add_descriptor(&mut self, pid: u32, fd: u32) {
-        self.add_if_net(Path::new(&format!("/proc/{pid}/fd/{fd}")));
-    }
-
-    fn add_if_net(&mut self, link: &Path) {
+        let link = format!("/proc/{pid}/fd/{fd}");
         // The link's text sorts out the many descriptors that are no namespace at all.
-        let named_net = std::fs::read_link(link)
+        let named_net = std::fs::read_link(&link)
             .is_ok_and(|target| target.to_string_lossy().starts_with("net:["));
-        if !named_net || inode_of(link).is_some_and(|inode| self.seen.contains(&inode)) {
+        if !named_net || inode_of(Path::new(&link)).is_some_and(|inode| self.seen.contains(&inode))
+        {
             return;
         }
-        // What is opened is checked again: the descriptor may have been closed and reused
-        // for another file since its link was read.
-        if let Ok(ns) = Netns::open(link) {
-            if is_net_namespace(&ns.file) {
-                self.add(ns);
+        let Ok(fd) = i32::try_from(fd) else { return };
+        let Ok(copy) = duplicate(pid, fd).map(File::from) else {
+            return;
+        };
+        if is_net_namespace(&copy) {
+            if let Ok(meta) = copy.metadata() {
+                self.add(Netns {
+                    inode: meta.ino(),
+                    file: copy,
+                });
             }
         }
     }
@@ -209,18 +215,17 @@ fn unescape(field: &str) -> String {
 }
 
 /// Is `file` a network namespace? `ioctl(NS_GET_NSTYPE)` (Linux 4.11) answers for an nsfs
-/// file and fails for any other.
+/// file; any other file is first ruled out by its file system (no ioctl reaches its driver).
 fn is_net_namespace(file: &File) -> bool {
-    // `_IO(0xb7, 0x3)` in <linux/nsfs.h>.
-    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
-    // SAFETY: an ioctl without an argument on a descriptor `file` keeps open.
-    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
-    kind == libc::CLONE_NEWNET
+    let nsfs = nix::sys::statfs::fstatfs(file)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC);
+    // SAFETY: an ioctl without an argument on an nsfs descriptor `file` keeps open.
+    nsfs && unsafe { libc::ioctl(file.as_raw_fd(), libc::NS_GET_NSTYPE, 0) } == libc::CLONE_NEWNET
 }
 
-/// Opens the network namespace of a socket another process holds: duplicate the descriptor
-/// with `pidfd_getfd`, then `ioctl(SIOCGSKNS)`.
-fn socket_netns(pid: u32, fd: i32) -> io::Result<Netns> {
+/// A copy of descriptor `fd` of process `pid` (`pidfd_open` and `pidfd_getfd`, Linux 5.6;
+/// `PTRACE_MODE_ATTACH` on the process, which root has).
+fn duplicate(pid: u32, fd: i32) -> io::Result<OwnedFd> {
     let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
     // SAFETY: plain system calls with integer arguments; each returned descriptor is owned at
     // once and closed on drop.
@@ -230,19 +235,29 @@ fn socket_netns(pid: u32, fd: i32) -> io::Result<Netns> {
             return Err(io::Error::last_os_error());
         }
         let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
-        let sock = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
-        if sock < 0 {
+        let copy = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
+        if copy < 0 {
             return Err(io::Error::last_os_error());
         }
-        let sock = OwnedFd::from_raw_fd(sock as i32);
-        let ns = libc::ioctl(sock.as_raw_fd(), SIOCGSKNS as _);
+        Ok(OwnedFd::from_raw_fd(copy as i32))
+    }
+}
+
+/// Opens the network namespace of a socket another process holds: duplicate the descriptor,
+/// then `ioctl(SIOCGSKNS)`.
+fn socket_netns(pid: u32, fd: i32) -> io::Result<Netns> {
+    let sock = duplicate(pid, fd)?;
+    // SAFETY: an ioctl without an argument on a descriptor `sock` keeps open; the descriptor
+    // it returns is owned at once and closed on drop.
+    let file = unsafe {
+        let ns = libc::ioctl(sock.as_raw_fd(), libc::SIOCGSKNS, 0);
         if ns < 0 {
             return Err(io::Error::last_os_error());
         }
-        let file = File::from_raw_fd(ns);
-        let inode = file.metadata()?.ino();
-        Ok(Netns { inode, file })
-    }
+        File::from_raw_fd(ns)
+    };
+    let inode = file.metadata()?.ino();
+    Ok(Netns { inode, file })
 }
 
 #[cfg(test)]
@@ -266,8 +281,10 @@ mod tests {
         assert_eq!(inside, Some(me.inode));
     }
 
-    /// A descriptor is added only when what it opens is a network namespace: another
-    /// namespace file, or a plain file, is not (the kind is checked on the opened file).
+    /// A descriptor is added only when it is a network namespace, checked on a copy of the
+    /// descriptor itself: another namespace file, or a plain file, is not one. (A number
+    /// reused between the link's read and the copy is what the check on the copy guards
+    /// against; that race is not reproduced here.)
     #[test]
     fn only_network_namespaces_are_added_from_descriptors() {
         let opened = |path: &str| File::open(path).unwrap();

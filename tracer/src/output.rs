@@ -66,8 +66,9 @@ impl Buffer {
     pub fn default_for(ring_buffer_bytes: u32) -> Self {
         let events = tracer_common::ring_buffer_events(ring_buffer_bytes);
         let records = events.saturating_mul(Self::RECORD_BYTES);
-        // A chunk is charged its allocation, up to 16 KiB more than the 256 KiB it holds.
-        let bytes = records.saturating_add(records / 16);
+        // A chunk is charged its allocation: a full one, CHUNK_SLACK_BYTES more than it holds.
+        let bytes =
+            records.saturating_add(records.saturating_mul(CHUNK_SLACK_BYTES) / MAX_CHUNK_BYTES);
         // Whole MiB, and at least one chunk's worth.
         let mib = 1 << 20;
         Self {
@@ -92,6 +93,8 @@ pub enum WhenFull {
 
 /// A chunk is handed to the writer once it holds this much (or at the end of a batch).
 const MAX_CHUNK_BYTES: usize = 256 << 10;
+/// Room a chunk is allocated with beyond its size, for the line that fills it.
+const CHUNK_SLACK_BYTES: usize = 16 << 10;
 /// Emptied chunk buffers kept for reuse.
 const SPARE_CHUNKS: usize = 4;
 
@@ -198,7 +201,10 @@ impl Output {
         };
         let chunk = ChunkWriter::default();
         let chunk_bytes = buffer.chunk_bytes();
-        chunk.0.borrow_mut().reserve(chunk_bytes + (16 << 10));
+        chunk
+            .0
+            .borrow_mut()
+            .reserve(chunk_bytes + CHUNK_SLACK_BYTES);
         let mut output = Self {
             sink: sink(chunk.clone()),
             filter,
@@ -385,7 +391,8 @@ impl Output {
             current.clear();
             copy
         } else {
-            let fresh = fresh.unwrap_or_else(|| Vec::with_capacity(self.chunk_bytes + (16 << 10)));
+            let fresh =
+                fresh.unwrap_or_else(|| Vec::with_capacity(self.chunk_bytes + CHUNK_SLACK_BYTES));
             std::mem::replace(&mut *current, fresh)
         };
         let marks = std::mem::take(&mut self.marks);

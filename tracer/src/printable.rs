@@ -6,8 +6,9 @@
 
 use std::borrow::Cow;
 
-/// `text` with every control character, backslash and bidirectional-formatting character
-/// written as Rust escapes it (`\n`, `\u{1}`, `\\`, `\u{202e}`); borrowed when there is none.
+/// `text` with every control character, backslash, line or paragraph separator and
+/// bidirectional-formatting character written as Rust escapes it (`\n`, `\u{1}`, `\\`,
+/// `\u{202e}`); borrowed when there is none.
 pub fn printable(text: &str) -> Cow<'_, str> {
     if !text.chars().any(needs_escape) {
         return Cow::Borrowed(text);
@@ -31,7 +32,13 @@ pub fn printable_or<'a>(text: Option<&'a str>, missing: &'a str) -> Cow<'a, str>
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || c == '\\'
-        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        || matches!(
+            c,
+            // Line and paragraph separators, which some readers split lines on.
+            '\u{2028}' | '\u{2029}'
+            // Unicode's Bidi_Control set.
+            | '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
 }
 
 #[cfg(test)]
@@ -48,6 +55,10 @@ mod tests {
         );
         assert_eq!(printable("\u{1b}[2J"), "\\u{1b}[2J");
         assert_eq!(printable("evil\u{202e}txt"), "evil\\u{202e}txt");
+        assert_eq!(
+            printable("a\u{2028}b\u{2029}c\u{61c}"),
+            "a\\u{2028}b\\u{2029}c\\u{61c}"
+        );
         assert_eq!(printable("tab\there\r"), "tab\\there\\r");
         assert_eq!(printable_or(None, "-"), "-");
         assert_eq!(printable_or(Some("x\ny"), "-"), "x\\ny");

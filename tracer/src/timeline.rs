@@ -683,6 +683,25 @@ mod tests {
         assert_eq!(left, [2, 3]);
     }
 
+    /// At the cap, a tracked socket's next transition evicts nothing, and a birth on the
+    /// address of a tracked socket (its CLOSE never seen) replaces it without evicting another.
+    #[test]
+    fn at_the_cap_only_a_new_socket_evicts() {
+        let mut tracker = Tracker::new(2);
+        tracker.apply(&transition(1, 1, C, S, CLOSE, SYN_SENT));
+        tracker.apply(&transition(2, 2, C, S, CLOSE, SYN_SENT));
+        tracker.apply(&transition(3, 1, C, S, SYN_SENT, ESTABLISHED));
+        assert_eq!((tracker.len(), tracker.evicted()), (2, 0));
+        let done = tracker
+            .apply(&transition(4, 2, C, S, CLOSE, SYN_SENT))
+            .finished;
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].outcome, Outcome::Open);
+        assert_eq!((tracker.len(), tracker.evicted()), (2, 0));
+        let left: Vec<u64> = tracker.flush().iter().map(|t| t.skaddr).collect();
+        assert_eq!(left, [1, 2]);
+    }
+
     #[test]
     fn owner_comes_only_from_syscall_transitions() {
         let mut tracker = Tracker::new(16);

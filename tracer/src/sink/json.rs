@@ -28,7 +28,7 @@ impl<W: Write> JsonSink<W> {
     pub fn new(out: W) -> Self {
         Self {
             out,
-            line: Vec::with_capacity(512),
+            line: Vec::with_capacity(LINE_BYTES),
         }
     }
 
@@ -141,8 +141,8 @@ fn boolean(out: &mut Vec<u8>, b: Option<bool>) {
     });
 }
 
-/// What a transition's line takes but for its strings (the longest is about 560 bytes, with
-/// IPv6 addresses).
+/// What a transition's line takes but for its strings (see [`crate::output::Buffer::RECORD_BYTES`]
+/// for the lengths measured).
 const LINE_BYTES: usize = 640;
 
 /// Appends `len` (at most `N`) bytes that `fill` writes in place. `N` zeros are appended and
@@ -257,8 +257,9 @@ mod tests {
             "ünïcødé ✓",
             "sixteen-bytes-xx",
         ];
-        let addrs: [IpAddr; 6] = [
+        let addrs: [IpAddr; 7] = [
             "127.0.0.1".parse().unwrap(),
+            "10.20.99.5".parse().unwrap(),
             "0.0.0.0".parse().unwrap(),
             "255.255.255.255".parse().unwrap(),
             "::1".parse().unwrap(),
@@ -271,7 +272,12 @@ mod tests {
             time: crate::units::WallTime::from_unix_ns(
                 1_764_057_960_000_000_000 + i * 1_000_123_457,
             ),
-            skaddr: crate::record::SkAddr(0xffff_8881_0000_0000u64 + i * 64),
+            skaddr: crate::record::SkAddr(match i % 4 {
+                0 => 0xffff_8881_0000_0000u64 + i * 64,
+                1 => i,
+                2 => 0xabc + i * 4096,
+                _ => u64::MAX - i,
+            }),
             family: if n.is_multiple_of(2) {
                 Family::Ipv4
             } else {

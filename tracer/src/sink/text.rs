@@ -8,10 +8,10 @@ use std::{
 };
 
 use super::Sink;
-use crate::printable::printable_or;
 use crate::{
     delivery::ByType,
     event::TcpState,
+    printable::printable_or,
     record::{
         CloseWaitRecord, CloseWaitResolvedRecord, DigestRecord, Record, Summary, TimelineRecord,
         TransitionRecord, UnownedReason,

@@ -159,10 +159,16 @@ pub fn render<S: Sink>(c: &Collector<S>, a: &AnalysisRecord) -> String {
         out,
         "<p id=\"report-end\" data-figures=\"{figures}\">End of report. <span id=\"check\">The consistency check needs scripts; the numbers above do not.</span></p>\n\
          <script type=\"application/json\" id=\"report-data\">{}</script>\n<script>{CHECK}</script>\n</footer></body></html>\n",
-        // `</` cannot appear in JSON text written by serde except inside strings: escape it.
-        data.to_string().replace("</", "<\\/")
+        script_json(&data.to_string())
     );
     out
+}
+
+/// JSON text made safe inside `<script>`: every `<` (only ever inside strings: a process name
+/// such as `<!--<script>` would otherwise change how the HTML parser ends the element) is
+/// written as the JSON escape `\u003c`, which parses back to the same string.
+fn script_json(json: &str) -> String {
+    json.replace('<', "\\u003c")
 }
 
 fn losses_banner<S: Sink>(c: &Collector<S>, a: &AnalysisRecord) -> String {
@@ -627,4 +633,20 @@ fn summary_json<S: Sink>(
         "gantt": gantt,
         "figures": figures,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// A name with `<!--<script>` or `</script>` cannot end the report's data element, and the
+    /// data parses back the same.
+    #[test]
+    fn a_process_name_cannot_end_the_report_data_early() {
+        let data = serde_json::json!({
+            "processes": [{"comm": "<!--<script>"}, {"comm": "</script>"}, {"comm": "a<b"}]
+        });
+        let text = super::script_json(&data.to_string());
+        assert!(!text.contains('<'), "{text}");
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, data);
+    }
 }
