@@ -382,11 +382,19 @@ impl Output {
         self.marks.push((end, kind));
     }
 
-    /// Takes the chunk being filled, leaving an empty one. A small chunk is copied out so the
-    /// large buffer stays here; a full one is swapped for a spare.
+    /// Is a chunk of `len` bytes copied out (and charged its length) rather than handed over
+    /// whole (and charged its allocation)? Every chunk not full is: a slow stream ships a
+    /// chunk at the end of each small batch, and charged its whole allocation each would let
+    /// the buffer hold a fraction of the records it is sized for.
+    fn copied(&self, len: usize) -> bool {
+        len < self.chunk_bytes
+    }
+
+    /// Takes the chunk being filled, leaving an empty one. A chunk not full is copied out so
+    /// the large buffer stays here; a full one is swapped for a spare.
     fn take_chunk(&mut self, fresh: Option<Vec<u8>>) -> Chunk {
         let mut current = self.chunk.0.borrow_mut();
-        let bytes = if current.len() < self.chunk_bytes / 4 {
+        let bytes = if self.copied(current.len()) {
             let copy = current.clone();
             current.clear();
             copy
@@ -454,7 +462,7 @@ impl Output {
         }
         let charge = {
             let len = self.chunk.0.borrow().len();
-            if len < self.chunk_bytes / 4 {
+            if self.copied(len) {
                 len
             } else {
                 self.chunk.0.borrow().capacity()
