@@ -240,6 +240,15 @@ impl Session {
         if let Some(mut table) =
             settle(tokio::task::spawn_blocking(move || timed_scan(&wanted, files)).await)
         {
+            if let Some(netns) = config.kernel.netns {
+                // The scan read every namespace there is: a mistyped inode is said now.
+                if !table.netns.contains(&u64::from(netns)) {
+                    log::warn!(
+                        "--netns {netns}: no network namespace has this inode now (`lsns -t net` \
+                         lists them); only one made later with it would be traced"
+                    );
+                }
+            }
             table
                 .entries
                 .retain(|e| config.kernel.matches(e.netns, &e.endpoints));

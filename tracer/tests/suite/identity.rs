@@ -241,3 +241,24 @@ fn process_name_and_thread_name_are_kept_apart() {
     );
     assert_eq!(timeline.netns, Some(support::field::current_netns()));
 }
+
+/// `--netns` with an inode no network namespace has (a typo) is said at start, on stderr; the
+/// tracer still runs (a namespace made later may get it).
+#[test]
+#[ignore = "needs root and BPF"]
+fn an_unknown_netns_is_said_at_start() {
+    support::require_root();
+    let out = support::output(support::tracer_command().args([
+        "--json",
+        "--netns",
+        "123",
+        "--duration",
+        "1s",
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--netns 123: no network namespace has this inode now"),
+        "{stderr}"
+    );
+}
