@@ -20,16 +20,24 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
     /// Modes to run, in this order within a round: our tracer as users run it (to a file, the
-    /// same forced onto the classic tracepoint, with timelines, with an export, through a Python reader, scraped for metrics, with
+    /// same forced onto the classic tracepoint, with timelines, with an export, through a Python
+    /// reader at full churn and paced so that it keeps up, scraped for metrics, with
     /// --track-reads), the
     /// peers (installed from Debian when missing), and bpftrace count-only as the floor.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "none,tracer,tracer-tracepoint,tracer-timelines,tracer-export,tracer-python,tracer-scraped,tracer-track-reads,tcpstates,bpftrace,bpftrace-count"
+        default_value = "none,tracer,tracer-tracepoint,tracer-timelines,tracer-export,tracer-python,tracer-python-paced,tracer-scraped,tracer-track-reads,tcpstates,bpftrace,bpftrace-count"
     )]
     pub modes: Vec<Mode>,
+    /// Connections per second, on average, of the tracer-python-paced mode: a pace its Python
+    /// reader (json.loads on every line) keeps up with on 2 cores beside the churn.
+    #[arg(long, default_value_t = 5_000)]
+    pub python_rate: u64,
+    /// Connections per burst of the tracer-python-paced mode, each burst at full speed.
+    #[arg(long, default_value_t = 1_000)]
+    pub python_burst: u64,
     #[command(flatten)]
     pub load: Load,
     /// Leave the generator's threads unpinned (by default client and server thread i run on

@@ -109,6 +109,13 @@ pub struct ChurnArgs {
     /// is free in it; the soak gives every run the same port, for one long-lived tracer.
     #[arg(long, default_value_t = 0)]
     pub port: u16,
+    /// Pace: connections started per second on average (0: as fast as the cores allow). They
+    /// start in bursts of `--burst`, each at full speed.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Connections per burst when `--rate` paces the churn.
+    #[arg(long, default_value_t = 1_000)]
+    pub burst: u64,
 }
 
 impl ChurnArgs {
@@ -131,6 +138,8 @@ impl ChurnArgs {
         .into_iter()
         .chain(self.pin.then(|| "--pin".to_owned()))
         .chain((self.port != 0).then(|| format!("--port={}", self.port)))
+        .chain((self.rate != 0).then(|| format!("--rate={}", self.rate)))
+        .chain((self.rate != 0).then(|| format!("--burst={}", self.burst)))
         .collect()
     }
 }
@@ -148,6 +157,9 @@ pub enum Message {
 pub fn churn(args: &ChurnArgs) -> Result<()> {
     if args.connections == 0 || args.load.concurrency == 0 {
         bail!("--connections and --concurrency must be positive");
+    }
+    if args.burst == 0 {
+        bail!("--burst must be positive");
     }
     if args.load.client_threads == 0 || args.load.server_threads == 0 || args.destinations == 0 {
         bail!("thread and destination counts must be positive");
@@ -293,6 +305,7 @@ impl State {
             if i >= n {
                 return Ok(());
             }
+            self.wait_for_burst(i)?;
             self.wait_for_room(i)?;
             let host = 1 + (i % u64::from(destinations)) as u32;
             let addr = SocketAddrV4::new(Ipv4Addr::from(0x7f00_0000 | host), self.port);
@@ -303,6 +316,26 @@ impl State {
                 .with_context(|| format!("connection {i}: write"))?;
             drop(stream);
         }
+    }
+
+    /// With `--rate`, waits until the burst of connection `i` is due: burst k starts
+    /// k × burst / rate seconds after the start.
+    fn wait_for_burst(&self, i: u64) -> Result<()> {
+        let (rate, burst) = (self.args.rate, self.args.burst);
+        if rate == 0 {
+            return Ok(());
+        }
+        let first = i / burst * burst;
+        let due = Duration::from_nanos(
+            u64::try_from(u128::from(first) * 1_000_000_000 / u128::from(rate)).unwrap_or(u64::MAX),
+        );
+        while let Some(left) = due.checked_sub(self.start.elapsed()) {
+            if self.abort.load(Ordering::Acquire) {
+                bail!("aborted");
+            }
+            thread::sleep(left.min(Duration::from_millis(50)));
+        }
+        Ok(())
     }
 
     fn wait_for_room(&self, i: u64) -> Result<()> {

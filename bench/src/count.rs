@@ -25,7 +25,7 @@ pub fn capture(
 ) -> Result<Capture> {
     let stderr = fs::read_to_string(errors).unwrap_or_default();
     match mode {
-        Mode::TracerPython => count_python_reader(output),
+        Mode::TracerPython | Mode::TracerPythonPaced => count_python_reader(output),
         Mode::TracerExport => {
             let mut capture = count_tracer(output, port)?;
             let export = export.context("no export file")?;

@@ -146,7 +146,8 @@ fn rounds(plan: &Plan) -> Result<Vec<RunResult>> {
                 plan.args.rounds,
                 mode.describe()
             );
-            let result = runner::run(&plan.tools, mode, &plan.churn, round, SAMPLE_EVERY)?;
+            let churn = plan.churn_for(mode);
+            let result = runner::run(&plan.tools, mode, &churn, round, SAMPLE_EVERY)?;
             eprint!(
                 "bench: {}",
                 report::run_lines(std::slice::from_ref(&result))

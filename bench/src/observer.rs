@@ -103,7 +103,7 @@ impl Observer {
                 if mode == Mode::TracerTrackReads {
                     cmd.arg("--track-reads");
                 }
-                if matches!(mode, Mode::TracerTimelines | Mode::TracerPython) {
+                if mode == Mode::TracerTimelines || mode.is_python() {
                     cmd.arg("--timelines");
                 }
                 if let Some(path) = &export {
@@ -136,14 +136,14 @@ impl Observer {
         let err =
             fs::File::create(&errors).with_context(|| format!("creating {}", errors.display()))?;
         cmd.stdin(Stdio::null()).stderr(err);
-        if mode == Mode::TracerPython {
+        if mode.is_python() {
             cmd.stdout(Stdio::piped());
         } else {
             cmd.stdout(out.try_clone()?);
         }
         let (mut proc, mut child) = Proc::spawn(name, &mut cmd, libc::SIGTERM)?;
         let reader = match (mode, child.stdout.take()) {
-            (Mode::TracerPython, Some(pipe)) => {
+            (mode, Some(pipe)) if mode.is_python() => {
                 let (python, script) = tools.python.as_ref().context("no python")?;
                 let mut reader = Command::new(python);
                 reader

@@ -87,14 +87,14 @@ impl Plan {
             }
         }
         let mut python = None;
-        if modes.contains(&Mode::TracerPython) {
+        if modes.iter().any(|m| m.is_python()) {
             if let Some(path) = which("python3") {
                 let script = peer::write_script(&dir, "reader.py", peer::PYTHON_READER)?;
                 python = Some((path, script));
             } else {
-                let why = "python3 is not on PATH: no tracer-python mode".to_owned();
+                let why = "python3 is not on PATH: no tracer-python modes".to_owned();
                 eprintln!("bench: {why}");
-                modes.retain(|&m| m != Mode::TracerPython);
+                modes.retain(|m| !m.is_python());
                 skipped.push(why);
             }
         }
@@ -117,6 +117,8 @@ impl Plan {
                 progress_every: (args.connections / 20).max(1),
                 pin: !args.no_pin,
                 port: 0,
+                rate: 0,
+                burst: 1_000,
             },
             // Read before the runs: the code measured is the code built now.
             git_commit: git_commit(),
@@ -124,6 +126,19 @@ impl Plan {
             peer_skipped: (!skipped.is_empty()).then(|| skipped.join("; ")),
             args: args.clone(),
         })
+    }
+
+    /// The generator's flags for a run of `mode`: the plan's, paced for tracer-python-paced.
+    pub fn churn_for(&self, mode: Mode) -> ChurnArgs {
+        if mode == Mode::TracerPythonPaced {
+            ChurnArgs {
+                rate: self.args.python_rate,
+                burst: self.args.python_burst,
+                ..self.churn.clone()
+            }
+        } else {
+            self.churn.clone()
+        }
     }
 
     /// A soak of either kind was asked for.
@@ -165,6 +180,9 @@ fn check(args: &BenchArgs) -> Result<()> {
     }
     if args.html_report && args.html_connections == 0 {
         bail!("--html-connections must be positive");
+    }
+    if args.python_rate == 0 || args.python_burst == 0 {
+        bail!("--python-rate and --python-burst must be positive");
     }
     if args.soak_minutes == Some(0) || args.soak_chunk == 0 {
         bail!("--soak-minutes and --soak-chunk must be positive");

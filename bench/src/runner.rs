@@ -51,6 +51,9 @@ pub enum Mode {
     /// Our tracer, `--json --timelines` through a pipe into a Python line reader (what a
     /// user's own script does).
     TracerPython,
+    /// The same, the churn paced (`--python-rate`, in bursts of `--python-burst`) so that the
+    /// reader keeps up on average: the output buffer must absorb each burst.
+    TracerPythonPaced,
     /// Our tracer, `--json` to a file with `--metrics`, scraped every second.
     TracerScraped,
     /// Our tracer, `--json` to a file with `--track-reads` (a probe on every socket read).
@@ -64,13 +67,14 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 11] = [
+    pub const ALL: [Mode; 12] = [
         Mode::None,
         Mode::Tracer,
         Mode::TracerTracepoint,
         Mode::TracerTimelines,
         Mode::TracerExport,
         Mode::TracerPython,
+        Mode::TracerPythonPaced,
         Mode::TracerScraped,
         Mode::TracerTrackReads,
         Mode::Tcpstates,
@@ -86,6 +90,7 @@ impl Mode {
             Mode::TracerTimelines => "tracer-timelines",
             Mode::TracerExport => "tracer-export",
             Mode::TracerPython => "tracer-python",
+            Mode::TracerPythonPaced => "tracer-python-paced",
             Mode::TracerScraped => "tracer-scraped",
             Mode::TracerTrackReads => "tracer-track-reads",
             Mode::Tcpstates => "tcpstates",
@@ -102,6 +107,10 @@ impl Mode {
             Mode::TracerTimelines => "our tracer, --json --timelines to a file",
             Mode::TracerExport => "our tracer, --json to a file and --export to another",
             Mode::TracerPython => "our tracer, --json --timelines | a Python line reader",
+            Mode::TracerPythonPaced => {
+                "our tracer, --json --timelines | a Python line reader, the churn paced in \
+                 bursts so the reader keeps up on average"
+            }
             Mode::TracerScraped => "our tracer, --json to a file, /metrics scraped every 1 s",
             Mode::TracerTrackReads => "our tracer, --json --track-reads to a file",
             Mode::Tcpstates => {
@@ -127,9 +136,15 @@ impl Mode {
                 | Mode::TracerTimelines
                 | Mode::TracerExport
                 | Mode::TracerPython
+                | Mode::TracerPythonPaced
                 | Mode::TracerScraped
                 | Mode::TracerTrackReads
         )
+    }
+
+    /// Its stdout goes through a pipe into the Python line reader.
+    pub fn is_python(self) -> bool {
+        matches!(self, Mode::TracerPython | Mode::TracerPythonPaced)
     }
 
     /// It needs bpftrace.

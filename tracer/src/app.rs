@@ -29,7 +29,7 @@ use crate::{
     owner::{self, SocketTable},
     probe::Probe,
     record::{LostRecord, Record, SkAddr},
-    sink::{self, unattended::Reports, Filter, JsonSink, Sink, TextSink},
+    sink::{self, unattended::Reports, Filter, JsonChunkSink, Sink, TextSink},
     stopping::{self, Signals},
     top,
     units::{monotonic_ns, WallClock},
@@ -271,7 +271,7 @@ impl Session {
         let stdout = if top {
             // The screen shows the records; the stdout destination only keeps the count.
             Output::spawn(
-                |chunk| Box::new(JsonSink::new(chunk)),
+                |chunk| Box::new(JsonChunkSink::new(chunk)),
                 io::sink(),
                 Filter {
                     transitions: false,
@@ -900,7 +900,7 @@ fn spawn_export(
     let context = || format!("writing the export {}", path.display());
     let file = file.into_file().with_context(context)?;
     let mut output = Output::spawn(
-        |chunk| Box::new(JsonSink::new(chunk)),
+        |chunk| Box::new(JsonChunkSink::new(chunk)),
         file,
         Filter::everything(),
         config.output_buffer,
@@ -919,7 +919,7 @@ fn spawn_export(
 fn stdout_output(config: &Config, filter: Filter) -> anyhow::Result<Output> {
     if config.quiet {
         return Output::spawn(
-            |chunk| Box::new(Reports::new(JsonSink::new(chunk))),
+            |chunk| Box::new(Reports::new(JsonChunkSink::new(chunk))),
             io::stderr(),
             filter,
             config.output_buffer,
@@ -934,7 +934,7 @@ fn stdout_output(config: &Config, filter: Filter) -> anyhow::Result<Output> {
     Output::spawn(
         move |chunk| -> Box<dyn Sink> {
             if json {
-                Box::new(JsonSink::new(chunk))
+                Box::new(JsonChunkSink::new(chunk))
             } else {
                 Box::new(
                     TextSink::new(chunk, wide)

@@ -183,7 +183,7 @@ impl Stuck {
 /// A reported socket that left its state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolved {
-    pub stuck: Stuck,
+    pub stuck: Box<Stuck>,
     pub left_ns: u64,
     pub new_state: TcpState,
     /// Its owner as it left (see [`Stuck::owner_leaving`]).
@@ -194,7 +194,8 @@ pub struct Resolved {
 pub struct Detector {
     /// Watched states and their thresholds (a handful: a list beats a map).
     thresholds: Vec<(TcpState, u64)>,
-    stuck: AddrMap<SockId, Stuck>,
+    /// Boxed: a `Stuck` is a few hundred bytes, moved in and out on every CLOSE_WAIT.
+    stuck: AddrMap<SockId, Box<Stuck>>,
     /// The sockets found at start-up and not yet seen by their kernel address (nor followed),
     /// by 4-tuple: a transition finds its own among them without a scan of every socket.
     untied: AddrMap<Endpoints, Vec<SockId>>,
@@ -239,7 +240,7 @@ impl Detector {
     /// state, if one is tracked (seen by its kernel address, or found at start-up with its
     /// 4-tuple). Its owner, read before the tracker applies `t`, is
     /// [`Stuck::owner_leaving`]'s `known`.
-    pub fn leave(&mut self, t: &Transition) -> Option<Stuck> {
+    pub fn leave(&mut self, t: &Transition) -> Option<Box<Stuck>> {
         let kernel = SockId::Kernel(t.skaddr);
         let id = if self.stuck.contains_key(&kernel) {
             kernel
@@ -257,7 +258,7 @@ impl Detector {
     pub fn enter(
         &mut self,
         t: &Transition,
-        left: Option<Stuck>,
+        left: Option<Box<Stuck>>,
         owner: Option<Owner>,
     ) -> Option<Resolved> {
         let mut resolved = None;
@@ -292,7 +293,7 @@ impl Detector {
             }
             let mut stuck = Stuck::new(SockId::Kernel(t.skaddr), t.new, t.endpoints(), t.ts_ns);
             stuck.netns = (t.netns != 0).then_some(t.netns);
-            self.put(stuck);
+            self.put(Box::new(stuck));
         }
         resolved
     }
@@ -332,7 +333,7 @@ impl Detector {
         stuck.owner_from = OwnerFrom::Kept(owner);
         stuck.recv_q = Some(recv_q);
         stuck.netns = (netns != 0).then_some(netns);
-        self.put(stuck);
+        self.put(Box::new(stuck));
     }
 
     /// Sockets that have crossed their threshold by `now_ns` and were not reported yet. They
@@ -340,7 +341,7 @@ impl Detector {
     /// (a followed one is reported only if the tables still show it in its state).
     pub fn poll(&mut self, now_ns: u64) -> Vec<SockId> {
         let thresholds = &self.thresholds;
-        let mut due: Vec<&mut Stuck> = self
+        let mut due: Vec<&mut Box<Stuck>> = self
             .stuck
             .values_mut()
             .filter(|s| {
@@ -387,42 +388,49 @@ impl Detector {
     }
 
     pub fn get(&self, id: SockId) -> Option<&Stuck> {
-        self.stuck.get(&id)
+        self.stuck.get(&id).map(|s| &**s)
     }
 
     /// Drops a socket without a report or resolution (a followed socket the tables no longer
     /// show in its state before it was due).
-    pub fn remove(&mut self, id: SockId) -> Option<Stuck> {
+    pub fn remove(&mut self, id: SockId) -> Option<Box<Stuck>> {
         self.take(id)
     }
 
     /// Adds (or replaces) a socket under its id, indexing it when it is untied.
-    fn put(&mut self, stuck: Stuck) {
+    fn put(&mut self, stuck: Box<Stuck>) {
         let id = stuck.id;
-        self.take(id);
-        if stuck.is_untied() {
-            self.untied.entry(stuck.endpoints).or_default().push(id);
+        let untied = stuck.is_untied().then_some(stuck.endpoints);
+        if let Some(replaced) = self.stuck.insert(id, stuck) {
+            self.unindex(&replaced);
         }
-        self.stuck.insert(id, stuck);
+        if let Some(endpoints) = untied {
+            self.untied.entry(endpoints).or_default().push(id);
+        }
     }
 
     /// Removes a socket and its index entry.
-    fn take(&mut self, id: SockId) -> Option<Stuck> {
+    fn take(&mut self, id: SockId) -> Option<Box<Stuck>> {
         let stuck = self.stuck.remove(&id)?;
+        self.unindex(&stuck);
+        Some(stuck)
+    }
+
+    /// Removes the index entry of `stuck`, when it is untied.
+    fn unindex(&mut self, stuck: &Stuck) {
         if stuck.is_untied() {
             if let Some(ids) = self.untied.get_mut(&stuck.endpoints) {
-                ids.retain(|i| *i != id);
+                ids.retain(|i| *i != stuck.id);
                 if ids.is_empty() {
                     self.untied.remove(&stuck.endpoints);
                 }
             }
         }
-        Some(stuck)
     }
 
     /// Reported sockets still stuck.
     pub fn reported(&self) -> impl Iterator<Item = &Stuck> {
-        self.stuck.values().filter(|s| s.alerted)
+        self.stuck.values().filter(|s| s.alerted).map(|s| &**s)
     }
 
     /// Reported sockets followed through the tables: the caller re-reads the tables and

@@ -137,8 +137,12 @@ impl Engine {
     ) {
         let ts_ns = t.ts_ns;
         if let Some(causes) = &mut self.causes {
-            // A socket at the address of one whose CLOSE is held: that one's records first.
-            if let Some(mut done) = causes.take(t.skaddr) {
+            // A socket born at the address of one whose CLOSE is held: that one's records
+            // first. Only a birth can follow a CLOSE at one address, so only births look.
+            let taken = crate::timeline::is_birth(&t)
+                .then(|| causes.take(t.skaddr))
+                .flatten();
+            if let Some(mut done) = taken {
                 complete_close(&mut done.records, &done.cause, done.old, false);
                 out.append(&mut done.records);
             }

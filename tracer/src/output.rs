@@ -137,6 +137,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Clone, Default)]
 pub struct ChunkWriter(Rc<RefCell<Vec<u8>>>);
 
+impl ChunkWriter {
+    /// Lets `fill` append to the chunk in place; what it appended is taken back if it fails.
+    pub fn append(&self, fill: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> io::Result<()> {
+        let mut bytes = self.0.borrow_mut();
+        let start = bytes.len();
+        let filled = fill(&mut bytes);
+        if filled.is_err() {
+            bytes.truncate(start);
+        }
+        filled
+    }
+}
+
 impl Write for ChunkWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.borrow_mut().extend_from_slice(buf);

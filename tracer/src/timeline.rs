@@ -366,8 +366,8 @@ impl Tracker {
     }
 }
 
-/// Is this the first transition of a socket's life?
-fn is_birth(t: &Transition) -> bool {
+/// Is `t` the first transition of a socket (out of CLOSE, or a child leaving its listener)?
+pub(crate) fn is_birth(t: &Transition) -> bool {
     t.old == TcpState::Close || (t.old == TcpState::Listen && t.new == TcpState::SynRecv)
 }
 

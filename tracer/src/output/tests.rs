@@ -3,7 +3,7 @@ use std::sync::{Condvar, Mutex};
 use super::*;
 use crate::{
     record::{LostRecord, Summary},
-    sink::JsonSink,
+    sink::JsonChunkSink,
 };
 
 /// A writer the test can read back.
@@ -70,7 +70,7 @@ fn mixed(n: u64) -> Vec<Record> {
 
 fn json(out: impl Write + Send + 'static, buffer: Buffer, when_full: WhenFull) -> Output {
     Output::spawn(
-        |w| Box::new(JsonSink::new(w)),
+        |w| Box::new(JsonChunkSink::new(w)),
         out,
         Filter::everything(),
         buffer,
@@ -276,7 +276,7 @@ fn the_filter_decides_what_is_shown_and_counted() {
     let mut filter = Filter::everything();
     filter.timelines = false;
     let mut output = Output::spawn(
-        |w| Box::new(JsonSink::new(w)),
+        |w| Box::new(JsonChunkSink::new(w)),
         out.clone(),
         filter,
         BIG,
@@ -406,7 +406,7 @@ fn formatting_once_for_two_outputs_gives_each_the_bytes_and_counts_of_its_own() 
     for _ in 0..6 {
         batch.extend(a_run());
     }
-    let json: fn(ChunkWriter) -> Box<dyn Sink> = |w| Box::new(JsonSink::new(w));
+    let json: fn(ChunkWriter) -> Box<dyn Sink> = |w| Box::new(JsonChunkSink::new(w));
     let text: fn(ChunkWriter) -> Box<dyn Sink> = |w| Box::new(crate::sink::TextSink::new(w, true));
     let mut no_timelines = Filter::everything();
     no_timelines.timelines = false;

@@ -14,13 +14,16 @@ use super::Sink;
 use crate::{
     cause::ResetBy,
     event::{Family, TcpState},
+    output::ChunkWriter,
     record::{Record, SkAddr, TransitionRecord},
+    units::WallTime,
 };
 
 /// NDJSON: one record per line, the bytes serde_json would write for [`Record`].
 pub struct JsonSink<W> {
     out: W,
     line: Vec<u8>,
+    second: Second,
 }
 
 impl<W: Write> JsonSink<W> {
@@ -29,6 +32,7 @@ impl<W: Write> JsonSink<W> {
         Self {
             out,
             line: Vec::with_capacity(LINE_BYTES),
+            second: Second::default(),
         }
     }
 
@@ -41,11 +45,7 @@ impl<W: Write> JsonSink<W> {
 impl<W: Write> Sink for JsonSink<W> {
     fn write(&mut self, record: &Record) -> io::Result<()> {
         self.line.clear();
-        match record {
-            Record::Transition(r) => transition(&mut self.line, r)?,
-            other => serde_json::to_writer(&mut self.line, other)?,
-        }
-        self.line.push(b'\n');
+        line(&mut self.line, record, &mut self.second)?;
         self.out.write_all(&self.line)
     }
 
@@ -58,8 +58,83 @@ impl<W: Write> Sink for JsonSink<W> {
     }
 }
 
+/// NDJSON formatted straight into an [`Output`](crate::output::Output)'s chunk: the same bytes
+/// as [`JsonSink`], without a line buffer to copy out of.
+pub struct JsonChunkSink {
+    chunk: ChunkWriter,
+    second: Second,
+}
+
+impl JsonChunkSink {
+    /// A sink appending to `chunk`.
+    pub fn new(chunk: ChunkWriter) -> Self {
+        Self {
+            chunk,
+            second: Second::default(),
+        }
+    }
+}
+
+impl Sink for JsonChunkSink {
+    fn write(&mut self, record: &Record) -> io::Result<()> {
+        let second = &mut self.second;
+        self.chunk.append(|bytes| line(bytes, record, second))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn json_lines(&self) -> bool {
+        true
+    }
+}
+
+/// The RFC 3339 text of the last second a transition's `time` fell in, up to the seconds
+/// (`2026-11-25T08:00:00`): records come in time order, thousands a second, and the calendar
+/// arithmetic is then done once a second.
+#[derive(Default)]
+struct Second {
+    /// Unix seconds + 1 (0: none yet).
+    key: u64,
+    text: [u8; 19],
+}
+
+impl Second {
+    /// Writes `time` as [`WallTime::text`] does.
+    fn write(&mut self, out: &mut Vec<u8>, time: WallTime) {
+        let ns = time.unix_ns();
+        let key = ns / 1_000_000_000 + 1;
+        if key != self.key {
+            let whole = WallTime::from_unix_ns(ns - ns % 1_000_000_000).text();
+            self.text.copy_from_slice(&whole.as_bytes()[..19]);
+            self.key = key;
+        }
+        out.extend_from_slice(&self.text);
+        let micros = (ns % 1_000_000_000 / 1_000) as usize;
+        let mut tail = *b".000000Z";
+        for (i, pair) in [micros / 10_000, micros / 100 % 100, micros % 100]
+            .into_iter()
+            .enumerate()
+        {
+            tail[1 + 2 * i..3 + 2 * i].copy_from_slice(&PAIRS[pair * 2..pair * 2 + 2]);
+        }
+        out.extend_from_slice(&tail);
+    }
+}
+
+/// Appends `record`'s line, newline included.
+fn line(out: &mut Vec<u8>, record: &Record, second: &mut Second) -> io::Result<()> {
+    match record {
+        Record::Transition(r) => transition(out, r, second)?,
+        other => serde_json::to_writer(&mut *out, other)?,
+    }
+    out.push(b'\n');
+    Ok(())
+}
+
 /// A transition record, field for field as serde_json writes `Record::Transition`.
-fn transition(out: &mut Vec<u8>, r: &TransitionRecord) -> io::Result<()> {
+fn transition(out: &mut Vec<u8>, r: &TransitionRecord, second: &mut Second) -> io::Result<()> {
     // Room for the whole line but for long or escaped strings: the appends below then never
     // reallocate.
     out.reserve(LINE_BYTES);
@@ -67,7 +142,7 @@ fn transition(out: &mut Vec<u8>, r: &TransitionRecord) -> io::Result<()> {
     number(out, r.ts_ns);
     // Both are ASCII digits and separators: nothing to escape.
     out.extend_from_slice(br#","time":""#);
-    out.extend_from_slice(r.time.text().as_bytes());
+    second.write(out, r.time);
     out.extend_from_slice(br#"","skaddr":""#);
     let skaddr = r.skaddr.0;
     in_place::<18>(out, SkAddr::text_len(skaddr), |text| {
@@ -347,5 +422,52 @@ mod tests {
             let back: Record = serde_json::from_str(&ours).unwrap();
             assert_eq!(back, r);
         }
+    }
+
+    /// Times are written as `WallTime::text` writes them, within a second, across seconds and
+    /// back (a record out of order), at the edges of a second.
+    #[test]
+    fn times_are_written_as_wall_time_text() {
+        let base = 1_764_057_959_000_000_000u64;
+        let mut second = Second::default();
+        for offset in [
+            0,
+            1_000,
+            999_999_000,
+            1_000_000_000,
+            1_000_010_000,
+            5_000,
+            86_400_000_000_000 + 123_456_000,
+            3_600_000_000_000 - 1_000,
+        ] {
+            let time = WallTime::from_unix_ns(base + offset);
+            let mut out = Vec::new();
+            second.write(&mut out, time);
+            assert_eq!(out, time.text().as_bytes(), "{offset}");
+        }
+    }
+
+    /// The chunk sink appends exactly the line buffer sink's bytes, record after record.
+    #[test]
+    fn the_chunk_sink_writes_the_same_lines() {
+        let chunk = ChunkWriter::default();
+        let mut direct = JsonChunkSink::new(chunk.clone());
+        let mut buffered = JsonSink::new(Vec::new());
+        for i in 0..200 {
+            let r = Record::Transition(record(i));
+            direct.write(&r).unwrap();
+            buffered.write(&r).unwrap();
+        }
+        let summary = Record::Summary(Box::default());
+        direct.write(&summary).unwrap();
+        buffered.write(&summary).unwrap();
+        let mut bytes = Vec::new();
+        chunk
+            .append(|b| {
+                bytes = std::mem::take(b);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(bytes, buffered.into_inner());
     }
 }

@@ -9,7 +9,7 @@ pub mod unattended;
 use std::io;
 
 pub use filter::{Filter, Shown};
-pub use json::JsonSink;
+pub use json::{JsonChunkSink, JsonSink};
 pub use text::TextSink;
 
 use crate::record::Record;
