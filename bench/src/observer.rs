@@ -33,11 +33,21 @@ pub struct Observer {
     errors: PathBuf,
     /// The export file of [`Mode::TracerExport`].
     export: Option<PathBuf>,
-    /// The Python reader of [`Mode::TracerPython`], fed by the tracer's stdout.
+    /// The Python reader of the Python modes, fed by the tracer's stdout.
     reader: Option<Proc>,
     /// The scraper of [`Mode::TracerScraped`].
     scraper: Option<Scraper>,
     _files: Scratch,
+}
+
+impl Observer {
+    /// The process ids of the observer and of its Python reader, if any: the load they put
+    /// on the machine is theirs, not a neighbour's.
+    pub fn pids(&self) -> Vec<u32> {
+        std::iter::once(self.proc.pid)
+            .chain(self.reader.as_ref().map(|r| r.pid))
+            .collect()
+    }
 }
 
 /// What is read from an observer as it stops.

@@ -382,7 +382,9 @@ pub fn run(
     let observer_pid = observer.as_ref().map(|o| o.proc.pid);
     let cpu_at_attach = observer_pid.and_then(sys::cpu_seconds);
 
-    let ours: Vec<u32> = [generator.pid()].into_iter().chain(observer_pid).collect();
+    let ours: Vec<u32> = std::iter::once(generator.pid())
+        .chain(observer.iter().flat_map(Observer::pids))
+        .collect();
     let holders = sys::bpf_program_holders(&ours);
     let others_before = sys::others_cpu_ticks(&ours);
     let start = Instant::now();

@@ -19,7 +19,7 @@ use tokio::{
 use crate::{
     close_wait::SockId,
     config::Config,
-    decode::{decode_any, Decoded},
+    decode::{Decoded, Decoder},
     delivery::Destination,
     diagnosis::{self, Diagnoser},
     engine::{self, Engine},
@@ -111,6 +111,8 @@ struct Session {
     signals: Signals,
     /// Records made and not yet handed to the outputs.
     batch: Vec<Record>,
+    /// Decodes the ring buffer's records.
+    decoder: Decoder,
     /// The socket table lookup under way for due CLOSE_WAIT alerts, if any.
     lookup: Option<Lookup>,
     /// When followed timewait sockets were last checked in the tables.
@@ -308,6 +310,7 @@ impl Session {
             clock,
             signals,
             batch: Vec::new(),
+            decoder: Decoder::default(),
             lookup: None,
             rechecked_ns: 0,
             held: Vec::new(),
@@ -529,7 +532,7 @@ impl Session {
     fn drain(&mut self) {
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
-            match decode_any(&item) {
+            match self.decoder.decode_any(&item) {
                 Ok(decoded) if self.lookup.is_some() || self.diagnosing.is_some() => {
                     self.held.push(decoded);
                 }

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tracer_common::{
     cause::{CauseEvent, CAUSE_EVENT_SIZE},
-    HeldFile, TcpStateEvent, AF_INET, AF_INET6, EVENT_SIZE, HELD_FILE_SIZE,
+    HeldFile, TcpStateEvent, AF_INET, AF_INET6, COMM_LEN, EVENT_SIZE, HELD_FILE_SIZE,
 };
 
 use crate::{
@@ -23,12 +23,65 @@ pub enum Decoded {
     Cause(Signal),
 }
 
+/// Decodes records one after another, remembering the task names it last decoded: most
+/// records of a burst come from a few tasks, whose names are then copied rather than scanned
+/// and validated again. Decodes exactly what [`decode_any`] does.
+#[derive(Default)]
+pub struct Decoder {
+    comm: Names,
+    thread: Names,
+}
+
+impl Decoder {
+    /// [`decode_any`], with the names remembered.
+    pub fn decode_any(&mut self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
+        if bytes.len() != CAUSE_EVENT_SIZE {
+            let raw = read_transition(bytes)?;
+            return self.transition(&raw).map(Decoded::Transition);
+        }
+        decode_cause(bytes)
+    }
+
+    fn transition(&mut self, raw: &TcpStateEvent) -> Result<Transition, DecodeError> {
+        let comm = self.comm.name(&raw.comm);
+        let thread = self.thread.name(&raw.thread);
+        transition(raw, comm, thread)
+    }
+}
+
+/// The last two names decoded from one field, with their raw bytes.
+#[derive(Default)]
+struct Names {
+    last: [Option<([u8; COMM_LEN], Name)>; 2],
+    /// The entry the next new name replaces.
+    next: usize,
+}
+
+impl Names {
+    fn name(&mut self, bytes: &[u8; COMM_LEN]) -> Name {
+        for (raw, name) in self.last.iter().flatten() {
+            if raw == bytes {
+                return name.clone();
+            }
+        }
+        let name = comm(bytes);
+        self.last[self.next] = Some((*bytes, name.clone()));
+        self.next = (self.next + 1) % self.last.len();
+        name
+    }
+}
+
 /// Decodes one record of either kind. A record of another size, or with an unknown family or
 /// kind, is an error (to be counted and skipped).
 pub fn decode_any(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     if bytes.len() != CAUSE_EVENT_SIZE {
         return decode(bytes).map(Decoded::Transition);
     }
+    decode_cause(bytes)
+}
+
+/// Decodes a cause record, [`CAUSE_EVENT_SIZE`] bytes long.
+fn decode_cause(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     // SAFETY: the length is checked above, `CauseEvent` is plain old data for which every bit
     // pattern is valid, and `read_unaligned` makes no alignment assumption.
     let raw = unsafe { bytes.as_ptr().cast::<CauseEvent>().read_unaligned() };
@@ -87,6 +140,11 @@ pub fn addresses(family: u16, saddr: &[u8; 16], daddr: &[u8; 16]) -> Option<(IpA
 /// Decodes one record. A record of the wrong size or an unknown family is an error (to be
 /// counted and skipped); an unknown state number decodes to [`TcpState::Unknown`].
 pub fn decode(bytes: &[u8]) -> Result<Transition, DecodeError> {
+    from_raw(&read_transition(bytes)?)
+}
+
+/// Copies a transition record out of `bytes`, which must be [`EVENT_SIZE`] long.
+fn read_transition(bytes: &[u8]) -> Result<TcpStateEvent, DecodeError> {
     if bytes.len() != EVENT_SIZE {
         return Err(DecodeError::Size {
             size: bytes.len(),
@@ -95,12 +153,16 @@ pub fn decode(bytes: &[u8]) -> Result<Transition, DecodeError> {
     }
     // SAFETY: the length is checked above, `TcpStateEvent` is plain old data for which every
     // bit pattern is valid, and `read_unaligned` makes no alignment assumption.
-    let raw = unsafe { bytes.as_ptr().cast::<TcpStateEvent>().read_unaligned() };
-    from_raw(&raw)
+    Ok(unsafe { bytes.as_ptr().cast::<TcpStateEvent>().read_unaligned() })
 }
 
 /// Converts the shared struct into the owned domain type.
 pub fn from_raw(raw: &TcpStateEvent) -> Result<Transition, DecodeError> {
+    transition(raw, comm(&raw.comm), comm(&raw.thread))
+}
+
+/// The transition of `raw`, whose task names are `comm` and `thread`.
+fn transition(raw: &TcpStateEvent, comm: Name, thread: Name) -> Result<Transition, DecodeError> {
     let (family, laddr, raddr) = match raw.family {
         AF_INET => (Family::Ipv4, v4(&raw.saddr), v4(&raw.daddr)),
         AF_INET6 => (Family::Ipv6, v6(&raw.saddr), v6(&raw.daddr)),
@@ -120,8 +182,8 @@ pub fn from_raw(raw: &TcpStateEvent) -> Result<Transition, DecodeError> {
         task: Task {
             pid: raw.tgid,
             tid: raw.tid,
-            comm: comm(&raw.comm),
-            thread: comm(&raw.thread),
+            comm,
+            thread,
         },
         cpu: u32::from(raw.cpu),
         netns: u64::from(raw.netns),
@@ -236,6 +298,37 @@ mod tests {
             let bytes = raw_bytes(&to_raw(&t));
             assert_eq!(decode(&bytes).unwrap(), t);
         }
+    }
+
+    /// The decoder that remembers names decodes what `decode_any` does, as names repeat,
+    /// alternate, come back after being forgotten, and are not UTF-8.
+    #[test]
+    fn the_decoder_decodes_what_decode_any_does() {
+        let names: [&[u8]; 5] = [
+            b"churn",
+            b"client-0",
+            b"server-1",
+            b"\xffbad",
+            b"sixteen-bytes-xx",
+        ];
+        let mut decoder = Decoder::default();
+        for i in 0..200usize {
+            let t = transition(i as u64, 1, "127.0.0.1:1", "127.0.0.1:2", 7, 2);
+            let mut raw = to_raw(&t);
+            raw.comm = [0; COMM_LEN];
+            raw.thread = [0; COMM_LEN];
+            let comm = names[(i / 7) % names.len()];
+            let thread = names[(i * 3 + i / 5) % names.len()];
+            raw.comm[..comm.len()].copy_from_slice(comm);
+            raw.thread[..thread.len()].copy_from_slice(thread);
+            let bytes = raw_bytes(&raw);
+            assert_eq!(
+                decoder.decode_any(&bytes).unwrap(),
+                decode_any(&bytes).unwrap(),
+                "{i}"
+            );
+        }
+        assert!(decoder.decode_any(&[0; 3]).is_err());
     }
 
     #[test]
