@@ -131,6 +131,8 @@ struct Session {
     /// The loss counters (ring buffer, recursion misses, output drops) as of the last `lost`
     /// record: the next one carries the difference.
     reported_lost: Losses,
+    /// `lost` records dropped by the outputs as of the last one made.
+    lost_records_dropped: u64,
 }
 
 /// Loss counters at one instant: ring buffer drops, recursion misses (0 where the kernel does
@@ -318,6 +320,7 @@ impl Session {
             diagnosing: None,
             header: run_header,
             reported_lost: (0, 0, 0),
+            lost_records_dropped: 0,
         };
         // Sockets that entered CLOSE_WAIT while the tables were read are in the ring buffer:
         // replay them now so they are not mistaken for older ones.
@@ -513,8 +516,13 @@ impl Session {
             self.outputs.dropped(),
         );
         let reported = self.reported_lost;
-        if lost != reported {
-            let (stdout, export) = self.outputs.delivery();
+        let (stdout, export) = self.outputs.delivery();
+        let lost_records_dropped = stdout.dropped.lost + export.map_or(0, |e| e.dropped.lost);
+        // A stalled reader dropped the last `lost` record: once there is room again, it gets
+        // the figures once more, so a reader that catches up knows what it missed.
+        let resend = lost_records_dropped != self.lost_records_dropped
+            && self.outputs.stdout.has_room();
+        if lost != reported || resend {
             self.batch.push(Record::Lost(Box::new(LostRecord {
                 ts_ns: now,
                 time: self.clock.wall(now),
@@ -524,6 +532,7 @@ impl Session {
                 export,
             })));
             self.reported_lost = lost;
+            self.lost_records_dropped = lost_records_dropped;
         }
         lost
     }

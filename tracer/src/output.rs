@@ -355,6 +355,13 @@ impl Output {
         }
     }
 
+    /// Is there room in the buffer for a record now (nothing queued, or a record's worth of
+    /// [`Buffer::RECORD_BYTES`] free)?
+    pub fn has_room(&self) -> bool {
+        let queued = *lock(&self.shared.queued);
+        queued == 0 || queued + Buffer::RECORD_BYTES <= self.buffer.bytes
+    }
+
     /// Records (lines) handed to the writer and not yet written or dropped by it.
     pub fn queued(&self) -> u64 {
         self.shared.pending.load(Ordering::Acquire)

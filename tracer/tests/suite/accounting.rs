@@ -197,9 +197,21 @@ fn a_stalled_reader_loses_only_counted_stdout_records_and_never_export_ones() {
         );
         thread::sleep(Duration::from_millis(50));
     }
-    // A tick later, a `lost` record in the export says what stdout dropped, by type.
+    // A tick later, a `lost` record in the export says what stdout dropped, by type. Then the
+    // reader catches up: with room again, it gets a `lost` record with the latest figures
+    // (the last ones made during the stall were dropped).
     thread::sleep(Duration::from_millis(300));
-    let (status, out) = support::stop_piped(&mut child);
+    let mut pipe = child.stdout.take().expect("piped stdout");
+    let reader = thread::spawn(move || {
+        let mut out = String::new();
+        pipe.read_to_string(&mut out).expect("read the tracer's stdout");
+        out
+    });
+    thread::sleep(Duration::from_millis(1_000));
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal the tracer");
+    let out = reader.join().expect("the reader thread");
+    let status = child.wait().expect("wait for the tracer");
     let mut rest = String::new();
     err.read_to_string(&mut rest).unwrap();
     assert!(status.success(), "{status}: {rest}");
@@ -236,6 +248,21 @@ fn a_stalled_reader_loses_only_counted_stdout_records_and_never_export_ones() {
         })
         .expect("a lost record reporting the stdout drops");
     assert!(live.dropped.transition > 0 && live.dropped.transition <= dropped.transition);
+    // The reader, caught up, was told every transition and timeline stdout dropped before
+    // the summary came.
+    let told = stdout
+        .iter()
+        .rev()
+        .find_map(|r| match r {
+            Record::Lost(l) => Some(l.stdout),
+            _ => None,
+        })
+        .expect("a lost record on stdout");
+    assert_eq!(
+        (told.dropped.transition, told.dropped.timeline),
+        (dropped.transition, dropped.timeline),
+        "the last lost record on stdout: {told:?}"
+    );
 }
 
 /// With the default `--output-buffer`, a reader held off while as many transitions as the
