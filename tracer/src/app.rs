@@ -28,7 +28,7 @@ use crate::{
     output::{is_broken_pipe, Output, WhenFull},
     owner::{self, SocketTable},
     probe::Probe,
-    record::{LostRecord, Record, SkAddr},
+    record::{LostRecord, Record, SkAddr, WrittenTo},
     sink::{self, unattended::Reports, Filter, JsonChunkSink, Sink, TextSink},
     stopping::{self, Signals},
     top,
@@ -260,16 +260,23 @@ impl Session {
         }
 
         let display = config.display();
-        let header = |complete| crate::record::Header {
+        let header = |complete, written_to| crate::record::Header {
             kernel_features: Some(probe.features().clone()),
+            written_to,
             ..export::header(config.run_options(), clock, start, complete)
         };
         let exporting = match export {
-            Some(file) => Some(spawn_export(file, header(true), config)?),
+            Some(file) => Some(spawn_export(
+                file,
+                header(true, Some(WrittenTo::Export)),
+                config,
+            )?),
             None => None,
         };
         let metrics = match (listener, &config.metrics) {
-            (Some(listener), Some(target)) => Some(serve_metrics(listener, target, &header(true))?),
+            (Some(listener), Some(target)) => {
+                Some(serve_metrics(listener, target, &header(true, None))?)
+            }
             _ => None,
         };
         let stdout = if top {
@@ -289,16 +296,17 @@ impl Session {
         } else {
             stdout_output(config, display.clone())?
         };
-        let run_header = header(true);
+        let run_header = header(true, Some(WrittenTo::Export));
         let mut outputs = Outputs {
             stdout,
             export: exporting,
             metrics,
             top: None,
         };
-        outputs
-            .stdout
-            .send(&[Record::Header(Box::new(header(display.is_everything())))]);
+        outputs.stdout.send(&[Record::Header(Box::new(header(
+            display.is_everything(),
+            Some(WrittenTo::Stdout),
+        )))]);
         // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
         // `AsyncFd` (and the ring buffer inside it) is dropped.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -520,8 +528,8 @@ impl Session {
         let lost_records_dropped = stdout.dropped.lost + export.map_or(0, |e| e.dropped.lost);
         // A stalled reader dropped the last `lost` record: once there is room again, it gets
         // the figures once more, so a reader that catches up knows what it missed.
-        let resend = lost_records_dropped != self.lost_records_dropped
-            && self.outputs.stdout.has_room();
+        let resend =
+            lost_records_dropped != self.lost_records_dropped && self.outputs.stdout.has_room();
         if lost != reported || resend {
             self.batch.push(Record::Lost(Box::new(LostRecord {
                 ts_ns: now,

@@ -123,6 +123,7 @@ pub fn header(options: RunOptions, clock: WallClock, start_ns: u64, complete: bo
         monotonic_start_ns: start_ns,
         wall_offset_ns: i64::try_from(clock.offset_ns).unwrap_or(0),
         complete,
+        written_to: None,
         options,
         kernel_features: None,
     }

@@ -71,11 +71,26 @@ pub struct Header {
     /// Every record the tracer produced is in this stream (an `--export` file). False for
     /// stdout, where `--no-transitions`, `--timelines` and `--pid` choose what is printed.
     pub complete: bool,
+    /// Which of the run's destinations this stream is: its drops are the summary's
+    /// `output_dropped` (stdout) or `export_dropped` (export). Absent in streams written before
+    /// it was recorded, and in the header `/metrics` reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_to: Option<WrittenTo>,
     /// The options of the run.
     pub options: RunOptions,
     /// What the kernel offered the tracer (absent in exports written before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_features: Option<crate::features::KernelFeatures>,
+}
+
+/// A destination of the tracer's records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WrittenTo {
+    /// Standard output (which drops, and counts, what a slow reader leaves no room for).
+    Stdout,
+    /// The `--export` file (which never drops while its disk accepts writes).
+    Export,
 }
 
 /// The options a run was started with, as the header records them.

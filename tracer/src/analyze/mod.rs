@@ -13,7 +13,7 @@ use std::{collections::HashSet, io::BufRead};
 
 use crate::{
     error::{AnalyzeError, InputError, LineProblem, Warning},
-    record::{AnalysisRecord, Header, Record, Summary, SCHEMA},
+    record::{AnalysisRecord, Header, Record, Summary, WrittenTo, SCHEMA},
     sink::{Filter, Sink},
     units::{WallClock, WallTime},
 };
@@ -156,7 +156,9 @@ struct Run {
     out: Vec<Record>,
     end_ns: u64,
     summary: Option<Summary>,
-    complete: bool,
+    /// Which destination the stream was: its drops are the summary's `export_dropped` for the
+    /// export, `output_dropped` for stdout.
+    export: bool,
     check: replay::Check,
 }
 
@@ -185,7 +187,11 @@ impl Run {
             out: Vec::new(),
             end_ns: header.map_or(0, |h| h.monotonic_start_ns),
             summary: None,
-            complete: header.is_some_and(|h| h.complete),
+            // Streams from before `written_to`: a complete one was an export.
+            export: header.is_some_and(|h| match h.written_to {
+                Some(to) => to == WrittenTo::Export,
+                None => h.complete,
+            }),
             check: replay::Check::None,
         }
     }
@@ -267,7 +273,7 @@ impl Run {
     /// writer (the export's for an export, stdout's for stdout).
     fn lost(&self) -> u64 {
         self.summary.as_ref().map_or(0, |s| {
-            let dropped = if self.complete {
+            let dropped = if self.export {
                 s.export_dropped
             } else {
                 s.output_dropped
@@ -279,7 +285,7 @@ impl Run {
     /// Where the lost records went: the kernel's counts, then this stream's drops by type
     /// (a total only, from tracers that did not count them by type).
     fn lost_detail(&self, s: &Summary) -> String {
-        let (destination, total) = if self.complete {
+        let (destination, total) = if self.export {
             (s.export, s.export_dropped)
         } else {
             (Some(s.stdout), s.output_dropped)

@@ -204,7 +204,8 @@ fn a_stalled_reader_loses_only_counted_stdout_records_and_never_export_ones() {
     let mut pipe = child.stdout.take().expect("piped stdout");
     let reader = thread::spawn(move || {
         let mut out = String::new();
-        pipe.read_to_string(&mut out).expect("read the tracer's stdout");
+        pipe.read_to_string(&mut out)
+            .expect("read the tracer's stdout");
         out
     });
     thread::sleep(Duration::from_millis(1_000));

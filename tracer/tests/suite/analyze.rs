@@ -314,6 +314,7 @@ fn stdout_streams() {
             .map(|(i, l)| {
                 let l = if i == 0 {
                     l.replace("\"complete\":true", "\"complete\":false")
+                        .replace("\"written_to\":\"export\"", "\"written_to\":\"stdout\"")
                         .replace("\"pids\":[]", header_edit)
                 } else {
                     l.to_owned()
@@ -336,4 +337,42 @@ fn stdout_streams() {
     let out = analyze(&[], &one_pid);
     assert!(out.status.success());
     assert!(text(&out.stderr).contains("transitions are missing"));
+}
+
+/// A stream that says it is stdout counts stdout's drops as its losses, even when it holds
+/// every record type (`--json --timelines`); an export counts the export's. Streams from before
+/// `written_to` count a complete one as an export.
+#[test]
+fn a_stream_counts_the_drops_of_its_own_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorded = fs::read_to_string(fixture()).unwrap();
+    let edited = |written_to: &str| -> PathBuf {
+        let body: String = recorded
+            .lines()
+            .map(|l| {
+                let l = if l.contains("\"type\":\"header\"") {
+                    l.replace(
+                        "\"complete\":true,\"written_to\":\"export\"",
+                        &format!("\"complete\":true{written_to}"),
+                    )
+                } else {
+                    l.replace("\"output_dropped\":0", "\"output_dropped\":1234")
+                };
+                l + "\n"
+            })
+            .collect();
+        let path = dir.path().join(format!("w{}.ndjson", written_to.len()));
+        fs::write(&path, body).unwrap();
+        path
+    };
+    let stdout = analysis(&[], &edited(",\"written_to\":\"stdout\""));
+    assert_eq!(stdout.lost, 1234);
+    let out = analyze(&[], &edited(",\"written_to\":\"stdout\""));
+    assert!(
+        text(&out.stderr).contains("dropped by this stream's writer: 1234"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(analysis(&[], &edited(",\"written_to\":\"export\"")).lost, 0);
+    assert_eq!(analysis(&[], &edited("")).lost, 0);
 }

@@ -429,10 +429,13 @@ fn capture<S: Sink>(c: &Collector<S>, a: &AnalysisRecord) -> String {
             rows.push(("options", options));
             rows.push((
                 "input",
-                if h.complete {
-                    "a complete export (--export)".to_owned()
-                } else {
-                    "stdout of tracer --json (only what it showed)".to_owned()
+                match (h.written_to, h.complete) {
+                    (Some(crate::record::WrittenTo::Stdout), true) => {
+                        "stdout of tracer --json --timelines (every record, but what it dropped)"
+                            .to_owned()
+                    }
+                    (_, false) => "stdout of tracer --json (only what it showed)".to_owned(),
+                    (_, true) => "a complete export (--export)".to_owned(),
                 },
             ));
         }
