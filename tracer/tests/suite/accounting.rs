@@ -208,7 +208,7 @@ fn a_stalled_reader_loses_only_counted_stdout_records_and_never_export_ones() {
             .expect("read the tracer's stdout");
         out
     });
-    thread::sleep(Duration::from_millis(1_000));
+    thread::sleep(Duration::from_secs(1));
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal the tracer");
     let out = reader.join().expect("the reader thread");
