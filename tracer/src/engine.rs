@@ -332,6 +332,19 @@ impl Engine {
                     continue;
                 }
             }
+            // A socket seen entering its state that the tables of its namespace, read now, do
+            // not show in it left it in transitions the tracer lost (counted, as ring buffer
+            // losses or runs the kernel skipped): it is not stuck, and no report names it.
+            let read = |t: &SocketTable| stuck.netns.is_some_and(|n| t.netns.contains(&n));
+            if matches!(id, SockId::Kernel(_)) && entry.is_none() && table.is_some_and(read) {
+                log::debug!(
+                    "{} {:?} is not in its namespace's tables: it left the state unseen",
+                    stuck.state.name(),
+                    stuck.endpoints
+                );
+                self.detector.remove(id);
+                continue;
+            }
             if let (Some(table), Some(entry)) = (table, entry) {
                 let found = Found {
                     holders: entry.holders.clone(),
@@ -668,6 +681,46 @@ mod tests {
             }],
             ..SocketTable::default()
         }
+    }
+
+    /// A socket seen entering CLOSE_WAIT whose leaving was lost (a ring buffer overflow) is not
+    /// reported once the tables of its namespace, read, do not show it; tables that did not
+    /// read its namespace leave it reported, and one they show is reported with its holder.
+    #[test]
+    fn a_socket_the_tables_of_its_namespace_do_not_show_is_not_reported() {
+        let in_netns = |netns: u64| {
+            let mut e = engine(Options {
+                close_wait_threshold_ns: MS,
+                ..Options::default()
+            });
+            let ts: Vec<Transition> = stuck_server()
+                .into_iter()
+                .map(|t| Transition { netns, ..t })
+                .collect();
+            feed(&mut e, &ts);
+            e
+        };
+        let read = |netns: Vec<u64>, entries: Vec<SocketEntry>| SocketTable {
+            entries,
+            netns,
+            ..SocketTable::default()
+        };
+        let mut gone = in_netns(7);
+        assert!(report_due(&mut gone, 10 * MS, Some(&read(vec![7], vec![]))).is_empty());
+        assert!(gone.detector.get(SockId::Kernel(9)).is_none());
+        let mut unread = in_netns(7);
+        let out = report_due(&mut unread, 10 * MS, Some(&read(vec![8], vec![])));
+        assert!(matches!(&out[..], [Record::CloseWait(_)]), "{out:?}");
+        let mut shown = in_netns(1);
+        let out = report_due(
+            &mut shown,
+            10 * MS,
+            Some(&read(vec![1], table(333).entries)),
+        );
+        let [Record::CloseWait(report)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(report.pid, Some(333));
     }
 
     /// An engine making timelines that found [`table`]`(222)`'s socket in CLOSE_WAIT at start.
