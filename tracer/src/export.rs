@@ -67,8 +67,17 @@ impl ExportFile {
             options.create_new(true);
         }
         let file = options.open(path).map_err(|e| match e.kind() {
-            io::ErrorKind::AlreadyExists => ExportError::Exists {
-                path: path.to_owned(),
+            // --force replaces only a regular file: for anything else it would not help.
+            io::ErrorKind::AlreadyExists => match fs::symlink_metadata(path) {
+                Ok(meta) if meta.file_type().is_symlink() => ExportError::Symlink {
+                    path: path.to_owned(),
+                },
+                Ok(meta) if !meta.is_file() => ExportError::NotRegular {
+                    path: path.to_owned(),
+                },
+                _ => ExportError::Exists {
+                    path: path.to_owned(),
+                },
             },
             // O_NOFOLLOW on a symbolic link swapped in since the check above.
             _ if e.raw_os_error() == Some(libc::ELOOP) => ExportError::Symlink {
@@ -204,17 +213,16 @@ mod tests {
         symlink(&target, &link).unwrap();
         for force in [false, true] {
             let err = ExportFile::open(&link, force).unwrap_err();
-            assert!(
-                matches!(
-                    err,
-                    ExportError::Symlink { .. } | ExportError::Exists { .. }
-                ),
-                "{err:?}"
-            );
+            assert!(matches!(err, ExportError::Symlink { .. }), "{err:?}");
         }
         assert_eq!(fs::read_to_string(&target).unwrap(), "precious");
-        let err = ExportFile::open(dir.path(), true).unwrap_err();
-        assert!(matches!(err, ExportError::NotRegular { .. }), "{err:?}");
+        // Without --force too: the error does not suggest a --force that cannot help.
+        for force in [false, true] {
+            let err = ExportFile::open(dir.path(), force).unwrap_err();
+            assert!(matches!(err, ExportError::NotRegular { .. }), "{err:?}");
+            let err = ExportFile::open(Path::new("/dev/null"), force).unwrap_err();
+            assert!(matches!(err, ExportError::NotRegular { .. }), "{err:?}");
+        }
     }
 
     #[test]

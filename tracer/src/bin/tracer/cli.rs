@@ -90,11 +90,11 @@ pub struct TraceArgs {
     #[arg(long = "pid", value_name = "PID", value_delimiter = ',')]
     pub pids: Vec<u32>,
 
-    /// IPv4 only
+    /// IPv4 on the wire only (dual-stack sockets with ::ffff: addresses included)
     #[arg(short = '4', long = "ipv4")]
     pub ipv4: bool,
 
-    /// IPv6 only
+    /// IPv6 on the wire only (dual-stack sockets with ::ffff: addresses left out)
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
 
@@ -113,7 +113,9 @@ pub struct TraceArgs {
 
     /// Also report sockets stuck in STATE longer than DURATION, as CLOSE_WAIT is (repeatable):
     /// FIN_WAIT2 held long is a peer leaking CLOSE_WAIT; LAST_ACK, SYN_SENT or SYN_RECV stuck
-    /// long mean a dead or filtered peer. E.g. --stuck FIN_WAIT2=60s --stuck SYN_SENT=5s
+    /// long mean a dead or filtered peer. STATE is SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2,
+    /// CLOSING or LAST_ACK (CLOSE_WAIT=D is --close-wait-threshold D). E.g. --stuck
+    /// FIN_WAIT2=60s --stuck SYN_SENT=5s
     #[arg(long = "stuck", value_name = "STATE=DURATION")]
     pub stuck: Vec<String>,
 
