@@ -239,10 +239,17 @@ impl Output {
         Ok(output)
     }
 
-    /// Formats the records this output shows and queues them. Returns false once the writer
-    /// has stopped (closed stdout, failed disk).
+    /// Formats the records this output shows and queues them: at once when the writer is
+    /// idle; while it still has chunks to write, in the chunk being filled, shipped once full
+    /// or once the writer is idle (a chunk not full is copied out, an allocation of its own:
+    /// shipped behind a busy writer it would only add memory, as a reader that stalls showed,
+    /// not get written sooner). Returns false once the writer has stopped (closed stdout,
+    /// failed disk).
     pub fn send(&mut self, batch: &[Record]) -> bool {
         self.format(batch);
+        if *lock(&self.shared.queued) > 0 {
+            return self.tx.is_some() && !self.shared.failed.load(Ordering::Acquire);
+        }
         self.ship()
     }
 
