@@ -259,6 +259,20 @@ impl Session {
             engine.preexisting(&table, start);
         }
 
+        log::info!(
+            "ring buffer {} KiB; output buffer {} KiB per destination (--output-buffer): \
+             what a slow reader leaves no room for is dropped and counted",
+            config.kernel.ring_buffer_bytes / 1024,
+            config.output_buffer.bytes / 1024
+        );
+        for pid in &config.pids {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                log::warn!(
+                    "--pid {pid}: no such process now; only sockets of a process started later \
+                     with this pid would be shown"
+                );
+            }
+        }
         let display = config.display();
         let header = |complete, written_to| crate::record::Header {
             kernel_features: Some(probe.features().clone()),

@@ -65,7 +65,8 @@ pub enum ConfigError {
         page: u64,
     },
     #[error(
-        "invalid size {token:?} for {flag}: {reason} (examples: 32MiB, 512KiB, 8388608; at least {min} bytes)"
+        "invalid size {token:?} for {flag}: {reason} (examples: 32MiB, 512KiB, 8388608{})",
+        at_least(*.min)
     )]
     /// A byte size that does not parse or is below the minimum.
     Size {
@@ -89,6 +90,25 @@ pub enum ConfigError {
         /// The command-line token, as given.
         token: String,
     },
+    #[error("--stuck {state} is given twice: give each state once")]
+    /// Two `--stuck` values for one state.
+    StuckTwice {
+        /// The state's name.
+        state: String,
+    },
+    #[error(
+        "CLOSE_WAIT's threshold is given twice (--close-wait-threshold {threshold} and --stuck {token}): give one"
+    )]
+    /// `--stuck CLOSE_WAIT=D` with a `--close-wait-threshold` other than the default.
+    CloseWaitTwice {
+        /// The `--close-wait-threshold` value.
+        threshold: String,
+        /// The `--stuck` token.
+        token: String,
+    },
+    #[error("--pid 0: 0 is no process (give a process id, as ps shows)")]
+    /// `--pid 0`.
+    PidZero,
     #[error(
         "invalid --metrics address {token:?}: expected IP:PORT, e.g. 127.0.0.1:9464, [::1]:9464, \
          or a port alone for 127.0.0.1"
@@ -469,4 +489,13 @@ pub enum AnalyzeError {
         #[source]
         source: io::Error,
     },
+}
+
+/// The minimum a size flag takes, as the end of its error message ("" when any size parses).
+fn at_least(min: usize) -> String {
+    if min == 0 {
+        String::new()
+    } else {
+        format!("; at least {min} bytes")
+    }
 }

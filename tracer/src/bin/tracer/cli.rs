@@ -60,7 +60,7 @@ pub struct Args {
     pub no_transitions: bool,
 
     /// Print a digest of sockets stuck in CLOSE_WAIT, grouped by process, this often
-    #[arg(long, value_name = "DURATION", default_value_t = defaults::text(defaults::REPORT_INTERVAL))]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", default_value_t = defaults::text(defaults::REPORT_INTERVAL))]
     pub report_interval: String,
 
     /// Serve Prometheus metrics (/metrics, text or OpenMetrics) and /healthz on ADDR:
@@ -108,7 +108,7 @@ pub struct TraceArgs {
     pub all_protocols: bool,
 
     /// Report a socket that stays in CLOSE_WAIT longer than this (e.g. 500ms, 10s)
-    #[arg(long, value_name = "DURATION", default_value_t = defaults::text(defaults::CLOSE_WAIT_THRESHOLD))]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", default_value_t = defaults::text(defaults::CLOSE_WAIT_THRESHOLD))]
     pub close_wait_threshold: String,
 
     /// Also report sockets stuck in STATE longer than DURATION, as CLOSE_WAIT is (repeatable):
@@ -116,11 +116,15 @@ pub struct TraceArgs {
     /// long mean a dead or filtered peer. STATE is SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2,
     /// CLOSING or LAST_ACK (CLOSE_WAIT=D is --close-wait-threshold D). E.g. --stuck
     /// FIN_WAIT2=60s --stuck SYN_SENT=5s
-    #[arg(long = "stuck", value_name = "STATE=DURATION")]
+    #[arg(
+        long = "stuck",
+        allow_hyphen_values = true,
+        value_name = "STATE=DURATION"
+    )]
     pub stuck: Vec<String>,
 
     /// Stop by itself after this long (e.g. 30s, 5m)
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION")]
     pub duration: Option<String>,
 
     /// Track at most this many sockets; the oldest are evicted (and counted) beyond it
@@ -129,7 +133,7 @@ pub struct TraceArgs {
 
     /// Size of the kernel ring buffer (a power of two and a multiple of the page size; e.g.
     /// 8MiB, 64MiB, 4096; K, M and G are powers of 1024)
-    #[arg(long, value_name = "SIZE", default_value_t = defaults::RING_BUFFER_BYTES.to_string())]
+    #[arg(long, allow_hyphen_values = true, value_name = "SIZE", default_value_t = defaults::RING_BUFFER_BYTES.to_string())]
     pub ring_buffer_size: String,
 
     /// Which kernel hook to attach: the BTF-enabled raw tracepoint (cheaper: no trace record
@@ -154,7 +158,7 @@ pub struct TraceArgs {
     /// and G are powers of 1024). Past it stdout drops records (counted by type) and the
     /// export holds the tracer until its disk catches up. Default: room for as many records
     /// as the ring buffer holds events (19 MiB with the default ring buffer)
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, allow_hyphen_values = true, value_name = "SIZE")]
     pub output_buffer: Option<String>,
 
     /// Also write every record (transitions, timelines, CLOSE_WAIT, summary) to FILE as NDJSON,
@@ -215,7 +219,12 @@ pub struct TopArgs {
     pub trace: TraceArgs,
 
     /// Refresh the screen this often (e.g. 500ms, 2s)
-    #[arg(long, value_name = "DURATION", default_value = "1s")]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        value_name = "DURATION",
+        default_value = "1s"
+    )]
     pub interval: String,
 }
 
@@ -242,7 +251,7 @@ pub struct AnalyzeArgs {
     pub transitions: bool,
 
     /// CLOSE_WAIT threshold of the recomputed report (default: the traced run's)
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION")]
     pub close_wait_threshold: Option<String>,
 
     /// Keep only sockets owned by these processes (default: the traced run's --pid)
@@ -340,14 +349,33 @@ impl TryFrom<&TraceArgs> for Config {
         ports.dedup();
         let mut threshold = duration("--close-wait-threshold", &args.close_wait_threshold)?;
         let mut stuck: Vec<(TcpState, u64)> = Vec::new();
+        let mut close_wait_given = false;
         for token in &args.stuck {
             let (state, d) = parse_stuck(token)?;
+            let twice = if state == TcpState::CloseWait {
+                std::mem::replace(&mut close_wait_given, true)
+            } else {
+                stuck.iter().any(|(s, _)| *s == state)
+            };
+            if twice {
+                return Err(ConfigError::StuckTwice {
+                    state: state.name().into_owned(),
+                });
+            }
             if state == TcpState::CloseWait {
+                if args.close_wait_threshold != defaults::text(defaults::CLOSE_WAIT_THRESHOLD) {
+                    return Err(ConfigError::CloseWaitTwice {
+                        threshold: args.close_wait_threshold.clone(),
+                        token: token.clone(),
+                    });
+                }
                 threshold = d;
             } else {
-                stuck.retain(|(s, _)| *s != state);
                 stuck.push((state, nanos(d)));
             }
+        }
+        if args.pids.contains(&0) {
+            return Err(ConfigError::PidZero);
         }
         let stop_after = args
             .duration
@@ -555,11 +583,9 @@ mod tests {
     fn stuck_states_and_thresholds() {
         let c = config(&[
             "--stuck",
-            "FIN_WAIT2=60s",
+            "FIN_WAIT2=90s",
             "--stuck",
             "syn-sent=5s",
-            "--stuck",
-            "FIN_WAIT2=90s",
             "--stuck",
             "CLOSE_WAIT=2s",
         ])
@@ -567,8 +593,8 @@ mod tests {
         assert_eq!(
             c.engine.stuck,
             [
-                (TcpState::SynSent, 5_000_000_000),
-                (TcpState::FinWait2, 90_000_000_000)
+                (TcpState::FinWait2, 90_000_000_000),
+                (TcpState::SynSent, 5_000_000_000)
             ]
         );
         assert_eq!(
@@ -590,6 +616,28 @@ mod tests {
         }
         let err = config(&["--stuck", "LAST_ACK=0s"]).unwrap_err().to_string();
         assert!(err.contains("--stuck"), "{err}");
+        // One threshold per state: a second one is an error, not silently the last.
+        let err = config(&["--stuck", "FIN_WAIT2=60s", "--stuck", "fin-wait2=9s"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("FIN_WAIT2 is given twice"), "{err}");
+        let err = config(&["--close-wait-threshold", "10s", "--stuck", "CLOSE_WAIT=2s"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--close-wait-threshold 10s") && err.contains("CLOSE_WAIT=2s"),
+            "{err}"
+        );
+        let err = config(&["--stuck", "CLOSE_WAIT=2s", "--stuck", "CLOSE_WAIT=3s"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CLOSE_WAIT is given twice"), "{err}");
+    }
+
+    #[test]
+    fn pid_zero_is_no_process() {
+        let err = config(&["--pid", "0"]).unwrap_err().to_string();
+        assert!(err.contains("--pid 0"), "{err}");
     }
 
     #[test]
