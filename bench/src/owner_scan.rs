@@ -442,6 +442,7 @@ impl OwnerScan {
                 ),
                 measured: format!("{} alerts, {} owned", self.alerts, self.alerts_owned),
                 met: Some(self.alerts == self.close_wait && self.alerts_owned == self.close_wait),
+                limit: None,
             },
             Target {
                 target: "owner scan: every alert written within 1 s of crossing its threshold"
@@ -451,6 +452,7 @@ impl OwnerScan {
                     |w| format!("latest arrived {w} ms after crossing"),
                 ),
                 met: worst.map(|w| w <= ON_TIME.as_millis() as i64),
+                limit: None,
             },
             Target {
                 target: "owner scan: 0 ring buffer losses during the scans".into(),
@@ -458,6 +460,7 @@ impl OwnerScan {
                     .lost_ringbuf
                     .map_or_else(|| "no summary".into(), |l| format!("{l} lost")),
                 met: self.lost_ringbuf.map(|l| l == 0),
+                limit: None,
             },
         ]
     }
