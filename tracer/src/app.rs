@@ -711,7 +711,8 @@ impl Lookup {
     fn start(engine: &mut Engine, probe: &mut Probe, now_ns: u64, recheck: bool) -> Option<Self> {
         let due = engine.due(now_ns);
         let followed = if recheck {
-            engine.followed()
+            let lossy = probe.lost() + probe.recursion_misses().unwrap_or(0) > 0;
+            engine.followed(lossy)
         } else {
             Vec::new()
         };

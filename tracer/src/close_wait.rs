@@ -435,11 +435,11 @@ impl Detector {
 
     /// Reported sockets followed through the tables: the caller re-reads the tables and
     /// resolves those that left their state.
-    pub fn followed_reported(&self) -> Vec<SockId> {
+    pub fn followed_reported(&self, lossy: bool) -> Vec<SockId> {
         let mut ids: Vec<SockId> = self
             .stuck
             .values()
-            .filter(|s| s.alerted && s.followed)
+            .filter(|s| s.alerted && (s.followed || (lossy && matches!(s.id, SockId::Kernel(_)))))
             .map(|s| s.id)
             .collect();
         ids.sort();
@@ -556,7 +556,7 @@ mod tests {
         assert_eq!(d.poll(350 * MS), [SockId::Kernel(7)]);
         // Into a timewait socket: followed, keeping its age and address.
         assert_eq!(d.observe(&transition(400 * MS, 7, C, S, 5, 7)), None);
-        let followed = d.followed_reported();
+        let followed = d.followed_reported(false);
         let [id @ SockId::Tuple { .. }] = followed[..] else {
             panic!("{followed:?}")
         };

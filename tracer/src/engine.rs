@@ -385,12 +385,16 @@ impl Engine {
 
     /// Reported sockets that live on as timewait sockets: the caller reads the socket tables
     /// (only when this is not empty) and hands them to [`Engine::recheck`].
-    pub fn followed(&self) -> Vec<SockId> {
-        self.detector.followed_reported()
+    /// With `lossy` (the kernel side has lost events), also every reported socket seen by its
+    /// kernel address: the transition that took it out of its state may be among those lost.
+    pub fn followed(&self, lossy: bool) -> Vec<SockId> {
+        self.detector.followed_reported(lossy)
     }
 
     /// Resolves the followed sockets the tables no longer show in their state: the peer's FIN
-    /// came (the timewait socket moved on to TIME_WAIT) or the timewait socket expired.
+    /// came (the timewait socket moved on to TIME_WAIT) or the timewait socket expired. A
+    /// socket seen by its kernel address is resolved so only when the tables of its namespace
+    /// were read: it left its state in a transition the tracer lost (and counted).
     pub fn recheck(
         &mut self,
         ids: &[SockId],
@@ -402,6 +406,11 @@ impl Engine {
             let Some(stuck) = self.detector.get(id) else {
                 continue;
             };
+            if matches!(id, SockId::Kernel(_))
+                && !stuck.netns.is_some_and(|n| table.netns.contains(&n))
+            {
+                continue;
+            }
             let now = table.find(stuck.netns, &stuck.endpoints, stuck.state);
             let new_state = match now {
                 Some(e) if e.state == stuck.state => continue,
@@ -723,6 +732,43 @@ mod tests {
         assert_eq!(report.pid, Some(333));
     }
 
+    /// After a loss, a reported socket whose leaving transition was lost is resolved once the
+    /// tables of its namespace no longer show it (it stayed "stuck" forever before); without
+    /// a loss, or with tables that did not read its namespace, it is left alone.
+    #[test]
+    fn after_a_loss_a_reported_socket_the_tables_no_longer_show_is_resolved() {
+        let mut e = engine(Options {
+            close_wait_threshold_ns: MS,
+            ..Options::default()
+        });
+        let ts: Vec<Transition> = stuck_server()
+            .into_iter()
+            .map(|t| Transition { netns: 7, ..t })
+            .collect();
+        feed(&mut e, &ts);
+        let read = |netns: Vec<u64>, entries: Vec<SocketEntry>| SocketTable {
+            entries,
+            netns,
+            ..SocketTable::default()
+        };
+        let mut shown = table(333).entries;
+        shown[0].netns = 7;
+        let out = report_due(&mut e, 10 * MS, Some(&read(vec![7], shown)));
+        assert!(matches!(&out[..], [Record::CloseWait(_)]), "{out:?}");
+        assert!(e.followed(false).is_empty());
+        let ids = e.followed(true);
+        assert_eq!(ids, [SockId::Kernel(9)]);
+        let mut out = Vec::new();
+        e.recheck(&ids, &read(vec![8], vec![]), 20 * MS, &mut out);
+        assert!(out.is_empty(), "its namespace was not read: {out:?}");
+        e.recheck(&ids, &read(vec![7], vec![]), 30 * MS, &mut out);
+        let [Record::CloseWaitResolved(resolved)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(resolved.new_state, TcpState::Close);
+        assert!(e.followed(true).is_empty());
+    }
+
     /// An engine making timelines that found [`table`]`(222)`'s socket in CLOSE_WAIT at start.
     fn found_at_start() -> Engine {
         let mut e = engine(Options {
@@ -1005,7 +1051,7 @@ mod tests {
             Some(111),
             "the timeline's last word"
         );
-        let followed = e.followed();
+        let followed = e.followed(false);
         let mut out = Vec::new();
         e.recheck(&followed, &SocketTable::default(), 30 * MS, &mut out);
         let [Record::StuckResolved(resolved)] = &out[..] else {

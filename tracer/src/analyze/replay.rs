@@ -168,14 +168,22 @@ impl Replay {
         };
         let ids: Vec<SockId> = self
             .engine
-            .followed()
+            .followed(true)
             .into_iter()
-            .filter(|id| matches!(id, SockId::Tuple { endpoints: e, .. } if *e == endpoints))
+            .filter(|&id| match id {
+                SockId::Tuple { endpoints: e, .. } => e == endpoints,
+                // Resolved live from the tables after a loss (see `Engine::followed`).
+                SockId::Kernel(skaddr) => r.skaddr.is_some_and(|s| s.0 == skaddr),
+                SockId::Preexisting { .. } => false,
+            })
             .collect();
         if ids.is_empty() {
             return;
         }
-        let mut table = SocketTable::default();
+        let mut table = SocketTable {
+            netns: r.netns.into_iter().collect(),
+            ..SocketTable::default()
+        };
         if r.new_state != TcpState::Close {
             table.entries.push(SocketEntry {
                 endpoints,
