@@ -29,6 +29,10 @@ fn report(dir: &Path, input: &Path, extra: &[&str]) -> (String, Output) {
     args.extend_from_slice(extra);
     let out = analyze(&args, input);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // Owner only, as the export: it shows what the host talks to.
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&out_path).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     (fs::read_to_string(&out_path).unwrap(), out)
 }
 

@@ -19,6 +19,7 @@ mod words;
 use std::{
     fs,
     io::{self, Write as _},
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -69,7 +70,13 @@ pub fn write<S: Sink>(
         name.to_string_lossy(),
         std::process::id()
     ));
-    let result = fs::File::create(&tmp)
+    // Owner only, as the export: the report shows what the host talks to and its processes.
+    let result = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
         .and_then(|mut f| f.write_all(html.as_bytes()).and_then(|()| f.sync_all()))
         .and_then(|()| fs::rename(&tmp, path));
     if let Err(e) = result {
