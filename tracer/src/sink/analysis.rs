@@ -75,6 +75,13 @@ fn close_wait(out: &mut String, r: &AnalysisRecord) -> std::fmt::Result {
     if r.close_wait.is_empty() {
         return Ok(());
     }
+    if r.lost > 0 && r.close_wait.iter().any(|f| f.left_to.is_none()) {
+        writeln!(
+            out,
+            "(the traced run lost {} record(s): a socket shown still in CLOSE_WAIT may have left it in one of them)",
+            r.lost
+        )?;
+    }
     writeln!(
         out,
         "{:<8} {:<16} {:>8} {:>12}",

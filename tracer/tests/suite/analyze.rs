@@ -373,6 +373,12 @@ fn a_stream_counts_the_drops_of_its_own_destination() {
         "{}",
         text(&out.stderr)
     );
+    // A socket not seen leaving CLOSE_WAIT may have left it in a lost record: said so.
+    assert!(
+        text(&out.stdout).contains("may have left it in one of them"),
+        "{}",
+        text(&out.stdout)
+    );
     assert_eq!(analysis(&[], &edited(",\"written_to\":\"export\"")).lost, 0);
     assert_eq!(analysis(&[], &edited("")).lost, 0);
 }

@@ -434,3 +434,20 @@ fn a_watched_state_gets_its_own_pile_up() {
         "{pile}"
     );
 }
+
+/// A socket not seen leaving CLOSE_WAIT in a capture that lost records is not said to be one
+/// its process never closed: its leaving may be among the records lost.
+#[test]
+fn a_lossy_capture_does_not_claim_a_socket_was_never_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (whole, _) = report(dir.path(), &fixture(), &[]);
+    assert!(whole.contains("never left CLOSE_WAIT during the capture"));
+    let lossy = dir.path().join("lossy.ndjson");
+    let body = fs::read_to_string(fixture())
+        .unwrap()
+        .replace("\"lost_ringbuf\":0", "\"lost_ringbuf\":5");
+    fs::write(&lossy, body).unwrap();
+    let (html, _) = report(dir.path(), &lossy, &[]);
+    assert!(html.contains("not seen leaving CLOSE_WAIT (the capture lost records"));
+    assert!(!html.contains("never left CLOSE_WAIT during the capture"));
+}

@@ -247,7 +247,12 @@ fn findings<S: Sink>(c: &Collector<S>, a: &AnalysisRecord) -> String {
                 .count();
             let reset = mine.len() - open - closed;
             let mut parts = Vec::new();
-            if open > 0 {
+            if open > 0 && a.lost > 0 {
+                // The transition out of CLOSE_WAIT may be among the records lost.
+                parts.push(format!(
+                    "{open} not seen leaving CLOSE_WAIT (the capture lost records: some may have left it unseen)"
+                ));
+            } else if open > 0 {
                 parts.push(format!(
                     "{open} never left CLOSE_WAIT during the capture (the process did not call close())"
                 ));
