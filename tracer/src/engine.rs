@@ -335,7 +335,7 @@ impl Engine {
             // A socket seen entering its state that the tables of its namespace, read now, do
             // not show in it left it in transitions the tracer lost (counted, as ring buffer
             // losses or runs the kernel skipped): it is not stuck, and no report names it.
-            let read = |t: &SocketTable| stuck.netns.is_some_and(|n| t.netns.contains(&n));
+            let read = |t: &SocketTable| t.has_read(stuck.netns);
             if matches!(id, SockId::Kernel(_)) && entry.is_none() && table.is_some_and(read) {
                 log::debug!(
                     "{} {:?} is not in its namespace's tables: it left the state unseen",
@@ -406,9 +406,7 @@ impl Engine {
             let Some(stuck) = self.detector.get(id) else {
                 continue;
             };
-            if matches!(id, SockId::Kernel(_))
-                && !stuck.netns.is_some_and(|n| table.netns.contains(&n))
-            {
+            if matches!(id, SockId::Kernel(_)) && !table.has_read(stuck.netns) {
                 continue;
             }
             let now = table.find(stuck.netns, &stuck.endpoints, stuck.state);
@@ -663,6 +661,29 @@ mod tests {
         e
     }
 
+    /// [`stuck_engine`] with the socket in network namespace `netns`.
+    fn stuck_engine_in(netns: u64) -> Engine {
+        let mut e = engine(Options {
+            close_wait_threshold_ns: MS,
+            ..Options::default()
+        });
+        let ts: Vec<Transition> = stuck_server()
+            .into_iter()
+            .map(|t| Transition { netns, ..t })
+            .collect();
+        feed(&mut e, &ts);
+        e
+    }
+
+    /// Socket tables that read namespaces `netns` and hold `entries`.
+    fn read(netns: Vec<u64>, entries: Vec<SocketEntry>) -> SocketTable {
+        SocketTable {
+            entries,
+            netns,
+            ..SocketTable::default()
+        }
+    }
+
     /// The records of a report pass at `now_ns`: the sockets due then, reported with the
     /// socket table `table` when there is one.
     fn report_due(e: &mut Engine, now_ns: u64, table: Option<&SocketTable>) -> Vec<Record> {
@@ -697,30 +718,13 @@ mod tests {
     /// read its namespace leave it reported, and one they show is reported with its holder.
     #[test]
     fn a_socket_the_tables_of_its_namespace_do_not_show_is_not_reported() {
-        let in_netns = |netns: u64| {
-            let mut e = engine(Options {
-                close_wait_threshold_ns: MS,
-                ..Options::default()
-            });
-            let ts: Vec<Transition> = stuck_server()
-                .into_iter()
-                .map(|t| Transition { netns, ..t })
-                .collect();
-            feed(&mut e, &ts);
-            e
-        };
-        let read = |netns: Vec<u64>, entries: Vec<SocketEntry>| SocketTable {
-            entries,
-            netns,
-            ..SocketTable::default()
-        };
-        let mut gone = in_netns(7);
+        let mut gone = stuck_engine_in(7);
         assert!(report_due(&mut gone, 10 * MS, Some(&read(vec![7], vec![]))).is_empty());
         assert!(gone.detector.get(SockId::Kernel(9)).is_none());
-        let mut unread = in_netns(7);
+        let mut unread = stuck_engine_in(7);
         let out = report_due(&mut unread, 10 * MS, Some(&read(vec![8], vec![])));
         assert!(matches!(&out[..], [Record::CloseWait(_)]), "{out:?}");
-        let mut shown = in_netns(1);
+        let mut shown = stuck_engine_in(1);
         let out = report_due(
             &mut shown,
             10 * MS,
@@ -737,20 +741,7 @@ mod tests {
     /// a loss, or with tables that did not read its namespace, it is left alone.
     #[test]
     fn after_a_loss_a_reported_socket_the_tables_no_longer_show_is_resolved() {
-        let mut e = engine(Options {
-            close_wait_threshold_ns: MS,
-            ..Options::default()
-        });
-        let ts: Vec<Transition> = stuck_server()
-            .into_iter()
-            .map(|t| Transition { netns: 7, ..t })
-            .collect();
-        feed(&mut e, &ts);
-        let read = |netns: Vec<u64>, entries: Vec<SocketEntry>| SocketTable {
-            entries,
-            netns,
-            ..SocketTable::default()
-        };
+        let mut e = stuck_engine_in(7);
         let mut shown = table(333).entries;
         shown[0].netns = 7;
         let out = report_due(&mut e, 10 * MS, Some(&read(vec![7], shown)));

@@ -110,6 +110,11 @@ pub struct SocketTable {
 }
 
 impl SocketTable {
+    /// Were the tables of namespace `netns` read (`false` for an unknown namespace)?
+    pub fn has_read(&self, netns: Option<u64>) -> bool {
+        netns.is_some_and(|n| self.netns.contains(&n))
+    }
+
     /// The entry for a connection in namespace `netns` (any namespace when `None`; the
     /// 4-tuple may then repeat across namespaces and the first in `state` is taken).
     pub fn find(
