@@ -532,13 +532,16 @@ impl Session {
     /// Reads the loss counters and, if any moved since the last `lost` record, queues a new one
     /// with the differences. Returns the counters read.
     fn push_lost(&mut self, now: u64) -> Losses {
+        let (stdout, export) = self.outputs.delivery();
+        // Records of any type but `lost` dropped so far, over both destinations.
+        let dropped =
+            stdout.dropped.total_but_lost() + export.map_or(0, |e| e.dropped.total_but_lost());
         let lost = (
             self.probe.lost(),
             self.probe.recursion_misses().unwrap_or(0),
-            self.outputs.dropped(),
+            dropped,
         );
         let reported = self.reported_lost;
-        let (stdout, export) = self.outputs.delivery();
         let lost_records_dropped = stdout.dropped.lost + export.map_or(0, |e| e.dropped.lost);
         // A stalled reader dropped the last `lost` record: once there is room again, it gets
         // the figures once more, so a reader that catches up knows what it missed.
@@ -877,12 +880,6 @@ impl Outputs {
             self.stdout.delivery(),
             self.export.as_ref().map(|(e, _)| e.delivery()),
         )
-    }
-
-    /// Records of any type but `lost` dropped so far, over both destinations.
-    fn dropped(&self) -> u64 {
-        let (stdout, export) = self.delivery();
-        stdout.dropped.total_but_lost() + export.map_or(0, |e| e.dropped.total_but_lost())
     }
 
     /// Formats the batch for every destination and empties it (keeping its capacity).
