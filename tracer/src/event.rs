@@ -62,13 +62,37 @@ impl From<u32> for TcpState {
 impl TcpState {
     /// The kernel's name without the `TCP_` prefix.
     pub fn name(self) -> std::borrow::Cow<'static, str> {
+        match self.known_name() {
+            Some(name) => name.into(),
+            None => format!("UNKNOWN({})", self.number()).into(),
+        }
+    }
+
+    /// The name of a state the kernel defines (without `TCP_`); `None` for
+    /// [`TcpState::Unknown`].
+    pub fn known_name(self) -> Option<&'static str> {
         match self {
-            TcpState::Unknown(n) => format!("UNKNOWN({n})").into(),
-            known => NAMES
-                .iter()
-                .find(|(state, _)| *state == known)
-                .map_or("UNKNOWN", |(_, name)| name)
-                .into(),
+            TcpState::Unknown(_) => None,
+            known => Some(NAMES[known.number() as usize - 1].1),
+        }
+    }
+
+    /// The kernel's number for the state (`TCP_ESTABLISHED` is 1).
+    pub fn number(self) -> u32 {
+        match self {
+            TcpState::Established => 1,
+            TcpState::SynSent => 2,
+            TcpState::SynRecv => 3,
+            TcpState::FinWait1 => 4,
+            TcpState::FinWait2 => 5,
+            TcpState::TimeWait => 6,
+            TcpState::Close => 7,
+            TcpState::CloseWait => 8,
+            TcpState::LastAck => 9,
+            TcpState::Listen => 10,
+            TcpState::Closing => 11,
+            TcpState::NewSynRecv => 12,
+            TcpState::Unknown(n) => n,
         }
     }
 
@@ -238,6 +262,9 @@ mod tests {
         }
         assert_eq!(TcpState::from(8).name(), "CLOSE_WAIT");
         assert_eq!(TcpState::from(99).name(), "UNKNOWN(99)");
+        for raw in 0..=20 {
+            assert_eq!(TcpState::from(raw).number(), raw);
+        }
         assert_eq!(TcpState::from(0), TcpState::Unknown(0));
     }
 }

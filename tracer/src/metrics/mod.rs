@@ -626,20 +626,9 @@ fn saturate(v: u64) -> i64 {
 }
 
 fn state_index(state: TcpState) -> usize {
-    match state {
-        TcpState::Established => 1,
-        TcpState::SynSent => 2,
-        TcpState::SynRecv => 3,
-        TcpState::FinWait1 => 4,
-        TcpState::FinWait2 => 5,
-        TcpState::TimeWait => 6,
-        TcpState::Close => 7,
-        TcpState::CloseWait => 8,
-        TcpState::LastAck => 9,
-        TcpState::Listen => 10,
-        TcpState::Closing => 11,
-        TcpState::NewSynRecv => 12,
-        TcpState::Unknown(_) => 0,
+    match state.known_name() {
+        Some(_) => state.number() as usize,
+        None => 0,
     }
 }
 

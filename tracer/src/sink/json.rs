@@ -31,7 +31,7 @@ impl<W: Write> JsonSink<W> {
     pub fn new(out: W) -> Self {
         Self {
             out,
-            line: Vec::with_capacity(LINE_BYTES),
+            line: Vec::with_capacity(PLAIN_LINE_BYTES),
             second: Second::default(),
         }
     }
@@ -102,7 +102,7 @@ struct Second {
 
 impl Second {
     /// Writes `time` as [`WallTime::text`] does.
-    fn write(&mut self, out: &mut Vec<u8>, time: WallTime) {
+    fn write(&mut self, out: &mut Cursor<'_>, time: WallTime) {
         let ns = time.unix_ns();
         let key = ns / 1_000_000_000 + 1;
         if key != self.key {
@@ -110,7 +110,7 @@ impl Second {
             self.text.copy_from_slice(&whole.as_bytes()[..19]);
             self.key = key;
         }
-        out.extend_from_slice(&self.text);
+        out.put(&self.text);
         let micros = (ns % 1_000_000_000 / 1_000) as usize;
         let mut tail = *b".000000Z";
         for (i, pair) in [micros / 10_000, micros / 100 % 100, micros % 100]
@@ -119,122 +119,224 @@ impl Second {
         {
             tail[1 + 2 * i..3 + 2 * i].copy_from_slice(&PAIRS[pair * 2..pair * 2 + 2]);
         }
-        out.extend_from_slice(&tail);
+        out.put(&tail);
     }
 }
 
 /// Appends `record`'s line, newline included.
 fn line(out: &mut Vec<u8>, record: &Record, second: &mut Second) -> io::Result<()> {
     match record {
-        Record::Transition(r) => transition(out, r, second)?,
-        other => serde_json::to_writer(&mut *out, other)?,
+        Record::Transition(r) if plain(r) => transition(out, r, second),
+        other => {
+            serde_json::to_writer(&mut *out, other)?;
+            out.push(b'\n');
+        }
     }
-    out.push(b'\n');
     Ok(())
 }
 
-/// A transition record, field for field as serde_json writes `Record::Transition`.
-fn transition(out: &mut Vec<u8>, r: &TransitionRecord, second: &mut Second) -> io::Result<()> {
-    // Room for the whole line but for long or escaped strings: the appends below then never
-    // reallocate.
-    out.reserve(LINE_BYTES);
-    out.extend_from_slice(br#"{"type":"transition","ts_ns":"#);
-    number(out, r.ts_ns);
+/// Names and error texts longer than this (in bytes) are written by serde_json.
+const PLAIN_STRING_BYTES: usize = 64;
+
+/// The longest line [`transition`] writes, newline included: its fixed text, every number at
+/// its widest, IPv6 addresses, and four strings of [`PLAIN_STRING_BYTES`] (a test writes it).
+const PLAIN_LINE_BYTES: usize = 900;
+
+/// A transition [`transition`] can write: its strings are short and need no escaping, its
+/// states are known. Any other is written by serde_json (the same text, slower).
+fn plain(r: &TransitionRecord) -> bool {
+    let string = |s: &str| {
+        #[expect(
+            clippy::needless_bitwise_bool,
+            reason = "without an early exit the test vectorizes; the strings are short"
+        )]
+        let escape = s.bytes().fold(false, |any, b| {
+            any | (b < 0x20) | (b == b'"') | (b == b'\\')
+        });
+        s.len() <= PLAIN_STRING_BYTES && !escape
+    };
+    r.old_state.known_name().is_some()
+        && r.new_state.known_name().is_some()
+        && r.comm.as_deref().is_none_or(string)
+        && string(&r.ctx_comm)
+        && r.ctx_thread.as_deref().is_none_or(string)
+        && r.error.as_deref().is_none_or(string)
+}
+
+/// A [`plain`] transition's line, field for field as serde_json writes `Record::Transition`,
+/// newline included. Room for the longest such line is made at once and the bytes are put at
+/// a cursor in it: one capacity check a line instead of one per append.
+fn transition(out: &mut Vec<u8>, r: &TransitionRecord, second: &mut Second) {
+    let start = out.len();
+    out.resize(start + PLAIN_LINE_BYTES, 0);
+    let mut line = Cursor {
+        buf: &mut out[start..],
+        at: 0,
+    };
+    line.put(br#"{"type":"transition","ts_ns":"#);
+    line.number(r.ts_ns);
     // Both are ASCII digits and separators: nothing to escape.
-    out.extend_from_slice(br#","time":""#);
-    second.write(out, r.time);
-    out.extend_from_slice(br#"","skaddr":""#);
+    line.put(br#","time":""#);
+    second.write(&mut line, r.time);
+    line.put(br#"","skaddr":""#);
     let skaddr = r.skaddr.0;
-    in_place::<18>(out, SkAddr::text_len(skaddr), |text| {
-        SkAddr::write(text, skaddr);
+    let len = SkAddr::text_len(skaddr);
+    SkAddr::write(line.take(len), skaddr);
+    line.put(match r.family {
+        Family::Ipv4 => br#"","family":"ipv4","laddr":""#,
+        Family::Ipv6 => br#"","family":"ipv6","laddr":""#,
     });
-    out.push(b'"');
-    out.extend_from_slice(match r.family {
-        Family::Ipv4 => br#","family":"ipv4","laddr":""#,
-        Family::Ipv6 => br#","family":"ipv6","laddr":""#,
-    });
-    ip(out, r.laddr);
-    out.extend_from_slice(br#"","lport":"#);
-    number(out, r.lport);
-    out.extend_from_slice(br#","raddr":""#);
-    ip(out, r.raddr);
-    out.extend_from_slice(br#"","rport":"#);
-    number(out, r.rport);
-    out.extend_from_slice(br#","protocol":"#);
-    number(out, r.protocol);
-    out.extend_from_slice(br#","old_state":"#);
-    state(out, r.old_state);
-    out.extend_from_slice(br#","new_state":"#);
-    state(out, r.new_state);
-    out.extend_from_slice(br#","duration_ns":"#);
-    optional(out, r.duration_ns);
-    out.extend_from_slice(br#","pid":"#);
-    optional(out, r.pid);
-    out.extend_from_slice(br#","comm":"#);
-    match &r.comm {
-        Some(comm) => string(out, comm)?,
-        None => out.extend_from_slice(b"null"),
-    }
-    out.extend_from_slice(br#","ctx_pid":"#);
-    number(out, r.ctx_pid);
-    out.extend_from_slice(br#","ctx_comm":"#);
-    string(out, &r.ctx_comm)?;
-    out.extend_from_slice(br#","ctx_tid":"#);
-    number(out, r.ctx_tid);
-    out.extend_from_slice(br#","ctx_thread":"#);
-    match &r.ctx_thread {
-        Some(thread) => string(out, thread)?,
-        None => out.extend_from_slice(b"null"),
-    }
-    out.extend_from_slice(br#","cpu":"#);
-    number(out, r.cpu);
-    out.extend_from_slice(br#","error":"#);
-    match &r.error {
-        Some(error) => string(out, error)?,
-        None => out.extend_from_slice(b"null"),
-    }
-    out.extend_from_slice(match r.reset_by {
+    line.ip(r.laddr);
+    line.put(br#"","lport":"#);
+    line.number(r.lport);
+    line.put(br#","raddr":""#);
+    line.ip(r.raddr);
+    line.put(br#"","rport":"#);
+    line.number(r.rport);
+    line.put(br#","protocol":"#);
+    line.number(r.protocol);
+    line.put(br#","old_state":"#);
+    line.state(r.old_state);
+    line.put(br#","new_state":"#);
+    line.state(r.new_state);
+    line.put(br#","duration_ns":"#);
+    line.optional(r.duration_ns);
+    line.put(br#","pid":"#);
+    line.optional(r.pid);
+    line.put(br#","comm":"#);
+    line.string(r.comm.as_deref());
+    line.put(br#","ctx_pid":"#);
+    line.number(r.ctx_pid);
+    line.put(br#","ctx_comm":"#);
+    line.string(Some(&r.ctx_comm));
+    line.put(br#","ctx_tid":"#);
+    line.number(r.ctx_tid);
+    line.put(br#","ctx_thread":"#);
+    line.string(r.ctx_thread.as_deref());
+    line.put(br#","cpu":"#);
+    line.number(r.cpu);
+    line.put(br#","error":"#);
+    line.string(r.error.as_deref());
+    line.put(match r.reset_by {
         None => br#","reset_by":null"#.as_slice(),
         Some(ResetBy::Local) => br#","reset_by":"local""#,
         Some(ResetBy::Peer) => br#","reset_by":"peer""#,
     });
-    out.extend_from_slice(br#","netns":"#);
-    optional(out, r.netns);
-    out.extend_from_slice(br#","sock_owned":"#);
-    boolean(out, r.sock_owned);
-    out.extend_from_slice(br#","peer_fin":"#);
-    boolean(out, r.peer_fin);
-    out.push(b'}');
-    Ok(())
-}
-
-fn boolean(out: &mut Vec<u8>, b: Option<bool>) {
-    out.extend_from_slice(match b {
-        None => b"null".as_slice(),
-        Some(false) => b"false",
-        Some(true) => b"true",
-    });
-}
-
-/// What a transition's line takes but for its strings (see [`crate::output::Buffer::RECORD_BYTES`]
-/// for the lengths measured).
-const LINE_BYTES: usize = 640;
-
-/// Appends `len` (at most `N`) bytes that `fill` writes in place. `N` zeros are appended and
-/// the rest cut off, because a copy of a constant size is a few moves, where one of a variable
-/// size is a call to `memcpy`, and bytes written into a stack buffer and copied out at once
-/// stall the CPU (each number through `itoa` and `memcpy` cost a tenth of the tracer's time).
-fn in_place<const N: usize>(out: &mut Vec<u8>, len: usize, fill: impl FnOnce(&mut [u8])) {
-    let start = out.len();
-    out.extend_from_slice(&[0u8; N]);
-    fill(&mut out[start..start + len]);
+    line.put(br#","netns":"#);
+    line.optional(r.netns);
+    line.put(br#","sock_owned":"#);
+    line.boolean(r.sock_owned);
+    line.put(br#","peer_fin":"#);
+    line.boolean(r.peer_fin);
+    line.put(b"}\n");
+    let len = line.at;
     out.truncate(start + len);
 }
 
-fn number(out: &mut Vec<u8>, n: impl Into<u64>) {
-    let n = n.into();
-    in_place::<20>(out, decimal_len(n), |digits| decimal(digits, n));
+/// Bytes put one after the other into room made for them.
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    at: usize,
 }
+
+impl Cursor<'_> {
+    /// The next `len` bytes, to write in place (a copy of a constant size is a few moves, where
+    /// bytes written into a stack buffer and copied out at once stall the CPU).
+    fn take(&mut self, len: usize) -> &mut [u8] {
+        let at = self.at;
+        self.at += len;
+        &mut self.buf[at..at + len]
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        self.take(bytes.len()).copy_from_slice(bytes);
+    }
+
+    fn number(&mut self, n: impl Into<u64>) {
+        let n = n.into();
+        decimal(self.take(decimal_len(n)), n);
+    }
+
+    fn optional(&mut self, n: Option<impl Into<u64>>) {
+        match n {
+            Some(n) => self.number(n),
+            None => self.put(b"null"),
+        }
+    }
+
+    fn boolean(&mut self, b: Option<bool>) {
+        self.put(match b {
+            None => b"null".as_slice(),
+            Some(false) => b"false",
+            Some(true) => b"true",
+        });
+    }
+
+    /// A string [`plain`] let through (nothing to escape), or null.
+    fn string(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => {
+                self.put(b"\"");
+                self.put(s.as_bytes());
+                self.put(b"\"");
+            }
+            None => self.put(b"null"),
+        }
+    }
+
+    /// A known state's name, quoted.
+    fn state(&mut self, s: TcpState) {
+        self.put(b"\"");
+        self.put(s.known_name().unwrap_or_default().as_bytes());
+        self.put(b"\"");
+    }
+
+    /// An address as its `Display` (only digits, dots, colons and hex letters: nothing to
+    /// escape).
+    fn ip(&mut self, addr: IpAddr) {
+        match addr {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.put(b".");
+                    }
+                    // Four bytes at once, then the cursor moves by the octet's length: the
+                    // bytes after it are written over by what follows.
+                    let (text, len) = OCTETS[usize::from(octet)];
+                    self.buf[self.at..self.at + 4].copy_from_slice(&text);
+                    self.at += usize::from(len);
+                }
+            }
+            IpAddr::V6(v6) => {
+                let mut rest = &mut self.buf[self.at..];
+                let room = rest.len();
+                // The room left holds the longest IPv6 text (45 bytes) and more.
+                let _ = write!(rest, "{v6}");
+                self.at += room - rest.len();
+            }
+        }
+    }
+}
+
+/// The decimal text of every octet, padded to four bytes, and its length.
+const OCTETS: [([u8; 4], u8); 256] = {
+    let mut table = [([0u8; 4], 0u8); 256];
+    let mut n = 0u8;
+    loop {
+        let (hundreds, tens, ones) = (b'0' + n / 100, b'0' + n / 10 % 10, b'0' + n % 10);
+        table[n as usize] = if n >= 100 {
+            ([hundreds, tens, ones, 0], 3)
+        } else if n >= 10 {
+            ([tens, ones, 0, 0], 2)
+        } else {
+            ([ones, 0, 0, 0], 1)
+        };
+        if n == u8::MAX {
+            break table;
+        }
+        n += 1;
+    }
+};
 
 /// "00" to "99".
 const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
@@ -263,56 +365,6 @@ fn decimal(digits: &mut [u8], n: u64) {
         digits[..2].copy_from_slice(&PAIRS[pair..pair + 2]);
     } else {
         digits[0] = b'0' + rest as u8;
-    }
-}
-
-fn optional(out: &mut Vec<u8>, n: Option<impl Into<u64>>) {
-    match n {
-        Some(n) => number(out, n),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
-/// A JSON string: raw when no byte needs escaping (the usual case), else through serde_json.
-fn string(out: &mut Vec<u8>, s: &str) -> io::Result<()> {
-    #[expect(
-        clippy::needless_bitwise_bool,
-        reason = "without an early exit the test vectorizes; the strings are short"
-    )]
-    let escape = s.bytes().fold(false, |any, b| {
-        any | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if escape {
-        serde_json::to_writer(out, s).map_err(io::Error::from)
-    } else {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-        Ok(())
-    }
-}
-
-fn state(out: &mut Vec<u8>, s: TcpState) {
-    out.push(b'"');
-    out.extend_from_slice(s.name().as_bytes());
-    out.push(b'"');
-}
-
-/// An address as its `Display` (only digits, dots, colons and hex letters: nothing to escape).
-fn ip(out: &mut Vec<u8>, addr: IpAddr) {
-    match addr {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                let octet = u64::from(octet);
-                in_place::<3>(out, decimal_len(octet), |digits| decimal(digits, octet));
-            }
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
     }
 }
 
@@ -424,6 +476,76 @@ mod tests {
         }
     }
 
+    /// Every octet, in every position, as `Ipv4Addr`'s `Display` writes it.
+    #[test]
+    fn addresses_are_written_as_display() {
+        for n in 0..=255u8 {
+            for addr in [[n, 0, 0, 0], [1, n, 2, 3], [255, 9, n, 10], [0, 0, 0, n]] {
+                let addr = IpAddr::from(addr);
+                let mut buf = [0u8; 64];
+                let mut out = Cursor {
+                    buf: &mut buf,
+                    at: 0,
+                };
+                out.ip(addr);
+                let len = out.at;
+                assert_eq!(&buf[..len], addr.to_string().as_bytes());
+            }
+        }
+    }
+
+    /// The widest line the cursor writes fits the room made for it, and is serde_json's; a
+    /// string one byte longer goes to serde_json.
+    #[test]
+    fn the_widest_plain_line_fits() {
+        let name = "é".repeat(PLAIN_STRING_BYTES / 2);
+        let widest = TransitionRecord {
+            ts_ns: u64::MAX,
+            time: WallTime::from_unix_ns(u64::MAX),
+            skaddr: SkAddr(u64::MAX),
+            family: Family::Ipv6,
+            laddr: "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap(),
+            lport: u16::MAX,
+            raddr: "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap(),
+            rport: u16::MAX,
+            protocol: u16::MAX,
+            old_state: TcpState::NewSynRecv,
+            new_state: TcpState::NewSynRecv,
+            duration_ns: Some(u64::MAX),
+            pid: Some(u32::MAX),
+            comm: Some(name.as_str().into()),
+            ctx_pid: u32::MAX,
+            ctx_comm: name.as_str().into(),
+            ctx_tid: u32::MAX,
+            ctx_thread: Some(name.as_str().into()),
+            cpu: u32::MAX,
+            error: Some(name.clone()),
+            reset_by: Some(ResetBy::Local),
+            netns: Some(u64::MAX),
+            sock_owned: Some(false),
+            peer_fin: Some(false),
+        };
+        assert!(plain(&widest));
+        let mut out = Vec::new();
+        transition(&mut out, &widest, &mut Second::default());
+        let serde = serde_json::to_string(&Record::Transition(widest.clone())).unwrap() + "\n";
+        assert_eq!(String::from_utf8(out.clone()).unwrap(), serde);
+        assert!(out.len() <= PLAIN_LINE_BYTES, "{} bytes", out.len());
+        let v4 = "255.255.255.255".parse().unwrap();
+        let ipv4 = TransitionRecord {
+            family: Family::Ipv4,
+            laddr: v4,
+            raddr: v4,
+            ..widest.clone()
+        };
+        assert!(plain(&ipv4));
+        let longer = TransitionRecord {
+            comm: Some(format!("{name}x").as_str().into()),
+            ..widest
+        };
+        assert!(!plain(&longer));
+    }
+
     /// Times are written as `WallTime::text` writes them, within a second, across seconds and
     /// back (a record out of order), at the edges of a second.
     #[test]
@@ -441,9 +563,14 @@ mod tests {
             3_600_000_000_000 - 1_000,
         ] {
             let time = WallTime::from_unix_ns(base + offset);
-            let mut out = Vec::new();
+            let mut buf = [0u8; 64];
+            let mut out = Cursor {
+                buf: &mut buf,
+                at: 0,
+            };
             second.write(&mut out, time);
-            assert_eq!(out, time.text().as_bytes(), "{offset}");
+            let len = out.at;
+            assert_eq!(&buf[..len], time.text().as_bytes(), "{offset}");
         }
     }
 
