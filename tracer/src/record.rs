@@ -746,14 +746,14 @@ impl SkAddr {
 
     /// Writes the text of `addr` into `text`, which is [`SkAddr::text_len`] long.
     pub fn write(text: &mut [u8], addr: u64) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         text[0] = b'0';
         text[1] = b'x';
+        // All 16 digits at once, then the leading zeros cut off.
+        let mut all = [0u8; 16];
+        all[..8].copy_from_slice(&hex_digits((addr >> 32) as u32));
+        all[8..].copy_from_slice(&hex_digits(addr as u32));
         let digits = &mut text[2..];
-        let n = digits.len();
-        for (i, digit) in digits.iter_mut().enumerate() {
-            *digit = HEX[(addr >> ((n - 1 - i) * 4)) as usize & 0xf];
-        }
+        digits.copy_from_slice(&all[16 - digits.len()..]);
     }
 
     /// Parses an address as [`SkAddr::text`] writes it (`0x` and 1 to 16 hex digits).
@@ -764,6 +764,18 @@ impl SkAddr {
         }
         u64::from_str_radix(hex, 16).ok().map(Self)
     }
+}
+
+/// The 8 lowercase hex digits of `x`, most significant first: each nibble spread into a byte
+/// of its own, then made ASCII (`'0'` added, and 39 more to those above 9 to reach `'a'`).
+fn hex_digits(x: u32) -> [u8; 8] {
+    let x = u64::from(x);
+    let x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
+    let x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
+    // Byte i holds nibble i (the lowest first): big-endian bytes put the highest first.
+    let nibbles = (x | (x << 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    let above_nine = ((nibbles + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    (nibbles + 0x3030_3030_3030_3030 + above_nine * 39).to_be_bytes()
 }
 
 /// A [`SkAddr`] written out.
@@ -822,7 +834,11 @@ mod tests {
             u64::MAX,
             1 << 63,
             0xabc,
-        ] {
+        ]
+        .into_iter()
+        .chain((0..64).map(|bit| 1 << bit))
+        .chain((0..10_000u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (i % 64)))
+        {
             let text = super::SkAddr(addr).to_string();
             assert_eq!(text, format!("{addr:#x}"));
             assert_eq!(super::SkAddr::parse(&text), Some(super::SkAddr(addr)));
