@@ -471,3 +471,17 @@ fn ended_connections_are_counted_by_cause() {
     assert_eq!(series("active_close", "none", "none"), 1.0);
     assert_eq!(series("passive_close", "none", "none"), 0.0);
 }
+
+/// A known state's label index is its kernel number; any unknown one, even a number the
+/// kernel defines made unknown by hand, is 0 (`UNKNOWN`).
+#[test]
+fn states_index_by_their_kernel_number() {
+    for raw in 1..=12u32 {
+        let state = TcpState::from(raw);
+        assert_eq!(state_index(state), raw as usize);
+        assert_eq!(state_name(raw as usize), state.name());
+        assert_eq!(state_index(TcpState::Unknown(raw)), 0);
+    }
+    assert_eq!(state_index(TcpState::from(13)), 0);
+    assert_eq!(state_name(0), "UNKNOWN");
+}

@@ -311,7 +311,7 @@ impl Cursor<'_> {
             IpAddr::V6(v6) => {
                 let mut rest = &mut self.buf[self.at..];
                 let room = rest.len();
-                // The room left holds the longest IPv6 text (45 bytes) and more.
+                // The room left holds the longest IPv6 text (39 bytes) and more.
                 let _ = write!(rest, "{v6}");
                 self.at += room - rest.len();
             }
@@ -540,11 +540,38 @@ mod tests {
             ..widest.clone()
         };
         assert!(plain(&ipv4));
-        let longer = TransitionRecord {
-            comm: Some(format!("{name}x").as_str().into()),
-            ..widest
-        };
-        assert!(!plain(&longer));
+        let longer = format!("{name}x");
+        let too_long = [
+            TransitionRecord {
+                comm: Some(longer.as_str().into()),
+                ..widest.clone()
+            },
+            TransitionRecord {
+                ctx_comm: longer.as_str().into(),
+                ..widest.clone()
+            },
+            TransitionRecord {
+                ctx_thread: Some(longer.as_str().into()),
+                ..widest.clone()
+            },
+            TransitionRecord {
+                error: Some(longer.clone()),
+                ..widest.clone()
+            },
+            // A number the kernel defines, made unknown by hand: its name is UNKNOWN(5).
+            TransitionRecord {
+                old_state: TcpState::Unknown(5),
+                ..widest
+            },
+        ];
+        for r in too_long {
+            assert!(!plain(&r));
+            let record = Record::Transition(r);
+            let mut sink = JsonSink::new(Vec::new());
+            sink.write(&record).unwrap();
+            let serde = serde_json::to_string(&record).unwrap() + "\n";
+            assert_eq!(String::from_utf8(sink.into_inner()).unwrap(), serde);
+        }
     }
 
     /// Times are written as `WallTime::text` writes them, within a second, across seconds and
