@@ -653,12 +653,8 @@ mod tests {
 
     /// An engine reporting CLOSE_WAIT after 1 ms, fed [`stuck_server`].
     fn stuck_engine() -> Engine {
-        let mut e = engine(Options {
-            close_wait_threshold_ns: MS,
-            ..Options::default()
-        });
-        feed(&mut e, &stuck_server());
-        e
+        // `transition` makes its records in namespace 0 (not known).
+        stuck_engine_in(0)
     }
 
     /// [`stuck_engine`] with the socket in network namespace `netns`.
