@@ -420,6 +420,7 @@ impl Output {
     /// Takes the chunk being filled, leaving an empty one. A chunk not full is copied out so
     /// the large buffer stays here; a full one is swapped for a spare.
     fn take_chunk(&mut self, fresh: Option<Vec<u8>>) -> Chunk {
+        let charge = self.pending_charge();
         let mut current = self.chunk.0.borrow_mut();
         let bytes = if self.copied(current.len()) {
             let copy = current.clone();
@@ -432,9 +433,20 @@ impl Output {
         };
         let marks = std::mem::take(&mut self.marks);
         Chunk {
-            charge: bytes.capacity().max(bytes.len()),
             bytes,
             marks,
+            charge,
+        }
+    }
+
+    /// What the chunk being filled is charged once taken: its length when it is copied out,
+    /// its allocation when it is handed over whole.
+    fn pending_charge(&self) -> usize {
+        let chunk = self.chunk.0.borrow();
+        if self.copied(chunk.len()) {
+            chunk.len()
+        } else {
+            chunk.capacity()
         }
     }
 
@@ -487,14 +499,7 @@ impl Output {
         if self.marks.is_empty() {
             return !self.shared.failed.load(Ordering::Acquire);
         }
-        let charge = {
-            let len = self.chunk.0.borrow().len();
-            if self.copied(len) {
-                len
-            } else {
-                self.chunk.0.borrow().capacity()
-            }
-        };
+        let charge = self.pending_charge();
         if !self.reserve(charge) {
             self.chunk.0.borrow_mut().clear();
             for (_, kind) in std::mem::take(&mut self.marks) {
@@ -505,14 +510,13 @@ impl Output {
             return true;
         }
         // A spare buffer replaces a full chunk; a small one is copied out instead.
-        let fresh = if charge == self.chunk.0.borrow().len() {
+        let fresh = if self.copied(self.chunk.0.borrow().len()) {
             None
         } else {
             self.spare.try_recv().ok()
         };
-        let mut chunk = self.take_chunk(fresh);
-        // What was reserved is what the writer gives back.
-        chunk.charge = charge;
+        // Charged what was reserved: what the writer gives back.
+        let chunk = self.take_chunk(fresh);
         let Some(tx) = &self.tx else { return false };
         self.shared
             .pending

@@ -226,6 +226,13 @@ fn a_close_the_peer_answers_rests_in_time_wait() {
 /// acknowledged the orphan moves to a timewait socket in the FIN_WAIT2 sub-state and the
 /// kernel reports FIN_WAIT2 -> CLOSE at once. The timeline ends in an inferred FIN_WAIT2, as
 /// the kernel's socket table shows it (FIN-WAIT-2 for the client's port), not TIME_WAIT.
+///
+/// The FIN leaves while the namespace's loopback is down, so the kernel's retransmission timer
+/// sends it again later and the ACK arrives while no system call holds the socket. An ACK
+/// that arrives while `close()` still holds the lock is handled from the socket's backlog,
+/// and then the kernel keeps the whole socket in FIN_WAIT2 until `tcp_fin_timeout` (60 s) and
+/// resets it (FIN_WAIT2 -> CLOSE with a reset sent). That rare ending is real and the tracer
+/// reports it as such, but it is not the one this test is about.
 #[test]
 #[ignore = "needs root and BPF"]
 fn a_close_the_peer_never_answers_rests_in_fin_wait2() {
@@ -235,7 +242,9 @@ fn a_close_the_peer_never_answers_rests_in_fin_wait2() {
     let client = TcpStream::connect(addr).unwrap();
     let (accepted, _) = listener.accept().unwrap();
     let local = client.local_addr().unwrap();
+    support::field::ip(&["link", "set", "lo", "down"]);
     drop(client);
+    support::field::ip(&["link", "set", "lo", "up"]);
 
     active_close(&tracer, local, addr, "FIN_WAIT2*", false);
     // The kernel's table agrees: the timewait socket of the client's port is in FIN_WAIT2
