@@ -97,7 +97,7 @@ impl Engine {
     /// An engine producing what `opts` asks for, stamping records with `clock`.
     pub fn new(opts: Options, clock: WallClock) -> Self {
         Self {
-            tracker: Tracker::new(opts.max_sockets),
+            tracker: Tracker::keeping_steps(opts.max_sockets, opts.timelines),
             detector: Detector::with_states(&opts.thresholds()),
             causes: match opts.causes {
                 CauseSource::Live { error_reports } => Some(Causes::new(error_reports)),

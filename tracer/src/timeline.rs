@@ -154,12 +154,28 @@ struct Conn {
     netns: u64,
     from_birth: bool,
     owner: Option<Owner>,
+    /// When the socket entered its current state (kernel monotonic ns); `None` when it was
+    /// first seen in it.
+    entered_ns: Option<u64>,
+    /// The states it went through, oldest first; empty when the tracker keeps no steps.
     steps: Vec<Step>,
 }
 
 impl Conn {
-    /// A socket first seen in `t`: from its birth, or from the state it was in.
-    fn new(seq: u64, t: &Transition, born: bool) -> Self {
+    /// A socket first seen in `t`: from its birth, or from the state it was in. With `steps`,
+    /// its history starts (else it stays empty and unallocated).
+    fn new(seq: u64, t: &Transition, born: bool, steps: bool) -> Self {
+        if !steps {
+            return Self {
+                seq,
+                endpoints: t.endpoints(),
+                netns: t.netns,
+                from_birth: born,
+                owner: None,
+                entered_ns: None,
+                steps: Vec::new(),
+            };
+        }
         // Room for a connection's whole life (five states from birth to its end, six for a
         // simultaneous close): the history never reallocates on the event loop.
         let mut steps = Vec::with_capacity(6);
@@ -177,6 +193,7 @@ impl Conn {
             netns: t.netns,
             from_birth: born,
             owner: None,
+            entered_ns: None,
             steps,
         }
     }
@@ -201,6 +218,9 @@ impl Conn {
 
 /// Live connections, keyed by socket address.
 pub struct Tracker {
+    /// Whether connections keep their states for timelines (else only what durations and
+    /// owners need, and no timeline is made).
+    steps: bool,
     conns: AddrMap<u64, Conn>,
     /// Creation order, for evicting the oldest at the cap.
     order: BTreeMap<u64, u64>,
@@ -210,9 +230,17 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// A tracker holding at most `cap` sockets (at least 1).
+    /// A tracker of timelines holding at most `cap` sockets (at least 1).
     pub fn new(cap: usize) -> Self {
+        Self::keeping_steps(cap, true)
+    }
+
+    /// A tracker holding at most `cap` sockets (at least 1) that makes timelines only when
+    /// `steps` is true; without, it tracks only what durations and owners need, and
+    /// [`Applied::finished`] and [`Tracker::flush`] are always empty.
+    pub fn keeping_steps(cap: usize, steps: bool) -> Self {
         Self {
+            steps,
             conns: AddrMap::default(),
             order: BTreeMap::new(),
             next_seq: 0,
@@ -271,7 +299,7 @@ impl Tracker {
         let born = is_birth(t);
         if born {
             // A birth on an address still tracked means its CLOSE was never seen.
-            if let Some(stale) = self.remove(t.skaddr) {
+            if let Some(stale) = self.remove(t.skaddr).filter(|_| self.steps) {
                 applied
                     .finished
                     .push(stale.into_timeline(t.skaddr, Outcome::Open));
@@ -287,7 +315,7 @@ impl Tracker {
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 self.order.insert(seq, t.skaddr);
-                e.insert(Conn::new(seq, t, born))
+                e.insert(Conn::new(seq, t, born, self.steps))
             }
         };
         conn.endpoints = t.endpoints();
@@ -300,12 +328,19 @@ impl Tracker {
         }
         applied.owner.clone_from(&conn.owner);
 
-        if let Some(last) = conn.steps.last_mut() {
-            if let Some(enter) = last.enter_ns {
-                let duration = t.ts_ns.saturating_sub(enter);
+        if let Some(enter) = conn.entered_ns {
+            let duration = t.ts_ns.saturating_sub(enter);
+            applied.duration_ns = Some(duration);
+            if let Some(last) = conn.steps.last_mut() {
                 last.duration_ns = Some(duration);
-                applied.duration_ns = Some(duration);
             }
+        }
+        conn.entered_ns = Some(t.ts_ns);
+        if !self.steps {
+            if t.new == TcpState::Close {
+                self.remove(t.skaddr);
+            }
+            return applied;
         }
         if t.new == TcpState::Close {
             // Without its cause yet: the engine completes the outcome when it knows it.
@@ -338,6 +373,10 @@ impl Tracker {
     /// Ends every live timeline as `open` (the tracer is stopping), oldest first.
     pub fn flush(&mut self) -> Vec<Timeline> {
         let order = std::mem::take(&mut self.order);
+        if !self.steps {
+            self.conns.clear();
+            return Vec::new();
+        }
         order
             .into_values()
             .filter_map(|skaddr| {
@@ -734,6 +773,47 @@ mod tests {
             Some((222, "server"))
         );
         assert_eq!(a.finished[0].owner.as_ref().map(|o| o.pid), Some(222));
+    }
+
+    /// Without steps the tracker gives every transition the same duration and owner as with
+    /// them, and makes no timeline: sockets born and first seen mid-life, an address reused
+    /// after a missed CLOSE, owners from system calls, and evictions at the cap.
+    #[test]
+    fn without_steps_durations_and_owners_are_the_same() {
+        let stream = [
+            by(transition(1, 1, C, S, CLOSE, SYN_SENT), 10, "client"),
+            transition(2, 2, S, C, ESTABLISHED, CLOSE_WAIT),
+            transition(4, 1, C, S, SYN_SENT, ESTABLISHED),
+            by(transition(7, 2, S, C, CLOSE_WAIT, LAST_ACK), 20, "server"),
+            transition(11, 3, S, ANY, LISTEN, SYN_RECV),
+            transition(16, 2, S, C, LAST_ACK, CLOSE),
+            by(
+                transition(22, 1, C, S, ESTABLISHED, FIN_WAIT1),
+                10,
+                "client",
+            ),
+            transition(29, 3, S, ANY, SYN_RECV, ESTABLISHED),
+            // A birth at an address whose CLOSE was missed.
+            by(transition(37, 1, C, S, CLOSE, SYN_SENT), 30, "again"),
+            transition(46, 4, C, S, FIN_WAIT1, FIN_WAIT2),
+            transition(56, 1, C, S, SYN_SENT, CLOSE),
+            transition(67, 3, S, ANY, ESTABLISHED, FIN_WAIT1),
+            transition(79, 4, C, S, FIN_WAIT2, CLOSE),
+        ];
+        for cap in [2, 16] {
+            let (mut full, mut lean) = (Tracker::new(cap), Tracker::keeping_steps(cap, false));
+            let mut timelines = 0;
+            for t in &stream {
+                let (a, b) = (full.apply(t), lean.apply(t));
+                assert_eq!((a.duration_ns, a.owner), (b.duration_ns, b.owner), "{t:?}");
+                assert!(b.finished.is_empty());
+                timelines += a.finished.len();
+            }
+            assert!(timelines > 0);
+            assert_eq!(full.evicted(), lean.evicted());
+            assert!(!full.flush().is_empty());
+            assert!(lean.flush().is_empty());
+        }
     }
 
     #[test]
