@@ -140,6 +140,10 @@ fn rounds(plan: &Plan) -> Result<Vec<RunResult>> {
     let mut runs = Vec::new();
     for round in 1..=plan.args.rounds {
         for &mode in &plan.modes {
+            // Writes still cached from before (the build, an earlier round's output) would be
+            // written back during the round and slow its writes into the same file system:
+            // every round starts with none.
+            nix::unistd::sync();
             let load = runner::wait_quiet_machine(plan.quiet_wait());
             eprintln!(
                 "bench: round {round}/{}: {} (background load {load:.2} CPUs)",
@@ -166,6 +170,7 @@ fn soak(plan: &Plan) -> Result<Option<Soak>> {
     if !plan.soaking() {
         return Ok(None);
     }
+    nix::unistd::sync();
     let load = runner::wait_quiet_machine(plan.quiet_wait());
     let soak = if let Some(minutes) = args.soak_minutes {
         eprintln!(

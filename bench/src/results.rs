@@ -154,6 +154,9 @@ fn meta(plan: &Plan, command: String) -> Meta {
                 .into(),
             "observer CPU is utime+stime from attach (/proc/<pid>/stat) to exit (wait4)".into(),
             "peak RSS is the tracer's VmHWM just before the stop (ru_maxrss at exit, which also counts its reaped children, only when VmHWM is unknown)".into(),
+            "every round starts after sync(2): no write from before it is written back \
+             while it runs"
+                .into(),
             "kernel BPF statistics (run_time_ns, run_cnt) are on for the whole bench \
              (BPF_ENABLE_STATS, which ends with the bench)"
                 .into(),
