@@ -35,7 +35,7 @@ pub enum TcpState {
     Unknown(u32),
 }
 
-const NAMES: [(TcpState, &str); 12] = [
+pub(crate) const NAMES: [(TcpState, &str); 12] = [
     (TcpState::Established, "ESTABLISHED"),
     (TcpState::SynSent, "SYN_SENT"),
     (TcpState::SynRecv, "SYN_RECV"),

@@ -24,7 +24,7 @@ use crate::{
 pub struct JsonSink<W> {
     out: W,
     line: Vec<u8>,
-    second: Second,
+    recent: Recent,
 }
 
 impl<W: Write> JsonSink<W> {
@@ -33,7 +33,7 @@ impl<W: Write> JsonSink<W> {
         Self {
             out,
             line: Vec::with_capacity(PLAIN_LINE_BYTES),
-            second: Second::default(),
+            recent: Recent::default(),
         }
     }
 
@@ -46,7 +46,7 @@ impl<W: Write> JsonSink<W> {
 impl<W: Write> Sink for JsonSink<W> {
     fn write(&mut self, record: &Record) -> io::Result<()> {
         self.line.clear();
-        line(&mut self.line, record, &mut self.second)?;
+        line(&mut self.line, record, &mut self.recent)?;
         self.out.write_all(&self.line)
     }
 
@@ -63,7 +63,7 @@ impl<W: Write> Sink for JsonSink<W> {
 /// as [`JsonSink`], without a line buffer to copy out of.
 pub struct JsonChunkSink {
     chunk: ChunkWriter,
-    second: Second,
+    recent: Recent,
 }
 
 impl JsonChunkSink {
@@ -71,15 +71,15 @@ impl JsonChunkSink {
     pub fn new(chunk: ChunkWriter) -> Self {
         Self {
             chunk,
-            second: Second::default(),
+            recent: Recent::default(),
         }
     }
 }
 
 impl Sink for JsonChunkSink {
     fn write(&mut self, record: &Record) -> io::Result<()> {
-        let second = &mut self.second;
-        self.chunk.append(|bytes| line(bytes, record, second))
+        let recent = &mut self.recent;
+        self.chunk.append(|bytes| line(bytes, record, recent))
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -88,6 +88,39 @@ impl Sink for JsonChunkSink {
 
     fn json_lines(&self) -> bool {
         true
+    }
+}
+
+/// Text that repeats from one transition to the next, kept to be copied: the second of `time`,
+/// the seconds of `ts_ns`, and the network namespace.
+#[derive(Default)]
+struct Recent {
+    second: Second,
+    ts_seconds: Kept,
+    netns: Kept,
+}
+
+/// The decimal text of the last number written this way (most lines repeat it).
+#[derive(Default)]
+struct Kept {
+    number: Option<u64>,
+    len: usize,
+    text: [u8; 20],
+}
+
+impl Kept {
+    /// Writes `n` as [`Cursor::number`] does.
+    fn write(&mut self, out: &mut Cursor<'_>, n: u64) {
+        if self.number != Some(n) {
+            self.len = decimal_len(n);
+            decimal(&mut self.text[..self.len], n);
+            self.number = Some(n);
+        }
+        // All 20 bytes at once, then the cursor moves by the number's length: the bytes after
+        // it are written over by what follows (the room made for a line leaves more than 20
+        // bytes after any number).
+        out.buf[out.at..out.at + self.text.len()].copy_from_slice(&self.text);
+        out.at += self.len;
     }
 }
 
@@ -125,9 +158,9 @@ impl Second {
 }
 
 /// Appends `record`'s line, newline included.
-fn line(out: &mut Vec<u8>, record: &Record, second: &mut Second) -> io::Result<()> {
+fn line(out: &mut Vec<u8>, record: &Record, recent: &mut Recent) -> io::Result<()> {
     match record {
-        Record::Transition(r) if plain(r) => transition(out, r, second),
+        Record::Transition(r) if plain(r) => transition(out, r, recent),
         other => {
             serde_json::to_writer(&mut *out, other)?;
             out.push(b'\n');
@@ -167,7 +200,7 @@ fn plain(r: &TransitionRecord) -> bool {
 /// A [`plain`] transition's line, field for field as serde_json writes `Record::Transition`,
 /// newline included. Room for the longest such line is made at once and the bytes are put at
 /// a cursor in it: one capacity check a line instead of one per append.
-fn transition(out: &mut Vec<u8>, r: &TransitionRecord, second: &mut Second) {
+fn transition(out: &mut Vec<u8>, r: &TransitionRecord, recent: &mut Recent) {
     let start = out.len();
     out.resize(start + PLAIN_LINE_BYTES, 0);
     let mut line = Cursor {
@@ -175,10 +208,17 @@ fn transition(out: &mut Vec<u8>, r: &TransitionRecord, second: &mut Second) {
         at: 0,
     };
     line.put(br#"{"type":"transition","ts_ns":"#);
-    line.number(r.ts_ns);
+    // The seconds, kept, then nine digits of nanoseconds (or the nanoseconds alone).
+    let (seconds, nanos) = (r.ts_ns / 1_000_000_000, r.ts_ns % 1_000_000_000);
+    if seconds == 0 {
+        line.number(nanos);
+    } else {
+        recent.ts_seconds.write(&mut line, seconds);
+        nine_digits(line.take(9), nanos);
+    }
     // Both are ASCII digits and separators: nothing to escape.
     line.put(br#","time":""#);
-    second.write(&mut line, r.time);
+    recent.second.write(&mut line, r.time);
     line.put(br#"","skaddr":""#);
     let skaddr = r.skaddr.0;
     let len = SkAddr::text_len(skaddr);
@@ -224,7 +264,10 @@ fn transition(out: &mut Vec<u8>, r: &TransitionRecord, second: &mut Second) {
         Some(ResetBy::Peer) => br#","reset_by":"peer""#,
     });
     line.put(br#","netns":"#);
-    line.optional(r.netns);
+    match r.netns {
+        Some(netns) => recent.netns.write(&mut line, netns),
+        None => line.put(b"null"),
+    }
     line.put(br#","sock_owned":"#);
     line.boolean(r.sock_owned);
     line.put(br#","peer_fin":"#);
@@ -285,11 +328,13 @@ impl Cursor<'_> {
         }
     }
 
-    /// A known state's name, quoted.
+    /// A known state's name, quoted (an unknown one, which [`plain`] keeps out, as `""`).
     fn state(&mut self, s: TcpState) {
-        self.put(b"\"");
-        self.put(s.known_name().unwrap_or_default().as_bytes());
-        self.put(b"\"");
+        let index = s.number().wrapping_sub(1) as usize;
+        let (text, len) = QUOTED_STATES.get(index).copied().unwrap_or(EMPTY_QUOTES);
+        // 16 bytes at once, then the cursor moves by the name's length, as for octets.
+        self.buf[self.at..self.at + text.len()].copy_from_slice(&text);
+        self.at += usize::from(len);
     }
 
     /// An address as its `Display` (only digits, dots, colons and hex letters: nothing to
@@ -319,6 +364,28 @@ impl Cursor<'_> {
     }
 }
 
+/// Each state the kernel defines, by its number - 1: its name in quotes, padded to 16 bytes,
+/// and that text's length.
+const QUOTED_STATES: [([u8; 16], u8); 12] = {
+    let mut table = [EMPTY_QUOTES; 12];
+    let mut i = 0;
+    while i < table.len() {
+        let name = crate::event::NAMES[i].1.as_bytes();
+        let mut j = 0;
+        while j < name.len() {
+            table[i].0[j + 1] = name[j];
+            j += 1;
+        }
+        table[i].0[name.len() + 1] = b'"';
+        table[i].1 = name.len() as u8 + 2;
+        i += 1;
+    }
+    table
+};
+
+/// `""`, padded to 16 bytes, and its length.
+const EMPTY_QUOTES: ([u8; 16], u8) = (*b"\"\"\0\0\0\0\0\0\0\0\0\0\0\0\0\0", 2);
+
 /// The decimal text of every octet, padded to four bytes, and its length.
 const OCTETS: [([u8; 4], u8); 256] = {
     let mut table = [([0u8; 4], 0u8); 256];
@@ -345,6 +412,17 @@ const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
     4041424344454647484950515253545556575859\
     6061626364656667686970717273747576777879\
     8081828384858687888990919293949596979899";
+
+/// Writes `n` (below 10^9) as nine decimal digits, with leading zeros.
+fn nine_digits(digits: &mut [u8], n: u64) {
+    let mut rest = n;
+    for end in [9, 7, 5, 3] {
+        let pair = (rest % 100) as usize * 2;
+        rest /= 100;
+        digits[end - 2..end].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    digits[0] = b'0' + rest as u8;
+}
 
 /// How many decimal digits `n` has.
 fn decimal_len(n: u64) -> usize {
@@ -477,6 +555,72 @@ mod tests {
         }
     }
 
+    /// One sink over a stream whose timestamps and namespaces repeat, change, go back and
+    /// have leading zeros in their nanoseconds: every line is serde_json's.
+    #[test]
+    fn kept_numbers_are_written_as_serde_json() {
+        let stamps = [
+            0,
+            7,
+            999_999_999,
+            1_000_000_000,
+            1_000_000_001,
+            1_000_000_001,
+            1_999_999_999,
+            5_000_000_007,
+            5_000_000_007,
+            5_000_000_070,
+            5_100_000_000,
+            4_999_999_999,
+            123_456_789_012_345,
+            u64::MAX,
+            u64::MAX - 999_999_999,
+        ];
+        let namespaces = [
+            Some(4_026_531_840),
+            Some(4_026_531_840),
+            None,
+            Some(4_026_531_840),
+            Some(0),
+            Some(1),
+            Some(u64::MAX),
+        ];
+        let mut sink = JsonSink::new(Vec::new());
+        let mut serde = String::new();
+        for (i, ts_ns) in stamps.into_iter().enumerate() {
+            for (j, netns) in namespaces.into_iter().enumerate() {
+                let r = Record::Transition(TransitionRecord {
+                    ts_ns,
+                    netns,
+                    ..record((i * namespaces.len() + j) as u64)
+                });
+                sink.write(&r).unwrap();
+                serde += &(serde_json::to_string(&r).unwrap() + "\n");
+            }
+        }
+        let ours = String::from_utf8(sink.into_inner()).unwrap();
+        for (ours, serde) in ours.lines().zip(serde.lines()) {
+            assert_eq!(ours, serde);
+        }
+        assert_eq!(ours, serde);
+    }
+
+    /// Every state the kernel defines is written as its name in quotes.
+    #[test]
+    fn states_are_written_quoted() {
+        for number in 1..=12 {
+            let state = TcpState::from(number);
+            let mut buf = [0u8; 64];
+            let mut out = Cursor {
+                buf: &mut buf,
+                at: 0,
+            };
+            out.state(state);
+            let len = out.at;
+            assert_eq!(&buf[..len], format!("\"{}\"", state.name()).as_bytes());
+        }
+    }
+
     /// Every octet, in every position, as `Ipv4Addr`'s `Display` writes it.
     #[test]
     fn addresses_are_written_as_display() {
@@ -528,7 +672,7 @@ mod tests {
         };
         assert!(plain(&widest));
         let mut out = Vec::new();
-        transition(&mut out, &widest, &mut Second::default());
+        transition(&mut out, &widest, &mut Recent::default());
         let serde = serde_json::to_string(&Record::Transition(widest.clone())).unwrap() + "\n";
         assert_eq!(String::from_utf8(out.clone()).unwrap(), serde);
         assert!(out.len() <= PLAIN_LINE_BYTES, "{} bytes", out.len());
