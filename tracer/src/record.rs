@@ -746,14 +746,26 @@ impl SkAddr {
 
     /// Writes the text of `addr` into `text`, which is [`SkAddr::text_len`] long.
     pub fn write(text: &mut [u8], addr: u64) {
-        text[0] = b'0';
-        text[1] = b'x';
-        // All 16 digits at once, then the leading zeros cut off.
-        let mut all = [0u8; 16];
-        all[..8].copy_from_slice(&hex_digits((addr >> 32) as u32));
-        all[8..].copy_from_slice(&hex_digits(addr as u32));
-        let digits = &mut text[2..];
-        digits.copy_from_slice(&all[16 - digits.len()..]);
+        let mut room = [0u8; 18];
+        let len = Self::write_into(&mut room, addr);
+        text.copy_from_slice(&room[..len]);
+    }
+
+    /// Writes the text of `addr` at the start of `room`, using its first 18 bytes (`0x` and 16
+    /// digits: those after the text's end are filler for the caller to write over), and
+    /// returns the text's length, [`SkAddr::text_len`].
+    ///
+    /// # Panics
+    ///
+    /// If `room` is shorter than 18 bytes.
+    pub fn write_into(room: &mut [u8], addr: u64) -> usize {
+        let len = Self::text_len(addr);
+        // The significant digits shifted to the top, then all 16 written at once.
+        let top = addr << (4 * (18 - len));
+        room[..2].copy_from_slice(b"0x");
+        room[2..10].copy_from_slice(&hex_digits((top >> 32) as u32));
+        room[10..18].copy_from_slice(&hex_digits(top as u32));
+        len
     }
 
     /// Parses an address as [`SkAddr::text`] writes it (`0x` and 1 to 16 hex digits).

@@ -220,9 +220,9 @@ fn transition(out: &mut Vec<u8>, r: &TransitionRecord, recent: &mut Recent) {
     line.put(br#","time":""#);
     recent.second.write(&mut line, r.time);
     line.put(br#"","skaddr":""#);
-    let skaddr = r.skaddr.0;
-    let len = SkAddr::text_len(skaddr);
-    SkAddr::write(line.take(len), skaddr);
+    // 18 bytes written, the cursor moved by the text's length.
+    let len = SkAddr::write_into(&mut line.buf[line.at..], r.skaddr.0);
+    line.at += len;
     line.put(match r.family {
         Family::Ipv4 => br#"","family":"ipv4","laddr":""#,
         Family::Ipv6 => br#"","family":"ipv6","laddr":""#,
