@@ -60,6 +60,8 @@ pub struct Stopped {
     pub memory: Option<Memory>,
     /// Its busiest BPF program's counters just before the stop.
     pub prog: Option<ProgStats>,
+    /// Its CPU time (user + system, seconds) just before the stop.
+    pub cpu_s: Option<f64>,
 }
 
 impl Stopped {
@@ -68,6 +70,7 @@ impl Stopped {
     pub fn stop(proc: &mut Proc) -> Result<Self> {
         let memory = sys::memory(proc.pid);
         let prog = sys::busiest_program(proc.pid);
+        let cpu_s = sys::cpu_seconds(proc.pid);
         let (exit, killed) = proc.stop(libc::SIGINT, Duration::from_secs(60))?;
         Ok(Self {
             name: proc.name,
@@ -75,6 +78,7 @@ impl Stopped {
             killed,
             memory,
             prog,
+            cpu_s,
         })
     }
 }

@@ -194,6 +194,9 @@ pub fn run_lines(runs: &[RunResult]) -> String {
         if let Some(cpu) = r.cpu_s_per_m_events {
             let _ = write!(out, "  cpu {cpu:.2} us/event");
         }
+        if let Some(stop) = r.stop_cpu_s {
+            let _ = write!(out, " (+{stop:.2} s to stop)");
+        }
         if let Some(rss) = r.peak_rss_kib {
             let _ = write!(out, "  peak {:.1} MiB", rss as f64 / 1024.0);
         }

@@ -152,7 +152,11 @@ fn meta(plan: &Plan, command: String) -> Meta {
             "each run's churn is in a fresh network namespace with only lo; clients connect to \
              127.0.0.1..=127.0.0.16 on the listener's port"
                 .into(),
-            "observer CPU is utime+stime from attach (/proc/<pid>/stat) to exit (wait4)".into(),
+            "observer CPU per event is utime+stime (/proc/<pid>/stat) from attach to the stop \
+             signal, sent once the observer's output has been quiet for 300 ms (every event \
+             handled); what it uses from the signal to its exit (detaching, last records), once \
+             a run, is stop_cpu_s"
+                .into(),
             "peak RSS is the tracer's VmHWM just before the stop (ru_maxrss at exit, which also counts its reaped children, only when VmHWM is unknown)".into(),
             "every round starts after sync(2): no write from before it is written back \
              while it runs"

@@ -227,10 +227,16 @@ pub struct RunResult {
     pub extra: Option<u64>,
     /// (old->new, expected, captured) for every transition kind whose count is off.
     pub shape_mismatches: Vec<(String, u64, u64)>,
-    /// Observer CPU (user + system) from attached to exit, seconds.
+    /// Observer CPU (user + system) from attached to the stop signal, seconds: the stop comes
+    /// once its output has been quiet for a while (every event handled). From attached to
+    /// exit when the CPU before the stop could not be read.
     pub cpu_s: Option<f64>,
     /// The same per million captured events (= microseconds per event).
     pub cpu_s_per_m_events: Option<f64>,
+    /// Observer CPU (user + system) from the stop signal to its exit, seconds: detaching its
+    /// programs and its last records, once per run, not per event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_cpu_s: Option<f64>,
     /// Observer peak RSS, KiB.
     pub peak_rss_kib: Option<u64>,
     pub rss_samples: Vec<RssSample>,
@@ -310,7 +316,11 @@ impl RunResult {
         } else {
             stopped.exit.maxrss_kib
         });
-        self.cpu_s = cpu_at_attach.map(|at| (stopped.exit.cpu_s - at).max(0.0));
+        let until_stop = stopped.cpu_s.unwrap_or(stopped.exit.cpu_s);
+        self.cpu_s = cpu_at_attach.map(|at| (until_stop - at).max(0.0));
+        self.stop_cpu_s = stopped
+            .cpu_s
+            .map(|before| (stopped.exit.cpu_s - before).max(0.0));
         if let Some(p) = stopped.prog {
             self.prog_run_cnt = Some(p.run_cnt);
             self.prog_run_time_ns = Some(p.run_time_ns);
@@ -431,5 +441,42 @@ impl RssSample {
             anon_kib: None,
             events: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{observer::Stopped, sys::Exit};
+
+    /// CPU per event counts from attach to the stop signal; what stopping takes is apart, and
+    /// without a reading before the stop the count runs to the exit.
+    #[test]
+    fn cpu_per_event_ends_at_the_stop_signal() {
+        let capture = Capture {
+            captured: 1_000_000,
+            ..Capture::default()
+        };
+        let stopped = |before| Stopped {
+            name: "tracer",
+            exit: Exit {
+                status: 0,
+                cpu_s: 1.0,
+                maxrss_kib: 0,
+            },
+            killed: false,
+            memory: None,
+            prog: None,
+            cpu_s: before,
+        };
+        let mut run = RunResult::new("tracer", 1, 100_000, 1_000_000_000, 0.0);
+        run.account(&stopped(Some(0.7)), Some(0.1), &capture, 1);
+        let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-9);
+        assert!(close(run.cpu_s, 0.6), "{:?}", run.cpu_s);
+        assert!(close(run.cpu_s_per_m_events, 0.6));
+        assert!(close(run.stop_cpu_s, 0.3), "{:?}", run.stop_cpu_s);
+        run.account(&stopped(None), Some(0.1), &capture, 1);
+        assert!(close(run.cpu_s, 0.9));
+        assert_eq!(run.stop_cpu_s, None);
     }
 }
