@@ -70,7 +70,7 @@ impl Stopped {
     pub fn stop(proc: &mut Proc) -> Result<Self> {
         let memory = sys::memory(proc.pid);
         let prog = sys::busiest_program(proc.pid);
-        let cpu_s = sys::cpu_seconds(proc.pid);
+        let cpu_s = sys::cpu_seconds_reaped(proc.pid);
         let (exit, killed) = proc.stop(libc::SIGINT, Duration::from_secs(60))?;
         Ok(Self {
             name: proc.name,

@@ -233,8 +233,8 @@ pub struct RunResult {
     pub cpu_s: Option<f64>,
     /// The same per million captured events (= microseconds per event).
     pub cpu_s_per_m_events: Option<f64>,
-    /// Observer CPU (user + system) from the stop signal to its exit, seconds: detaching its
-    /// programs and its last records, once per run, not per event.
+    /// Observer CPU (user + system) from the stop signal to its exit, seconds: its last
+    /// records and detaching its programs, once per run, not per event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_cpu_s: Option<f64>,
     /// Observer peak RSS, KiB.
@@ -390,7 +390,7 @@ pub fn run(
     let limit = generator::deadline(args.connections) + Duration::from_secs(30);
     let observer = Observer::start(tools, mode, generator.port, round, limit)?;
     let observer_pid = observer.as_ref().map(|o| o.proc.pid);
-    let cpu_at_attach = observer_pid.and_then(sys::cpu_seconds);
+    let cpu_at_attach = observer_pid.and_then(sys::cpu_seconds_reaped);
 
     let ours: Vec<u32> = std::iter::once(generator.pid())
         .chain(observer.iter().flat_map(Observer::pids))

@@ -144,7 +144,7 @@ impl SoakTracer {
         };
         observer::wait_attached(&mut proc, &errors, observer::tracer_attached)?;
         Ok(Self {
-            cpu_at_attach: sys::cpu_seconds(proc.pid),
+            cpu_at_attach: sys::cpu_seconds_reaped(proc.pid),
             reserved,
             port,
             proc,

@@ -38,6 +38,15 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     cpu_ticks(&process(pid)?).map(|ticks| ticks as f64 / clock_ticks())
 }
 
+/// utime + stime of a process and of the children it has reaped (cutime + cstime), in
+/// seconds: what `wait4` reports for it at its exit, so that the two can be subtracted (our
+/// tracer reaps the process that parses the kernel's BTF at start-up).
+pub fn cpu_seconds_reaped(pid: u32) -> Option<f64> {
+    let stat = process(pid)?.stat().ok()?;
+    let ticks = stat.utime + stat.stime + u64::try_from(stat.cutime + stat.cstime).ok()?;
+    Some(ticks as f64 / clock_ticks())
+}
+
 /// Every process except this one and `exclude`, with its pid.
 fn other_processes(exclude: &[u32]) -> impl Iterator<Item = (u32, Process)> + '_ {
     let me = std::process::id();
