@@ -153,9 +153,11 @@ fn meta(plan: &Plan, command: String) -> Meta {
              127.0.0.1..=127.0.0.16 on the listener's port"
                 .into(),
             "observer CPU per event is utime+stime with its reaped children's \
-             (/proc/<pid>/stat) from attach to the stop signal, sent once the observer's output \
-             has been quiet for 300 ms (every event handled); what it uses from the signal to \
-             its exit, once a run, is stop_cpu_s. Until 2026-12-01 the figure ran to the exit \
+             (/proc/<pid>/stat, 10 ms ticks) from attach to the stop signal, sent once the \
+             observer is done (its output file quiet for 300 ms; with the Python reader, both \
+             idle for 500 ms; counting, after 300 ms); what it uses from the signal to its exit, \
+             once a run, is stop_cpu_s (an upper bound within the ticks). Until 2026-12-01 the \
+             figure ran to the exit \
              and also counted the CPU of our tracer's start-up child (which parses the kernel's \
              BTF, before attach): about 0.15 s, 0.15 µs per event of a 1M-event run"
                 .into(),

@@ -745,6 +745,10 @@ impl SkAddr {
     }
 
     /// Writes the text of `addr` into `text`, which is [`SkAddr::text_len`] long.
+    ///
+    /// # Panics
+    ///
+    /// If `text` is not [`SkAddr::text_len`] long.
     pub fn write(text: &mut [u8], addr: u64) {
         let mut room = [0u8; 18];
         let len = Self::write_into(&mut room, addr);

@@ -328,7 +328,8 @@ impl Cursor<'_> {
         }
     }
 
-    /// A known state's name, quoted (an unknown one, which [`plain`] keeps out, as `""`).
+    /// A known state's name, quoted ([`plain`] keeps unknown states out; a state without a
+    /// name in the table is written as `""`).
     fn state(&mut self, s: TcpState) {
         let index = s.number().wrapping_sub(1) as usize;
         let (text, len) = QUOTED_STATES.get(index).copied().unwrap_or(EMPTY_QUOTES);

@@ -227,12 +227,12 @@ fn a_close_the_peer_answers_rests_in_time_wait() {
 /// kernel reports FIN_WAIT2 -> CLOSE at once. The timeline ends in an inferred FIN_WAIT2, as
 /// the kernel's socket table shows it (FIN-WAIT-2 for the client's port), not TIME_WAIT.
 ///
-/// The FIN leaves while the namespace's loopback is down, so the kernel's retransmission timer
-/// sends it again later and the ACK arrives while no system call holds the socket. An ACK
-/// that arrives while `close()` still holds the lock is handled from the socket's backlog,
-/// and then the kernel keeps the whole socket in FIN_WAIT2 until `tcp_fin_timeout` (60 s) and
-/// resets it (FIN_WAIT2 -> CLOSE with a reset sent). That rare ending is real and the tracer
-/// reports it as such, but it is not the one this test is about.
+/// The client closes while the namespace's loopback is down, so its FIN cannot leave then: a
+/// TCP timer sends it once `close()` has returned, and the ACK arrives while no system call
+/// holds the socket. An ACK handled in `release_sock()` while `close()` still owns the socket
+/// makes the kernel keep the whole socket in FIN_WAIT2 until `tcp_fin_timeout` (60 s) and then
+/// reset it (FIN_WAIT2 -> CLOSE with a reset sent): a real, rare ending the tracer reports as
+/// such (seen once under emulation), but not the one this test is about.
 #[test]
 #[ignore = "needs root and BPF"]
 fn a_close_the_peer_never_answers_rests_in_fin_wait2() {
