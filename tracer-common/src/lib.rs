@@ -147,6 +147,10 @@ const _: () = assert!(HELD_FILE_SIZE == 24);
 /// Linux 2.6; TCP sets it only in `tcp_fin()` and clears it in `tcp_disconnect()`).
 pub const SOCK_DONE_BIT: u32 = 1;
 
+/// Bit of `struct sock`'s `sk_flags` the kernel sets when the socket is orphaned, its last
+/// file closed (`SOCK_DEAD` of `enum sock_flags`, set by `sock_orphan()`; 0 since Linux 2.6).
+pub const SOCK_DEAD_BIT: u32 = 0;
+
 /// [`TcpStateEvent::sock`] bit: the socket lock's `owned` flag was read (the next bit is valid).
 pub const SOCK_OWNED_READ: u16 = 1;
 /// [`TcpStateEvent::sock`] bit: a process held the socket lock (`sock_owned_by_user()`): the
@@ -160,6 +164,12 @@ pub const SOCK_PEER_FIN_READ: u16 = 4;
 /// ([`SOCK_DONE_BIT`]), so the connection moved to TIME_WAIT; clear, the orphaned socket
 /// moved to a timewait socket in the FIN_WAIT2 sub-state, the peer's end still open.
 pub const SOCK_PEER_FIN: u16 = 8;
+/// [`TcpStateEvent::sock`] bit, on transitions to CLOSE only: `sk_flags` was read for
+/// [`SOCK_DEAD_BIT`] (the next bit is valid).
+pub const SOCK_ORPHAN_READ: u16 = 16;
+/// [`TcpStateEvent::sock`] bit, on transitions to CLOSE only: the socket was already orphaned
+/// (`SOCK_DEAD`): its process had closed it.
+pub const SOCK_ORPHAN: u16 = 32;
 
 /// Byte offsets of the kernel struct members the programs read, computed in userspace from
 /// the running kernel's BTF (`/sys/kernel/btf/vmlinux`) and set as a read-only global before
@@ -244,8 +254,8 @@ pub struct TcpStateEvent {
     /// CPU the program ran on (Linux numbers at most 8,192 CPUs).
     pub cpu: u16,
     /// What the socket said of itself: [`SOCK_OWNED_READ`] | [`SOCK_OWNED`] |
-    /// [`SOCK_PEER_FIN_READ`] | [`SOCK_PEER_FIN`]; 0 when the kernel's BTF did not give the
-    /// offsets ([`OFFSETS_SOCK_STATE`]).
+    /// [`SOCK_PEER_FIN_READ`] | [`SOCK_PEER_FIN`] | [`SOCK_ORPHAN_READ`] | [`SOCK_ORPHAN`]; 0
+    /// when the kernel's BTF did not give the offsets ([`OFFSETS_SOCK_STATE`]).
     pub sock: u16,
     /// Inode number of the socket's network namespace (as in `/proc/PID/ns/net`); 0 when
     /// the kernel's BTF did not give the offsets.

@@ -35,8 +35,8 @@ use aya_log_ebpf::warn;
 use tracer_common::{
     ipv4_on_wire, tracepoint as tp, KernelOffsets, TcpStateEvent, AF_INET, COMM_LEN,
     DEFAULT_RING_BUFFER_BYTES, OFFSETS_LEADER, OFFSETS_NETNS, OFFSETS_SOCK_STATE,
-    PORT_BITMAP_WORDS, SOCK_DONE_BIT, SOCK_OWNED, SOCK_OWNED_READ, SOCK_PEER_FIN,
-    SOCK_PEER_FIN_READ, STAT_RINGBUF_FULL, STAT_RUNS, STAT_SLOTS,
+    PORT_BITMAP_WORDS, SOCK_DEAD_BIT, SOCK_DONE_BIT, SOCK_ORPHAN, SOCK_ORPHAN_READ, SOCK_OWNED,
+    SOCK_OWNED_READ, SOCK_PEER_FIN, SOCK_PEER_FIN_READ, STAT_RINGBUF_FULL, STAT_RUNS, STAT_SLOTS,
 };
 
 /// `TCP_FIN_WAIT2` and `TCP_CLOSE` (`include/net/tcp_states.h`).
@@ -350,8 +350,9 @@ fn netns_of(addrs: &impl Addrs, flags: u32) -> u32 {
 }
 
 /// What the socket says of itself ([`TcpStateEvent::sock`]): whether a process holds its lock
-/// (one read on every transition) and, on FIN_WAIT2 -> CLOSE only, whether the peer's FIN
-/// arrived (one more read). 0 when the offsets are unknown.
+/// (one read on every transition) and, on transitions to CLOSE only, one more read: whether
+/// the socket was orphaned and, after FIN_WAIT2, whether the peer's FIN arrived. 0 when the
+/// offsets are unknown.
 #[inline(always)]
 fn sock_state_of(head: &Head, addrs: &impl Addrs, flags: u32) -> u16 {
     if flags & OFFSETS_SOCK_STATE == 0 {
@@ -364,11 +365,17 @@ fn sock_state_of(head: &Head, addrs: &impl Addrs, flags: u32) -> u16 {
             bits |= SOCK_OWNED;
         }
     }
-    if head.oldstate == TCP_FIN_WAIT2 && head.newstate == TCP_CLOSE {
+    if head.newstate == TCP_CLOSE {
         if let Some(sk_flags) = addrs.field_of::<u64>(addrs.sk(), read_global(&OFFSETS.sk_flags)) {
-            bits |= SOCK_PEER_FIN_READ;
-            if sk_flags & (1 << SOCK_DONE_BIT) != 0 {
-                bits |= SOCK_PEER_FIN;
+            bits |= SOCK_ORPHAN_READ;
+            if sk_flags & (1 << SOCK_DEAD_BIT) != 0 {
+                bits |= SOCK_ORPHAN;
+            }
+            if head.oldstate == TCP_FIN_WAIT2 {
+                bits |= SOCK_PEER_FIN_READ;
+                if sk_flags & (1 << SOCK_DONE_BIT) != 0 {
+                    bits |= SOCK_PEER_FIN;
+                }
             }
         }
     }

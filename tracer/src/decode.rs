@@ -189,6 +189,7 @@ fn transition(raw: &TcpStateEvent, comm: Name, thread: Name) -> Result<Transitio
         netns: u64::from(raw.netns),
         sock_owned: crate::sock_state::owned(raw.sock),
         peer_fin: crate::sock_state::peer_fin(raw.sock),
+        orphan: crate::sock_state::orphan(raw.sock),
     })
 }
 
@@ -248,7 +249,7 @@ fn to_raw(t: &Transition) -> TcpStateEvent {
         },
         protocol: t.protocol,
         cpu: u16::try_from(t.cpu).unwrap_or(u16::MAX),
-        sock: crate::sock_state::bits(t.sock_owned, t.peer_fin),
+        sock: crate::sock_state::bits(t.sock_owned, t.peer_fin, t.orphan),
         netns: u32::try_from(t.netns).unwrap_or(0),
         comm: name(&t.task.comm),
         thread: name(&t.task.thread),
@@ -349,13 +350,17 @@ mod tests {
     fn socket_lock_and_peer_fin_bits_round_trip() {
         let mut t = transition(1, 1, "127.0.0.1:1", "127.0.0.1:2", 5, 7);
         t.cpu = 3;
-        for owned in [None, Some(false), Some(true)] {
-            for fin in [None, Some(false), Some(true)] {
-                t.sock_owned = owned;
-                t.peer_fin = fin;
-                let raw = to_raw(&t);
-                assert_eq!(raw.cpu, 3);
-                assert_eq!(decode(&raw_bytes(&raw)).unwrap(), t);
+        let any = [None, Some(false), Some(true)];
+        for owned in any {
+            for fin in any {
+                for orphan in any {
+                    t.sock_owned = owned;
+                    t.peer_fin = fin;
+                    t.orphan = orphan;
+                    let raw = to_raw(&t);
+                    assert_eq!(raw.cpu, 3);
+                    assert_eq!(decode(&raw_bytes(&raw)).unwrap(), t);
+                }
             }
         }
         // The bits as the eBPF program sets them.
@@ -366,6 +371,9 @@ mod tests {
         raw.sock = tracer_common::SOCK_OWNED_READ | tracer_common::SOCK_PEER_FIN_READ;
         let d = decode(&raw_bytes(&raw)).unwrap();
         assert_eq!((d.sock_owned, d.peer_fin), (Some(false), Some(false)));
+        raw.sock = tracer_common::SOCK_ORPHAN_READ | tracer_common::SOCK_ORPHAN;
+        let d = decode(&raw_bytes(&raw)).unwrap();
+        assert_eq!((d.sock_owned, d.orphan), (None, Some(true)));
         raw.sock = 0;
         let d = decode(&raw_bytes(&raw)).unwrap();
         assert_eq!((d.sock_owned, d.peer_fin), (None, None));

@@ -153,7 +153,16 @@ impl Engine {
             return;
         }
         let closing = Closing::of(&t);
-        if self.causes.is_some() {
+        if let Some(causes) = &self.causes {
+            // An orphan's CLOSE with no cause seen before it: none can follow either, so its
+            // records go out now instead of waiting in the window.
+            if crate::sock_state::nothing_follows_close(&t) && causes.none_seen(&closing) {
+                let start = out.len();
+                let old = t.old;
+                self.apply(t, out);
+                complete_close(&mut out[start..], &Cause::default(), old, false);
+                return;
+            }
             let mut records = Vec::new();
             self.apply(t, &mut records);
             if let Some(causes) = &mut self.causes {

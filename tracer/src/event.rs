@@ -195,6 +195,9 @@ pub struct Transition {
     /// `Some(false)`: it waits for that FIN in a timewait socket (FIN_WAIT2 sub-state).
     /// `None` on other transitions and where it could not be read.
     pub peer_fin: Option<bool>,
+    /// On transitions to CLOSE: the socket was already orphaned (`SOCK_DEAD`: its process had
+    /// closed it). `None` on other transitions and where it could not be read.
+    pub orphan: Option<bool>,
 }
 
 impl Transition {

@@ -376,29 +376,34 @@ mod tests {
         );
     }
 
-    /// `SOCK_DONE`, the bit the program tests in `sk_flags`, is where the constant says in this
-    /// kernel's `enum sock_flags`.
+    /// `SOCK_DONE` and `SOCK_DEAD`, the bits the program tests in `sk_flags`, are where the
+    /// constants say in this kernel's `enum sock_flags`.
     #[test]
-    fn sock_done_is_the_bit_the_program_tests() {
+    fn sock_flags_are_the_bits_the_program_tests() {
         use btfparse::Integer32Value;
         let data = std::fs::read(VMLINUX_BTF).unwrap();
         let btf = TypeInformation::new(&Bytes(&data)).unwrap();
-        let value = btf
-            .get()
-            .values()
-            .find_map(|ty| match ty {
-                TypeVariant::Enum(e) if e.name().as_deref() == Some("sock_flags") => e
-                    .named_value_list()
-                    .iter()
-                    .find(|v| v.name == "SOCK_DONE")
-                    .map(|v| match v.value {
-                        Integer32Value::Signed(n) => i64::from(n),
-                        Integer32Value::Unsigned(n) => i64::from(n),
-                    }),
-                _ => None,
-            })
-            .expect("enum sock_flags has SOCK_DONE");
-        assert_eq!(value, i64::from(tracer_common::SOCK_DONE_BIT));
+        for (name, bit) in [
+            ("SOCK_DONE", tracer_common::SOCK_DONE_BIT),
+            ("SOCK_DEAD", tracer_common::SOCK_DEAD_BIT),
+        ] {
+            let value = btf
+                .get()
+                .values()
+                .find_map(|ty| match ty {
+                    TypeVariant::Enum(e) if e.name().as_deref() == Some("sock_flags") => e
+                        .named_value_list()
+                        .iter()
+                        .find(|v| v.name == name)
+                        .map(|v| match v.value {
+                            Integer32Value::Signed(n) => i64::from(n),
+                            Integer32Value::Unsigned(n) => i64::from(n),
+                        }),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("enum sock_flags has {name}"));
+            assert_eq!(value, i64::from(bit), "{name}");
+        }
     }
 
     #[test]

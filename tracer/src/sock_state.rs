@@ -16,7 +16,10 @@
 //!   (`tcp_time_wait(sk, TCP_FIN_WAIT2, ..)`) with `SOCK_DONE` clear. `sk_shutdown` cannot
 //!   tell them apart: `__tcp_close()` sets `RCV_SHUTDOWN` on every closed socket.
 
-use tracer_common::{SOCK_OWNED, SOCK_OWNED_READ, SOCK_PEER_FIN, SOCK_PEER_FIN_READ};
+use tracer_common::{
+    IPPROTO_TCP, SOCK_ORPHAN, SOCK_ORPHAN_READ, SOCK_OWNED, SOCK_OWNED_READ, SOCK_PEER_FIN,
+    SOCK_PEER_FIN_READ,
+};
 
 use crate::{
     event::{TcpState, Transition},
@@ -33,14 +36,39 @@ pub fn peer_fin(bits: u16) -> Option<bool> {
     (bits & SOCK_PEER_FIN_READ != 0).then_some(bits & SOCK_PEER_FIN != 0)
 }
 
-/// The event's bits for the two facts (the inverse of [`owned`] and [`peer_fin`]).
-pub fn bits(owned: Option<bool>, peer_fin: Option<bool>) -> u16 {
+/// Whether the socket was already orphaned (`SOCK_DEAD`: its process had closed it), on
+/// transitions to CLOSE only; `None` when it was not read.
+pub fn orphan(bits: u16) -> Option<bool> {
+    (bits & SOCK_ORPHAN_READ != 0).then_some(bits & SOCK_ORPHAN != 0)
+}
+
+/// The event's bits for the three facts (the inverse of [`owned`], [`peer_fin`] and
+/// [`orphan`]).
+pub fn bits(owned: Option<bool>, peer_fin: Option<bool>, orphan: Option<bool>) -> u16 {
     let one = |value: Option<bool>, read: u16, set: u16| match value {
         None => 0,
         Some(false) => read,
         Some(true) => read | set,
     };
-    one(owned, SOCK_OWNED_READ, SOCK_OWNED) | one(peer_fin, SOCK_PEER_FIN_READ, SOCK_PEER_FIN)
+    one(owned, SOCK_OWNED_READ, SOCK_OWNED)
+        | one(peer_fin, SOCK_PEER_FIN_READ, SOCK_PEER_FIN)
+        | one(orphan, SOCK_ORPHAN_READ, SOCK_ORPHAN)
+}
+
+/// Is `t` a TCP socket's transition to CLOSE after which the kernel reports nothing more of
+/// it: no RST sent and no error (so its records need not wait for a cause to follow)? So when
+/// the socket was already orphaned (`SOCK_DEAD`). The kernel reports a cause after the CLOSE
+/// in three ways, none of them on an orphan:
+/// - `tcp_close()` (unread bytes, `SO_LINGER {1, 0}`) and `tcp_disconnect()` send their RST
+///   after the CLOSE, but before `sock_orphan()` or on a socket its process still holds;
+/// - `tcp_done_with_error()` (Linux 6.10+: a received RST, a timeout, `SOCK_DESTROY`) reports
+///   the error after `tcp_done()` only `if (!sock_flag(sk, SOCK_DEAD))`; earlier kernels
+///   report it before;
+/// - data arriving on an orphan after its shutdown is answered with an RST after the CLOSE,
+///   but that CLOSE comes from `tcp_reset()`, which reports `tcp_receive_reset` before it: a
+///   cause seen before the CLOSE keeps its records waiting (the caller checks that).
+pub fn nothing_follows_close(t: &Transition) -> bool {
+    t.new == TcpState::Close && t.protocol == IPPROTO_TCP && t.orphan == Some(true)
 }
 
 /// Did the transition run in the context of a process holding the socket, so that the running
@@ -72,10 +100,13 @@ mod tests {
 
     #[test]
     fn bits_round_trip() {
-        for o in [None, Some(false), Some(true)] {
-            for f in [None, Some(false), Some(true)] {
-                let b = bits(o, f);
-                assert_eq!((owned(b), peer_fin(b)), (o, f));
+        let any = [None, Some(false), Some(true)];
+        for o in any {
+            for f in any {
+                for d in any {
+                    let b = bits(o, f, d);
+                    assert_eq!((owned(b), peer_fin(b), orphan(b)), (o, f, d));
+                }
             }
         }
         assert_eq!(
@@ -83,6 +114,21 @@ mod tests {
             None,
             "a set bit without its read bit is unknown"
         );
+    }
+
+    /// Only a TCP socket's CLOSE known to be an orphan's.
+    #[test]
+    fn nothing_follows_only_an_orphans_close() {
+        let mut t = transition(1, 1, "127.0.0.1:1", "127.0.0.1:2", 9, 7);
+        for (orphan, want) in [(None, false), (Some(false), false), (Some(true), true)] {
+            t.orphan = orphan;
+            assert_eq!(nothing_follows_close(&t), want, "{orphan:?}");
+        }
+        t.protocol = 262;
+        assert!(!nothing_follows_close(&t), "MPTCP");
+        let mut t = transition(1, 1, "127.0.0.1:1", "127.0.0.1:2", 1, 4);
+        t.orphan = Some(true);
+        assert!(!nothing_follows_close(&t), "not a CLOSE");
     }
 
     #[test]

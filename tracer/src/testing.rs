@@ -62,6 +62,7 @@ pub fn transition(
         netns: 0,
         sock_owned: None,
         peer_fin: None,
+        orphan: None,
     }
 }
 

@@ -308,6 +308,16 @@ impl Causes {
         self.recent.entry(key).or_default().push(signal);
     }
 
+    /// Whether no cause of the transition to CLOSE `closing` has been seen (within the window
+    /// before it).
+    pub fn none_seen(&self, closing: &Closing) -> bool {
+        closing.keys().iter().all(|key| {
+            self.recent
+                .get(key)
+                .is_none_or(|signals| !signals.iter().any(|s| within(s.ts_ns, closing.ts_ns)))
+        })
+    }
+
     /// Holds the records made for a transition to CLOSE, with the causes seen before it.
     pub fn hold(&mut self, closing: Closing, records: Vec<Record>) {
         let mut cause = Cause::default();

@@ -347,3 +347,53 @@ fn a_reused_address_releases_the_held_close_first() {
     e.finish(u64::MAX / 2, 0, None, &mut out);
     assert_eq!(closes(&out), 2);
 }
+
+/// An orphan's transition to CLOSE (its process had closed it) with no cause seen before it
+/// goes out at once, its timeline a normal end: the kernel reports nothing of an orphan after
+/// its CLOSE. One with a cause before it still waits, and so does a socket its process holds.
+#[test]
+fn an_orphans_close_without_a_cause_goes_out_at_once() {
+    let orphan = |mut t: crate::event::Transition, orphan: bool| {
+        t.orphan = Some(orphan);
+        t
+    };
+    let (got, before) = ended(
+        |e, out| {
+            e.transition(
+                orphan(transition(5 * MS, 9, C, S, ESTABLISHED, CLOSE), true),
+                out,
+            );
+        },
+        None,
+    );
+    assert_eq!(closes(&before), 1, "out before any settle: {before:#?}");
+    assert_eq!(got, (None, None, Outcome::Aborted));
+
+    // A reset received before the CLOSE: it waits, and is the peer's.
+    let (got, before) = ended(
+        |e, out| {
+            e.cause(reset(5 * MS, 9, CAUSE_RECEIVED_RESET), out);
+            e.transition(
+                orphan(transition(5 * MS, 9, C, S, ESTABLISHED, CLOSE), true),
+                out,
+            );
+        },
+        None,
+    );
+    assert_eq!(closes(&before), 0, "held: {before:#?}");
+    assert_eq!(got.1, Some(ResetBy::Peer));
+
+    // Not an orphan: the RST sent by close() after the CLOSE is still joined to it.
+    let (got, before) = ended(
+        |e, out| {
+            e.transition(
+                orphan(transition(5 * MS, 9, C, S, ESTABLISHED, CLOSE), false),
+                out,
+            );
+            e.cause(reset(5 * MS + US, 9, CAUSE_SENT_RESET), out);
+        },
+        Some(5 * MS + WINDOW_NS),
+    );
+    assert_eq!(closes(&before), 0, "held: {before:#?}");
+    assert_eq!(got.1, Some(ResetBy::Local));
+}

@@ -1,8 +1,8 @@
 //! End-to-end tests of the two kernel hooks: the BTF-enabled raw tracepoint (`tp_btf`, fields
 //! read at offsets from the kernel's BTF) and the classic tracepoint. Both are loaded at once
 //! on the same connections, so every field they report can be compared one for one; the
-//! network namespace, process name, thread name and thread id are checked against what the
-//! test itself knows.
+//! network namespace, process name, thread name and thread id, and whether a closed socket was
+//! already orphaned, are checked against what the test itself knows.
 
 use std::{
     io::{Read as _, Write as _},
@@ -108,6 +108,15 @@ fn check_identity(t: &Transition, me: &Me, port: u16) {
             | (TcpState::Established, TcpState::FinWait1)
             | (TcpState::CloseWait, TcpState::LastAck)
     );
+    // Whether the socket was orphaned, read on transitions to CLOSE only: the server's final
+    // ACK comes after its close() (an orphan); the client's FIN_WAIT2 ends when the server's
+    // FIN arrives, before the client closes its socket.
+    let orphan = match (t.old, t.new) {
+        (TcpState::LastAck, TcpState::Close) => Some(true),
+        (TcpState::FinWait2, TcpState::Close) => Some(false),
+        _ => None,
+    };
+    assert_eq!(t.orphan, orphan, "{t:?}");
     if syscall {
         assert_eq!(t.task.pid, std::process::id(), "{t:?}");
         assert_eq!(t.task.tid, me.tid, "{t:?}");
