@@ -297,8 +297,8 @@ pub fn targets(summaries: &[ModeSummary], runs: &[RunResult], soak: Option<&Soak
             cpu.map(|c| c.median <= 0.6),
             "the output thread's writes of 480 bytes per event into ext4 (in the kernel: \
              0.14-0.22 µs per event on a quiet machine), formatting (about 1,520 instructions \
-             per JSON line) and the engine's per-socket maps and cause window (about 1,230, \
-             with cache misses over the 250 ms of closes it holds): docs/bench.md",
+             per JSON line, a fifth of the CPU) and the engine's per-socket maps and the \
+             records moved between them: docs/bench.md",
         ),
     });
     let ns = tracer.and_then(|t| t.ns_per_run);
