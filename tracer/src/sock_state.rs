@@ -56,19 +56,27 @@ pub fn bits(owned: Option<bool>, peer_fin: Option<bool>, orphan: Option<bool>) -
 }
 
 /// Is `t` a TCP socket's transition to CLOSE after which the kernel reports nothing more of
-/// it: no RST sent and no error (so its records need not wait for a cause to follow)? So when
-/// the socket was already orphaned (`SOCK_DEAD`). The kernel reports a cause after the CLOSE
-/// in three ways, none of them on an orphan:
-/// - `tcp_close()` (unread bytes, `SO_LINGER {1, 0}`) and `tcp_disconnect()` send their RST
-///   after the CLOSE, but before `sock_orphan()` or on a socket its process still holds;
-/// - `tcp_done_with_error()` (Linux 6.10+: a received RST, a timeout, `SOCK_DESTROY`) reports
-///   the error after `tcp_done()` only `if (!sock_flag(sk, SOCK_DEAD))`; earlier kernels
-///   report it before;
-/// - data arriving on an orphan after its shutdown is answered with an RST after the CLOSE,
-///   but that CLOSE comes from `tcp_reset()`, which reports `tcp_receive_reset` before it: a
-///   cause seen before the CLOSE keeps its records waiting (the caller checks that).
+/// it: no RST sent and no error (so its records need not wait for a cause to follow)? Only
+/// the ends of a normal close of an orphan (`SOCK_DEAD`: its process had closed it), where no
+/// kernel path sends an RST or reports an error afterwards:
+/// - LAST_ACK or CLOSING -> CLOSE with no process holding the lock: the last ACK in softirq,
+///   or a timer (whose RST or, up to 6.9, error comes before; since 6.10 an orphan gets no
+///   error report). With the lock held it may be `__tcp_close()` giving up on memory, which
+///   sends its RST after the CLOSE (as MPTCP's `tcp_disconnect()` of a subflow does);
+/// - FIN_WAIT2 -> CLOSE with the peer's FIN seen: the move to TIME_WAIT in `tcp_fin()`. The
+///   other FIN_WAIT2 ends (`TCP_LINGER2` < 0, data arriving after `close()`) send an RST after
+///   the CLOSE and have not seen the peer's FIN.
+///
+/// A cause seen before the CLOSE still makes its records wait (the caller checks that).
 pub fn nothing_follows_close(t: &Transition) -> bool {
-    t.new == TcpState::Close && t.protocol == IPPROTO_TCP && t.orphan == Some(true)
+    if t.new != TcpState::Close || t.protocol != IPPROTO_TCP || t.orphan != Some(true) {
+        return false;
+    }
+    match t.old {
+        TcpState::LastAck | TcpState::Closing => t.sock_owned == Some(false),
+        TcpState::FinWait2 => t.peer_fin == Some(true),
+        _ => false,
+    }
 }
 
 /// Did the transition run in the context of a process holding the socket, so that the running
@@ -116,19 +124,41 @@ mod tests {
         );
     }
 
-    /// Only a TCP socket's CLOSE known to be an orphan's.
+    /// Only an orphan's LAST_ACK or CLOSING -> CLOSE outside a system call, and its FIN_WAIT2
+    /// -> CLOSE after the peer's FIN, of TCP.
     #[test]
-    fn nothing_follows_only_an_orphans_close() {
-        let mut t = transition(1, 1, "127.0.0.1:1", "127.0.0.1:2", 9, 7);
-        for (orphan, want) in [(None, false), (Some(false), false), (Some(true), true)] {
-            t.orphan = orphan;
-            assert_eq!(nothing_follows_close(&t), want, "{orphan:?}");
+    fn nothing_follows_only_a_normal_end_of_an_orphan() {
+        use crate::testing::state::{
+            CLOSE, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, SYN_SENT,
+        };
+        let close = |old, orphan, owned, fin| {
+            let mut t = transition(1, 1, "127.0.0.1:1", "127.0.0.1:2", old, CLOSE);
+            (t.orphan, t.sock_owned, t.peer_fin) = (orphan, owned, fin);
+            nothing_follows_close(&t)
+        };
+        let (yes, no) = (Some(true), Some(false));
+        assert!(close(LAST_ACK, yes, no, None));
+        assert!(close(CLOSING, yes, no, None));
+        assert!(close(FIN_WAIT2, yes, no, yes));
+        assert!(
+            close(FIN_WAIT2, yes, yes, yes),
+            "the FIN handled as close() releases"
+        );
+        // Not an orphan, or not known to be.
+        assert!(!close(LAST_ACK, no, no, None));
+        assert!(!close(LAST_ACK, None, no, None));
+        // __tcp_close() giving up on memory, or a subflow's disconnect: the lock is held.
+        assert!(!close(LAST_ACK, yes, yes, None));
+        assert!(!close(CLOSING, yes, None, None));
+        // TCP_LINGER2 < 0 or data after close(): no FIN from the peer.
+        assert!(!close(FIN_WAIT2, yes, no, no));
+        assert!(!close(FIN_WAIT2, yes, no, None));
+        for old in [ESTABLISHED, SYN_SENT, FIN_WAIT1] {
+            assert!(!close(old, yes, no, yes), "{old}");
         }
-        t.protocol = 262;
+        let mut t = transition(1, 1, "127.0.0.1:1", "127.0.0.1:2", LAST_ACK, CLOSE);
+        (t.orphan, t.sock_owned, t.protocol) = (yes, no, 262);
         assert!(!nothing_follows_close(&t), "MPTCP");
-        let mut t = transition(1, 1, "127.0.0.1:1", "127.0.0.1:2", 1, 4);
-        t.orphan = Some(true);
-        assert!(!nothing_follows_close(&t), "not a CLOSE");
     }
 
     #[test]

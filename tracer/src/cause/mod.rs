@@ -341,6 +341,9 @@ impl Causes {
     /// socket got its address, so its causes have all come (they come in the call chain that
     /// closed it, before the kernel can free it) and its records must precede the new one's.
     pub fn take(&mut self, skaddr: u64) -> Option<Released> {
+        // Causes waiting under this address were the old socket's: a socket's own come after
+        // its birth.
+        self.recent.remove(&Key::Socket(skaddr));
         let seq = self.index.get(&Key::Socket(skaddr))?;
         let i = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
         let held = self.held.get_mut(i)?.take()?;
