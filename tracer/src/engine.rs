@@ -139,7 +139,9 @@ impl Engine {
         if let Some(causes) = &mut self.causes {
             // A socket born at the address of one whose CLOSE is held: that one's records
             // first. Only a birth can follow a CLOSE at one address, so only births look.
-            let taken = crate::timeline::is_birth(&t)
+            // CLOSE -> CLOSE (`tcp_done()` on a socket already closed) is no birth here: its
+            // causes may have come before it.
+            let taken = (crate::timeline::is_birth(&t) && t.new != TcpState::Close)
                 .then(|| causes.take(t.skaddr))
                 .flatten();
             if let Some(mut done) = taken {
