@@ -165,28 +165,22 @@ impl Conn {
     /// A socket first seen in `t`: from its birth, or from the state it was in. With `steps`,
     /// its history starts (else it stays empty and unallocated).
     fn new(seq: u64, t: &Transition, born: bool, steps: bool) -> Self {
-        if !steps {
-            return Self {
-                seq,
-                endpoints: t.endpoints(),
-                netns: t.netns,
-                from_birth: born,
-                owner: None,
-                entered_ns: None,
-                steps: Vec::new(),
-            };
-        }
-        // Room for a connection's whole life (five states from birth to its end, six for a
-        // simultaneous close): the history never reallocates on the event loop.
-        let mut steps = Vec::with_capacity(6);
-        if !born {
-            steps.push(Step {
-                state: t.old,
-                enter_ns: None,
-                duration_ns: None,
-                inferred: false,
-            });
-        }
+        let steps = if steps {
+            // Room for a connection's whole life (five states from birth to its end, six for
+            // a simultaneous close): the history never reallocates on the event loop.
+            let mut history = Vec::with_capacity(6);
+            if !born {
+                history.push(Step {
+                    state: t.old,
+                    enter_ns: None,
+                    duration_ns: None,
+                    inferred: false,
+                });
+            }
+            history
+        } else {
+            Vec::new()
+        };
         Self {
             seq,
             endpoints: t.endpoints(),

@@ -614,19 +614,27 @@ mod tests {
         assert_eq!(ours, serde);
     }
 
+    /// What `write` puts at a cursor into 64 bytes of room.
+    fn written(write: impl FnOnce(&mut Cursor<'_>)) -> Vec<u8> {
+        let mut buf = [0u8; 64];
+        let mut out = Cursor {
+            buf: &mut buf,
+            at: 0,
+        };
+        write(&mut out);
+        let len = out.at;
+        buf[..len].to_vec()
+    }
+
     /// Every state the kernel defines is written as its name in quotes.
     #[test]
     fn states_are_written_quoted() {
         for number in 1..=12 {
             let state = TcpState::from(number);
-            let mut buf = [0u8; 64];
-            let mut out = Cursor {
-                buf: &mut buf,
-                at: 0,
-            };
-            out.state(state);
-            let len = out.at;
-            assert_eq!(&buf[..len], format!("\"{}\"", state.name()).as_bytes());
+            assert_eq!(
+                written(|out| out.state(state)),
+                format!("\"{}\"", state.name()).as_bytes()
+            );
         }
     }
 
@@ -636,14 +644,7 @@ mod tests {
         for n in 0..=255u8 {
             for addr in [[n, 0, 0, 0], [1, n, 2, 3], [255, 9, n, 10], [0, 0, 0, n]] {
                 let addr = IpAddr::from(addr);
-                let mut buf = [0u8; 64];
-                let mut out = Cursor {
-                    buf: &mut buf,
-                    at: 0,
-                };
-                out.ip(addr);
-                let len = out.at;
-                assert_eq!(&buf[..len], addr.to_string().as_bytes());
+                assert_eq!(written(|out| out.ip(addr)), addr.to_string().as_bytes());
             }
         }
     }
