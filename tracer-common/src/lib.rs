@@ -100,8 +100,8 @@ pub const OFFSETS_NETNS: u32 = 2;
 /// [`KernelOffsets::task_comm`] are valid, so events carry the process name.
 pub const OFFSETS_LEADER: u32 = 4;
 
-/// [`KernelOffsets::flags`] bit: [`KernelOffsets::sk_lock_owned`] and
-/// [`KernelOffsets::sk_flags`] are valid, so events carry [`TcpStateEvent::sock`].
+/// [`KernelOffsets::flags`] bit: [`KernelOffsets::sk_lock_owned`], [`KernelOffsets::sk_flags`]
+/// and [`KernelOffsets::icsk_ulp_ops`] are valid, so events carry [`TcpStateEvent::sock`].
 pub const OFFSETS_SOCK_STATE: u32 = 8;
 
 /// [`KernelOffsets::flags`] bit: [`KernelOffsets::file_inode`], [`KernelOffsets::inode_mode`],
@@ -170,6 +170,13 @@ pub const SOCK_ORPHAN_READ: u16 = 16;
 /// [`TcpStateEvent::sock`] bit, on transitions to CLOSE only: the socket was already orphaned
 /// (`SOCK_DEAD`): its process had closed it.
 pub const SOCK_ORPHAN: u16 = 32;
+/// [`TcpStateEvent::sock`] bit, on transitions to CLOSE only: `icsk_ulp_ops` was read (the
+/// next bit is valid).
+pub const SOCK_ULP_READ: u16 = 64;
+/// [`TcpStateEvent::sock`] bit, on transitions to CLOSE only: an upper layer protocol was
+/// attached to the socket (`icsk_ulp_ops` set): an MPTCP subflow, or kernel TLS. MPTCP may
+/// still reset a subflow after its CLOSE (`mptcp_subflow_reset()`).
+pub const SOCK_ULP: u16 = 128;
 
 /// Byte offsets of the kernel struct members the programs read, computed in userspace from
 /// the running kernel's BTF (`/sys/kernel/btf/vmlinux`) and set as a read-only global before
@@ -221,6 +228,9 @@ pub struct KernelOffsets {
     pub inode_sb: u32,
     /// `struct super_block`: `s_magic` (`unsigned long`).
     pub sb_magic: u32,
+    /// `struct inet_connection_sock`: `icsk_ulp_ops` (`const struct tcp_ulp_ops *`); `struct
+    /// sock` is its first member, so this is an offset from the socket pointer.
+    pub icsk_ulp_ops: u32,
 }
 
 /// One `sock:inet_sock_set_state` firing, as the eBPF program hands it to userspace.
@@ -254,7 +264,8 @@ pub struct TcpStateEvent {
     /// CPU the program ran on (Linux numbers at most 8,192 CPUs).
     pub cpu: u16,
     /// What the socket said of itself: [`SOCK_OWNED_READ`] | [`SOCK_OWNED`] |
-    /// [`SOCK_PEER_FIN_READ`] | [`SOCK_PEER_FIN`] | [`SOCK_ORPHAN_READ`] | [`SOCK_ORPHAN`]; 0
+    /// [`SOCK_PEER_FIN_READ`] | [`SOCK_PEER_FIN`] | [`SOCK_ORPHAN_READ`] | [`SOCK_ORPHAN`] |
+    /// [`SOCK_ULP_READ`] | [`SOCK_ULP`]; 0
     /// when the kernel's BTF did not give the offsets ([`OFFSETS_SOCK_STATE`]).
     pub sock: u16,
     /// Inode number of the socket's network namespace (as in `/proc/PID/ns/net`); 0 when
@@ -271,7 +282,7 @@ pub struct TcpStateEvent {
 pub const EVENT_SIZE: usize = core::mem::size_of::<TcpStateEvent>();
 
 const _: () = assert!(EVENT_SIZE == 112);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 84);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);
 const _: () = assert!(core::mem::align_of::<TcpStateEvent>() == 8);
 
 #[cfg(feature = "user")]

@@ -36,7 +36,8 @@ use tracer_common::{
     ipv4_on_wire, tracepoint as tp, KernelOffsets, TcpStateEvent, AF_INET, COMM_LEN,
     DEFAULT_RING_BUFFER_BYTES, OFFSETS_LEADER, OFFSETS_NETNS, OFFSETS_SOCK_STATE,
     PORT_BITMAP_WORDS, SOCK_DEAD_BIT, SOCK_DONE_BIT, SOCK_ORPHAN, SOCK_ORPHAN_READ, SOCK_OWNED,
-    SOCK_OWNED_READ, SOCK_PEER_FIN, SOCK_PEER_FIN_READ, STAT_RINGBUF_FULL, STAT_RUNS, STAT_SLOTS,
+    SOCK_OWNED_READ, SOCK_PEER_FIN, SOCK_PEER_FIN_READ, SOCK_ULP, SOCK_ULP_READ, STAT_RINGBUF_FULL,
+    STAT_RUNS, STAT_SLOTS,
 };
 
 /// `TCP_FIN_WAIT2` and `TCP_CLOSE` (`include/net/tcp_states.h`).
@@ -88,6 +89,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     task_tgid: 0,
     inode_sb: 0,
     sb_magic: 0,
+    icsk_ulp_ops: 0,
 };
 
 #[map(name = "EVENTS")]
@@ -350,9 +352,10 @@ fn netns_of(addrs: &impl Addrs, flags: u32) -> u32 {
 }
 
 /// What the socket says of itself ([`TcpStateEvent::sock`]): whether a process holds its lock
-/// (one read on every transition) and, on transitions to CLOSE only, one more read: whether
-/// the socket was orphaned and, after FIN_WAIT2, whether the peer's FIN arrived. 0 when the
-/// offsets are unknown.
+/// (one read on every transition) and, on transitions to CLOSE only, two more: whether the
+/// socket was orphaned and, after FIN_WAIT2, whether the peer's FIN arrived (one flag word),
+/// and whether an upper layer protocol (an MPTCP subflow's, kernel TLS) is attached. 0 when
+/// the offsets are unknown.
 #[inline(always)]
 fn sock_state_of(head: &Head, addrs: &impl Addrs, flags: u32) -> u16 {
     if flags & OFFSETS_SOCK_STATE == 0 {
@@ -376,6 +379,14 @@ fn sock_state_of(head: &Head, addrs: &impl Addrs, flags: u32) -> u16 {
                 if sk_flags & (1 << SOCK_DONE_BIT) != 0 {
                     bits |= SOCK_PEER_FIN;
                 }
+            }
+        }
+        // A member of `struct inet_connection_sock`, beyond the `struct sock` the `tp_btf`
+        // program may load from directly: a helper read on both hooks.
+        if let Some(ulp) = try_kernel::<u64>(addrs.sk(), read_global(&OFFSETS.icsk_ulp_ops)) {
+            bits |= SOCK_ULP_READ;
+            if ulp != 0 {
+                bits |= SOCK_ULP;
             }
         }
     }

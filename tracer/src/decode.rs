@@ -190,6 +190,7 @@ fn transition(raw: &TcpStateEvent, comm: Name, thread: Name) -> Result<Transitio
         sock_owned: crate::sock_state::owned(raw.sock),
         peer_fin: crate::sock_state::peer_fin(raw.sock),
         orphan: crate::sock_state::orphan(raw.sock),
+        ulp: crate::sock_state::ulp(raw.sock),
     })
 }
 
@@ -249,7 +250,7 @@ fn to_raw(t: &Transition) -> TcpStateEvent {
         },
         protocol: t.protocol,
         cpu: u16::try_from(t.cpu).unwrap_or(u16::MAX),
-        sock: crate::sock_state::bits(t.sock_owned, t.peer_fin, t.orphan),
+        sock: crate::sock_state::bits(t.sock_owned, t.peer_fin, t.orphan, t.ulp),
         netns: u32::try_from(t.netns).unwrap_or(0),
         comm: name(&t.task.comm),
         thread: name(&t.task.thread),
@@ -354,12 +355,15 @@ mod tests {
         for owned in any {
             for fin in any {
                 for orphan in any {
-                    t.sock_owned = owned;
-                    t.peer_fin = fin;
-                    t.orphan = orphan;
-                    let raw = to_raw(&t);
-                    assert_eq!(raw.cpu, 3);
-                    assert_eq!(decode(&raw_bytes(&raw)).unwrap(), t);
+                    for ulp in any {
+                        t.sock_owned = owned;
+                        t.peer_fin = fin;
+                        t.orphan = orphan;
+                        t.ulp = ulp;
+                        let raw = to_raw(&t);
+                        assert_eq!(raw.cpu, 3);
+                        assert_eq!(decode(&raw_bytes(&raw)).unwrap(), t);
+                    }
                 }
             }
         }
@@ -374,6 +378,9 @@ mod tests {
         raw.sock = tracer_common::SOCK_ORPHAN_READ | tracer_common::SOCK_ORPHAN;
         let d = decode(&raw_bytes(&raw)).unwrap();
         assert_eq!((d.sock_owned, d.orphan), (None, Some(true)));
+        raw.sock = tracer_common::SOCK_ULP_READ | tracer_common::SOCK_ULP;
+        let d = decode(&raw_bytes(&raw)).unwrap();
+        assert_eq!((d.orphan, d.ulp), (None, Some(true)));
         raw.sock = 0;
         let d = decode(&raw_bytes(&raw)).unwrap();
         assert_eq!((d.sock_owned, d.peer_fin), (None, None));

@@ -198,6 +198,10 @@ pub struct Transition {
     /// On transitions to CLOSE: the socket was already orphaned (`SOCK_DEAD`: its process had
     /// closed it). `None` on other transitions and where it could not be read.
     pub orphan: Option<bool>,
+    /// On transitions to CLOSE: an upper layer protocol was attached to the socket
+    /// (`icsk_ulp_ops`): an MPTCP subflow, or kernel TLS. `None` on other transitions and where
+    /// it could not be read.
+    pub ulp: Option<bool>,
 }
 
 impl Transition {

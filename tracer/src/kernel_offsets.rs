@@ -124,12 +124,13 @@ fn decode(message: &[u8]) -> Option<Result<Resolved, OffsetsError>> {
             task_tgid: w[18],
             inode_sb: w[19],
             sb_magic: w[20],
+            icsk_ulp_ops: w[21],
         },
         missing: missing.lines().map(str::to_owned).collect(),
     }))
 }
 
-const WORDS: usize = 21;
+const WORDS: usize = 22;
 
 fn words(o: &KernelOffsets) -> [u32; WORDS] {
     [
@@ -154,6 +155,7 @@ fn words(o: &KernelOffsets) -> [u32; WORDS] {
         o.task_tgid,
         o.inode_sb,
         o.sb_magic,
+        o.icsk_ulp_ops,
     ]
 }
 
@@ -197,6 +199,7 @@ pub fn resolve(btf: &TypeInformation) -> Resolved {
     if offsets.flags & OFFSETS_SOCK_STATE != 0 {
         offsets.sk_lock_owned = state.sk_lock_owned;
         offsets.sk_flags = state.sk_flags;
+        offsets.icsk_ulp_ops = state.icsk_ulp_ops;
     }
     if offsets.flags & OFFSETS_FILES != 0 {
         offsets.file_inode = files.file_inode;
@@ -242,12 +245,20 @@ fn leader_offsets(s: &Structs<'_>, o: &mut KernelOffsets) -> Result<(), OffsetsE
 }
 
 /// The socket lock's `owned` flag (`socket_lock_t`, an `int` after the spinlock in every
-/// kernel) and the socket's flag word (`unsigned long`, in `struct sock_common`): what `sock_owned_by_user()` and
-/// `sock_flag(sk, SOCK_DONE)` read. See [`crate::sock_state`].
+/// kernel), the socket's flag word (`unsigned long`, in `struct sock_common`) and its upper
+/// layer protocol (`struct inet_connection_sock`, which starts with the `struct sock`): what
+/// `sock_owned_by_user()`, `sock_flag(sk, SOCK_DONE)` and `sk_is_mptcp()`'s subflow test read.
+/// See [`crate::sock_state`].
 fn sock_state_offsets(s: &Structs<'_>, o: &mut KernelOffsets) -> Result<(), OffsetsError> {
     o.sk_lock_owned = s.member("sock", "sk_lock.owned", 4)?;
     // `sk_flags` is `#define`d to `__sk_common.skc_flags` (in a union with `skc_listener`).
     o.sk_flags = s.member("sock", "__sk_common.skc_flags", 8)?;
+    o.icsk_ulp_ops = s.member("inet_connection_sock", "icsk_ulp_ops", 8)?;
+    if s.member("inet_connection_sock", "icsk_inet.sk", 0)? != 0 {
+        return Err(OffsetsError::Layout {
+            what: "struct inet_connection_sock does not start with its struct sock".into(),
+        });
+    }
     Ok(())
 }
 
@@ -374,6 +385,8 @@ mod tests {
                 && o.sk_flags < o.sk_lock_owned
                 && o.sk_flags.is_multiple_of(8)
         );
+        // inet_connection_sock's own members come after the whole struct inet_sock.
+        assert!(o.icsk_ulp_ops > o.inet_saddr && o.icsk_ulp_ops.is_multiple_of(8));
     }
 
     /// `SOCK_DONE` and `SOCK_DEAD`, the bits the program tests in `sk_flags`, are where the
@@ -422,6 +435,7 @@ mod tests {
                 sk_family: 16,
                 task_comm: 3000,
                 sk_flags: 760,
+                icsk_ulp_ops: 1424,
                 ..KernelOffsets::default()
             },
             missing: vec!["the kernel's BTF has no struct net member ns.inum".into()],

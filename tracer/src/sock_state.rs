@@ -1,24 +1,29 @@
 //! What the socket itself told the eBPF program at a transition ([`tracer_common::TcpStateEvent::sock`]),
-//! and the two decisions made from it: whether the running task holds the socket (the
-//! transition ran in its process context), and whether an active close ended in TIME_WAIT or
-//! still waits in FIN_WAIT2 for the peer's FIN.
+//! and the three decisions made from it: whether the running task holds the socket (the
+//! transition ran in its process context), whether an active close ended in TIME_WAIT or
+//! still waits in FIN_WAIT2 for the peer's FIN, and whether anything (an RST, an error) can
+//! still follow a transition to CLOSE.
 //!
-//! Both come from the kernel, not from the state pair:
+//! All come from the kernel, not from the state pair:
 //! - `sk_lock.owned` (`sock_owned_by_user()`) is set while a process holds the socket lock:
 //!   `connect()`, `listen()`, `shutdown()` and `close()` (`tcp_close()` keeps it through the
 //!   RST of `SO_LINGER {1, 0}` or of unread bytes, and through the orphan's move to a timewait
 //!   socket), and `release_sock()` keeps it while it runs the packets queued on the backlog
 //!   meanwhile, in the lock holder's context. Softirq and the TCP timers change a socket's
 //!   state only while no process owns it (they queue the packet or defer the timer otherwise).
+//!   Clear, the transition ran in softirq, a timer, or a process holding only the spinlock
+//!   (`lock_sock_fast()`, as MPTCP's subflow close does).
 //! - `SOCK_DONE` in `sk_flags` is set by `tcp_fin()` only, when the peer's FIN arrives; its
 //!   FIN_WAIT2 case moves the connection to TIME_WAIT. An orphan whose FIN was acknowledged
 //!   before the peer's FIN moves to a timewait socket in the FIN_WAIT2 sub-state
 //!   (`tcp_time_wait(sk, TCP_FIN_WAIT2, ..)`) with `SOCK_DONE` clear. `sk_shutdown` cannot
 //!   tell them apart: `__tcp_close()` sets `RCV_SHUTDOWN` on every closed socket.
+//! - `SOCK_DEAD` in `sk_flags` (`sock_orphan()`): the socket's last file was closed.
+//! - `icsk_ulp_ops`: an upper layer protocol is attached (an MPTCP subflow, kernel TLS).
 
 use tracer_common::{
     IPPROTO_TCP, SOCK_ORPHAN, SOCK_ORPHAN_READ, SOCK_OWNED, SOCK_OWNED_READ, SOCK_PEER_FIN,
-    SOCK_PEER_FIN_READ,
+    SOCK_PEER_FIN_READ, SOCK_ULP, SOCK_ULP_READ,
 };
 
 use crate::{
@@ -42,9 +47,20 @@ pub fn orphan(bits: u16) -> Option<bool> {
     (bits & SOCK_ORPHAN_READ != 0).then_some(bits & SOCK_ORPHAN != 0)
 }
 
-/// The event's bits for the three facts (the inverse of [`owned`], [`peer_fin`] and
-/// [`orphan`]).
-pub fn bits(owned: Option<bool>, peer_fin: Option<bool>, orphan: Option<bool>) -> u16 {
+/// Whether an upper layer protocol was attached to the socket (`icsk_ulp_ops`: an MPTCP
+/// subflow, or kernel TLS), on transitions to CLOSE only; `None` when it was not read.
+pub fn ulp(bits: u16) -> Option<bool> {
+    (bits & SOCK_ULP_READ != 0).then_some(bits & SOCK_ULP != 0)
+}
+
+/// The event's bits for the four facts (the inverse of [`owned`], [`peer_fin`], [`orphan`]
+/// and [`ulp`]).
+pub fn bits(
+    owned: Option<bool>,
+    peer_fin: Option<bool>,
+    orphan: Option<bool>,
+    ulp: Option<bool>,
+) -> u16 {
     let one = |value: Option<bool>, read: u16, set: u16| match value {
         None => 0,
         Some(false) => read,
@@ -53,12 +69,15 @@ pub fn bits(owned: Option<bool>, peer_fin: Option<bool>, orphan: Option<bool>) -
     one(owned, SOCK_OWNED_READ, SOCK_OWNED)
         | one(peer_fin, SOCK_PEER_FIN_READ, SOCK_PEER_FIN)
         | one(orphan, SOCK_ORPHAN_READ, SOCK_ORPHAN)
+        | one(ulp, SOCK_ULP_READ, SOCK_ULP)
 }
 
 /// Is `t` a TCP socket's transition to CLOSE after which the kernel reports nothing more of
 /// it: no RST sent and no error (so its records need not wait for a cause to follow)? Only
-/// the ends of a normal close of an orphan (`SOCK_DEAD`: its process had closed it), where no
-/// kernel path sends an RST or reports an error afterwards:
+/// the ends of a normal close of an orphan (`SOCK_DEAD`: its process had closed it) with no
+/// upper layer protocol attached (MPTCP may reset a subflow after its CLOSE, in softirq, with
+/// `mptcp_subflow_reset()`, on kernels up to 6.4 at least; kernel TLS sockets are held along
+/// with them), where no kernel path sends an RST or reports an error afterwards:
 /// - LAST_ACK or CLOSING -> CLOSE with no process holding the lock: the last ACK in softirq,
 ///   or a timer (whose RST or, up to 6.9, error comes before; since 6.10 an orphan gets no
 ///   error report). With the lock held it may be `__tcp_close()` giving up on memory, which
@@ -69,7 +88,11 @@ pub fn bits(owned: Option<bool>, peer_fin: Option<bool>, orphan: Option<bool>) -
 ///
 /// A cause seen before the CLOSE still makes its records wait (the caller checks that).
 pub fn nothing_follows_close(t: &Transition) -> bool {
-    if t.new != TcpState::Close || t.protocol != IPPROTO_TCP || t.orphan != Some(true) {
+    if t.new != TcpState::Close
+        || t.protocol != IPPROTO_TCP
+        || t.orphan != Some(true)
+        || t.ulp != Some(false)
+    {
         return false;
     }
     match t.old {
@@ -112,8 +135,10 @@ mod tests {
         for o in any {
             for f in any {
                 for d in any {
-                    let b = bits(o, f, d);
-                    assert_eq!((owned(b), peer_fin(b), orphan(b)), (o, f, d));
+                    for u in any {
+                        let b = bits(o, f, d, u);
+                        assert_eq!((owned(b), peer_fin(b), orphan(b), ulp(b)), (o, f, d, u));
+                    }
                 }
             }
         }
@@ -131,12 +156,13 @@ mod tests {
         use crate::testing::state::{
             CLOSE, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, SYN_SENT,
         };
-        let close = |old, orphan, owned, fin| {
+        let (yes, no) = (Some(true), Some(false));
+        let with_ulp = |old, orphan, owned, fin, ulp| {
             let mut t = transition(1, 1, "127.0.0.1:1", "127.0.0.1:2", old, CLOSE);
-            (t.orphan, t.sock_owned, t.peer_fin) = (orphan, owned, fin);
+            (t.orphan, t.sock_owned, t.peer_fin, t.ulp) = (orphan, owned, fin, ulp);
             nothing_follows_close(&t)
         };
-        let (yes, no) = (Some(true), Some(false));
+        let close = |old, orphan, owned, fin| with_ulp(old, orphan, owned, fin, no);
         assert!(close(LAST_ACK, yes, no, None));
         assert!(close(CLOSING, yes, no, None));
         assert!(close(FIN_WAIT2, yes, no, yes));
@@ -156,9 +182,19 @@ mod tests {
         for old in [ESTABLISHED, SYN_SENT, FIN_WAIT1] {
             assert!(!close(old, yes, no, yes), "{old}");
         }
+        // An MPTCP subflow (or a kernel TLS socket), or not known not to be one.
+        for ulp in [yes, None] {
+            assert!(!with_ulp(LAST_ACK, yes, no, None, ulp));
+            assert!(!with_ulp(CLOSING, yes, no, None, ulp));
+            assert!(!with_ulp(FIN_WAIT2, yes, no, yes, ulp));
+        }
+        // Not a CLOSE.
+        let mut t = transition(1, 1, "127.0.0.1:1", "127.0.0.1:2", FIN_WAIT1, FIN_WAIT2);
+        (t.orphan, t.sock_owned, t.peer_fin, t.ulp) = (yes, no, yes, no);
+        assert!(!nothing_follows_close(&t), "not a CLOSE");
         let mut t = transition(1, 1, "127.0.0.1:1", "127.0.0.1:2", LAST_ACK, CLOSE);
-        (t.orphan, t.sock_owned, t.protocol) = (yes, no, 262);
-        assert!(!nothing_follows_close(&t), "MPTCP");
+        (t.orphan, t.sock_owned, t.ulp, t.protocol) = (yes, no, no, 262);
+        assert!(!nothing_follows_close(&t), "the MPTCP socket itself");
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub fn transition(
         sock_owned: None,
         peer_fin: None,
         orphan: None,
+        ulp: None,
     }
 }
 

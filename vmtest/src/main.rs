@@ -139,7 +139,13 @@ fn vm_test(args: &VmArgs) -> Result<()> {
     let mut failed = false;
     for (i, kernel) in kernels.iter().enumerate() {
         let edge = i == 0 || i + 1 == kernels.len();
-        let runs = plan::runs(args.suite, &args.filters, args.no_hostile, edge);
+        let runs = plan::runs(
+            kernel.name,
+            args.suite,
+            &args.filters,
+            args.no_hostile,
+            edge,
+        );
         let image = cache.join("runs").join(kernel.name).join("initramfs.cpio");
         fs::create_dir_all(image.parent().context("a runs directory")?)?;
         image::with_modules(&busybox, &initramfs, &kernel.modules, &image)?;

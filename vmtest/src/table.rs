@@ -3,7 +3,7 @@
 use std::{fmt::Write as _, fs, path::Path, time::Duration};
 
 use crate::{
-    plan::{Check, Scenario, GUEST_SKIPS},
+    plan::{self, Check, Scenario},
     qemu,
     report::{Outcome, Report},
 };
@@ -129,7 +129,7 @@ pub fn judge(
             })
             .chain(
                 matches!(scenario.check, Check::Tests)
-                    .then_some(GUEST_SKIPS)
+                    .then(|| plan::skips(kernel))
                     .into_iter()
                     .flatten()
                     .map(|(n, why)| format!("{n}: {why}")),

@@ -46,8 +46,9 @@ impl From<&TransitionRecord> for Transition {
             // owner and an active close rests in TIME_WAIT, as those exports said.
             sock_owned: r.sock_owned,
             peer_fin: r.peer_fin,
-            // Not in the records: only the live cause window uses it.
+            // Not in the records: only the live cause window uses them.
             orphan: None,
+            ulp: None,
         }
     }
 }

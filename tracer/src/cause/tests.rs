@@ -348,70 +348,113 @@ fn a_reused_address_releases_the_held_close_first() {
     assert_eq!(closes(&out), 2);
 }
 
-/// An orphan's normal end (its process had closed it; the last ACK outside a system call)
-/// with no cause seen before it goes out at once. One with a cause before it still waits, and
-/// so do an orphan's CLOSE under a held lock and one from FIN_WAIT1, whose RST (`__tcp_close()`
-/// giving up on memory, data arriving after `close()`) comes after the CLOSE.
+/// An orphan's normal end (its process had closed it; the last ACK outside a system call, or
+/// FIN_WAIT2 left for TIME_WAIT on the peer's FIN) with no cause seen before it goes out at
+/// once, as a normal close. One with a cause before it still waits, and so do an orphan's
+/// CLOSE under a held lock, one from FIN_WAIT1, one from FIN_WAIT2 without the peer's FIN, and
+/// an MPTCP subflow's: their RST (`__tcp_close()` giving up on memory, data arriving after
+/// `close()`, `mptcp_subflow_reset()`) comes after the CLOSE.
 #[test]
 fn an_orphans_normal_end_goes_out_at_once() {
-    use crate::testing::state::{CLOSE_WAIT, FIN_WAIT1, LAST_ACK};
-    let close = |old: u32, owned: bool| {
+    use crate::testing::state::{CLOSE_WAIT, FIN_WAIT1, FIN_WAIT2, LAST_ACK};
+    // An orphan's CLOSE from `old`: the lock held or not, the peer's FIN seen (from
+    // FIN_WAIT2), an upper layer protocol attached.
+    let close = |old: u32, owned: bool, fin: Option<bool>, ulp: bool| {
         let mut t = transition(5 * MS, 9, C, S, old, CLOSE);
-        (t.orphan, t.sock_owned) = (Some(true), Some(owned));
+        (t.orphan, t.sock_owned, t.peer_fin, t.ulp) = (Some(true), Some(owned), fin, Some(ulp));
         t
     };
     let passive = |e: &mut Engine, out: &mut Vec<Record>| {
         e.transition(transition(3 * MS, 9, C, S, ESTABLISHED, CLOSE_WAIT), out);
         e.transition(transition(4 * MS, 9, C, S, CLOSE_WAIT, LAST_ACK), out);
     };
+    let active = |e: &mut Engine, out: &mut Vec<Record>| {
+        e.transition(transition(3 * MS, 9, C, S, ESTABLISHED, FIN_WAIT1), out);
+        e.transition(transition(4 * MS, 9, C, S, FIN_WAIT1, FIN_WAIT2), out);
+    };
     let (got, before) = ended(
         |e, out| {
             passive(e, out);
-            e.transition(close(LAST_ACK, false), out);
+            e.transition(close(LAST_ACK, false, None, false), out);
         },
         None,
     );
     assert_eq!(closes(&before), 1, "out before any settle: {before:#?}");
-    assert_eq!((got.0, got.1), (None, None));
+    assert_eq!(got, (None, None, Outcome::PassiveClose));
+    let (got, before) = ended(
+        |e, out| {
+            active(e, out);
+            e.transition(close(FIN_WAIT2, false, Some(true), false), out);
+        },
+        None,
+    );
+    assert_eq!(closes(&before), 1, "out before any settle: {before:#?}");
+    assert_eq!(got, (None, None, Outcome::ActiveClose));
 
     // A reset received before the CLOSE: it waits, and is the peer's.
     let (got, before) = ended(
         |e, out| {
             passive(e, out);
             e.cause(reset(5 * MS, 9, CAUSE_RECEIVED_RESET), out);
-            e.transition(close(LAST_ACK, false), out);
+            e.transition(close(LAST_ACK, false, None, false), out);
         },
         None,
     );
     assert_eq!(closes(&before), 0, "held: {before:#?}");
     assert_eq!(got.1, Some(ResetBy::Peer));
 
-    // Under a held lock, and from FIN_WAIT1: the RST sent after the CLOSE is joined to it.
-    for (old, owned) in [(LAST_ACK, true), (FIN_WAIT1, false)] {
+    // Under a held lock, from FIN_WAIT1, from FIN_WAIT2 before the peer's FIN, and an MPTCP
+    // subflow's: the RST sent after the CLOSE is joined to it.
+    for (old, owned, fin, ulp) in [
+        (LAST_ACK, true, None, false),
+        (FIN_WAIT1, false, None, false),
+        (FIN_WAIT2, false, Some(false), false),
+        (LAST_ACK, false, None, true),
+        (FIN_WAIT2, false, Some(true), true),
+    ] {
         let (got, before) = ended(
             |e, out| {
                 e.transition(transition(4 * MS, 9, C, S, ESTABLISHED, old), out);
-                e.transition(close(old, owned), out);
+                e.transition(close(old, owned, fin, ulp), out);
                 e.cause(reset(5 * MS + US, 9, CAUSE_SENT_RESET), out);
             },
             Some(5 * MS + WINDOW_NS),
         );
         assert_eq!(closes(&before), 0, "held: {before:#?}");
-        assert_eq!(got.1, Some(ResetBy::Local), "{old}");
+        assert_eq!(got.1, Some(ResetBy::Local), "{old} ulp {ulp}");
     }
 }
 
 /// A reset seen under an address before a new socket is born there was the old socket's: the
-/// new socket's end does not take it.
+/// new socket's end does not take it. Here the old socket ends in a reset sent after its CLOSE
+/// (it keeps the RST) and a new socket at the same address is born before the window closes.
 #[test]
 fn a_new_socket_does_not_take_its_address_predecessors_reset() {
-    let (got, _) = ended(
-        |e, out| {
-            e.cause(reset(5 * MS, 9, CAUSE_SENT_RESET), out);
-            e.transition(transition(6 * MS, 9, C, S, CLOSE, SYN_SENT), out);
-            e.transition(transition(7 * MS, 9, C, S, SYN_SENT, CLOSE), out);
-        },
-        Some(7 * MS + WINDOW_NS),
+    let mut e = live();
+    let mut out = Vec::new();
+    e.transition(transition(MS, 9, C, S, CLOSE, SYN_SENT), &mut out);
+    e.transition(transition(MS, 9, C, S, SYN_SENT, ESTABLISHED), &mut out);
+    e.transition(transition(4 * MS, 9, C, S, ESTABLISHED, CLOSE), &mut out);
+    e.cause(reset(5 * MS, 9, CAUSE_SENT_RESET), &mut out);
+    e.transition(transition(6 * MS, 9, C, S, CLOSE, SYN_SENT), &mut out);
+    e.transition(transition(7 * MS, 9, C, S, SYN_SENT, CLOSE), &mut out);
+    e.settle(7 * MS + WINDOW_NS, &mut out);
+    e.finish(u64::MAX / 2, 0, None, &mut out);
+    let ends: Vec<_> = out
+        .iter()
+        .filter_map(|r| match r {
+            Record::Transition(t) if t.new_state.name() == "CLOSE" => {
+                Some((t.old_state.name().into_owned(), t.reset_by))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            ("ESTABLISHED".to_owned(), Some(ResetBy::Local)),
+            ("SYN_SENT".to_owned(), None)
+        ],
+        "{out:#?}"
     );
-    assert_eq!(got.1, None);
 }

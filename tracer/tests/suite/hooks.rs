@@ -15,7 +15,7 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use tracer::{
     config::{HookChoice, KernelFilter},
-    decode::decode,
+    decode::{decode, decode_any, Decoded},
     event::{TcpState, Transition},
     probe::{Hook, Probe},
     record::Record,
@@ -67,7 +67,10 @@ fn collect(ring: &mut RingBuf<MapData>, port: u16) -> Vec<Transition> {
     let mut out = Vec::new();
     loop {
         while let Some(item) = ring.next() {
-            let t = decode(&item).expect("a well-formed record");
+            // The causes (a reset sent or received) share the ring; only transitions count.
+            let Decoded::Transition(t) = decode_any(&item).expect("a well-formed record") else {
+                continue;
+            };
             let listener = t.new == TcpState::Listen
                 || (t.old == TcpState::Listen && t.new == TcpState::Close);
             if !listener {
@@ -117,6 +120,9 @@ fn check_identity(t: &Transition, me: &Me, port: u16) {
         _ => None,
     };
     assert_eq!(t.orphan, orphan, "{t:?}");
+    // No upper layer protocol on a plain TCP socket, read on transitions to CLOSE only.
+    let ulp = (t.new == TcpState::Close).then_some(false);
+    assert_eq!(t.ulp, ulp, "{t:?}");
     if syscall {
         assert_eq!(t.task.pid, std::process::id(), "{t:?}");
         assert_eq!(t.task.tid, me.tid, "{t:?}");
@@ -170,6 +176,79 @@ fn ipv4_tp_btf_and_tracepoint_report_the_same_transitions() {
 #[ignore = "needs root and BPF"]
 fn ipv6_tp_btf_and_tracepoint_report_the_same_transitions() {
     both_hooks_agree("[::1]:0");
+}
+
+/// An MPTCP connection in a namespace of this test's own: its subflows are TCP sockets
+/// (`IPPROTO_TCP`) with MPTCP attached as their upper layer protocol, which both hooks read at
+/// every transition to CLOSE (the cause window holds a subflow's end: MPTCP may reset it
+/// afterwards). The MPTCP sockets themselves are left out by the protocol filter.
+#[test]
+#[ignore = "needs root and BPF"]
+fn an_mptcp_subflow_says_so_at_its_close() {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+
+    use nix::sys::socket::{bind, connect, listen, Backlog, SockaddrIn};
+    support::require_root();
+    let _ns = NetNs::enter();
+    let runtime = runtime();
+    let _guard = runtime.enter();
+    let mptcp = || {
+        // SAFETY: a plain socket(2) call; the descriptor is owned from here on.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_MPTCP,
+            )
+        };
+        assert!(
+            fd >= 0,
+            "socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP): {} (a kernel built without \
+             CONFIG_MPTCP, or net.mptcp.enabled = 0 in a new namespace)",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `fd` was just opened and nothing else owns it.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    };
+    let listen_fd = mptcp();
+    bind(listen_fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).unwrap();
+    listen(&listen_fd, Backlog::new(8).unwrap()).unwrap();
+    let listener = TcpListener::from(listen_fd);
+    let addr = listener.local_addr().unwrap();
+    let port = addr.port();
+    let (_btf, mut btf_ring) = load(HookChoice::TpBtf, port, None);
+    let (_classic, mut classic_ring) = load(HookChoice::Tracepoint, port, None);
+
+    let client_fd = mptcp();
+    connect(client_fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port)).unwrap();
+    let mut client = TcpStream::from(client_fd);
+    let (mut server, _) = listener.accept().unwrap();
+    client.write_all(b"hello").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    server.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"hello");
+    drop(server);
+    client.read_to_end(&mut got).unwrap();
+    drop(client);
+
+    let from_btf = collect(&mut btf_ring, port);
+    let from_classic = collect(&mut classic_ring, port);
+    assert_eq!(
+        from_btf.iter().map(comparable).collect::<Vec<_>>(),
+        from_classic.iter().map(comparable).collect::<Vec<_>>(),
+        "tp_btf and the classic tracepoint disagree"
+    );
+    let closes: Vec<_> = from_btf
+        .iter()
+        .filter(|t| t.new == TcpState::Close)
+        .collect();
+    assert!(closes.len() >= 2, "{from_btf:#?}");
+    for t in &from_btf {
+        assert_eq!(t.protocol, tracer_common::IPPROTO_TCP, "{t:?}");
+        let ulp = (t.new == TcpState::Close).then_some(true);
+        assert_eq!(t.ulp, ulp, "a subflow: {t:?}");
+    }
 }
 
 /// Connections in two namespaces of this test's own on the same port: each hook reports each
