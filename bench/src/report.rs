@@ -79,6 +79,10 @@ pub fn summarize(runs: &[RunResult], modes: &[Mode]) -> Vec<ModeSummary> {
         .iter()
         .map(|&mode| {
             let of: Vec<&RunResult> = runs.iter().filter(|r| r.mode == mode.name()).collect();
+            // Rate and CPU as users get them: from the rounds without the kernel's BPF
+            // statistics, where there are any.
+            let plain: Vec<&RunResult> = of.iter().copied().filter(|r| !r.bpf_stats).collect();
+            let timed = if plain.is_empty() { &of } else { &plain };
             let traced = mode != Mode::None;
             let sum = |f: fn(&RunResult) -> Option<u64>| {
                 traced.then(|| of.iter().filter_map(|r| f(r)).sum::<u64>())
@@ -91,9 +95,10 @@ pub fn summarize(runs: &[RunResult], modes: &[Mode]) -> Vec<ModeSummary> {
                     .iter()
                     .filter(|r| r.background_cpus > super::runner::NOISY_CPUS)
                     .count(),
-                conn_per_s: Spread::of(of.iter().map(|r| r.conn_per_s)),
+                conn_per_s: Spread::of(timed.iter().map(|r| r.conn_per_s)),
                 ratio: Spread::of(
-                    of.iter()
+                    timed
+                        .iter()
                         .filter_map(|r| Some(r.conn_per_s / baseline(r.round)?)),
                 ),
                 expected_per_run: of.iter().find_map(|r| r.expected),
@@ -105,7 +110,7 @@ pub fn summarize(runs: &[RunResult], modes: &[Mode]) -> Vec<ModeSummary> {
                     .iter()
                     .filter(|r| traced && !r.shape_mismatches.is_empty())
                     .count(),
-                cpu_s_per_m_events: Spread::of(of.iter().filter_map(|r| r.cpu_s_per_m_events)),
+                cpu_s_per_m_events: Spread::of(timed.iter().filter_map(|r| r.cpu_s_per_m_events)),
                 peak_rss_mib: Spread::of(
                     of.iter()
                         .filter_map(|r| r.peak_rss_kib)
@@ -634,5 +639,33 @@ mod tests {
         assert!((ratio.median - 0.85).abs() < 1e-9);
         assert!((ratio.min - 0.8).abs() < 1e-9);
         assert!(table(&s).contains("| tracer | 2 |"));
+    }
+
+    /// The round with the kernel's BPF statistics on gives the in-kernel time only: rate and
+    /// CPU come from the others.
+    #[test]
+    fn rate_and_cpu_leave_out_the_round_with_bpf_statistics() {
+        let timed = |mut r: RunResult, cpu: f64, ns: Option<f64>| {
+            r.cpu_s_per_m_events = Some(cpu);
+            r.bpf_stats = ns.is_some();
+            r.ns_per_run = ns;
+            r
+        };
+        let runs = [
+            timed(run(Mode::None, 1, 100.0), 0.0, Some(0.0)),
+            timed(run(Mode::Tracer, 1, 50.0), 9.0, Some(400.0)),
+            run(Mode::None, 2, 100.0),
+            timed(run(Mode::Tracer, 2, 90.0), 0.5, None),
+            run(Mode::None, 3, 100.0),
+            timed(run(Mode::Tracer, 3, 80.0), 0.7, None),
+        ];
+        let s = summarize(&runs, &[Mode::None, Mode::Tracer]);
+        assert!((s[1].ratio.unwrap().median - 0.85).abs() < 1e-9);
+        assert!((s[1].cpu_s_per_m_events.unwrap().max - 0.7).abs() < 1e-9);
+        assert_eq!(s[1].ns_per_run.unwrap().median, 400.0);
+        assert_eq!(s[1].runs, 3);
+        // One round only: it is all there is.
+        let s = summarize(&runs[..2], &[Mode::None, Mode::Tracer]);
+        assert!((s[1].ratio.unwrap().median - 0.5).abs() < 1e-9);
     }
 }

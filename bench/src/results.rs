@@ -165,8 +165,10 @@ fn meta(plan: &Plan, command: String) -> Meta {
             "every round starts after sync(2): no write from before it is written back \
              while it runs"
                 .into(),
-            "kernel BPF statistics (run_time_ns, run_cnt) are on for the whole bench \
-             (BPF_ENABLE_STATS, which ends with the bench)"
+            "kernel BPF statistics (run_time_ns, run_cnt; BPF_ENABLE_STATS) are on in round 1 \
+             and the soak only: they add two clock reads to every program run, which users do \
+             not pay, so rate and CPU per event are medians over the other rounds (all rounds \
+             with --rounds 1) and in-kernel ns per run comes from round 1"
                 .into(),
         ],
     }

@@ -240,8 +240,14 @@ pub struct RunResult {
     /// Observer peak RSS, KiB.
     pub peak_rss_kib: Option<u64>,
     pub rss_samples: Vec<RssSample>,
+    /// The kernel's BPF run-time statistics were on during the run (round 1, which times the
+    /// programs in the kernel): every program run also read the clock twice, which users do
+    /// not pay, so the rate and CPU figures come from the other rounds.
+    #[serde(default)]
+    pub bpf_stats: bool,
     pub prog_run_cnt: Option<u64>,
     pub prog_run_time_ns: Option<u64>,
+    /// In-kernel ns per program run (`run_time_ns / run_cnt`), with [`Self::bpf_stats`] only.
     pub ns_per_run: Option<f64>,
     /// CPU seconds other processes on the machine used during the churn, per second of it:
     /// 0 on a quiet machine, up to the number of cores. Runs beside a busy neighbour are
