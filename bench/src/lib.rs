@@ -139,6 +139,14 @@ fn check_shape(plan: &Plan) -> Result<()> {
 /// rounds).
 fn rounds(plan: &Plan) -> Result<Vec<RunResult>> {
     let mut runs = Vec::new();
+    let always = sys::bpf_stats_always_on();
+    if always {
+        eprintln!(
+            "bench: note: the kernel's BPF statistics are on for everyone \
+             (kernel.bpf_stats_enabled = 1): every round pays for them \
+             (sysctl kernel.bpf_stats_enabled=0 to measure as users run)"
+        );
+    }
     for round in 1..=plan.args.rounds {
         let stats = (round == 1).then(sys::enable_bpf_stats).transpose()?;
         for &mode in &plan.modes {
@@ -154,7 +162,7 @@ fn rounds(plan: &Plan) -> Result<Vec<RunResult>> {
             );
             let churn = plan.churn_for(mode);
             let mut result = runner::run(&plan.tools, mode, &churn, round, SAMPLE_EVERY)?;
-            result.bpf_stats = stats.is_some();
+            result.bpf_stats = always || stats.is_some();
             eprint!(
                 "bench: {}",
                 report::run_lines(std::slice::from_ref(&result))

@@ -336,6 +336,13 @@ pub fn enable_bpf_stats() -> Result<OwnedFd> {
         .context("turning on the kernel's BPF run-time statistics (BPF_ENABLE_STATS)")
 }
 
+/// Whether the kernel's BPF run-time statistics are on for everyone
+/// (`/proc/sys/kernel/bpf_stats_enabled` is 1: `sysctl kernel.bpf_stats_enabled=1`), so that
+/// no round runs without them.
+pub fn bpf_stats_always_on() -> bool {
+    fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1")
+}
+
 /// Bytes of a file, or 0 when it does not exist yet.
 pub fn file_len(path: &Path) -> u64 {
     fs::metadata(path).map_or(0, |m| m.len())
