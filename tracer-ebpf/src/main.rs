@@ -449,7 +449,11 @@ fn emit<C: EbpfContext>(ctx: &C, head: &Head, addrs: &impl Addrs) -> Result<u32,
         let thread = core::ptr::addr_of_mut!((*event).thread);
         bpf_get_current_comm(thread.cast(), COMM_LEN as u32);
         let comm = core::ptr::addr_of_mut!((*event).comm);
-        let leader_read = if flags & OFFSETS_LEADER != 0 {
+        // A task that leads its thread group (a single-threaded process, the idle task under
+        // a softirq) carries the process's name itself: no read of the leader's.
+        let leader_read = if (*event).tgid == (*event).tid {
+            -1
+        } else if flags & OFFSETS_LEADER != 0 {
             let leader: u64 = kernel(
                 bpf_get_current_task(),
                 read_global(&OFFSETS.task_group_leader),
