@@ -162,7 +162,7 @@ fn rounds(plan: &Plan) -> Result<Vec<RunResult>> {
             );
             let churn = plan.churn_for(mode);
             let mut result = runner::run(&plan.tools, mode, &churn, round, SAMPLE_EVERY)?;
-            result.bpf_stats = always || stats.is_some();
+            result.bpf_stats |= always || stats.is_some();
             eprint!(
                 "bench: {}",
                 report::run_lines(std::slice::from_ref(&result))

@@ -166,9 +166,11 @@ fn meta(plan: &Plan, command: String) -> Meta {
              while it runs"
                 .into(),
             "kernel BPF statistics (run_time_ns, run_cnt; BPF_ENABLE_STATS) are on in round 1 \
-             and the soak only: they add two clock reads to every program run, which users do \
-             not pay, so rate and CPU per event are medians over the other rounds (all rounds \
-             with --rounds 1) and in-kernel ns per run comes from round 1"
+             and the soak only, unless kernel.bpf_stats_enabled was already 1 or another process \
+             held them on (runs whose programs counted runs are marked bpf_stats): they add two \
+             clock reads to every program run, which users do not pay, so rate and CPU per event \
+             are medians over the runs without them (all runs when there are none) and in-kernel \
+             ns per run comes from the runs with them (round 1: one run per mode)"
                 .into(),
         ],
     }

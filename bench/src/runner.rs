@@ -328,6 +328,9 @@ impl RunResult {
             .cpu_s
             .map(|before| (stopped.exit.cpu_s - before).max(0.0));
         if let Some(p) = stopped.prog {
+            // Programs that counted runs ran with the kernel's statistics on, whoever turned
+            // them on (the bench in round 1, the sysctl, another process).
+            self.bpf_stats |= p.run_cnt > 0;
             self.prog_run_cnt = Some(p.run_cnt);
             self.prog_run_time_ns = Some(p.run_time_ns);
             self.kernel_recursion_misses = Some(p.recursion_misses);

@@ -157,13 +157,33 @@ impl ProgStats {
     }
 }
 
-/// The busiest BPF program a process holds (by `run_cnt`), from its fdinfo.
+/// The counters of the BPF programs a process holds, from their fdinfo ([`combined`]).
 pub fn busiest_program(pid: u32) -> Option<ProgStats> {
-    program_fds(&process(pid)?)
-        .into_iter()
-        .filter_map(|fd| fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok())
-        .filter_map(|info| ProgStats::from_fdinfo(&info))
-        .max_by_key(|p| p.run_cnt)
+    combined(
+        program_fds(&process(pid)?)
+            .into_iter()
+            .filter_map(|fd| fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok())
+            .filter_map(|info| ProgStats::from_fdinfo(&info)),
+    )
+}
+
+/// The busiest program's id, run count and run time (by `run_cnt`, which the kernel counts
+/// only while its BPF statistics are on: all zero otherwise), with the runs the kernel skipped
+/// (`recursion_misses`, counted whether or not the statistics are on) summed over every
+/// program. `None` without programs.
+pub fn combined(programs: impl Iterator<Item = ProgStats>) -> Option<ProgStats> {
+    let mut skipped = 0;
+    let mut busiest: Option<ProgStats> = None;
+    for p in programs {
+        skipped += p.recursion_misses;
+        if busiest.is_none_or(|b| p.run_cnt > b.run_cnt) {
+            busiest = Some(p);
+        }
+    }
+    busiest.map(|b| ProgStats {
+        recursion_misses: skipped,
+        ..b
+    })
 }
 
 /// Names of the threads of a process.
@@ -350,6 +370,24 @@ pub fn file_len(path: &Path) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    /// The run counts of the busiest program, the skips of all: with the statistics off every
+    /// `run_cnt` is 0 and no program's skips may be left out.
+    #[test]
+    fn skips_are_summed_over_every_program() {
+        use super::{combined, ProgStats};
+        let p = |prog_id, run_cnt, recursion_misses| ProgStats {
+            prog_id,
+            run_cnt,
+            run_time_ns: run_cnt * 400,
+            recursion_misses,
+        };
+        let c = combined([p(1, 10, 2), p(2, 1000, 3), p(3, 5, 0)].into_iter()).unwrap();
+        assert_eq!((c.prog_id, c.run_cnt, c.recursion_misses), (2, 1000, 5));
+        let c = combined([p(1, 0, 4), p(2, 0, 0), p(3, 0, 1)].into_iter()).unwrap();
+        assert_eq!((c.run_cnt, c.recursion_misses), (0, 5));
+        assert_eq!(combined(std::iter::empty()), None);
+    }
+
     use super::*;
 
     #[test]
