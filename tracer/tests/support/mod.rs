@@ -16,7 +16,7 @@ use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output},
-    sync::Mutex,
+    sync::{Mutex, OnceLock},
     thread,
     time::{Duration, Instant},
 };
@@ -189,9 +189,19 @@ pub fn interrupt(child: &mut Child) -> ExitStatus {
     }
 }
 
+/// The directory of [`public_copy`]'s copies, removed when the test binary exits.
+static PUBLIC_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+extern "C" fn remove_public_copies() {
+    if let Some(dir) = PUBLIC_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// A copy of `path` that `nobody` can reach (mode `mode`, in a world-readable directory of
 /// its own): the checkout itself may sit under a directory only root can enter. Each file is
-/// copied once per test binary, never over a copy that may be running.
+/// copied once per test binary, never over a copy that may be running; the directory goes
+/// when the test binary exits (each copy of the tracer is 160 MiB in a debug build).
 pub fn public_copy(path: &Path, mode: u32) -> PathBuf {
     static COPIES: Mutex<Option<(PathBuf, HashMap<PathBuf, PathBuf>)>> = Mutex::new(None);
     let mut copies = COPIES.lock().unwrap();
@@ -202,6 +212,11 @@ pub fn public_copy(path: &Path, mode: u32) -> PathBuf {
             .expect("a temporary directory")
             .keep();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if PUBLIC_DIR.set(dir.clone()).is_ok() {
+            // SAFETY: registers a plain function, run by exit(3) when the test harness ends.
+            let status = unsafe { libc::atexit(remove_public_copies) };
+            assert_eq!(status, 0, "atexit");
+        }
         (dir, HashMap::new())
     });
     if let Some(copy) = done.get(path) {
