@@ -151,14 +151,8 @@ fn both_hooks_agree(listen: &str) {
     assert_eq!(classic.hook(), Hook::Tracepoint);
 
     let me = connection(&listener);
-    let from_btf = collect(&mut btf_ring, port);
-    let from_classic = collect(&mut classic_ring, port);
+    let from_btf = agreed(&mut btf_ring, &mut classic_ring, port);
     assert_eq!(from_btf.len(), 10, "{from_btf:#?}");
-    assert_eq!(
-        from_btf.iter().map(comparable).collect::<Vec<_>>(),
-        from_classic.iter().map(comparable).collect::<Vec<_>>(),
-        "tp_btf and the classic tracepoint disagree"
-    );
     for t in &from_btf {
         check_identity(t, &me, port);
     }
@@ -221,24 +215,10 @@ fn an_mptcp_subflow_says_so_at_its_close() {
 
     let client_fd = mptcp();
     connect(client_fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port)).unwrap();
-    let mut client = TcpStream::from(client_fd);
-    let (mut server, _) = listener.accept().unwrap();
-    client.write_all(b"hello").unwrap();
-    client.shutdown(Shutdown::Write).unwrap();
-    let mut got = Vec::new();
-    server.read_to_end(&mut got).unwrap();
-    assert_eq!(got, b"hello");
-    drop(server);
-    client.read_to_end(&mut got).unwrap();
-    drop(client);
+    let (server, _) = listener.accept().unwrap();
+    exchange(TcpStream::from(client_fd), server);
 
-    let from_btf = collect(&mut btf_ring, port);
-    let from_classic = collect(&mut classic_ring, port);
-    assert_eq!(
-        from_btf.iter().map(comparable).collect::<Vec<_>>(),
-        from_classic.iter().map(comparable).collect::<Vec<_>>(),
-        "tp_btf and the classic tracepoint disagree"
-    );
+    let from_btf = agreed(&mut btf_ring, &mut classic_ring, port);
     let closes: Vec<_> = from_btf
         .iter()
         .filter(|t| t.new == TcpState::Close)
@@ -332,9 +312,18 @@ fn network_namespace_of_the_socket_and_its_filter() {
 /// write side, the server reads to EOF and closes, then the client closes (client: active
 /// close; server: CLOSE_WAIT then LAST_ACK).
 fn connection_here(listener: &TcpListener) -> Me {
-    let addr = listener.local_addr().unwrap();
-    let mut client = TcpStream::connect(addr).unwrap();
-    let (mut server, _) = listener.accept().unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    exchange(client, server);
+    Me {
+        netns: netns_inode("/proc/thread-self/ns/net"),
+        tid: u32::try_from(nix::unistd::gettid().as_raw()).unwrap(),
+    }
+}
+
+/// The client sends, shuts down its write side, the server reads to EOF and closes, then the
+/// client closes (client: active close; server: CLOSE_WAIT then LAST_ACK).
+fn exchange(mut client: TcpStream, mut server: TcpStream) {
     client.write_all(b"hello").unwrap();
     client.shutdown(Shutdown::Write).unwrap();
     let mut got = Vec::new();
@@ -342,11 +331,23 @@ fn connection_here(listener: &TcpListener) -> Me {
     assert_eq!(got, b"hello");
     drop(server);
     client.read_to_end(&mut got).unwrap();
-    drop(client);
-    Me {
-        netns: netns_inode("/proc/thread-self/ns/net"),
-        tid: u32::try_from(nix::unistd::gettid().as_raw()).unwrap(),
-    }
+}
+
+/// One connection's transitions from both hooks' rings ([`collect`]), which must agree on
+/// every field but the timestamp: those of the `tp_btf` hook.
+fn agreed(
+    btf: &mut RingBuf<MapData>,
+    classic: &mut RingBuf<MapData>,
+    port: u16,
+) -> Vec<Transition> {
+    let from_btf = collect(btf, port);
+    let from_classic = collect(classic, port);
+    assert_eq!(
+        from_btf.iter().map(comparable).collect::<Vec<_>>(),
+        from_classic.iter().map(comparable).collect::<Vec<_>>(),
+        "tp_btf and the classic tracepoint disagree"
+    );
+    from_btf
 }
 
 /// The binary says which hook it attached, on stderr and in the header; `--hook` and
