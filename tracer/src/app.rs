@@ -491,32 +491,34 @@ impl Session {
         summary.lost_causes = probe.causes().lost();
         // The open timelines are counted before the summary that counts them.
         outputs.format(&mut batch);
-        let (stdout, export) = outputs.delivery();
-        summary.set_delivery(stdout, export);
-        let last = [Record::Summary(Box::new(summary.clone()))];
         let Outputs {
             mut stdout,
-            mut export,
+            export,
             metrics,
             ..
         } = outputs;
         // The endpoint stops now: what it would serve no longer changes.
         drop(metrics);
-        if let Some((export, _)) = &mut export {
-            export.close(&last);
-        }
-        stdout.close(&last);
-        // A slow reader of stdout may hold this for long: a second stop signal cuts it short.
-        let exporting = export.as_ref().map(|(e, path)| (e, path.as_path()));
-        stopping::wait_for_writers(&stdout, exporting, &mut signals, stop).await;
-        let exported = export.map(|(export, path)| (export.finish(&[]), path));
-        let (written, stdout) = stdout.finish(&[]);
-        // On stderr, the final count: it includes records the writers failed to write after
-        // the summary was made, and stdout's queue dropped on a second stop signal.
-        let (exported, export) = match exported {
-            Some(((result, delivery), path)) => (Some((result, path)), Some(delivery)),
+        // The export is written to its end first: its own summary counts what it dropped
+        // before it; stdout's then counts what the export dropped in the end (all it still
+        // held, when its disk failed).
+        let (exported, export) = match export {
+            Some((mut export, path)) => {
+                summary.set_delivery(stdout.delivery(), Some(export.delivery()));
+                export.close(&[Record::Summary(Box::new(summary.clone()))]);
+                stopping::wait_for_export(&export, &path).await;
+                let (result, delivery) = export.finish(&[]);
+                (Some((result, path)), Some(delivery))
+            }
             None => (None, None),
         };
+        summary.set_delivery(stdout.delivery(), export);
+        stdout.close(&[Record::Summary(Box::new(summary.clone()))]);
+        // A slow reader of stdout may hold this for long: a second stop signal cuts it short.
+        stopping::wait_for_writers(&stdout, &mut signals, stop).await;
+        let (written, stdout) = stdout.finish(&[]);
+        // On stderr, the final count: it includes records stdout's writer failed to write
+        // after the summary was made, and its queue dropped on a second stop signal.
         summary.set_delivery(stdout, export);
         eprintln!("{}", sink::text::summary(&summary));
         if let Some((Err(e), path)) = exported {
@@ -912,6 +914,8 @@ impl Outputs {
             export.format_with(left, &mut self.stdout);
             left = &[];
             if !export.send(left) {
+                // Formatted for both already: the batch must not be formatted again at the end.
+                batch.clear();
                 return Some(Stop::ExportFailed);
             }
         }
@@ -930,19 +934,32 @@ fn spawn_export(
 ) -> anyhow::Result<(Output, PathBuf)> {
     let path = file.path().to_owned();
     let context = || format!("writing the export {}", path.display());
-    let file = file.into_file().with_context(context)?;
-    let mut output = Output::spawn(
-        |chunk| Box::new(JsonChunkSink::new(chunk)),
-        file,
-        Filter::everything(),
-        config.output_buffer,
-        WhenFull::Wait,
-    )
-    .context("starting the export thread")?;
-    if !output.send(&[Record::Header(Box::new(header))]) {
-        anyhow::bail!("{}: the export writer stopped", context());
+    let started = file.writer().and_then(|writer| {
+        let mut output = Output::spawn(
+            |chunk| Box::new(JsonChunkSink::new(chunk)),
+            writer,
+            Filter::everything(),
+            config.output_buffer,
+            WhenFull::Wait,
+        )?;
+        // Written before the run counts as started: a disk that refuses the first line is
+        // a failed start (the file goes), not a run with an empty export.
+        if output.send(&[Record::Header(Box::new(header))]) && output.written() {
+            return Ok(output);
+        }
+        Err(output
+            .finish(&[])
+            .0
+            .err()
+            .unwrap_or_else(|| io::Error::other("the export writer stopped")))
+    });
+    match started {
+        Ok(output) => Ok((output, path)),
+        Err(e) => {
+            file.discard();
+            Err(e).with_context(context)
+        }
     }
-    Ok((output, path))
 }
 
 /// The stdout destination: text (coloured on a terminal unless `NO_COLOR`) or NDJSON; with

@@ -31,7 +31,7 @@ pub struct ExportFile {
 impl ExportFile {
     /// Creates `path` with mode 0600. An existing file is refused, unless `force`: then a regular
     /// file (not a symbolic link) is opened, set to 0600, and emptied only by
-    /// [`ExportFile::into_file`], so a run that fails to start leaves it as it was.
+    /// [`ExportFile::writer`], so a run that fails to start leaves it as it was.
     pub fn open(path: &Path, force: bool) -> Result<Self, ExportError> {
         let io_error = |source| ExportError::Io {
             path: path.to_owned(),
@@ -105,10 +105,11 @@ impl ExportFile {
         &self.path
     }
 
-    /// The file, emptied (it may be an old export replaced with `--force`), to write to.
-    pub fn into_file(self) -> io::Result<File> {
+    /// The file, emptied (it may be an old export replaced with `--force`), to write to (a
+    /// second handle: this one can still [`ExportFile::discard`] it).
+    pub fn writer(&self) -> io::Result<File> {
         self.file.set_len(0)?;
-        Ok(self.file)
+        self.file.try_clone()
     }
 
     /// Gives up on the export (the tracer could not start): removes the file if we created it.
@@ -161,7 +162,7 @@ mod tests {
         let path = dir.path().join("x.ndjson");
         let export = ExportFile::open(&path, false).unwrap();
         assert_eq!(mode(&path), 0o600);
-        let mut file = export.into_file().unwrap();
+        let mut file = export.writer().unwrap();
         file.write_all(b"{}\n").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"{}\n");
     }
@@ -192,7 +193,7 @@ mod tests {
         // A run that fails to start leaves the old file (and does not remove it).
         export.discard();
         assert_eq!(fs::read_to_string(&path).unwrap(), "old export");
-        let file = ExportFile::open(&path, true).unwrap().into_file().unwrap();
+        let file = ExportFile::open(&path, true).unwrap().writer().unwrap();
         assert_eq!(file.metadata().unwrap().len(), 0);
     }
 

@@ -30,6 +30,7 @@ use std::{
         Arc, Condvar, Mutex, MutexGuard, Once, PoisonError,
     },
     thread::JoinHandle,
+    time::Duration,
 };
 
 use nix::sys::{
@@ -367,6 +368,27 @@ impl Output {
     pub fn has_room(&self) -> bool {
         let queued = *lock(&self.shared.queued);
         queued == 0 || queued + Buffer::RECORD_BYTES <= self.buffer.bytes
+    }
+
+    /// Waits until the writer has written everything handed to it, or failed; says whether
+    /// it is still writing (false: it failed, [`Output::finish`] returns why).
+    pub fn written(&self) -> bool {
+        let mut queued = lock(&self.shared.queued);
+        while self.shared.pending.load(Ordering::Acquire) > 0
+            && !self.shared.failed.load(Ordering::Acquire)
+            && !self.is_done()
+        {
+            // Timed: the writer lowers `pending` after it signals.
+            queued = match self
+                .shared
+                .room
+                .wait_timeout(queued, Duration::from_millis(10))
+            {
+                Ok((queued, _)) => queued,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        !self.shared.failed.load(Ordering::Acquire) && !self.is_done()
     }
 
     /// Records (lines) handed to the writer and not yet written or dropped by it.

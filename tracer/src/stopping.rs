@@ -50,28 +50,35 @@ impl Signals {
     }
 }
 
-/// Waits until the writers of stdout and of the export (with its path) are done, after both
-/// were closed. When a signal stopped the run and stdout is still writing queued records after
-/// [`GRACE`] (a slow reader: a normal stop drains them at once), says so once on stderr. A stop
-/// signal during the wait drops what stdout still holds (each record counted as dropped by
-/// type); the export is always written to its end.
-pub(crate) async fn wait_for_writers(
-    stdout: &Output,
-    export: Option<(&Output, &Path)>,
-    signals: &mut Signals,
-    stop: Stop,
-) {
-    let exporting = |export: Option<(&Output, &Path)>| match export {
-        Some((export, path)) if !export.is_done() => {
-            format!(" (the export {} is written to its end)", path.display())
+/// Waits until the export's writer is done, after it was closed: the export is always written
+/// to its end (stop signals meanwhile are left for [`wait_for_writers`]). When it still writes
+/// after [`GRACE`] (a slow disk), says so once on stderr.
+pub(crate) async fn wait_for_export(export: &Output, path: &Path) {
+    let started = Instant::now();
+    let mut told = false;
+    while !export.is_done() {
+        if !told && started.elapsed() >= GRACE {
+            told = true;
+            eprintln!(
+                "tracer: writing {} queued records to the export {}",
+                export.queued(),
+                path.display()
+            );
         }
-        _ => String::new(),
-    };
+        sleep(POLL).await;
+    }
+}
+
+/// Waits until stdout's writer is done, after it was closed. When a signal stopped the run and
+/// stdout is still writing queued records after [`GRACE`] (a slow reader: a normal stop drains
+/// them at once), says so once on stderr. A stop signal during the wait (or during
+/// [`wait_for_export`]) drops what stdout still holds, each record counted as dropped by type.
+pub(crate) async fn wait_for_writers(stdout: &Output, signals: &mut Signals, stop: Stop) {
     let started = Instant::now();
     let mut told = !matches!(stop, Stop::Signal(_));
     let mut dropping = false;
     loop {
-        if stdout.is_done() && export.is_none_or(|(export, _)| export.is_done()) {
+        if stdout.is_done() {
             return;
         }
         if !told && started.elapsed() >= GRACE {
@@ -79,8 +86,7 @@ pub(crate) async fn wait_for_writers(
             let queued = stdout.queued();
             if queued > 0 && !stdout.is_done() {
                 eprintln!(
-                    "tracer: writing {queued} queued records to stdout; Ctrl-C again to drop them{}",
-                    exporting(export)
+                    "tracer: writing {queued} queued records to stdout; Ctrl-C again to drop them"
                 );
             }
         }
@@ -98,8 +104,7 @@ pub(crate) async fn wait_for_writers(
                 if queued > 0 {
                     eprintln!(
                         "tracer: {name}: dropping up to {queued} records still queued for stdout\
-                         ; the summary counts those dropped{}",
-                        exporting(export)
+                         ; the summary counts those dropped"
                     );
                 }
             }

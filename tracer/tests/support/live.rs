@@ -176,6 +176,26 @@ impl Tracer {
         (records, summary)
     }
 
+    /// Waits for the tracer to exit by itself (bounded by [`WAIT`]) and returns its records,
+    /// exit status and stderr.
+    pub fn wait_exit(mut self) -> (Vec<Record>, std::process::ExitStatus, String) {
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the tracer") {
+                break status;
+            }
+            assert!(
+                Instant::now() <= deadline,
+                "the tracer did not exit within {WAIT:?}; stderr:\n{}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(20));
+        };
+        let _ = self.stdout_done.recv_timeout(WAIT);
+        thread::sleep(Duration::from_millis(100));
+        (self.records(), status, self.stderr())
+    }
+
     fn dump(&self) -> String {
         let mut out = String::new();
         for r in self.records.lock().unwrap().iter() {

@@ -7,6 +7,7 @@ mod helper;
 mod live;
 pub mod load;
 mod netns;
+mod tmpfs;
 mod why;
 
 use std::{
@@ -24,6 +25,7 @@ use std::{
 pub use helper::{HelperProcess, StubbornServer};
 pub use live::Tracer;
 pub use netns::NetNs;
+pub use tmpfs::Tmpfs;
 use tracer::record::{Record, TransitionRecord};
 pub use why::WhyServer;
 
