@@ -96,8 +96,9 @@ pub const OFFSETS_SOCK: u32 = 1;
 /// [`KernelOffsets::flags`] bit: [`KernelOffsets::sk_net`] and [`KernelOffsets::net_inum`] are
 /// valid, so events carry the socket's network namespace.
 pub const OFFSETS_NETNS: u32 = 2;
-/// [`KernelOffsets::flags`] bit: [`KernelOffsets::task_group_leader`] and
-/// [`KernelOffsets::task_comm`] are valid, so events carry the process name.
+/// [`KernelOffsets::flags`] bit: [`KernelOffsets::task_group_leader`],
+/// [`KernelOffsets::task_comm`] and [`KernelOffsets::task_flags`] are valid, so events carry
+/// the process name and whether the running task is a kernel thread.
 pub const OFFSETS_LEADER: u32 = 4;
 
 /// [`KernelOffsets::flags`] bit: [`KernelOffsets::sk_lock_owned`], [`KernelOffsets::sk_flags`]
@@ -177,6 +178,16 @@ pub const SOCK_ULP_READ: u16 = 64;
 /// attached to the socket (`icsk_ulp_ops` set): an MPTCP subflow, or kernel TLS. MPTCP may
 /// still reset a subflow after its CLOSE (`mptcp_subflow_reset()`).
 pub const SOCK_ULP: u16 = 128;
+/// [`TcpStateEvent::sock`] bit, when the socket lock was owned ([`SOCK_OWNED`]): whether the
+/// running task is a kernel thread is known (the next bit is valid).
+pub const SOCK_KTHREAD_READ: u16 = 256;
+/// [`TcpStateEvent::sock`] bit: the task holding the socket lock is a kernel thread
+/// (`PF_KTHREAD`), such as MPTCP's worker (a `kworker`), which locks the MPTCP sockets it
+/// moves: never the socket's owner.
+pub const SOCK_KTHREAD: u16 = 512;
+/// `PF_KTHREAD` (`include/linux/sched.h`): the `task_struct.flags` bit of kernel threads, the
+/// same in every kernel since 2.6.
+pub const PF_KTHREAD: u32 = 0x0020_0000;
 
 /// Byte offsets of the kernel struct members the programs read, computed in userspace from
 /// the running kernel's BTF (`/sys/kernel/btf/vmlinux`) and set as a read-only global before
@@ -231,6 +242,8 @@ pub struct KernelOffsets {
     /// `struct inet_connection_sock`: `icsk_ulp_ops` (`const struct tcp_ulp_ops *`); `struct
     /// sock` is its first member, so this is an offset from the socket pointer.
     pub icsk_ulp_ops: u32,
+    /// `struct task_struct`: `flags` (`unsigned int`, `PF_*` bits).
+    pub task_flags: u32,
 }
 
 /// One `sock:inet_sock_set_state` firing, as the eBPF program hands it to userspace.
@@ -265,8 +278,9 @@ pub struct TcpStateEvent {
     pub cpu: u16,
     /// What the socket said of itself: [`SOCK_OWNED_READ`] | [`SOCK_OWNED`] |
     /// [`SOCK_PEER_FIN_READ`] | [`SOCK_PEER_FIN`] | [`SOCK_ORPHAN_READ`] | [`SOCK_ORPHAN`] |
-    /// [`SOCK_ULP_READ`] | [`SOCK_ULP`]; 0
-    /// when the kernel's BTF did not give the offsets ([`OFFSETS_SOCK_STATE`]).
+    /// [`SOCK_ULP_READ`] | [`SOCK_ULP`], and of the task holding its lock:
+    /// [`SOCK_KTHREAD_READ`] | [`SOCK_KTHREAD`]; 0 when the kernel's BTF did not give the
+    /// offsets ([`OFFSETS_SOCK_STATE`]).
     pub sock: u16,
     /// Inode number of the socket's network namespace (as in `/proc/PID/ns/net`); 0 when
     /// the kernel's BTF did not give the offsets.
@@ -282,7 +296,7 @@ pub struct TcpStateEvent {
 pub const EVENT_SIZE: usize = core::mem::size_of::<TcpStateEvent>();
 
 const _: () = assert!(EVENT_SIZE == 112);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 92);
 const _: () = assert!(core::mem::align_of::<TcpStateEvent>() == 8);
 
 #[cfg(feature = "user")]

@@ -34,10 +34,10 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use tracer_common::{
     ipv4_on_wire, tracepoint as tp, KernelOffsets, TcpStateEvent, AF_INET, COMM_LEN,
-    DEFAULT_RING_BUFFER_BYTES, OFFSETS_LEADER, OFFSETS_NETNS, OFFSETS_SOCK_STATE,
-    PORT_BITMAP_WORDS, SOCK_DEAD_BIT, SOCK_DONE_BIT, SOCK_ORPHAN, SOCK_ORPHAN_READ, SOCK_OWNED,
-    SOCK_OWNED_READ, SOCK_PEER_FIN, SOCK_PEER_FIN_READ, SOCK_ULP, SOCK_ULP_READ, STAT_RINGBUF_FULL,
-    STAT_RUNS, STAT_SLOTS,
+    DEFAULT_RING_BUFFER_BYTES, OFFSETS_LEADER, OFFSETS_NETNS, OFFSETS_SOCK_STATE, PF_KTHREAD,
+    PORT_BITMAP_WORDS, SOCK_DEAD_BIT, SOCK_DONE_BIT, SOCK_KTHREAD, SOCK_KTHREAD_READ, SOCK_ORPHAN,
+    SOCK_ORPHAN_READ, SOCK_OWNED, SOCK_OWNED_READ, SOCK_PEER_FIN, SOCK_PEER_FIN_READ, SOCK_ULP,
+    SOCK_ULP_READ, STAT_RINGBUF_FULL, STAT_RUNS, STAT_SLOTS,
 };
 
 /// `TCP_FIN_WAIT2` and `TCP_CLOSE` (`include/net/tcp_states.h`).
@@ -90,6 +90,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     inode_sb: 0,
     sb_magic: 0,
     icsk_ulp_ops: 0,
+    task_flags: 0,
 };
 
 #[map(name = "EVENTS")]
@@ -351,13 +352,14 @@ fn netns_of(addrs: &impl Addrs, flags: u32) -> u32 {
     }
 }
 
-/// What the socket says of itself ([`TcpStateEvent::sock`]): whether a process holds its lock
-/// (one read on every transition) and, on transitions to CLOSE only, two more: whether the
-/// socket was orphaned and, after FIN_WAIT2, whether the peer's FIN arrived (one flag word),
-/// and whether an upper layer protocol (an MPTCP subflow's, kernel TLS) is attached. 0 when
-/// the offsets are unknown.
+/// What the socket says of itself ([`TcpStateEvent::sock`]): whether a task holds its lock
+/// (one read on every transition) and, when one does and it leads its thread group, whether it
+/// is a kernel thread (one more: a thread of a process is none); on transitions to CLOSE only,
+/// two more: whether the socket was orphaned and, after FIN_WAIT2, whether the peer's FIN
+/// arrived (one flag word), and whether an upper layer protocol (an MPTCP subflow's, kernel
+/// TLS) is attached. 0 when the offsets are unknown.
 #[inline(always)]
-fn sock_state_of(head: &Head, addrs: &impl Addrs, flags: u32) -> u16 {
+fn sock_state_of(head: &Head, addrs: &impl Addrs, flags: u32, leader: bool) -> u16 {
     if flags & OFFSETS_SOCK_STATE == 0 {
         return 0;
     }
@@ -365,7 +367,7 @@ fn sock_state_of(head: &Head, addrs: &impl Addrs, flags: u32) -> u16 {
     if let Some(owned) = addrs.field_of::<i32>(addrs.sk(), read_global(&OFFSETS.sk_lock_owned)) {
         bits |= SOCK_OWNED_READ;
         if owned != 0 {
-            bits |= SOCK_OWNED;
+            bits |= SOCK_OWNED | kthread_bits(flags, leader);
         }
     }
     if head.newstate == TCP_CLOSE {
@@ -391,6 +393,26 @@ fn sock_state_of(head: &Head, addrs: &impl Addrs, flags: u32) -> u16 {
         }
     }
     bits
+}
+
+/// Whether the running task is a kernel thread ([`SOCK_KTHREAD_READ`] | [`SOCK_KTHREAD`]): one
+/// that does not lead its thread group is not; a leader's `PF_KTHREAD` flag is read. 0 when
+/// the task offsets are unknown or the read fails.
+#[inline(always)]
+fn kthread_bits(flags: u32, leader: bool) -> u16 {
+    if !leader {
+        return SOCK_KTHREAD_READ;
+    }
+    if flags & OFFSETS_LEADER == 0 {
+        return 0;
+    }
+    // SAFETY: a helper call without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    match try_kernel::<u32>(task, read_global(&OFFSETS.task_flags)) {
+        Some(f) if f & PF_KTHREAD != 0 => SOCK_KTHREAD_READ | SOCK_KTHREAD,
+        Some(_) => SOCK_KTHREAD_READ,
+        None => 0,
+    }
 }
 
 /// Applies the filters, then reserves, fills and submits one record.
@@ -442,7 +464,7 @@ fn emit<C: EbpfContext>(ctx: &C, head: &Head, addrs: &impl Addrs) -> Result<u32,
         (*event).protocol = head.protocol;
         // Linux numbers at most 8,192 CPUs: the id fits.
         (*event).cpu = bpf_get_smp_processor_id() as u16;
-        (*event).sock = sock_state_of(head, addrs, flags);
+        (*event).sock = sock_state_of(head, addrs, flags, (*event).tgid == (*event).tid);
         (*event).netns = netns;
         // The helper writes the NUL-padded name straight into the record; on failure it
         // zeroes the buffer.

@@ -188,7 +188,11 @@ fn transition(raw: &TcpStateEvent, comm: Name, thread: Name) -> Result<Transitio
         cpu: u32::from(raw.cpu),
         netns: u64::from(raw.netns),
         sock_owned: crate::sock_state::owned(raw.sock),
-        peer_fin: crate::sock_state::peer_fin(raw.sock),
+        kernel_thread: crate::sock_state::kernel_thread(raw.sock),
+        // `SOCK_DONE` is set by `tcp_fin()`: it tells nothing of an MPTCP or SCTP socket.
+        peer_fin: (raw.protocol == tracer_common::IPPROTO_TCP)
+            .then(|| crate::sock_state::peer_fin(raw.sock))
+            .flatten(),
         orphan: crate::sock_state::orphan(raw.sock),
         ulp: crate::sock_state::ulp(raw.sock),
     })
@@ -250,7 +254,7 @@ fn to_raw(t: &Transition) -> TcpStateEvent {
         },
         protocol: t.protocol,
         cpu: u16::try_from(t.cpu).unwrap_or(u16::MAX),
-        sock: crate::sock_state::bits(t.sock_owned, t.peer_fin, t.orphan, t.ulp),
+        sock: crate::sock_state::bits(t.sock_owned, t.peer_fin, t.orphan, t.ulp, t.kernel_thread),
         netns: u32::try_from(t.netns).unwrap_or(0),
         comm: name(&t.task.comm),
         thread: name(&t.task.thread),
@@ -356,13 +360,16 @@ mod tests {
             for fin in any {
                 for orphan in any {
                     for ulp in any {
-                        t.sock_owned = owned;
-                        t.peer_fin = fin;
-                        t.orphan = orphan;
-                        t.ulp = ulp;
-                        let raw = to_raw(&t);
-                        assert_eq!(raw.cpu, 3);
-                        assert_eq!(decode(&raw_bytes(&raw)).unwrap(), t);
+                        for kernel_thread in any {
+                            t.sock_owned = owned;
+                            t.peer_fin = fin;
+                            t.orphan = orphan;
+                            t.ulp = ulp;
+                            t.kernel_thread = kernel_thread;
+                            let raw = to_raw(&t);
+                            assert_eq!(raw.cpu, 3);
+                            assert_eq!(decode(&raw_bytes(&raw)).unwrap(), t);
+                        }
                     }
                 }
             }
@@ -384,6 +391,12 @@ mod tests {
         raw.sock = 0;
         let d = decode(&raw_bytes(&raw)).unwrap();
         assert_eq!((d.sock_owned, d.peer_fin), (None, None));
+        // `SOCK_DONE` is TCP's: an MPTCP (or SCTP) socket's peer FIN is not known.
+        raw.sock = tracer_common::SOCK_PEER_FIN_READ | tracer_common::SOCK_PEER_FIN;
+        raw.protocol = 262;
+        assert_eq!(decode(&raw_bytes(&raw)).unwrap().peer_fin, None);
+        raw.protocol = tracer_common::IPPROTO_TCP;
+        assert_eq!(decode(&raw_bytes(&raw)).unwrap().peer_fin, Some(true));
     }
 
     #[test]

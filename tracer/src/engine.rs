@@ -139,9 +139,9 @@ impl Engine {
         if let Some(causes) = &mut self.causes {
             // A socket born at the address of one whose CLOSE is held: that one's records
             // first. Only a birth can follow a CLOSE at one address, so only births look.
-            // CLOSE -> CLOSE (`tcp_done()` on a socket already closed) is no birth here: its
-            // causes may have come before it.
-            let taken = (crate::timeline::is_birth(&t) && t.new != TcpState::Close)
+            // CLOSE -> CLOSE (`tcp_done()` on a socket already closed) is no birth: its causes
+            // may have come before it.
+            let taken = crate::timeline::is_birth(&t)
                 .then(|| causes.take(t.skaddr))
                 .flatten();
             if let Some(mut done) = taken {
@@ -210,8 +210,11 @@ impl Engine {
     fn apply(&mut self, t: Transition, out: &mut Vec<Record>) {
         self.summary.events += 1;
         let evicted_before = self.tracker.evicted();
+        // `X -> X` (MPTCP reports them, and the kernel for a socket already closed) changes no
+        // state: a stuck socket stays stuck, its clock running.
+        let moves = t.old != t.new;
         // The stuck socket this transition moves out of its state, with its owner before it.
-        let left = self.detector.leave(&t);
+        let left = if moves { self.detector.leave(&t) } else { None };
         let known = left.as_ref().and_then(|s| s.owner(&self.tracker)).cloned();
         // A socket found stuck at start has no timeline yet: it starts with the owner its
         // report named.
@@ -227,7 +230,11 @@ impl Engine {
         let owner = left
             .as_ref()
             .and_then(|s| s.owner_leaving(known.as_ref(), applied.owner.as_ref()));
-        let resolved = self.detector.enter(&t, left, owner);
+        let resolved = if moves {
+            self.detector.enter(&t, left, owner)
+        } else {
+            None
+        };
         if self.opts.transitions {
             self.summary.transitions += 1;
             let owner = applied.owner.take();
@@ -765,6 +772,31 @@ mod tests {
         };
         assert_eq!(resolved.new_state, TcpState::Close);
         assert!(e.followed(true).is_empty());
+    }
+
+    /// A reported CLOSE_WAIT socket that reports `CLOSE_WAIT -> CLOSE_WAIT` (MPTCP reports
+    /// such self-transitions) is still stuck: no resolution, no second report, and when it
+    /// leaves, its time stuck counts from its entry.
+    #[test]
+    fn a_transition_to_the_same_state_leaves_a_stuck_socket_stuck() {
+        let mut e = stuck_engine_in(1);
+        let out = report_due(&mut e, 10 * MS, Some(&read(vec![1], table(333).entries)));
+        assert!(matches!(&out[..], [Record::CloseWait(_)]), "{out:?}");
+        let same = feed(&mut e, &[transition(20 * MS, 9, S, C, 8, 8)]);
+        let [Record::Transition(t)] = &same[..] else {
+            panic!("{same:?}")
+        };
+        assert_eq!(t.duration_ns, Some(17 * MS));
+        assert!(report_due(&mut e, 30 * MS, None).is_empty());
+        let out = feed(&mut e, &[transition(40 * MS, 9, S, C, 8, 9)]);
+        let resolved = out
+            .iter()
+            .find_map(|r| match r {
+                Record::CloseWaitResolved(r) => Some(r),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{out:?}"));
+        assert_eq!(resolved.stuck_ms, 37);
     }
 
     /// An engine making timelines that found [`table`]`(222)`'s socket in CLOSE_WAIT at start.

@@ -191,6 +191,10 @@ pub struct Transition {
     /// the kernel's BTF did not give the offset (then the state pair decides, see
     /// [`crate::sock_state::in_owner_context`]).
     pub sock_owned: Option<bool>,
+    /// With the socket lock owned: the task holding it, the running one, is a kernel thread
+    /// (`PF_KTHREAD`: MPTCP's worker, a `kworker`), never the socket's owner. `None` when the
+    /// lock was not owned or this could not be read.
+    pub kernel_thread: Option<bool>,
     /// On FIN_WAIT2 -> CLOSE: the peer's FIN had arrived (the connection moved to TIME_WAIT);
     /// `Some(false)`: it waits for that FIN in a timewait socket (FIN_WAIT2 sub-state).
     /// `None` on other transitions and where it could not be read.

@@ -125,12 +125,13 @@ fn decode(message: &[u8]) -> Option<Result<Resolved, OffsetsError>> {
             inode_sb: w[19],
             sb_magic: w[20],
             icsk_ulp_ops: w[21],
+            task_flags: w[22],
         },
         missing: missing.lines().map(str::to_owned).collect(),
     }))
 }
 
-const WORDS: usize = 22;
+const WORDS: usize = 23;
 
 fn words(o: &KernelOffsets) -> [u32; WORDS] {
     [
@@ -156,6 +157,7 @@ fn words(o: &KernelOffsets) -> [u32; WORDS] {
         o.inode_sb,
         o.sb_magic,
         o.icsk_ulp_ops,
+        o.task_flags,
     ]
 }
 
@@ -195,6 +197,7 @@ pub fn resolve(btf: &TypeInformation) -> Resolved {
     if offsets.flags & OFFSETS_LEADER != 0 {
         offsets.task_group_leader = leader.task_group_leader;
         offsets.task_comm = leader.task_comm;
+        offsets.task_flags = leader.task_flags;
     }
     if offsets.flags & OFFSETS_SOCK_STATE != 0 {
         offsets.sk_lock_owned = state.sk_lock_owned;
@@ -241,6 +244,7 @@ fn netns_offsets(s: &Structs<'_>, o: &mut KernelOffsets) -> Result<(), OffsetsEr
 fn leader_offsets(s: &Structs<'_>, o: &mut KernelOffsets) -> Result<(), OffsetsError> {
     o.task_group_leader = s.member("task_struct", "group_leader", 8)?;
     o.task_comm = s.member("task_struct", "comm", tracer_common::COMM_LEN)?;
+    o.task_flags = s.member("task_struct", "flags", 4)?;
     Ok(())
 }
 

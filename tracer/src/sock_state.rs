@@ -1,6 +1,6 @@
 //! What the socket itself told the eBPF program at a transition ([`tracer_common::TcpStateEvent::sock`]),
 //! and the three decisions made from it: whether the running task holds the socket (the
-//! transition ran in its process context), whether an active close ended in TIME_WAIT or
+//! transition ran in its process context, and the task is no kernel thread), whether an active close ended in TIME_WAIT or
 //! still waits in FIN_WAIT2 for the peer's FIN, and whether anything (an RST, an error) can
 //! still follow a transition to CLOSE.
 //!
@@ -20,10 +20,14 @@
 //!   tell them apart: `__tcp_close()` sets `RCV_SHUTDOWN` on every closed socket.
 //! - `SOCK_DEAD` in `sk_flags` (`sock_orphan()`): the socket's last file was closed.
 //! - `icsk_ulp_ops`: an upper layer protocol is attached (an MPTCP subflow, kernel TLS).
+//! - `PF_KTHREAD` in the lock holder's `task_struct.flags`: a kernel thread holds the lock.
+//!   MPTCP's worker (a `kworker`) locks the MPTCP sockets it moves (`ESTABLISHED ->
+//!   CLOSE_WAIT` when the peer's DATA_FIN is in, the last ACK's `LAST_ACK -> CLOSE`): it runs
+//!   in no process's context and owns nothing.
 
 use tracer_common::{
-    IPPROTO_TCP, SOCK_ORPHAN, SOCK_ORPHAN_READ, SOCK_OWNED, SOCK_OWNED_READ, SOCK_PEER_FIN,
-    SOCK_PEER_FIN_READ, SOCK_ULP, SOCK_ULP_READ,
+    IPPROTO_TCP, SOCK_KTHREAD, SOCK_KTHREAD_READ, SOCK_ORPHAN, SOCK_ORPHAN_READ, SOCK_OWNED,
+    SOCK_OWNED_READ, SOCK_PEER_FIN, SOCK_PEER_FIN_READ, SOCK_ULP, SOCK_ULP_READ,
 };
 
 use crate::{
@@ -53,13 +57,20 @@ pub fn ulp(bits: u16) -> Option<bool> {
     (bits & SOCK_ULP_READ != 0).then_some(bits & SOCK_ULP != 0)
 }
 
-/// The event's bits for the four facts (the inverse of [`owned`], [`peer_fin`], [`orphan`]
-/// and [`ulp`]).
+/// Whether the task holding the socket lock (the running one) is a kernel thread; `None` when
+/// the lock was not owned or it was not read.
+pub fn kernel_thread(bits: u16) -> Option<bool> {
+    (bits & SOCK_KTHREAD_READ != 0).then_some(bits & SOCK_KTHREAD != 0)
+}
+
+/// The event's bits for the five facts (the inverse of [`owned`], [`peer_fin`], [`orphan`],
+/// [`ulp`] and [`kernel_thread`]).
 pub fn bits(
     owned: Option<bool>,
     peer_fin: Option<bool>,
     orphan: Option<bool>,
     ulp: Option<bool>,
+    kernel_thread: Option<bool>,
 ) -> u16 {
     let one = |value: Option<bool>, read: u16, set: u16| match value {
         None => 0,
@@ -70,6 +81,7 @@ pub fn bits(
         | one(peer_fin, SOCK_PEER_FIN_READ, SOCK_PEER_FIN)
         | one(orphan, SOCK_ORPHAN_READ, SOCK_ORPHAN)
         | one(ulp, SOCK_ULP_READ, SOCK_ULP)
+        | one(kernel_thread, SOCK_KTHREAD_READ, SOCK_KTHREAD)
 }
 
 /// Is `t` a TCP socket's transition to CLOSE after which the kernel reports nothing more of
@@ -107,8 +119,10 @@ pub fn nothing_follows_close(t: &Transition) -> bool {
 /// read; else the state pair's (`owner::is_process_context`: only the transitions that no
 /// packet can drive).
 pub fn in_owner_context(t: &Transition) -> bool {
-    t.sock_owned
-        .unwrap_or_else(|| owner::is_process_context(t.old, t.new))
+    // A kernel thread holding the lock (MPTCP's worker moving an MPTCP socket) owns nothing.
+    t.kernel_thread != Some(true)
+        && t.sock_owned
+            .unwrap_or_else(|| owner::is_process_context(t.old, t.new))
 }
 
 /// The inferred state a connection rests in after an active or simultaneous close reported
@@ -136,8 +150,13 @@ mod tests {
             for f in any {
                 for d in any {
                     for u in any {
-                        let b = bits(o, f, d, u);
-                        assert_eq!((owned(b), peer_fin(b), orphan(b), ulp(b)), (o, f, d, u));
+                        for k in any {
+                            let b = bits(o, f, d, u, k);
+                            assert_eq!(
+                                (owned(b), peer_fin(b), orphan(b), ulp(b), kernel_thread(b)),
+                                (o, f, d, u, k)
+                            );
+                        }
                     }
                 }
             }

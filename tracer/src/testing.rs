@@ -61,6 +61,7 @@ pub fn transition(
         cpu: 0,
         netns: 0,
         sock_owned: None,
+        kernel_thread: None,
         peer_fin: None,
         orphan: None,
         ulp: None,

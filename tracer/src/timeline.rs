@@ -290,6 +290,14 @@ impl Tracker {
     /// Never: the socket's entry is inserted before it is looked up.
     pub fn apply_known(&mut self, t: &Transition, known: Option<&Owner>) -> Applied {
         let mut applied = Applied::default();
+        let stays = t.old == t.new;
+        if stays && t.new == TcpState::Close && !self.conns.contains_key(&t.skaddr) {
+            // A socket already closed (its CLOSE ended its timeline): nothing to track.
+            applied.owner = crate::sock_state::in_owner_context(t)
+                .then(|| Owner::from_task(&t.task))
+                .or_else(|| known.cloned());
+            return applied;
+        }
         let born = is_birth(t);
         if born {
             // A birth on an address still tracked means its CLOSE was never seen.
@@ -321,6 +329,11 @@ impl Tracker {
             conn.owner = Some(Owner::from_task(&t.task));
         }
         applied.owner.clone_from(&conn.owner);
+        if stays {
+            // No change of state: no step; the time in the state runs on.
+            applied.duration_ns = conn.entered_ns.map(|enter| t.ts_ns.saturating_sub(enter));
+            return applied;
+        }
 
         if let Some(enter) = conn.entered_ns {
             let duration = t.ts_ns.saturating_sub(enter);
@@ -340,7 +353,10 @@ impl Tracker {
             // Without its cause yet: the engine completes the outcome when it knows it.
             let outcome = Outcome::of_close(t.old, &Cause::default(), false);
             let state = match outcome {
-                Outcome::ActiveClose | Outcome::SimultaneousClose => {
+                // Only TCP sockets rest in a timewait socket (an MPTCP socket closes for good).
+                Outcome::ActiveClose | Outcome::SimultaneousClose
+                    if t.protocol == tracer_common::IPPROTO_TCP =>
+                {
                     crate::sock_state::resting_state(t.old, t.peer_fin)
                 }
                 _ => TcpState::Close,
@@ -399,9 +415,13 @@ impl Tracker {
     }
 }
 
-/// Is `t` the first transition of a socket (out of CLOSE, or a child leaving its listener)?
+/// Is `t` the first transition of a socket: out of CLOSE, or a child leaving the LISTEN state
+/// it was cloned in (a TCP request into SYN_RECV; an accepted MPTCP socket straight into
+/// ESTABLISHED)? `CLOSE -> CLOSE` and `LISTEN -> LISTEN` change nothing, and a listener
+/// leaves LISTEN only for CLOSE.
 pub(crate) fn is_birth(t: &Transition) -> bool {
-    t.old == TcpState::Close || (t.old == TcpState::Listen && t.new == TcpState::SynRecv)
+    let out_of = |state| t.old == state && t.new != state;
+    out_of(TcpState::Close) || (out_of(TcpState::Listen) && t.new != TcpState::Close)
 }
 
 #[cfg(test)]
@@ -413,7 +433,7 @@ mod tests {
             CLOSE, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN,
             SYN_RECV, SYN_SENT,
         },
-        transition, C, S,
+        transition, C, MS, S,
     };
 
     const ANY: &str = "0.0.0.0:0";
@@ -829,5 +849,148 @@ mod tests {
         run(&mut tracker, 1, C, S, &[(CLOSE, 99), (99, 0), (0, CLOSE)]);
         run(&mut tracker, 2, C, S, &[(42, CLOSE)]);
         assert!(tracker.is_empty());
+    }
+
+    /// `X -> X`, as MPTCP reports for its sockets and subflows (`FIN_WAIT1 -> FIN_WAIT1` when
+    /// it closes a subflow, `LISTEN -> LISTEN`, `CLOSE -> CLOSE` after the end), changes no
+    /// state: no step, the time in the state runs on, and no timeline starts or ends.
+    #[test]
+    fn a_transition_to_the_same_state_changes_nothing() {
+        let mut tracker = Tracker::new(16);
+        let done = run(
+            &mut tracker,
+            1,
+            C,
+            S,
+            &[
+                (CLOSE, SYN_SENT),
+                (SYN_SENT, ESTABLISHED),
+                (ESTABLISHED, FIN_WAIT1),
+                (FIN_WAIT1, FIN_WAIT1),
+                (FIN_WAIT1, FIN_WAIT2),
+                (FIN_WAIT2, FIN_WAIT2),
+                (FIN_WAIT2, CLOSE),
+                (CLOSE, CLOSE),
+                (CLOSE, CLOSE),
+            ],
+        );
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!(
+            names(&done[0]),
+            [
+                "SYN_SENT",
+                "ESTABLISHED",
+                "FIN_WAIT1",
+                "FIN_WAIT2",
+                "TIME_WAIT*"
+            ]
+        );
+        // FIN_WAIT1 from 3 ms to 5 ms, its self-transition at 4 ms in between.
+        assert_eq!(done[0].steps[2].duration_ns, Some(2_000_000));
+        assert!(tracker.is_empty());
+
+        // The time in the state so far, on the self-transition itself.
+        let mut tracker = Tracker::new(16);
+        run(&mut tracker, 2, S, ANY, &[(CLOSE, LISTEN)]);
+        let same = tracker.apply(&transition(5_000_000, 2, S, ANY, LISTEN, LISTEN));
+        assert_eq!(same.duration_ns, Some(4_000_000));
+        assert!(same.finished.is_empty());
+        let end = tracker.apply(&transition(6_000_000, 2, S, ANY, LISTEN, CLOSE));
+        assert_eq!(names(&end.finished[0]), ["LISTEN", "CLOSE"]);
+        assert_eq!(end.finished[0].steps[0].duration_ns, Some(5_000_000));
+
+        // A socket first seen staying where it is: its state, entered at a time unknown.
+        let mut tracker = Tracker::new(16);
+        let same = tracker.apply(&transition(MS, 3, C, S, FIN_WAIT1, FIN_WAIT1));
+        assert_eq!(same.duration_ns, None);
+        let done = run(
+            &mut tracker,
+            3,
+            C,
+            S,
+            &[(FIN_WAIT1, FIN_WAIT2), (FIN_WAIT2, CLOSE)],
+        );
+        assert_eq!(names(&done[0]), ["FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT*"]);
+        assert_eq!(done[0].steps[0].duration_ns, None);
+
+        // `CLOSE -> CLOSE` of a socket never seen: nothing to track, the owner it ran for.
+        let mut tracker = Tracker::new(16);
+        let mut t = transition(MS, 4, C, S, CLOSE, CLOSE);
+        t.sock_owned = Some(true);
+        let applied = tracker.apply(&t);
+        assert!(applied.finished.is_empty() && tracker.is_empty());
+        assert_eq!(applied.owner.map(|o| o.pid), Some(100));
+    }
+
+    /// An accepted MPTCP socket is cloned from its listener in LISTEN and goes straight to
+    /// ESTABLISHED: that is its birth. An MPTCP socket has no timewait socket: an active
+    /// close ends in CLOSE, nothing inferred after it.
+    #[test]
+    fn mptcp_sockets_are_born_from_listen_and_close_for_good() {
+        let mptcp = |ts, sk, local, remote, old, new| Transition {
+            protocol: 262,
+            ..transition(ts, sk, local, remote, old, new)
+        };
+        let mut tracker = Tracker::new(16);
+        let mut done = Vec::new();
+        for (i, (old, new)) in [
+            (LISTEN, ESTABLISHED),
+            (ESTABLISHED, CLOSE_WAIT),
+            (CLOSE_WAIT, LAST_ACK),
+            (LAST_ACK, CLOSE),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let ts = (i as u64 + 1) * MS;
+            done.extend(tracker.apply(&mptcp(ts, 1, S, C, old, new)).finished);
+        }
+        assert!(done[0].from_birth);
+        assert_eq!(
+            names(&done[0]),
+            ["ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSE"]
+        );
+        for (i, (old, new)) in [
+            (CLOSE, SYN_SENT),
+            (SYN_SENT, ESTABLISHED),
+            (ESTABLISHED, FIN_WAIT1),
+            (FIN_WAIT1, FIN_WAIT2),
+            (FIN_WAIT2, CLOSE),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let ts = (i as u64 + 1) * MS;
+            done.extend(tracker.apply(&mptcp(ts, 2, C, S, old, new)).finished);
+        }
+        assert_eq!(done[1].outcome, Outcome::ActiveClose);
+        assert_eq!(
+            names(&done[1]),
+            ["SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE"]
+        );
+        // A listener still leaves LISTEN only for CLOSE.
+        let done = run(&mut tracker, 3, S, ANY, &[(CLOSE, LISTEN), (LISTEN, CLOSE)]);
+        assert_eq!(done[0].outcome, Outcome::ListenerClosed);
+    }
+
+    /// A kernel thread holding the socket lock (MPTCP's worker) is running, not owning: the
+    /// owner learnt from `connect()` stays, and a socket it alone moved has none.
+    #[test]
+    fn a_kernel_thread_holding_the_lock_owns_nothing() {
+        let run_by = |ts, sk, old, new, pid, kthread: bool| {
+            let mut t = by(transition(ts, sk, C, S, old, new), pid, "task");
+            t.sock_owned = Some(true);
+            t.kernel_thread = Some(kthread);
+            t
+        };
+        let mut tracker = Tracker::new(16);
+        tracker.apply(&run_by(MS, 1, CLOSE, SYN_SENT, 7, false));
+        let moved = tracker.apply(&run_by(2 * MS, 1, SYN_SENT, ESTABLISHED, 99, true));
+        assert_eq!(moved.owner.map(|o| o.pid), Some(7));
+        let mut tracker = Tracker::new(16);
+        let alone = tracker.apply(&run_by(MS, 2, ESTABLISHED, CLOSE_WAIT, 99, true));
+        assert_eq!(alone.owner, None);
+        let end = tracker.apply(&run_by(2 * MS, 2, CLOSE_WAIT, CLOSE, 99, true));
+        assert_eq!(end.finished[0].owner, None);
     }
 }

@@ -45,6 +45,9 @@ impl From<&TransitionRecord> for Transition {
             // Exports older than these fields read them as null: the state pair decides the
             // owner and an active close rests in TIME_WAIT, as those exports said.
             sock_owned: r.sock_owned,
+            // Not in the records, but told by them: with the lock owned, the running task
+            // became the owner (`pid` = `ctx_pid`) unless it was a kernel thread.
+            kernel_thread: (r.sock_owned == Some(true)).then_some(r.pid != Some(r.ctx_pid)),
             peer_fin: r.peer_fin,
             // Not in the records: only the live cause window uses them.
             orphan: None,
@@ -473,6 +476,41 @@ mod tests {
         let mut back = Transition::from(r);
         back.task.tid = t.task.tid;
         assert_eq!(back, t);
+    }
+
+    /// MPTCP's worker (a kernel thread) holding the lock of an MPTCP socket the client's
+    /// `connect()` and `close()` moved, and of one it alone moved: live, it owns neither; the
+    /// replay, which has no kernel-thread field, reads it off the records and agrees.
+    #[test]
+    fn replays_kernel_thread_transitions_without_making_it_the_owner() {
+        let (c, s) = ("127.0.0.1:5000", "127.0.0.1:80");
+        let run_by = |ts, sk, local, remote, old, new, pid, kthread| {
+            let mut t = by(transition(ts, sk, local, remote, old, new), pid, "task");
+            t.sock_owned = Some(true);
+            t.kernel_thread = Some(kthread);
+            t
+        };
+        let transitions = vec![
+            run_by(10, 0xa, c, s, 7, 2, 7, false),
+            run_by(20, 0xa, c, s, 2, 1, 7, false),
+            run_by(30, 0xb, s, c, 10, 1, 99, true),
+            run_by(40, 0xa, c, s, 1, 4, 7, false),
+            run_by(50, 0xa, c, s, 4, 5, 99, true),
+            run_by(60, 0xb, s, c, 1, 8, 99, true),
+            run_by(70, 0xa, c, s, 5, 7, 99, true),
+            run_by(80, 0xb, s, c, 8, 9, 99, true),
+            run_by(90, 0xb, s, c, 9, 7, 99, true),
+        ];
+        let (recorded, rebuilt) = live_and_replay(&transitions, 1_000, &SocketTable::default());
+        assert_eq!(recorded, rebuilt);
+        let owners: Vec<_> = rebuilt
+            .iter()
+            .filter_map(|r| match r {
+                Record::Timeline(t) => Some(t.pid),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(owners, vec![Some(7), None]);
     }
 
     /// A server socket in CLOSE_WAIT whose owner only the /proc scan knows, then reset: its

@@ -179,31 +179,14 @@ fn ipv6_tp_btf_and_tracepoint_report_the_same_transitions() {
 #[test]
 #[ignore = "needs root and BPF"]
 fn an_mptcp_subflow_says_so_at_its_close() {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    use std::os::fd::AsRawFd as _;
 
     use nix::sys::socket::{bind, connect, listen, Backlog, SockaddrIn};
     support::require_root();
     let _ns = NetNs::enter();
     let runtime = runtime();
     let _guard = runtime.enter();
-    let mptcp = || {
-        // SAFETY: a plain socket(2) call; the descriptor is owned from here on.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_MPTCP,
-            )
-        };
-        assert!(
-            fd >= 0,
-            "socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP): {} (a kernel built without \
-             CONFIG_MPTCP, or net.mptcp.enabled = 0 in a new namespace)",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: `fd` was just opened and nothing else owns it.
-        unsafe { OwnedFd::from_raw_fd(fd) }
-    };
+    let mptcp = || support::mptcp_socket(libc::AF_INET);
     let listen_fd = mptcp();
     bind(listen_fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).unwrap();
     listen(&listen_fd, Backlog::new(8).unwrap()).unwrap();

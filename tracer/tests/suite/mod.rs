@@ -13,6 +13,7 @@ mod html;
 mod identity;
 mod kernel;
 mod metrics;
+mod mptcp;
 mod privileged;
 mod privileged_export;
 mod reliability;

@@ -346,3 +346,25 @@ pub fn stop_piped(child: &mut Child) -> (ExitStatus, String) {
         .expect("read the tracer's stdout");
     (child.wait().expect("wait for the tracer"), out)
 }
+
+/// A new MPTCP socket (`socket(family, SOCK_STREAM, IPPROTO_MPTCP)`), `family` being
+/// `libc::AF_INET` or `libc::AF_INET6`. Panics where the kernel has no MPTCP.
+pub fn mptcp_socket(family: libc::c_int) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: a plain socket(2) call; the descriptor is owned from here on.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_MPTCP,
+        )
+    };
+    assert!(
+        fd >= 0,
+        "socket({family}, SOCK_STREAM, IPPROTO_MPTCP): {} (a kernel built without \
+         CONFIG_MPTCP, or net.mptcp.enabled = 0 in a new namespace)",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
