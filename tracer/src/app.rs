@@ -159,9 +159,10 @@ type Job = (
     tokio::sync::oneshot::Sender<Diagnoses>,
 );
 
-/// The thread that makes diagnoses, off the event loop. It owns the [`Diagnoser`] (whose
-/// symbolizer keeps parsed programs between runs and cannot move between threads) and ends
-/// when this handle is dropped.
+/// The thread that makes diagnoses, off the event loop. It owns the [`Diagnoser`] (which
+/// keeps files' unwind sections between runs; the symbolizer cannot move between threads),
+/// hands the memory a run parsed and freed back to the OS, and ends when this handle is
+/// dropped.
 struct DiagnosisThread {
     jobs: std::sync::mpsc::Sender<Job>,
 }
@@ -175,6 +176,7 @@ impl DiagnosisThread {
                 let mut diagnoser = Diagnoser::new();
                 for (table, targets, at_ns, done) in queue {
                     let _ = done.send(diagnoser.run(table.as_ref(), &targets, at_ns));
+                    crate::memory::release_freed();
                 }
             })
             .map_err(|e| log::warn!("no diagnosis thread, reports go without: {e}"))

@@ -186,7 +186,7 @@ pub struct Target {
 }
 
 /// Makes diagnoses. Keeps what outlives one run: the count histories behind the rates, and
-/// the symbolizer's parsed files.
+/// files' unwind sections.
 pub struct Diagnoser {
     history: pressure::History,
     stacks: stack::Stacks,

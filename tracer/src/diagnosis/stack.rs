@@ -36,25 +36,20 @@ type Segments = Arc<[(u64, u64, u64)]>;
 /// Files' unwind sections kept at most (by path, size and modification time).
 const SECTIONS_KEPT: usize = 256;
 
-/// Runs after which the symbolizer starts afresh, so that what it caches (the parsed files of
-/// every program it has met) stays bounded.
-const SYMBOLIZER_RUNS: u32 = 256;
-
-/// Walks and symbolizes stacks, keeping files' unwind sections and the symbolizer's parsed
-/// files between runs (it is not `Send`: it lives on the diagnosis thread).
+/// Walks and symbolizes stacks, keeping files' unwind sections between runs. Each run
+/// symbolizes with a symbolizer of its own, dropped at its end: the debug information it
+/// parses (50 MiB for a Python interpreter built with DWARF) would otherwise stay resident in
+/// an agent whose memory is capped (`MemoryMax`, the DaemonSet's limit), growing with every
+/// program diagnosed.
 pub struct Stacks {
     sections: HashMap<(String, u64, i64), (Sections, Segments)>,
-    symbolizer: Symbolizer,
-    runs: u32,
 }
 
 impl Stacks {
-    /// No parsed files and a fresh symbolizer.
+    /// No parsed files.
     pub fn new() -> Self {
         Self {
             sections: HashMap::new(),
-            symbolizer: Symbolizer::new(),
-            runs: 0,
         }
     }
 
@@ -87,11 +82,6 @@ impl Stacks {
             }
         };
         let unwinder = self.unwinder(pid, &maps);
-        self.runs += 1;
-        if self.runs >= SYMBOLIZER_RUNS {
-            self.runs = 0;
-            self.symbolizer = Symbolizer::new();
-        }
         // Walk every listed thread, then symbolize all their addresses at once.
         let mut walked: Vec<(usize, Vec<u64>)> = Vec::new();
         for (i, t) in d.threads.iter_mut().enumerate() {
@@ -122,7 +112,7 @@ impl Stacks {
             .iter()
             .flat_map(|(_, a)| (0..a.len()).map(|j| j == 0))
             .collect();
-        let mut frames = symbolize(&self.symbolizer, pid, &all, &first, &maps).into_iter();
+        let mut frames = symbolize(&Symbolizer::new(), pid, &all, &first, &maps).into_iter();
         for (i, addrs) in walked {
             d.threads[i].frames = frames.by_ref().take(addrs.len()).collect();
         }
