@@ -15,7 +15,7 @@ use std::{
         fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::fs::MetadataExt as _,
     },
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 /// An open network namespace.
@@ -24,14 +24,31 @@ pub struct Netns {
     /// Inode number of the namespace, as `lsns -t net` and `/proc/PID/ns/net` show it.
     pub inode: u64,
     file: File,
+    /// The `/proc/PID/task/TID` of a task found in it, when it was found through one.
+    task: Option<PathBuf>,
 }
 
 impl Netns {
-    /// Opens a namespace file (`/proc/PID/ns/net`, `/run/netns/NAME`, ...).
+    /// Opens a namespace file (`/proc/PID/ns/net`, `/proc/PID/task/TID/ns/net`,
+    /// `/run/netns/NAME`, ...).
     pub fn open(path: &Path) -> io::Result<Netns> {
         let file = File::open(path)?;
         let inode = file.metadata()?.ino();
-        Ok(Netns { inode, file })
+        let task = path
+            .strip_prefix("/proc")
+            .is_ok()
+            .then(|| path.parent().and_then(Path::parent).map(Path::to_path_buf))
+            .flatten()
+            .filter(|_| path.ends_with("ns/net"));
+        Ok(Netns { inode, file, task })
+    }
+
+    /// The `/proc/.../net` directory of a task in this namespace, whose `tcp` and `tcp6` are
+    /// the namespace's tables, readable without entering it (`setns` needs `CAP_SYS_ADMIN`);
+    /// `None` when it was found through no task, or that task has left it.
+    pub fn proc_net(&self) -> Option<PathBuf> {
+        let task = self.task.as_ref()?;
+        (inode_of(&task.join("ns/net")) == Some(self.inode)).then(|| task.join("net"))
     }
 
     /// The namespace of the calling thread.
@@ -151,6 +168,7 @@ impl Finder {
                 self.add(Netns {
                     inode: meta.ino(),
                     file: copy,
+                    task: None,
                 });
             }
         }
@@ -257,7 +275,11 @@ fn socket_netns(pid: u32, fd: i32) -> io::Result<Netns> {
         File::from_raw_fd(ns)
     };
     let inode = file.metadata()?.ino();
-    Ok(Netns { inode, file })
+    Ok(Netns {
+        inode,
+        file,
+        task: None,
+    })
 }
 
 #[cfg(test)]

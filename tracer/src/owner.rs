@@ -674,7 +674,21 @@ fn read_new(
         let sockets = if Some(ns.inode) == own {
             tcp_sockets(states, times)
         } else {
-            netns::in_netns(ns, || tcp_sockets(states, times))
+            netns::in_netns(ns, || tcp_sockets(states, times)).or_else(|e| {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                // Not allowed in (no CAP_SYS_ADMIN: the deploy files' capabilities): a task's
+                // view of its namespace's tables, without times.
+                let Some(dir) = ns.proc_net() else {
+                    return Err(e);
+                };
+                SAID.call_once(|| {
+                    log::info!(
+                        "cannot enter other network namespaces ({e}): reading their \
+                         /proc/PID/net/tcp and tcp6"
+                    );
+                });
+                proc_tcp_sockets(&dir.to_string_lossy(), &|s| states.contains(&s.state))
+            })
         };
         match sockets {
             Ok(sockets) => {

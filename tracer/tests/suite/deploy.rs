@@ -577,7 +577,12 @@ struct Refused {
 ///
 /// With `as_user` the tracer runs as `nobody` with `caps` as ambient capabilities instead of as
 /// root.
-fn owner_seen_with(caps: &str, memlock: Option<u64>, as_user: bool) -> Result<Seen, Refused> {
+fn owner_seen_with(
+    caps: &str,
+    memlock: Option<u64>,
+    as_user: bool,
+    elsewhere: bool,
+) -> Result<Seen, Refused> {
     use std::{
         io::{BufRead, BufReader, Read as _},
         os::unix::process::CommandExt as _,
@@ -588,6 +593,9 @@ fn owner_seen_with(caps: &str, memlock: Option<u64>, as_user: bool) -> Result<Se
     let holder_binary = support::public_copy(Path::new(env!("CARGO_BIN_EXE_holder")), 0o755);
     // Free now: fixed ports can meet other tests' ephemeral ports on a shared machine.
     let holder_port = support::dead_port("127.0.0.1:0").port();
+    // The holder, and its client, in a network namespace of their own: the tracer, in this
+    // one, reads that namespace's tables.
+    let namespace = elsewhere.then(support::NetNs::enter);
     let mut holder = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(holder_binary)
@@ -597,6 +605,7 @@ fn owner_seen_with(caps: &str, memlock: Option<u64>, as_user: bool) -> Result<Se
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the holder as nobody");
+    drop(namespace);
     let (tx, rx) = mpsc::channel();
     let out = holder.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -674,7 +683,16 @@ fn owner_seen_with(caps: &str, memlock: Option<u64>, as_user: bool) -> Result<Se
         let _ = holder.wait();
         return Err(Refused { code, stderr: said });
     }
-    let client = std::net::TcpStream::connect(("127.0.0.1", holder_port)).unwrap();
+    let holder_ns = format!("/proc/{}/ns/net", holder.id());
+    let client = std::thread::spawn(move || {
+        if elsewhere {
+            let ns = std::fs::File::open(holder_ns).expect("the holder's namespace");
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter it");
+        }
+        std::net::TcpStream::connect(("127.0.0.1", holder_port)).unwrap()
+    })
+    .join()
+    .unwrap();
     let accepted = rx.recv_timeout(support::WAIT).unwrap();
     let holder_fd: u64 = accepted
         .strip_prefix("accepted ")
@@ -716,7 +734,9 @@ fn owner_seen_with(caps: &str, memlock: Option<u64>, as_user: bool) -> Result<Se
 /// The capabilities the deploy files grant are enough to load, attach and report a CLOSE_WAIT
 /// socket held by a `nobody` process with its owner (pid, comm and fd of the holder): the
 /// systemd unit's four with its `LimitMEMLOCK=infinity`, as root and as a user other than root
-/// (ambient capabilities), and the DaemonSet's five (it adds SYS_RESOURCE, as Kubernetes cannot
+/// (ambient capabilities), also for a holder in another network namespace (a container's,
+/// which the four cannot enter: its tables are read from `/proc/PID/net`), and the
+/// DaemonSet's five (it adds SYS_RESOURCE, as Kubernetes cannot
 /// lift the limit) under a 64 KiB limit. With the four and
 /// that limit, kernels before 5.11 (which charge eBPF memory to it) refuse with an error naming
 /// the fix and exit code 77; later kernels attach.
@@ -735,14 +755,16 @@ fn the_deployed_capabilities_suffice() {
     let small = Some(64 << 10);
     // The unit, the DaemonSet, and a user other than root with the unit's capabilities (as
     // the README says it works).
-    for (caps, memlock, as_user) in [
-        (&unit, None, false),
-        (&daemonset, small, false),
-        (&unit, None, true),
+    for (caps, memlock, as_user, elsewhere) in [
+        (&unit, None, false, false),
+        (&daemonset, small, false, false),
+        (&unit, None, true, false),
+        (&unit, None, false, true),
+        (&daemonset, small, false, true),
     ] {
-        let seen = owner_seen_with(caps, memlock, as_user).unwrap_or_else(|refused| {
+        let seen = owner_seen_with(caps, memlock, as_user, elsewhere).unwrap_or_else(|refused| {
             panic!(
-                "the tracer did not attach with {caps}, memlock {memlock:?}, as a user: {as_user} (exit {:?}):\n{}",
+                "the tracer did not attach with {caps}, memlock {memlock:?}, as a user: {as_user}, holder elsewhere: {elsewhere} (exit {:?}):\n{}",
                 refused.code, refused.stderr
             )
         });
@@ -765,7 +787,7 @@ fn the_deployed_capabilities_suffice() {
         .split(|c: char| !c.is_ascii_digit())
         .map(|n| n.parse::<u32>().unwrap_or(0));
     let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-    match owner_seen_with(&unit, small, false) {
+    match owner_seen_with(&unit, small, false, false) {
         Ok(_) => assert!(
             version >= (5, 11),
             "{release}: charges memlock, yet the tracer attached under 64 KiB without SYS_RESOURCE"
