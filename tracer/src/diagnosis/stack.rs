@@ -81,7 +81,7 @@ impl Stacks {
                 None
             }
         };
-        let unwinder = self.unwinder(pid, &maps);
+        let (unwinder, unread) = self.unwinder(pid, &maps);
         // Walk every listed thread, then symbolize all their addresses at once.
         let mut walked: Vec<(usize, Vec<u64>)> = Vec::new();
         for (i, t) in d.threads.iter_mut().enumerate() {
@@ -97,7 +97,21 @@ impl Stacks {
                 )
             } else {
                 match &mem {
-                    Some(mem) => walk(&unwinder, mem, &maps, sp, pc),
+                    Some(mem) => {
+                        let (addrs, stop) = walk(&unwinder, mem, &maps, sp, pc);
+                        // An end in a file whose unwind tables could not be read is no end.
+                        let last = addrs.last().copied().unwrap_or(pc);
+                        match unread.iter().find(|(range, _)| range.contains(&last)) {
+                            Some((_, path)) if stop.starts_with("complete") => (
+                                addrs,
+                                format!(
+                                    "stopped in {path}, whose file could not be read for its \
+                                     unwind tables"
+                                ),
+                            ),
+                            _ => (addrs, stop),
+                        }
+                    }
                     None => (
                         vec![pc],
                         "ptrace access to its memory refused: the program counter only".into(),
@@ -126,8 +140,10 @@ impl Stacks {
         }
     }
 
-    /// An unwinder knowing every executable file mapped in the process.
-    fn unwinder(&mut self, pid: u32, maps: &[MemoryMap]) -> Unwinder {
+    /// An unwinder knowing every executable file mapped in the process, and the executable
+    /// mappings whose files could not be read (address range, path).
+    fn unwinder(&mut self, pid: u32, maps: &[MemoryMap]) -> (Unwinder, Vec<Unread>) {
+        let mut unread = Vec::new();
         let mut unwinder = Unwinder::new();
         let mut files: HashMap<&std::path::Path, Vec<&MemoryMap>> = HashMap::new();
         for m in maps {
@@ -145,8 +161,8 @@ impl Stacks {
                 .iter()
                 .filter(|m| m.perms.contains(procfs::process::MMPermissions::EXECUTE))
             {
-                let file = format!("/proc/{pid}/map_files/{:x}-{:x}", m.address.0, m.address.1);
-                let Ok(meta) = std::fs::metadata(&file) else {
+                let Some((file, meta)) = module_file(pid, m, path) else {
+                    unread.push((m.address.0..m.address.1, path.display().to_string()));
                     continue;
                 };
                 let key = (
@@ -158,6 +174,7 @@ impl Stacks {
                     known.clone()
                 } else {
                     let Some(read) = read_sections(&file) else {
+                        unread.push((m.address.0..m.address.1, path.display().to_string()));
                         continue;
                     };
                     self.sections.insert(key.clone(), read.clone());
@@ -182,12 +199,40 @@ impl Stacks {
                 ));
             }
         }
-        unwinder
+        (unwinder, unread)
     }
 }
 
+/// An executable mapping whose file could not be read: its address range and path.
+type Unread = (std::ops::Range<u64>, String);
+
+/// The file of a mapping, to read: `/proc/PID/map_files/START-END`, the mapped file itself
+/// (even deleted, or in another mount namespace; opening it needs CAP_SYS_ADMIN or
+/// CAP_CHECKPOINT_RESTORE), else `/proc/PID/root/PATH`, the path as the process sees it
+/// (ptrace access), when it is still the mapped file (the same inode).
+fn module_file(
+    pid: u32,
+    m: &MemoryMap,
+    path: &std::path::Path,
+) -> Option<(String, std::fs::Metadata)> {
+    let mapped = format!("/proc/{pid}/map_files/{:x}-{:x}", m.address.0, m.address.1);
+    if let Ok(meta) = std::fs::metadata(&mapped) {
+        return Some((mapped, meta));
+    }
+    rooted(pid, m, path)
+}
+
+/// `/proc/PID/root/PATH` when it is the file mapped at `m` (the same inode).
+fn rooted(pid: u32, m: &MemoryMap, path: &std::path::Path) -> Option<(String, std::fs::Metadata)> {
+    let rooted = format!("/proc/{pid}/root{}", path.display());
+    let meta = std::fs::metadata(&rooted).ok()?;
+    (meta.ino() == m.inode).then_some((rooted, meta))
+}
+
 /// Symbolizes walked stacks: `first` marks each stack's program counter; return addresses are
-/// looked up at the call, one byte before.
+/// looked up at the call, one byte before. Through the process's `map_files` (blazesym's
+/// process source) where they can be opened; else file by file, at file offsets, through
+/// [`module_file`].
 fn symbolize(
     symbolizer: &Symbolizer,
     pid: u32,
@@ -200,13 +245,26 @@ fn symbolize(
         .zip(first)
         .map(|(&a, &first)| if first { a } else { a.saturating_sub(1) })
         .collect();
-    let source = Source::Process(Process::new(pid.into()));
-    let symbols = match symbolizer.symbolize(&source, Input::AbsAddr(&lookup)) {
-        Ok(symbols) => symbols,
-        Err(e) => {
-            log::debug!("symbolizing pid {pid}: {e}");
-            Vec::new()
-        }
+    let map_files = maps
+        .iter()
+        .find(|m| matches!(m.pathname, MMapPath::Path(_)))
+        .is_none_or(|m| {
+            std::fs::metadata(format!(
+                "/proc/{pid}/map_files/{:x}-{:x}",
+                m.address.0, m.address.1
+            ))
+            .is_ok()
+        });
+    let symbols = if map_files {
+        let source = Source::Process(Process::new(pid.into()));
+        symbolizer
+            .symbolize(&source, Input::AbsAddr(&lookup))
+            .unwrap_or_else(|e| {
+                log::debug!("symbolizing pid {pid}: {e}");
+                Vec::new()
+            })
+    } else {
+        by_file(symbolizer, pid, &lookup, maps)
     };
     addrs
         .iter()
@@ -231,6 +289,49 @@ fn symbolize(
             }
         })
         .collect()
+}
+
+/// Symbolizes `lookup` file by file: each address at its offset in the file mapped there
+/// ([`module_file`]); unknown where there is none.
+fn by_file<'a>(
+    symbolizer: &'a Symbolizer,
+    pid: u32,
+    lookup: &[u64],
+    maps: &[MemoryMap],
+) -> Vec<Symbolized<'a>> {
+    let mut out: Vec<Symbolized<'a>> = lookup
+        .iter()
+        .map(|_| Symbolized::Unknown(blazesym::symbolize::Reason::UnknownAddr))
+        .collect();
+    let mut files: HashMap<String, Vec<(usize, u64)>> = HashMap::new();
+    for (i, &addr) in lookup.iter().enumerate() {
+        let Some(m) = maps
+            .iter()
+            .find(|m| (m.address.0..m.address.1).contains(&addr))
+        else {
+            continue;
+        };
+        let MMapPath::Path(path) = &m.pathname else {
+            continue;
+        };
+        if let Some((file, _)) = module_file(pid, m, path) {
+            let offset = addr - m.address.0 + m.offset;
+            files.entry(file).or_default().push((i, offset));
+        }
+    }
+    for (file, at) in files {
+        let source = Source::Elf(blazesym::symbolize::source::Elf::new(file.as_str()));
+        let offsets: Vec<u64> = at.iter().map(|&(_, offset)| offset).collect();
+        match symbolizer.symbolize(&source, Input::FileOffset(&offsets)) {
+            Ok(symbols) => {
+                for ((i, _), symbol) in at.into_iter().zip(symbols) {
+                    out[i] = symbol;
+                }
+            }
+            Err(e) => log::debug!("symbolizing {file}: {e}"),
+        }
+    }
+    out
 }
 
 impl Default for Stacks {
@@ -545,5 +646,46 @@ mod tests {
             Some("java")
         );
         assert_eq!(runtime_of("/usr/sbin/nginx"), None);
+    }
+
+    /// Without `map_files` (the deploy files' capabilities cannot open them), a module is read
+    /// through `/proc/PID/root` when it is still the mapped file, and symbolized file by file
+    /// at file offsets: our own function is named so.
+    #[test]
+    fn modules_are_read_through_the_root_when_it_is_the_mapped_file() {
+        let pid = std::process::id();
+        let maps = procfs::process::Process::myself()
+            .unwrap()
+            .maps()
+            .unwrap()
+            .0;
+        let here =
+            modules_are_read_through_the_root_when_it_is_the_mapped_file as fn() as usize as u64;
+        let m = maps
+            .iter()
+            .find(|m| (m.address.0..m.address.1).contains(&here))
+            .unwrap();
+        let MMapPath::Path(path) = &m.pathname else {
+            panic!("{m:?}")
+        };
+        let (file, _) = rooted(pid, m, path).expect("our own binary through /proc/PID/root");
+        assert!(file.starts_with(&format!("/proc/{pid}/root/")), "{file}");
+        let mut other = m.clone();
+        other.inode += 1;
+        assert!(
+            rooted(pid, &other, path).is_none(),
+            "another file at that path"
+        );
+        let symbolizer = Symbolizer::new();
+        let symbols = by_file(&symbolizer, pid, &[here], &maps);
+        let Some(Symbolized::Sym(sym)) = symbols.first() else {
+            panic!("{symbols:?}")
+        };
+        assert!(
+            sym.name
+                .contains("modules_are_read_through_the_root_when_it_is_the_mapped_file"),
+            "{}",
+            sym.name
+        );
     }
 }

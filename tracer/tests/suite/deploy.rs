@@ -781,6 +781,17 @@ fn the_deployed_capabilities_suffice() {
             serde_json::json!([{"pid": seen.holder_pid, "comm": seen.holder_comm, "fd": seen.holder_fd}]),
             "{caps}: {record}"
         );
+        // Its stack walked and named through the files it maps (`map_files` needs
+        // CAP_SYS_ADMIN: read through /proc/PID/root instead).
+        let thread = &record["diagnosis"]["threads"][0];
+        let named = thread["frames"].as_array().is_some_and(|frames| {
+            frames.iter().any(|f| {
+                f["function"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("holder::main"))
+            })
+        });
+        assert!(named, "{caps}: {thread}");
     }
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     let mut numbers = release
