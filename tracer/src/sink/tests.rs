@@ -253,10 +253,16 @@ fn close_wait_reports_show_the_sockets_history() {
 }
 
 /// A dual-stack socket serving an IPv4 peer: in the narrow layout its v4-mapped addresses
-/// show as IPv4 and the columns stay aligned; `-w` shows them whole.
+/// show as IPv4 and the columns stay aligned, and so in its timeline; `-w` shows them whole.
 #[test]
 fn v4_mapped_addresses_keep_the_columns_aligned() {
-    let mut e = Engine::new(Options::default(), WallClock::fixed(EPOCH));
+    let mut e = Engine::new(
+        Options {
+            timelines: true,
+            ..Options::default()
+        },
+        WallClock::fixed(EPOCH),
+    );
     let mut out = Vec::new();
     for (sk, local, remote) in [
         (1, "127.0.0.1:8080", "127.0.0.1:40000"),
@@ -268,6 +274,29 @@ fn v4_mapped_addresses_keep_the_columns_aligned() {
     ] {
         e.transition(transition(MS, sk, local, remote, 1, 8), &mut out);
     }
+    let ended = out.len();
+    e.transition(
+        transition(
+            2 * MS,
+            2,
+            "[::ffff:192.168.100.200]:8080",
+            "[::ffff:192.168.100.201]:40001",
+            8,
+            9,
+        ),
+        &mut out,
+    );
+    e.transition(
+        transition(
+            3 * MS,
+            2,
+            "[::ffff:192.168.100.200]:8080",
+            "[::ffff:192.168.100.201]:40001",
+            9,
+            7,
+        ),
+        &mut out,
+    );
     let render = |wide| {
         let mut sink = TextSink::new(Vec::new(), wide);
         sink.begin().unwrap();
@@ -279,14 +308,23 @@ fn v4_mapped_addresses_keep_the_columns_aligned() {
     let narrow = render(false);
     let lines: Vec<&str> = narrow.lines().collect();
     let col = lines[0].find("OLDSTATE").unwrap();
-    for line in &lines[1..] {
+    for line in &lines[1..=ended] {
         assert!(line[col..].starts_with("ESTABLISHED"), "{narrow}");
     }
+    assert!(
+        narrow
+            .contains("TIMELINE pid=100 comm=test 192.168.100.200:8080 -> 192.168.100.201:40001 "),
+        "{narrow}"
+    );
     assert!(
         lines[2].contains(" 192.168.100.200 8080  192.168.100.201 40001 "),
         "{narrow}"
     );
-    assert!(render(true).contains("::ffff:192.168.100.200"));
+    let wide = render(true);
+    assert!(
+        wide.contains("TIMELINE pid=100 comm=test [::ffff:192.168.100.200]:8080 -> "),
+        "{wide}"
+    );
 }
 
 #[test]
@@ -303,6 +341,14 @@ fn summary_says_not_available_where_the_kernel_counts_no_skipped_runs() {
     s.recursion_misses = Some(3);
     assert!(
         super::text::summary(&s).contains(" 3 (kernel skipped the program"),
+        "{}",
+        super::text::summary(&s)
+    );
+    // `--stuck` reports are counted when there were any.
+    assert!(!super::text::summary(&s).contains("stuck"));
+    (s.stuck_alerts, s.stuck_resolved) = (2, 1);
+    assert!(
+        super::text::summary(&s).contains("(0 resolved), 2 stuck alerts (1 resolved)\n"),
         "{}",
         super::text::summary(&s)
     );

@@ -108,13 +108,6 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
-fn endpoint(ip: IpAddr, port: u16) -> String {
-    match ip {
-        IpAddr::V4(v4) => format!("{v4}:{port}"),
-        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-    }
-}
-
 impl<W: Write> TextSink<W> {
     /// An address for a fixed-width column: in the narrow (IPv4) layout, a v4-mapped address
     /// (`::ffff:127.0.0.1`, a dual-stack socket serving an IPv4 peer) is shown as its IPv4
@@ -124,6 +117,14 @@ impl<W: Write> TextSink<W> {
             ip.to_canonical()
         } else {
             ip
+        }
+    }
+
+    /// An address and port in a report or timeline line, the address as in [`Self::column`].
+    fn endpoint(&self, ip: IpAddr, port: u16) -> String {
+        match self.column(ip) {
+            IpAddr::V4(v4) => format!("{v4}:{port}"),
+            IpAddr::V6(v6) => format!("[{v6}]:{port}"),
         }
     }
 
@@ -152,8 +153,8 @@ impl<W: Write> TextSink<W> {
             clock(r.time),
             opt(r.pid),
             printable_or(r.comm.as_deref(), "-"),
-            endpoint(r.laddr, r.lport),
-            endpoint(r.raddr, r.rport),
+            self.endpoint(r.laddr, r.lport),
+            self.endpoint(r.raddr, r.rport),
             r.outcome.name(),
             if r.error.is_some() { " error=" } else { "" },
             r.error.as_deref().unwrap_or(""),
@@ -189,8 +190,8 @@ impl<W: Write> TextSink<W> {
         write!(
             self.line,
             " {} <- {} recv-q={}",
-            endpoint(r.laddr, r.lport),
-            endpoint(r.raddr, r.rport),
+            self.endpoint(r.laddr, r.lport),
+            self.endpoint(r.raddr, r.rport),
             opt(r.recv_q),
         )?;
         if let Some(netns) = r.netns {
@@ -245,8 +246,8 @@ impl<W: Write> TextSink<W> {
             r.new_state,
             opt(r.pid),
             printable_or(r.comm.as_deref(), "-"),
-            endpoint(r.laddr, r.lport),
-            endpoint(r.raddr, r.rport),
+            self.endpoint(r.laddr, r.lport),
+            self.endpoint(r.raddr, r.rport),
         )
     }
 
@@ -360,13 +361,19 @@ pub fn by_type(counts: &ByType) -> String {
 
 fn totals(s: &Summary) -> String {
     format!(
-        "tracer: {} events, {} transitions, {} timelines, {} CLOSE_WAIT alerts ({} resolved)\n\
+        "tracer: {} events, {} transitions, {} timelines, {} CLOSE_WAIT alerts ({} resolved){}\n\
          tracer: lost: {} (ring buffer full), {} (kernel skipped the program: recursion_misses), {} undecodable, {} output records dropped, {} export records dropped, {} sockets evicted at the cap",
         s.events,
         s.transitions,
         s.timelines,
         s.close_wait_alerts,
         s.close_wait_resolved,
+        // `--stuck` reports, when there were any.
+        if s.stuck_alerts > 0 {
+            format!(", {} stuck alerts ({} resolved)", s.stuck_alerts, s.stuck_resolved)
+        } else {
+            String::new()
+        },
         s.lost_ringbuf,
         s.recursion_misses.map_or_else(
             || "not available".to_owned(),
