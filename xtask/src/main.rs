@@ -36,11 +36,14 @@ enum Chore {
     BuildEbpf,
     /// Build the eBPF object, then the tracer; print the binary's path.
     Build {
+        /// The release profile (optimized, as `cargo xtask run` and the bench use); without
+        /// it, the debug profile.
         #[arg(long)]
         release: bool,
     },
     /// Build (release unless --debug), then run the tracer as root (via `sudo -E` if needed).
     Run {
+        /// Run the debug build (faster to build, slower to run) instead of the release one.
         #[arg(long)]
         debug: bool,
         /// Arguments for the tracer, after `--`.
@@ -57,7 +60,8 @@ enum Chore {
         #[arg(long)]
         no_vm: bool,
     },
-    /// rustfmt and clippy on the workspace and on the eBPF crate.
+    /// rustfmt and clippy (warnings denied) on the workspace and on the eBPF crate, rustdoc
+    /// with warnings denied, and the fuzz targets type-checked: what CI runs first.
     Lint,
     /// Fuzz a target of tracer/fuzz (decode, reader) for a bounded time (rustup nightly).
     Fuzz {
