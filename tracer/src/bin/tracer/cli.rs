@@ -156,8 +156,9 @@ pub struct TraceArgs {
 
     /// Formatted output that may wait for a slow reader, per destination (e.g. 64MiB; K, M
     /// and G are powers of 1024). Past it stdout drops records (counted by type) and the
-    /// export holds the tracer until its disk catches up. Default: room for as many records
-    /// as the ring buffer holds events (19 MiB with the default ring buffer)
+    /// export holds the tracer until its disk catches up. From 16 KiB to the machine's
+    /// memory. Default: room for as many records as the ring buffer holds events (19 MiB
+    /// with the default ring buffer)
     #[arg(long, allow_hyphen_values = true, value_name = "SIZE")]
     pub output_buffer: Option<String>,
 
@@ -511,9 +512,26 @@ fn size(flag: &'static str, token: &str, min: usize) -> Result<usize, ConfigErro
     }
 }
 
-/// `--output-buffer`: at least [`Buffer::MIN_BYTES`].
+/// `--output-buffer`: at least [`Buffer::MIN_BYTES`], and no more than this machine's memory
+/// (`MemTotal`): a stalled reader fills it, and a buffer larger than the memory bounds
+/// nothing.
 fn output_buffer(token: &str) -> Result<Buffer, ConfigError> {
-    size("--output-buffer", token, Buffer::MIN_BYTES).map(|bytes| Buffer { bytes })
+    let bytes = size("--output-buffer", token, Buffer::MIN_BYTES)?;
+    let memory = <procfs::Meminfo as procfs::Current>::current()
+        .map(|m| m.mem_total)
+        .unwrap_or(u64::MAX);
+    if bytes as u64 > memory {
+        return Err(ConfigError::Size {
+            flag: "--output-buffer",
+            token: token.to_owned(),
+            reason: format!(
+                "more than this machine's memory ({} MiB): a reader that stalls fills it",
+                memory >> 20
+            ),
+            min: Buffer::MIN_BYTES,
+        });
+    }
+    Ok(Buffer { bytes })
 }
 
 /// `--ring-buffer-size`: a power of two and a multiple of the page size, below 4 GiB.
@@ -798,7 +816,14 @@ mod tests {
         assert_eq!(size(&["--output-buffer", "64MiB"]).unwrap(), 64 << 20);
         assert_eq!(size(&["--output-buffer", "64M"]).unwrap(), 64 << 20);
         assert_eq!(size(&["--output-buffer", "65536"]).unwrap(), 65536);
-        for bad in ["lots", "-1", "1", "12 parsecs"] {
+        for bad in [
+            "lots",
+            "-1",
+            "1",
+            "12 parsecs",
+            "1TiB",
+            "18446744073709551615",
+        ] {
             let flag = format!("--output-buffer={bad}");
             let err = config(&[&flag]).unwrap_err().to_string();
             assert!(
