@@ -508,7 +508,7 @@ impl Session {
             Some((mut export, path)) => {
                 summary.set_delivery(stdout.delivery(), Some(export.delivery()));
                 export.close(&[Record::Summary(Box::new(summary.clone()))]);
-                stopping::wait_for_export(&export, &path).await;
+                stopping::wait_for_export(&export, &path, &mut signals).await;
                 let (result, delivery) = export.finish(&[]);
                 (Some((result, path)), Some(delivery))
             }
@@ -955,7 +955,7 @@ fn spawn_export(
             .err()
             .unwrap_or_else(|| io::Error::other("the export writer stopped")))
     });
-    match started {
+    match started.and_then(|output| file.cut().map(|()| output)) {
         Ok(output) => Ok((output, path)),
         Err(e) => {
             file.discard();

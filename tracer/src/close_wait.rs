@@ -55,6 +55,9 @@ pub struct Stuck {
     pub recv_q: Option<u32>,
     /// Its network namespace's inode, when known.
     pub netns: Option<u64>,
+    /// A TCP socket: the socket tables list it (they list no MPTCP or SCTP socket, which
+    /// `--all-protocols` traces), so their silence about it means something.
+    pub listed: bool,
     /// Every process holding it when last looked up in the socket tables at its report (the
     /// first is its owner then).
     pub holders: Vec<Owner>,
@@ -167,6 +170,7 @@ impl Stuck {
             owner_from: OwnerFrom::Timeline,
             recv_q: None,
             netns: None,
+            listed: true,
             holders: Vec::new(),
             unowned: None,
             placement: Placement::default(),
@@ -293,6 +297,7 @@ impl Detector {
             }
             let mut stuck = Stuck::new(SockId::Kernel(t.skaddr), t.new, t.endpoints(), t.ts_ns);
             stuck.netns = (t.netns != 0).then_some(t.netns);
+            stuck.listed = t.protocol == tracer_common::IPPROTO_TCP;
             self.put(Box::new(stuck));
         }
         resolved

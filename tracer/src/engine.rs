@@ -327,8 +327,9 @@ impl Engine {
                 continue;
             };
             // Identity first: the socket's inode in its namespace (found at start), or its
-            // 4-tuple within its namespace; the 4-tuple alone repeats across namespaces.
-            let entry = table.and_then(|t| {
+            // 4-tuple within its namespace; the 4-tuple alone repeats across namespaces. An
+            // MPTCP socket is in no table (its first subflow, a TCP socket, has its 4-tuple).
+            let entry = table.filter(|_| stuck.listed).and_then(|t| {
                 let by_inode = match id {
                     SockId::Preexisting { inode, netns } => t.by_inode(netns, inode),
                     SockId::Kernel(_) | SockId::Tuple { .. } => None,
@@ -352,9 +353,14 @@ impl Engine {
             }
             // A socket seen entering its state that the tables of its namespace, read now, do
             // not show in it left it in transitions the tracer lost (counted, as ring buffer
-            // losses or runs the kernel skipped): it is not stuck, and no report names it.
+            // losses or runs the kernel skipped): it is not stuck, and no report names it. The
+            // tables list TCP sockets only: an MPTCP socket is reported all the same.
             let read = |t: &SocketTable| t.has_read(stuck.netns);
-            if matches!(id, SockId::Kernel(_)) && entry.is_none() && table.is_some_and(read) {
+            if matches!(id, SockId::Kernel(_))
+                && stuck.listed
+                && entry.is_none()
+                && table.is_some_and(read)
+            {
                 log::debug!(
                     "{} {:?} is not in its namespace's tables: it left the state unseen",
                     stuck.state.name(),
@@ -424,7 +430,7 @@ impl Engine {
             let Some(stuck) = self.detector.get(id) else {
                 continue;
             };
-            if matches!(id, SockId::Kernel(_)) && !table.has_read(stuck.netns) {
+            if matches!(id, SockId::Kernel(_)) && (!stuck.listed || !table.has_read(stuck.netns)) {
                 continue;
             }
             let now = table.find(stuck.netns, &stuck.endpoints, stuck.state);
@@ -748,6 +754,38 @@ mod tests {
             panic!("{out:?}")
         };
         assert_eq!(report.pid, Some(333));
+    }
+
+    /// An MPTCP socket (`--all-protocols`) stuck in CLOSE_WAIT is in no socket table (they
+    /// list TCP sockets): their silence is no sign it left, it is reported all the same (not
+    /// matched with the TCP subflow that shares its 4-tuple), and a recheck after a loss
+    /// leaves it alone.
+    #[test]
+    fn an_mptcp_socket_the_tables_do_not_list_is_still_reported() {
+        let mut e = engine(Options {
+            close_wait_threshold_ns: MS,
+            ..Options::default()
+        });
+        let ts: Vec<Transition> = stuck_server()
+            .into_iter()
+            .map(|t| Transition {
+                netns: 7,
+                protocol: 262,
+                ..t
+            })
+            .collect();
+        feed(&mut e, &ts);
+        let mut subflow = table(333).entries;
+        subflow[0].netns = 7;
+        let out = report_due(&mut e, 10 * MS, Some(&read(vec![7], subflow)));
+        let [Record::CloseWait(report)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!((report.pid, report.fd), (None, None), "{report:?}");
+        let mut out = Vec::new();
+        e.recheck(&e.followed(true), &read(vec![7], vec![]), 20 * MS, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert!(e.detector.get(SockId::Kernel(9)).is_some());
     }
 
     /// After a loss, a reported socket whose leaving transition was lost is resolved once the

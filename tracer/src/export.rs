@@ -6,6 +6,7 @@
 use std::{
     fs::{self, File, OpenOptions, Permissions},
     io,
+    io::Seek as _,
     os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
@@ -105,11 +106,20 @@ impl ExportFile {
         &self.path
     }
 
-    /// The file, emptied (it may be an old export replaced with `--force`), to write to (a
-    /// second handle: this one can still [`ExportFile::discard`] it).
+    /// The file to write to, from its start (a second handle, sharing the offset: this one
+    /// can still [`ExportFile::discard`] it or [`ExportFile::cut`] what follows). An old export
+    /// replaced with `--force` is not emptied here: written over from its start, it is cut
+    /// once the run has started.
     pub fn writer(&self) -> io::Result<File> {
-        self.file.set_len(0)?;
         self.file.try_clone()
+    }
+
+    /// Cuts the file after what was written to it so far (the header, once the run has
+    /// started): the rest of an old export replaced with `--force` goes.
+    pub fn cut(&self) -> io::Result<()> {
+        let mut file = &self.file;
+        let end = file.stream_position()?;
+        self.file.set_len(end)
     }
 
     /// Gives up on the export (the tracer could not start): removes the file if we created it.
@@ -193,8 +203,12 @@ mod tests {
         // A run that fails to start leaves the old file (and does not remove it).
         export.discard();
         assert_eq!(fs::read_to_string(&path).unwrap(), "old export");
-        let file = ExportFile::open(&path, true).unwrap().writer().unwrap();
-        assert_eq!(file.metadata().unwrap().len(), 0);
+        let export = ExportFile::open(&path, true).unwrap();
+        let mut file = export.writer().unwrap();
+        // Written over from the start, then cut after what this run wrote.
+        file.write_all(b"{}\n").unwrap();
+        export.cut().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"{}\n");
     }
 
     #[test]

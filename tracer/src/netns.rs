@@ -45,10 +45,20 @@ impl Netns {
 
     /// The `/proc/.../net` directory of a task in this namespace, whose `tcp` and `tcp6` are
     /// the namespace's tables, readable without entering it (`setns` needs `CAP_SYS_ADMIN`);
-    /// `None` when it was found through no task, or that task has left it.
+    /// `None` when it was found through no task (only through a bind mount, a descriptor or a
+    /// socket), or that task and its process's leader have left it.
     pub fn proc_net(&self) -> Option<PathBuf> {
         let task = self.task.as_ref()?;
-        (inode_of(&task.join("ns/net")) == Some(self.inode)).then(|| task.join("net"))
+        // The thread it was found through, or (that thread gone) its process's leader.
+        let process = task
+            .parent()
+            .filter(|dir| dir.ends_with("task"))
+            .and_then(Path::parent);
+        [Some(task.as_path()), process]
+            .into_iter()
+            .flatten()
+            .find(|dir| inode_of(&dir.join("ns/net")) == Some(self.inode))
+            .map(|dir| dir.join("net"))
     }
 
     /// The namespace of the calling thread.

@@ -378,7 +378,7 @@ impl Output {
             && !self.shared.failed.load(Ordering::Acquire)
             && !self.is_done()
         {
-            // Timed: the writer lowers `pending` after it signals.
+            // Timed: the writer signals after lowering `pending`, without this lock held.
             queued = match self
                 .shared
                 .room

@@ -51,9 +51,10 @@ impl Signals {
 }
 
 /// Waits until the export's writer is done, after it was closed: the export is always written
-/// to its end (stop signals meanwhile are left for [`wait_for_writers`]). When it still writes
-/// after [`GRACE`] (a slow disk), says so once on stderr.
-pub(crate) async fn wait_for_export(export: &Output, path: &Path) {
+/// to its end. When it still writes after [`GRACE`] (a slow disk), says so once on stderr. A
+/// stop signal meanwhile is answered on stderr and changes nothing: stdout's last records and
+/// summary follow the export, and only a signal during [`wait_for_writers`] drops them.
+pub(crate) async fn wait_for_export(export: &Output, path: &Path, signals: &mut Signals) {
     let started = Instant::now();
     let mut told = false;
     while !export.is_done() {
@@ -65,7 +66,15 @@ pub(crate) async fn wait_for_export(export: &Output, path: &Path) {
                 path.display()
             );
         }
-        sleep(POLL).await;
+        tokio::select! {
+            () = sleep(POLL) => {}
+            name = signals.next() => {
+                eprintln!(
+                    "tracer: {name}: the export {} is written to its end first",
+                    path.display()
+                );
+            }
+        }
     }
 }
 

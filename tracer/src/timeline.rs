@@ -127,7 +127,8 @@ pub struct Timeline {
     pub endpoints: Endpoints,
     /// Inode of its network namespace; 0 when not known.
     pub netns: u64,
-    /// The first transition seen was the socket's birth (CLOSE -> x, or LISTEN -> SYN_RECV).
+    /// The first transition seen was the socket's birth (CLOSE -> x, LISTEN -> SYN_RECV, or
+    /// LISTEN -> ESTABLISHED for an accepted MPTCP socket).
     pub from_birth: bool,
     /// The process that owns the socket, when known.
     pub owner: Option<Owner>,
@@ -290,8 +291,12 @@ impl Tracker {
     /// Never: the socket's entry is inserted before it is looked up.
     pub fn apply_known(&mut self, t: &Transition, known: Option<&Owner>) -> Applied {
         let mut applied = Applied::default();
-        let stays = t.old == t.new;
-        if stays && t.new == TcpState::Close && !self.conns.contains_key(&t.skaddr) {
+        // `CLOSE -> CLOSE` of a tracked socket (its real CLOSE was lost) ends it below.
+        let stays = t.old == t.new && t.new != TcpState::Close;
+        if t.old == TcpState::Close
+            && t.new == TcpState::Close
+            && !self.conns.contains_key(&t.skaddr)
+        {
             // A socket already closed (its CLOSE ended its timeline): nothing to track.
             applied.owner = crate::sock_state::in_owner_context(t)
                 .then(|| Owner::from_task(&t.task))
@@ -912,6 +917,19 @@ mod tests {
         );
         assert_eq!(names(&done[0]), ["FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT*"]);
         assert_eq!(done[0].steps[0].duration_ns, None);
+
+        // `CLOSE -> CLOSE` of a socket still tracked (its CLOSE was lost): it ends there.
+        let mut tracker = Tracker::new(16);
+        run(
+            &mut tracker,
+            5,
+            C,
+            S,
+            &[(CLOSE, SYN_SENT), (SYN_SENT, ESTABLISHED)],
+        );
+        let end = tracker.apply(&transition(9 * MS, 5, C, S, CLOSE, CLOSE));
+        assert_eq!(end.finished.len(), 1);
+        assert!(tracker.is_empty());
 
         // `CLOSE -> CLOSE` of a socket never seen: nothing to track, the owner it ran for.
         let mut tracker = Tracker::new(16);

@@ -98,6 +98,11 @@ pub const KERNEL_SKIPS: &[(&str, &str, &str)] = &[
         "an_mptcp_connection_has_one_timeline_per_socket_and_no_repeated_steps",
         "Debian's 5.10 cloud kernel is built without CONFIG_MPTCP; runs on the host and 6.1-7.3",
     ),
+    (
+        "5.10",
+        "an_mptcp_socket_left_in_close_wait_is_reported",
+        "Debian's 5.10 cloud kernel is built without CONFIG_MPTCP; runs on the host and 6.1-7.3",
+    ),
 ];
 
 /// What a boot of `kernel`'s tests leaves out, with the reason the table shows.

@@ -154,3 +154,47 @@ fn an_mptcp_connection_has_one_timeline_per_socket_and_no_repeated_steps() {
         }
     }
 }
+
+/// A server that keeps an accepted MPTCP socket open after its client closed: with
+/// `--all-protocols` the MPTCP socket's CLOSE_WAIT is reported though no socket table lists
+/// it (they list TCP sockets; its subflow leaves CLOSE_WAIT at once, closed by MPTCP), and
+/// resolved when the server closes it.
+#[test]
+#[ignore = "needs root and BPF"]
+fn an_mptcp_socket_left_in_close_wait_is_reported() {
+    let _ns = NetNs::enter();
+    let listen_fd = support::mptcp_socket(libc::AF_INET);
+    let any = SocketAddr::new("127.0.0.1".parse().unwrap(), 0);
+    bind(listen_fd.as_raw_fd(), &SockaddrStorage::from(any)).unwrap();
+    listen(&listen_fd, Backlog::new(8).unwrap()).unwrap();
+    let listener = TcpListener::from(listen_fd);
+    let addr = listener.local_addr().unwrap();
+    let port = addr.port();
+    let tracer = Tracer::start(&[
+        "-p",
+        &port.to_string(),
+        "--all-protocols",
+        "--close-wait-threshold",
+        "300ms",
+    ]);
+    let client = support::mptcp_socket(libc::AF_INET);
+    connect(client.as_raw_fd(), &SockaddrStorage::from(addr)).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    drop(TcpStream::from(client));
+    let report = tracer.wait_for("the MPTCP socket's CLOSE_WAIT report", |rs| {
+        rs.iter().find_map(|r| match r {
+            Record::CloseWait(c) if c.lport == port => Some(c.as_ref().clone()),
+            _ => None,
+        })
+    });
+    assert!(report.age_ms >= 300, "{report:?}");
+    drop(server);
+    tracer.wait_for("its resolution", |rs| {
+        rs.iter().find_map(|r| match r {
+            Record::CloseWaitResolved(c) if c.lport == port => Some(()),
+            _ => None,
+        })
+    });
+    let (_, summary) = tracer.stop();
+    assert_eq!(summary.close_wait_alerts, 1, "{summary:?}");
+}

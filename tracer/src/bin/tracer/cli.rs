@@ -390,7 +390,7 @@ impl TryFrom<&TraceArgs> for Config {
         }
         let ring_buffer_bytes = ring_buffer_size(&args.ring_buffer_size)?;
         let output_buffer = match &args.output_buffer {
-            Some(token) => output_buffer(token)?,
+            Some(token) => output_buffer(token, 1 + u64::from(args.export.is_some()))?,
             None => Buffer::default_for(ring_buffer_bytes),
         };
         let mut pids = args.pids.clone();
@@ -512,26 +512,57 @@ fn size(flag: &'static str, token: &str, min: usize) -> Result<usize, ConfigErro
     }
 }
 
-/// `--output-buffer`: at least [`Buffer::MIN_BYTES`], and no more than this machine's memory
-/// (`MemTotal`): a stalled reader fills it, and a buffer larger than the memory bounds
-/// nothing.
-fn output_buffer(token: &str) -> Result<Buffer, ConfigError> {
+/// `--output-buffer`: at least [`Buffer::MIN_BYTES`], and, for all `destinations` (stdout, and
+/// the export), no more than the memory the tracer may use ([`memory_limit`]): a stalled
+/// reader fills it, and a buffer larger than the memory bounds nothing.
+fn output_buffer(token: &str, destinations: u64) -> Result<Buffer, ConfigError> {
     let bytes = size("--output-buffer", token, Buffer::MIN_BYTES)?;
-    let memory = <procfs::Meminfo as procfs::Current>::current()
-        .map(|m| m.mem_total)
-        .unwrap_or(u64::MAX);
-    if bytes as u64 > memory {
+    let (memory, whose) = memory_limit();
+    if (bytes as u64).saturating_mul(destinations) > memory {
         return Err(ConfigError::Size {
             flag: "--output-buffer",
             token: token.to_owned(),
             reason: format!(
-                "more than this machine's memory ({} MiB): a reader that stalls fills it",
+                "{} more than {whose} ({} MiB): a reader that stalls fills it",
+                if destinations > 1 {
+                    "one for stdout and one for the export are"
+                } else {
+                    "it is"
+                },
                 memory >> 20
             ),
             min: Buffer::MIN_BYTES,
         });
     }
     Ok(Buffer { bytes })
+}
+
+/// The memory the tracer may use, in bytes, and whose limit that is: this machine's
+/// (`MemTotal`), or its cgroup's when lower (`memory.max`, cgroup v2; `memory.limit_in_bytes`,
+/// v1: a systemd `MemoryMax`, a container's limit).
+fn memory_limit() -> (u64, &'static str) {
+    let total = <procfs::Meminfo as procfs::Current>::current().map_or(u64::MAX, |m| m.mem_total);
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let limit = cgroups.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (hierarchy, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let file = if hierarchy == "0" && controllers.is_empty() {
+            format!("/sys/fs/cgroup{path}/memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+        } else {
+            return None;
+        };
+        std::fs::read_to_string(file)
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    });
+    match limit {
+        Some(limit) if limit < total => (limit, "the memory limit of the tracer's cgroup"),
+        _ => (total, "this machine's memory"),
+    }
 }
 
 /// `--ring-buffer-size`: a power of two and a multiple of the page size, below 4 GiB.
