@@ -457,6 +457,17 @@ mod tests {
         (recorded, rebuilt)
     }
 
+    /// The owner (`pid`) of each timeline in `records`, in order.
+    fn timeline_owners(records: &[Record]) -> Vec<Option<u32>> {
+        records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Timeline(t) => Some(t.pid),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn transition_records_convert_back() {
         let t = by(
@@ -503,14 +514,7 @@ mod tests {
         ];
         let (recorded, rebuilt) = live_and_replay(&transitions, 1_000, &SocketTable::default());
         assert_eq!(recorded, rebuilt);
-        let owners: Vec<_> = rebuilt
-            .iter()
-            .filter_map(|r| match r {
-                Record::Timeline(t) => Some(t.pid),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(owners, vec![Some(7), None]);
+        assert_eq!(timeline_owners(&rebuilt), vec![Some(7), None]);
     }
 
     /// A server socket in CLOSE_WAIT whose owner only the /proc scan knows, then reset: its
@@ -543,14 +547,7 @@ mod tests {
         };
         let (recorded, rebuilt) = live_and_replay(&transitions, 300, &table);
         assert_eq!(recorded, rebuilt);
-        let owners: Vec<_> = rebuilt
-            .iter()
-            .filter_map(|r| match r {
-                Record::Timeline(t) => Some(t.pid),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(owners, vec![Some(4242), None]);
+        assert_eq!(timeline_owners(&rebuilt), vec![Some(4242), None]);
     }
 
     #[test]

@@ -5,7 +5,6 @@
 //! already orphaned, are checked against what the test itself knows.
 
 use std::{
-    io::{Read as _, Write as _},
     net::{Shutdown, TcpListener, TcpStream},
     os::unix::fs::MetadataExt as _,
     thread,
@@ -199,7 +198,7 @@ fn an_mptcp_subflow_says_so_at_its_close() {
     let client_fd = mptcp();
     connect(client_fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port)).unwrap();
     let (server, _) = listener.accept().unwrap();
-    exchange(TcpStream::from(client_fd), server);
+    support::exchange(TcpStream::from(client_fd), server);
 
     let from_btf = agreed(&mut btf_ring, &mut classic_ring, port);
     let closes: Vec<_> = from_btf
@@ -297,23 +296,11 @@ fn network_namespace_of_the_socket_and_its_filter() {
 fn connection_here(listener: &TcpListener) -> Me {
     let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (server, _) = listener.accept().unwrap();
-    exchange(client, server);
+    support::exchange(client, server);
     Me {
         netns: netns_inode("/proc/thread-self/ns/net"),
         tid: u32::try_from(nix::unistd::gettid().as_raw()).unwrap(),
     }
-}
-
-/// The client sends, shuts down its write side, the server reads to EOF and closes, then the
-/// client closes (client: active close; server: CLOSE_WAIT then LAST_ACK).
-fn exchange(mut client: TcpStream, mut server: TcpStream) {
-    client.write_all(b"hello").unwrap();
-    client.shutdown(Shutdown::Write).unwrap();
-    let mut got = Vec::new();
-    server.read_to_end(&mut got).unwrap();
-    assert_eq!(got, b"hello");
-    drop(server);
-    client.read_to_end(&mut got).unwrap();
 }
 
 /// One connection's transitions from both hooks' rings ([`collect`]), which must agree on

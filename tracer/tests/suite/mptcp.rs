@@ -8,8 +8,7 @@
 
 use std::{
     collections::HashMap,
-    io::{Read as _, Write as _},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
 };
 
@@ -48,16 +47,8 @@ fn traced_connection(lo: &str, hook: &str) -> (Vec<Record>, u16) {
 
     let client = support::mptcp_socket(family);
     connect(client.as_raw_fd(), &SockaddrStorage::from(addr)).unwrap();
-    let mut client = TcpStream::from(client);
-    let (mut server, _) = listener.accept().unwrap();
-    client.write_all(b"hello").unwrap();
-    client.shutdown(Shutdown::Write).unwrap();
-    let mut got = Vec::new();
-    server.read_to_end(&mut got).unwrap();
-    assert_eq!(got, b"hello");
-    drop(server);
-    client.read_to_end(&mut got).unwrap();
-    drop(client);
+    let (server, _) = listener.accept().unwrap();
+    support::exchange(TcpStream::from(client), server);
     // Both MPTCP sockets and both subflows ended, then the listener (an MPTCP socket and
     // its TCP listener).
     tracer.wait_for("the ends of the MPTCP sockets and their subflows", |rs| {

@@ -347,6 +347,19 @@ pub fn stop_piped(child: &mut Child) -> (ExitStatus, String) {
     (child.wait().expect("wait for the tracer"), out)
 }
 
+/// The client sends, shuts down its write side, the server reads to EOF and closes, then the
+/// client reads to EOF and closes (client: active close; server: CLOSE_WAIT then LAST_ACK).
+pub fn exchange(mut client: TcpStream, mut server: TcpStream) {
+    use std::io::Write as _;
+    client.write_all(b"hello").unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    server.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"hello");
+    drop(server);
+    client.read_to_end(&mut got).unwrap();
+}
+
 /// A new MPTCP socket (`socket(family, SOCK_STREAM, IPPROTO_MPTCP)`), `family` being
 /// `libc::AF_INET` or `libc::AF_INET6`. Panics where the kernel has no MPTCP.
 pub fn mptcp_socket(family: libc::c_int) -> std::os::fd::OwnedFd {
